@@ -1,0 +1,33 @@
+// Element-wise activations, fp32. y may alias x.
+//
+//   relu(x)      = max(x, 0)
+//   gelu(x)      = 0.5 x (1 + erf(x / sqrt(2)))                       exact (BERT, PyTorch default)
+//   gelu_tanh(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))   (GPT-2)
+//   silu(x)      = x / (1 + exp(-x))
+//   swiglu:      y = silu(a) * b                                      (LLaMA FFN gate)
+//
+// bias_act fuses the bias of the preceding linear: y[r, c] = act(y[r, c] + bias[c]) (bias may be null).
+#pragma once
+#include <cstdint>
+#include <string>
+
+namespace posformer::ops {
+
+enum class Act { Identity, Relu, Gelu, GeluTanh, Silu };
+Act act_from_name(const std::string& name);  // "relu" | "gelu" | "gelu_tanh" | "silu"; throws otherwise
+const char* act_name(Act a);
+
+void activation(Act act, const float* x, float* y, int64_t n);
+void bias_act(Act act, float* y, const float* bias, int64_t rows, int64_t cols);
+void swiglu(const float* a, const float* b, float* y, int64_t n);
+// y[i] += x[i]   (residual add)
+void add_inplace(float* y, const float* x, int64_t n);
+
+namespace ref {
+void activation(Act act, const float* x, float* y, int64_t n);
+void bias_act(Act act, float* y, const float* bias, int64_t rows, int64_t cols);
+void swiglu(const float* a, const float* b, float* y, int64_t n);
+void add_inplace(float* y, const float* x, int64_t n);
+}  // namespace ref
+
+}  // namespace posformer::ops

@@ -1,0 +1,25 @@
+// Matrix multiply, fp32, row-major. The fast path is oneDNN's dnnl_sgemm; ref:: is a plain loop.
+//
+//   gemm:   C[M,N] = alpha * op(A) op(B) + beta * C,  op(X) = X or X^T
+//           A is [M,K] (lda >= K) or, when trans_a, [K,M] (lda >= M); same for B with [K,N]/[N,K].
+//   linear: y[M,N] = x[M,K] W[N,K]^T + b[N]      (PyTorch nn.Linear layout, b may be null)
+//
+// Backward of linear (for the training issue): dx = dy W, dW += dy^T x, db += sum_rows dy.
+#pragma once
+#include <cstdint>
+
+namespace posformer::ops {
+
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+          int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+void linear(const float* x, const float* W, const float* b, float* y, int64_t M, int64_t N,
+            int64_t K);
+
+namespace ref {
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+          int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+void linear(const float* x, const float* W, const float* b, float* y, int64_t M, int64_t N,
+            int64_t K);
+}  // namespace ref
+
+}  // namespace posformer::ops
