@@ -1,0 +1,59 @@
+// Exact softmax attention over a batch of sequences, one descriptor for every variant of bias.
+//
+// Layout (row-major, fp32). For batch b, query row t, head h:
+//   q[(b*Tq + t)*ldq + h*D + 0..D)     H query heads
+//   k[(b*Tk + s)*ldk + g*D + 0..D)     Hkv key/value heads; query head h reads g = h / (H/Hkv)
+//   v[(b*Tk + s)*ldv + g*D + 0..D)
+//   out[(b*Tq + t)*ldo + h*D + 0..D)
+//
+//   S[t, s] = scale * q_t . k_s  (+ hook->add_scores: ALiBi, T5, Shaw, XL, DeBERTa terms)
+//   S[t, s] = -inf where masked: causal (k_pos0 + s > q_pos0 + t) or s >= key_len[b]
+//   P = softmax_rows(S);   out_t = sum_s P[t, s] v_s  (+ hook->add_values: Shaw's aV term)
+//
+// Absolute positions of query row t and key row s are q_pos0 + t and k_pos0 + s (KV-cache
+// decoding passes the cached keys with k_pos0 = 0 and the new queries at q_pos0 = cache length).
+#pragma once
+#include <cstdint>
+
+namespace posformer {
+
+// Per-layer, per-call state of a relative position scheme (made by PositionEncoding::prepare).
+// Called concurrently for different (b, h): implementations must only read shared state.
+class ScoreHook {
+ public:
+  virtual ~ScoreHook() = default;
+  // S: [Tq, Tk] row-major scores of (b, h), already multiplied by scale; add the scheme's terms.
+  virtual void add_scores(int64_t b, int64_t h, float* S) const = 0;
+  virtual bool has_value_terms() const { return false; }
+  // P: [Tq, Tk] probabilities; out: [Tq, D] rows with stride ldo; add sum_s P[t,s] * extra(t,s).
+  virtual void add_values(int64_t b, int64_t h, const float* P, float* out, int64_t ldo) const {}
+};
+
+struct AttnDesc {
+  int64_t B = 1, Tq = 0, Tk = 0, H = 1, Hkv = 1, D = 0;
+  const float* q = nullptr;
+  int64_t ldq = 0;
+  const float* k = nullptr;
+  int64_t ldk = 0;
+  const float* v = nullptr;
+  int64_t ldv = 0;
+  float* out = nullptr;
+  int64_t ldo = 0;
+  float scale = 1.0f;
+  bool causal = false;
+  int64_t q_pos0 = 0, k_pos0 = 0;
+  const int32_t* key_len = nullptr;  // [B] valid keys per sequence (key padding); null = all Tk
+  const ScoreHook* hook = nullptr;
+};
+
+void check_attn_desc(const AttnDesc& a);  // throws Error naming the bad field
+
+// Fast path: (b, h) pairs in parallel, scores by gemm, SIMD softmax.
+void attention_forward(const AttnDesc& a);
+
+namespace ref {
+// Plain loops in double precision; the oracle for attention_forward.
+void attention_forward(const AttnDesc& a);
+}  // namespace ref
+
+}  // namespace posformer

@@ -1,0 +1,64 @@
+// Model configuration: the JSON a user writes (docs/config.md documents every field).
+// parse_config validates every field and throws posformer::Error naming field and value.
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include <nlohmann/json_fwd.hpp>
+
+namespace posformer {
+
+struct PositionConfig {
+  std::string type = "none";  // none|learned|sinusoidal|sinusoidal_half|rope|alibi|t5|shaw|xl|deberta
+  // rope
+  std::string layout = "interleaved";  // interleaved | half
+  int64_t rotary_dim = 0;              // 0 = head dim
+  double base = 10000.0;
+  // t5
+  int64_t num_buckets = 32;
+  int64_t max_distance = 128;
+  // shaw: relative distance clipped to [-clip, clip]; deberta: span k, distances in [-k, k-1]
+  int64_t clip = 16;
+  int64_t span = 64;
+};
+
+struct AttentionConfig {
+  std::string type = "softmax";
+  std::optional<double> scale;  // default: 1/sqrt(D) (deberta: 1/sqrt(3D))
+};
+
+struct ModelConfig {
+  std::string arch = "decoder";  // encoder | decoder | encoder_decoder
+  int64_t d_model = 256;
+  int64_t n_layers = 4;          // per stack (encoder and decoder each)
+  int64_t n_heads = 4;
+  int64_t n_kv_heads = 0;        // 0 = n_heads
+  int64_t d_ff = 1024;
+  std::string activation = "gelu";  // relu | gelu | gelu_tanh | swiglu
+  std::string norm = "layernorm";   // layernorm | rmsnorm
+  std::string norm_position = "pre";  // pre | post
+  double norm_eps = 1e-5;
+  bool bias = true;
+  int64_t vocab_size = 259;
+  int64_t max_len = 1024;
+  bool tie_embeddings = true;
+  std::string head = "lm";  // lm | none
+  PositionConfig position;
+  AttentionConfig attention;
+
+  int64_t head_dim() const { return d_model / n_heads; }
+  int64_t kv_heads() const { return n_kv_heads > 0 ? n_kv_heads : n_heads; }
+  bool has_encoder() const { return arch == "encoder" || arch == "encoder_decoder"; }
+  bool has_decoder() const { return arch == "decoder" || arch == "encoder_decoder"; }
+};
+
+// Parse and validate. Unknown keys are refused (typos must not silently fall back to defaults).
+ModelConfig parse_config(const nlohmann::json& j);
+ModelConfig parse_config_text(const std::string& text, const std::string& what);
+ModelConfig load_config(const std::string& path);
+nlohmann::json config_to_json(const ModelConfig& c);
+// Re-checks every constraint (used after parsing and before building a model).
+void validate_config(const ModelConfig& c);
+
+}  // namespace posformer

@@ -1,0 +1,79 @@
+// The Transformer: encoder, decoder or encoder-decoder, built from a ModelConfig (SPEC.md 1).
+//
+//   x = E[tokens] (+ P[pos] for absolute schemes)                         [B, T, d]
+//   per layer, pre-LN:  x = x + Attn(N1(x));  (dec-in-enc-dec: x = x + Cross(Nc(x), enc));
+//                       x = x + FFN(N2(x));   final norm Nf at the end of the stack
+//   per layer, post-LN: x = N1(x + Attn(x));  (x = Nc(x + Cross(x, enc)));  x = N2(x + FFN(x))
+//   FFN = W2 act(W1 x + b1) + b2, or SwiGLU W2 (silu(W1 x) * W3 x)
+//   logits = x E^T (tied) or x W_head^T                                   [B, T, vocab]
+//
+// Weights live in a ParamStore under the names of docs/checkpoint-format.md.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "posformer/model/config.h"
+#include "posformer/model/params.h"
+#include "posformer/posenc/position_encoding.h"
+
+namespace posformer {
+
+using TokenBatch = std::vector<std::vector<int32_t>>;  // [B][T], equal lengths
+
+struct ForwardOptions {
+  int64_t pos_offset = 0;           // position of the first decoder (or encoder-only) token
+  const TokenBatch* src = nullptr;  // encoder tokens for encoder_decoder models
+  bool want_logits = true;
+};
+
+struct ForwardOutput {
+  Tensor hidden;  // [B, T, d] final hidden states (after the final norm for pre-LN)
+  Tensor logits;  // [B, T, vocab] when the model has an LM head and want_logits
+};
+
+class Transformer {
+ public:
+  explicit Transformer(const ModelConfig& cfg);  // declares parameters, allocates none
+
+  static Transformer random_init(const ModelConfig& cfg, uint64_t seed);
+  static Transformer load(const std::string& dir);  // config.json + model.safetensors
+  void save(const std::string& dir) const;          // crash-safe (temp file, fsync, rename)
+  // Checks names, shapes, dtypes against the declared parameters; converts F16/BF16 to F32.
+  void set_weights(const std::map<std::string, Tensor>& tensors, const std::string& what);
+
+  const ModelConfig& config() const { return cfg_; }
+  const std::vector<ParamSpec>& param_specs() const { return specs_; }
+  ParamStore& params() { return params_; }
+  const ParamStore& params() const { return params_; }
+  const PositionEncoding* position(bool decoder) const {
+    return decoder ? dec_pe_.get() : enc_pe_.get();
+  }
+
+  ForwardOutput forward(const TokenBatch& tokens, const ForwardOptions& opt = {}) const;
+  // Encoder stack alone: [B, Ts, d].
+  Tensor encode(const TokenBatch& src, int64_t pos_offset = 0) const;
+
+ private:
+  struct Stack {
+    std::string prefix;
+    bool causal, cross;
+    const PositionEncoding* pe;
+  };
+  void declare_stack(const std::string& prefix, bool cross, PositionEncoding& pe);
+  // x: [B*T, d] in, out in place. enc: [B*Ts, d] for cross-attention (or null).
+  void run_stack(const Stack& st, float* x, int64_t B, int64_t T, int64_t pos0, const float* enc,
+                 int64_t Ts) const;
+  Tensor embed(const Stack& st, const TokenBatch& tokens, int64_t pos0) const;
+
+  ModelConfig cfg_;
+  std::vector<ParamSpec> specs_;
+  ParamStore params_;
+  std::unique_ptr<PositionEncoding> enc_pe_, dec_pe_;
+};
+
+// Validates a token batch: non-empty equal-length rows, ids in [0, vocab). `what` names the input.
+void check_tokens(const TokenBatch& tokens, int64_t vocab, const std::string& what);
+
+}  // namespace posformer

@@ -1,0 +1,113 @@
+// Exact softmax attention: fast path (gemm + SIMD softmax per (b, h)) and the double-precision
+// reference. Both call the same ScoreHook, so relative schemes are checked by the twin tests.
+#include <omp.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "posformer/attention/attention.h"
+#include "posformer/core/error.h"
+#include "posformer/ops/matmul.h"
+#include "posformer/ops/softmax.h"
+
+namespace posformer {
+
+void check_attn_desc(const AttnDesc& a) {
+  PF_CHECK(a.B >= 0 && a.Tq >= 0 && a.Tk >= 0, "[attention] negative size B=", a.B, " Tq=", a.Tq,
+           " Tk=", a.Tk);
+  PF_CHECK(a.H >= 1 && a.Hkv >= 1 && a.H % a.Hkv == 0, "[attention] kv heads (", a.Hkv,
+           ") must divide heads (", a.H, ")");
+  PF_CHECK(a.D >= 1, "[attention] head dim must be >= 1, got ", a.D);
+  PF_CHECK(a.ldq >= a.H * a.D && a.ldo >= a.H * a.D, "[attention] q/out row stride too small");
+  PF_CHECK(a.ldk >= a.Hkv * a.D && a.ldv >= a.Hkv * a.D, "[attention] k/v row stride too small");
+  PF_CHECK(std::isfinite(a.scale), "[attention] scale must be finite");
+}
+
+namespace {
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// Mask keys that query row t must not see: causal (key position after the query) and padding.
+void apply_mask(const AttnDesc& a, int64_t b, float* S) {
+  const int64_t valid = a.key_len ? std::min<int64_t>(a.key_len[b], a.Tk) : a.Tk;
+  for (int64_t t = 0; t < a.Tq; ++t) {
+    float* row = S + t * a.Tk;
+    int64_t end = valid;
+    if (a.causal) end = std::min(end, std::max<int64_t>(a.q_pos0 + t - a.k_pos0 + 1, 0));
+    for (int64_t s = end; s < a.Tk; ++s) row[s] = kNegInf;
+  }
+}
+}  // namespace
+
+void attention_forward(const AttnDesc& a) {
+  check_attn_desc(a);
+  if (a.B == 0 || a.Tq == 0) return;
+  const int64_t group = a.H / a.Hkv, BH = a.B * a.H;
+#pragma omp parallel if (BH > 1 && omp_get_max_threads() > 1 && !omp_in_parallel())
+  {
+    std::vector<float> S(static_cast<size_t>(a.Tq * std::max<int64_t>(a.Tk, 1)));
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t bh = 0; bh < BH; ++bh) {
+      const int64_t b = bh / a.H, h = bh % a.H, g = h / group;
+      const float* q = a.q + b * a.Tq * a.ldq + h * a.D;
+      const float* k = a.k + b * a.Tk * a.ldk + g * a.D;
+      const float* v = a.v + b * a.Tk * a.ldv + g * a.D;
+      float* o = a.out + b * a.Tq * a.ldo + h * a.D;
+      if (a.Tk == 0) {
+        for (int64_t t = 0; t < a.Tq; ++t)
+          for (int64_t c = 0; c < a.D; ++c) o[t * a.ldo + c] = 0.0f;
+        continue;
+      }
+      ops::gemm(false, true, a.Tq, a.Tk, a.D, a.scale, q, a.ldq, k, a.ldk, 0.0f, S.data(), a.Tk);
+      if (a.hook) a.hook->add_scores(b, h, S.data());
+      apply_mask(a, b, S.data());
+      ops::softmax_rows(S.data(), a.Tq, a.Tk, a.Tk);
+      ops::gemm(false, false, a.Tq, a.D, a.Tk, 1.0f, S.data(), a.Tk, v, a.ldv, 0.0f, o, a.ldo);
+      if (a.hook && a.hook->has_value_terms()) a.hook->add_values(b, h, S.data(), o, a.ldo);
+    }
+  }
+}
+
+namespace ref {
+
+void attention_forward(const AttnDesc& a) {
+  check_attn_desc(a);
+  const int64_t group = a.H / a.Hkv;
+  std::vector<float> S(static_cast<size_t>(a.Tq * std::max<int64_t>(a.Tk, 1)));
+  for (int64_t b = 0; b < a.B; ++b)
+    for (int64_t h = 0; h < a.H; ++h) {
+      const int64_t g = h / group;
+      for (int64_t t = 0; t < a.Tq; ++t)
+        for (int64_t s = 0; s < a.Tk; ++s) {
+          double acc = 0;
+          for (int64_t c = 0; c < a.D; ++c)
+            acc += static_cast<double>(a.q[(b * a.Tq + t) * a.ldq + h * a.D + c]) *
+                   a.k[(b * a.Tk + s) * a.ldk + g * a.D + c];
+          S[t * a.Tk + s] = static_cast<float>(a.scale * acc);
+        }
+      if (a.hook) a.hook->add_scores(b, h, S.data());
+      apply_mask(a, b, S.data());
+      for (int64_t t = 0; t < a.Tq; ++t) {
+        float* row = S.data() + t * a.Tk;
+        double mx = -std::numeric_limits<double>::infinity();
+        for (int64_t s = 0; s < a.Tk; ++s) mx = std::max(mx, static_cast<double>(row[s]));
+        double sum = 0;
+        for (int64_t s = 0; s < a.Tk; ++s) sum += std::isinf(row[s]) && row[s] < 0 ? 0.0 : std::exp(row[s] - mx);
+        for (int64_t s = 0; s < a.Tk; ++s)
+          row[s] = (sum == 0 || (std::isinf(row[s]) && row[s] < 0))
+                       ? 0.0f
+                       : static_cast<float>(std::exp(row[s] - mx) / sum);
+        for (int64_t c = 0; c < a.D; ++c) {
+          double acc = 0;
+          for (int64_t s = 0; s < a.Tk; ++s)
+            acc += static_cast<double>(row[s]) * a.v[(b * a.Tk + s) * a.ldv + g * a.D + c];
+          a.out[(b * a.Tq + t) * a.ldo + h * a.D + c] = static_cast<float>(acc);
+        }
+      }
+      if (a.hook && a.hook->has_value_terms())
+        a.hook->add_values(b, h, S.data(), a.out + b * a.Tq * a.ldo + h * a.D, a.ldo);
+    }
+}
+
+}  // namespace ref
+}  // namespace posformer

@@ -1,0 +1,186 @@
+// Element-wise activations, SwiGLU and residual add (Highway, runtime dispatch).
+#include <cstddef>
+#include <cstring>
+
+#include "kernels.h"
+#include "parallel.h"
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "../src/kernels/cpu/act_kernels.cpp"  // relative to include/
+#include <hwy/foreach_target.h>  // IWYU pragma: keep
+#include <hwy/highway.h>
+
+#include "hwy_util-inl.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace posformer::kernels::cpu::HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+struct IdentityOp {
+  template <class D, class V>
+  HWY_INLINE V operator()(D, V x) const {
+    return x;
+  }
+};
+struct ReluOp {
+  template <class D, class V>
+  HWY_INLINE V operator()(D d, V x) const {
+    return hn::Max(x, hn::Zero(d));
+  }
+};
+struct GeluOp {
+  template <class D, class V>
+  HWY_INLINE V operator()(D d, V x) const {
+    return gelu_vec(d, x);
+  }
+};
+struct GeluTanhOp {
+  template <class D, class V>
+  HWY_INLINE V operator()(D d, V x) const {
+    return gelu_tanh_vec(d, x);
+  }
+};
+struct SiluOp {
+  template <class D, class V>
+  HWY_INLINE V operator()(D d, V x) const {
+    return silu_vec(d, x);
+  }
+};
+struct ErfOp {
+  template <class D, class V>
+  HWY_INLINE V operator()(D d, V x) const {
+    return erf_vec(d, x);
+  }
+};
+
+// y[i] = op(x[i] + bias[i]) for i < n; bias may be null.
+template <class Op>
+HWY_INLINE void map_row(const Op& op, const float* x,
+                        const float* bias, float* y, size_t n) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  size_t i = 0;
+  if (bias) {
+    for (; i + N <= n; i += N) {
+      hn::StoreU(op(d, hn::Add(hn::LoadU(d, x + i), hn::LoadU(d, bias + i))), d, y + i);
+    }
+    if (i < n) {
+      const auto v = hn::Add(load_tail(d, x + i, n - i, 0.0f), load_tail(d, bias + i, n - i, 0.0f));
+      store_tail(d, op(d, v), y + i, n - i);
+    }
+    return;
+  }
+  for (; i + 2 * N <= n; i += 2 * N) {
+    const auto v0 = hn::LoadU(d, x + i);
+    const auto v1 = hn::LoadU(d, x + i + N);
+    hn::StoreU(op(d, v0), d, y + i);
+    hn::StoreU(op(d, v1), d, y + i + N);
+  }
+  for (; i + N <= n; i += N) hn::StoreU(op(d, hn::LoadU(d, x + i)), d, y + i);
+  if (i < n) store_tail(d, op(d, load_tail(d, x + i, n - i, 0.0f)), y + i, n - i);
+}
+
+template <class Op>
+HWY_INLINE void map_rows(const Op& op, const float* x, const float* bias, float* y, size_t rows,
+                         size_t cols) {
+  for (size_t r = 0; r < rows; ++r) map_row(op, x + r * cols, bias, y + r * cols, cols);
+}
+
+// act: 0..4 = ops::Act, 5 = erf.
+void act_rows_kernel(int act, const float* x, const float* bias, float* y, size_t rows,
+                     size_t cols) {
+  switch (act) {
+    case 0: return map_rows(IdentityOp(), x, bias, y, rows, cols);
+    case 1: return map_rows(ReluOp(), x, bias, y, rows, cols);
+    case 2: return map_rows(GeluOp(), x, bias, y, rows, cols);
+    case 3: return map_rows(GeluTanhOp(), x, bias, y, rows, cols);
+    case 4: return map_rows(SiluOp(), x, bias, y, rows, cols);
+    default: return map_rows(ErfOp(), x, bias, y, rows, cols);
+  }
+}
+
+struct SwigluOp {
+  template <class D, class V>
+  HWY_INLINE V operator()(D d, V a, V b) const {
+    return hn::Mul(silu_vec(d, a), b);
+  }
+};
+struct AddOp {
+  template <class D, class V>
+  HWY_INLINE V operator()(D, V a, V b) const {
+    return hn::Add(a, b);
+  }
+};
+
+template <class Op>
+HWY_INLINE void map_binary(const Op& op, const float* a, const float* b, float* y, size_t n) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  size_t i = 0;
+  for (; i + N <= n; i += N) hn::StoreU(op(d, hn::LoadU(d, a + i), hn::LoadU(d, b + i)), d, y + i);
+  if (i < n) {
+    const auto va = load_tail(d, a + i, n - i, 0.0f), vb = load_tail(d, b + i, n - i, 0.0f);
+    store_tail(d, op(d, va, vb), y + i, n - i);
+  }
+}
+
+// op 0: y = silu(a) * b; op 1: y = a + b.
+void binary_kernel(int op, const float* a, const float* b, float* y, size_t n) {
+  if (op == 0) return map_binary(SwigluOp(), a, b, y, n);
+  map_binary(AddOp(), a, b, y, n);
+}
+
+}  // namespace posformer::kernels::cpu::HWY_NAMESPACE
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace posformer::kernels::cpu {
+
+HWY_EXPORT(act_rows_kernel);
+HWY_EXPORT(binary_kernel);
+
+namespace {
+// Floats per call below which an OpenMP team costs more than it saves.
+int64_t act_threshold(int act) { return act <= 1 ? (int64_t{1} << 18) : (int64_t{1} << 14); }
+
+void act_dispatch(int act, const float* x, const float* bias, float* y, int64_t rows,
+                  int64_t cols) {
+  if (rows <= 0 || cols <= 0) return;
+  const bool par = use_omp(rows * cols, act_threshold(act));
+  if (!bias) {  // flat: split the whole array, cache-line grain
+    parallel_range(rows * cols, 16, par, [&](int64_t b, int64_t e) {
+      HWY_DYNAMIC_DISPATCH(act_rows_kernel)(act, x + b, nullptr, y + b, 1, size_t(e - b));
+    });
+    return;
+  }
+  parallel_range(rows, 1, par, [&](int64_t b, int64_t e) {
+    HWY_DYNAMIC_DISPATCH(act_rows_kernel)(act, x + b * cols, bias, y + b * cols, size_t(e - b),
+                                          size_t(cols));
+  });
+}
+
+void binary_dispatch(int op, const float* a, const float* b, float* y, int64_t n) {
+  const bool par = use_omp(n, op == 0 ? (int64_t{1} << 14) : (int64_t{1} << 18));
+  parallel_range(n, 16, par, [&](int64_t lo, int64_t hi) {
+    HWY_DYNAMIC_DISPATCH(binary_kernel)(op, a + lo, b + lo, y + lo, size_t(hi - lo));
+  });
+}
+}  // namespace
+
+void act_rows(ops::Act act, const float* x, const float* bias, float* y, int64_t rows,
+              int64_t cols) {
+  if (act == ops::Act::Identity && !bias) {
+    if (x != y && rows > 0 && cols > 0) std::memmove(y, x, size_t(rows * cols) * sizeof(float));
+    return;
+  }
+  act_dispatch(static_cast<int>(act), x, bias, y, rows, cols);
+}
+
+void swiglu(const float* a, const float* b, float* y, int64_t n) { binary_dispatch(0, a, b, y, n); }
+
+void add_inplace(float* y, const float* x, int64_t n) { binary_dispatch(1, y, x, y, n); }
+
+void erf(const float* x, float* y, int64_t n) { act_dispatch(5, x, nullptr, y, 1, n); }
+
+}  // namespace posformer::kernels::cpu
+#endif  // HWY_ONCE

@@ -1,0 +1,292 @@
+#include "posformer/model/transformer.h"
+
+#include <sys/stat.h>
+
+#include <cmath>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "posformer/attention/attention.h"
+#include "posformer/core/io.h"
+#include "posformer/model/safetensors.h"
+#include "posformer/ops/activation.h"
+#include "posformer/ops/matmul.h"
+#include "posformer/ops/norm.h"
+
+namespace posformer {
+
+namespace {
+std::string lname(const std::string& prefix, int64_t l, const std::string& rest) {
+  return prefix + "layers." + std::to_string(l) + "." + rest;
+}
+}  // namespace
+
+void check_tokens(const TokenBatch& tokens, int64_t vocab, const std::string& what) {
+  PF_CHECK(!tokens.empty(), "[input] ", what, ": no sequences given");
+  const size_t T = tokens[0].size();
+  PF_CHECK(T > 0, "[input] ", what, ": empty token sequence");
+  for (size_t b = 0; b < tokens.size(); ++b) {
+    PF_CHECK(tokens[b].size() == T, "[input] ", what, ": sequence ", b, " has ", tokens[b].size(),
+             " tokens, sequence 0 has ", T, " (a batch needs equal lengths)");
+    for (size_t t = 0; t < T; ++t)
+      PF_CHECK(tokens[b][t] >= 0 && tokens[b][t] < vocab, "[input] ", what, ": token ",
+               tokens[b][t], " at position ", t, " is outside the vocabulary [0, ", vocab, ")");
+  }
+}
+
+Transformer::Transformer(const ModelConfig& cfg) : cfg_(cfg) {
+  validate_config(cfg_);
+  const int64_t d = cfg_.d_model, V = cfg_.vocab_size;
+  specs_.push_back({"embed.weight", {V, d}, Init::Normal, "embedding", true});
+  auto geom = [&](const std::string& prefix, bool causal) {
+    return StackGeom{prefix, cfg_.n_layers, d, cfg_.n_heads, cfg_.kv_heads(), cfg_.head_dim(),
+                     cfg_.max_len, causal, cfg_.bias};
+  };
+  if (cfg_.has_encoder()) {
+    enc_pe_ = make_position_encoding(cfg_.position, geom("encoder.", false));
+    declare_stack("encoder.", false, *enc_pe_);
+  }
+  if (cfg_.has_decoder()) {
+    dec_pe_ = make_position_encoding(cfg_.position, geom("decoder.", true));
+    declare_stack("decoder.", cfg_.arch == "encoder_decoder", *dec_pe_);
+  }
+  if (cfg_.head == "lm" && !cfg_.tie_embeddings)
+    specs_.push_back({"lm_head.weight", {V, d}, Init::Normal, "head", true});
+}
+
+void Transformer::declare_stack(const std::string& prefix, bool cross, PositionEncoding& pe) {
+  const int64_t d = cfg_.d_model, HD = cfg_.n_heads * cfg_.head_dim(),
+                KD = cfg_.kv_heads() * cfg_.head_dim(), F = cfg_.d_ff;
+  const bool ln = cfg_.norm == "layernorm";
+  auto norm = [&](const std::string& n) {
+    specs_.push_back({n + ".weight", {d}, Init::Ones, "norm", false});
+    if (ln) specs_.push_back({n + ".bias", {d}, Init::Zeros, "norm", false});
+  };
+  auto lin = [&](const std::string& n, int64_t out, int64_t in, const char* comp) {
+    specs_.push_back({n + ".weight", {out, in}, Init::Normal, comp, true});
+    if (cfg_.bias) specs_.push_back({n + ".bias", {out}, Init::Zeros, comp, false});
+  };
+  pe.declare(specs_);
+  for (int64_t l = 0; l < cfg_.n_layers; ++l) {
+    norm(lname(prefix, l, "attn_norm"));
+    for (const std::string& a : cross ? std::vector<std::string>{"attn", "cross_attn"}
+                                      : std::vector<std::string>{"attn"}) {
+      if (a == "cross_attn") norm(lname(prefix, l, "cross_norm"));
+      lin(lname(prefix, l, a + ".q"), HD, d, "attention");
+      lin(lname(prefix, l, a + ".k"), KD, d, "attention");
+      lin(lname(prefix, l, a + ".v"), KD, d, "attention");
+      lin(lname(prefix, l, a + ".o"), d, HD, "attention");
+    }
+    norm(lname(prefix, l, "ffn_norm"));
+    lin(lname(prefix, l, "ffn.w1"), F, d, "ffn");
+    lin(lname(prefix, l, "ffn.w2"), d, F, "ffn");
+    if (cfg_.activation == "swiglu") lin(lname(prefix, l, "ffn.w3"), F, d, "ffn");
+  }
+  if (cfg_.norm_position == "pre") norm(prefix + "final_norm");
+}
+
+Transformer Transformer::random_init(const ModelConfig& cfg, uint64_t seed) {
+  Transformer m(cfg);
+  for (const ParamSpec& s : m.specs_) m.params_.add(s.name, init_param(s, seed));
+  return m;
+}
+
+void Transformer::set_weights(const std::map<std::string, Tensor>& tensors,
+                              const std::string& what) {
+  ParamStore store;
+  for (const ParamSpec& s : specs_) {
+    auto it = tensors.find(s.name);
+    PF_CHECK(it != tensors.end(), "[checkpoint] ", what, ": tensor '", s.name,
+             "' required by the config is missing");
+    const Tensor& t = it->second;
+    PF_CHECK(t.shape() == s.shape, "[checkpoint] ", what, ": tensor '", s.name, "' has shape ",
+             shape_str(t.shape()), ", the config needs ", shape_str(s.shape));
+    PF_CHECK(t.dtype() == DType::F32 || t.dtype() == DType::F16 || t.dtype() == DType::BF16 ||
+                 t.dtype() == DType::F64,
+             "[checkpoint] ", what, ": tensor '", s.name, "' has dtype ", dtype_name(t.dtype()),
+             ", expected a floating type");
+    store.add(s.name, t.to(DType::F32));
+  }
+  if (tensors.size() != specs_.size()) {
+    for (const auto& [name, t] : tensors) {
+      bool known = false;
+      for (const ParamSpec& s : specs_) known = known || s.name == name;
+      PF_CHECK(known, "[checkpoint] ", what, ": tensor '", name,
+               "' is not used by this config (checkpoint from a different config?)");
+    }
+  }
+  params_ = std::move(store);
+}
+
+Transformer Transformer::load(const std::string& dir) {
+  const std::string cfg_path = dir + "/config.json";
+  PF_CHECK(std::filesystem::is_directory(dir), "[model] ", dir, " is not a model directory");
+  Transformer m(load_config(cfg_path));
+  const std::string wpath = dir + "/model.safetensors";
+  SafetensorsFile f = load_safetensors(wpath);
+  m.set_weights(f.tensors, wpath);
+  return m;
+}
+
+void Transformer::save(const std::string& dir) const {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  PF_CHECK(!ec, "[model] cannot create directory ", dir, ": ", ec.message());
+  atomic_write_file(dir + "/config.json", config_to_json(cfg_).dump(2) + "\n");
+  save_safetensors(dir + "/model.safetensors", params_.all(),
+                   {{"format", "posformer"}, {"posformer_version", "0.1.0"}});
+}
+
+Tensor Transformer::embed(const Stack& st, const TokenBatch& tokens, int64_t pos0) const {
+  const int64_t B = static_cast<int64_t>(tokens.size()), T = tokens[0].size(), d = cfg_.d_model;
+  Tensor x({B, T, d});
+  float* xp = x.data<float>();
+  const float* E = params_.f32("embed.weight");
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < T; ++t)
+      std::copy_n(E + static_cast<int64_t>(tokens[b][t]) * d, d, xp + (b * T + t) * d);
+  st.pe->embed(params_, xp, B, T, pos0);
+  return x;
+}
+
+void Transformer::run_stack(const Stack& st, float* x, int64_t B, int64_t T, int64_t pos0,
+                            const float* enc, int64_t Ts) const {
+  const ModelConfig& c = cfg_;
+  const int64_t d = c.d_model, H = c.n_heads, Hkv = c.kv_heads(), D = c.head_dim(), HD = H * D,
+                KD = Hkv * D, F = c.d_ff, BT = B * T;
+  const bool pre = c.norm_position == "pre", ln = c.norm == "layernorm";
+  const bool swiglu = c.activation == "swiglu";
+  const ops::Act act = swiglu ? ops::Act::Identity : ops::act_from_name(c.activation);
+  const int64_t Tkv = std::max(T, Ts);
+  // workspace reused by every layer
+  Tensor h_t({BT, d}), q_t({BT, HD}), k_t({B * Tkv, KD}), v_t({B * Tkv, KD}), att_t({BT, HD}),
+      f1_t({BT, F}), f3_t(swiglu ? Shape{BT, F} : Shape{0});
+  float *h = h_t.data<float>(), *q = q_t.data<float>(), *k = k_t.data<float>(),
+        *v = v_t.data<float>(), *att = att_t.data<float>(), *f1 = f1_t.data<float>(),
+        *f3 = f3_t.data<float>();
+  const std::string& P = st.prefix;
+  auto norm = [&](const std::string& n, const float* in, float* out) {
+    if (ln)
+      ops::layernorm(in, params_.f32(n + ".weight"), params_.f32(n + ".bias"), out, BT, d,
+                     static_cast<float>(c.norm_eps));
+    else
+      ops::rmsnorm(in, params_.f32(n + ".weight"), out, BT, d, static_cast<float>(c.norm_eps));
+  };
+  auto lin = [&](const std::string& n, const float* in, float* out, int64_t M, int64_t N,
+                 int64_t K) {
+    ops::linear(in, params_.f32(n + ".weight"), params_.f32_or_null(n + ".bias"), out, M, N, K);
+  };
+  // out[BT, d] = attention sublayer of layer l over input `in`; self or cross (keys from enc)
+  auto attention = [&](int64_t l, const std::string& a, const float* in, float* out, bool self) {
+    const float* kv_in = self ? in : enc;
+    const int64_t Tk = self ? T : Ts;
+    lin(lname(P, l, a + ".q"), in, q, BT, HD, d);
+    lin(lname(P, l, a + ".k"), kv_in, k, B * Tk, KD, d);
+    lin(lname(P, l, a + ".v"), kv_in, v, B * Tk, KD, d);
+    if (self && st.pe->rotary()) {
+      st.pe->rotate(q, B, T, H, HD, pos0);
+      st.pe->rotate(k, B, T, Hkv, KD, pos0);
+    }
+    AttnDesc desc;
+    desc.B = B, desc.Tq = T, desc.Tk = Tk, desc.H = H, desc.Hkv = Hkv, desc.D = D;
+    desc.q = q, desc.ldq = HD, desc.k = k, desc.ldk = KD, desc.v = v, desc.ldv = KD;
+    desc.out = att, desc.ldo = HD;
+    desc.causal = self && st.causal;
+    desc.q_pos0 = pos0, desc.k_pos0 = self ? pos0 : 0;
+    const float default_scale =
+        self ? st.pe->default_scale(D) : static_cast<float>(1.0 / std::sqrt(double(D)));
+    desc.scale = c.attention.scale ? static_cast<float>(*c.attention.scale) : default_scale;
+    std::unique_ptr<ScoreHook> hook;
+    if (self) hook = st.pe->prepare(params_, AttnInputs{l, &desc});
+    desc.hook = hook.get();
+    attention_forward(desc);
+    lin(lname(P, l, a + ".o"), att, out, BT, d, HD);
+  };
+  auto ffn = [&](int64_t l, const float* in, float* out) {
+    const std::string w1 = lname(P, l, "ffn.w1"), w3 = lname(P, l, "ffn.w3");
+    ops::linear(in, params_.f32(w1 + ".weight"), nullptr, f1, BT, F, d);
+    if (swiglu) {  // f1 = silu(W1 x + b1) * (W3 x + b3)
+      ops::bias_act(ops::Act::Identity, f1, params_.f32_or_null(w1 + ".bias"), BT, F);
+      lin(w3, in, f3, BT, F, d);
+      ops::swiglu(f1, f3, f1, BT * F);
+    } else {
+      ops::bias_act(act, f1, params_.f32_or_null(w1 + ".bias"), BT, F);
+    }
+    lin(lname(P, l, "ffn.w2"), f1, out, BT, d, F);
+  };
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    std::vector<std::pair<std::string, bool>> subs = {{"attn", true}};
+    if (st.cross) subs.push_back({"cross_attn", false});
+    for (const auto& [a, self] : subs) {
+      const std::string nn = lname(P, l, self ? "attn_norm" : "cross_norm");
+      if (pre) {
+        norm(nn, x, h);
+        attention(l, a, h, h, self);
+        ops::add_inplace(x, h, BT * d);
+      } else {
+        attention(l, a, x, h, self);
+        ops::add_inplace(x, h, BT * d);
+        norm(nn, x, x);
+      }
+    }
+    const std::string fn = lname(P, l, "ffn_norm");
+    if (pre) {
+      norm(fn, x, h);
+      ffn(l, h, h);
+      ops::add_inplace(x, h, BT * d);
+    } else {
+      ffn(l, x, h);
+      ops::add_inplace(x, h, BT * d);
+      norm(fn, x, x);
+    }
+  }
+  if (pre) norm(P + "final_norm", x, x);
+}
+
+Tensor Transformer::encode(const TokenBatch& src, int64_t pos_offset) const {
+  PF_CHECK(cfg_.has_encoder(), "[model] this ", cfg_.arch, " model has no encoder");
+  check_tokens(src, cfg_.vocab_size, "encoder tokens");
+  PF_CHECK(pos_offset >= 0, "[input] position offset must be >= 0, got ", pos_offset);
+  Stack st{"encoder.", false, false, enc_pe_.get()};
+  Tensor x = embed(st, src, pos_offset);
+  const int64_t B = src.size(), T = src[0].size();
+  run_stack(st, x.data<float>(), B, T, pos_offset, nullptr, 0);
+  return x;
+}
+
+ForwardOutput Transformer::forward(const TokenBatch& tokens, const ForwardOptions& opt) const {
+  ForwardOutput out;
+  const int64_t d = cfg_.d_model;
+  if (cfg_.arch == "encoder") {
+    PF_CHECK(opt.src == nullptr, "[input] --src is only for encoder_decoder models");
+    out.hidden = encode(tokens, opt.pos_offset);
+  } else {
+    check_tokens(tokens, cfg_.vocab_size, "decoder tokens");
+    PF_CHECK(opt.pos_offset >= 0, "[input] position offset must be >= 0, got ", opt.pos_offset);
+    const int64_t B = tokens.size(), T = tokens[0].size();
+    Tensor enc;
+    int64_t Ts = 0;
+    if (cfg_.arch == "encoder_decoder") {
+      PF_CHECK(opt.src != nullptr, "[input] an encoder_decoder model needs source tokens (--src)");
+      PF_CHECK(static_cast<int64_t>(opt.src->size()) == B, "[input] ", opt.src->size(),
+               " source sequences for ", B, " target sequences");
+      enc = encode(*opt.src, 0);
+      Ts = enc.dim(1);
+    } else {
+      PF_CHECK(opt.src == nullptr, "[input] --src is only for encoder_decoder models");
+    }
+    Stack st{"decoder.", true, cfg_.arch == "encoder_decoder", dec_pe_.get()};
+    out.hidden = embed(st, tokens, opt.pos_offset);
+    run_stack(st, out.hidden.data<float>(), B, T, opt.pos_offset,
+              enc.numel() ? enc.data<float>() : nullptr, Ts);
+  }
+  if (cfg_.head == "lm" && opt.want_logits) {
+    const int64_t B = out.hidden.dim(0), T = out.hidden.dim(1), V = cfg_.vocab_size;
+    out.logits = Tensor({B, T, V});
+    const float* W = params_.f32(cfg_.tie_embeddings ? "embed.weight" : "lm_head.weight");
+    ops::linear(out.hidden.data<float>(), W, nullptr, out.logits.data<float>(), B * T, V, d);
+  }
+  return out;
+}
+
+}  // namespace posformer

@@ -1,0 +1,74 @@
+// ALiBi and T5 relative bias: a per-head scalar added to each score (SPEC.md section 5).
+#include <cmath>
+#include <vector>
+
+#include "posenc_impl.h"
+
+namespace posformer {
+namespace {
+
+class AlibiHook final : public ScoreHook {
+ public:
+  AlibiHook(const AttnDesc& a, const std::vector<double>& slopes) : a_(a), slopes_(slopes) {}
+  // S[t,s] += -m_h |i - j|, or -m_h (i - j) in a causal stack; i, j absolute positions.
+  void add_scores(int64_t b, int64_t h, float* S) const override {
+    const double m = slopes_[h];
+    for (int64_t t = 0; t < a_.Tq; ++t) {
+      const int64_t i = a_.q_pos0 + t;
+      float* row = S + t * a_.Tk;
+      for (int64_t s = 0; s < a_.Tk; ++s) {
+        const int64_t dist = i - (a_.k_pos0 + s);
+        const double off = a_.causal ? static_cast<double>(dist) : std::fabs(static_cast<double>(dist));
+        row[s] += static_cast<float>(-m * off);
+      }
+    }
+  }
+
+ private:
+  AttnDesc a_;
+  const std::vector<double>& slopes_;
+};
+
+class T5Hook final : public ScoreHook {
+ public:
+  T5Hook(const AttnDesc& a, const float* table, const PositionConfig& c, bool bidirectional)
+      : a_(a), table_(table) {
+    rel_min_ = a.k_pos0 - (a.q_pos0 + a.Tq - 1);  // rel = j - i (key minus query)
+    const int64_t rel_max = a.k_pos0 + a.Tk - 1 - a.q_pos0;
+    bucket_.resize(static_cast<size_t>(std::max<int64_t>(rel_max - rel_min_ + 1, 0)));
+    for (size_t r = 0; r < bucket_.size(); ++r)
+      bucket_[r] = t5_bucket(rel_min_ + static_cast<int64_t>(r), bidirectional, c.num_buckets,
+                             c.max_distance);
+  }
+  void add_scores(int64_t b, int64_t h, float* S) const override {
+    const int64_t H = a_.H;
+    for (int64_t t = 0; t < a_.Tq; ++t) {
+      float* row = S + t * a_.Tk;
+      const int64_t base = (a_.k_pos0 - (a_.q_pos0 + t)) - rel_min_;
+      for (int64_t s = 0; s < a_.Tk; ++s) row[s] += table_[bucket_[base + s] * H + h];
+    }
+  }
+
+ private:
+  AttnDesc a_;
+  const float* table_;  // [num_buckets, H]
+  int64_t rel_min_;
+  std::vector<int64_t> bucket_;
+};
+
+}  // namespace
+
+std::unique_ptr<ScoreHook> AlibiPosition::prepare(const ParamStore&, const AttnInputs& in) const {
+  return std::make_unique<AlibiHook>(*in.desc, slopes_);
+}
+
+void T5Position::declare(std::vector<ParamSpec>& specs) const {
+  specs.push_back({g_.prefix + "rel_bias.weight", {c_.num_buckets, g_.H}, Init::Normal, "position", true});
+}
+
+std::unique_ptr<ScoreHook> T5Position::prepare(const ParamStore& p, const AttnInputs& in) const {
+  // one table shared by every layer of the stack (T5 keeps it in layer 0)
+  return std::make_unique<T5Hook>(*in.desc, p.f32(g_.prefix + "rel_bias.weight"), c_, !g_.causal);
+}
+
+}  // namespace posformer

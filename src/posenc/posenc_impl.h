@@ -1,0 +1,116 @@
+// Concrete position encodings (one .cpp each); see include/posformer/posenc/position_encoding.h.
+#pragma once
+#include <vector>
+
+#include "posformer/ops/rope.h"
+#include "posformer/posenc/position_encoding.h"
+
+namespace posformer {
+
+inline std::string layer_name(const StackGeom& g, int64_t l, const std::string& rest) {
+  return g.prefix + "layers." + std::to_string(l) + "." + rest;
+}
+
+class NoPosition final : public PositionEncoding {
+ public:
+  std::string name() const override { return "none"; }
+};
+
+class LearnedPosition final : public PositionEncoding {
+ public:
+  explicit LearnedPosition(const StackGeom& g) : g_(g) {}
+  std::string name() const override { return "learned"; }
+  void declare(std::vector<ParamSpec>& specs) const override;
+  void embed(const ParamStore& p, float* x, int64_t B, int64_t T, int64_t pos0) const override;
+  int64_t max_position() const override { return g_.max_len - 1; }
+
+ private:
+  StackGeom g_;
+};
+
+class SinusoidalPosition final : public PositionEncoding {
+ public:
+  SinusoidalPosition(const StackGeom& g, bool half) : g_(g), half_(half) {}
+  std::string name() const override { return half_ ? "sinusoidal_half" : "sinusoidal"; }
+  void embed(const ParamStore& p, float* x, int64_t B, int64_t T, int64_t pos0) const override;
+
+ private:
+  StackGeom g_;
+  bool half_;
+};
+
+class RopePosition final : public PositionEncoding {
+ public:
+  RopePosition(const PositionConfig& c, const StackGeom& g);
+  std::string name() const override { return "rope"; }
+  bool rotary() const override { return true; }
+  void rotate(float* x, int64_t B, int64_t T, int64_t n_heads, int64_t ld,
+              int64_t pos0) const override;
+
+ private:
+  StackGeom g_;
+  int64_t R_;
+  ops::RopeLayout layout_;
+  std::vector<double> theta_;
+};
+
+class AlibiPosition final : public PositionEncoding {
+ public:
+  explicit AlibiPosition(const StackGeom& g) : g_(g), slopes_(alibi_slopes(g.H)) {}
+  std::string name() const override { return "alibi"; }
+  std::unique_ptr<ScoreHook> prepare(const ParamStore& p, const AttnInputs& in) const override;
+
+ private:
+  StackGeom g_;
+  std::vector<double> slopes_;
+};
+
+class T5Position final : public PositionEncoding {
+ public:
+  T5Position(const PositionConfig& c, const StackGeom& g) : c_(c), g_(g) {}
+  std::string name() const override { return "t5"; }
+  void declare(std::vector<ParamSpec>& specs) const override;
+  std::unique_ptr<ScoreHook> prepare(const ParamStore& p, const AttnInputs& in) const override;
+
+ private:
+  PositionConfig c_;
+  StackGeom g_;
+};
+
+class ShawPosition final : public PositionEncoding {
+ public:
+  ShawPosition(const PositionConfig& c, const StackGeom& g) : c_(c), g_(g) {}
+  std::string name() const override { return "shaw"; }
+  void declare(std::vector<ParamSpec>& specs) const override;
+  std::unique_ptr<ScoreHook> prepare(const ParamStore& p, const AttnInputs& in) const override;
+
+ private:
+  PositionConfig c_;
+  StackGeom g_;
+};
+
+class XlPosition final : public PositionEncoding {
+ public:
+  explicit XlPosition(const StackGeom& g) : g_(g) {}
+  std::string name() const override { return "xl"; }
+  void declare(std::vector<ParamSpec>& specs) const override;
+  std::unique_ptr<ScoreHook> prepare(const ParamStore& p, const AttnInputs& in) const override;
+
+ private:
+  StackGeom g_;
+};
+
+class DebertaPosition final : public PositionEncoding {
+ public:
+  DebertaPosition(const PositionConfig& c, const StackGeom& g) : c_(c), g_(g) {}
+  std::string name() const override { return "deberta"; }
+  void declare(std::vector<ParamSpec>& specs) const override;
+  std::unique_ptr<ScoreHook> prepare(const ParamStore& p, const AttnInputs& in) const override;
+  float default_scale(int64_t D) const override;
+
+ private:
+  PositionConfig c_;
+  StackGeom g_;
+};
+
+}  // namespace posformer

@@ -1,0 +1,190 @@
+// Shaw, Transformer-XL and DeBERTa: relative terms computed from q and k inside attention
+// (SPEC.md section 5). Per-head products go through gemm; the hook gathers by distance.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "posenc_impl.h"
+#include "posformer/ops/matmul.h"
+
+namespace posformer {
+namespace {
+
+// Per-thread scratch, reused across calls (hooks run inside the (b, h) parallel loop).
+float* scratch(int slot, size_t n) {
+  thread_local std::vector<float> buf[3];
+  if (buf[slot].size() < n) buf[slot].resize(n);
+  return buf[slot].data();
+}
+
+inline int64_t clampi(int64_t v, int64_t lo, int64_t hi) { return std::min(std::max(v, lo), hi); }
+
+// ---- Shaw: e_ij = q_i.(k_j + aK[r]) * scale, z_i = sum_j a_ij (v_j + aV[r]), r = clip(j-i,-k,k)+k
+class ShawHook final : public ScoreHook {
+ public:
+  ShawHook(const AttnDesc& a, const float* aK, const float* aV, int64_t k)
+      : a_(a), aK_(aK), aV_(aV), k_(k) {}
+  int64_t r_of(int64_t t, int64_t s) const {
+    return clampi((a_.k_pos0 + s) - (a_.q_pos0 + t), -k_, k_) + k_;
+  }
+  void add_scores(int64_t b, int64_t h, float* S) const override {
+    const int64_t n = 2 * k_ + 1;
+    float* qa = scratch(0, static_cast<size_t>(a_.Tq * n));  // qa[t, r] = q_t . aK[r]
+    const float* q = a_.q + b * a_.Tq * a_.ldq + h * a_.D;
+    ops::gemm(false, true, a_.Tq, n, a_.D, 1.0f, q, a_.ldq, aK_, a_.D, 0.0f, qa, n);
+    for (int64_t t = 0; t < a_.Tq; ++t)
+      for (int64_t s = 0; s < a_.Tk; ++s) S[t * a_.Tk + s] += a_.scale * qa[t * n + r_of(t, s)];
+  }
+  bool has_value_terms() const override { return true; }
+  void add_values(int64_t b, int64_t h, const float* P, float* out, int64_t ldo) const override {
+    const int64_t n = 2 * k_ + 1;
+    float* w = scratch(1, static_cast<size_t>(a_.Tq * n));  // w[t, r] = sum_{s: r(t,s)=r} P[t, s]
+    std::fill(w, w + a_.Tq * n, 0.0f);
+    for (int64_t t = 0; t < a_.Tq; ++t)
+      for (int64_t s = 0; s < a_.Tk; ++s) w[t * n + r_of(t, s)] += P[t * a_.Tk + s];
+    ops::gemm(false, false, a_.Tq, a_.D, n, 1.0f, w, n, aV_, a_.D, 1.0f, out, ldo);
+  }
+
+ private:
+  AttnDesc a_;
+  const float *aK_, *aV_;  // [2k+1, D], shared by all heads
+  int64_t k_;
+};
+
+// ---- Transformer-XL: scale * ((q_i + u).k_j + (q_i + v).(W_R r_(i-j))), r sinusoidal (half layout)
+class XlHook final : public ScoreHook {
+ public:
+  XlHook(const AttnDesc& a, const float* u, const float* v, const float* WR, int64_t d)
+      : a_(a), u_(u), v_(v) {
+    dmin_ = a.q_pos0 - (a.k_pos0 + a.Tk - 1);  // distances i - j
+    nrel_ = (a.q_pos0 + a.Tq - 1 - a.k_pos0) - dmin_ + 1;
+    if (nrel_ < 1) nrel_ = 1;
+    std::vector<float> r(static_cast<size_t>(nrel_ * d));
+    sinusoid_rows(static_cast<double>(dmin_), nrel_, d, true, r.data());
+    const int64_t HD = a.H * a.D;
+    rp_.resize(static_cast<size_t>(nrel_ * HD));  // rp[n, h*D + c] = (W_R r_(dmin+n))[h*D + c]
+    ops::linear(r.data(), WR, nullptr, rp_.data(), nrel_, HD, d);
+  }
+  void add_scores(int64_t b, int64_t h, float* S) const override {
+    const int64_t D = a_.D, Tq = a_.Tq, Tk = a_.Tk, HD = a_.H * D;
+    const int64_t g = h / (a_.H / a_.Hkv);
+    const float* u = u_ + h * D;
+    const float* v = v_ + h * D;
+    float* uk = scratch(0, static_cast<size_t>(Tk));
+    for (int64_t s = 0; s < Tk; ++s) {
+      const float* kr = a_.k + (b * Tk + s) * a_.ldk + g * D;
+      float acc = 0;
+      for (int64_t c = 0; c < D; ++c) acc += u[c] * kr[c];
+      uk[s] = acc;
+    }
+    float* qv = scratch(1, static_cast<size_t>(Tq * D));
+    for (int64_t t = 0; t < Tq; ++t) {
+      const float* qr = a_.q + (b * Tq + t) * a_.ldq + h * D;
+      for (int64_t c = 0; c < D; ++c) qv[t * D + c] = qr[c] + v[c];
+    }
+    float* bd = scratch(2, static_cast<size_t>(Tq * nrel_));
+    ops::gemm(false, true, Tq, nrel_, D, 1.0f, qv, D, rp_.data() + h * D, HD, 0.0f, bd, nrel_);
+    for (int64_t t = 0; t < Tq; ++t)
+      for (int64_t s = 0; s < Tk; ++s) {
+        const int64_t dist = (a_.q_pos0 + t) - (a_.k_pos0 + s);
+        S[t * Tk + s] += a_.scale * (uk[s] + bd[t * nrel_ + dist - dmin_]);
+      }
+  }
+
+ private:
+  AttnDesc a_;
+  const float *u_, *v_;  // [H, D]
+  int64_t dmin_, nrel_;
+  std::vector<float> rp_;
+};
+
+// ---- DeBERTa: scale * (Qc_i.Kr[d(i,j)] + Kc_j.Qr[d(j,i)]), d(i,j) = clip(i-j, -k, k-1) + k
+class DebertaHook final : public ScoreHook {
+ public:
+  DebertaHook(const AttnDesc& a, const float* rel, const float* Wq, const float* bq, const float* Wk,
+              const float* bk, int64_t k, int64_t d)
+      : a_(a), k_(k) {
+    const int64_t HD = a.H * a.D;
+    qr_.resize(static_cast<size_t>(2 * k * HD));
+    kr_.resize(qr_.size());
+    ops::linear(rel, Wq, bq, qr_.data(), 2 * k, HD, d);
+    ops::linear(rel, Wk, bk, kr_.data(), 2 * k, HD, d);
+  }
+  int64_t delta(int64_t i, int64_t j) const { return clampi(i - j, -k_, k_ - 1) + k_; }
+  void add_scores(int64_t b, int64_t h, float* S) const override {
+    const int64_t D = a_.D, Tq = a_.Tq, Tk = a_.Tk, HD = a_.H * D, n = 2 * k_;
+    const int64_t g = h / (a_.H / a_.Hkv);
+    float* c2p = scratch(0, static_cast<size_t>(Tq * n));  // c2p[t, r] = q_t . Kr_h[r]
+    float* p2c = scratch(1, static_cast<size_t>(Tk * n));  // p2c[s, r] = k_s . Qr_h[r]
+    ops::gemm(false, true, Tq, n, D, 1.0f, a_.q + b * Tq * a_.ldq + h * D, a_.ldq,
+              kr_.data() + h * D, HD, 0.0f, c2p, n);
+    ops::gemm(false, true, Tk, n, D, 1.0f, a_.k + b * Tk * a_.ldk + g * D, a_.ldk,
+              qr_.data() + h * D, HD, 0.0f, p2c, n);
+    for (int64_t t = 0; t < Tq; ++t) {
+      const int64_t i = a_.q_pos0 + t;
+      for (int64_t s = 0; s < Tk; ++s) {
+        const int64_t j = a_.k_pos0 + s;
+        S[t * Tk + s] += a_.scale * (c2p[t * n + delta(i, j)] + p2c[s * n + delta(j, i)]);
+      }
+    }
+  }
+
+ private:
+  AttnDesc a_;
+  int64_t k_;
+  std::vector<float> qr_, kr_;  // [2k, H*D]
+};
+
+}  // namespace
+
+void ShawPosition::declare(std::vector<ParamSpec>& specs) const {
+  for (int64_t l = 0; l < g_.n_layers; ++l) {
+    specs.push_back({layer_name(g_, l, "attn.shaw_k"), {2 * c_.clip + 1, g_.D}, Init::Normal, "position", true});
+    specs.push_back({layer_name(g_, l, "attn.shaw_v"), {2 * c_.clip + 1, g_.D}, Init::Normal, "position", true});
+  }
+}
+
+std::unique_ptr<ScoreHook> ShawPosition::prepare(const ParamStore& p, const AttnInputs& in) const {
+  return std::make_unique<ShawHook>(*in.desc, p.f32(layer_name(g_, in.layer, "attn.shaw_k")),
+                                    p.f32(layer_name(g_, in.layer, "attn.shaw_v")), c_.clip);
+}
+
+void XlPosition::declare(std::vector<ParamSpec>& specs) const {
+  for (int64_t l = 0; l < g_.n_layers; ++l) {
+    specs.push_back({layer_name(g_, l, "attn.xl_u"), {g_.H, g_.D}, Init::Normal, "position", true});
+    specs.push_back({layer_name(g_, l, "attn.xl_v"), {g_.H, g_.D}, Init::Normal, "position", true});
+    specs.push_back({layer_name(g_, l, "attn.xl_r.weight"), {g_.H * g_.D, g_.d_model}, Init::Normal, "position", true});
+  }
+}
+
+std::unique_ptr<ScoreHook> XlPosition::prepare(const ParamStore& p, const AttnInputs& in) const {
+  return std::make_unique<XlHook>(*in.desc, p.f32(layer_name(g_, in.layer, "attn.xl_u")),
+                                  p.f32(layer_name(g_, in.layer, "attn.xl_v")),
+                                  p.f32(layer_name(g_, in.layer, "attn.xl_r.weight")), g_.d_model);
+}
+
+void DebertaPosition::declare(std::vector<ParamSpec>& specs) const {
+  specs.push_back({g_.prefix + "rel_emb.weight", {2 * c_.span, g_.d_model}, Init::Normal, "position", true});
+  for (int64_t l = 0; l < g_.n_layers; ++l) {
+    for (const char* w : {"attn.pos_q", "attn.pos_k"}) {
+      specs.push_back({layer_name(g_, l, std::string(w) + ".weight"), {g_.H * g_.D, g_.d_model}, Init::Normal, "position", true});
+      if (g_.bias)
+        specs.push_back({layer_name(g_, l, std::string(w) + ".bias"), {g_.H * g_.D}, Init::Zeros, "position", false});
+    }
+  }
+}
+
+std::unique_ptr<ScoreHook> DebertaPosition::prepare(const ParamStore& p,
+                                                    const AttnInputs& in) const {
+  const int64_t l = in.layer;
+  return std::make_unique<DebertaHook>(
+      *in.desc, p.f32(g_.prefix + "rel_emb.weight"), p.f32(layer_name(g_, l, "attn.pos_q.weight")),
+      p.f32_or_null(layer_name(g_, l, "attn.pos_q.bias")), p.f32(layer_name(g_, l, "attn.pos_k.weight")),
+      p.f32_or_null(layer_name(g_, l, "attn.pos_k.bias")), c_.span, g_.d_model);
+}
+
+float DebertaPosition::default_scale(int64_t D) const {
+  return static_cast<float>(1.0 / std::sqrt(3.0 * static_cast<double>(D)));
+}
+
+}  // namespace posformer

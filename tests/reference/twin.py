@@ -1,0 +1,421 @@
+"""PyTorch twin of the posformer forward pass, written from SPEC.md (sections 1, 2, 3, 5),
+docs/config.md and docs/checkpoint-format.md only. Everything is computed in float64.
+
+    model = build(config_dict, tensors)          # tensors: name -> torch.Tensor
+    hidden, logits = forward(model, tokens, pos_offset=0, src=None)
+
+tokens: LongTensor [B, T] (or [T]); for arch encoder_decoder `tokens` are the decoder's
+tokens (positions pos_offset ..) and `src` the encoder's (positions 0 ..). For an encoder or
+a decoder model the positions of `tokens` are pos_offset .. pos_offset+T-1.
+hidden: [B, T, d] (after the final norm for pre-LN); logits: [B, T, V] or None (head none).
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+DT = torch.float64
+
+# --------------------------------------------------------------------------------------------
+# Config
+
+
+DEFAULTS = {
+    "arch": "decoder", "d_model": 256, "n_layers": 4, "n_heads": 4, "n_kv_heads": 0,
+    "d_ff": 1024, "activation": "gelu", "norm": "layernorm", "norm_position": "pre",
+    "norm_eps": 1e-5, "bias": True, "vocab_size": 259, "max_len": 1024,
+    "tie_embeddings": True, "head": "lm",
+}
+POS_DEFAULTS = {
+    "rope": {"layout": "interleaved", "rotary_dim": 0, "base": 10000.0},
+    "t5": {"num_buckets": 32, "max_distance": 128},
+    "shaw": {"clip": 16},
+    "deberta": {"span": 64},
+}
+ABSOLUTE = ("learned", "sinusoidal", "sinusoidal_half")
+
+
+class Config:
+    def __init__(self, cfg: dict):
+        c = dict(DEFAULTS)
+        c.update({k: v for k, v in cfg.items() if k not in ("position", "attention")})
+        for k, v in c.items():
+            setattr(self, k, v)
+        pos = dict(cfg.get("position") or {"type": "none"})
+        self.pos_type = pos.pop("type", "none")
+        p = dict(POS_DEFAULTS.get(self.pos_type, {}))
+        p.update(pos)
+        self.pos = p
+        att = dict(cfg.get("attention") or {})
+        self.attn_type = att.get("type", "softmax")
+        assert self.attn_type == "softmax", "twin implements exact softmax attention only"
+        self.scale = att.get("scale", None)
+        self.H = self.n_heads
+        self.Hkv = self.n_kv_heads if self.n_kv_heads else self.n_heads
+        self.d = self.d_model
+        self.D = self.d // self.H
+        assert self.H * self.D == self.d and self.H % self.Hkv == 0
+        self.stacks = {"encoder": ["encoder."], "decoder": ["decoder."],
+                       "encoder_decoder": ["encoder.", "decoder."]}[self.arch]
+
+    def self_scale(self):
+        if self.scale is not None:
+            return float(self.scale)
+        if self.pos_type == "deberta":
+            return 1.0 / math.sqrt(3 * self.D)
+        return 1.0 / math.sqrt(self.D)
+
+    def cross_scale(self):
+        return float(self.scale) if self.scale is not None else 1.0 / math.sqrt(self.D)
+
+
+def expected_shapes(cfg: dict):
+    """Every tensor name -> shape the config needs (docs/checkpoint-format.md)."""
+    c = Config(cfg)
+    d, H, Hkv, D, Fh, V = c.d, c.H, c.Hkv, c.D, c.d_ff, c.vocab_size
+    out = {"embed.weight": [V, d]}
+    if c.head == "lm" and not c.tie_embeddings:
+        out["lm_head.weight"] = [V, d]
+
+    def norm(name):
+        out[name + ".weight"] = [d]
+        if c.norm == "layernorm":
+            out[name + ".bias"] = [d]
+
+    def lin(name, o, i):
+        out[name + ".weight"] = [o, i]
+        if c.bias:
+            out[name + ".bias"] = [o]
+
+    for S in c.stacks:
+        for i in range(c.n_layers):
+            L = f"{S}layers.{i}."
+            norm(L + "attn_norm")
+            lin(L + "attn.q", H * D, d)
+            lin(L + "attn.k", Hkv * D, d)
+            lin(L + "attn.v", Hkv * D, d)
+            lin(L + "attn.o", d, H * D)
+            if S == "decoder." and c.arch == "encoder_decoder":
+                norm(L + "cross_norm")
+                lin(L + "cross_attn.q", H * D, d)
+                lin(L + "cross_attn.k", Hkv * D, d)
+                lin(L + "cross_attn.v", Hkv * D, d)
+                lin(L + "cross_attn.o", d, H * D)
+            norm(L + "ffn_norm")
+            lin(L + "ffn.w1", Fh, d)
+            lin(L + "ffn.w2", d, Fh)
+            if c.activation == "swiglu":
+                lin(L + "ffn.w3", Fh, d)
+            if c.pos_type == "shaw":
+                k = c.pos["clip"]
+                out[L + "attn.shaw_k"] = [2 * k + 1, D]
+                out[L + "attn.shaw_v"] = [2 * k + 1, D]
+            if c.pos_type == "xl":
+                out[L + "attn.xl_u"] = [H, D]
+                out[L + "attn.xl_v"] = [H, D]
+                out[L + "attn.xl_r.weight"] = [H * D, d]
+            if c.pos_type == "deberta":
+                lin(L + "attn.pos_q", H * D, d)
+                lin(L + "attn.pos_k", H * D, d)
+        if c.norm_position == "pre":
+            norm(S + "final_norm")
+        if c.pos_type == "learned":
+            out[S + "pos_emb.weight"] = [c.max_len, d]
+        if c.pos_type == "t5":
+            out[S + "rel_bias.weight"] = [c.pos["num_buckets"], H]
+        if c.pos_type == "deberta":
+            out[S + "rel_emb.weight"] = [2 * c.pos["span"], d]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Position helpers (SPEC.md sections 2, 3, 5)
+
+
+def sinusoid(pos: torch.Tensor, d: int, half: bool) -> torch.Tensor:
+    """pos: [N] (any integers, may be negative) -> [N, d].
+    interleaved: P[k,2i] = sin(k w_i), P[k,2i+1] = cos(k w_i); half: [sin | cos];
+    w_i = 10000^(-2i/d)."""
+    i = torch.arange(d // 2, dtype=DT)
+    w = torch.pow(torch.tensor(10000.0, dtype=DT), -2.0 * i / d)
+    ang = pos.to(DT)[:, None] * w[None, :]
+    s, co = torch.sin(ang), torch.cos(ang)
+    if half:
+        return torch.cat([s, co], dim=1)
+    out = torch.empty(pos.shape[0], d, dtype=DT)
+    out[:, 0::2] = s
+    out[:, 1::2] = co
+    return out
+
+
+def alibi_slopes(H: int) -> torch.Tensor:
+    n = 2 ** int(math.floor(math.log2(H)))
+    sl = []
+    for h in range(H):
+        if h < n:
+            sl.append(2.0 ** (-8.0 * (h + 1) / n))
+        else:
+            sl.append(2.0 ** (-4.0 * (2 * (h - n) + 1) / n))
+    return torch.tensor(sl, dtype=DT)
+
+
+def t5_bucket(rel: int, bidirectional: bool, num_buckets: int, max_distance: int) -> int:
+    if bidirectional:
+        nb = num_buckets // 2
+        offset = nb if rel > 0 else 0
+        n = abs(rel)
+    else:
+        nb = num_buckets
+        offset = 0
+        n = max(-rel, 0)
+    max_exact = nb // 2
+    if n < max_exact:
+        return offset + n
+    b = max_exact + int(math.floor(math.log(n / max_exact) / math.log(max_distance / max_exact)
+                                   * (nb - max_exact)))
+    return offset + min(b, nb - 1)
+
+
+def rope_rotate(x: torch.Tensor, pos: torch.Tensor, R: int, base: float, layout: str):
+    """x: [B, heads, T, D]; pos: [T]. Rotates the first R dims; dims >= R pass through."""
+    i = torch.arange(R // 2, dtype=DT)
+    theta = torch.pow(torch.tensor(float(base), dtype=DT), -2.0 * i / R)   # [R/2]
+    ang = pos.to(DT)[:, None] * theta[None, :]                              # [T, R/2]
+    cos, sin = torch.cos(ang), torch.sin(ang)
+    y = x.clone()
+    if layout == "interleaved":
+        a, b = x[..., 0:R:2], x[..., 1:R:2]
+        y[..., 0:R:2] = a * cos - b * sin
+        y[..., 1:R:2] = b * cos + a * sin
+    elif layout == "half":
+        a, b = x[..., : R // 2], x[..., R // 2: R]
+        y[..., : R // 2] = a * cos - b * sin
+        y[..., R // 2: R] = b * cos + a * sin
+    else:
+        raise ValueError(f"unknown rope layout {layout}")
+    return y
+
+
+# --------------------------------------------------------------------------------------------
+# Model
+
+
+class Model:
+    def __init__(self, cfg: dict, tensors: dict):
+        self.cfg_dict = cfg
+        self.c = Config(cfg)
+        need = expected_shapes(cfg)
+        missing = [n for n in need if n not in tensors]
+        if missing:
+            raise KeyError(f"missing tensors: {missing}")
+        extra = [n for n in tensors if n not in need]
+        if extra:
+            raise KeyError(f"unexpected tensors: {extra}")
+        for n, shp in need.items():
+            if list(tensors[n].shape) != shp:
+                raise ValueError(f"tensor {n}: shape {list(tensors[n].shape)} != {shp}")
+        self.w = {n: t.detach().to(DT) for n, t in tensors.items()}
+
+    def get(self, name):
+        return self.w.get(name)
+
+
+def build(config_dict: dict, tensors: dict) -> Model:
+    return Model(config_dict, tensors)
+
+
+def _lin(m: Model, name: str, x: torch.Tensor) -> torch.Tensor:
+    y = x @ m.w[name + ".weight"].T
+    b = m.get(name + ".bias")
+    if b is not None:
+        y = y + b
+    return y
+
+
+def _norm(m: Model, name: str, x: torch.Tensor) -> torch.Tensor:
+    c = m.c
+    g = m.w[name + ".weight"]
+    if c.norm == "layernorm":
+        mu = x.mean(-1, keepdim=True)
+        var = ((x - mu) ** 2).mean(-1, keepdim=True)      # biased variance
+        return (x - mu) / torch.sqrt(var + c.norm_eps) * g + m.w[name + ".bias"]
+    if c.norm == "rmsnorm":
+        return x / torch.sqrt((x * x).mean(-1, keepdim=True) + c.norm_eps) * g
+    raise ValueError(f"unknown norm {c.norm}")
+
+
+def _ffn(m: Model, L: str, x: torch.Tensor) -> torch.Tensor:
+    act = m.c.activation
+    h = _lin(m, L + "ffn.w1", x)
+    if act == "relu":
+        h = torch.relu(h)
+    elif act == "gelu":
+        h = 0.5 * h * (1.0 + torch.erf(h / math.sqrt(2.0)))
+    elif act == "gelu_tanh":
+        h = 0.5 * h * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (h + 0.044715 * h ** 3)))
+    elif act == "swiglu":
+        h = F.silu(h) * _lin(m, L + "ffn.w3", x)
+    else:
+        raise ValueError(f"unknown activation {act}")
+    return _lin(m, L + "ffn.w2", h)
+
+
+def _split(x, heads, D):  # [B, T, heads*D] -> [B, heads, T, D]
+    B, T, _ = x.shape
+    return x.view(B, T, heads, D).transpose(1, 2)
+
+
+def _attention(m: Model, S: str, L: str, kind: str, x: torch.Tensor, kv: torch.Tensor,
+               qpos: torch.Tensor, kpos: torch.Tensor, causal: bool) -> torch.Tensor:
+    """kind: 'attn' (self-attention with the position scheme) or 'cross_attn' (no position terms,
+    no mask). qpos [Tq], kpos [Tk]: absolute positions."""
+    c = m.c
+    H, Hkv, D = c.H, c.Hkv, c.D
+    P = L + kind + "."
+    q = _split(_lin(m, P + "q", x), H, D)           # [B, H, Tq, D]
+    k = _split(_lin(m, P + "k", kv), Hkv, D)        # [B, Hkv, Tk, D]
+    v = _split(_lin(m, P + "v", kv), Hkv, D)
+    is_self = kind == "attn"
+    pt = c.pos_type if is_self else "none"
+    if pt == "rope":
+        R = c.pos["rotary_dim"] or D
+        q = rope_rotate(q, qpos, R, c.pos["base"], c.pos["layout"])
+        k = rope_rotate(k, kpos, R, c.pos["base"], c.pos["layout"])
+    # GQA: query head h reads kv head h // (H / Hkv)
+    rep = H // Hkv
+    k = k.repeat_interleave(rep, dim=1)              # [B, H, Tk, D]
+    v = v.repeat_interleave(rep, dim=1)
+    scale = c.self_scale() if is_self else c.cross_scale()
+
+    ii = qpos[:, None]                               # query positions  [Tq, 1]
+    jj = kpos[None, :]                               # key positions    [1, Tk]
+    content = q @ k.transpose(-1, -2)                # [B, H, Tq, Tk]
+    vextra = None
+
+    if pt in ("none", "learned", "sinusoidal", "sinusoidal_half", "rope"):
+        scores = scale * content
+    elif pt == "alibi":
+        slopes = alibi_slopes(H)[None, :, None, None]
+        dist = (ii - jj).to(DT) if causal else (ii - jj).abs().to(DT)
+        scores = scale * content - slopes * dist[None, None]
+    elif pt == "t5":
+        table = m.w[S + "rel_bias.weight"]          # [num_buckets, H], shared by all layers
+        nbk, md = c.pos["num_buckets"], c.pos["max_distance"]
+        rel = (jj - ii)                              # key minus query
+        rmin = int(rel.min())
+        lut = torch.tensor([t5_bucket(r, not causal, nbk, md)
+                            for r in range(rmin, int(rel.max()) + 1)], dtype=torch.long)
+        bucket = lut[rel - rmin]                     # [Tq, Tk]
+        bias = table[bucket]                         # [Tq, Tk, H]
+        scores = scale * content + bias.permute(2, 0, 1)[None]
+    elif pt == "shaw":
+        kc = c.pos["clip"]
+        r = (jj - ii).clamp(-kc, kc) + kc            # [Tq, Tk]
+        aK = m.w[P + "shaw_k"][r]                    # [Tq, Tk, D]
+        aV = m.w[P + "shaw_v"][r]
+        scores = scale * (content + torch.einsum("bhid,ijd->bhij", q, aK))
+        vextra = aV
+    elif pt == "xl":
+        WR = m.w[P + "xl_r.weight"]                  # [H*D, d]
+        u = m.w[P + "xl_u"]                          # [H, D]
+        vv = m.w[P + "xl_v"]
+        rel = ii - jj                                # m = i - j
+        mmin = int(rel.min())
+        ms = torch.arange(mmin, int(rel.max()) + 1)
+        Rm = (sinusoid(ms, c.d, half=True) @ WR.T).view(-1, H, D)   # [M, H, D]
+        idx = (rel - mmin).long()                    # [Tq, Tk]
+        qr = torch.einsum("bhid,mhd->bhim", q, Rm)   # [B, H, Tq, M]
+        qr = torch.gather(qr, 3, idx[None, None].expand(q.shape[0], H, -1, -1))
+        vr = torch.einsum("hd,mhd->hm", vv, Rm)[:, idx]             # [H, Tq, Tk]
+        uk = torch.einsum("hd,bhjd->bhj", u, k)[:, :, None, :]      # [B, H, 1, Tk]
+        scores = scale * (content + qr + uk + vr[None])
+    elif pt == "deberta":
+        span = c.pos["span"]
+        Pm = m.w[S + "rel_emb.weight"]               # [2span, d]
+        Kr = _lin(m, P + "pos_k", Pm).view(-1, H, D)  # [2span, H, D]
+        Qr = _lin(m, P + "pos_q", Pm).view(-1, H, D)
+        dij = (ii - jj).clamp(-span, span - 1) + span        # delta(i, j)  [Tq, Tk]
+        dji = (jj - ii).clamp(-span, span - 1) + span        # delta(j, i)  [Tq, Tk]
+        B = q.shape[0]
+        c2p = torch.einsum("bhid,rhd->bhir", q, Kr)
+        c2p = torch.gather(c2p, 3, dij[None, None].expand(B, H, -1, -1))
+        p2c = torch.einsum("bhjd,rhd->bhjr", k, Qr)           # [B, H, Tk, 2span]
+        # p2c[b,h,i,j] = Kc_j . Qr[delta(j,i)]
+        p2c = p2c[:, :, torch.arange(kpos.shape[0])[None, :], dji]   # [B, H, Tq, Tk]
+        scores = scale * (content + c2p + p2c)
+    else:
+        raise ValueError(f"unknown position type {pt}")
+
+    if causal:
+        scores = scores.masked_fill((jj > ii)[None, None], float("-inf"))
+    p = torch.softmax(scores, dim=-1)
+    out = p @ v                                      # [B, H, Tq, D]
+    if vextra is not None:
+        out = out + torch.einsum("bhij,ijd->bhid", p, vextra)
+    B, _, Tq, _ = out.shape
+    out = out.transpose(1, 2).reshape(B, Tq, H * D)
+    return _lin(m, P + "o", out)
+
+
+def _stack(m: Model, S: str, tokens: torch.Tensor, pos0: int, causal: bool, enc=None):
+    c = m.c
+    B, T = tokens.shape
+    if int(tokens.min()) < 0 or int(tokens.max()) >= c.vocab_size:
+        raise ValueError(f"token id out of range [0, {c.vocab_size})")
+    pos = torch.arange(pos0, pos0 + T)
+    x = m.w["embed.weight"][tokens]                  # [B, T, d]
+    if c.pos_type == "learned":
+        if pos0 < 0 or pos0 + T > c.max_len:
+            raise ValueError(f"positions {pos0}..{pos0 + T - 1} exceed max_len {c.max_len}")
+        x = x + m.w[S + "pos_emb.weight"][pos][None]
+    elif c.pos_type == "sinusoidal":
+        x = x + sinusoid(pos, c.d, half=False)[None]
+    elif c.pos_type == "sinusoidal_half":
+        x = x + sinusoid(pos, c.d, half=True)[None]
+    pre = c.norm_position == "pre"
+    cross = enc is not None
+    epos = torch.arange(enc.shape[1]) if cross else None
+    for i in range(c.n_layers):
+        L = f"{S}layers.{i}."
+        if pre:
+            x = x + _attention(m, S, L, "attn", _norm(m, L + "attn_norm", x),
+                               _norm(m, L + "attn_norm", x), pos, pos, causal)
+            if cross:
+                x = x + _attention(m, S, L, "cross_attn", _norm(m, L + "cross_norm", x), enc,
+                                   pos, epos, False)
+            x = x + _ffn(m, L, _norm(m, L + "ffn_norm", x))
+        else:
+            x = _norm(m, L + "attn_norm", x + _attention(m, S, L, "attn", x, x, pos, pos, causal))
+            if cross:
+                x = _norm(m, L + "cross_norm",
+                          x + _attention(m, S, L, "cross_attn", x, enc, pos, epos, False))
+            x = _norm(m, L + "ffn_norm", x + _ffn(m, L, x))
+    if pre:
+        x = _norm(m, S + "final_norm", x)
+    return x
+
+
+def forward(model: Model, tokens, pos_offset: int = 0, src=None):
+    c = model.c
+    tokens = torch.as_tensor(tokens, dtype=torch.long)
+    if tokens.dim() == 1:
+        tokens = tokens[None]
+    if c.arch == "encoder":
+        h = _stack(model, "encoder.", tokens, pos_offset, causal=False)
+    elif c.arch == "decoder":
+        h = _stack(model, "decoder.", tokens, pos_offset, causal=True)
+    elif c.arch == "encoder_decoder":
+        if src is None:
+            raise ValueError("encoder_decoder needs src tokens")
+        src = torch.as_tensor(src, dtype=torch.long)
+        if src.dim() == 1:
+            src = src[None]
+        enc = _stack(model, "encoder.", src, 0, causal=False)
+        h = _stack(model, "decoder.", tokens, pos_offset, causal=True, enc=enc)
+    else:
+        raise ValueError(f"unknown arch {c.arch}")
+    logits = None
+    if c.head == "lm":
+        W = model.w["embed.weight"] if c.tie_embeddings else model.w["lm_head.weight"]
+        logits = h @ W.T
+    return h, logits

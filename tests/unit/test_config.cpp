@@ -1,0 +1,134 @@
+// Config parsing: defaults, round trip, and one refusal per bad-config case with a clear message.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "posformer/core/error.h"
+#include "posformer/model/config.h"
+
+using namespace posformer;
+using json = nlohmann::json;
+
+namespace {
+// Expects parsing `j` to throw an Error whose message contains every word in `words`.
+void expect_refused(const json& j, std::initializer_list<const char*> words) {
+  try {
+    parse_config(j);
+    FAIL() << "config accepted: " << j.dump();
+  } catch (const Error& e) {
+    std::string msg = e.what();
+    for (const char* w : words) EXPECT_NE(msg.find(w), std::string::npos) << "message: " << msg;
+  }
+}
+json base() { return json{{"arch", "decoder"}, {"d_model", 64}, {"n_heads", 4}, {"d_ff", 128}}; }
+json with(json j, const std::string& k, json v) {
+  j[k] = v;
+  return j;
+}
+}  // namespace
+
+TEST(Config, DefaultsAndRoundTrip) {
+  ModelConfig c = parse_config(json::object());
+  EXPECT_EQ(c.arch, "decoder");
+  EXPECT_EQ(c.head_dim(), 64);
+  EXPECT_EQ(c.kv_heads(), 4);
+  json j = base();
+  j["position"] = {{"type", "rope"}, {"layout", "half"}, {"rotary_dim", 8}, {"base", 500.0}};
+  j["attention"] = {{"type", "softmax"}, {"scale", 0.5}};
+  ModelConfig c2 = parse_config(j);
+  ModelConfig c3 = parse_config(config_to_json(c2));
+  EXPECT_EQ(config_to_json(c2), config_to_json(c3));
+  EXPECT_EQ(c3.position.layout, "half");
+  EXPECT_EQ(c3.position.rotary_dim, 8);
+  EXPECT_DOUBLE_EQ(*c3.attention.scale, 0.5);
+}
+
+TEST(Config, RefusesHeadsNotDividingDModel) {
+  expect_refused(with(base(), "n_heads", 5), {"n_heads", "5", "d_model", "64"});
+}
+TEST(Config, RefusesKvHeadsNotDividingHeads) {
+  expect_refused(with(base(), "n_kv_heads", 3), {"n_kv_heads", "3"});
+}
+TEST(Config, RefusesOddRotaryDim) {
+  expect_refused(with(base(), "position", {{"type", "rope"}, {"rotary_dim", 7}}),
+                 {"rotary_dim", "7", "even"});
+}
+TEST(Config, RefusesRotaryDimPastHeadDim) {
+  expect_refused(with(base(), "position", {{"type", "rope"}, {"rotary_dim", 32}}),
+                 {"rotary_dim", "32", "16"});
+}
+TEST(Config, RefusesOddHeadDimForRope) {
+  json j = base();
+  j["d_model"] = 60;
+  j["n_heads"] = 4;  // D = 15
+  j["position"] = {{"type", "rope"}};
+  expect_refused(j, {"rotary_dim", "15"});
+}
+TEST(Config, RefusesUnknownPositionType) {
+  expect_refused(with(base(), "position", {{"type", "rotary"}}), {"position.type", "rotary"});
+}
+TEST(Config, RefusesUnknownAttentionType) {
+  expect_refused(with(base(), "attention", {{"type", "flashy"}}), {"attention.type", "flashy"});
+}
+TEST(Config, RefusesUnknownArchActivationNorm) {
+  expect_refused(with(base(), "arch", "encdec"), {"arch", "encdec"});
+  expect_refused(with(base(), "activation", "tanh"), {"activation", "tanh"});
+  expect_refused(with(base(), "norm", "batchnorm"), {"norm", "batchnorm"});
+  expect_refused(with(base(), "norm_position", "middle"), {"norm_position", "middle"});
+  expect_refused(with(base(), "head", "cls"), {"head", "cls"});
+}
+TEST(Config, RefusesNegativeAndZeroSizes) {
+  expect_refused(with(base(), "d_model", -64), {"d_model", "-64"});
+  expect_refused(with(base(), "n_layers", 0), {"n_layers", "0"});
+  expect_refused(with(base(), "d_ff", -1), {"d_ff", "-1"});
+  expect_refused(with(base(), "vocab_size", 0), {"vocab_size"});
+  expect_refused(with(base(), "max_len", -5), {"max_len", "-5"});
+  expect_refused(with(base(), "n_kv_heads", -2), {"n_kv_heads", "-2"});
+}
+TEST(Config, RefusesHugeSizes) {
+  expect_refused(with(base(), "d_model", int64_t{1} << 40), {"d_model"});
+  expect_refused(with(base(), "vocab_size", int64_t{1} << 40), {"vocab_size"});
+}
+TEST(Config, RefusesWrongJsonTypes) {
+  expect_refused(with(base(), "d_model", "64"), {"d_model", "integer"});
+  expect_refused(with(base(), "d_model", 64.5), {"d_model", "integer"});
+  expect_refused(with(base(), "bias", 1), {"bias", "true or false"});
+  expect_refused(with(base(), "position", "rope"), {"position", "object"});
+  expect_refused(json::array(), {"object"});
+}
+TEST(Config, RefusesUnknownFields) {
+  expect_refused(with(base(), "d_modle", 64), {"unknown field", "d_modle"});
+  expect_refused(with(base(), "position", {{"type", "rope"}, {"bsae", 10}}), {"position.bsae"});
+}
+TEST(Config, RefusesParametersOfOtherSchemes) {
+  expect_refused(with(base(), "position", {{"type", "alibi"}, {"base", 10000}}),
+                 {"position.base", "alibi"});
+  expect_refused(with(base(), "position", {{"type", "rope"}, {"num_buckets", 32}}),
+                 {"num_buckets", "rope"});
+}
+TEST(Config, RefusesBadSchemeParameters) {
+  expect_refused(with(base(), "position", {{"type", "rope"}, {"base", 0.5}}), {"base", "0.5"});
+  expect_refused(with(base(), "position", {{"type", "rope"}, {"layout", "neox"}}), {"layout", "neox"});
+  expect_refused(with(base(), "position", {{"type", "t5"}, {"num_buckets", 31}}), {"num_buckets", "31"});
+  expect_refused(with(base(), "position", {{"type", "t5"}, {"max_distance", 4}}), {"max_distance", "4"});
+  expect_refused(with(base(), "position", {{"type", "shaw"}, {"clip", 0}}), {"clip", "0"});
+  expect_refused(with(base(), "position", {{"type", "deberta"}, {"span", -3}}), {"span", "-3"});
+  expect_refused(with(base(), "attention", {{"type", "softmax"}, {"scale", -1.0}}), {"scale"});
+  expect_refused(with(base(), "norm_eps", 0.0), {"norm_eps"});
+}
+TEST(Config, RefusesOddWidthForSinusoids) {
+  json j = base();
+  j["d_model"] = 63;
+  j["n_heads"] = 3;
+  j["position"] = {{"type", "sinusoidal"}};
+  expect_refused(j, {"sinusoidal", "63"});
+}
+TEST(Config, TextParsingNamesTheSource) {
+  try {
+    parse_config_text("{\"d_model\": ", "cfg.json");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("cfg.json"), std::string::npos);
+  }
+  EXPECT_THROW(load_config("/nonexistent/config.json"), Error);
+}

@@ -1,0 +1,44 @@
+// posformer info: parameter counts per component and in total.
+#include <cstdio>
+#include <iostream>
+#include <map>
+
+#include "common.h"
+
+namespace posformer::cli {
+
+Command add_info(CLI::App& root) {
+  auto* app = root.add_subcommand("info", "show a model's config and parameter counts per component");
+  auto dir = std::make_shared<std::string>();
+  app->add_option("DIR", *dir, "model directory")->required();
+  return {app, [=]() {
+            Transformer m = Transformer::load(*dir);
+            const ModelConfig& c = m.config();
+            std::printf("model      %s\n", dir->c_str());
+            std::printf("arch       %s, %lld layers%s, d_model %lld, %lld heads (%lld kv), d_ff %lld\n",
+                        c.arch.c_str(), (long long)c.n_layers,
+                        c.arch == "encoder_decoder" ? " per stack" : "", (long long)c.d_model,
+                        (long long)c.n_heads, (long long)c.kv_heads(), (long long)c.d_ff);
+            std::printf("block      %s-%s, %s, bias %s, vocab %lld, max_len %lld\n",
+                        c.norm_position.c_str(), c.norm.c_str(), c.activation.c_str(),
+                        c.bias ? "yes" : "no", (long long)c.vocab_size, (long long)c.max_len);
+            std::printf("position   %s\n", c.position.type.c_str());
+            std::map<std::string, int64_t> per;
+            int64_t total = 0;
+            for (const auto& s : m.param_specs()) {
+              int64_t n = shape_numel(s.shape);
+              per[s.component] += n;
+              total += n;
+            }
+            std::printf("\n%-12s %14s %8s\n", "component", "parameters", "share");
+            for (const char* k : {"embedding", "position", "attention", "ffn", "norm", "head"}) {
+              if (!per.count(k)) continue;
+              std::printf("%-12s %14lld %7.2f%%\n", k, (long long)per[k], 100.0 * per[k] / total);
+            }
+            std::printf("%-12s %14lld\n", "total", (long long)total);
+            std::printf("fp32 size  %.2f MiB\n", total * 4.0 / (1 << 20));
+            return 0;
+          }};
+}
+
+}  // namespace posformer::cli

@@ -1,0 +1,28 @@
+// posformer: command-line entry point. Each subcommand lives in its own cmd_*.cpp.
+#include <iostream>
+
+#include "common.h"
+#include "posformer/core/runtime.h"
+
+using namespace posformer;
+
+int main(int argc, char** argv) {
+  init_runtime();
+  CLI::App app{"posformer: Transformer engine for position encodings and attention variants"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "posformer 0.1.0");
+  std::vector<cli::Command> cmds = {cli::add_init(app), cli::add_info(app), cli::add_forward(app)};
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    for (auto& c : cmds)
+      if (c.app->parsed()) return c.run();
+  } catch (const std::exception& e) {
+    std::cerr << "posformer: error: " << e.what() << "\n";
+    return 1;
+  }
+  return 1;
+}
