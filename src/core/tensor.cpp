@@ -50,6 +50,8 @@ int64_t shape_numel(const Shape& s) {
 
 Tensor::Tensor(Shape shape, DType dtype) : shape_(std::move(shape)), dtype_(dtype) {
   numel_ = shape_numel(shape_);
+  PF_CHECK(numel_ <= static_cast<int64_t>((size_t{1} << 46) / dtype_size(dtype)), "[tensor] shape ",
+           shape_str(shape_), " of ", dtype_name(dtype), " is too large to allocate");
   size_t bytes = nbytes();
   size_t alloc = ((bytes + 63) / 64) * 64;
   if (alloc == 0) alloc = 64;
@@ -151,7 +153,7 @@ uint16_t f32_to_f16(float f) {
     if (absx < 0x33000000u) return static_cast<uint16_t>(sign);  // < 2^-25 rounds to 0
     uint32_t mant = (absx & 0x007fffffu) | 0x00800000u;
     int e = static_cast<int>(absx >> 23);  // biased f32 exponent
-    int shift = 126 - e + 14;             // bits to drop to land at 2^-24 units
+    int shift = 126 - e;  // value = mant * 2^(e-150); half subnormal unit 2^-24, shift in [14, 24]
     uint32_t half = mant >> shift;
     uint32_t rem = mant & ((1u << shift) - 1u);
     uint32_t mid = 1u << (shift - 1);

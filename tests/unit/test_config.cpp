@@ -1,6 +1,7 @@
 // Config parsing: defaults, round trip, and one refusal per bad-config case with a clear message.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <nlohmann/json.hpp>
 
 #include "posformer/core/error.h"
@@ -131,4 +132,18 @@ TEST(Config, TextParsingNamesTheSource) {
     EXPECT_NE(std::string(e.what()).find("cfg.json"), std::string::npos);
   }
   EXPECT_THROW(load_config("/nonexistent/config.json"), Error);
+}
+
+#include "posformer/core/tensor.h"
+
+TEST(Tensor, HalfConversionsRoundTripIncludingSubnormals) {
+  for (float f : {0.0f, 1.0f, -2.5f, 65504.0f, 6.1035156e-05f, 5.9604645e-08f, 3.0517578e-05f,
+                  1e-6f, -7.5e-7f})
+    EXPECT_NEAR(f16_to_f32(f32_to_f16(f)), f, std::fabs(f) * 1e-3 + 3e-8) << f;
+  EXPECT_EQ(f16_to_f32(f32_to_f16(std::ldexp(1.0f, -15))), std::ldexp(1.0f, -15));
+  EXPECT_EQ(f16_to_f32(f32_to_f16(std::ldexp(1.0f, -24))), std::ldexp(1.0f, -24));
+  EXPECT_EQ(f32_to_f16(std::ldexp(1.0f, -26)), 0);
+  EXPECT_TRUE(std::isinf(f16_to_f32(f32_to_f16(1e6f))));
+  EXPECT_EQ(bf16_to_f32(f32_to_bf16(1.5f)), 1.5f);
+  EXPECT_THROW(Tensor({int64_t{1} << 61}, DType::F64), Error);
 }

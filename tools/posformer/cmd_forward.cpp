@@ -1,5 +1,8 @@
 // posformer forward: run the model on one token sequence, write hidden states and logits.
+#include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <cstdio>
 #include <iostream>
 
 #include "common.h"
@@ -50,8 +53,20 @@ Command add_forward(CLI::App& root) {
             std::map<std::string, Tensor> out{{"hidden", r.hidden.reshape({T, d})}};
             if (r.logits.numel()) out.emplace("logits", r.logits.reshape({T, r.logits.dim(2)}));
             save_safetensors(o->out, out, {{"model", o->dir}});
-            std::cerr << "forward: T=" << T << " in " << ms << " ms (" << num_threads()
-                      << " threads) -> " << o->out << "\n";
+            double mean = 0, sq = 0;
+            const float* hp = r.hidden.data<float>();
+            for (int64_t i = 0; i < T * d; ++i) mean += hp[i], sq += double(hp[i]) * hp[i];
+            mean /= double(T * d);
+            std::printf("forward: T=%lld in %.2f ms (%d threads); hidden [%lld, %lld] mean %+.4f std %.4f",
+                        (long long)T, ms, num_threads(), (long long)T, (long long)d, mean,
+                        std::sqrt(std::max(0.0, sq / double(T * d) - mean * mean)));
+            if (r.logits.numel()) {
+              const int64_t V = r.logits.dim(2);
+              const float* last = r.logits.data<float>() + (T - 1) * V;
+              int64_t best = std::max_element(last, last + V) - last;
+              std::printf("; next-token argmax %lld", (long long)best);
+            }
+            std::printf(" -> %s\n", o->out.c_str());
             return 0;
           }};
 }

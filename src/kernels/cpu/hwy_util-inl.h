@@ -1,4 +1,4 @@
-// Per-target Highway helpers (tails, exp-based functions). Included from inside the
+// Per-target Highway helpers (tails, exp / erf / activations). Included from inside the
 // foreach_target sections of the kernel .cpp files, hence the toggle guard.
 #if defined(POSFORMER_KERNELS_CPU_HWY_UTIL_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef POSFORMER_KERNELS_CPU_HWY_UTIL_INL_H_
@@ -10,7 +10,6 @@
 #include <cstddef>
 #include <cstring>
 
-#include "hwy/contrib/math/math-inl.h"
 #include "hwy/highway.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -34,32 +33,58 @@ HWY_INLINE void store_tail(D d, hn::Vec<D> v, float* p, size_t count) {
   std::memcpy(p, buf, count * sizeof(float));
 }
 
+// exp(x) for x <= 88: round-to-nearest n = x / ln 2 by the 1.5 * 2^23 trick, Cody-Waite
+// r = x - n ln 2, degree-6 fit of e^r (Estrin), 2^n added to the exponent bits. Results below
+// e^-86 (and exp(-inf)) are exactly 0, so no denormals; NaN gives NaN.
+template <class D, class V>
+HWY_INLINE V exp_vec(D d, V x) {
+  const hn::RebindToSigned<D> di;
+  const V lo = hn::Set(d, -86.0f);
+  const V magic = hn::Set(d, 12582912.0f);
+  const V xc = hn::Max(lo, x);  // second operand wins for NaN on x86: keeps NaN
+  const V z = hn::MulAdd(xc, hn::Set(d, 1.44269504088896341f), magic);
+  const V n = hn::Sub(z, magic);
+  V r = hn::NegMulAdd(n, hn::Set(d, 0.693145751953125f), xc);
+  r = hn::NegMulAdd(n, hn::Set(d, 1.4286068203094172e-6f), r);
+  const V r2 = hn::Mul(r, r);
+  const V p01 = hn::MulAdd(r, hn::Set(d, 1.0000000377162138f), hn::Set(d, 1.0f));
+  const V p23 = hn::MulAdd(r, hn::Set(d, 0.16666415514653275f), hn::Set(d, 0.50000000471177577f));
+  const V p45 =
+      hn::MulAdd(r, hn::Set(d, 0.0083751263981533357f), hn::Set(d, 0.041666352896775157f));
+  const V p46 = hn::MulAdd(r2, hn::Set(d, 0.0013941108433972675f), p45);
+  const V p = hn::MulAdd(hn::Mul(r2, r2), p46, hn::MulAdd(r2, p23, p01));
+  const auto scale = hn::ShiftLeft<23>(hn::BitCast(di, z));  // n << 23
+  const V y = hn::BitCast(d, hn::Add(hn::BitCast(di, p), scale));
+  return hn::IfThenZeroElse(hn::Lt(x, lo), y);
+}
+
 // 1 / (1 + exp(-z)) without overflow: e = exp(-|z|) in (0, 1].
 template <class D, class V>
 HWY_INLINE V sigmoid_vec(D d, V z) {
   const V one = hn::Set(d, 1.0f);
-  const V e = hn::Exp(d, hn::Neg(hn::Abs(z)));
+  const V e = exp_vec(d, hn::Neg(hn::Abs(z)));
   const V r = hn::Div(one, hn::Add(one, e));
   return hn::IfThenElse(hn::Lt(z, hn::Zero(d)), hn::Mul(e, r), r);
 }
 
-// erfc(t) for t >= 0 with relative error ~2e-7: u * exp(-t^2 + P(u)), u = 2 / (2 + t),
-// P a degree-9 Chebyshev fit of log(erfc(t) / u) + t^2 over t in [0, 9.5].
+// erfc(t) * e^log_scale for t >= 0, relative error ~2e-7: u exp(-t^2 + P(u) + log_scale),
+// u = 2 / (2 + t), P a degree-9 Chebyshev fit of log(erfc(t) / u) + t^2, t in [0, 9.5].
 template <class D, class V>
-HWY_INLINE V erfc_nonneg_vec(D d, V t) {
+HWY_INLINE V erfc_nonneg_vec(D d, V t, float log_scale = 0.0f) {
   const V two = hn::Set(d, 2.0f);
   const V u = hn::Div(two, hn::Add(two, t));
-  V p = hn::Set(d, 0.14322467798606841f);
-  p = hn::MulAdd(p, u, hn::Set(d, -0.67131109201246859f));
-  p = hn::MulAdd(p, u, hn::Set(d, 1.1336978460470903f));
-  p = hn::MulAdd(p, u, hn::Set(d, -0.66457127382158314f));
-  p = hn::MulAdd(p, u, hn::Set(d, -0.10748658898426536f));
-  p = hn::MulAdd(p, u, hn::Set(d, 0.016350997441714572f));
-  p = hn::MulAdd(p, u, hn::Set(d, 0.029222682199243816f));
-  p = hn::MulAdd(p, u, hn::Set(d, 0.38782640636349133f));
-  p = hn::MulAdd(p, u, hn::Set(d, 0.99848676815715052f));
-  p = hn::MulAdd(p, u, hn::Set(d, -1.2654403779436664f));
-  return hn::Mul(u, hn::Exp(d, hn::NegMulAdd(t, t, p)));
+  const V u2 = hn::Mul(u, u);
+  const V u4 = hn::Mul(u2, u2);
+  const V p01 = hn::MulAdd(u, hn::Set(d, 0.99848676815715052f), hn::Set(d, -1.2654403779436664f + log_scale));
+  const V p23 = hn::MulAdd(u, hn::Set(d, 0.029222682199243816f), hn::Set(d, 0.38782640636349133f));
+  const V p45 =
+      hn::MulAdd(u, hn::Set(d, -0.10748658898426536f), hn::Set(d, 0.016350997441714572f));
+  const V p67 = hn::MulAdd(u, hn::Set(d, 1.1336978460470903f), hn::Set(d, -0.66457127382158314f));
+  const V p89 = hn::MulAdd(u, hn::Set(d, 0.14322467798606841f), hn::Set(d, -0.67131109201246859f));
+  const V p03 = hn::MulAdd(u2, p23, p01);
+  const V p47 = hn::MulAdd(u2, p67, p45);
+  const V p = hn::MulAdd(hn::Mul(u4, u4), p89, hn::MulAdd(u4, p47, p03));
+  return hn::Mul(u, exp_vec(d, hn::NegMulAdd(t, t, p)));
 }
 
 // erf(x): odd degree-13 fit x * Q(x^2) for |x| < 1, else sign(x) * (1 - erfc(|x|)).
@@ -82,7 +107,8 @@ HWY_INLINE V erf_vec(D d, V x) {
 // Phi(x) = 0.5 erfc(-x / sqrt 2), relative-accurate in both tails; gelu(x) = x Phi(x).
 template <class D, class V>
 HWY_INLINE V gelu_vec(D d, V x) {
-  const V h = hn::Mul(hn::Set(d, 0.5f), erfc_nonneg_vec(d, hn::Mul(hn::Abs(x), hn::Set(d, 0.70710678118654752f))));
+  const V t = hn::Mul(hn::Abs(x), hn::Set(d, 0.70710678118654752f));
+  const V h = erfc_nonneg_vec(d, t, -0.69314718055994531f);  // 0.5 erfc(t)
   const V phi = hn::IfThenElse(hn::Lt(x, hn::Zero(d)), h, hn::Sub(hn::Set(d, 1.0f), h));
   return hn::Mul(x, phi);
 }

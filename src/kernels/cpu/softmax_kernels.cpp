@@ -41,20 +41,20 @@ HWY_INLINE void softmax_row(float* x, size_t n) {
   auto s0 = hn::Zero(d), s1 = hn::Zero(d);
   i = 0;
   for (; i + 2 * N <= n; i += 2 * N) {
-    const auto e0 = hn::Exp(d, hn::Sub(hn::LoadU(d, x + i), vmax));
-    const auto e1 = hn::Exp(d, hn::Sub(hn::LoadU(d, x + i + N), vmax));
+    const auto e0 = exp_vec(d, hn::Sub(hn::LoadU(d, x + i), vmax));
+    const auto e1 = exp_vec(d, hn::Sub(hn::LoadU(d, x + i + N), vmax));
     hn::StoreU(e0, d, x + i);
     hn::StoreU(e1, d, x + i + N);
     s0 = hn::Add(s0, e0);
     s1 = hn::Add(s1, e1);
   }
   for (; i + N <= n; i += N) {
-    const auto e = hn::Exp(d, hn::Sub(hn::LoadU(d, x + i), vmax));
+    const auto e = exp_vec(d, hn::Sub(hn::LoadU(d, x + i), vmax));
     hn::StoreU(e, d, x + i);
     s0 = hn::Add(s0, e);
   }
   if (i < n) {
-    const auto e = hn::Exp(d, hn::Sub(load_tail(d, x + i, n - i, ninf), vmax));
+    const auto e = exp_vec(d, hn::Sub(load_tail(d, x + i, n - i, ninf), vmax));
     store_tail(d, e, x + i, n - i);
     s1 = hn::Add(s1, e);
   }
