@@ -2,6 +2,7 @@
 // reference. Both call the same ScoreHook, so relative schemes are checked by the twin tests.
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -62,6 +63,7 @@ void attention_forward(const AttnDesc& a) {
       if (a.hook) a.hook->add_scores(b, h, S.data());
       apply_mask(a, b, S.data());
       ops::softmax_rows(S.data(), a.Tq, a.Tk, a.Tk);
+      if (a.probs) std::copy_n(S.data(), a.Tq * a.Tk, a.probs + bh * a.Tq * a.Tk);
       ops::gemm(false, false, a.Tq, a.D, a.Tk, 1.0f, S.data(), a.Tk, v, a.ldv, 0.0f, o, a.ldo);
       if (a.hook && a.hook->has_value_terms()) a.hook->add_values(b, h, S.data(), o, a.ldo);
     }

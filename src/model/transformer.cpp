@@ -9,6 +9,7 @@
 #include "posformer/attention/attention.h"
 #include "posformer/core/io.h"
 #include "posformer/model/safetensors.h"
+#include "tape.h"
 #include "posformer/ops/activation.h"
 #include "posformer/ops/matmul.h"
 #include "posformer/ops/norm.h"
@@ -149,98 +150,135 @@ Tensor Transformer::embed(const Stack& st, const TokenBatch& tokens, int64_t pos
   return x;
 }
 
-void Transformer::run_stack(const Stack& st, float* x, int64_t B, int64_t T, int64_t pos0,
-                            const float* enc, int64_t Ts) const {
+
+Transformer::Geometry Transformer::geometry() const {
   const ModelConfig& c = cfg_;
-  const int64_t d = c.d_model, H = c.n_heads, Hkv = c.kv_heads(), D = c.head_dim(), HD = H * D,
-                KD = Hkv * D, F = c.d_ff, BT = B * T;
-  const bool pre = c.norm_position == "pre", ln = c.norm == "layernorm";
-  const bool swiglu = c.activation == "swiglu";
-  const ops::Act act = swiglu ? ops::Act::Identity : ops::act_from_name(c.activation);
-  const int64_t Tkv = std::max(T, Ts);
-  // workspace reused by every layer
-  Tensor h_t({BT, d}), q_t({BT, HD}), k_t({B * Tkv, KD}), v_t({B * Tkv, KD}), att_t({BT, HD}),
-      f1_t({BT, F}), f3_t(swiglu ? Shape{BT, F} : Shape{0});
-  float *h = h_t.data<float>(), *q = q_t.data<float>(), *k = k_t.data<float>(),
-        *v = v_t.data<float>(), *att = att_t.data<float>(), *f1 = f1_t.data<float>(),
-        *f3 = f3_t.data<float>();
+  Geometry g;
+  g.d = c.d_model, g.H = c.n_heads, g.Hkv = c.kv_heads(), g.D = c.head_dim();
+  g.HD = g.H * g.D, g.KD = g.Hkv * g.D, g.F = c.d_ff;
+  g.pre = c.norm_position == "pre", g.ln = c.norm == "layernorm";
+  g.swiglu = c.activation == "swiglu";
+  g.act = g.swiglu ? ops::Act::Identity : ops::act_from_name(c.activation);
+  return g;
+}
+
+void Transformer::norm_fwd(const std::string& n, const float* in, float* out, int64_t rows) const {
+  if (cfg_.norm == "layernorm")
+    ops::layernorm(in, params_.f32(n + ".weight"), params_.f32(n + ".bias"), out, rows,
+                   cfg_.d_model, static_cast<float>(cfg_.norm_eps));
+  else
+    ops::rmsnorm(in, params_.f32(n + ".weight"), out, rows, cfg_.d_model,
+                 static_cast<float>(cfg_.norm_eps));
+}
+
+void Transformer::lin_fwd(const std::string& n, const float* in, float* out, int64_t M, int64_t N,
+                          int64_t K) const {
+  ops::linear(in, params_.f32(n + ".weight"), params_.f32_or_null(n + ".bias"), out, M, N, K);
+}
+
+AttnDesc Transformer::attn_desc(const Stack& st, bool self, int64_t B, int64_t T, int64_t Tk,
+                                int64_t pos0) const {
+  const Geometry g = geometry();
+  AttnDesc desc;
+  desc.B = B, desc.Tq = T, desc.Tk = Tk, desc.H = g.H, desc.Hkv = g.Hkv, desc.D = g.D;
+  desc.ldq = g.HD, desc.ldk = g.KD, desc.ldv = g.KD, desc.ldo = g.HD;
+  desc.causal = self && st.causal;
+  desc.q_pos0 = pos0, desc.k_pos0 = self ? pos0 : 0;
+  const float default_scale =
+      self ? st.pe->default_scale(g.D) : static_cast<float>(1.0 / std::sqrt(double(g.D)));
+  desc.scale = cfg_.attention.scale ? static_cast<float>(*cfg_.attention.scale) : default_scale;
+  return desc;
+}
+
+void Transformer::run_stack(const Stack& st, float* x, int64_t B, int64_t T, int64_t pos0,
+                            const float* enc, int64_t Ts, StackTape* tape) const {
+  const Geometry g = geometry();
+  const int64_t d = g.d, BT = B * T, Tkv = std::max(T, Ts);
+  // Inference reuses one workspace for every layer; training keeps each layer's activations.
+  using Bufs = SubTape;
+  Bufs ws;
+  auto buf = [&](Tensor Bufs::*field, Bufs* keep, Shape shape) -> float* {
+    Tensor& t = keep ? keep->*field : ws.*field;
+    if (keep || t.numel() < shape_numel(shape)) t = Tensor(shape);
+    return t.data<float>();
+  };
   const std::string& P = st.prefix;
-  auto norm = [&](const std::string& n, const float* in, float* out) {
-    if (ln)
-      ops::layernorm(in, params_.f32(n + ".weight"), params_.f32(n + ".bias"), out, BT, d,
-                     static_cast<float>(c.norm_eps));
-    else
-      ops::rmsnorm(in, params_.f32(n + ".weight"), out, BT, d, static_cast<float>(c.norm_eps));
-  };
-  auto lin = [&](const std::string& n, const float* in, float* out, int64_t M, int64_t N,
-                 int64_t K) {
-    ops::linear(in, params_.f32(n + ".weight"), params_.f32_or_null(n + ".bias"), out, M, N, K);
-  };
-  // out[BT, d] = attention sublayer of layer l over input `in`; self or cross (keys from enc)
-  auto attention = [&](int64_t l, const std::string& a, const float* in, float* out, bool self) {
+  if (tape) {
+    tape->layers.assign(static_cast<size_t>(cfg_.n_layers), {});
+    tape->B = B, tape->T = T, tape->Ts = Ts, tape->pos0 = pos0;
+  }
+  // out[BT, d] = attention sublayer over `in`; self-attention or cross (keys from enc)
+  auto attention = [&](int64_t l, const std::string& a, const float* in, float* out, bool self,
+                       Bufs* keep) {
     const float* kv_in = self ? in : enc;
     const int64_t Tk = self ? T : Ts;
-    lin(lname(P, l, a + ".q"), in, q, BT, HD, d);
-    lin(lname(P, l, a + ".k"), kv_in, k, B * Tk, KD, d);
-    lin(lname(P, l, a + ".v"), kv_in, v, B * Tk, KD, d);
+    float* q = buf(&Bufs::q, keep, {BT, g.HD});
+    float* k = buf(&Bufs::k, keep, {B * Tkv, g.KD});
+    float* v = buf(&Bufs::v, keep, {B * Tkv, g.KD});
+    float* att = buf(&Bufs::att, keep, {BT, g.HD});
+    lin_fwd(lname(P, l, a + ".q"), in, q, BT, g.HD, d);
+    lin_fwd(lname(P, l, a + ".k"), kv_in, k, B * Tk, g.KD, d);
+    lin_fwd(lname(P, l, a + ".v"), kv_in, v, B * Tk, g.KD, d);
     if (self && st.pe->rotary()) {
-      st.pe->rotate(q, B, T, H, HD, pos0);
-      st.pe->rotate(k, B, T, Hkv, KD, pos0);
+      st.pe->rotate(q, B, T, g.H, g.HD, pos0);
+      st.pe->rotate(k, B, T, g.Hkv, g.KD, pos0);
     }
-    AttnDesc desc;
-    desc.B = B, desc.Tq = T, desc.Tk = Tk, desc.H = H, desc.Hkv = Hkv, desc.D = D;
-    desc.q = q, desc.ldq = HD, desc.k = k, desc.ldk = KD, desc.v = v, desc.ldv = KD;
-    desc.out = att, desc.ldo = HD;
-    desc.causal = self && st.causal;
-    desc.q_pos0 = pos0, desc.k_pos0 = self ? pos0 : 0;
-    const float default_scale =
-        self ? st.pe->default_scale(D) : static_cast<float>(1.0 / std::sqrt(double(D)));
-    desc.scale = c.attention.scale ? static_cast<float>(*c.attention.scale) : default_scale;
+    AttnDesc desc = attn_desc(st, self, B, T, Tk, pos0);
+    desc.q = q, desc.k = k, desc.v = v, desc.out = att;
+    if (keep) desc.probs = buf(&Bufs::probs, keep, {B, g.H, T, Tk});
     std::unique_ptr<ScoreHook> hook;
     if (self) hook = st.pe->prepare(params_, AttnInputs{l, &desc});
     desc.hook = hook.get();
     attention_forward(desc);
-    lin(lname(P, l, a + ".o"), att, out, BT, d, HD);
+    lin_fwd(lname(P, l, a + ".o"), att, out, BT, d, g.HD);
   };
-  auto ffn = [&](int64_t l, const float* in, float* out) {
+  auto ffn = [&](int64_t l, const float* in, float* out, Bufs* keep) {
     const std::string w1 = lname(P, l, "ffn.w1"), w3 = lname(P, l, "ffn.w3");
-    ops::linear(in, params_.f32(w1 + ".weight"), nullptr, f1, BT, F, d);
-    if (swiglu) {  // f1 = silu(W1 x + b1) * (W3 x + b3)
-      ops::bias_act(ops::Act::Identity, f1, params_.f32_or_null(w1 + ".bias"), BT, F);
-      lin(w3, in, f3, BT, F, d);
-      ops::swiglu(f1, f3, f1, BT * F);
+    float* f1 = buf(&Bufs::f1, keep, {BT, g.F});
+    float* fa = keep ? buf(&Bufs::fa, keep, {BT, g.F}) : f1;  // activated (in place when inferring)
+    ops::linear(in, params_.f32(w1 + ".weight"), nullptr, f1, BT, g.F, d);
+    if (g.swiglu) {  // fa = silu(W1 x + b1) * (W3 x + b3)
+      float* f3 = buf(&Bufs::f3, keep, {BT, g.F});
+      ops::bias_act(ops::Act::Identity, f1, params_.f32_or_null(w1 + ".bias"), BT, g.F);
+      lin_fwd(w3, in, f3, BT, g.F, d);
+      ops::swiglu(f1, f3, fa, BT * g.F);
     } else {
-      ops::bias_act(act, f1, params_.f32_or_null(w1 + ".bias"), BT, F);
+      ops::bias_act(ops::Act::Identity, f1, params_.f32_or_null(w1 + ".bias"), BT, g.F);
+      ops::activation(g.act, f1, fa, BT * g.F);
     }
-    lin(lname(P, l, "ffn.w2"), f1, out, BT, d, F);
+    lin_fwd(lname(P, l, "ffn.w2"), fa, out, BT, d, g.F);
   };
-  for (int64_t l = 0; l < c.n_layers; ++l) {
-    std::vector<std::pair<std::string, bool>> subs = {{"attn", true}};
-    if (st.cross) subs.push_back({"cross_attn", false});
-    for (const auto& [a, self] : subs) {
-      const std::string nn = lname(P, l, self ? "attn_norm" : "cross_norm");
-      if (pre) {
-        norm(nn, x, h);
-        attention(l, a, h, h, self);
-        ops::add_inplace(x, h, BT * d);
-      } else {
-        attention(l, a, x, h, self);
-        ops::add_inplace(x, h, BT * d);
-        norm(nn, x, x);
+  for (int64_t l = 0; l < cfg_.n_layers; ++l) {
+    for (int sub = 0; sub < 3; ++sub) {  // 0 self-attention, 1 cross-attention, 2 FFN
+      if (sub == 1 && !st.cross) continue;
+      Bufs* keep = tape ? &tape->layers[l][sub] : nullptr;
+      const std::string nn = lname(P, l, sub == 0 ? "attn_norm" : sub == 1 ? "cross_norm" : "ffn_norm");
+      float* h = buf(&Bufs::h, keep, {BT, d});
+      float* out = buf(&Bufs::out, keep, {BT, d});
+      auto f = [&](const float* in) {
+        if (sub == 2)
+          ffn(l, in, out, keep);
+        else
+          attention(l, sub == 0 ? "attn" : "cross_attn", in, out, sub == 0, keep);
+      };
+      if (g.pre) {  // x = x + f(N(x))
+        if (keep) std::copy_n(x, BT * d, buf(&Bufs::norm_in, keep, {BT, d}));
+        norm_fwd(nn, x, h, BT);
+        f(h);
+        ops::add_inplace(x, out, BT * d);
+      } else {  // x = N(x + f(x))
+        if (keep) std::copy_n(x, BT * d, h);
+        f(x);
+        ops::add_inplace(x, out, BT * d);
+        if (keep) std::copy_n(x, BT * d, buf(&Bufs::norm_in, keep, {BT, d}));
+        norm_fwd(nn, x, x, BT);
       }
     }
-    const std::string fn = lname(P, l, "ffn_norm");
-    if (pre) {
-      norm(fn, x, h);
-      ffn(l, h, h);
-      ops::add_inplace(x, h, BT * d);
-    } else {
-      ffn(l, x, h);
-      ops::add_inplace(x, h, BT * d);
-      norm(fn, x, x);
-    }
   }
-  if (pre) norm(P + "final_norm", x, x);
+  if (g.pre) {
+    if (tape) tape->final_in = Tensor({BT, d}), std::copy_n(x, BT * d, tape->final_in.data<float>());
+    norm_fwd(P + "final_norm", x, x, BT);
+  }
 }
 
 Tensor Transformer::encode(const TokenBatch& src, int64_t pos_offset) const {
@@ -250,7 +288,7 @@ Tensor Transformer::encode(const TokenBatch& src, int64_t pos_offset) const {
   Stack st{"encoder.", false, false, enc_pe_.get()};
   Tensor x = embed(st, src, pos_offset);
   const int64_t B = src.size(), T = src[0].size();
-  run_stack(st, x.data<float>(), B, T, pos_offset, nullptr, 0);
+  run_stack(st, x.data<float>(), B, T, pos_offset, nullptr, 0, nullptr);
   return x;
 }
 
@@ -278,7 +316,7 @@ ForwardOutput Transformer::forward(const TokenBatch& tokens, const ForwardOption
     Stack st{"decoder.", true, cfg_.arch == "encoder_decoder", dec_pe_.get()};
     out.hidden = embed(st, tokens, opt.pos_offset);
     run_stack(st, out.hidden.data<float>(), B, T, opt.pos_offset,
-              enc.numel() ? enc.data<float>() : nullptr, Ts);
+              enc.numel() ? enc.data<float>() : nullptr, Ts, nullptr);
   }
   if (cfg_.head == "lm" && opt.want_logits) {
     const int64_t B = out.hidden.dim(0), T = out.hidden.dim(1), V = cfg_.vocab_size;

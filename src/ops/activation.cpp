@@ -19,11 +19,16 @@ Act act_from_name(const std::string& name) {
 
 const char* act_name(Act a) {
   switch (a) {
-    case Act::Identity: return "identity";
-    case Act::Relu: return "relu";
-    case Act::Gelu: return "gelu";
-    case Act::GeluTanh: return "gelu_tanh";
-    case Act::Silu: return "silu";
+    case Act::Identity:
+      return "identity";
+    case Act::Relu:
+      return "relu";
+    case Act::Gelu:
+      return "gelu";
+    case Act::GeluTanh:
+      return "gelu_tanh";
+    case Act::Silu:
+      return "silu";
   }
   throw Error("[act] unknown Act value");
 }
@@ -48,16 +53,20 @@ namespace ref {
 namespace {
 double act1(Act act, double x) {
   switch (act) {
-    case Act::Identity: return x;
-    case Act::Relu: return x > 0 ? x : 0.0;
+    case Act::Identity:
+      return x;
+    case Act::Relu:
+      return x > 0 ? x : 0.0;
     // 0.5 x (1 + erf(x / sqrt 2)) written with erfc to keep the negative tail accurate
-    case Act::Gelu: return 0.5 * x * std::erfc(-x / std::sqrt(2.0));
+    case Act::Gelu:
+      return 0.5 * x * std::erfc(-x / std::sqrt(2.0));
     // 0.5 x (1 + tanh(z)) == x / (1 + exp(-2z)): same function, no cancellation for x << 0
     case Act::GeluTanh: {
       const double z = std::sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x);
       return x / (1.0 + std::exp(-2.0 * z));
     }
-    case Act::Silu: return x / (1.0 + std::exp(-x));
+    case Act::Silu:
+      return x / (1.0 + std::exp(-x));
   }
   return x;
 }

@@ -14,21 +14,19 @@ namespace {
 
 void check_gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const float* A,
                 int64_t lda, const float* B, int64_t ldb, const float* C, int64_t ldc) {
-  PF_CHECK(M >= 0 && N >= 0 && K >= 0, "[gemm] sizes must be >= 0, got M=", M, " N=", N,
-           " K=", K);
+  PF_CHECK(M >= 0 && N >= 0 && K >= 0, "[gemm] sizes must be >= 0, got M=", M, " N=", N, " K=", K);
   const int64_t a_cols = trans_a ? M : K, b_cols = trans_b ? K : N;
-  PF_CHECK(lda >= std::max<int64_t>(1, a_cols), "[gemm] lda must be >= ", std::max<int64_t>(1, a_cols),
-           ", got ", lda);
-  PF_CHECK(ldb >= std::max<int64_t>(1, b_cols), "[gemm] ldb must be >= ", std::max<int64_t>(1, b_cols),
-           ", got ", ldb);
+  PF_CHECK(lda >= std::max<int64_t>(1, a_cols),
+           "[gemm] lda must be >= ", std::max<int64_t>(1, a_cols), ", got ", lda);
+  PF_CHECK(ldb >= std::max<int64_t>(1, b_cols),
+           "[gemm] ldb must be >= ", std::max<int64_t>(1, b_cols), ", got ", ldb);
   PF_CHECK(ldc >= std::max<int64_t>(1, N), "[gemm] ldc must be >= ", std::max<int64_t>(1, N),
            ", got ", ldc);
   PF_CHECK(M * N == 0 || C, "[gemm] C is null");
   PF_CHECK(M * N * K == 0 || (A && B), "[gemm] A or B is null");
 }
 
-void check_linear(const float* x, const float* W, const float* y, int64_t M, int64_t N,
-                  int64_t K) {
+void check_linear(const float* x, const float* W, const float* y, int64_t M, int64_t N, int64_t K) {
   PF_CHECK(M >= 0 && N >= 0 && K >= 0, "[linear] sizes must be >= 0, got M=", M, " N=", N,
            " K=", K);
   PF_CHECK(M * N == 0 || y, "[linear] y is null");
@@ -56,7 +54,8 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alp
         const double b = trans_b ? B[j * ldb + k] : B[k * ldb + j];
         acc += a * b;
       }
-      const double c = beta == 0.0f ? 0.0 : double(beta) * C[i * ldc + j];  // BLAS: beta 0 ignores C
+      const double c =
+          beta == 0.0f ? 0.0 : double(beta) * C[i * ldc + j];  // BLAS: beta 0 ignores C
       C[i * ldc + j] = static_cast<float>(double(alpha) * acc + c);
     }
 }
@@ -92,8 +91,7 @@ void linear(const float* x, const float* W, const float* b, float* y, int64_t M,
   if (K == 0) {
     scale_c(M, N, 0.0f, y, N);
   } else {
-    const dnnl_status_t st =
-        dnnl_sgemm('N', 'T', M, N, K, 1.0f, x, K, W, K, 0.0f, y, N);
+    const dnnl_status_t st = dnnl_sgemm('N', 'T', M, N, K, 1.0f, x, K, W, K, 0.0f, y, N);
     PF_CHECK(st == dnnl_success, "[linear] dnnl_sgemm failed with status ", static_cast<int>(st),
              " (M=", M, " N=", N, " K=", K, ")");
   }

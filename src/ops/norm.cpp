@@ -20,8 +20,8 @@ void check_norm(const char* op, const float* x, const float* g, const float* y, 
 
 namespace ref {
 
-void layernorm(const float* x, const float* g, const float* b, float* y, int64_t rows,
-               int64_t cols, float eps) {
+void layernorm(const float* x, const float* g, const float* b, float* y, int64_t rows, int64_t cols,
+               float eps) {
   check_norm("layernorm", x, g, y, rows, cols, eps);
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * cols;
@@ -51,8 +51,8 @@ void rmsnorm(const float* x, const float* g, float* y, int64_t rows, int64_t col
 
 }  // namespace ref
 
-void layernorm(const float* x, const float* g, const float* b, float* y, int64_t rows,
-               int64_t cols, float eps) {
+void layernorm(const float* x, const float* g, const float* b, float* y, int64_t rows, int64_t cols,
+               float eps) {
   check_norm("layernorm", x, g, y, rows, cols, eps);
   kernels::cpu::layernorm(x, g, b, y, rows, cols, eps);
 }

@@ -19,10 +19,9 @@ void check_rope(const float* x, int64_t T, int64_t n_heads, int64_t D, int64_t l
                 RopeLayout layout, const float* cos, const float* sin) {
   check_rotary_dim(R);
   PF_CHECK(R <= D, "[rope] rotary dim must be <= head dim ", D, ", got ", R);
-  PF_CHECK(T >= 0 && n_heads >= 0, "[rope] sizes must be >= 0, got T=", T,
-           " n_heads=", n_heads);
-  PF_CHECK(ld >= n_heads * D, "[rope] row stride ld must be >= n_heads*D = ", n_heads * D,
-           ", got ", ld);
+  PF_CHECK(T >= 0 && n_heads >= 0, "[rope] sizes must be >= 0, got T=", T, " n_heads=", n_heads);
+  PF_CHECK(ld >= n_heads * D, "[rope] row stride ld must be >= n_heads*D = ", n_heads * D, ", got ",
+           ld);
   PF_CHECK(layout == RopeLayout::Interleaved || layout == RopeLayout::Half,
            "[rope] unknown layout ", static_cast<int>(layout));
   PF_CHECK(T * n_heads == 0 || (x && cos && sin), "[rope] null pointer (x, cos or sin)");

@@ -11,8 +11,7 @@ namespace posformer::ops {
 
 namespace {
 void check_softmax(const float* x, int64_t rows, int64_t cols, int64_t ld) {
-  PF_CHECK(rows >= 0 && cols >= 0, "[softmax] sizes must be >= 0, got rows=", rows,
-           " cols=", cols);
+  PF_CHECK(rows >= 0 && cols >= 0, "[softmax] sizes must be >= 0, got rows=", rows, " cols=", cols);
   PF_CHECK(ld >= cols, "[softmax] row stride ld must be >= cols, got ld=", ld, " cols=", cols);
   PF_CHECK(rows * cols == 0 || x, "[softmax] null pointer");
 }

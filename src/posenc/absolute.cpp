@@ -26,6 +26,18 @@ void LearnedPosition::embed(const ParamStore& p, float* x, int64_t B, int64_t T,
     }
 }
 
+void LearnedPosition::embed_backward(const float* dx, int64_t B, int64_t T, int64_t pos0,
+                                     ParamStore& grads) const {
+  float* dP = grads.f32(g_.prefix + "pos_emb.weight");
+  const int64_t d = g_.d_model;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < T; ++t) {
+      const float* row = dx + (b * T + t) * d;
+      float* pr = dP + (pos0 + t) * d;
+      for (int64_t i = 0; i < d; ++i) pr[i] += row[i];
+    }
+}
+
 void SinusoidalPosition::embed(const ParamStore& p, float* x, int64_t B, int64_t T,
                                int64_t pos0) const {
   const int64_t d = g_.d_model;

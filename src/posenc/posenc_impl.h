@@ -22,6 +22,8 @@ class LearnedPosition final : public PositionEncoding {
   std::string name() const override { return "learned"; }
   void declare(std::vector<ParamSpec>& specs) const override;
   void embed(const ParamStore& p, float* x, int64_t B, int64_t T, int64_t pos0) const override;
+  void embed_backward(const float* dx, int64_t B, int64_t T, int64_t pos0,
+                      ParamStore& grads) const override;
   int64_t max_position() const override { return g_.max_len - 1; }
 
  private:
@@ -46,8 +48,12 @@ class RopePosition final : public PositionEncoding {
   bool rotary() const override { return true; }
   void rotate(float* x, int64_t B, int64_t T, int64_t n_heads, int64_t ld,
               int64_t pos0) const override;
+  void rotate_backward(float* dx, int64_t B, int64_t T, int64_t n_heads, int64_t ld,
+                       int64_t pos0) const override;
 
  private:
+  void apply(float* x, int64_t B, int64_t T, int64_t n_heads, int64_t ld, int64_t pos0,
+             float sign) const;
   StackGeom g_;
   int64_t R_;
   ops::RopeLayout layout_;

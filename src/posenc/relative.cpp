@@ -1,5 +1,7 @@
 // Shaw, Transformer-XL and DeBERTa: relative terms computed from q and k inside attention
 // (SPEC.md section 5). Per-head products go through gemm; the hook gathers by distance.
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -22,8 +24,9 @@ inline int64_t clampi(int64_t v, int64_t lo, int64_t hi) { return std::min(std::
 // ---- Shaw: e_ij = q_i.(k_j + aK[r]) * scale, z_i = sum_j a_ij (v_j + aV[r]), r = clip(j-i,-k,k)+k
 class ShawHook final : public ScoreHook {
  public:
-  ShawHook(const AttnDesc& a, const float* aK, const float* aV, int64_t k)
-      : a_(a), aK_(aK), aV_(aV), k_(k) {}
+  ShawHook(const AttnDesc& a, const float* aK, const float* aV, int64_t k, std::string nk,
+           std::string nv)
+      : a_(a), aK_(aK), aV_(aV), k_(k), nk_(std::move(nk)), nv_(std::move(nv)) {}
   int64_t r_of(int64_t t, int64_t s) const {
     return clampi((a_.k_pos0 + s) - (a_.q_pos0 + t), -k_, k_) + k_;
   }
@@ -44,26 +47,71 @@ class ShawHook final : public ScoreHook {
       for (int64_t s = 0; s < a_.Tk; ++s) w[t * n + r_of(t, s)] += P[t * a_.Tk + s];
     ops::gemm(false, false, a_.Tq, a_.D, n, 1.0f, w, n, aV_, a_.D, 1.0f, out, ldo);
   }
+  // dqa[t,r] = scale sum_{s: r(t,s)=r} dS[t,s];  dq += dqa aK;  daK += dqa^T q
+  void backward_scores(int64_t b, int64_t h, const float* dS, float* dq, int64_t lddq, float*,
+                       int64_t) override {
+    const int64_t n = 2 * k_ + 1;
+    float* dqa = scratch(0, static_cast<size_t>(a_.Tq * n));
+    std::fill(dqa, dqa + a_.Tq * n, 0.0f);
+    for (int64_t t = 0; t < a_.Tq; ++t)
+      for (int64_t s = 0; s < a_.Tk; ++s) dqa[t * n + r_of(t, s)] += a_.scale * dS[t * a_.Tk + s];
+    ops::gemm(false, false, a_.Tq, a_.D, n, 1.0f, dqa, n, aK_, a_.D, 1.0f, dq, lddq);
+    const float* q = a_.q + b * a_.Tq * a_.ldq + h * a_.D;
+    ops::gemm(true, false, n, a_.D, a_.Tq, 1.0f, dqa, n, q, a_.ldq, 1.0f, thread_grad(0), a_.D);
+  }
+  // dP[t,s] += dO_t . aV[r(t,s)];  daV += W^T dO with W[t,r] = sum_{s: r(t,s)=r} P[t,s]
+  void backward_values(int64_t b, int64_t h, const float* P, const float* dO, int64_t lddo,
+                       float* dP) override {
+    const int64_t n = 2 * k_ + 1;
+    float* doa = scratch(0, static_cast<size_t>(a_.Tq * n));
+    ops::gemm(false, true, a_.Tq, n, a_.D, 1.0f, dO, lddo, aV_, a_.D, 0.0f, doa, n);
+    float* w = scratch(1, static_cast<size_t>(a_.Tq * n));
+    std::fill(w, w + a_.Tq * n, 0.0f);
+    for (int64_t t = 0; t < a_.Tq; ++t)
+      for (int64_t s = 0; s < a_.Tk; ++s) {
+        const int64_t r = r_of(t, s);
+        dP[t * a_.Tk + s] += doa[t * n + r];
+        w[t * n + r] += P[t * a_.Tk + s];
+      }
+    ops::gemm(true, false, n, a_.D, a_.Tq, 1.0f, w, n, dO, lddo, 1.0f, thread_grad(1), a_.D);
+  }
+  void begin_backward() override {
+    for (auto& v : tgrad_)
+      v.assign(static_cast<size_t>(omp_get_max_threads()),
+               std::vector<float>(static_cast<size_t>((2 * k_ + 1) * a_.D), 0.0f));
+  }
+  void finish_backward(ParamStore& grads) override {
+    for (int which = 0; which < 2; ++which) {
+      float* g = grads.f32(which == 0 ? nk_ : nv_);
+      for (const auto& buf : tgrad_[which])
+        for (size_t i = 0; i < buf.size(); ++i) g[i] += buf[i];
+    }
+  }
 
  private:
+  // per-thread accumulators for daK (0) and daV (1): the tables are shared by all heads
+  float* thread_grad(int which) { return tgrad_[which][omp_get_thread_num()].data(); }
   AttnDesc a_;
   const float *aK_, *aV_;  // [2k+1, D], shared by all heads
   int64_t k_;
+  std::string nk_, nv_;
+  std::vector<std::vector<float>> tgrad_[2];
 };
 
 // ---- Transformer-XL: scale * ((q_i + u).k_j + (q_i + v).(W_R r_(i-j))), r sinusoidal (half layout)
 class XlHook final : public ScoreHook {
  public:
-  XlHook(const AttnDesc& a, const float* u, const float* v, const float* WR, int64_t d)
-      : a_(a), u_(u), v_(v) {
+  XlHook(const AttnDesc& a, const float* u, const float* v, const float* WR, int64_t d,
+         std::string prefix)
+      : a_(a), u_(u), v_(v), d_(d), prefix_(std::move(prefix)) {
     dmin_ = a.q_pos0 - (a.k_pos0 + a.Tk - 1);  // distances i - j
     nrel_ = (a.q_pos0 + a.Tq - 1 - a.k_pos0) - dmin_ + 1;
     if (nrel_ < 1) nrel_ = 1;
-    std::vector<float> r(static_cast<size_t>(nrel_ * d));
-    sinusoid_rows(static_cast<double>(dmin_), nrel_, d, true, r.data());
+    r_.resize(static_cast<size_t>(nrel_ * d));
+    sinusoid_rows(static_cast<double>(dmin_), nrel_, d, true, r_.data());
     const int64_t HD = a.H * a.D;
     rp_.resize(static_cast<size_t>(nrel_ * HD));  // rp[n, h*D + c] = (W_R r_(dmin+n))[h*D + c]
-    ops::linear(r.data(), WR, nullptr, rp_.data(), nrel_, HD, d);
+    ops::linear(r_.data(), WR, nullptr, rp_.data(), nrel_, HD, d);
   }
   void add_scores(int64_t b, int64_t h, float* S) const override {
     const int64_t D = a_.D, Tq = a_.Tq, Tk = a_.Tk, HD = a_.H * D;
@@ -90,20 +138,80 @@ class XlHook final : public ScoreHook {
         S[t * Tk + s] += a_.scale * (uk[s] + bd[t * nrel_ + dist - dmin_]);
       }
   }
+  // duk[s] = scale sum_t dS;  du += duk^T K;  dk += duk u.   dbd[t, dist] = scale dS[t, s];
+  // dqv = dbd Rp_h -> dq, dv;  dRp_h += dbd^T (q + v)   (dW_R in finish)
+  void backward_scores(int64_t b, int64_t h, const float* dS, float* dq, int64_t lddq, float* dk,
+                       int64_t lddk) override {
+    const int64_t D = a_.D, Tq = a_.Tq, Tk = a_.Tk, HD = a_.H * D;
+    const int64_t g = h / (a_.H / a_.Hkv);
+    const float* u = u_ + h * D;
+    for (int64_t s = 0; s < Tk; ++s) {
+      double acc = 0;
+      for (int64_t t = 0; t < Tq; ++t) acc += dS[t * Tk + s];
+      const float duk = a_.scale * static_cast<float>(acc);
+      const float* kr = a_.k + (b * Tk + s) * a_.ldk + g * D;
+      float* dkr = dk + s * lddk;
+      for (int64_t c = 0; c < D; ++c) {
+        du_[h * D + c] += duk * kr[c];
+        dkr[c] += duk * u[c];
+      }
+    }
+    float* dbd = scratch(2, static_cast<size_t>(Tq * nrel_));
+    std::fill(dbd, dbd + Tq * nrel_, 0.0f);
+    for (int64_t t = 0; t < Tq; ++t)
+      for (int64_t s = 0; s < Tk; ++s) {
+        const int64_t dist = (a_.q_pos0 + t) - (a_.k_pos0 + s);
+        dbd[t * nrel_ + dist - dmin_] += a_.scale * dS[t * Tk + s];
+      }
+    float* dqv = scratch(0, static_cast<size_t>(Tq * D));
+    ops::gemm(false, false, Tq, D, nrel_, 1.0f, dbd, nrel_, rp_.data() + h * D, HD, 0.0f, dqv, D);
+    for (int64_t t = 0; t < Tq; ++t)
+      for (int64_t c = 0; c < D; ++c) {
+        dq[t * lddq + c] += dqv[t * D + c];
+        dv_[h * D + c] += dqv[t * D + c];
+      }
+    float* qv = scratch(1, static_cast<size_t>(Tq * D));
+    const float* v = v_ + h * D;
+    for (int64_t t = 0; t < Tq; ++t) {
+      const float* qr = a_.q + (b * Tq + t) * a_.ldq + h * D;
+      for (int64_t c = 0; c < D; ++c) qv[t * D + c] = qr[c] + v[c];
+    }
+    ops::gemm(true, false, nrel_, D, Tq, 1.0f, dbd, nrel_, qv, D, 1.0f, drp_.data() + h * D, HD);
+  }
+  void finish_backward(ParamStore& grads) override {
+    if (du_.empty()) return;
+    const int64_t HD = a_.H * a_.D;
+    float* gu = grads.f32(prefix_ + "attn.xl_u");
+    float* gv = grads.f32(prefix_ + "attn.xl_v");
+    for (int64_t i = 0; i < HD; ++i) gu[i] += du_[i], gv[i] += dv_[i];
+    // dW_R[HD, d] += dRp^T [HD, nrel] r [nrel, d]
+    ops::gemm(true, false, HD, d_, nrel_, 1.0f, drp_.data(), HD, r_.data(), d_, 1.0f,
+              grads.f32(prefix_ + "attn.xl_r.weight"), d_);
+  }
 
  private:
+  void begin_backward() override {
+    const size_t HD = static_cast<size_t>(a_.H * a_.D);
+    du_.assign(HD, 0.0f);
+    dv_.assign(HD, 0.0f);
+    drp_.assign(static_cast<size_t>(nrel_) * HD, 0.0f);
+  }
   AttnDesc a_;
   const float *u_, *v_;  // [H, D]
+  int64_t d_;
+  std::string prefix_;  // "decoder.layers.3."
   int64_t dmin_, nrel_;
-  std::vector<float> rp_;
+  std::vector<float> r_, rp_;
+  std::vector<float> du_, dv_, drp_;  // per-head slices: race-free across threads
 };
 
 // ---- DeBERTa: scale * (Qc_i.Kr[d(i,j)] + Kc_j.Qr[d(j,i)]), d(i,j) = clip(i-j, -k, k-1) + k
 class DebertaHook final : public ScoreHook {
  public:
   DebertaHook(const AttnDesc& a, const float* rel, const float* Wq, const float* bq, const float* Wk,
-              const float* bk, int64_t k, int64_t d)
-      : a_(a), k_(k) {
+              const float* bk, int64_t k, int64_t d, std::string rel_name, std::string layer_prefix)
+      : a_(a), k_(k), d_(d), rel_(rel), wq_(Wq), wk_(Wk), rel_name_(std::move(rel_name)),
+        lp_(std::move(layer_prefix)) {
     const int64_t HD = a.H * a.D;
     qr_.resize(static_cast<size_t>(2 * k * HD));
     kr_.resize(qr_.size());
@@ -128,11 +236,63 @@ class DebertaHook final : public ScoreHook {
       }
     }
   }
+  // dc2p[t, d(i,j)] += scale dS;  dq += dc2p Kr_h;  dKr_h += dc2p^T q_h
+  // dp2c[s, d(j,i)] += scale dS;  dk += dp2c Qr_h;  dQr_h += dp2c^T k_g
+  void backward_scores(int64_t b, int64_t h, const float* dS, float* dq, int64_t lddq, float* dk,
+                       int64_t lddk) override {
+    const int64_t D = a_.D, Tq = a_.Tq, Tk = a_.Tk, HD = a_.H * D, n = 2 * k_;
+    const int64_t g = h / (a_.H / a_.Hkv);
+    float* dc2p = scratch(0, static_cast<size_t>(Tq * n));
+    float* dp2c = scratch(1, static_cast<size_t>(Tk * n));
+    std::fill(dc2p, dc2p + Tq * n, 0.0f);
+    std::fill(dp2c, dp2c + Tk * n, 0.0f);
+    for (int64_t t = 0; t < Tq; ++t) {
+      const int64_t i = a_.q_pos0 + t;
+      for (int64_t s = 0; s < Tk; ++s) {
+        const int64_t j = a_.k_pos0 + s;
+        const float gs = a_.scale * dS[t * Tk + s];
+        dc2p[t * n + delta(i, j)] += gs;
+        dp2c[s * n + delta(j, i)] += gs;
+      }
+    }
+    const float* q = a_.q + b * Tq * a_.ldq + h * D;
+    const float* k = a_.k + b * Tk * a_.ldk + g * D;
+    ops::gemm(false, false, Tq, D, n, 1.0f, dc2p, n, kr_.data() + h * D, HD, 1.0f, dq, lddq);
+    ops::gemm(true, false, n, D, Tq, 1.0f, dc2p, n, q, a_.ldq, 1.0f, dkr_.data() + h * D, HD);
+    ops::gemm(false, false, Tk, D, n, 1.0f, dp2c, n, qr_.data() + h * D, HD, 1.0f, dk, lddk);
+    ops::gemm(true, false, n, D, Tk, 1.0f, dp2c, n, k, a_.ldk, 1.0f, dqr_.data() + h * D, HD);
+  }
+  // Kr = P Wk^T + bk: dWk += dKr^T P, dbk += colsum dKr, dP += dKr Wk (same for Qr)
+  void finish_backward(ParamStore& grads) override {
+    if (dkr_.empty()) return;
+    const int64_t HD = a_.H * a_.D, n = 2 * k_;
+    float* drel = grads.f32(rel_name_);
+    for (int which = 0; which < 2; ++which) {
+      const std::vector<float>& dx = which == 0 ? dqr_ : dkr_;
+      const std::string w = lp_ + (which == 0 ? "attn.pos_q" : "attn.pos_k");
+      ops::gemm(true, false, HD, d_, n, 1.0f, dx.data(), HD, rel_, d_, 1.0f,
+                grads.f32(w + ".weight"), d_);
+      if (grads.has(w + ".bias")) {
+        float* gb = grads.f32(w + ".bias");
+        for (int64_t r = 0; r < n; ++r)
+          for (int64_t c = 0; c < HD; ++c) gb[c] += dx[r * HD + c];
+      }
+      ops::gemm(false, false, n, d_, HD, 1.0f, dx.data(), HD, which == 0 ? wq_ : wk_, d_, 1.0f,
+                drel, d_);
+    }
+  }
 
  private:
+  void begin_backward() override {
+    dqr_.assign(qr_.size(), 0.0f);
+    dkr_.assign(kr_.size(), 0.0f);
+  }
   AttnDesc a_;
-  int64_t k_;
-  std::vector<float> qr_, kr_;  // [2k, H*D]
+  int64_t k_, d_;
+  const float *rel_, *wq_, *wk_;
+  std::string rel_name_, lp_;
+  std::vector<float> qr_, kr_;    // [2k, H*D]
+  std::vector<float> dqr_, dkr_;  // their gradients (per-head column slices)
 };
 
 }  // namespace
@@ -145,8 +305,9 @@ void ShawPosition::declare(std::vector<ParamSpec>& specs) const {
 }
 
 std::unique_ptr<ScoreHook> ShawPosition::prepare(const ParamStore& p, const AttnInputs& in) const {
-  return std::make_unique<ShawHook>(*in.desc, p.f32(layer_name(g_, in.layer, "attn.shaw_k")),
-                                    p.f32(layer_name(g_, in.layer, "attn.shaw_v")), c_.clip);
+  const std::string nk = layer_name(g_, in.layer, "attn.shaw_k"),
+                    nv = layer_name(g_, in.layer, "attn.shaw_v");
+  return std::make_unique<ShawHook>(*in.desc, p.f32(nk), p.f32(nv), c_.clip, nk, nv);
 }
 
 void XlPosition::declare(std::vector<ParamSpec>& specs) const {
@@ -160,7 +321,8 @@ void XlPosition::declare(std::vector<ParamSpec>& specs) const {
 std::unique_ptr<ScoreHook> XlPosition::prepare(const ParamStore& p, const AttnInputs& in) const {
   return std::make_unique<XlHook>(*in.desc, p.f32(layer_name(g_, in.layer, "attn.xl_u")),
                                   p.f32(layer_name(g_, in.layer, "attn.xl_v")),
-                                  p.f32(layer_name(g_, in.layer, "attn.xl_r.weight")), g_.d_model);
+                                  p.f32(layer_name(g_, in.layer, "attn.xl_r.weight")), g_.d_model,
+                                  layer_name(g_, in.layer, ""));
 }
 
 void DebertaPosition::declare(std::vector<ParamSpec>& specs) const {
@@ -180,7 +342,8 @@ std::unique_ptr<ScoreHook> DebertaPosition::prepare(const ParamStore& p,
   return std::make_unique<DebertaHook>(
       *in.desc, p.f32(g_.prefix + "rel_emb.weight"), p.f32(layer_name(g_, l, "attn.pos_q.weight")),
       p.f32_or_null(layer_name(g_, l, "attn.pos_q.bias")), p.f32(layer_name(g_, l, "attn.pos_k.weight")),
-      p.f32_or_null(layer_name(g_, l, "attn.pos_k.bias")), c_.span, g_.d_model);
+      p.f32_or_null(layer_name(g_, l, "attn.pos_k.bias")), c_.span, g_.d_model,
+      g_.prefix + "rel_emb.weight", layer_name(g_, l, ""));
 }
 
 float DebertaPosition::default_scale(int64_t D) const {

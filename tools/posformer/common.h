@@ -15,6 +15,7 @@ struct Command {
 Command add_init(CLI::App& root);
 Command add_info(CLI::App& root);
 Command add_forward(CLI::App& root);
+Command add_tokenizer(CLI::App& root);
 
 // "1 2 3" (spaces, commas or newlines) -> ids; throws Error naming the bad token.
 std::vector<int32_t> parse_token_list(const std::string& text, const std::string& what);

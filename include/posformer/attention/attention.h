@@ -27,6 +27,22 @@ class ScoreHook {
   virtual bool has_value_terms() const { return false; }
   // P: [Tq, Tk] probabilities; out: [Tq, D] rows with stride ldo; add sum_s P[t,s] * extra(t,s).
   virtual void add_values(int64_t b, int64_t h, const float* P, float* out, int64_t ldo) const {}
+
+  // ---- backward (training). Called concurrently for different kv-head groups: all heads of
+  // one group run on one thread, so per-head slices of gradients are race-free; state shared
+  // by all heads must be accumulated per thread (omp_get_thread_num) and reduced in finish.
+  // Called once before the parallel loop: allocate gradient accumulators here.
+  virtual void begin_backward() {}
+  // dS: dL/dS [Tq, Tk] (through softmax and mask). Adds to dq (rows of head h, stride lddq),
+  // dk (rows of kv head g, stride lddk) and the hook's parameter gradients.
+  virtual void backward_scores(int64_t b, int64_t h, const float* dS, float* dq, int64_t lddq,
+                               float* dk, int64_t lddk) {}
+  // Value term (Shaw): dP[t,s] += dO_t . extra(t,s); parameter grads from P and dO.
+  virtual void backward_values(int64_t b, int64_t h, const float* P, const float* dO,
+                               int64_t lddo, float* dP) {}
+  // After all (b, h): reduce per-thread state and add parameter gradients into `grads`
+  // (same names as the parameters).
+  virtual void finish_backward(class ParamStore& grads) {}
 };
 
 struct AttnDesc {
@@ -44,7 +60,17 @@ struct AttnDesc {
   int64_t q_pos0 = 0, k_pos0 = 0;
   const int32_t* key_len = nullptr;  // [B] valid keys per sequence (key padding); null = all Tk
   const ScoreHook* hook = nullptr;
+  float* probs = nullptr;  // optional [B, H, Tq, Tk]: forward stores P here (training)
 };
+
+// Gradients of attention_forward, given the P it stored. dq [B*Tq, ldq-strided like q], dk, dv
+// like k, v; all are overwritten (not accumulated). hook may be null.
+struct AttnGrads {
+  const float* dout = nullptr;
+  int64_t lddo = 0;
+  float *dq = nullptr, *dk = nullptr, *dv = nullptr;  // strides ldq, ldk, ldv of the descriptor
+};
+void attention_backward(const AttnDesc& a, const float* probs, const AttnGrads& g, ScoreHook* hook);
 
 void check_attn_desc(const AttnDesc& a);  // throws Error naming the bad field
 

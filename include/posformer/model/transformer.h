@@ -20,6 +20,7 @@
 
 namespace posformer {
 
+struct StackTape;
 using TokenBatch = std::vector<std::vector<int32_t>>;  // [B][T], equal lengths
 
 struct ForwardOptions {
@@ -52,6 +53,21 @@ class Transformer {
   }
 
   ForwardOutput forward(const TokenBatch& tokens, const ForwardOptions& opt = {}) const;
+
+  // Training step core: forward with saved activations, mean cross-entropy of the logits
+  // against `targets` ([B][T], -1 = ignored), and backward. Gradients are ADDED into `grads`
+  // (names/shapes as the parameters; see zero_grads), multiplied by grad_scale (use
+  // 1/accumulation_steps). Needs an LM head.
+  struct Loss {
+    double loss = 0;    // mean over counted targets
+    int64_t count = 0;  // targets counted
+  };
+  Loss loss_and_grad(const TokenBatch& tokens, const TokenBatch& targets, ParamStore& grads,
+                     const ForwardOptions& opt = {}, float grad_scale = 1.0f) const;
+  // Forward-only loss (evaluation).
+  Loss loss(const TokenBatch& tokens, const TokenBatch& targets,
+            const ForwardOptions& opt = {}) const;
+  ParamStore zero_grads() const;
   // Encoder stack alone: [B, Ts, d].
   Tensor encode(const TokenBatch& src, int64_t pos_offset = 0) const;
 
@@ -61,11 +77,25 @@ class Transformer {
     bool causal, cross;
     const PositionEncoding* pe;
   };
+  struct Geometry;
+  Geometry geometry() const;
   void declare_stack(const std::string& prefix, bool cross, PositionEncoding& pe);
-  // x: [B*T, d] in, out in place. enc: [B*Ts, d] for cross-attention (or null).
+  // x: [B*T, d] in, out in place. enc: [B*Ts, d] for cross-attention (or null). With a tape,
+  // every layer's activations are kept for backward.
   void run_stack(const Stack& st, float* x, int64_t B, int64_t T, int64_t pos0, const float* enc,
-                 int64_t Ts) const;
+                 int64_t Ts, StackTape* tape) const;
+  // dx: [B*T, d] gradient at the stack output in, gradient at the stack input out (in place).
+  // d_enc: [B*Ts, d] accumulates the gradient w.r.t. the encoder output (cross-attention).
+  void backward_stack(const Stack& st, const StackTape& tape, float* dx, const float* enc,
+                      float* d_enc, ParamStore& grads) const;
   Tensor embed(const Stack& st, const TokenBatch& tokens, int64_t pos0) const;
+  void embed_backward(const Stack& st, const TokenBatch& tokens, int64_t pos0, const float* dx,
+                      ParamStore& grads) const;
+  void norm_fwd(const std::string& n, const float* in, float* out, int64_t rows) const;
+  void lin_fwd(const std::string& n, const float* in, float* out, int64_t M, int64_t N,
+               int64_t K) const;
+  AttnDesc attn_desc(const Stack& st, bool self, int64_t B, int64_t T, int64_t Tk,
+                     int64_t pos0) const;
 
   ModelConfig cfg_;
   std::vector<ParamSpec> specs_;

@@ -30,4 +30,12 @@ void swiglu(const float* a, const float* b, float* y, int64_t n);
 void add_inplace(float* y, const float* x, int64_t n);
 }  // namespace ref
 
+// Backward: x is the forward INPUT (pre-activation); dx = dy * act'(x) (dx may alias dy).
+void activation_backward(Act act, const float* x, const float* dy, float* dx, int64_t n);
+// swiglu y = silu(a) * b: da = dy * b * silu'(a), db = dy * silu(a)  (da/db may alias dy? no)
+void swiglu_backward(const float* a, const float* b, const float* dy, float* da, float* db,
+                     int64_t n);
+// db[c] += sum_r dy[r, c]
+void bias_grad(const float* dy, float* db, int64_t rows, int64_t cols);
+
 }  // namespace posformer::ops

@@ -21,4 +21,11 @@ void layernorm(const float* x, const float* g, const float* b, float* y, int64_t
 void rmsnorm(const float* x, const float* g, float* y, int64_t rows, int64_t cols, float eps);
 }  // namespace ref
 
+// Backward (x is the forward input; dy the output gradient). dx is overwritten; dg, db are
+// accumulated (+=). db may be null (no bias). Row statistics are recomputed from x.
+void layernorm_backward(const float* x, const float* g, const float* dy, float* dx, float* dg,
+                        float* db, int64_t rows, int64_t cols, float eps);
+void rmsnorm_backward(const float* x, const float* g, const float* dy, float* dx, float* dg,
+                      int64_t rows, int64_t cols, float eps);
+
 }  // namespace posformer::ops

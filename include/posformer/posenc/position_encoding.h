@@ -41,10 +41,16 @@ class PositionEncoding {
   virtual void declare(std::vector<ParamSpec>& specs) const {}
   // x: [B, T, d_model]; positions pos0 .. pos0+T-1.
   virtual void embed(const ParamStore& p, float* x, int64_t B, int64_t T, int64_t pos0) const {}
+  // Backward of embed: adds dL/dP into grads (learned table); dx [B, T, d].
+  virtual void embed_backward(const float* dx, int64_t B, int64_t T, int64_t pos0,
+                              ParamStore& grads) const {}
   virtual bool rotary() const { return false; }
   // x: [B, T] rows of stride ld holding n_heads heads of D; positions pos0 .. pos0+T-1.
   virtual void rotate(float* x, int64_t B, int64_t T, int64_t n_heads, int64_t ld,
                       int64_t pos0) const {}
+  // Backward of rotate: the inverse rotation (R^T = rotation with -sin), in place on gradients.
+  virtual void rotate_backward(float* dx, int64_t B, int64_t T, int64_t n_heads, int64_t ld,
+                               int64_t pos0) const {}
   virtual std::unique_ptr<ScoreHook> prepare(const ParamStore& p, const AttnInputs& in) const {
     return nullptr;
   }

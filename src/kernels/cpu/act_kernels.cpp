@@ -7,7 +7,7 @@
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "../src/kernels/cpu/act_kernels.cpp"  // relative to include/
-#include <hwy/foreach_target.h>  // IWYU pragma: keep
+#include <hwy/foreach_target.h>                                  // IWYU pragma: keep
 #include <hwy/highway.h>
 
 #include "hwy_util-inl.h"
@@ -55,8 +55,7 @@ struct ErfOp {
 
 // y[i] = op(x[i] + bias[i]) for i < n; bias may be null.
 template <class Op>
-HWY_INLINE void map_row(const Op& op, const float* x,
-                        const float* bias, float* y, size_t n) {
+HWY_INLINE void map_row(const Op& op, const float* x, const float* bias, float* y, size_t n) {
   const hn::ScalableTag<float> d;
   const size_t N = hn::Lanes(d);
   size_t i = 0;
@@ -90,12 +89,18 @@ HWY_INLINE void map_rows(const Op& op, const float* x, const float* bias, float*
 void act_rows_kernel(int act, const float* x, const float* bias, float* y, size_t rows,
                      size_t cols) {
   switch (act) {
-    case 0: return map_rows(IdentityOp(), x, bias, y, rows, cols);
-    case 1: return map_rows(ReluOp(), x, bias, y, rows, cols);
-    case 2: return map_rows(GeluOp(), x, bias, y, rows, cols);
-    case 3: return map_rows(GeluTanhOp(), x, bias, y, rows, cols);
-    case 4: return map_rows(SiluOp(), x, bias, y, rows, cols);
-    default: return map_rows(ErfOp(), x, bias, y, rows, cols);
+    case 0:
+      return map_rows(IdentityOp(), x, bias, y, rows, cols);
+    case 1:
+      return map_rows(ReluOp(), x, bias, y, rows, cols);
+    case 2:
+      return map_rows(GeluOp(), x, bias, y, rows, cols);
+    case 3:
+      return map_rows(GeluTanhOp(), x, bias, y, rows, cols);
+    case 4:
+      return map_rows(SiluOp(), x, bias, y, rows, cols);
+    default:
+      return map_rows(ErfOp(), x, bias, y, rows, cols);
   }
 }
 
@@ -141,7 +146,9 @@ HWY_EXPORT(binary_kernel);
 
 namespace {
 // Floats per call below which an OpenMP team costs more than it saves.
-int64_t act_threshold(int act) { return act <= 1 ? (int64_t{1} << 18) : (int64_t{1} << 14); }
+int64_t act_threshold(int act) {
+  return act <= 1 ? (int64_t{1} << 16) : (int64_t{1} << 14);
+}
 
 void act_dispatch(int act, const float* x, const float* bias, float* y, int64_t rows,
                   int64_t cols) {
@@ -154,18 +161,24 @@ void act_dispatch(int act, const float* x, const float* bias, float* y, int64_t 
     return;
   }
   parallel_range(rows, 1, par, [&](int64_t b, int64_t e) {
-    HWY_DYNAMIC_DISPATCH(act_rows_kernel)(act, x + b * cols, bias, y + b * cols, size_t(e - b),
-                                          size_t(cols));
+    HWY_DYNAMIC_DISPATCH(act_rows_kernel)
+    (act, x + b * cols, bias, y + b * cols, size_t(e - b), size_t(cols));
   });
 }
 
 void binary_dispatch(int op, const float* a, const float* b, float* y, int64_t n) {
-  const bool par = use_omp(n, op == 0 ? (int64_t{1} << 14) : (int64_t{1} << 18));
+  const bool par = use_omp(n, op == 0 ? (int64_t{1} << 14) : (int64_t{1} << 16));
   parallel_range(n, 16, par, [&](int64_t lo, int64_t hi) {
     HWY_DYNAMIC_DISPATCH(binary_kernel)(op, a + lo, b + lo, y + lo, size_t(hi - lo));
   });
 }
 }  // namespace
+
+static_assert(static_cast<int>(ops::Act::Identity) == 0 && static_cast<int>(ops::Act::Relu) == 1 &&
+                  static_cast<int>(ops::Act::Gelu) == 2 &&
+                  static_cast<int>(ops::Act::GeluTanh) == 3 &&
+                  static_cast<int>(ops::Act::Silu) == 4,
+              "act_rows_kernel switch assumes this order");
 
 void act_rows(ops::Act act, const float* x, const float* bias, float* y, int64_t rows,
               int64_t cols) {
@@ -176,11 +189,17 @@ void act_rows(ops::Act act, const float* x, const float* bias, float* y, int64_t
   act_dispatch(static_cast<int>(act), x, bias, y, rows, cols);
 }
 
-void swiglu(const float* a, const float* b, float* y, int64_t n) { binary_dispatch(0, a, b, y, n); }
+void swiglu(const float* a, const float* b, float* y, int64_t n) {
+  binary_dispatch(0, a, b, y, n);
+}
 
-void add_inplace(float* y, const float* x, int64_t n) { binary_dispatch(1, y, x, y, n); }
+void add_inplace(float* y, const float* x, int64_t n) {
+  binary_dispatch(1, y, x, y, n);
+}
 
-void erf(const float* x, float* y, int64_t n) { act_dispatch(5, x, nullptr, y, 1, n); }
+void erf(const float* x, float* y, int64_t n) {
+  act_dispatch(5, x, nullptr, y, 1, n);
+}
 
 }  // namespace posformer::kernels::cpu
 #endif  // HWY_ONCE

@@ -20,7 +20,7 @@ namespace hn = hwy::HWY_NAMESPACE;
 template <class D>
 HWY_INLINE hn::Vec<D> load_tail(D d, const float* p, size_t count, float pad) {
   HWY_ALIGN float buf[hn::MaxLanes(D())];
-  for (size_t i = 0; i < hn::Lanes(d); ++i) buf[i] = pad;
+  hn::Store(hn::Set(d, pad), d, buf);
   std::memcpy(buf, p, count * sizeof(float));
   return hn::Load(d, buf);
 }
@@ -75,10 +75,10 @@ HWY_INLINE V erfc_nonneg_vec(D d, V t, float log_scale = 0.0f) {
   const V u = hn::Div(two, hn::Add(two, t));
   const V u2 = hn::Mul(u, u);
   const V u4 = hn::Mul(u2, u2);
-  const V p01 = hn::MulAdd(u, hn::Set(d, 0.99848676815715052f), hn::Set(d, -1.2654403779436664f + log_scale));
+  const V p01 =
+      hn::MulAdd(u, hn::Set(d, 0.99848676815715052f), hn::Set(d, -1.2654403779436664f + log_scale));
   const V p23 = hn::MulAdd(u, hn::Set(d, 0.029222682199243816f), hn::Set(d, 0.38782640636349133f));
-  const V p45 =
-      hn::MulAdd(u, hn::Set(d, -0.10748658898426536f), hn::Set(d, 0.016350997441714572f));
+  const V p45 = hn::MulAdd(u, hn::Set(d, -0.10748658898426536f), hn::Set(d, 0.016350997441714572f));
   const V p67 = hn::MulAdd(u, hn::Set(d, 1.1336978460470903f), hn::Set(d, -0.66457127382158314f));
   const V p89 = hn::MulAdd(u, hn::Set(d, 0.14322467798606841f), hn::Set(d, -0.67131109201246859f));
   const V p03 = hn::MulAdd(u2, p23, p01);

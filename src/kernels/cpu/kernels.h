@@ -17,8 +17,8 @@ void erf(const float* x, float* y, int64_t n);
 
 void softmax_rows(float* x, int64_t rows, int64_t cols, int64_t ld);
 
-void layernorm(const float* x, const float* g, const float* b, float* y, int64_t rows,
-               int64_t cols, float eps);
+void layernorm(const float* x, const float* g, const float* b, float* y, int64_t rows, int64_t cols,
+               float eps);
 void rmsnorm(const float* x, const float* g, float* y, int64_t rows, int64_t cols, float eps);
 
 void rope_apply(float* x, int64_t T, int64_t n_heads, int64_t D, int64_t ld, int64_t R,

@@ -7,7 +7,7 @@
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "../src/kernels/cpu/norm_kernels.cpp"  // relative to include/
-#include <hwy/foreach_target.h>  // IWYU pragma: keep
+#include <hwy/foreach_target.h>                                   // IWYU pragma: keep
 #include <hwy/highway.h>
 
 #include "hwy_util-inl.h"
@@ -43,10 +43,12 @@ void layernorm_kernel(const float* x, const float* g, const float* b, float* y, 
     float* yr = y + r * cols;
     const float mean = row_sum(d, xr, cols, 0.0f, [](auto v) { return v; }) / float(cols);
     const auto vmean = hn::Set(d, mean);
-    const float var = row_sum(d, xr, cols, mean, [&](auto v) {
-                        const auto c = hn::Sub(v, vmean);
-                        return hn::Mul(c, c);
-                      }) / float(cols);
+    const float var = row_sum(d, xr, cols, mean,
+                              [&](auto v) {
+                                const auto c = hn::Sub(v, vmean);
+                                return hn::Mul(c, c);
+                              }) /
+                      float(cols);
     const auto vr = hn::Set(d, 1.0f / std::sqrt(var + eps));
     const auto f = [&](auto v, auto vg, auto vb) {
       return hn::MulAdd(hn::Mul(hn::Sub(v, vmean), vr), vg, vb);
@@ -78,7 +80,8 @@ void rmsnorm_kernel(const float* x, const float* g, float* y, size_t rows, size_
     }
     if (i < cols) {
       const size_t k = cols - i;
-      const auto v = hn::Mul(hn::Mul(load_tail(d, xr + i, k, 0.0f), vr), load_tail(d, g + i, k, 0.0f));
+      const auto v =
+          hn::Mul(hn::Mul(load_tail(d, xr + i, k, 0.0f), vr), load_tail(d, g + i, k, 0.0f));
       store_tail(d, v, yr + i, k);
     }
   }
@@ -97,20 +100,20 @@ namespace {
 constexpr int64_t kNormThreshold = int64_t{1} << 15;
 }
 
-void layernorm(const float* x, const float* g, const float* b, float* y, int64_t rows,
-               int64_t cols, float eps) {
+void layernorm(const float* x, const float* g, const float* b, float* y, int64_t rows, int64_t cols,
+               float eps) {
   if (rows <= 0 || cols <= 0) return;
   parallel_range(rows, 1, use_omp(rows * cols, kNormThreshold), [&](int64_t lo, int64_t hi) {
-    HWY_DYNAMIC_DISPATCH(layernorm_kernel)(x + lo * cols, g, b, y + lo * cols, size_t(hi - lo),
-                                           size_t(cols), eps);
+    HWY_DYNAMIC_DISPATCH(layernorm_kernel)
+    (x + lo * cols, g, b, y + lo * cols, size_t(hi - lo), size_t(cols), eps);
   });
 }
 
 void rmsnorm(const float* x, const float* g, float* y, int64_t rows, int64_t cols, float eps) {
   if (rows <= 0 || cols <= 0) return;
   parallel_range(rows, 1, use_omp(rows * cols, kNormThreshold), [&](int64_t lo, int64_t hi) {
-    HWY_DYNAMIC_DISPATCH(rmsnorm_kernel)(x + lo * cols, g, y + lo * cols, size_t(hi - lo),
-                                         size_t(cols), eps);
+    HWY_DYNAMIC_DISPATCH(rmsnorm_kernel)
+    (x + lo * cols, g, y + lo * cols, size_t(hi - lo), size_t(cols), eps);
   });
 }
 

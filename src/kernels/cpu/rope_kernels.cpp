@@ -7,7 +7,7 @@
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "../src/kernels/cpu/rope_kernels.cpp"  // relative to include/
-#include <hwy/foreach_target.h>  // IWYU pragma: keep
+#include <hwy/foreach_target.h>                                   // IWYU pragma: keep
 #include <hwy/highway.h>
 
 #include "hwy_util-inl.h"
@@ -52,8 +52,8 @@ HWY_INLINE void rope_interleaved_head(float* x, size_t R, const float* cc, const
   size_t i = 0;
   for (; i + N <= R; i += N) {
     const auto v = hn::LoadU(d, x + i);
-    const auto y = hn::MulAdd(hn::Reverse2(d, v), hn::LoadU(d, ss + i),
-                              hn::Mul(v, hn::LoadU(d, cc + i)));
+    const auto y =
+        hn::MulAdd(hn::Reverse2(d, v), hn::LoadU(d, ss + i), hn::Mul(v, hn::LoadU(d, cc + i)));
     hn::StoreU(y, d, x + i);
   }
   if (i < R) {
@@ -66,8 +66,8 @@ HWY_INLINE void rope_interleaved_head(float* x, size_t R, const float* cc, const
 #endif
 }
 
-void rope_kernel(float* x, size_t T, size_t n_heads, size_t D, size_t ld, size_t R,
-                 int interleaved, const float* cos, const float* sin, float sign) {
+void rope_kernel(float* x, size_t T, size_t n_heads, size_t D, size_t ld, size_t R, int interleaved,
+                 const float* cos, const float* sin, float sign) {
   const size_t h = R / 2;
   std::vector<float> tab(2 * R);  // per-row scratch: signed sin (half) or cc/ss (interleaved)
   for (size_t t = 0; t < T; ++t) {
@@ -80,7 +80,8 @@ void rope_kernel(float* x, size_t T, size_t n_heads, size_t D, size_t ld, size_t
         tab[R + 2 * i] = -sign * s[i];
         tab[R + 2 * i + 1] = sign * s[i];
       }
-      for (size_t hd = 0; hd < n_heads; ++hd) rope_interleaved_head(xt + hd * D, R, tab.data(), tab.data() + R);
+      for (size_t hd = 0; hd < n_heads; ++hd)
+        rope_interleaved_head(xt + hd * D, R, tab.data(), tab.data() + R);
     } else {
       for (size_t i = 0; i < h; ++i) tab[i] = sign * s[i];
       for (size_t hd = 0; hd < n_heads; ++hd) rope_half_head(xt + hd * D, h, c, tab.data());
@@ -102,9 +103,9 @@ void rope_apply(float* x, int64_t T, int64_t n_heads, int64_t D, int64_t ld, int
   const int64_t h = R / 2;
   const bool par = use_omp(T * n_heads * R, int64_t{1} << 15);
   parallel_range(T, 1, par, [&](int64_t b, int64_t e) {
-    HWY_DYNAMIC_DISPATCH(rope_kernel)(x + b * ld, size_t(e - b), size_t(n_heads), size_t(D),
-                                      size_t(ld), size_t(R), interleaved ? 1 : 0, cos + b * h,
-                                      sin + b * h, sign);
+    HWY_DYNAMIC_DISPATCH(rope_kernel)
+    (x + b * ld, size_t(e - b), size_t(n_heads), size_t(D), size_t(ld), size_t(R),
+     interleaved ? 1 : 0, cos + b * h, sin + b * h, sign);
   });
 }
 

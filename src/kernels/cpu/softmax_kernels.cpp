@@ -9,7 +9,7 @@
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "../src/kernels/cpu/softmax_kernels.cpp"  // relative to include/
-#include <hwy/foreach_target.h>  // IWYU pragma: keep
+#include <hwy/foreach_target.h>                                      // IWYU pragma: keep
 #include <hwy/highway.h>
 
 #include "hwy_util-inl.h"
@@ -79,7 +79,7 @@ HWY_EXPORT(softmax_kernel);
 
 void softmax_rows(float* x, int64_t rows, int64_t cols, int64_t ld) {
   if (rows <= 0 || cols <= 0) return;
-  const bool par = use_omp(rows * cols, int64_t{1} << 15);
+  const bool par = use_omp(rows * cols, int64_t{1} << 14);
   parallel_range(rows, 1, par, [&](int64_t b, int64_t e) {
     HWY_DYNAMIC_DISPATCH(softmax_kernel)(x + b * ld, size_t(e - b), size_t(cols), size_t(ld));
   });

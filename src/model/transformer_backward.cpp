@@ -1,0 +1,234 @@
+// Training: forward with a tape, cross-entropy, and the backward walk through every layer.
+// Each backward line repeats the forward line it differentiates.
+#include <algorithm>
+#include <cmath>
+
+#include "posformer/attention/attention.h"
+#include "posformer/model/transformer.h"
+#include "posformer/ops/activation.h"
+#include "posformer/ops/loss.h"
+#include "posformer/ops/matmul.h"
+#include "posformer/ops/norm.h"
+#include "tape.h"
+
+namespace posformer {
+
+namespace {
+std::string lname(const std::string& prefix, int64_t l, const std::string& rest) {
+  return prefix + "layers." + std::to_string(l) + "." + rest;
+}
+}  // namespace
+
+
+ParamStore Transformer::zero_grads() const {
+  ParamStore g;
+  for (const ParamSpec& s : specs_) g.add(s.name, Tensor(s.shape));
+  return g;
+}
+
+namespace {
+
+// y = x W^T + b:  dW += dy^T x,  db += colsum dy,  dx = dy W (beta 0: overwrite, 1: add)
+void linear_backward(const ParamStore& params, ParamStore& grads, const std::string& n,
+                     const float* x, const float* dy, float* dx, int64_t M, int64_t N, int64_t K,
+                     float beta) {
+  ops::gemm(true, false, N, K, M, 1.0f, dy, N, x, K, 1.0f, grads.f32(n + ".weight"), K);
+  if (grads.has(n + ".bias")) ops::bias_grad(dy, grads.f32(n + ".bias"), M, N);
+  if (dx) ops::gemm(false, false, M, K, N, 1.0f, dy, N, params.f32(n + ".weight"), K, beta, dx, K);
+}
+
+}  // namespace
+
+void Transformer::backward_stack(const Stack& st, const StackTape& tape, float* dx,
+                                 const float* enc, float* d_enc, ParamStore& grads) const {
+  const Geometry g = geometry();
+  const int64_t B = tape.B, T = tape.T, Ts = tape.Ts, pos0 = tape.pos0, d = g.d, BT = B * T;
+  const std::string& P = st.prefix;
+  const float eps = static_cast<float>(cfg_.norm_eps);
+  Tensor t_dh({BT, d}), t_dy({BT, d}), t_dq({BT, g.HD}), t_datt({BT, g.HD}),
+      t_dk({B * std::max(T, Ts), g.KD}), t_dv({B * std::max(T, Ts), g.KD}), t_df1({BT, g.F}),
+      t_df3({g.swiglu ? BT : 0, g.F});
+  float *dh = t_dh.data<float>(), *dy = t_dy.data<float>(), *dq = t_dq.data<float>(),
+        *datt = t_datt.data<float>(), *dk = t_dk.data<float>(), *dv = t_dv.data<float>(),
+        *df1 = t_df1.data<float>(), *df3 = t_df3.data<float>();
+
+  // N(x): dx_in = N'(x)^T dout (overwrite), grads of the norm's weight/bias
+  auto norm_back = [&](const std::string& n, const float* x_in, const float* dout, float* dxo) {
+    if (g.ln)
+      ops::layernorm_backward(x_in, params_.f32(n + ".weight"), dout, dxo, grads.f32(n + ".weight"),
+                              grads.f32(n + ".bias"), BT, d, eps);
+    else
+      ops::rmsnorm_backward(x_in, params_.f32(n + ".weight"), dout, dxo, grads.f32(n + ".weight"),
+                            BT, d, eps);
+  };
+  // f = attention: dout [BT, d] -> dhin [BT, d] (overwrite); cross adds into d_enc
+  auto attn_back = [&](int64_t l, const std::string& a, const SubTape& sp, const float* dout,
+                       float* dhin, bool self) {
+    const int64_t Tk = self ? T : Ts;
+    // out = att Wo^T + bo
+    linear_backward(params_, grads, lname(P, l, a + ".o"), sp.att.data<float>(), dout, datt, BT, d,
+                    g.HD, 0.0f);
+    AttnDesc desc = attn_desc(st, self, B, T, Tk, pos0);
+    desc.q = sp.q.data<float>(), desc.k = sp.k.data<float>(), desc.v = sp.v.data<float>();
+    std::unique_ptr<ScoreHook> hook;
+    if (self) hook = st.pe->prepare(params_, AttnInputs{l, &desc});
+    desc.hook = hook.get();
+    AttnGrads ag;
+    ag.dout = datt, ag.lddo = g.HD, ag.dq = dq, ag.dk = dk, ag.dv = dv;
+    attention_backward(desc, sp.probs.data<float>(), ag, hook.get());
+    if (hook) hook->finish_backward(grads);
+    if (self && st.pe->rotary()) {  // q, k were rotated after projection
+      st.pe->rotate_backward(dq, B, T, g.H, g.HD, pos0);
+      st.pe->rotate_backward(dk, B, T, g.Hkv, g.KD, pos0);
+    }
+    const float* kv_in = self ? sp.h.data<float>() : enc;
+    float* dkv_in = self ? dhin : d_enc;
+    linear_backward(params_, grads, lname(P, l, a + ".q"), sp.h.data<float>(), dq, dhin, BT, g.HD,
+                    d, 0.0f);
+    linear_backward(params_, grads, lname(P, l, a + ".k"), kv_in, dk, dkv_in, B * Tk, g.KD, d,
+                    1.0f);
+    linear_backward(params_, grads, lname(P, l, a + ".v"), kv_in, dv, dkv_in, B * Tk, g.KD, d,
+                    1.0f);
+  };
+  auto ffn_back = [&](int64_t l, const SubTape& sp, const float* dout, float* dhin) {
+    const std::string w1 = lname(P, l, "ffn.w1"), w3 = lname(P, l, "ffn.w3");
+    // out = fa W2^T + b2
+    linear_backward(params_, grads, lname(P, l, "ffn.w2"), sp.fa.data<float>(), dout, df1, BT, d,
+                    g.F, 0.0f);
+    if (g.swiglu) {  // fa = silu(f1) * f3
+      ops::swiglu_backward(sp.f1.data<float>(), sp.f3.data<float>(), df1, df1, df3, BT * g.F);
+      linear_backward(params_, grads, w3, sp.h.data<float>(), df3, dhin, BT, g.F, d, 0.0f);
+      linear_backward(params_, grads, w1, sp.h.data<float>(), df1, dhin, BT, g.F, d, 1.0f);
+    } else {  // fa = act(f1)
+      ops::activation_backward(g.act, sp.f1.data<float>(), df1, df1, BT * g.F);
+      linear_backward(params_, grads, w1, sp.h.data<float>(), df1, dhin, BT, g.F, d, 0.0f);
+    }
+  };
+
+  if (g.pre) {  // x_final = N(x_L)
+    std::copy_n(dx, BT * d, dy);
+    norm_back(P + "final_norm", tape.final_in.data<float>(), dy, dx);
+  }
+  for (int64_t l = cfg_.n_layers - 1; l >= 0; --l) {
+    for (int sub = 2; sub >= 0; --sub) {
+      if (sub == 1 && !st.cross) continue;
+      const SubTape& sp = tape.layers[l][sub];
+      const std::string nn =
+          lname(P, l, sub == 0 ? "attn_norm" : sub == 1 ? "cross_norm" : "ffn_norm");
+      auto f_back = [&](const float* dout, float* dhin) {
+        if (sub == 2)
+          ffn_back(l, sp, dout, dhin);
+        else
+          attn_back(l, sub == 0 ? "attn" : "cross_attn", sp, dout, dhin, sub == 0);
+      };
+      if (g.pre) {  // x_out = x + f(N(x)):  dx += N'^T f'^T dx_out
+        f_back(dx, dh);
+        norm_back(nn, sp.norm_in.data<float>(), dh, dy);
+        ops::add_inplace(dx, dy, BT * d);
+      } else {  // x_out = N(x + f(x)):  dy = N'^T dx_out;  dx = dy + f'^T dy
+        norm_back(nn, sp.norm_in.data<float>(), dx, dy);
+        f_back(dy, dh);
+        std::copy_n(dy, BT * d, dx);
+        ops::add_inplace(dx, dh, BT * d);
+      }
+    }
+  }
+}
+
+void Transformer::embed_backward(const Stack& st, const TokenBatch& tokens, int64_t pos0,
+                                 const float* dx, ParamStore& grads) const {
+  const int64_t B = static_cast<int64_t>(tokens.size()), T = tokens[0].size(), d = cfg_.d_model;
+  float* dE = grads.f32("embed.weight");
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < T; ++t) {
+      const float* row = dx + (b * T + t) * d;
+      float* er = dE + static_cast<int64_t>(tokens[b][t]) * d;
+      for (int64_t i = 0; i < d; ++i) er[i] += row[i];
+    }
+  st.pe->embed_backward(dx, B, T, pos0, grads);
+}
+
+namespace {
+void check_targets(const TokenBatch& tokens, const TokenBatch& targets, int64_t vocab) {
+  PF_CHECK(targets.size() == tokens.size(), "[loss] ", targets.size(), " target rows for ",
+           tokens.size(), " input rows");
+  for (size_t b = 0; b < targets.size(); ++b) {
+    PF_CHECK(targets[b].size() == tokens[b].size(), "[loss] target row ", b, " has ",
+             targets[b].size(), " entries, input has ", tokens[b].size());
+    for (int32_t t : targets[b])
+      PF_CHECK(t >= -1 && t < vocab, "[loss] target ", t, " outside [-1, ", vocab, ")");
+  }
+}
+}  // namespace
+
+Transformer::Loss Transformer::loss_and_grad(const TokenBatch& tokens, const TokenBatch& targets,
+                                             ParamStore& grads, const ForwardOptions& opt,
+                                             float grad_scale) const {
+  PF_CHECK(cfg_.head == "lm", "[train] the model has no LM head (head: none)");
+  check_tokens(tokens, cfg_.vocab_size, cfg_.arch == "encoder" ? "encoder tokens" : "decoder tokens");
+  check_targets(tokens, targets, cfg_.vocab_size);
+  PF_CHECK(opt.pos_offset >= 0, "[input] position offset must be >= 0, got ", opt.pos_offset);
+  const int64_t B = tokens.size(), T = tokens[0].size(), d = cfg_.d_model, V = cfg_.vocab_size;
+  const bool encdec = cfg_.arch == "encoder_decoder";
+  // ---- forward with tapes
+  Stack enc_st{"encoder.", false, false, enc_pe_.get()};
+  Stack dec_st{"decoder.", true, encdec, dec_pe_.get()};
+  StackTape enc_tape, dec_tape;
+  Tensor enc_out, x;
+  int64_t Ts = 0;
+  const TokenBatch* src = opt.src;
+  if (encdec) {
+    PF_CHECK(src != nullptr, "[input] an encoder_decoder model needs source tokens");
+    PF_CHECK(static_cast<int64_t>(src->size()) == B, "[input] ", src->size(),
+             " source sequences for ", B, " target sequences");
+    check_tokens(*src, cfg_.vocab_size, "encoder tokens");
+    Ts = (*src)[0].size();
+    enc_out = embed(enc_st, *src, 0);
+    run_stack(enc_st, enc_out.data<float>(), B, Ts, 0, nullptr, 0, &enc_tape);
+  } else {
+    PF_CHECK(src == nullptr, "[input] source tokens are only for encoder_decoder models");
+  }
+  const Stack& main_st = cfg_.arch == "encoder" ? enc_st : dec_st;
+  StackTape& main_tape = cfg_.arch == "encoder" ? enc_tape : dec_tape;
+  x = embed(main_st, tokens, opt.pos_offset);
+  run_stack(main_st, x.data<float>(), B, T, opt.pos_offset,
+            encdec ? enc_out.data<float>() : nullptr, Ts, &main_tape);
+  // ---- logits and loss: z = h W^T
+  const std::string head = cfg_.tie_embeddings ? "embed.weight" : "lm_head.weight";
+  Tensor logits({B * T, V});
+  ops::linear(x.data<float>(), params_.f32(head), nullptr, logits.data<float>(), B * T, V, d);
+  std::vector<int32_t> flat(static_cast<size_t>(B * T));
+  for (int64_t b = 0; b < B; ++b) std::copy(targets[b].begin(), targets[b].end(), flat.begin() + b * T);
+  ops::CrossEntropy ce = ops::cross_entropy(logits.data<float>(), flat.data(), B * T, V,
+                                            logits.data<float>(), grad_scale);
+  // ---- backward: dh = dz W, dW += dz^T h
+  Tensor dx({B * T, d});
+  ops::gemm(true, false, V, d, B * T, 1.0f, logits.data<float>(), V, x.data<float>(), d, 1.0f,
+            grads.f32(head), d);
+  ops::gemm(false, false, B * T, d, V, 1.0f, logits.data<float>(), V, params_.f32(head), d, 0.0f,
+            dx.data<float>(), d);
+  Tensor d_enc(encdec ? Shape{B * Ts, d} : Shape{0});
+  backward_stack(main_st, main_tape, dx.data<float>(), encdec ? enc_out.data<float>() : nullptr,
+                 encdec ? d_enc.data<float>() : nullptr, grads);
+  embed_backward(main_st, tokens, opt.pos_offset, dx.data<float>(), grads);
+  if (encdec) {
+    backward_stack(enc_st, enc_tape, d_enc.data<float>(), nullptr, nullptr, grads);
+    embed_backward(enc_st, *src, 0, d_enc.data<float>(), grads);
+  }
+  return {ce.loss, ce.count};
+}
+
+Transformer::Loss Transformer::loss(const TokenBatch& tokens, const TokenBatch& targets,
+                                    const ForwardOptions& opt) const {
+  PF_CHECK(cfg_.head == "lm", "[eval] the model has no LM head (head: none)");
+  check_targets(tokens, targets, cfg_.vocab_size);
+  ForwardOutput out = forward(tokens, opt);
+  const int64_t B = tokens.size(), T = tokens[0].size();
+  std::vector<int32_t> flat(static_cast<size_t>(B * T));
+  for (int64_t b = 0; b < B; ++b) std::copy(targets[b].begin(), targets[b].end(), flat.begin() + b * T);
+  ops::CrossEntropy ce = ops::cross_entropy(out.logits.data<float>(), flat.data(), B * T,
+                                            cfg_.vocab_size, nullptr);
+  return {ce.loss, ce.count};
+}
+
+}  // namespace posformer
