@@ -292,6 +292,15 @@ Tensor Transformer::encode(const TokenBatch& src, int64_t pos_offset) const {
   return x;
 }
 
+void Transformer::encode_embeddings(Tensor& x, int64_t pos_offset) const {
+  PF_CHECK(cfg_.has_encoder(), "[model] this ", cfg_.arch, " model has no encoder");
+  PF_CHECK(x.ndim() == 3 && x.dim(2) == cfg_.d_model, "[model] encoder input must be [B, T, ",
+           cfg_.d_model, "], got ", shape_str(x.shape()));
+  Stack st{"encoder.", false, false, enc_pe_.get()};
+  st.pe->embed(params_, x.data<float>(), x.dim(0), x.dim(1), pos_offset);
+  run_stack(st, x.data<float>(), x.dim(0), x.dim(1), pos_offset, nullptr, 0, nullptr);
+}
+
 ForwardOutput Transformer::forward(const TokenBatch& tokens, const ForwardOptions& opt) const {
   ForwardOutput out;
   const int64_t d = cfg_.d_model;

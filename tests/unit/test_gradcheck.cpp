@@ -18,10 +18,15 @@ struct Case {
   int64_t kv = 0;
 };
 
+std::string case_name(const Case& c);
+void PrintTo(const Case& c, std::ostream* os);
+
 std::string case_name(const Case& c) {
   return c.arch + "_" + c.pos + "_" + c.act + "_" + c.norm + "_" + c.norm_pos + (c.bias ? "" : "_nobias") +
          (c.tie ? "" : "_untied") + (c.kv ? "_gqa" : "");
 }
+
+void PrintTo(const Case& c, std::ostream* os) { *os << case_name(c); }
 
 void run_gradcheck(const Case& cs) {
   ModelConfig c;

@@ -70,6 +70,8 @@ class Transformer {
   ParamStore zero_grads() const;
   // Encoder stack alone: [B, Ts, d].
   Tensor encode(const TokenBatch& src, int64_t pos_offset = 0) const;
+  // Encoder stack on given input embeddings x [B, T, d] (no token embedding), in place.
+  void encode_embeddings(Tensor& x, int64_t pos_offset = 0) const;
 
  private:
   struct Stack {
