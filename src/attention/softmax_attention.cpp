@@ -51,8 +51,8 @@ void attention_forward(const AttnDesc& a) {
     for (int64_t bh = 0; bh < BH; ++bh) {
       const int64_t b = bh / a.H, h = bh % a.H, g = h / group;
       const float* q = a.q + b * a.Tq * a.ldq + h * a.D;
-      const float* k = a.k + b * a.Tk * a.ldk + g * a.D;
-      const float* v = a.v + b * a.Tk * a.ldv + g * a.D;
+      const float* k = a.k + b * a.kv_rows() * a.ldk + g * a.D;
+      const float* v = a.v + b * a.kv_rows() * a.ldv + g * a.D;
       float* o = a.out + b * a.Tq * a.ldo + h * a.D;
       if (a.Tk == 0) {
         for (int64_t t = 0; t < a.Tq; ++t)
@@ -84,7 +84,7 @@ void attention_forward(const AttnDesc& a) {
           double acc = 0;
           for (int64_t c = 0; c < a.D; ++c)
             acc += static_cast<double>(a.q[(b * a.Tq + t) * a.ldq + h * a.D + c]) *
-                   a.k[(b * a.Tk + s) * a.ldk + g * a.D + c];
+                   a.k[(b * a.kv_rows() + s) * a.ldk + g * a.D + c];
           S[t * a.Tk + s] = static_cast<float>(a.scale * acc);
         }
       if (a.hook) a.hook->add_scores(b, h, S.data());
@@ -102,7 +102,7 @@ void attention_forward(const AttnDesc& a) {
         for (int64_t c = 0; c < a.D; ++c) {
           double acc = 0;
           for (int64_t s = 0; s < a.Tk; ++s)
-            acc += static_cast<double>(row[s]) * a.v[(b * a.Tk + s) * a.ldv + g * a.D + c];
+            acc += static_cast<double>(row[s]) * a.v[(b * a.kv_rows() + s) * a.ldv + g * a.D + c];
           a.out[(b * a.Tq + t) * a.ldo + h * a.D + c] = static_cast<float>(acc);
         }
       }

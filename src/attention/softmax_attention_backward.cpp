@@ -30,10 +30,10 @@ void attention_backward(const AttnDesc& a, const float* probs, const AttnGrads& 
 #pragma omp for schedule(dynamic, 1)
     for (int64_t bg = 0; bg < BG; ++bg) {
       const int64_t b = bg / a.Hkv, kvh = bg % a.Hkv;
-      const float* k = a.k + b * a.Tk * a.ldk + kvh * a.D;
-      const float* v = a.v + b * a.Tk * a.ldv + kvh * a.D;
-      float* dk = g.dk + b * a.Tk * a.ldk + kvh * a.D;
-      float* dv = g.dv + b * a.Tk * a.ldv + kvh * a.D;
+      const float* k = a.k + b * a.kv_rows() * a.ldk + kvh * a.D;
+      const float* v = a.v + b * a.kv_rows() * a.ldv + kvh * a.D;
+      float* dk = g.dk + b * a.kv_rows() * a.ldk + kvh * a.D;
+      float* dv = g.dv + b * a.kv_rows() * a.ldv + kvh * a.D;
       for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h) {
         const float* P = probs + (b * a.H + h) * a.Tq * a.Tk;
         const float* q = a.q + b * a.Tq * a.ldq + h * a.D;

@@ -191,7 +191,7 @@ AttnDesc Transformer::attn_desc(const Stack& st, bool self, int64_t B, int64_t T
 }
 
 void Transformer::run_stack(const Stack& st, float* x, int64_t B, int64_t T, int64_t pos0,
-                            const float* enc, int64_t Ts, StackTape* tape) const {
+                            const float* enc, int64_t Ts, StackTape* tape, KVCache* cache) const {
   const Geometry g = geometry();
   const int64_t d = g.d, BT = B * T, Tkv = std::max(T, Ts);
   // Inference reuses one workspace for every layer; training keeps each layer's activations.
@@ -217,14 +217,34 @@ void Transformer::run_stack(const Stack& st, float* x, int64_t B, int64_t T, int
     float* v = buf(&Bufs::v, keep, {B * Tkv, g.KD});
     float* att = buf(&Bufs::att, keep, {BT, g.HD});
     lin_fwd(lname(P, l, a + ".q"), in, q, BT, g.HD, d);
-    lin_fwd(lname(P, l, a + ".k"), kv_in, k, B * Tk, g.KD, d);
-    lin_fwd(lname(P, l, a + ".v"), kv_in, v, B * Tk, g.KD, d);
+    const bool cached_cross = cache && !self && cache->ck[l].numel() > 0;
+    if (!cached_cross) {
+      lin_fwd(lname(P, l, a + ".k"), kv_in, k, B * Tk, g.KD, d);
+      lin_fwd(lname(P, l, a + ".v"), kv_in, v, B * Tk, g.KD, d);
+    }
     if (self && st.pe->rotary()) {
       st.pe->rotate(q, B, T, g.H, g.HD, pos0);
       st.pe->rotate(k, B, T, g.Hkv, g.KD, pos0);
     }
     AttnDesc desc = attn_desc(st, self, B, T, Tk, pos0);
     desc.q = q, desc.k = k, desc.v = v, desc.out = att;
+    if (cache && self) {  // append the new keys/values, attend over everything cached
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t t = 0; t < T; ++t) {
+          const int64_t row = b * cache->capacity + cache->len + t;
+          std::copy_n(k + (b * T + t) * g.KD, g.KD, cache->k[l].data<float>() + row * g.KD);
+          std::copy_n(v + (b * T + t) * g.KD, g.KD, cache->v[l].data<float>() + row * g.KD);
+        }
+      desc.k = cache->k[l].data<float>(), desc.v = cache->v[l].data<float>();
+      desc.Tk = cache->len + T, desc.kv_batch_rows = cache->capacity, desc.k_pos0 = 0;
+    } else if (cache) {  // cross-attention: encoder keys/values computed once per cache
+      if (!cached_cross) {
+        cache->ck[l] = Tensor({B, Ts, g.KD}), cache->cv[l] = Tensor({B, Ts, g.KD});
+        std::copy_n(k, B * Ts * g.KD, cache->ck[l].data<float>());
+        std::copy_n(v, B * Ts * g.KD, cache->cv[l].data<float>());
+      }
+      desc.k = cache->ck[l].data<float>(), desc.v = cache->cv[l].data<float>();
+    }
     if (keep) desc.probs = buf(&Bufs::probs, keep, {B, g.H, T, Tk});
     std::unique_ptr<ScoreHook> hook;
     if (self) hook = st.pe->prepare(params_, AttnInputs{l, &desc});
@@ -301,6 +321,69 @@ void Transformer::encode_embeddings(Tensor& x, int64_t pos_offset) const {
   run_stack(st, x.data<float>(), x.dim(0), x.dim(1), pos_offset, nullptr, 0, nullptr);
 }
 
+size_t KVCache::bytes() const {
+  size_t n = enc.nbytes();
+  for (const auto* vec : {&k, &v, &ck, &cv})
+    for (const Tensor& t : *vec) n += t.nbytes();
+  return n;
+}
+
+KVCache Transformer::start_cache(int64_t B, int64_t capacity, const TokenBatch* src) const {
+  PF_CHECK(cfg_.has_decoder(), "[generate] an encoder model has no decoder to generate with");
+  PF_CHECK(B >= 1 && capacity >= 1, "[generate] cache needs B >= 1 and capacity >= 1, got B=", B,
+           " capacity=", capacity);
+  if (const int64_t mp = dec_pe_->max_position(); mp >= 0)
+    PF_CHECK(capacity <= mp + 1, "[generate] ", capacity, " positions requested but the learned "
+             "position table has max_len ", mp + 1);
+  const int64_t KD = cfg_.kv_heads() * cfg_.head_dim();
+  PF_CHECK(capacity <= (int64_t{1} << 34) / (2 * cfg_.n_layers * KD * B), "[generate] KV cache of ",
+           capacity, " positions is too large");
+  KVCache c;
+  c.B = B, c.capacity = capacity;
+  for (int64_t l = 0; l < cfg_.n_layers; ++l) {
+    c.k.emplace_back(Shape{B, capacity, KD});
+    c.v.emplace_back(Shape{B, capacity, KD});
+    c.ck.emplace_back(Shape{0});
+    c.cv.emplace_back(Shape{0});
+  }
+  if (cfg_.arch == "encoder_decoder") {
+    PF_CHECK(src && static_cast<int64_t>(src->size()) == B,
+             "[generate] an encoder_decoder model needs B source sequences (--src)");
+    c.enc = encode(*src, 0);
+    c.Ts = c.enc.dim(1);
+  } else {
+    PF_CHECK(src == nullptr, "[generate] --src is only for encoder_decoder models");
+  }
+  return c;
+}
+
+ForwardOutput Transformer::forward_cached(const TokenBatch& tokens, KVCache& cache) const {
+  check_tokens(tokens, cfg_.vocab_size, "decoder tokens");
+  const int64_t B = tokens.size(), T = tokens[0].size();
+  PF_CHECK(B == cache.B, "[generate] batch of ", B, " for a cache of ", cache.B);
+  PF_CHECK(cache.len + T <= cache.capacity, "[generate] the KV cache holds ", cache.capacity,
+           " positions; ", cache.len, " used, ", T, " more requested");
+  Stack st{"decoder.", true, cfg_.arch == "encoder_decoder", dec_pe_.get()};
+  Tensor x = embed(st, tokens, cache.len);
+  run_stack(st, x.data<float>(), B, T, cache.len, cache.Ts ? cache.enc.data<float>() : nullptr,
+            cache.Ts, nullptr, &cache);
+  cache.len += T;
+  return head_output(std::move(x), true);
+}
+
+ForwardOutput Transformer::head_output(Tensor hidden, bool want_logits) const {
+  ForwardOutput out;
+  out.hidden = std::move(hidden);
+  if (cfg_.head == "lm" && want_logits) {
+    const int64_t B = out.hidden.dim(0), T = out.hidden.dim(1), V = cfg_.vocab_size;
+    out.logits = Tensor({B, T, V});
+    const float* W = params_.f32(cfg_.tie_embeddings ? "embed.weight" : "lm_head.weight");
+    ops::linear(out.hidden.data<float>(), W, nullptr, out.logits.data<float>(), B * T, V,
+                cfg_.d_model);
+  }
+  return out;
+}
+
 ForwardOutput Transformer::forward(const TokenBatch& tokens, const ForwardOptions& opt) const {
   ForwardOutput out;
   const int64_t d = cfg_.d_model;
@@ -327,13 +410,7 @@ ForwardOutput Transformer::forward(const TokenBatch& tokens, const ForwardOption
     run_stack(st, out.hidden.data<float>(), B, T, opt.pos_offset,
               enc.numel() ? enc.data<float>() : nullptr, Ts, nullptr);
   }
-  if (cfg_.head == "lm" && opt.want_logits) {
-    const int64_t B = out.hidden.dim(0), T = out.hidden.dim(1), V = cfg_.vocab_size;
-    out.logits = Tensor({B, T, V});
-    const float* W = params_.f32(cfg_.tie_embeddings ? "embed.weight" : "lm_head.weight");
-    ops::linear(out.hidden.data<float>(), W, nullptr, out.logits.data<float>(), B * T, V, d);
-  }
-  return out;
+  return head_output(std::move(out.hidden), opt.want_logits);
 }
 
 }  // namespace posformer

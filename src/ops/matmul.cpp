@@ -3,7 +3,11 @@
 
 #include <oneapi/dnnl/dnnl.h>
 
+#include <omp.h>
+
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 
 #include "../kernels/cpu/kernels.h"
 #include "posformer/core/error.h"
@@ -39,7 +43,49 @@ void scale_c(int64_t M, int64_t N, float beta, float* C, int64_t ldc) {
     for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
 }
 
+// ---- profiler (see matmul.h)
+std::atomic<bool> g_prof_on{false};
+std::atomic<int64_t> g_calls{0}, g_inner_calls{0};
+std::atomic<double> g_flops{0}, g_seconds{0}, g_inner_flops{0}, g_inner_seconds{0};
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// Runs f() (a dnnl_sgemm call); when profiling, records its time and 2*M*N*K FLOPs.
+template <class F>
+dnnl_status_t timed_sgemm(int64_t M, int64_t N, int64_t K, const F& f) {
+  if (!g_prof_on.load(std::memory_order_relaxed)) return f();
+  const double t0 = now_s();
+  const dnnl_status_t st = f();
+  const double dt = now_s() - t0, fl = 2.0 * double(M) * double(N) * double(K);
+  if (omp_in_parallel()) {
+    g_inner_calls.fetch_add(1, std::memory_order_relaxed);
+    g_inner_flops.fetch_add(fl, std::memory_order_relaxed);
+    g_inner_seconds.fetch_add(dt, std::memory_order_relaxed);
+  } else {
+    g_calls.fetch_add(1, std::memory_order_relaxed);
+    g_flops.fetch_add(fl, std::memory_order_relaxed);
+    g_seconds.fetch_add(dt, std::memory_order_relaxed);
+  }
+  return st;
+}
+
 }  // namespace
+
+void matmul_profile_enable(bool on) { g_prof_on.store(on, std::memory_order_relaxed); }
+
+MatmulProfile matmul_profile_read_and_reset() {
+  MatmulProfile p;
+  p.calls = g_calls.exchange(0);
+  p.flops = g_flops.exchange(0);
+  p.seconds = g_seconds.exchange(0);
+  p.inner_calls = g_inner_calls.exchange(0);
+  p.inner_flops = g_inner_flops.exchange(0);
+  p.inner_thread_seconds = g_inner_seconds.exchange(0);
+  return p;
+}
 
 namespace ref {
 
@@ -78,8 +124,10 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alp
   check_gemm(trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc);
   if (M == 0 || N == 0) return;
   if (K == 0 || alpha == 0.0f) return scale_c(M, N, beta, C, ldc);
-  const dnnl_status_t st = dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', M, N, K, alpha, A,
-                                      lda, B, ldb, beta, C, ldc);
+  const dnnl_status_t st = timed_sgemm(M, N, K, [&] {
+    return dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', M, N, K, alpha, A, lda, B, ldb,
+                      beta, C, ldc);
+  });
   PF_CHECK(st == dnnl_success, "[gemm] dnnl_sgemm failed with status ", static_cast<int>(st),
            " (M=", M, " N=", N, " K=", K, ")");
 }
@@ -91,7 +139,8 @@ void linear(const float* x, const float* W, const float* b, float* y, int64_t M,
   if (K == 0) {
     scale_c(M, N, 0.0f, y, N);
   } else {
-    const dnnl_status_t st = dnnl_sgemm('N', 'T', M, N, K, 1.0f, x, K, W, K, 0.0f, y, N);
+    const dnnl_status_t st = timed_sgemm(
+        M, N, K, [&] { return dnnl_sgemm('N', 'T', M, N, K, 1.0f, x, K, W, K, 0.0f, y, N); });
     PF_CHECK(st == dnnl_success, "[linear] dnnl_sgemm failed with status ", static_cast<int>(st),
              " (M=", M, " N=", N, " K=", K, ")");
   }

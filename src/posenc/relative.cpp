@@ -120,7 +120,7 @@ class XlHook final : public ScoreHook {
     const float* v = v_ + h * D;
     float* uk = scratch(0, static_cast<size_t>(Tk));
     for (int64_t s = 0; s < Tk; ++s) {
-      const float* kr = a_.k + (b * Tk + s) * a_.ldk + g * D;
+      const float* kr = a_.k + (b * a_.kv_rows() + s) * a_.ldk + g * D;
       float acc = 0;
       for (int64_t c = 0; c < D; ++c) acc += u[c] * kr[c];
       uk[s] = acc;
@@ -149,7 +149,7 @@ class XlHook final : public ScoreHook {
       double acc = 0;
       for (int64_t t = 0; t < Tq; ++t) acc += dS[t * Tk + s];
       const float duk = a_.scale * static_cast<float>(acc);
-      const float* kr = a_.k + (b * Tk + s) * a_.ldk + g * D;
+      const float* kr = a_.k + (b * a_.kv_rows() + s) * a_.ldk + g * D;
       float* dkr = dk + s * lddk;
       for (int64_t c = 0; c < D; ++c) {
         du_[h * D + c] += duk * kr[c];
@@ -226,7 +226,7 @@ class DebertaHook final : public ScoreHook {
     float* p2c = scratch(1, static_cast<size_t>(Tk * n));  // p2c[s, r] = k_s . Qr_h[r]
     ops::gemm(false, true, Tq, n, D, 1.0f, a_.q + b * Tq * a_.ldq + h * D, a_.ldq,
               kr_.data() + h * D, HD, 0.0f, c2p, n);
-    ops::gemm(false, true, Tk, n, D, 1.0f, a_.k + b * Tk * a_.ldk + g * D, a_.ldk,
+    ops::gemm(false, true, Tk, n, D, 1.0f, a_.k + b * a_.kv_rows() * a_.ldk + g * D, a_.ldk,
               qr_.data() + h * D, HD, 0.0f, p2c, n);
     for (int64_t t = 0; t < Tq; ++t) {
       const int64_t i = a_.q_pos0 + t;
@@ -256,7 +256,7 @@ class DebertaHook final : public ScoreHook {
       }
     }
     const float* q = a_.q + b * Tq * a_.ldq + h * D;
-    const float* k = a_.k + b * Tk * a_.ldk + g * D;
+    const float* k = a_.k + b * a_.kv_rows() * a_.ldk + g * D;
     ops::gemm(false, false, Tq, D, n, 1.0f, dc2p, n, kr_.data() + h * D, HD, 1.0f, dq, lddq);
     ops::gemm(true, false, n, D, Tq, 1.0f, dc2p, n, q, a_.ldq, 1.0f, dkr_.data() + h * D, HD);
     ops::gemm(false, false, Tk, D, n, 1.0f, dp2c, n, qr_.data() + h * D, HD, 1.0f, dk, lddk);

@@ -2,8 +2,8 @@
 //
 // Layout (row-major, fp32). For batch b, query row t, head h:
 //   q[(b*Tq + t)*ldq + h*D + 0..D)     H query heads
-//   k[(b*Tk + s)*ldk + g*D + 0..D)     Hkv key/value heads; query head h reads g = h / (H/Hkv)
-//   v[(b*Tk + s)*ldv + g*D + 0..D)
+//   k[(b*Tk' + s)*ldk + g*D + 0..D)    Hkv key/value heads; query head h reads g = h / (H/Hkv)
+//   v[(b*Tk' + s)*ldv + g*D + 0..D)    Tk' = kv_rows() (Tk, or a KV cache's capacity)
 //   out[(b*Tq + t)*ldo + h*D + 0..D)
 //
 //   S[t, s] = scale * q_t . k_s  (+ hook->add_scores: ALiBi, T5, Shaw, XL, DeBERTa terms)
@@ -59,6 +59,8 @@ struct AttnDesc {
   bool causal = false;
   int64_t q_pos0 = 0, k_pos0 = 0;
   const int32_t* key_len = nullptr;  // [B] valid keys per sequence (key padding); null = all Tk
+  int64_t kv_batch_rows = 0;  // rows between batches in k/v (a KV cache's capacity); 0 = Tk
+  int64_t kv_rows() const { return kv_batch_rows ? kv_batch_rows : Tk; }
   const ScoreHook* hook = nullptr;
   float* probs = nullptr;  // optional [B, H, Tq, Tk]: forward stores P here (training)
 };

@@ -34,6 +34,18 @@ struct ForwardOutput {
   Tensor logits;  // [B, T, vocab] when the model has an LM head and want_logits
 };
 
+// KV cache for incremental decoding: the decoder's self-attention keys/values (after RoPE) of
+// every layer, and the cross-attention keys/values of the encoder output (computed once).
+// Memory: 2 * layers * n_kv_heads * D * capacity * 4 bytes per sequence (SPEC.md 7).
+struct KVCache {
+  int64_t B = 0, capacity = 0, len = 0;  // len = positions already cached
+  std::vector<Tensor> k, v;              // per layer [B, capacity, Hkv*D]
+  std::vector<Tensor> ck, cv;            // per layer [B, Ts, Hkv*D] (encoder_decoder)
+  Tensor enc;                            // encoder output [B, Ts, d]
+  int64_t Ts = 0;
+  size_t bytes() const;
+};
+
 class Transformer {
  public:
   explicit Transformer(const ModelConfig& cfg);  // declares parameters, allocates none
@@ -53,6 +65,12 @@ class Transformer {
   }
 
   ForwardOutput forward(const TokenBatch& tokens, const ForwardOptions& opt = {}) const;
+
+  // Incremental decoding. start_cache encodes `src` for encoder_decoder models.
+  KVCache start_cache(int64_t B, int64_t capacity, const TokenBatch* src = nullptr) const;
+  // Runs new tokens [B][Tn] at positions cache.len.. (keys see every cached position), appends
+  // their keys/values and returns hidden states / logits of the new tokens only.
+  ForwardOutput forward_cached(const TokenBatch& tokens, KVCache& cache) const;
 
   // Training step core: forward with saved activations, mean cross-entropy of the logits
   // against `targets` ([B][T], -1 = ignored), and backward. Gradients are ADDED into `grads`
@@ -85,7 +103,8 @@ class Transformer {
   // x: [B*T, d] in, out in place. enc: [B*Ts, d] for cross-attention (or null). With a tape,
   // every layer's activations are kept for backward.
   void run_stack(const Stack& st, float* x, int64_t B, int64_t T, int64_t pos0, const float* enc,
-                 int64_t Ts, StackTape* tape) const;
+                 int64_t Ts, StackTape* tape, KVCache* cache = nullptr) const;
+  ForwardOutput head_output(Tensor hidden, bool want_logits) const;
   // dx: [B*T, d] gradient at the stack output in, gradient at the stack input out (in place).
   // d_enc: [B*Ts, d] accumulates the gradient w.r.t. the encoder output (cross-attention).
   void backward_stack(const Stack& st, const StackTape& tape, float* dx, const float* enc,
