@@ -16,7 +16,7 @@ echo "posformer demo: $("$PF" --version); input: \"$TEXT\" (${#TEXT} byte tokens
 for pos in none learned sinusoidal sinusoidal_half rope alibi t5 shaw xl deberta; do
   cat > "$WORK/$pos.json" <<JSON
 {"arch": "decoder", "d_model": 128, "n_layers": 2, "n_heads": 4, "d_ff": 512,
- "vocab_size": 259, "max_len": 256, "position": {"type": "$pos"}}
+ "vocab_size": 260, "max_len": 256, "position": {"type": "$pos"}}
 JSON
   echo
   echo "=== position: $pos"

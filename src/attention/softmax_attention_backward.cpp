@@ -27,7 +27,7 @@ void attention_backward(const AttnDesc& a, const float* probs, const AttnGrads& 
 #pragma omp parallel if (BG > 1 && omp_get_max_threads() > 1 && !omp_in_parallel())
   {
     std::vector<float> dP(static_cast<size_t>(a.Tq * a.Tk));
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(static, 1)  // static: per-thread gradient sums are reproducible
     for (int64_t bg = 0; bg < BG; ++bg) {
       const int64_t b = bg / a.Hkv, kvh = bg % a.Hkv;
       const float* k = a.k + b * a.kv_rows() * a.ldk + kvh * a.D;

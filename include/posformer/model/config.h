@@ -40,7 +40,7 @@ struct ModelConfig {
   std::string norm_position = "pre";  // pre | post
   double norm_eps = 1e-5;
   bool bias = true;
-  int64_t vocab_size = 259;
+  int64_t vocab_size = 260;
   int64_t max_len = 1024;
   bool tie_embeddings = true;
   std::string head = "lm";  // lm | none

@@ -1,0 +1,215 @@
+#!/usr/bin/env bash
+# Speed benchmark, one command: builds posformer_bench, then runs posformer and the peers
+# (../shared/peers: PyTorch with its fair settings, ONNX Runtime) interleaved in ONE session
+#   posformer, torch, ORT, posformer, torch, ORT, ..., posformer
+# and prints a side-by-side table of medians (results in bench/RESULTS.md).
+#
+# Usage: bash bench/run.sh [--rounds N] [--reps R] [--workdir DIR] [--quick]
+#   --rounds N   peer rounds (default 2): N+1 posformer slots, N torch and N ORT slots
+#   --reps R     repetitions per case (google-benchmark repetitions / peer timed runs; default 7)
+#   --workdir    peers' work dir (npm install, ONNX export, OpenBLAS; default /tmp/peers-work)
+#   --quick      encoder only (skips the sgemm / linear / component families)
+# Environment: BUILD_DIR (default build-bench).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PEERS=$(cd "$ROOT/../shared/peers" && pwd)
+BUILD_DIR=${BUILD_DIR:-$ROOT/build-bench}
+W=/tmp/peers-work
+ROUNDS=2
+REPS=7
+QUICK=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --rounds) ROUNDS=$2; shift 2 ;;
+    --reps) REPS=$2; shift 2 ;;
+    --workdir) W=$2; shift 2 ;;
+    --quick) QUICK=1; shift ;;
+    -h|--help) sed -n 2,12p "$0"; exit 0 ;;
+    *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+PY=/usr/bin/python3
+OUT=$W/bench-$(date +%Y%m%d-%H%M%S)
+mkdir -p "$OUT"
+log() { echo "[run.sh $(date +%H:%M:%S)] $*" >&2; }
+load() { cut -d' ' -f1-3 /proc/loadavg; }
+
+# ---------------------------------------------------------------- build
+log "building posformer_bench in $BUILD_DIR"
+cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build "$BUILD_DIR" -j2 --target posformer_bench >/dev/null
+BENCH=$BUILD_DIR/posformer_bench
+
+# ---------------------------------------------------------------- peers setup
+[ -d "$W/node_modules/onnxruntime-node" ] || bash "$PEERS/setup.sh" "$W" >&2
+# torch 1.13 calls sgemm from libblas.so.3. The peers' figures assume Debian's OpenBLAS; where
+# the alternative is netlib's reference BLAS (no libopenblas0 installed, ~0.5 GFLOP/s), the
+# OpenBLAS package is unpacked into the work dir and put first on the peers' library path
+# (this machine's alternatives are left alone).
+PEER_LD=""
+if ! readlink -f /usr/lib/x86_64-linux-gnu/libblas.so.3 | grep -q openblas; then
+  OB=$W/openblas/usr/lib/x86_64-linux-gnu/openblas-pthread
+  if [ ! -f "$OB/libblas.so.3" ]; then
+    log "system libblas.so.3 is the reference BLAS; unpacking libopenblas0-pthread into $W/openblas"
+    (cd "$W" && rm -f libopenblas0-pthread_*.deb && apt-get download libopenblas0-pthread >&2 &&
+       dpkg -x libopenblas0-pthread_*.deb "$W/openblas")
+  fi
+  PEER_LD=$OB
+fi
+peer_env() { if [ -n "$PEER_LD" ]; then env LD_LIBRARY_PATH="$PEER_LD${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "$@"; else "$@"; fi; }
+if [ ! -f "$W/bert12.onnx" ]; then
+  log "exporting the 12-layer encoder to ONNX"
+  peer_env $PY -W ignore "$PEERS/onnx_export.py" --workdir "$W" --reps 3 >&2
+fi
+
+# PyTorch: the shared harness (torch_bench.py: its settings, warm-up and median) on the fp32
+# encoder cases only (its bf16 autocast cases need AVX512-BF16/AMX, which this CPU lacks).
+cat >"$OUT/torch_encoder.py" <<'EOF'
+import json, os, sys
+out = sys.argv.pop(1)
+sys.path.insert(0, os.environ["PEERS"])
+import torch_bench as tb  # parses argv; torch_env.setup() runs before torch is imported
+import torch, torch.nn as nn, bert
+res = {"settings": tb.SETTINGS, "torch": torch.__version__, "ms": {}, "fast_ms": {}}
+import ctypes
+torch.randn(64, 64) @ torch.randn(64, 64)  # loads the BLAS; report which one and its kernels
+libs = sorted({l.split()[-1] for l in open("/proc/self/maps") if "blas" in l.split()[-1]})
+res["blas"] = ", ".join(libs)
+for lib in libs:
+    if "openblas" in lib:
+        ob = ctypes.CDLL(lib); ob.openblas_get_corename.restype = ctypes.c_char_p
+        res["blas"] += f" (OpenBLAS kernels: {ob.openblas_get_corename().decode()})"
+        break
+m = bert.build(12)
+torch.manual_seed(0)
+layer = nn.TransformerEncoderLayer(768, 12, 3072, dropout=0.0, activation="gelu",
+                                   layer_norm_eps=1e-12, batch_first=True)
+fast = nn.TransformerEncoder(layer, 12, enable_nested_tensor=False).eval()
+torch.manual_seed(1)
+for n in (128, 512):
+    x = torch.randn(1, n, 768)
+    with torch.no_grad():
+        res["ms"][n] = tb.bench(lambda: m(x))
+        res["fast_ms"][n] = tb.bench(lambda: fast(x))
+    print(f"torch 12L seq={n}: plain ops {res['ms'][n]:.1f} ms, "
+          f"nn.TransformerEncoder fastpath {res['fast_ms'][n]:.1f} ms", file=sys.stderr, flush=True)
+json.dump(res, open(out, "w"))
+EOF
+
+# ---------------------------------------------------------------- interleaved session
+BM_ARGS=(--benchmark_repetitions="$REPS" --benchmark_report_aggregates_only=true
+         --benchmark_out_format=json)
+POS_FILTER='BM_Encoder/'
+[ "$QUICK" = 1 ] || POS_FILTER='BM_Encoder|BM_EncoderProfiled|BM_Sgemm|BM_Linear|BM_Attention|BM_Gelu|BM_AddBias|BM_LayerNorm|BM_Residual'
+run_posformer() {
+  log "posformer slot $1 (load $(load))"
+  echo "$(load)" >"$OUT/load_posformer_$1.txt"
+  "$BENCH" --benchmark_filter="$POS_FILTER" "${BM_ARGS[@]}" \
+    --benchmark_out="$OUT/posformer_$1.json" >"$OUT/posformer_$1.txt" 2>&1
+  grep -E '_median' "$OUT/posformer_$1.txt" | grep -E 'BM_Encoder' >&2 || true
+}
+run_torch() {
+  log "torch slot $1 (load $(load))"
+  echo "$(load)" >"$OUT/load_torch_$1.txt"
+  PEERS=$PEERS peer_env $PY "$OUT/torch_encoder.py" "$OUT/torch_$1.json" --reps "$REPS" --workdir "$W"
+}
+run_ort() {
+  log "ORT slot $1 (load $(load))"
+  echo "$(load)" >"$OUT/load_ort_$1.txt"
+  node "$PEERS/onnx_bench.mjs" "$W" "$REPS" >"$OUT/ort_$1.txt" 2>&1
+  cat "$OUT/ort_$1.txt" >&2
+  cp "$W/onnx_bench.json" "$OUT/ort_$1.json"
+}
+START="$(date -u +%Y-%m-%dT%H:%MZ) load $(load)"
+for r in $(seq 1 "$ROUNDS"); do
+  run_posformer "$r"
+  run_torch "$r"
+  run_ort "$r"
+done
+run_posformer $((ROUNDS + 1))
+END="$(date -u +%Y-%m-%dT%H:%MZ) load $(load)"
+
+# ---------------------------------------------------------------- table
+$PY - "$OUT" "$ROUNDS" "$REPS" "$START" "$END" <<'EOF'
+import glob, json, os, re, statistics, subprocess, sys
+out, rounds, reps, start, end = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+med = statistics.median
+def flops(n): return 12 * (2 * n * 768 * (4 * 768 + 2 * 3072) + 4 * n * n * 768)
+
+pos = []  # per slot: {name: benchmark entry (median aggregate)}
+for f in sorted(glob.glob(f"{out}/posformer_*.json"), key=lambda p: int(re.findall(r"(\d+)\.json", p)[0])):
+    d = json.load(open(f))
+    pos.append({b["run_name"]: b for b in d["benchmarks"] if b.get("aggregate_name") == "median"})
+ctx = json.load(open(glob.glob(f"{out}/posformer_1.json")[0]))["context"]
+torch = [json.load(open(f)) for f in sorted(glob.glob(f"{out}/torch_*.json"))]
+ort = [json.load(open(f)) for f in sorted(glob.glob(f"{out}/ort_*.json"))]
+loads = {k: [open(f).read().split()[0] for f in sorted(glob.glob(f"{out}/load_{k}_*.txt"))]
+         for k in ("posformer", "torch", "ort")}
+
+def pos_ms(name): return [s[name]["real_time"] for s in pos if name in s]
+def fmt(v): return " / ".join(f"{x:.0f}" for x in v)
+cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+model = re.search(r"Model name:\s*(.*)", cpu).group(1).strip()
+print(f"\nmachine: {model}, {os.cpu_count()} cores; posformer threads {ctx.get('posformer_threads')}, "
+      f"features {ctx.get('cpu_features')}")
+print(f"session: {start} -> {end}; {rounds} peer rounds, {rounds + 1} posformer slots, {reps} reps each")
+print(f"torch: {torch[0]['torch']} ({torch[0]['settings']}; {torch[0]['blas']})")
+print(f"load average (1 min) at each slot: posformer {', '.join(loads['posformer'])}; "
+      f"torch {', '.join(loads['torch'])}; ORT {', '.join(loads['ort'])}\n")
+print("12-layer BERT-base encoder forward, batch 1, fp32, 2 threads: median ms (GFLOP/s); per-slot medians")
+print(f"| {'engine':44s} | {'T = 128':>20s} | {'T = 512':>20s} | per-slot ms T=128 | per-slot ms T=512 |")
+print(f"|{'-'*46}|{'-'*22}|{'-'*22}|---|---|")
+rows = [("posformer", {n: pos_ms(f"BM_Encoder/{n}/real_time") for n in (128, 512)}),
+        ("PyTorch tuned, plain ops (bert.py)", {n: [t["ms"][str(n)] for t in torch] for n in (128, 512)}),
+        ("PyTorch tuned, nn.TransformerEncoder fastpath", {n: [t["fast_ms"][str(n)] for t in torch] for n in (128, 512)}),
+        ("ONNX Runtime 1.30 (onnxruntime-node)", {n: [o["ms"][str(n)] for o in ort] for n in (128, 512)})]
+summary = {}
+for name, v in rows:
+    m = {n: med(v[n]) for n in (128, 512)}
+    summary[name] = m
+    cells = [f"{m[n]:8.1f} ms ({flops(n) / m[n] / 1e6:5.1f})" for n in (128, 512)]
+    print(f"| {name:44s} | {cells[0]:>20s} | {cells[1]:>20s} | {fmt(v[128])} | {fmt(v[512])} |")
+p = summary["posformer"]
+for name in list(summary)[1:]:
+    print(f"  posformer / {name}: " + ", ".join(f"T={n} {p[n] / summary[name][n]:.2f}x time" for n in (128, 512)))
+
+if len(pos) and any("BM_EncoderProfiled/128/real_time" in s for s in pos):
+    print("\nmatmul share of the posformer forward (profiler on; median over slots)")
+    print("| T | forward ms | linears ms (GFLOP/s) | attention QK^T,PV ms (GFLOP/s, est.) | matmul share | non-matmul ms (share) |")
+    print("|---|---|---|---|---|---|")
+    for n in (128, 512):
+        e = [s[f"BM_EncoderProfiled/{n}/real_time"] for s in pos if f"BM_EncoderProfiled/{n}/real_time" in s]
+        g = lambda k: med([x[k] for x in e])
+        fwd = med([x["real_time"] for x in e])
+        print(f"| {n} | {fwd:.1f} | {g('lin_ms'):.1f} ({g('lin_GFLOPs'):.0f}) | {g('attn_mm_ms'):.1f} "
+              f"({g('attn_mm_GFLOPs'):.0f}) | {g('mm_share_%'):.1f}% | {g('non_mm_ms'):.1f} "
+              f"({100 - g('mm_share_%'):.1f}%) |")
+    print("\ndnnl_sgemm vs ops::linear on one layer's linear shapes, y[M,N] = x[M,K] W[N,K]^T: median GFLOP/s")
+    print("| M=T | N | K | calls/layer | dnnl_sgemm GFLOP/s | ops::linear (+bias) GFLOP/s |")
+    print("|---|---|---|---|---|---|")
+    for n in (128, 512):
+        tot_fl = tot_s = 0.0
+        for (N, K, calls) in ((2304, 768, "- (torch's fused qkv)"), (768, 768, "4 (q, k, v, o)"),
+                              (3072, 768, "1"), (768, 3072, "1")):
+            s = med([x[f"BM_Sgemm/{n}/{N}/{K}/real_time"]["GFLOP/s"] for x in pos if f"BM_Sgemm/{n}/{N}/{K}/real_time" in x])
+            l = med([x[f"BM_Linear/{n}/{N}/{K}/real_time"]["GFLOP/s"] for x in pos if f"BM_Linear/{n}/{N}/{K}/real_time" in x])
+            if calls[0] != "-":
+                c = int(calls[0]); fl = 2.0 * n * N * K
+                tot_fl += c * fl; tot_s += c * fl / (s * 1e9)
+            print(f"| {n} | {N} | {K} | {calls} | {s:.0f} | {l:.0f} |")
+        print(f"| {n} | | | one layer's mix | {tot_fl / tot_s / 1e9:.0f} | |")
+    print("\none layer's non-matmul pieces (median us); x12 layers for the forward")
+    comp = [("attention core (QK^T, softmax, PV; 12 heads)", "BM_Attention/{n}/real_time", 1),
+            ("exact GELU [T, 3072]", "BM_Gelu/{n}/real_time", 1),
+            ("bias add [T, 768] x4 (q, k, v, o) + [T, 768] (w2)", "BM_AddBias/{n}/768/real_time", 5),
+            ("bias add [T, 3072] (w1)", "BM_AddBias/{n}/3072/real_time", 1),
+            ("layernorm [T, 768] x2", "BM_LayerNorm/{n}/real_time", 2),
+            ("residual add [T, 768] x2", "BM_Residual/{n}/real_time", 2)]
+    print("| piece | T=128 us | T=512 us |")
+    print("|---|---|---|")
+    for name, key, mult in comp:
+        v = [med([x[key.format(n=n)]["real_time"] for x in pos if key.format(n=n) in x]) * mult for n in (128, 512)]
+        print(f"| {name} | {v[0]:.0f} | {v[1]:.0f} |")
+json.dump({"summary": summary, "start": start, "end": end}, open(f"{out}/summary.json", "w"), indent=1)
+print(f"\nraw outputs: {out}")
+EOF

@@ -1,0 +1,76 @@
+// The training loop: objectives, AdamW with warmup + decay, clipping, accumulation,
+// non-finite handling, validation, metrics, crash-safe checkpoints and exact resume.
+//
+// Objectives (chosen by the model's arch unless set):
+//   clm     (decoder):          inputs w[0..L), targets w[1..L]  (random windows of L+1 tokens)
+//   mlm     (encoder):          15% of positions chosen; of those 80% -> <mask>, 10% -> random
+//                               token, 10% kept; loss on the chosen positions only
+//   seq2seq (encoder_decoder):  the encoder reads the first half of a window, the decoder
+//                               predicts the second half with teacher forcing from <bos>
+//
+// Run directory (--out): config.json, model.safetensors (latest weights, written at the end and
+// at every checkpoint), tokenizer.json, train.json (the options), metrics.jsonl (one JSON line
+// per step and per evaluation), checkpoints/step-N/ (see checkpoint.h).
+#pragma once
+#include <atomic>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+namespace posformer {
+
+struct TrainOptions {
+  std::string config_path;         // model config (new runs)
+  std::vector<std::string> data;   // text files; {"default"} = Debian fortunes + Tang/Song poems
+  std::string out_dir;
+  std::string tokenizer_dir;       // copy this tokenizer (default: byte-level)
+  std::string objective = "auto";  // auto | clm | mlm | seq2seq
+  int64_t steps = 1000, batch = 8, seq_len = 256, accum = 1;
+  double lr = 3e-4, min_lr_ratio = 0.1;
+  int64_t warmup = 100;
+  std::string decay = "cosine";
+  double weight_decay = 0.1, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, clip = 1.0;
+  uint64_t seed = 0;
+  int64_t eval_every = 100, eval_windows = 32, ckpt_every = 100, keep_last = 3;
+  double val_fraction = 0.05;
+  std::string on_nonfinite = "skip";  // skip (count and continue) | stop
+  int threads = 0;
+  bool progress = true;  // live progress line on stderr
+  int64_t stop_after = -1;  // testing: stop (as if interrupted) after this many steps
+};
+
+class Transformer;
+class Tokenizer;
+
+// Loss (nats/token), perplexity and bits per byte over windows (inputs, targets) of token ids;
+// `objective` as above (mlm masks with a fixed seed, so evaluations are comparable).
+struct Evaluation {
+  double loss = 0, ppl = 0, bpb = 0;
+  int64_t tokens = 0;
+};
+Evaluation evaluate_windows(
+    const Transformer& model, const std::string& objective,
+    const std::vector<std::pair<std::vector<int32_t>, std::vector<int32_t>>>& windows,
+    const Tokenizer& tok);
+std::string default_objective(const std::string& arch);
+
+nlohmann::json options_to_json(const TrainOptions& o);
+TrainOptions options_from_json(const nlohmann::json& j);
+void validate(const TrainOptions& o);
+
+struct TrainResult {
+  int64_t steps_done = 0, skipped = 0;
+  double last_loss = 0, val_loss = -1, tokens_per_s = 0;
+  bool interrupted = false;
+};
+
+// New run (resume_dir empty) or exact continuation of RUN_DIR's newest complete checkpoint
+// (`steps_override` > 0 changes the total). `stop` is polled each step (Ctrl-C / SIGTERM):
+// the run saves a checkpoint and returns with interrupted = true.
+TrainResult train(const TrainOptions& opts, const std::atomic<bool>* stop = nullptr);
+TrainResult resume(const std::string& run_dir, int64_t steps_override, int threads,
+                   bool progress, const std::atomic<bool>* stop = nullptr, int64_t stop_after = -1);
+
+}  // namespace posformer

@@ -1,0 +1,405 @@
+#include "posformer/train/trainer.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "posformer/core/io.h"
+#include "posformer/core/runtime.h"
+#include "posformer/model/transformer.h"
+#include "posformer/train/checkpoint.h"
+#include "posformer/train/data.h"
+#include "posformer/train/optimizer.h"
+#include "posformer/train/schedule.h"
+#include "posformer/train/tokenizer.h"
+
+namespace posformer {
+using json = nlohmann::json;
+namespace fs = std::filesystem;
+
+json options_to_json(const TrainOptions& o) {
+  return json{{"config_path", o.config_path}, {"data", o.data}, {"out_dir", o.out_dir},
+              {"tokenizer_dir", o.tokenizer_dir}, {"objective", o.objective}, {"steps", o.steps},
+              {"batch", o.batch}, {"seq_len", o.seq_len}, {"accum", o.accum}, {"lr", o.lr},
+              {"min_lr_ratio", o.min_lr_ratio}, {"warmup", o.warmup}, {"decay", o.decay},
+              {"weight_decay", o.weight_decay}, {"beta1", o.beta1}, {"beta2", o.beta2},
+              {"eps", o.eps}, {"clip", o.clip}, {"seed", o.seed}, {"eval_every", o.eval_every},
+              {"eval_windows", o.eval_windows}, {"ckpt_every", o.ckpt_every},
+              {"keep_last", o.keep_last}, {"val_fraction", o.val_fraction},
+              {"on_nonfinite", o.on_nonfinite}, {"threads", o.threads}};
+}
+
+TrainOptions options_from_json(const json& j) {
+  TrainOptions o;
+  try {
+    o.config_path = j.at("config_path");
+    o.data = j.at("data").get<std::vector<std::string>>();
+    o.out_dir = j.at("out_dir");
+    o.tokenizer_dir = j.at("tokenizer_dir");
+    o.objective = j.at("objective");
+    o.steps = j.at("steps"), o.batch = j.at("batch"), o.seq_len = j.at("seq_len");
+    o.accum = j.at("accum"), o.lr = j.at("lr"), o.min_lr_ratio = j.at("min_lr_ratio");
+    o.warmup = j.at("warmup"), o.decay = j.at("decay"), o.weight_decay = j.at("weight_decay");
+    o.beta1 = j.at("beta1"), o.beta2 = j.at("beta2"), o.eps = j.at("eps"), o.clip = j.at("clip");
+    o.seed = j.at("seed"), o.eval_every = j.at("eval_every"), o.eval_windows = j.at("eval_windows");
+    o.ckpt_every = j.at("ckpt_every"), o.keep_last = j.at("keep_last");
+    o.val_fraction = j.at("val_fraction"), o.on_nonfinite = j.at("on_nonfinite");
+    o.threads = j.at("threads");
+  } catch (const json::exception& e) {
+    throw Error(str("[train] stored training options are malformed: ", e.what()));
+  }
+  return o;
+}
+
+void validate(const TrainOptions& o) {
+  PF_CHECK(!o.data.empty(), "[train] give training text with --data FILE... (or --data default)");
+  PF_CHECK(!o.out_dir.empty(), "[train] --out DIR is required");
+  PF_CHECK(o.steps >= 1, "[train] --steps must be >= 1, got ", o.steps);
+  PF_CHECK(o.batch >= 1 && o.batch <= 4096, "[train] --batch must be in [1, 4096], got ", o.batch);
+  PF_CHECK(o.seq_len >= 2 && o.seq_len <= (1 << 20), "[train] --seq-len must be in [2, 2^20], got ",
+           o.seq_len);
+  PF_CHECK(o.accum >= 1, "[train] --accum must be >= 1, got ", o.accum);
+  PF_CHECK(o.clip >= 0 && std::isfinite(o.clip), "[train] --clip must be >= 0 (0 = off), got ", o.clip);
+  PF_CHECK(o.eval_every >= 0 && o.ckpt_every >= 0, "[train] --eval-every and --ckpt-every must be >= 0");
+  PF_CHECK(o.eval_windows >= 1, "[train] --eval-windows must be >= 1, got ", o.eval_windows);
+  PF_CHECK(o.keep_last >= 1, "[train] --keep-last must be >= 1, got ", o.keep_last);
+  PF_CHECK(o.on_nonfinite == "skip" || o.on_nonfinite == "stop",
+           "[train] --on-nonfinite must be skip or stop, got ", o.on_nonfinite);
+  PF_CHECK(o.objective == "auto" || o.objective == "clm" || o.objective == "mlm" ||
+               o.objective == "seq2seq",
+           "[train] --objective must be auto, clm, mlm or seq2seq, got ", o.objective);
+  ScheduleConfig s{o.lr, o.warmup, o.steps, o.decay, o.min_lr_ratio};
+  validate(s);
+  validate(AdamWConfig{o.beta1, o.beta2, o.eps, o.weight_decay});
+}
+
+namespace {
+
+uint64_t splitmix(uint64_t& s) {
+  uint64_t z = (s += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+std::string objective_for(const TrainOptions& o, const ModelConfig& c) {
+  std::string obj = o.objective;
+  if (obj == "auto") obj = default_objective(c.arch);
+  const std::string need = obj == "mlm" ? "encoder" : obj == "clm" ? "decoder" : "encoder_decoder";
+  PF_CHECK(c.arch == need, "[train] objective ", obj, " needs an ", need, " model, the config has ",
+           c.arch);
+  return obj;
+}
+
+struct Batch {
+  TokenBatch in, tgt, src;
+};
+
+// One batch for the objective from B windows (inputs/targets of length L, row-major).
+Batch make_batch(const std::string& obj, const std::vector<int32_t>& inputs,
+                 const std::vector<int32_t>& targets, int64_t B, int64_t L, const Tokenizer& tok,
+                 int64_t vocab, uint64_t& rng) {
+  Batch b;
+  for (int64_t r = 0; r < B; ++r) {
+    std::vector<int32_t> in(inputs.begin() + r * L, inputs.begin() + (r + 1) * L);
+    std::vector<int32_t> tg(targets.begin() + r * L, targets.begin() + (r + 1) * L);
+    if (obj == "clm") {
+      b.in.push_back(std::move(in));
+      b.tgt.push_back(std::move(tg));
+    } else if (obj == "mlm") {  // BERT masking: 15% chosen; 80% mask, 10% random, 10% keep
+      std::vector<int32_t> t(static_cast<size_t>(L), -1);
+      for (int64_t i = 0; i < L; ++i) {
+        const double u = (splitmix(rng) >> 11) * 0x1.0p-53;
+        if (u >= 0.15) continue;
+        t[i] = in[i];
+        const double v = (splitmix(rng) >> 11) * 0x1.0p-53;
+        if (v < 0.8)
+          in[i] = tok.mask_id();
+        else if (v < 0.9)
+          in[i] = static_cast<int32_t>(splitmix(rng) % static_cast<uint64_t>(std::min<int64_t>(vocab, 256)));
+      }
+      b.in.push_back(std::move(in));
+      b.tgt.push_back(std::move(t));
+    } else {  // seq2seq: window w of L+1 tokens; encoder reads w[0..h), decoder predicts w[h..]
+      std::vector<int32_t> w = in;
+      w.push_back(tg.back());
+      const int64_t h = (L + 1) / 2;
+      b.src.emplace_back(w.begin(), w.begin() + h);
+      std::vector<int32_t> din{tok.bos_id()};
+      din.insert(din.end(), w.begin() + h, w.end() - 1);
+      b.in.push_back(std::move(din));
+      b.tgt.emplace_back(w.begin() + h, w.end());
+    }
+  }
+  return b;
+}
+
+std::string hex64(uint64_t v) {
+  char buf[20];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+std::string fmt_duration(double s) {
+  char buf[32];
+  if (s < 0 || !std::isfinite(s)) return "?";
+  const long t = static_cast<long>(s + 0.5);
+  if (t >= 3600)
+    std::snprintf(buf, sizeof buf, "%ldh%02ldm", t / 3600, (t / 60) % 60);
+  else
+    std::snprintf(buf, sizeof buf, "%ldm%02lds", t / 60, t % 60);
+  return buf;
+}
+
+class MetricsLog {
+ public:
+  explicit MetricsLog(const std::string& path) : path_(path) {}
+  // Keeps only records with step <= keep_step (a resumed run rewrites what followed).
+  void truncate_after(int64_t keep_step) {
+    std::ifstream in(path_);
+    std::string line, kept;
+    while (std::getline(in, line)) {
+      try {
+        json j = json::parse(line);
+        if (j.value("step", int64_t{0}) <= keep_step) kept += line + "\n";
+      } catch (const json::exception&) {
+        // a torn last line from a crash: drop it
+      }
+    }
+    atomic_write_file(path_, kept);
+  }
+  void append(const json& j) {
+    const std::string line = j.dump() + "\n";
+    const int fd = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    PF_CHECK(fd >= 0, "[train] cannot open ", path_, " for appending");
+    const ssize_t w = ::write(fd, line.data(), line.size());
+    ::close(fd);
+    PF_CHECK(w == static_cast<ssize_t>(line.size()), "[train] short write to ", path_);
+  }
+
+ private:
+  std::string path_;
+};
+
+}  // namespace
+
+std::string default_objective(const std::string& arch) {
+  return arch == "encoder" ? "mlm" : arch == "decoder" ? "clm" : "seq2seq";
+}
+
+// Loss, perplexity and bits per byte of `model` over `windows` (objective-aware).
+Evaluation evaluate_windows(const Transformer& model, const std::string& obj,
+                            const std::vector<std::pair<std::vector<int32_t>, std::vector<int32_t>>>& windows,
+                            const Tokenizer& tok) {
+  std::vector<double> bytes_of(static_cast<size_t>(tok.vocab_size()));
+  for (int64_t t = 0; t < tok.vocab_size(); ++t)
+    bytes_of[t] = static_cast<double>(tok.decode({static_cast<int32_t>(t)}).size());
+  double nats = 0, bytes = 0;
+  int64_t count = 0;
+  uint64_t rng = 12345;  // fixed masking for MLM evaluation
+  for (const auto& [in, tg] : windows) {
+    const int64_t L = static_cast<int64_t>(in.size());
+    if (obj == "seq2seq" && L < 2) continue;
+    Batch b = make_batch(obj, in, tg, 1, L, tok, model.config().vocab_size, rng);
+    ForwardOptions fo;
+    if (obj == "seq2seq") fo.src = &b.src;
+    Transformer::Loss l = model.loss(b.in, b.tgt, fo);
+    nats += l.loss * static_cast<double>(l.count);
+    count += l.count;
+    for (int32_t t : b.tgt[0])
+      if (t >= 0 && t < tok.vocab_size()) bytes += bytes_of[t];
+  }
+  Evaluation e;
+  e.tokens = count;
+  if (count > 0) {
+    e.loss = nats / count;
+    e.ppl = std::exp(e.loss);
+    e.bpb = bytes > 0 ? nats / std::log(2.0) / bytes : 0;
+  }
+  return e;
+}
+
+namespace {
+
+TrainResult run_training(TrainOptions o, const std::string& resume_ckpt,
+                         const std::atomic<bool>* stop) {
+  validate(o);
+  set_threads(o.threads);
+  const std::string dir = o.out_dir;
+  ModelConfig cfg = load_config(resume_ckpt.empty() ? o.config_path : dir + "/config.json");
+  std::unique_ptr<Tokenizer> tok = resume_ckpt.empty() && !o.tokenizer_dir.empty()
+                                       ? load_tokenizer(o.tokenizer_dir)
+                                       : (resume_ckpt.empty() ? make_byte_tokenizer()
+                                                              : load_tokenizer(dir));
+  PF_CHECK(cfg.vocab_size >= tok->vocab_size(), "[train] the config's vocab_size (",
+           cfg.vocab_size, ") is smaller than the tokenizer's vocabulary (", tok->vocab_size(), ")");
+  PF_CHECK(cfg.head == "lm", "[train] training needs an LM head (config head: lm)");
+  const std::string obj = objective_for(o, cfg);
+  const int64_t L = o.seq_len;
+  if (cfg.position.type == "learned")
+    PF_CHECK(L + 1 <= cfg.max_len, "[train] --seq-len ", L, " needs ", L + 1,
+             " positions but the learned table has max_len ", cfg.max_len);
+  std::vector<std::string> files = o.data;
+  if (files.size() == 1 && files[0] == "default") files = default_corpus_files();
+  Corpus corpus = load_corpus(files, *tok, o.val_fraction, o.seed);
+  WindowSampler sampler(corpus.train_docs, L, o.seed);
+  auto val_windows = eval_windows(corpus.val_docs, L, o.eval_windows);
+
+  Transformer model = Transformer::random_init(cfg, o.seed);
+  AdamW opt(model.param_specs(), AdamWConfig{o.beta1, o.beta2, o.eps, o.weight_decay});
+  uint64_t rng = o.seed ^ 0x5deece66dull;
+  int64_t step = 0, skipped = 0, tokens_seen = 0;
+  MetricsLog metrics(dir + "/metrics.jsonl");
+  if (resume_ckpt.empty()) {
+    std::error_code ec;
+    fs::create_directories(dir, ec);
+    PF_CHECK(!ec, "[train] cannot create ", dir, ": ", ec.message());
+    PF_CHECK(latest_checkpoint(dir).empty(), "[train] ", dir,
+             " already holds a training run; continue it with --resume ", dir,
+             " or choose another --out");
+    model.save(dir);
+    tok->save(dir);
+    atomic_write_file(dir + "/train.json", options_to_json(o).dump(2) + "\n");
+    atomic_write_file(dir + "/metrics.jsonl", "");
+  } else {
+    LoadedCheckpoint ck = load_checkpoint(resume_ckpt);
+    model.set_weights(ck.params, resume_ckpt + "/model.safetensors");
+    opt.load_state(ck.optimizer, ck.optimizer_steps);
+    step = ck.state.step;
+    sampler.set_state(ck.state.data_state);
+    rng = std::stoull(ck.state.rng_state, nullptr, 16);
+    skipped = ck.state.extra.value("skipped", int64_t{0});
+    tokens_seen = ck.state.extra.value("tokens_seen", int64_t{0});
+    metrics.truncate_after(step);
+  }
+  const ScheduleConfig sched{o.lr, o.warmup, o.steps, o.decay, o.min_lr_ratio};
+  const bool tty = o.progress && isatty(STDERR_FILENO);
+  const int64_t print_every = std::max<int64_t>(1, o.steps / 20);
+  if (o.progress)
+    std::fprintf(stderr,
+                 "train: %s %s model, %s objective, %lld train / %lld val tokens, batch %lld x %lld x "
+                 "accum %lld, %d threads, steps %lld..%lld\n",
+                 cfg.arch.c_str(), cfg.position.type.c_str(), obj.c_str(),
+                 (long long)corpus.train_tokens, (long long)corpus.val_tokens, (long long)o.batch,
+                 (long long)L, (long long)o.accum, num_threads(), (long long)step, (long long)o.steps);
+
+  auto save_ckpt = [&]() {
+    TrainState st;
+    st.step = step;
+    st.rng_state = hex64(rng);
+    st.data_state = sampler.state();
+    st.extra = {{"skipped", skipped}, {"tokens_seen", tokens_seen}, {"options", options_to_json(o)}};
+    std::vector<std::string> warnings;
+    save_checkpoint(dir, st, model.params(), opt, static_cast<int>(o.keep_last), &warnings);
+    model.save(dir);  // the run directory is always a loadable model directory
+    for (const auto& w : warnings) std::fprintf(stderr, "train: warning: %s\n", w.c_str());
+  };
+
+  TrainResult res;
+  std::vector<int32_t> inputs, targets;
+  auto t_start = std::chrono::steady_clock::now();
+  int64_t tokens_this_run = 0;
+  const int64_t first_step = step;
+  while (step < o.steps) {
+    if ((stop && stop->load()) || (o.stop_after >= 0 && step - first_step >= o.stop_after)) {
+      res.interrupted = true;
+      break;
+    }
+    const double lr = lr_at(step, sched);
+    ParamStore grads = model.zero_grads();
+    double loss_sum = 0;
+    int64_t step_tokens = 0;
+    for (int64_t a = 0; a < o.accum; ++a) {
+      sampler.next_batch(o.batch, inputs, targets);
+      Batch b = make_batch(obj, inputs, targets, o.batch, L, *tok, cfg.vocab_size, rng);
+      ForwardOptions fo;
+      if (obj == "seq2seq") fo.src = &b.src;
+      Transformer::Loss l = model.loss_and_grad(b.in, b.tgt, grads, fo, 1.0f / static_cast<float>(o.accum));
+      loss_sum += l.loss / static_cast<double>(o.accum);
+      step_tokens += o.batch * L;
+    }
+    const bool finite = std::isfinite(loss_sum) && all_finite(grads);
+    double gnorm = 0;
+    if (finite) {
+      gnorm = o.clip > 0 ? clip_grad_norm(grads, o.clip) : global_grad_norm(grads);
+      opt.step(model.params(), grads, lr);
+    } else {
+      ++skipped;
+      PF_CHECK(o.on_nonfinite == "skip", "[train] non-finite loss or gradient at step ", step,
+               " (loss ", loss_sum, "); stopping as --on-nonfinite stop asks. Lower --lr or set --clip.");
+      std::fprintf(stderr, "\ntrain: non-finite loss or gradient at step %lld, update skipped (%lld so far)\n",
+                   (long long)step, (long long)skipped);
+    }
+    ++step;
+    tokens_seen += step_tokens;
+    tokens_this_run += step_tokens;
+    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+    const double tps = tokens_this_run / std::max(elapsed, 1e-9);
+    res.last_loss = loss_sum;
+    res.tokens_per_s = tps;
+    metrics.append({{"step", step}, {"loss", loss_sum},  // NaN/inf are written as null
+                    {"lr", lr}, {"grad_norm", gnorm}, {"tokens_per_s", tps}, {"tokens", tokens_seen},
+                    {"skipped", skipped}});
+    if (o.progress && (tty || step % print_every == 0 || step == o.steps)) {
+      const double eta = (o.steps - step) * (elapsed / std::max<int64_t>(1, step - first_step));
+      std::fprintf(stderr, "%sstep %lld/%lld  loss %.4f  lr %.2e  %.0f tok/s  ETA %s%s",
+                   tty ? "\r" : "", (long long)step, (long long)o.steps, loss_sum, lr, tps,
+                   fmt_duration(eta).c_str(), tty ? "   " : "\n");
+      std::fflush(stderr);
+    }
+    const bool last = step == o.steps;
+    if ((o.eval_every > 0 && step % o.eval_every == 0) || last) {
+      if (!val_windows.empty()) {
+        Evaluation e = evaluate_windows(model, obj, val_windows, *tok);
+        res.val_loss = e.loss;
+        metrics.append({{"step", step}, {"val_loss", e.loss}, {"val_ppl", e.ppl}, {"val_bpb", e.bpb}});
+        if (o.progress)
+          std::fprintf(stderr, "%sstep %lld  val loss %.4f  ppl %.2f  bits/byte %.3f\n",
+                       tty ? "\n" : "", (long long)step, e.loss, e.ppl, e.bpb);
+      }
+    }
+    if ((o.ckpt_every > 0 && step % o.ckpt_every == 0) || last) save_ckpt();
+  }
+  if (res.interrupted) {
+    save_ckpt();
+    if (o.progress) std::fprintf(stderr, "\ntrain: stopped at step %lld; checkpoint saved, continue with --resume %s\n",
+                                 (long long)step, dir.c_str());
+  } else if (o.progress && tty) {
+    std::fprintf(stderr, "\n");
+  }
+  res.steps_done = step;
+  res.skipped = skipped;
+  return res;
+}
+
+}  // namespace
+
+TrainResult train(const TrainOptions& opts, const std::atomic<bool>* stop) {
+  return run_training(opts, "", stop);
+}
+
+TrainResult resume(const std::string& run_dir, int64_t steps_override, int threads, bool progress,
+                   const std::atomic<bool>* stop, int64_t stop_after) {
+  std::vector<std::string> warnings;
+  const std::string ck = latest_checkpoint(run_dir, &warnings);
+  for (const auto& w : warnings) std::fprintf(stderr, "resume: skipping %s\n", w.c_str());
+  PF_CHECK(!ck.empty(), "[train] no complete checkpoint in ", run_dir, "/checkpoints to resume from");
+  LoadedCheckpoint lc = load_checkpoint(ck);
+  PF_CHECK(lc.state.extra.contains("options"), "[train] checkpoint ", ck, " has no training options");
+  TrainOptions o = options_from_json(lc.state.extra.at("options"));
+  o.out_dir = run_dir;
+  if (steps_override > 0) o.steps = steps_override;
+  if (threads > 0) o.threads = threads;
+  o.progress = progress;
+  o.stop_after = stop_after;
+  return run_training(o, ck, stop);
+}
+
+}  // namespace posformer
