@@ -1,0 +1,92 @@
+// posformer grad: loss and every parameter's gradient for one batch, and the losses of a few
+// AdamW steps on it, written to safetensors so the engine's backward can be checked from outside.
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "common.h"
+#include "posformer/core/io.h"
+#include "posformer/core/runtime.h"
+#include "posformer/model/safetensors.h"
+#include "posformer/train/optimizer.h"
+
+namespace posformer::cli {
+
+namespace {
+TokenBatch read_rows(const nlohmann::json& j, const char* key, const std::string& path) {
+  PF_CHECK(j.contains(key) && j.at(key).is_array(), "[grad] ", path, ": field '", key,
+           "' must be a list of token lists");
+  TokenBatch b;
+  for (const auto& row : j.at(key)) {
+    PF_CHECK(row.is_array(), "[grad] ", path, ": '", key, "' rows must be lists of integers");
+    std::vector<int32_t> r;
+    for (const auto& v : row) {
+      PF_CHECK(v.is_number_integer(), "[grad] ", path, ": '", key, "' holds a non-integer ", v.dump());
+      r.push_back(v.get<int32_t>());
+    }
+    b.push_back(std::move(r));
+  }
+  return b;
+}
+}  // namespace
+
+Command add_grad(CLI::App& root) {
+  auto* app = root.add_subcommand(
+      "grad", "loss and gradients for one batch (+ losses of N AdamW steps), to safetensors");
+  struct Opts {
+    std::string dir, batch, out;
+    int64_t steps = 1;
+    double lr = 1e-3;
+    AdamWConfig adam;
+    int threads = 0;
+  };
+  auto o = std::make_shared<Opts>();
+  app->add_option("DIR", o->dir, "model directory")->required();
+  app->add_option("--batch", o->batch,
+                  "JSON file {\"tokens\": [[...]], \"targets\": [[...]] (-1 = ignore), \"src\": [[...]]}")
+      ->required();
+  app->add_option("--out", o->out, "output: grad.<param> tensors and losses [steps] (F64)")->required();
+  app->add_option("--steps", o->steps, "AdamW steps on the batch (losses recorded before each)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1000}));
+  app->add_option("--lr", o->lr, "AdamW learning rate (constant)");
+  app->add_option("--weight-decay", o->adam.weight_decay, "AdamW weight decay");
+  app->add_option("--beta1", o->adam.beta1, "AdamW beta1");
+  app->add_option("--beta2", o->adam.beta2, "AdamW beta2");
+  app->add_option("--eps", o->adam.eps, "AdamW epsilon");
+  add_threads_option(app, o->threads);
+  return {app, [=]() {
+            set_threads(o->threads);
+            Transformer m = Transformer::load(o->dir);
+            nlohmann::json j;
+            try {
+              j = nlohmann::json::parse(read_file(o->batch, 1 << 28));
+            } catch (const nlohmann::json::exception& e) {
+              throw Error(str("[grad] ", o->batch, " is not valid JSON: ", e.what()));
+            }
+            TokenBatch tokens = read_rows(j, "tokens", o->batch), targets = read_rows(j, "targets", o->batch);
+            TokenBatch src;
+            ForwardOptions fo;
+            if (j.contains("src")) {
+              src = read_rows(j, "src", o->batch);
+              fo.src = &src;
+            }
+            AdamW opt(m.param_specs(), o->adam);
+            std::map<std::string, Tensor> out;
+            Tensor losses({o->steps}, DType::F64);
+            for (int64_t s = 0; s < o->steps; ++s) {
+              ParamStore g = m.zero_grads();
+              Transformer::Loss l = m.loss_and_grad(tokens, targets, g, fo);
+              losses.data<double>()[s] = l.loss;
+              if (s == 0)
+                for (auto& [name, t] : g.all()) out.emplace("grad." + name, t);
+              opt.step(m.params(), g, o->lr);
+            }
+            out.emplace("losses", losses);
+            save_safetensors(o->out, out);
+            std::printf("loss %.8f", losses.data<double>()[0]);
+            if (o->steps > 1) std::printf(" ... %.8f after %lld AdamW steps", losses.data<double>()[o->steps - 1], (long long)o->steps - 1);
+            std::printf(" -> %s\n", o->out.c_str());
+            return 0;
+          }};
+}
+
+}  // namespace posformer::cli
