@@ -250,7 +250,12 @@ TrainResult run_training(TrainOptions o, const std::string& resume_ckpt,
   if (files.size() == 1 && files[0] == "default") files = default_corpus_files();
   Corpus corpus = load_corpus(files, *tok, o.val_fraction, o.seed);
   WindowSampler sampler(corpus.train_docs, L, o.seed);
-  auto val_windows = eval_windows(corpus.val_docs, L, o.eval_windows);
+  std::vector<std::pair<std::vector<int32_t>, std::vector<int32_t>>> val_windows;
+  if (corpus.val_tokens >= 2)
+    val_windows = eval_windows(corpus.val_docs, L, o.eval_windows);
+  else if (o.progress)
+    std::fprintf(stderr, "train: note: no validation documents (the data has too few documents); "
+                         "validation is skipped\n");
 
   Transformer model = Transformer::random_init(cfg, o.seed);
   AdamW opt(model.param_specs(), AdamWConfig{o.beta1, o.beta2, o.eps, o.weight_decay});

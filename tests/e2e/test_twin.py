@@ -2,7 +2,10 @@
 """End-to-end: the posformer CLI forward pass against the PyTorch twin (tests/reference/twin.py).
 
     /usr/bin/python3 tests/e2e/test_twin.py --posformer build/posformer [--quick] [--only REGEX]
-                                            [--keep DIR] [--tol 1e-4]
+                                            [--keep DIR] [--tol 1e-4] [--no-selfcheck]
+
+--quick: only the 30 scheme x arch cases with T <= 64 (seconds). --keep DIR: keep every case's
+config, model, engine output and a repro.sh (the forward command and the compare.py command).
 
 For every position type x arch (encoder, decoder, encoder_decoder) plus variants, it writes a
 config, runs `posformer init`, replaces model.safetensors by larger random weights of its own
@@ -177,6 +180,10 @@ def all_cases():
     V.append(make_case("bigger_rope.decoder",
                        {"arch": "decoder", "d_model": 128, "n_heads": 4, "n_layers": 3,
                         "d_ff": 256, "vocab_size": 300}, 128, 7, pos="rope", seed=232))
+    V.append(make_case("rope_far_offset.decoder", {"arch": "decoder"}, 48, 1000000, pos="rope",
+                       seed=233))
+    V.append(make_case("sinusoidal_far_offset.encoder", {"arch": "encoder"}, 48, 100000,
+                       pos="sinusoidal", seed=234))
     return cases + V
 
 

@@ -4,15 +4,12 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 
 namespace posformer::kernels::cpu {
 
 // Whether a loop touching `work` floats is worth an OpenMP team. Never inside an active
 // parallel region: callers such as attention may already parallelise over heads.
 inline bool use_omp(int64_t work, int64_t threshold) {
-  static const int64_t tmin = [] { const char* e = getenv("PF_OMP_MIN"); return e ? atoll(e) : 0; }();
-  threshold = std::max(threshold, tmin);
   return work >= threshold && !omp_in_parallel() && omp_get_max_threads() > 1;
 }
 

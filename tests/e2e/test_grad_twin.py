@@ -1,0 +1,514 @@
+#!/usr/bin/python3
+"""End-to-end: the posformer backward pass and AdamW against PyTorch autograd / torch.optim.AdamW.
+
+    /usr/bin/python3 tests/e2e/test_grad_twin.py --posformer build/posformer [--only REGEX]
+                                                 [--keep DIR] [--tol 1e-4] [--loss-tol 1e-5]
+
+For every position type x objective (clm on a decoder, mlm on an encoder, seq2seq on an
+encoder_decoder) plus variants (post-LN, rmsnorm + swiglu + no bias + untied head, GQA,
+gelu_tanh, relu, partial / half RoPE, scale overrides), it writes a small config, runs
+`posformer init`, replaces model.safetensors by larger random weights (so gradients are
+O(1e-3 .. 1) and position terms matter), builds a batch of its own (fixed seeds) and runs
+`posformer grad --steps 5 --lr 1e-3 --weight-decay 0.1 --beta1 0.9 --beta2 0.95 --eps 1e-8`.
+The float64 twin (tests/reference/grad_twin.py on top of twin.py) gives the loss, the autograd
+gradient of every parameter and the losses of 5 torch.optim.AdamW steps. Checks:
+  - loss: |engine - torch| / |torch| <= tol (1e-4);
+  - every parameter: max|g_engine - g_torch| / max(max|g_torch|, floor) <= tol, where floor is
+    only there for gradients that are zero in exact arithmetic (see grad_floor());
+  - the 5 AdamW losses: each within loss_tol (1e-5) relative;
+  - a second AdamW run with a large weight decay (lr 1e-2, wd 5, 3 steps) so that which
+    parameters decay (decay vs no-decay groups) moves the loss far more than fp32 noise.
+Prints one line per case and ends with `N passed, M failed`; exit status 1 if any failed.
+"""
+import argparse
+import copy
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "reference"))
+import grad_twin  # noqa: E402
+import safetensors_io  # noqa: E402
+import twin  # noqa: E402
+
+torch.set_num_threads(2)
+
+POS_TYPES = ["none", "learned", "sinusoidal", "sinusoidal_half", "rope", "alibi", "t5", "shaw",
+             "xl", "deberta"]
+OBJECTIVES = {"clm": "decoder", "mlm": "encoder", "seq2seq": "encoder_decoder"}
+
+V = 40              # vocabulary: 0 .. 37 ordinary tokens, 38 = bos, 39 = mask
+BOS, MASK = 38, 39
+
+BASE = {"d_model": 32, "n_layers": 2, "n_heads": 4, "d_ff": 48, "activation": "gelu",
+        "norm": "layernorm", "norm_position": "pre", "vocab_size": V, "max_len": 32}
+
+# Scheme parameters small enough that clipping / log buckets happen at T = 8 .. 16.
+POS_PARAMS = {
+    "rope": {"layout": "interleaved", "base": 10000},
+    "t5": {"num_buckets": 8, "max_distance": 12},
+    "shaw": {"clip": 3},
+    "deberta": {"span": 4},
+}
+
+# AdamW settings of the acceptance line, and a strong-decay probe.
+ADAM = {"steps": 5, "lr": 1e-3, "wd": 0.1, "beta1": 0.9, "beta2": 0.95, "eps": 1e-8}
+ADAM_DECAY = {"steps": 3, "lr": 1e-2, "wd": 5.0, "beta1": 0.9, "beta2": 0.95, "eps": 1e-8}
+
+
+def make_case(name, objective, cfg_over=None, pos=None, seed=1, T=None, S=None):
+    cfg = copy.deepcopy(BASE)
+    cfg["arch"] = OBJECTIVES[objective]
+    if pos is not None:
+        p = {"type": pos}
+        p.update(POS_PARAMS.get(pos, {}))
+        cfg["position"] = p
+    cfg.update(cfg_over or {})
+    T = T or {"clm": 16, "mlm": 12, "seq2seq": 10}[objective]
+    S = S or (13 if objective == "seq2seq" else None)
+    return {"name": name, "objective": objective, "cfg": cfg, "T": T, "S": S, "seed": seed}
+
+
+def all_cases():
+    cases = []
+    seed = 300
+    for pos in POS_TYPES:
+        for obj in OBJECTIVES:
+            seed += 1
+            cases.append(make_case(f"{pos}.{obj}", obj, pos=pos, seed=seed))
+    rope_half_partial = {"position": {"type": "rope", "layout": "half", "rotary_dim": 4,
+                                      "base": 500}}
+    rsw = {"norm": "rmsnorm", "activation": "swiglu", "bias": False, "tie_embeddings": False}
+    cases += [
+        make_case("rope_half_partial.clm", "clm", rope_half_partial, seed=401),
+        make_case("rope_half_partial.mlm", "mlm", rope_half_partial, seed=402),
+        make_case("rope_half.seq2seq", "seq2seq",
+                  {"position": {"type": "rope", "layout": "half"}}, seed=403),
+        make_case("rope_interleaved_partial.clm", "clm",
+                  {"position": {"type": "rope", "layout": "interleaved", "rotary_dim": 6}},
+                  seed=404),
+        make_case("post_ln_t5.clm", "clm", {"norm_position": "post"}, pos="t5", seed=405),
+        make_case("post_ln_alibi.mlm", "mlm", {"norm_position": "post"}, pos="alibi", seed=406),
+        make_case("post_ln_learned.seq2seq", "seq2seq", {"norm_position": "post"}, pos="learned",
+                  seed=407),
+        make_case("post_ln_rms_deberta.clm", "clm", {"norm_position": "post", "norm": "rmsnorm"},
+                  pos="deberta", seed=408),
+        make_case("rms_swiglu_nobias_untied_rope.clm", "clm", rsw, pos="rope", seed=409),
+        make_case("rms_swiglu_nobias_untied_deberta.mlm", "mlm", rsw, pos="deberta", seed=410),
+        make_case("rms_swiglu_nobias_untied_shaw.seq2seq", "seq2seq", rsw, pos="shaw", seed=411),
+        make_case("rms_swiglu_nobias_untied_xl.seq2seq", "seq2seq", rsw, pos="xl", seed=412),
+        make_case("swiglu_bias_t5.mlm", "mlm", {"activation": "swiglu"}, pos="t5", seed=413),
+        make_case("gqa2_rope.clm", "clm", {"n_kv_heads": 2}, pos="rope", seed=414),
+        make_case("gqa2_xl.mlm", "mlm", {"n_kv_heads": 2}, pos="xl", seed=415),
+        make_case("gqa2_deberta.seq2seq", "seq2seq", {"n_kv_heads": 2}, pos="deberta", seed=416),
+        make_case("gqa2_shaw.clm", "clm", {"n_kv_heads": 2}, pos="shaw", seed=417),
+        make_case("gqa1_t5.seq2seq", "seq2seq", {"n_kv_heads": 1}, pos="t5", seed=418),
+        make_case("gelu_tanh_sinusoidal.clm", "clm", {"activation": "gelu_tanh"},
+                  pos="sinusoidal", seed=419),
+        make_case("gelu_tanh_alibi.seq2seq", "seq2seq", {"activation": "gelu_tanh"}, pos="alibi",
+                  seed=420),
+        make_case("relu_learned.mlm", "mlm", {"activation": "relu"}, pos="learned", seed=421),
+        make_case("relu_rope.clm", "clm", {"activation": "relu"}, pos="rope", seed=422),
+        make_case("t5_scale1.clm", "clm", {"attention": {"scale": 1.0}}, pos="t5", seed=423),
+        make_case("deberta_scale.mlm", "mlm", {"attention": {"scale": 0.2}}, pos="deberta",
+                  seed=424),
+        make_case("alibi_h6.clm", "clm", {"d_model": 48, "n_heads": 6}, pos="alibi", seed=425),
+        make_case("learned_full_max_len.clm", "clm", {"max_len": 16}, pos="learned", seed=426),
+        make_case("rms_eps1e-2_shaw.mlm", "mlm", {"norm": "rmsnorm", "norm_eps": 1e-2},
+                  pos="shaw", seed=427),
+    ]
+    return cases
+
+
+# --------------------------------------------------------------------------------------------
+# Random weights (larger than init's N(0, 0.02): attention far from uniform, position terms
+# matter, gradients O(1e-3 .. 1)); same rules as tests/e2e/test_twin.py.
+
+
+def random_tensors(shapes: dict, seed: int) -> dict:
+    g = torch.Generator().manual_seed(seed)
+
+    def n(shape, std):
+        return torch.randn(shape, generator=g, dtype=torch.float64) * std
+
+    out = {}
+    for name in sorted(shapes):
+        shp = shapes[name]
+        if name in ("embed.weight", "lm_head.weight"):
+            t = n(shp, 1.0)
+        elif re.search(r"(attn_norm|ffn_norm|cross_norm|final_norm)\.weight$", name):
+            t = 1.0 + (torch.rand(shp, generator=g, dtype=torch.float64) * 0.4 - 0.2)
+        elif name.endswith(".bias"):
+            t = n(shp, 0.1)
+        elif name.endswith("pos_emb.weight"):
+            t = n(shp, 0.5)
+        elif name.endswith("rel_bias.weight"):
+            t = n(shp, 1.0)
+        elif name.endswith(("shaw_k", "shaw_v", "xl_u", "xl_v")):
+            t = n(shp, 0.5)
+        elif name.endswith("rel_emb.weight"):
+            t = n(shp, 1.0)
+        elif name.endswith(".weight") and len(shp) == 2:
+            gain = 1.0
+            if re.search(r"\.(q|k)\.weight$", name):
+                gain = 1.3
+            elif re.search(r"ffn\.w[13]\.weight$", name):
+                gain = 2.0
+            t = n(shp, gain / math.sqrt(shp[1]))
+        else:
+            raise ValueError(f"no random rule for tensor {name} {shp}")
+        out[name] = t.float()       # exactly representable in the engine's F32
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Batches: clm / mlm / seq2seq with fixed seeds (B = 2, one row with ignored targets)
+
+
+def make_batch(case):
+    g = torch.Generator().manual_seed(case["seed"] * 31 + 7)
+    T, B = case["T"], 2
+    obj = case["objective"]
+
+    def rnd(*shape):
+        return torch.randint(0, BOS, shape, generator=g)
+
+    if obj == "clm":
+        w = rnd(B, T + 1)
+        tokens = w[:, :T].clone()
+        targets = w[:, 1:].clone()
+        targets[1, T - 3:] = -1                 # a padded tail: ignored targets
+        return {"tokens": tokens.tolist(), "targets": targets.tolist()}
+    if obj == "mlm":
+        orig = rnd(B, T)
+        tokens = orig.clone()
+        targets = torch.full((B, T), -1, dtype=torch.long)
+        for b in range(B):
+            perm = torch.randperm(T, generator=g)
+            k = max(2, int(round(0.3 * T)))
+            for j in perm[:k].tolist():
+                targets[b, j] = orig[b, j]
+                tokens[b, j] = MASK
+            # one more counted position left unmasked (BERT's "keep" 10%)
+            j = perm[k].item()
+            targets[b, j] = orig[b, j]
+        return {"tokens": tokens.tolist(), "targets": targets.tolist()}
+    if obj == "seq2seq":
+        src = rnd(B, case["S"])
+        y = rnd(B, T)
+        tokens = torch.cat([torch.full((B, 1), BOS, dtype=torch.long), y[:, :-1]], dim=1)
+        targets = y.clone()
+        targets[0, T - 2:] = -1
+        return {"tokens": tokens.tolist(), "targets": targets.tolist(), "src": src.tolist()}
+    raise ValueError(obj)
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+
+
+class Failure(Exception):
+    pass
+
+
+def run_cli(args, timeout=300):
+    p = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout,
+                       env=dict(os.environ, OMP_NUM_THREADS="2"))
+    return p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
+
+
+def engine_grad(cli, mdir, batch_path, out_path, adam):
+    args = [cli, "grad", mdir, "--batch", batch_path, "--out", out_path,
+            "--steps", str(adam["steps"]), "--lr", repr(adam["lr"]),
+            "--weight-decay", repr(adam["wd"]), "--beta1", repr(adam["beta1"]),
+            "--beta2", repr(adam["beta2"]), "--eps", repr(adam["eps"]), "--threads", "2"]
+    rc, out, err = run_cli(args)
+    if rc != 0:
+        raise Failure(f"grad failed rc={rc}: {(out + err).strip()[-400:]}")
+    return safetensors_io.load_tensors(out_path), args
+
+
+def grad_floor(gt: dict) -> dict:
+    """Denominator floor per parameter. A gradient that is zero in exact arithmetic (e.g. the key
+    bias of plain softmax attention: q . b_k is the same for every key, so softmax removes it)
+    is fp32 round-off in the engine; such a tensor is compared with the gradient scale of its
+    sibling weight (`X.bias` -> `X.weight`), else with the largest gradient of the model."""
+    gmax = max(t.abs().max().item() for t in gt.values())
+    out = {}
+    for n, t in gt.items():
+        m = t.abs().max().item()
+        if m > 1e-9 * gmax:
+            out[n] = m
+            continue
+        sib = n[:-len(".bias")] + ".weight" if n.endswith(".bias") else None
+        ref = gt[sib].abs().max().item() if sib in gt else gmax
+        out[n] = max(m, ref, 1e-30)
+    return out
+
+
+def _q(x):
+    return "'" + str(x).replace("'", "'\\''") + "'"
+
+
+def run_case(cli, case, work, tol, loss_tol):
+    cfg = case["cfg"]
+    d = os.path.join(work, case["name"])
+    os.makedirs(d, exist_ok=True)
+    cfg_path = os.path.join(d, "config.in.json")
+    with open(cfg_path, "w") as f:
+        json.dump(cfg, f, indent=1)
+    mdir = os.path.join(d, "model")
+    rc, out, err = run_cli([cli, "init", "--config", cfg_path, "--out", mdir,
+                            "--seed", str(case["seed"])])
+    if rc != 0:
+        raise Failure(f"init failed rc={rc}: {(out + err).strip()[-400:]}")
+    st_path = os.path.join(mdir, "model.safetensors")
+    want = twin.expected_shapes(cfg)
+    got = {k: list(v.shape) for k, v in safetensors_io.load_tensors(st_path).items()}
+    if got != want:
+        raise Failure(f"init tensors differ from docs: missing {sorted(set(want) - set(got))} "
+                      f"extra {sorted(set(got) - set(want))}")
+    tensors = random_tensors(want, case["seed"] * 7919)
+    safetensors_io.save(st_path, tensors)
+    batch = make_batch(case)
+    batch_path = os.path.join(d, "batch.json")
+    with open(batch_path, "w") as f:
+        json.dump(batch, f)
+
+    # engine
+    out_path = os.path.join(d, "grad.safetensors")
+    eng, args = engine_grad(cli, mdir, batch_path, out_path, ADAM)
+    out2_path = os.path.join(d, "grad_decay.safetensors")
+    eng2, args2 = engine_grad(cli, mdir, batch_path, out2_path, ADAM_DECAY)
+    with open(os.path.join(d, "repro.sh"), "w") as f:    # to re-run one case by hand
+        f.write(" ".join(_q(x) for x in args) + "\n")
+        f.write(" ".join(_q(x) for x in args2) + "\n")
+        f.write(" ".join(_q(x) for x in [sys.executable, os.path.join(HERE, "..", "reference",
+                                                                      "grad_twin.py"),
+                                         "--model", mdir, "--batch", batch_path]) + "\n")
+
+    # torch (the model directory's config.json is the expanded one init wrote back)
+    loss_t, gt = grad_twin.loss_and_grads(grad_twin.load_model(mdir), batch)
+    losses_t = grad_twin.adamw_losses(grad_twin.load_model(mdir), batch, ADAM["steps"],
+                                      ADAM["lr"], ADAM["wd"], (ADAM["beta1"], ADAM["beta2"]),
+                                      ADAM["eps"])
+    losses2_t = grad_twin.adamw_losses(grad_twin.load_model(mdir), batch, ADAM_DECAY["steps"],
+                                       ADAM_DECAY["lr"], ADAM_DECAY["wd"],
+                                       (ADAM_DECAY["beta1"], ADAM_DECAY["beta2"]),
+                                       ADAM_DECAY["eps"])
+
+    problems = []
+    # gradient tensors: names and shapes
+    eg = {k[len("grad."):]: v for k, v in eng.items() if k.startswith("grad.")}
+    if sorted(eg) != sorted(gt):
+        problems.append(f"grad tensors: missing {sorted(set(gt) - set(eg))} "
+                        f"extra {sorted(set(eg) - set(gt))}")
+    floor = grad_floor(gt)
+    worst_name, worst = None, -1.0
+    bad = []
+    for n in sorted(gt):
+        if n not in eg:
+            continue
+        if list(eg[n].shape) != list(gt[n].shape):
+            problems.append(f"grad.{n}: shape {list(eg[n].shape)} != {list(gt[n].shape)}")
+            continue
+        diff = (eg[n].to(torch.float64) - gt[n]).abs().max().item()
+        rel = diff / floor[n]
+        if not math.isfinite(rel):
+            rel = float("inf")
+        if rel > worst:
+            worst, worst_name = rel, n
+        if rel > tol:
+            bad.append(f"grad.{n} rel {rel:.2e} (max|diff| {diff:.2e}, "
+                       f"max|g_torch| {gt[n].abs().max().item():.2e})")
+    if bad:
+        problems.append(f"{len(bad)} gradient(s) off: " + "; ".join(bad[:6]))
+
+    losses_e = eng["losses"].tolist()
+    losses2_e = eng2["losses"].tolist()
+    loss_rel = abs(losses_e[0] - loss_t) / abs(loss_t)
+    if loss_rel > tol:
+        problems.append(f"loss {losses_e[0]:.8f} vs torch {loss_t:.8f} (rel {loss_rel:.2e})")
+
+    def steps_rel(le, lt, label):
+        if len(le) != len(lt):
+            problems.append(f"{label}: {len(le)} losses, expected {len(lt)}")
+            return float("inf")
+        r = max(abs(a - b) / abs(b) for a, b in zip(le, lt))
+        if r > loss_tol:
+            problems.append(f"{label} losses off (rel {r:.2e}): engine "
+                            f"{['%.8f' % x for x in le]} torch {['%.8f' % x for x in lt]}")
+        return r
+
+    adam_rel = steps_rel(losses_e, losses_t, "AdamW")
+    decay_rel = steps_rel(losses2_e, losses2_t, "AdamW(wd=5)")
+    res = {"loss": loss_t, "loss_rel": loss_rel, "worst": worst, "worst_name": worst_name,
+           "adam_rel": adam_rel, "decay_rel": decay_rel, "drop": losses_t[0] - losses_t[-1],
+           "nparams": len(gt)}
+    return res, problems
+
+
+# --------------------------------------------------------------------------------------------
+# Self-checks of the twin's backward (no engine involved)
+
+
+def selfcheck_gradcheck():
+    """torch.autograd.gradcheck of the twin loss w.r.t. a few parameters (float64 finite
+    differences), for every position type, on a tiny model: the twin's graph is differentiable
+    where the engine's backward is compared (no detached / integer-indexed gaps)."""
+    worst = 0.0
+    for pos in POS_TYPES:
+        for obj in OBJECTIVES:
+            case = make_case("sc", obj, {"d_model": 8, "n_heads": 2, "d_ff": 12, "n_layers": 1,
+                                         "vocab_size": V}, pos=pos, seed=7, T=5, S=4)
+            cfg = twin.Config(case["cfg"])
+            tensors = random_tensors(twin.expected_shapes(case["cfg"]), 99)
+            m = twin.build(case["cfg"], tensors)
+            leaves = grad_twin.make_leaves(m)
+            batch = make_batch(case)
+            _, g = grad_twin.loss_and_grads(m, batch)
+            # central differences on a few entries of every tensor
+            gen = torch.Generator().manual_seed(5)
+            for n, p in leaves.items():
+                flat = p.detach().view(-1)
+                for idx in torch.randint(0, flat.numel(), (2,), generator=gen).tolist():
+                    h = 1e-6
+                    old = flat[idx].item()
+                    with torch.no_grad():
+                        flat[idx] = old + h
+                        lp = grad_twin.loss_of(m, batch).item()
+                        flat[idx] = old - h
+                        lm = grad_twin.loss_of(m, batch).item()
+                        flat[idx] = old
+                    fd = (lp - lm) / (2 * h)
+                    an = g[n].view(-1)[idx].item()
+                    worst = max(worst, abs(fd - an) / max(abs(an), 1e-3))
+            _ = cfg
+    return worst, worst < 1e-5
+
+
+def selfcheck_adamw():
+    """grad_twin.adamw_losses against a hand-written AdamW (float64, two groups)."""
+    case = make_case("sc", "clm", {"d_model": 8, "n_heads": 2, "d_ff": 12, "n_layers": 1},
+                     pos="deberta", seed=8, T=6)
+    tensors = random_tensors(twin.expected_shapes(case["cfg"]), 98)
+    batch = make_batch(case)
+    a = ADAM_DECAY
+    lt = grad_twin.adamw_losses(twin.build(case["cfg"], tensors), batch, a["steps"], a["lr"],
+                                a["wd"], (a["beta1"], a["beta2"]), a["eps"])
+    m = twin.build(case["cfg"], tensors)
+    w = {n: t.clone() for n, t in m.w.items()}
+    mom = {n: torch.zeros_like(t) for n, t in w.items()}
+    vel = {n: torch.zeros_like(t) for n, t in w.items()}
+    mine = []
+    for t in range(1, a["steps"] + 1):
+        m.w = {n: x.clone() for n, x in w.items()}
+        loss, g = grad_twin.loss_and_grads(m, batch)
+        mine.append(loss)
+        for n in w:
+            if grad_twin.is_decay(n):
+                w[n] = w[n] * (1 - a["lr"] * a["wd"])
+            mom[n] = a["beta1"] * mom[n] + (1 - a["beta1"]) * g[n]
+            vel[n] = a["beta2"] * vel[n] + (1 - a["beta2"]) * g[n] * g[n]
+            mh = mom[n] / (1 - a["beta1"] ** t)
+            vh = vel[n] / (1 - a["beta2"] ** t)
+            w[n] = w[n] - a["lr"] * mh / (vh.sqrt() + a["eps"])
+    err = max(abs(x - y) / abs(y) for x, y in zip(lt, mine))
+    # which names decay (docs: not norms, not biases; yes position tables)
+    names = twin.expected_shapes(case["cfg"])
+    nodec = sorted(n for n in names if not grad_twin.is_decay(n))
+    ok_names = all(n.endswith(".bias") or "_norm." in n for n in nodec) and \
+        grad_twin.is_decay("decoder.rel_emb.weight") and \
+        not grad_twin.is_decay("decoder.layers.0.attn.pos_q.bias") and \
+        grad_twin.is_decay("decoder.rel_bias.weight") and \
+        grad_twin.is_decay("decoder.layers.0.attn.shaw_k") and \
+        grad_twin.is_decay("decoder.layers.0.attn.xl_u")
+    return err, err < 1e-12 and ok_names
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--posformer", required=True, help="path to the posformer CLI")
+    ap.add_argument("--only", default=None, help="regex on case names")
+    ap.add_argument("--keep", default=None, help="keep work files in this directory")
+    ap.add_argument("--tol", type=float, default=1e-4, help="loss / gradient relative tolerance")
+    ap.add_argument("--loss-tol", type=float, default=1e-5, help="AdamW losses relative tolerance")
+    ap.add_argument("--no-selfcheck", action="store_true")
+    a = ap.parse_args()
+    cli = os.path.abspath(a.posformer)
+    if not os.access(cli, os.X_OK):
+        print(f"posformer CLI not found or not executable: {cli}")
+        print("0 passed, 1 failed")
+        sys.exit(1)
+
+    t_start = time.time()
+    passed = failed = 0
+    failures = []
+
+    def report(name, ok, text):
+        nonlocal passed, failed
+        print(f"{'PASS' if ok else 'FAIL'}  {name:42s} {text}", flush=True)
+        if ok:
+            passed += 1
+        else:
+            failed += 1
+            failures.append(name)
+
+    if not a.no_selfcheck and a.only is None:
+        for name, fn in (("selfcheck.twin_grad_vs_finite_diff", selfcheck_gradcheck),
+                         ("selfcheck.adamw_vs_hand_written", selfcheck_adamw)):
+            try:
+                err, ok = fn()
+                report(name, ok, f"err {err:.2e}")
+            except Exception as e:  # noqa: BLE001
+                traceback.print_exc()
+                report(name, False, f"exception {e}")
+
+    work = a.keep or tempfile.mkdtemp(prefix="posformer_grad_twin_")
+    os.makedirs(work, exist_ok=True)
+    try:
+        cases = all_cases()
+        if a.only:
+            cases = [c for c in cases if re.search(a.only, c["name"])]
+        for case in cases:
+            t0 = time.time()
+            try:
+                res, problems = run_case(cli, case, work, a.tol, a.loss_tol)
+                text = (f"loss {res['loss']:.5f} rel {res['loss_rel']:.1e}  "
+                        f"grad worst {res['worst']:.1e} ({res['worst_name']}, "
+                        f"{res['nparams']} params)  adamw5 {res['adam_rel']:.1e} "
+                        f"(drop {res['drop']:.1e})  wd5 {res['decay_rel']:.1e}  "
+                        f"({time.time() - t0:.1f}s)")
+                if problems:
+                    text += "\n      " + "\n      ".join(problems)
+                report(case["name"], not problems, text)
+            except Failure as e:
+                report(case["name"], False, str(e))
+            except Exception as e:  # noqa: BLE001
+                traceback.print_exc()
+                report(case["name"], False, f"exception {e}")
+    finally:
+        if not a.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    if failures:
+        print("failed:", " ".join(failures))
+    print(f"total {time.time() - t_start:.1f}s")
+    print(f"{passed} passed, {failed} failed")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
