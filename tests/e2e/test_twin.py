@@ -200,7 +200,6 @@ def random_tensors(shapes: dict, seed: int) -> dict:
     out = {}
     for name in sorted(shapes):
         shp = shapes[name]
-        leaf = name.split(".")
         if name == "embed.weight" or name == "lm_head.weight":
             t = n(shp, 1.0)
         elif re.search(r"(attn_norm|ffn_norm|cross_norm|final_norm)\.weight$", name):
@@ -229,7 +228,6 @@ def random_tensors(shapes: dict, seed: int) -> dict:
             t = n(shp, gain / math.sqrt(fan_in))
         else:
             raise ValueError(f"no random rule for tensor {name} {shp}")
-        _ = leaf
         out[name] = t.float()
     return out
 

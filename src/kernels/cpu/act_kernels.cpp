@@ -145,9 +145,14 @@ HWY_EXPORT(act_rows_kernel);
 HWY_EXPORT(binary_kernel);
 
 namespace {
-// Floats per call below which an OpenMP team costs more than it saves.
+// Floats per call below which an OpenMP team costs more than it saves. Memory-bound ops
+// (identity / bias add, relu, residual add) stay on one thread up to 1 MB: a team saves a few
+// microseconds there on an idle machine but costs a scheduler time slice (milliseconds)
+// whenever a worker has been preempted, which is frequent on a loaded 2-core machine
+// (bench/RESULTS.md). Transcendental ones (GELU, SiLU, SwiGLU) are worth a team sooner.
+constexpr int64_t kMemBoundThreshold = int64_t{1} << 18;
 int64_t act_threshold(int act) {
-  return act <= 1 ? (int64_t{1} << 16) : (int64_t{1} << 14);
+  return act <= 1 ? kMemBoundThreshold : (int64_t{1} << 14);
 }
 
 void act_dispatch(int act, const float* x, const float* bias, float* y, int64_t rows,
@@ -167,7 +172,7 @@ void act_dispatch(int act, const float* x, const float* bias, float* y, int64_t 
 }
 
 void binary_dispatch(int op, const float* a, const float* b, float* y, int64_t n) {
-  const bool par = use_omp(n, op == 0 ? (int64_t{1} << 14) : (int64_t{1} << 16));
+  const bool par = use_omp(n, op == 0 ? (int64_t{1} << 14) : kMemBoundThreshold);
   parallel_range(n, 16, par, [&](int64_t lo, int64_t hi) {
     HWY_DYNAMIC_DISPATCH(binary_kernel)(op, a + lo, b + lo, y + lo, size_t(hi - lo));
   });

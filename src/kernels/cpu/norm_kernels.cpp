@@ -97,7 +97,8 @@ HWY_EXPORT(layernorm_kernel);
 HWY_EXPORT(rmsnorm_kernel);
 
 namespace {
-constexpr int64_t kNormThreshold = int64_t{1} << 15;
+// One thread up to 1 MB of input (e.g. [128, 768]); see act_kernels.cpp kMemBoundThreshold.
+constexpr int64_t kNormThreshold = int64_t{1} << 18;
 }
 
 void layernorm(const float* x, const float* g, const float* b, float* y, int64_t rows, int64_t cols,
