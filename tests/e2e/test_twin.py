@@ -621,7 +621,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="the 30 scheme x arch cases only, T (and src length) capped at 64")
     ap.add_argument("--only", default=None, help="regex on case names")
     ap.add_argument("--keep", default=None, help="keep work files in this directory")
-    ap.add_argument("--tol", type=float, default=1e-4)
+    ap.add_argument("--tol", type=float, default=2e-5)
     ap.add_argument("--no-selfcheck", action="store_true")
     a = ap.parse_args()
     cli = os.path.abspath(a.posformer)
