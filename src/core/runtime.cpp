@@ -23,7 +23,9 @@ void set_threads(int n) {
   omp_set_num_threads(n);
 }
 
-int num_threads() { return omp_get_max_threads(); }
+int num_threads() {
+  return omp_get_max_threads();
+}
 
 std::string cpu_features() {
   std::string s;

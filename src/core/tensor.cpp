@@ -9,24 +9,36 @@ namespace posformer {
 
 size_t dtype_size(DType dt) {
   switch (dt) {
-    case DType::F32: return 4;
-    case DType::F16: return 2;
-    case DType::BF16: return 2;
-    case DType::F64: return 8;
-    case DType::I32: return 4;
-    case DType::I64: return 8;
+    case DType::F32:
+      return 4;
+    case DType::F16:
+      return 2;
+    case DType::BF16:
+      return 2;
+    case DType::F64:
+      return 8;
+    case DType::I32:
+      return 4;
+    case DType::I64:
+      return 8;
   }
   throw Error("[tensor] unknown dtype");
 }
 
 const char* dtype_name(DType dt) {
   switch (dt) {
-    case DType::F32: return "F32";
-    case DType::F16: return "F16";
-    case DType::BF16: return "BF16";
-    case DType::F64: return "F64";
-    case DType::I32: return "I32";
-    case DType::I64: return "I64";
+    case DType::F32:
+      return "F32";
+    case DType::F16:
+      return "F16";
+    case DType::BF16:
+      return "BF16";
+    case DType::F64:
+      return "F64";
+    case DType::I32:
+      return "I32";
+    case DType::I64:
+      return "I64";
   }
   return "?";
 }
@@ -56,15 +68,18 @@ Tensor::Tensor(Shape shape, DType dtype) : shape_(std::move(shape)), dtype_(dtyp
   size_t alloc = ((bytes + 63) / 64) * 64;
   if (alloc == 0) alloc = 64;
   void* p = std::aligned_alloc(64, alloc);
-  if (!p) throw Error(str("[tensor] out of memory allocating ", bytes, " bytes for ", shape_str(shape_)));
+  if (!p)
+    throw Error(str("[tensor] out of memory allocating ", bytes, " bytes for ", shape_str(shape_)));
   std::memset(p, 0, alloc);
-  storage_ = std::shared_ptr<std::byte>(static_cast<std::byte*>(p), [](std::byte* q) { std::free(q); });
+  storage_ =
+      std::shared_ptr<std::byte>(static_cast<std::byte*>(p), [](std::byte* q) { std::free(q); });
 }
 
 int64_t Tensor::dim(int i) const {
   int n = ndim();
   int j = i < 0 ? i + n : i;
-  PF_CHECK(j >= 0 && j < n, "[tensor] dim index ", i, " out of range for shape ", shape_str(shape_));
+  PF_CHECK(j >= 0 && j < n, "[tensor] dim index ", i, " out of range for shape ",
+           shape_str(shape_));
   return shape_[j];
 }
 
@@ -74,7 +89,8 @@ void Tensor::check_dtype(DType want) const {
 }
 
 Tensor Tensor::reshape(Shape s) const {
-  PF_CHECK(shape_numel(s) == numel_, "[tensor] cannot reshape ", shape_str(shape_), " to ", shape_str(s));
+  PF_CHECK(shape_numel(s) == numel_, "[tensor] cannot reshape ", shape_str(shape_), " to ",
+           shape_str(s));
   Tensor t = *this;
   t.shape_ = std::move(s);
   return t;
@@ -95,24 +111,42 @@ namespace {
 double get_as_double(const Tensor& t, int64_t i) {
   const void* p = t.raw();
   switch (t.dtype()) {
-    case DType::F32: return static_cast<const float*>(p)[i];
-    case DType::F16: return f16_to_f32(static_cast<const uint16_t*>(p)[i]);
-    case DType::BF16: return bf16_to_f32(static_cast<const uint16_t*>(p)[i]);
-    case DType::F64: return static_cast<const double*>(p)[i];
-    case DType::I32: return static_cast<const int32_t*>(p)[i];
-    case DType::I64: return static_cast<double>(static_cast<const int64_t*>(p)[i]);
+    case DType::F32:
+      return static_cast<const float*>(p)[i];
+    case DType::F16:
+      return f16_to_f32(static_cast<const uint16_t*>(p)[i]);
+    case DType::BF16:
+      return bf16_to_f32(static_cast<const uint16_t*>(p)[i]);
+    case DType::F64:
+      return static_cast<const double*>(p)[i];
+    case DType::I32:
+      return static_cast<const int32_t*>(p)[i];
+    case DType::I64:
+      return static_cast<double>(static_cast<const int64_t*>(p)[i]);
   }
   return 0;
 }
 void set_from_double(Tensor& t, int64_t i, double v) {
   void* p = t.raw();
   switch (t.dtype()) {
-    case DType::F32: static_cast<float*>(p)[i] = static_cast<float>(v); break;
-    case DType::F16: static_cast<uint16_t*>(p)[i] = f32_to_f16(static_cast<float>(v)); break;
-    case DType::BF16: static_cast<uint16_t*>(p)[i] = f32_to_bf16(static_cast<float>(v)); break;
-    case DType::F64: static_cast<double*>(p)[i] = v; break;
-    case DType::I32: static_cast<int32_t*>(p)[i] = static_cast<int32_t>(v); break;
-    case DType::I64: static_cast<int64_t*>(p)[i] = static_cast<int64_t>(v); break;
+    case DType::F32:
+      static_cast<float*>(p)[i] = static_cast<float>(v);
+      break;
+    case DType::F16:
+      static_cast<uint16_t*>(p)[i] = f32_to_f16(static_cast<float>(v));
+      break;
+    case DType::BF16:
+      static_cast<uint16_t*>(p)[i] = f32_to_bf16(static_cast<float>(v));
+      break;
+    case DType::F64:
+      static_cast<double*>(p)[i] = v;
+      break;
+    case DType::I32:
+      static_cast<int32_t*>(p)[i] = static_cast<int32_t>(v);
+      break;
+    case DType::I64:
+      static_cast<int64_t*>(p)[i] = static_cast<int64_t>(v);
+      break;
   }
 }
 }  // namespace
@@ -127,7 +161,8 @@ Tensor Tensor::to(DType dt) const {
 uint16_t f32_to_bf16(float f) {
   uint32_t x;
   std::memcpy(&x, &f, 4);
-  if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((x >> 16) | 0x40);  // NaN stays NaN
+  if ((x & 0x7fffffffu) > 0x7f800000u)
+    return static_cast<uint16_t>((x >> 16) | 0x40);  // NaN stays NaN
   uint32_t rounding = 0x7fffu + ((x >> 16) & 1u);
   return static_cast<uint16_t>((x + rounding) >> 16);
 }
@@ -149,7 +184,7 @@ uint16_t f32_to_f16(float f) {
     // values that round to >= 65520 become inf
     return static_cast<uint16_t>(sign | 0x7c00u);
   }
-  if (absx < 0x38800000u) {  // subnormal half (or zero)
+  if (absx < 0x38800000u) {                                      // subnormal half (or zero)
     if (absx < 0x33000000u) return static_cast<uint16_t>(sign);  // < 2^-25 rounds to 0
     uint32_t mant = (absx & 0x007fffffu) | 0x00800000u;
     int e = static_cast<int>(absx >> 23);  // biased f32 exponent

@@ -58,8 +58,8 @@ std::string get_choice(const json& j, const char* key, const std::string& def,
 }
 
 void check_range(int64_t v, int64_t lo, int64_t hi, const char* field) {
-  PF_CHECK(v >= lo && v <= hi, "[config] field '", field, "' must be in [", lo, ", ", hi,
-           "], got ", v);
+  PF_CHECK(v >= lo && v <= hi, "[config] field '", field, "' must be in [", lo, ", ", hi, "], got ",
+           v);
 }
 
 }  // namespace
@@ -72,12 +72,12 @@ void validate_config(const ModelConfig& c) {
   check_range(c.d_ff, 1, 4 * kMaxDim, "d_ff");
   check_range(c.vocab_size, 1, 1 << 24, "vocab_size");
   check_range(c.max_len, 1, 1 << 24, "max_len");
-  PF_CHECK(c.d_model % c.n_heads == 0, "[config] n_heads (", c.n_heads,
-           ") must divide d_model (", c.d_model, ")");
+  PF_CHECK(c.d_model % c.n_heads == 0, "[config] n_heads (", c.n_heads, ") must divide d_model (",
+           c.d_model, ")");
   PF_CHECK(c.n_heads % c.kv_heads() == 0, "[config] n_kv_heads (", c.kv_heads(),
            ") must divide n_heads (", c.n_heads, ")");
-  PF_CHECK(c.norm_eps > 0 && std::isfinite(c.norm_eps), "[config] field 'norm_eps' must be > 0, got ",
-           c.norm_eps);
+  PF_CHECK(c.norm_eps > 0 && std::isfinite(c.norm_eps),
+           "[config] field 'norm_eps' must be > 0, got ", c.norm_eps);
   const PositionConfig& p = c.position;
   const int64_t D = c.head_dim();
   if (p.type == "rope") {
@@ -90,8 +90,8 @@ void validate_config(const ModelConfig& c) {
              p.base);
   }
   if (p.type == "sinusoidal" || p.type == "sinusoidal_half")
-    PF_CHECK(c.d_model % 2 == 0, "[config] position.type ", p.type,
-             " needs an even d_model, got ", c.d_model);
+    PF_CHECK(c.d_model % 2 == 0, "[config] position.type ", p.type, " needs an even d_model, got ",
+             c.d_model);
   if (p.type == "xl")
     PF_CHECK(c.d_model % 2 == 0, "[config] position.type xl needs an even d_model, got ",
              c.d_model);
@@ -139,10 +139,12 @@ ModelConfig parse_config(const json& j) {
   c.head = get_choice(j, "head", c.head, {"lm", "none"}, "");
   if (j.contains("position")) {
     const json& p = j.at("position");
-    PF_CHECK(p.is_object(), "[config] field 'position' must be an object like {\"type\": \"rope\"}, got ",
+    PF_CHECK(p.is_object(),
+             "[config] field 'position' must be an object like {\"type\": \"rope\"}, got ",
              p.dump());
-    refuse_unknown(p, {"type", "layout", "rotary_dim", "base", "num_buckets", "max_distance", "clip", "span"},
-                   "position.");
+    refuse_unknown(
+        p, {"type", "layout", "rotary_dim", "base", "num_buckets", "max_distance", "clip", "span"},
+        "position.");
     PositionConfig& pc = c.position;
     pc.type = get_choice(p, "type", pc.type,
                          {"none", "learned", "sinusoidal", "sinusoidal_half", "rope", "alibi", "t5",
@@ -172,7 +174,8 @@ ModelConfig parse_config(const json& j) {
   }
   if (j.contains("attention")) {
     const json& a = j.at("attention");
-    PF_CHECK(a.is_object(), "[config] field 'attention' must be an object like {\"type\": \"softmax\"}, got ",
+    PF_CHECK(a.is_object(),
+             "[config] field 'attention' must be an object like {\"type\": \"softmax\"}, got ",
              a.dump());
     refuse_unknown(a, {"type", "scale"}, "attention.");
     c.attention.type = get_choice(a, "type", c.attention.type, {"softmax"}, "attention.");

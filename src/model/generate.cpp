@@ -8,7 +8,8 @@
 namespace posformer {
 
 void validate_sampling(const SamplingConfig& s) {
-  PF_CHECK(s.max_new_tokens >= 0, "[generate] --max-new-tokens must be >= 0, got ", s.max_new_tokens);
+  PF_CHECK(s.max_new_tokens >= 0, "[generate] --max-new-tokens must be >= 0, got ",
+           s.max_new_tokens);
   PF_CHECK(std::isfinite(s.temperature) && s.temperature >= 0,
            "[generate] --temperature must be >= 0, got ", s.temperature);
   PF_CHECK(s.top_k >= 0, "[generate] --top-k must be >= 0, got ", s.top_k);
@@ -76,15 +77,18 @@ std::vector<int32_t> generate(const Transformer& model, const std::vector<int32_
   PF_CHECK(c.head == "lm", "[generate] the model has no LM head (head: none)");
   const int64_t V = c.vocab_size, total = static_cast<int64_t>(prompt.size()) + s.max_new_tokens;
   if (const int64_t mp = model.position(true)->max_position(); mp >= 0)
-    PF_CHECK(total <= mp + 1, "[generate] prompt (", prompt.size(), " tokens) + ",
-             s.max_new_tokens, " new tokens = ", total, " positions, past the learned position "
-             "table (max_len ", mp + 1, "); use fewer tokens");
+    PF_CHECK(total <= mp + 1, "[generate] prompt (", prompt.size(), " tokens) + ", s.max_new_tokens,
+             " new tokens = ", total,
+             " positions, past the learned position "
+             "table (max_len ",
+             mp + 1, "); use fewer tokens");
   TokenBatch src_b;
   if (src) src_b.push_back(*src);
   std::vector<int32_t> seq = prompt, out;
   uint64_t rng = s.seed * 0x2545f4914f6cdd1dull + 0x632be59bd9b4e019ull;
   KVCache cache;
-  if (s.use_cache) cache = model.start_cache(1, std::max<int64_t>(total, 1), src ? &src_b : nullptr);
+  if (s.use_cache)
+    cache = model.start_cache(1, std::max<int64_t>(total, 1), src ? &src_b : nullptr);
   std::vector<int32_t> pending = prompt;
   for (int64_t step = 0; step < s.max_new_tokens; ++step) {
     ForwardOutput r;

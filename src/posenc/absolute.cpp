@@ -6,7 +6,8 @@
 namespace posformer {
 
 void LearnedPosition::declare(std::vector<ParamSpec>& specs) const {
-  specs.push_back({g_.prefix + "pos_emb.weight", {g_.max_len, g_.d_model}, Init::Normal, "position", true});
+  specs.push_back(
+      {g_.prefix + "pos_emb.weight", {g_.max_len, g_.d_model}, Init::Normal, "position", true});
 }
 
 void LearnedPosition::embed(const ParamStore& p, float* x, int64_t B, int64_t T,

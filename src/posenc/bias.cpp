@@ -18,7 +18,8 @@ class AlibiHook final : public ScoreHook {
       float* row = S + t * a_.Tk;
       for (int64_t s = 0; s < a_.Tk; ++s) {
         const int64_t dist = i - (a_.k_pos0 + s);
-        const double off = a_.causal ? static_cast<double>(dist) : std::fabs(static_cast<double>(dist));
+        const double off =
+            a_.causal ? static_cast<double>(dist) : std::fabs(static_cast<double>(dist));
         row[s] += static_cast<float>(-m * off);
       }
     }
@@ -80,7 +81,8 @@ std::unique_ptr<ScoreHook> AlibiPosition::prepare(const ParamStore&, const AttnI
 }
 
 void T5Position::declare(std::vector<ParamSpec>& specs) const {
-  specs.push_back({g_.prefix + "rel_bias.weight", {c_.num_buckets, g_.H}, Init::Normal, "position", true});
+  specs.push_back(
+      {g_.prefix + "rel_bias.weight", {c_.num_buckets, g_.H}, Init::Normal, "position", true});
 }
 
 std::unique_ptr<ScoreHook> T5Position::prepare(const ParamStore& p, const AttnInputs& in) const {

@@ -19,7 +19,9 @@ float* scratch(int slot, size_t n) {
   return buf[slot].data();
 }
 
-inline int64_t clampi(int64_t v, int64_t lo, int64_t hi) { return std::min(std::max(v, lo), hi); }
+inline int64_t clampi(int64_t v, int64_t lo, int64_t hi) {
+  return std::min(std::max(v, lo), hi);
+}
 
 // ---- Shaw: e_ij = q_i.(k_j + aK[r]) * scale, z_i = sum_j a_ij (v_j + aV[r]), r = clip(j-i,-k,k)+k
 class ShawHook final : public ScoreHook {
@@ -98,7 +100,8 @@ class ShawHook final : public ScoreHook {
   std::vector<std::vector<float>> tgrad_[2];
 };
 
-// ---- Transformer-XL: scale * ((q_i + u).k_j + (q_i + v).(W_R r_(i-j))), r sinusoidal (half layout)
+// ---- Transformer-XL: scale * ((q_i + u).k_j + (q_i + v).(W_R r_(i-j))), r sinusoidal (half
+// layout)
 class XlHook final : public ScoreHook {
  public:
   XlHook(const AttnDesc& a, const float* u, const float* v, const float* WR, int64_t d,
@@ -208,9 +211,16 @@ class XlHook final : public ScoreHook {
 // ---- DeBERTa: scale * (Qc_i.Kr[d(i,j)] + Kc_j.Qr[d(j,i)]), d(i,j) = clip(i-j, -k, k-1) + k
 class DebertaHook final : public ScoreHook {
  public:
-  DebertaHook(const AttnDesc& a, const float* rel, const float* Wq, const float* bq, const float* Wk,
-              const float* bk, int64_t k, int64_t d, std::string rel_name, std::string layer_prefix)
-      : a_(a), k_(k), d_(d), rel_(rel), wq_(Wq), wk_(Wk), rel_name_(std::move(rel_name)),
+  DebertaHook(const AttnDesc& a, const float* rel, const float* Wq, const float* bq,
+              const float* Wk, const float* bk, int64_t k, int64_t d, std::string rel_name,
+              std::string layer_prefix)
+      : a_(a),
+        k_(k),
+        d_(d),
+        rel_(rel),
+        wq_(Wq),
+        wk_(Wk),
+        rel_name_(std::move(rel_name)),
         lp_(std::move(layer_prefix)) {
     const int64_t HD = a.H * a.D;
     qr_.resize(static_cast<size_t>(2 * k * HD));
@@ -299,8 +309,16 @@ class DebertaHook final : public ScoreHook {
 
 void ShawPosition::declare(std::vector<ParamSpec>& specs) const {
   for (int64_t l = 0; l < g_.n_layers; ++l) {
-    specs.push_back({layer_name(g_, l, "attn.shaw_k"), {2 * c_.clip + 1, g_.D}, Init::Normal, "position", true});
-    specs.push_back({layer_name(g_, l, "attn.shaw_v"), {2 * c_.clip + 1, g_.D}, Init::Normal, "position", true});
+    specs.push_back({layer_name(g_, l, "attn.shaw_k"),
+                     {2 * c_.clip + 1, g_.D},
+                     Init::Normal,
+                     "position",
+                     true});
+    specs.push_back({layer_name(g_, l, "attn.shaw_v"),
+                     {2 * c_.clip + 1, g_.D},
+                     Init::Normal,
+                     "position",
+                     true});
   }
 }
 
@@ -314,7 +332,11 @@ void XlPosition::declare(std::vector<ParamSpec>& specs) const {
   for (int64_t l = 0; l < g_.n_layers; ++l) {
     specs.push_back({layer_name(g_, l, "attn.xl_u"), {g_.H, g_.D}, Init::Normal, "position", true});
     specs.push_back({layer_name(g_, l, "attn.xl_v"), {g_.H, g_.D}, Init::Normal, "position", true});
-    specs.push_back({layer_name(g_, l, "attn.xl_r.weight"), {g_.H * g_.D, g_.d_model}, Init::Normal, "position", true});
+    specs.push_back({layer_name(g_, l, "attn.xl_r.weight"),
+                     {g_.H * g_.D, g_.d_model},
+                     Init::Normal,
+                     "position",
+                     true});
   }
 }
 
@@ -326,12 +348,21 @@ std::unique_ptr<ScoreHook> XlPosition::prepare(const ParamStore& p, const AttnIn
 }
 
 void DebertaPosition::declare(std::vector<ParamSpec>& specs) const {
-  specs.push_back({g_.prefix + "rel_emb.weight", {2 * c_.span, g_.d_model}, Init::Normal, "position", true});
+  specs.push_back(
+      {g_.prefix + "rel_emb.weight", {2 * c_.span, g_.d_model}, Init::Normal, "position", true});
   for (int64_t l = 0; l < g_.n_layers; ++l) {
     for (const char* w : {"attn.pos_q", "attn.pos_k"}) {
-      specs.push_back({layer_name(g_, l, std::string(w) + ".weight"), {g_.H * g_.D, g_.d_model}, Init::Normal, "position", true});
+      specs.push_back({layer_name(g_, l, std::string(w) + ".weight"),
+                       {g_.H * g_.D, g_.d_model},
+                       Init::Normal,
+                       "position",
+                       true});
       if (g_.bias)
-        specs.push_back({layer_name(g_, l, std::string(w) + ".bias"), {g_.H * g_.D}, Init::Zeros, "position", false});
+        specs.push_back({layer_name(g_, l, std::string(w) + ".bias"),
+                         {g_.H * g_.D},
+                         Init::Zeros,
+                         "position",
+                         false});
     }
   }
 }
@@ -341,7 +372,8 @@ std::unique_ptr<ScoreHook> DebertaPosition::prepare(const ParamStore& p,
   const int64_t l = in.layer;
   return std::make_unique<DebertaHook>(
       *in.desc, p.f32(g_.prefix + "rel_emb.weight"), p.f32(layer_name(g_, l, "attn.pos_q.weight")),
-      p.f32_or_null(layer_name(g_, l, "attn.pos_q.bias")), p.f32(layer_name(g_, l, "attn.pos_k.weight")),
+      p.f32_or_null(layer_name(g_, l, "attn.pos_q.bias")),
+      p.f32(layer_name(g_, l, "attn.pos_k.weight")),
       p.f32_or_null(layer_name(g_, l, "attn.pos_k.bias")), c_.span, g_.d_model,
       g_.prefix + "rel_emb.weight", layer_name(g_, l, ""));
 }

@@ -99,9 +99,16 @@ def loss_and_grads(model, batch: dict):
 
 
 def adamw_losses(model, batch: dict, steps: int, lr: float, weight_decay: float,
-                 betas=(0.9, 0.95), eps: float = 1e-8):
+                 betas=(0.9, 0.95), eps: float = 1e-8, first_grads=None):
     """Runs `steps` torch.optim.AdamW steps (constant lr) on the batch, starting from the model's
-    current weights (modified in place); returns the losses recorded before each step."""
+    current weights (modified in place); returns the losses recorded before each step.
+
+    first_grads: optional dict name -> tensor used as the gradient of the FIRST step instead of
+    autograd's (the loss is still torch's). AdamW's first update is lr * g / (|g| + eps), i.e.
+    about lr * sign(g) for every element, however small g is; an element whose gradient is
+    below the fp32 round-off of another implementation can take the opposite sign there, and
+    one such element can move the later losses by far more than 1e-5 relative (see
+    tests/e2e/test_grad_twin.py, step1_tiebreak)."""
     leaves = make_leaves(model)
     dec = [leaves[n] for n in sorted(leaves) if is_decay(n)]
     nodec = [leaves[n] for n in sorted(leaves) if not is_decay(n)]
@@ -118,6 +125,9 @@ def adamw_losses(model, batch: dict, steps: int, lr: float, weight_decay: float,
         for p in leaves.values():     # a parameter the loss does not reach still steps (decay)
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
+        if first_grads is not None and len(losses) == 1:
+            for n, g in first_grads.items():
+                leaves[n].grad.copy_(g.to(DT))
         opt.step()
     return losses
 

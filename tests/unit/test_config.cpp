@@ -21,7 +21,9 @@ void expect_refused(const json& j, std::initializer_list<const char*> words) {
     for (const char* w : words) EXPECT_NE(msg.find(w), std::string::npos) << "message: " << msg;
   }
 }
-json base() { return json{{"arch", "decoder"}, {"d_model", 64}, {"n_heads", 4}, {"d_ff", 128}}; }
+json base() {
+  return json{{"arch", "decoder"}, {"d_model", 64}, {"n_heads", 4}, {"d_ff", 128}};
+}
 json with(json j, const std::string& k, json v) {
   j[k] = v;
   return j;
@@ -109,9 +111,12 @@ TEST(Config, RefusesParametersOfOtherSchemes) {
 }
 TEST(Config, RefusesBadSchemeParameters) {
   expect_refused(with(base(), "position", {{"type", "rope"}, {"base", 0.5}}), {"base", "0.5"});
-  expect_refused(with(base(), "position", {{"type", "rope"}, {"layout", "neox"}}), {"layout", "neox"});
-  expect_refused(with(base(), "position", {{"type", "t5"}, {"num_buckets", 31}}), {"num_buckets", "31"});
-  expect_refused(with(base(), "position", {{"type", "t5"}, {"max_distance", 4}}), {"max_distance", "4"});
+  expect_refused(with(base(), "position", {{"type", "rope"}, {"layout", "neox"}}),
+                 {"layout", "neox"});
+  expect_refused(with(base(), "position", {{"type", "t5"}, {"num_buckets", 31}}),
+                 {"num_buckets", "31"});
+  expect_refused(with(base(), "position", {{"type", "t5"}, {"max_distance", 4}}),
+                 {"max_distance", "4"});
   expect_refused(with(base(), "position", {{"type", "shaw"}, {"clip", 0}}), {"clip", "0"});
   expect_refused(with(base(), "position", {{"type", "deberta"}, {"span", -3}}), {"span", "-3"});
   expect_refused(with(base(), "attention", {{"type", "softmax"}, {"scale", -1.0}}), {"scale"});

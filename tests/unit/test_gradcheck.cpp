@@ -22,19 +22,23 @@ std::string case_name(const Case& c);
 void PrintTo(const Case& c, std::ostream* os);
 
 std::string case_name(const Case& c) {
-  return c.arch + "_" + c.pos + "_" + c.act + "_" + c.norm + "_" + c.norm_pos + (c.bias ? "" : "_nobias") +
-         (c.tie ? "" : "_untied") + (c.kv ? "_gqa" : "");
+  return c.arch + "_" + c.pos + "_" + c.act + "_" + c.norm + "_" + c.norm_pos +
+         (c.bias ? "" : "_nobias") + (c.tie ? "" : "_untied") + (c.kv ? "_gqa" : "");
 }
 
-void PrintTo(const Case& c, std::ostream* os) { *os << case_name(c); }
+void PrintTo(const Case& c, std::ostream* os) {
+  *os << case_name(c);
+}
 
 void run_gradcheck(const Case& cs) {
   ModelConfig c;
-  c.arch = cs.arch, c.d_model = 16, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = cs.kv, c.d_ff = 24;
+  c.arch = cs.arch, c.d_model = 16, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = cs.kv,
+  c.d_ff = 24;
   c.activation = cs.act, c.norm = cs.norm, c.norm_position = cs.norm_pos, c.bias = cs.bias;
   c.tie_embeddings = cs.tie, c.vocab_size = 23, c.max_len = 32;
   c.position.type = cs.pos;
-  c.position.clip = 3, c.position.span = 4, c.position.num_buckets = 8, c.position.max_distance = 20;
+  c.position.clip = 3, c.position.span = 4, c.position.num_buckets = 8,
+  c.position.max_distance = 20;
   Transformer m = Transformer::random_init(c, 3);
   // larger weights than the 0.02 init so attention and position terms matter
   std::mt19937 rng(11);
@@ -43,7 +47,8 @@ void run_gradcheck(const Case& cs) {
     float* p = t.data<float>();
     const bool is_norm = name.find("norm") != std::string::npos;
     const float sd = is_norm ? 0.2f : (t.ndim() == 2 ? 1.0f / std::sqrt(float(t.dim(1))) : 0.3f);
-    for (int64_t i = 0; i < t.numel(); ++i) p[i] = (is_norm && name.find(".weight") != std::string::npos ? 1.0f : 0.0f) + sd * nd(rng);
+    for (int64_t i = 0; i < t.numel(); ++i)
+      p[i] = (is_norm && name.find(".weight") != std::string::npos ? 1.0f : 0.0f) + sd * nd(rng);
   }
   const int64_t B = 2, T = 5;
   TokenBatch tok(B), tgt(B), src(B);
@@ -85,12 +90,15 @@ void run_gradcheck(const Case& cs) {
 }  // namespace
 
 class GradCheck : public ::testing::TestWithParam<Case> {};
-TEST_P(GradCheck, MatchesFiniteDifferences) { run_gradcheck(GetParam()); }
+TEST_P(GradCheck, MatchesFiniteDifferences) {
+  run_gradcheck(GetParam());
+}
 
 std::vector<Case> all_cases() {
   std::vector<Case> v;
   for (std::string arch : {"encoder", "decoder", "encoder_decoder"})
-    for (std::string pos : {"none", "learned", "sinusoidal", "sinusoidal_half", "rope", "alibi", "t5", "shaw", "xl", "deberta"})
+    for (std::string pos : {"none", "learned", "sinusoidal", "sinusoidal_half", "rope", "alibi",
+                            "t5", "shaw", "xl", "deberta"})
       v.push_back({arch, pos});
   v.push_back({"decoder", "rope", "swiglu", "rmsnorm", "pre", false, false, 2});
   v.push_back({"decoder", "t5", "relu", "layernorm", "post", true, false, 0});
@@ -101,4 +109,6 @@ std::vector<Case> all_cases() {
 }
 
 INSTANTIATE_TEST_SUITE_P(All, GradCheck, ::testing::ValuesIn(all_cases()),
-                         [](const ::testing::TestParamInfo<Case>& i) { return case_name(i.param); });
+                         [](const ::testing::TestParamInfo<Case>& i) {
+                           return case_name(i.param);
+                         });

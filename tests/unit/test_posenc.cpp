@@ -26,8 +26,8 @@ std::vector<float> rotated(std::vector<float> x, int64_t R, ops::RopeLayout layo
   auto theta = ops::rope_inv_freq(R, base);
   std::vector<float> c(R / 2), s(R / 2);
   ops::rope_tables(&pos, 1, theta, 1.0, c.data(), s.data());
-  ops::rope_apply(x.data(), 1, 1, static_cast<int64_t>(x.size()), static_cast<int64_t>(x.size()),
-                  R, layout, c.data(), s.data());
+  ops::rope_apply(x.data(), 1, 1, static_cast<int64_t>(x.size()), static_cast<int64_t>(x.size()), R,
+                  layout, c.data(), s.data());
   return x;
 }
 double dot(const std::vector<float>& a, const std::vector<float>& b) {
@@ -48,7 +48,8 @@ TEST(Rope, RelativeIdentityBothLayouts) {
           int m = pos(g), n = pos(g);
           double lhs = dot(rotated(q, R, layout, m, 10000), rotated(k, R, layout, n, 10000));
           double rhs = dot(q, rotated(k, R, layout, n - m, 10000));
-          EXPECT_NEAR(lhs, rhs, 2e-4 * (1 + std::fabs(rhs))) << "D=" << D << " R=" << R << " m=" << m << " n=" << n;
+          EXPECT_NEAR(lhs, rhs, 2e-4 * (1 + std::fabs(rhs)))
+              << "D=" << D << " R=" << R << " m=" << m << " n=" << n;
         }
       }
 }
@@ -68,7 +69,8 @@ TEST(Alibi, SlopesMatchSpecFormula) {
     ASSERT_EQ(static_cast<int64_t>(m.size()), H);
     const double n = std::exp2(std::floor(std::log2(static_cast<double>(H))));
     for (int64_t h = 0; h < H; ++h) {
-      double want = h < n ? std::exp2(-8.0 * (h + 1) / n) : std::exp2(-4.0 * (2.0 * (h - n) + 1) / n);
+      double want =
+          h < n ? std::exp2(-8.0 * (h + 1) / n) : std::exp2(-4.0 * (2.0 * (h - n) + 1) / n);
       EXPECT_DOUBLE_EQ(m[h], want) << "H=" << H << " h=" << h;
     }
   }
@@ -82,8 +84,8 @@ TEST(T5, BucketsMatchSpecFormulaBothDirections) {
     for (int64_t maxd : {128, 256})
       for (bool bidi : {true, false})
         for (int64_t rel = -300; rel <= 300; ++rel) {
-          // SPEC: rel = j - i; bidirectional: nb = num_buckets/2, offset = (rel > 0) * nb, n = |rel|;
-          // causal: nb = num_buckets, offset 0, n = max(-rel, 0).
+          // SPEC: rel = j - i; bidirectional: nb = num_buckets/2, offset = (rel > 0) * nb, n =
+          // |rel|; causal: nb = num_buckets, offset 0, n = max(-rel, 0).
           long nb = bidi ? nbk / 2 : nbk, offset = bidi && rel > 0 ? nb : 0;
           long n = bidi ? std::labs(rel) : std::max<long>(-rel, 0);
           long max_exact = nb / 2, want;
@@ -91,8 +93,8 @@ TEST(T5, BucketsMatchSpecFormulaBothDirections) {
             want = offset + n;
           } else {
             long large = max_exact + static_cast<long>(std::floor(
-                             std::log(double(n) / max_exact) / std::log(double(maxd) / max_exact) *
-                             (nb - max_exact)));
+                                         std::log(double(n) / max_exact) /
+                                         std::log(double(maxd) / max_exact) * (nb - max_exact)));
             want = offset + std::min(large, nb - 1);
           }
           ASSERT_EQ(t5_bucket(rel, bidi, nbk, maxd), want) << "rel=" << rel << " bidi=" << bidi;
@@ -145,13 +147,17 @@ TEST_P(AttentionSchemes, FastMatchesReference) {
         s.init = Init::Normal;
         ps.add(s.name, init_param(s, 5, 0.5f));
       }
-      auto q = randn(B * Tq * H * D, 1), k = randn(B * Tk * Hkv * D, 2), v = randn(B * Tk * Hkv * D, 3);
+      auto q = randn(B * Tq * H * D, 1), k = randn(B * Tk * Hkv * D, 2),
+           v = randn(B * Tk * Hkv * D, 3);
       std::vector<float> o1(B * Tq * H * D), o2(o1.size());
-      std::vector<int32_t> klen = {static_cast<int32_t>(Tk), static_cast<int32_t>(std::max<int64_t>(1, Tk - 2))};
+      std::vector<int32_t> klen = {static_cast<int32_t>(Tk),
+                                   static_cast<int32_t>(std::max<int64_t>(1, Tk - 2))};
       AttnDesc a;
       a.B = B, a.Tq = Tq, a.Tk = Tk, a.H = H, a.Hkv = Hkv, a.D = D;
-      a.q = q.data(), a.ldq = H * D, a.k = k.data(), a.ldk = Hkv * D, a.v = v.data(), a.ldv = Hkv * D;
-      a.ldo = H * D, a.scale = pe->default_scale(D), a.causal = causal, a.q_pos0 = qpos, a.k_pos0 = kpos;
+      a.q = q.data(), a.ldq = H * D, a.k = k.data(), a.ldk = Hkv * D, a.v = v.data(),
+      a.ldv = Hkv * D;
+      a.ldo = H * D, a.scale = pe->default_scale(D), a.causal = causal, a.q_pos0 = qpos,
+      a.k_pos0 = kpos;
       a.key_len = klen.data();
       auto hook = pe->prepare(ps, AttnInputs{0, &a});
       a.hook = hook.get();
@@ -183,7 +189,8 @@ TEST(Attention, FullyMaskedQueryGivesZerosNotNaN) {
   std::vector<float> o(D, 7.0f);
   AttnDesc a;
   a.Tq = 1, a.Tk = 2, a.D = D, a.q = q.data(), a.ldq = D, a.k = k.data(), a.ldk = D;
-  a.v = v.data(), a.ldv = D, a.out = o.data(), a.ldo = D, a.causal = true, a.q_pos0 = 0, a.k_pos0 = 1;
+  a.v = v.data(), a.ldv = D, a.out = o.data(), a.ldo = D, a.causal = true, a.q_pos0 = 0,
+  a.k_pos0 = 1;
   attention_forward(a);
   for (float x : o) EXPECT_EQ(x, 0.0f);
 }
@@ -204,6 +211,6 @@ TEST(Model, LearnedRefusesPastMaxLen) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("max_len"), std::string::npos) << e.what();
   }
-  EXPECT_THROW(m.forward(TokenBatch{{1, 10}}), Error);  // token outside vocab
+  EXPECT_THROW(m.forward(TokenBatch{{1, 10}}), Error);      // token outside vocab
   EXPECT_THROW(m.forward(TokenBatch{{1, 2}, {1}}), Error);  // ragged batch
 }

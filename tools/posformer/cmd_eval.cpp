@@ -10,7 +10,8 @@
 namespace posformer::cli {
 
 Command add_eval(CLI::App& root) {
-  auto* app = root.add_subcommand("eval", "loss, perplexity and bits per byte of a model on text, per sequence length");
+  auto* app = root.add_subcommand(
+      "eval", "loss, perplexity and bits per byte of a model on text, per sequence length");
   struct Opts {
     std::string dir;
     std::vector<std::string> data;
@@ -21,33 +22,37 @@ Command add_eval(CLI::App& root) {
   auto o = std::make_shared<Opts>();
   app->add_option("DIR", o->dir, "model directory (with its tokenizer)")->required();
   app->add_option("--data", o->data, "text files, or 'default' (the default corpus)")->required();
-  app->add_option("--seq-len", o->lens, "one or more sequence lengths, e.g. --seq-len 128 512 2048");
-  app->add_option("--max-windows", o->max_windows, "windows evaluated per length")->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
+  app->add_option("--seq-len", o->lens,
+                  "one or more sequence lengths, e.g. --seq-len 128 512 2048");
+  app->add_option("--max-windows", o->max_windows, "windows evaluated per length")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
   add_threads_option(app, o->threads);
   return {app, [=]() {
             set_threads(o->threads);
             Transformer m = Transformer::load(o->dir);
             auto tok = load_tokenizer(o->dir);
             PF_CHECK(m.config().vocab_size >= tok->vocab_size(), "[eval] tokenizer vocabulary (",
-                     tok->vocab_size(), ") exceeds the model's vocab_size (", m.config().vocab_size, ")");
+                     tok->vocab_size(), ") exceeds the model's vocab_size (", m.config().vocab_size,
+                     ")");
             std::vector<std::string> files = o->data;
             if (files.size() == 1 && files[0] == "default") files = default_corpus_files();
             Corpus c = load_corpus(files, *tok, 0.0, 0);
             const std::string obj = default_objective(m.config().arch);
             const int64_t max_pos = m.position(m.config().has_decoder())->max_position();
-            std::printf("%-10s %10s %12s %10s %10s  (%s, %s objective)\n", "seq_len", "loss", "perplexity",
-                        "bits/byte", "tokens", o->dir.c_str(), obj.c_str());
+            std::printf("%-10s %10s %12s %10s %10s  (%s, %s objective)\n", "seq_len", "loss",
+                        "perplexity", "bits/byte", "tokens", o->dir.c_str(), obj.c_str());
             for (int64_t L : o->lens) {
               PF_CHECK(L >= 1, "[eval] --seq-len must be >= 1, got ", L);
               if (max_pos >= 0 && L > max_pos + 1) {
-                std::printf("%-10lld %s\n", (long long)L,
-                            str("not supported: learned positions end at max_len ", max_pos + 1).c_str());
+                std::printf(
+                    "%-10lld %s\n", (long long)L,
+                    str("not supported: learned positions end at max_len ", max_pos + 1).c_str());
                 continue;
               }
               auto windows = eval_windows(c.train_docs, L, o->max_windows);
               Evaluation e = evaluate_windows(m, obj, windows, *tok);
-              std::printf("%-10lld %10.4f %12.3f %10.4f %10lld\n", (long long)L, e.loss, e.ppl, e.bpb,
-                          (long long)e.tokens);
+              std::printf("%-10lld %10.4f %12.3f %10.4f %10lld\n", (long long)L, e.loss, e.ppl,
+                          e.bpb, (long long)e.tokens);
             }
             return 0;
           }};

@@ -14,7 +14,8 @@ namespace posformer::cli {
 
 Command add_forward(CLI::App& root) {
   auto* app = root.add_subcommand(
-      "forward", "run a forward pass; write `hidden` [T, d] and `logits` [T, vocab] to safetensors");
+      "forward",
+      "run a forward pass; write `hidden` [T, d] and `logits` [T, vocab] to safetensors");
   struct Opts {
     std::string dir, tokens, tokens_file, src, src_file, out;
     int64_t pos_offset = 0;
@@ -23,7 +24,8 @@ Command add_forward(CLI::App& root) {
   auto o = std::make_shared<Opts>();
   app->add_option("DIR", o->dir, "model directory")->required();
   auto* t1 = app->add_option("--tokens", o->tokens, "token ids, e.g. \"1 2 3\"");
-  auto* t2 = app->add_option("--tokens-file", o->tokens_file, "file of whitespace-separated token ids");
+  auto* t2 =
+      app->add_option("--tokens-file", o->tokens_file, "file of whitespace-separated token ids");
   t1->excludes(t2);
   app->add_option("--src", o->src, "encoder token ids (encoder_decoder models)");
   app->add_option("--src-file", o->src_file, "file of encoder token ids");
@@ -48,7 +50,9 @@ Command add_forward(CLI::App& root) {
             Transformer m = Transformer::load(o->dir);
             auto t0 = std::chrono::steady_clock::now();
             ForwardOutput r = m.forward(toks, fo);
-            double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+            double ms =
+                std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+                    .count();
             const int64_t T = r.hidden.dim(1), d = r.hidden.dim(2);
             std::map<std::string, Tensor> out{{"hidden", r.hidden.reshape({T, d})}};
             if (r.logits.numel()) out.emplace("logits", r.logits.reshape({T, r.logits.dim(2)}));
@@ -57,9 +61,10 @@ Command add_forward(CLI::App& root) {
             const float* hp = r.hidden.data<float>();
             for (int64_t i = 0; i < T * d; ++i) mean += hp[i], sq += double(hp[i]) * hp[i];
             mean /= double(T * d);
-            std::printf("forward: T=%lld in %.2f ms (%d threads); hidden [%lld, %lld] mean %+.4f std %.4f",
-                        (long long)T, ms, num_threads(), (long long)T, (long long)d, mean,
-                        std::sqrt(std::max(0.0, sq / double(T * d) - mean * mean)));
+            std::printf(
+                "forward: T=%lld in %.2f ms (%d threads); hidden [%lld, %lld] mean %+.4f std %.4f",
+                (long long)T, ms, num_threads(), (long long)T, (long long)d, mean,
+                std::sqrt(std::max(0.0, sq / double(T * d) - mean * mean)));
             if (r.logits.numel()) {
               const int64_t V = r.logits.dim(2);
               const float* last = r.logits.data<float>() + (T - 1) * V;

@@ -21,14 +21,18 @@ Command add_generate(CLI::App& root) {
   app->add_option("DIR", o->dir, "model directory (with its tokenizer)")->required();
   app->add_option("--prompt", o->prompt, "text to continue (empty: start from <bos>)");
   app->add_option("--src", o->src, "source text for encoder_decoder models");
-  app->add_option("--max-new-tokens", o->s.max_new_tokens, "tokens to generate (stops early at <eos>)");
-  app->add_option("--temperature", o->s.temperature, "softmax temperature; 0 = greedy (default 0.8)");
+  app->add_option("--max-new-tokens", o->s.max_new_tokens,
+                  "tokens to generate (stops early at <eos>)");
+  app->add_option("--temperature", o->s.temperature,
+                  "softmax temperature; 0 = greedy (default 0.8)");
   app->add_option("--top-k", o->s.top_k, "sample from the k most likely tokens (0 = off)");
   app->add_option("--top-p", o->s.top_p, "nucleus sampling threshold in (0, 1] (1 = off)");
-  app->add_option("--repetition-penalty", o->s.repetition_penalty, "penalise tokens already present (> 1)");
+  app->add_option("--repetition-penalty", o->s.repetition_penalty,
+                  "penalise tokens already present (> 1)");
   app->add_option("--seed", o->s.seed, "sampling seed");
   app->add_flag("--stream", o->stream, "print tokens as they are generated");
-  app->add_flag("--no-cache", o->no_cache, "recompute the whole sequence each step (slow; for checking)");
+  app->add_flag("--no-cache", o->no_cache,
+                "recompute the whole sequence each step (slow; for checking)");
   add_threads_option(app, o->threads);
   return {app, [=]() {
             set_threads(o->threads);
@@ -49,7 +53,8 @@ Command add_generate(CLI::App& root) {
               PF_CHECK(o->src.empty(), "[generate] --src is only for encoder_decoder models");
             }
             for (int32_t t : prompt)
-              PF_CHECK(t < m.config().vocab_size, "[generate] prompt token ", t, " outside the model's vocabulary");
+              PF_CHECK(t < m.config().vocab_size, "[generate] prompt token ", t,
+                       " outside the model's vocabulary");
             std::vector<int32_t> produced;
             std::string shown;
             auto on_token = [&](int32_t t) {
@@ -63,13 +68,15 @@ Command add_generate(CLI::App& root) {
               }
             };
             std::fwrite(o->prompt.data(), 1, o->prompt.size(), stdout);
-            std::vector<int32_t> out = generate(m, prompt, s, src.empty() ? nullptr : &src, on_token);
+            std::vector<int32_t> out =
+                generate(m, prompt, s, src.empty() ? nullptr : &src, on_token);
             if (!o->stream) {
               const std::string text = tok->decode(out);
               std::fwrite(text.data(), 1, text.size(), stdout);
             } else {
               const std::string text = tok->decode(out);  // whatever the incremental view held back
-              if (text.size() > shown.size()) std::fwrite(text.data() + shown.size(), 1, text.size() - shown.size(), stdout);
+              if (text.size() > shown.size())
+                std::fwrite(text.data() + shown.size(), 1, text.size() - shown.size(), stdout);
             }
             std::printf("\n");
             return 0;

@@ -20,7 +20,8 @@ TokenBatch read_rows(const nlohmann::json& j, const char* key, const std::string
     PF_CHECK(row.is_array(), "[grad] ", path, ": '", key, "' rows must be lists of integers");
     std::vector<int32_t> r;
     for (const auto& v : row) {
-      PF_CHECK(v.is_number_integer(), "[grad] ", path, ": '", key, "' holds a non-integer ", v.dump());
+      PF_CHECK(v.is_number_integer(), "[grad] ", path, ": '", key, "' holds a non-integer ",
+               v.dump());
       r.push_back(v.get<int32_t>());
     }
     b.push_back(std::move(r));
@@ -41,10 +42,12 @@ Command add_grad(CLI::App& root) {
   };
   auto o = std::make_shared<Opts>();
   app->add_option("DIR", o->dir, "model directory")->required();
-  app->add_option("--batch", o->batch,
-                  "JSON file {\"tokens\": [[...]], \"targets\": [[...]] (-1 = ignore), \"src\": [[...]]}")
+  app->add_option(
+         "--batch", o->batch,
+         "JSON file {\"tokens\": [[...]], \"targets\": [[...]] (-1 = ignore), \"src\": [[...]]}")
       ->required();
-  app->add_option("--out", o->out, "output: grad.<param> tensors and losses [steps] (F64)")->required();
+  app->add_option("--out", o->out, "output: grad.<param> tensors and losses [steps] (F64)")
+      ->required();
   app->add_option("--steps", o->steps, "AdamW steps on the batch (losses recorded before each)")
       ->check(CLI::Range(int64_t{1}, int64_t{1000}));
   app->add_option("--lr", o->lr, "AdamW learning rate (constant)");
@@ -62,7 +65,8 @@ Command add_grad(CLI::App& root) {
             } catch (const nlohmann::json::exception& e) {
               throw Error(str("[grad] ", o->batch, " is not valid JSON: ", e.what()));
             }
-            TokenBatch tokens = read_rows(j, "tokens", o->batch), targets = read_rows(j, "targets", o->batch);
+            TokenBatch tokens = read_rows(j, "tokens", o->batch),
+                       targets = read_rows(j, "targets", o->batch);
             TokenBatch src;
             ForwardOptions fo;
             if (j.contains("src")) {
@@ -83,7 +87,9 @@ Command add_grad(CLI::App& root) {
             out.emplace("losses", losses);
             save_safetensors(o->out, out);
             std::printf("loss %.8f", losses.data<double>()[0]);
-            if (o->steps > 1) std::printf(" ... %.8f after %lld AdamW steps", losses.data<double>()[o->steps - 1], (long long)o->steps - 1);
+            if (o->steps > 1)
+              std::printf(" ... %.8f after %lld AdamW steps", losses.data<double>()[o->steps - 1],
+                          (long long)o->steps - 1);
             std::printf(" -> %s\n", o->out.c_str());
             return 0;
           }};

@@ -8,17 +8,19 @@
 namespace posformer::cli {
 
 Command add_info(CLI::App& root) {
-  auto* app = root.add_subcommand("info", "show a model's config and parameter counts per component");
+  auto* app =
+      root.add_subcommand("info", "show a model's config and parameter counts per component");
   auto dir = std::make_shared<std::string>();
   app->add_option("DIR", *dir, "model directory")->required();
   return {app, [=]() {
             Transformer m = Transformer::load(*dir);
             const ModelConfig& c = m.config();
             std::printf("model      %s\n", dir->c_str());
-            std::printf("arch       %s, %lld layers%s, d_model %lld, %lld heads (%lld kv), d_ff %lld\n",
-                        c.arch.c_str(), (long long)c.n_layers,
-                        c.arch == "encoder_decoder" ? " per stack" : "", (long long)c.d_model,
-                        (long long)c.n_heads, (long long)c.kv_heads(), (long long)c.d_ff);
+            std::printf(
+                "arch       %s, %lld layers%s, d_model %lld, %lld heads (%lld kv), d_ff %lld\n",
+                c.arch.c_str(), (long long)c.n_layers,
+                c.arch == "encoder_decoder" ? " per stack" : "", (long long)c.d_model,
+                (long long)c.n_heads, (long long)c.kv_heads(), (long long)c.d_ff);
             std::printf("block      %s-%s, %s, bias %s, vocab %lld, max_len %lld\n",
                         c.norm_position.c_str(), c.norm.c_str(), c.activation.c_str(),
                         c.bias ? "yes" : "no", (long long)c.vocab_size, (long long)c.max_len);

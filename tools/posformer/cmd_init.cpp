@@ -6,7 +6,8 @@
 namespace posformer::cli {
 
 Command add_init(CLI::App& root) {
-  auto* app = root.add_subcommand("init", "create a randomly initialised model (config.json + model.safetensors)");
+  auto* app = root.add_subcommand(
+      "init", "create a randomly initialised model (config.json + model.safetensors)");
   auto cfg = std::make_shared<std::string>();
   auto out = std::make_shared<std::string>();
   auto seed = std::make_shared<uint64_t>(0);

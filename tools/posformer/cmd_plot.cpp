@@ -51,7 +51,8 @@ print("wrote", out)
 }  // namespace
 
 Command add_plot(CLI::App& root) {
-  auto* app = root.add_subcommand("plot", "render a run's loss curves (metrics.jsonl) to PNG with matplotlib");
+  auto* app = root.add_subcommand(
+      "plot", "render a run's loss curves (metrics.jsonl) to PNG with matplotlib");
   auto dir = std::make_shared<std::string>();
   auto out = std::make_shared<std::string>();
   auto python = std::make_shared<std::string>("/usr/bin/python3");
@@ -77,8 +78,9 @@ Command add_plot(CLI::App& root) {
             int status = 0;
             waitpid(pid, &status, 0);
             std::filesystem::remove(script);
-            PF_CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0,
-                     "[plot] matplotlib failed (install python3-matplotlib; see the message above)");
+            PF_CHECK(
+                WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                "[plot] matplotlib failed (install python3-matplotlib; see the message above)");
             return 0;
           }};
 }

@@ -10,19 +10,25 @@ namespace posformer::cli {
 
 namespace {
 std::atomic<bool> g_stop{false};
-extern "C" void on_signal(int) { g_stop.store(true); }
+extern "C" void on_signal(int) {
+  g_stop.store(true);
+}
 }  // namespace
 
 Command add_train(CLI::App& root) {
-  auto* app = root.add_subcommand("train", "train a model: new run (--config, --data, --out) or --resume DIR");
+  auto* app = root.add_subcommand(
+      "train", "train a model: new run (--config, --data, --out) or --resume DIR");
   auto o = std::make_shared<TrainOptions>();
   auto resume_dir = std::make_shared<std::string>();
   auto quiet = std::make_shared<bool>(false);
   app->add_option("--config", o->config_path, "model config JSON (new runs)");
-  app->add_option("--data", o->data, "training text files, or 'default' (Debian fortunes + Tang/Song poems)");
+  app->add_option("--data", o->data,
+                  "training text files, or 'default' (Debian fortunes + Tang/Song poems)");
   app->add_option("--out", o->out_dir, "run directory (model, checkpoints, metrics.jsonl)");
-  app->add_option("--resume", *resume_dir, "continue the run in DIR from its newest complete checkpoint");
-  app->add_option("--tokenizer", o->tokenizer_dir, "use the tokenizer in DIR (default: byte-level)");
+  app->add_option("--resume", *resume_dir,
+                  "continue the run in DIR from its newest complete checkpoint");
+  app->add_option("--tokenizer", o->tokenizer_dir,
+                  "use the tokenizer in DIR (default: byte-level)");
   app->add_option("--objective", o->objective, "auto | clm | mlm | seq2seq (auto: from the arch)");
   app->add_option("--steps", o->steps, "optimizer steps in total (with --resume: new total)");
   app->add_option("--batch", o->batch, "sequences per micro-batch");
@@ -32,7 +38,8 @@ Command add_train(CLI::App& root) {
   app->add_option("--min-lr-ratio", o->min_lr_ratio, "final lr as a fraction of --lr");
   app->add_option("--warmup", o->warmup, "linear warmup steps (default: min(100, steps/10))");
   app->add_option("--decay", o->decay, "cosine | linear | constant");
-  app->add_option("--weight-decay", o->weight_decay, "AdamW decoupled weight decay (not on norms, biases)");
+  app->add_option("--weight-decay", o->weight_decay,
+                  "AdamW decoupled weight decay (not on norms, biases)");
   app->add_option("--beta1", o->beta1, "AdamW beta1");
   app->add_option("--beta2", o->beta2, "AdamW beta2");
   app->add_option("--clip", o->clip, "global gradient-norm clip (0 = off)");
@@ -43,7 +50,8 @@ Command add_train(CLI::App& root) {
   app->add_option("--keep-last", o->keep_last, "complete checkpoints kept");
   app->add_option("--val-fraction", o->val_fraction, "share of documents held out for validation");
   app->add_option("--on-nonfinite", o->on_nonfinite, "skip (skip the update and count it) | stop");
-  app->add_option("--stop-after", o->stop_after, "stop (as if interrupted) after N steps of this run")
+  app->add_option("--stop-after", o->stop_after,
+                  "stop (as if interrupted) after N steps of this run")
       ->group("");  // testing aid, hidden from --help
   app->add_flag("--quiet", *quiet, "no progress output");
   add_threads_option(app, o->threads);
@@ -54,18 +62,21 @@ Command add_train(CLI::App& root) {
             TrainResult r;
             if (!resume_dir->empty()) {
               PF_CHECK(o->config_path.empty() && o->data.empty(),
-                       "[train] --resume continues a run with its own config and data; drop --config/--data");
+                       "[train] --resume continues a run with its own config and data; drop "
+                       "--config/--data");
               r = resume(*resume_dir, app->count("--steps") ? o->steps : 0, o->threads, o->progress,
                          &g_stop, o->stop_after);
             } else {
-              PF_CHECK(!o->config_path.empty(), "[train] a new run needs --config CFG (or --resume DIR)");
+              PF_CHECK(!o->config_path.empty(),
+                       "[train] a new run needs --config CFG (or --resume DIR)");
               if (!app->count("--warmup")) o->warmup = std::min<int64_t>(100, o->steps / 10);
               r = train(*o, &g_stop);
             }
-            std::printf("steps %lld, last loss %.4f, validation loss %s, %.0f tokens/s, %lld skipped%s\n",
-                        (long long)r.steps_done, r.last_loss,
-                        r.val_loss >= 0 ? std::to_string(r.val_loss).c_str() : "n/a", r.tokens_per_s,
-                        (long long)r.skipped, r.interrupted ? " (interrupted; checkpoint saved)" : "");
+            std::printf(
+                "steps %lld, last loss %.4f, validation loss %s, %.0f tokens/s, %lld skipped%s\n",
+                (long long)r.steps_done, r.last_loss,
+                r.val_loss >= 0 ? std::to_string(r.val_loss).c_str() : "n/a", r.tokens_per_s,
+                (long long)r.skipped, r.interrupted ? " (interrupted; checkpoint saved)" : "");
             return r.interrupted && g_stop.load() ? 130 : 0;
           }};
 }

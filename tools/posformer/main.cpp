@@ -22,10 +22,10 @@ int main(int argc, char** argv) {
   CLI::App app{"posformer: Transformer engine for position encodings and attention variants"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "posformer 0.1.0");
-  std::vector<cli::Command> cmds = {cli::add_init(app),     cli::add_info(app),
-                                   cli::add_forward(app),  cli::add_train(app),
-                                   cli::add_eval(app),     cli::add_generate(app),
-                                   cli::add_plot(app),     cli::add_tokenizer(app),  cli::add_grad(app)};
+  std::vector<cli::Command> cmds = {
+      cli::add_init(app),  cli::add_info(app),      cli::add_forward(app),
+      cli::add_train(app), cli::add_eval(app),      cli::add_generate(app),
+      cli::add_plot(app),  cli::add_tokenizer(app), cli::add_grad(app)};
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -38,8 +38,8 @@ class ScoreHook {
   virtual void backward_scores(int64_t b, int64_t h, const float* dS, float* dq, int64_t lddq,
                                float* dk, int64_t lddk) {}
   // Value term (Shaw): dP[t,s] += dO_t . extra(t,s); parameter grads from P and dO.
-  virtual void backward_values(int64_t b, int64_t h, const float* P, const float* dO,
-                               int64_t lddo, float* dP) {}
+  virtual void backward_values(int64_t b, int64_t h, const float* P, const float* dO, int64_t lddo,
+                               float* dP) {}
   // After all (b, h): reduce per-thread state and add parameter gradients into `grads`
   // (same names as the parameters).
   virtual void finish_backward(class ParamStore& grads) {}
@@ -59,7 +59,7 @@ struct AttnDesc {
   bool causal = false;
   int64_t q_pos0 = 0, k_pos0 = 0;
   const int32_t* key_len = nullptr;  // [B] valid keys per sequence (key padding); null = all Tk
-  int64_t kv_batch_rows = 0;  // rows between batches in k/v (a KV cache's capacity); 0 = Tk
+  int64_t kv_batch_rows = 0;         // rows between batches in k/v (a KV cache's capacity); 0 = Tk
   int64_t kv_rows() const { return kv_batch_rows ? kv_batch_rows : Tk; }
   const ScoreHook* hook = nullptr;
   float* probs = nullptr;  // optional [B, H, Tq, Tk]: forward stores P here (training)

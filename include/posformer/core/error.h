@@ -23,7 +23,7 @@ std::string str(const Args&... args) {
 }  // namespace posformer
 
 // PF_CHECK(cond, "[op] what, got ", value): throws posformer::Error when cond is false.
-#define PF_CHECK(cond, ...)                                   \
-  do {                                                        \
+#define PF_CHECK(cond, ...)                                               \
+  do {                                                                    \
     if (!(cond)) throw ::posformer::Error(::posformer::str(__VA_ARGS__)); \
   } while (0)

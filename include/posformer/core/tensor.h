@@ -19,7 +19,8 @@ namespace posformer {
 enum class DType : uint8_t { F32, F16, BF16, F64, I32, I64 };
 
 size_t dtype_size(DType dt);
-const char* dtype_name(DType dt);  // safetensors spelling: "F32", "F16", "BF16", "F64", "I32", "I64"
+const char* dtype_name(
+    DType dt);  // safetensors spelling: "F32", "F16", "BF16", "F64", "I32", "I64"
 
 using Shape = std::vector<int64_t>;
 std::string shape_str(const Shape& s);  // "[2, 3]"

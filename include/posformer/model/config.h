@@ -2,15 +2,15 @@
 // parse_config validates every field and throws posformer::Error naming field and value.
 #pragma once
 #include <cstdint>
+#include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <string>
-
-#include <nlohmann/json_fwd.hpp>
 
 namespace posformer {
 
 struct PositionConfig {
-  std::string type = "none";  // none|learned|sinusoidal|sinusoidal_half|rope|alibi|t5|shaw|xl|deberta
+  std::string type =
+      "none";  // none|learned|sinusoidal|sinusoidal_half|rope|alibi|t5|shaw|xl|deberta
   // rope
   std::string layout = "interleaved";  // interleaved | half
   int64_t rotary_dim = 0;              // 0 = head dim
@@ -31,12 +31,12 @@ struct AttentionConfig {
 struct ModelConfig {
   std::string arch = "decoder";  // encoder | decoder | encoder_decoder
   int64_t d_model = 256;
-  int64_t n_layers = 4;          // per stack (encoder and decoder each)
+  int64_t n_layers = 4;  // per stack (encoder and decoder each)
   int64_t n_heads = 4;
-  int64_t n_kv_heads = 0;        // 0 = n_heads
+  int64_t n_kv_heads = 0;  // 0 = n_heads
   int64_t d_ff = 1024;
-  std::string activation = "gelu";  // relu | gelu | gelu_tanh | swiglu
-  std::string norm = "layernorm";   // layernorm | rmsnorm
+  std::string activation = "gelu";    // relu | gelu | gelu_tanh | swiglu
+  std::string norm = "layernorm";     // layernorm | rmsnorm
   std::string norm_position = "pre";  // pre | post
   double norm_eps = 1e-5;
   bool bias = true;

@@ -15,8 +15,8 @@ namespace posformer {
 struct SamplingConfig {
   int64_t max_new_tokens = 128;
   double temperature = 1.0;
-  int64_t top_k = 0;      // 0 = off
-  double top_p = 1.0;     // 1 = off
+  int64_t top_k = 0;   // 0 = off
+  double top_p = 1.0;  // 1 = off
   double repetition_penalty = 1.0;
   uint64_t seed = 0;
   std::vector<int32_t> stop_ids;  // generation ends after emitting one of these

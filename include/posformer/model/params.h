@@ -14,7 +14,7 @@ namespace posformer {
 enum class Init { Normal, Zeros, Ones };
 
 struct ParamSpec {
-  std::string name;       // e.g. "decoder.layers.0.attn.q.weight"
+  std::string name;  // e.g. "decoder.layers.0.attn.q.weight"
   Shape shape;
   Init init = Init::Normal;
   std::string component;  // "embedding" | "position" | "attention" | "ffn" | "norm" | "head"

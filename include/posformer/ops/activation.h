@@ -6,7 +6,8 @@
 //   silu(x)      = x / (1 + exp(-x))
 //   swiglu:      y = silu(a) * b                                      (LLaMA FFN gate)
 //
-// bias_act fuses the bias of the preceding linear: y[r, c] = act(y[r, c] + bias[c]) (bias may be null).
+// bias_act fuses the bias of the preceding linear: y[r, c] = act(y[r, c] + bias[c]) (bias may be
+// null).
 #pragma once
 #include <cstdint>
 #include <string>
@@ -14,7 +15,8 @@
 namespace posformer::ops {
 
 enum class Act { Identity, Relu, Gelu, GeluTanh, Silu };
-Act act_from_name(const std::string& name);  // "relu" | "gelu" | "gelu_tanh" | "silu"; throws otherwise
+Act act_from_name(
+    const std::string& name);  // "relu" | "gelu" | "gelu_tanh" | "silu"; throws otherwise
 const char* act_name(Act a);
 
 void activation(Act act, const float* x, float* y, int64_t n);

@@ -15,7 +15,7 @@ struct CrossEntropy {
   int64_t count = 0;  // rows with a target
 };
 
-CrossEntropy cross_entropy(const float* logits, const int32_t* targets, int64_t rows,
-                           int64_t vocab, float* dlogits, float grad_scale = 1.0f);
+CrossEntropy cross_entropy(const float* logits, const int32_t* targets, int64_t rows, int64_t vocab,
+                           float* dlogits, float grad_scale = 1.0f);
 
 }  // namespace posformer::ops

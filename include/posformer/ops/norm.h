@@ -1,23 +1,23 @@
 // Normalisation over the last dim (`cols`) of `rows` contiguous rows; y may alias x.
 //
-//   layernorm: y = (x - mean) / sqrt(var + eps) * g + b      var is the biased variance; b may be null
-//   rmsnorm:   y = x / sqrt(mean(x^2) + eps) * g
+//   layernorm: y = (x - mean) / sqrt(var + eps) * g + b      var is the biased variance; b may be
+//   null rmsnorm:   y = x / sqrt(mean(x^2) + eps) * g
 //
 // Backward (training issue): with xhat the normalised input and r = 1/sqrt(var+eps),
-//   layernorm: dx = r * (g*dy - mean(g*dy) - xhat * mean(g*dy*xhat)),  dg = sum dy*xhat, db = sum dy
-//   rmsnorm:   dx = r * (g*dy - xhat * mean(g*dy*xhat)),               dg = sum dy*xhat
+//   layernorm: dx = r * (g*dy - mean(g*dy) - xhat * mean(g*dy*xhat)),  dg = sum dy*xhat, db = sum
+//   dy rmsnorm:   dx = r * (g*dy - xhat * mean(g*dy*xhat)),               dg = sum dy*xhat
 #pragma once
 #include <cstdint>
 
 namespace posformer::ops {
 
-void layernorm(const float* x, const float* g, const float* b, float* y, int64_t rows,
-               int64_t cols, float eps);
+void layernorm(const float* x, const float* g, const float* b, float* y, int64_t rows, int64_t cols,
+               float eps);
 void rmsnorm(const float* x, const float* g, float* y, int64_t rows, int64_t cols, float eps);
 
 namespace ref {
-void layernorm(const float* x, const float* g, const float* b, float* y, int64_t rows,
-               int64_t cols, float eps);
+void layernorm(const float* x, const float* g, const float* b, float* y, int64_t rows, int64_t cols,
+               float eps);
 void rmsnorm(const float* x, const float* g, float* y, int64_t rows, int64_t cols, float eps);
 }  // namespace ref
 

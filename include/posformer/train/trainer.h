@@ -14,16 +14,15 @@
 #pragma once
 #include <atomic>
 #include <cstdint>
+#include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json_fwd.hpp>
 
 namespace posformer {
 
 struct TrainOptions {
-  std::string config_path;         // model config (new runs)
-  std::vector<std::string> data;   // text files; {"default"} = Debian fortunes + Tang/Song poems
+  std::string config_path;        // model config (new runs)
+  std::vector<std::string> data;  // text files; {"default"} = Debian fortunes + Tang/Song poems
   std::string out_dir;
   std::string tokenizer_dir;       // copy this tokenizer (default: byte-level)
   std::string objective = "auto";  // auto | clm | mlm | seq2seq
@@ -37,7 +36,7 @@ struct TrainOptions {
   double val_fraction = 0.05;
   std::string on_nonfinite = "skip";  // skip (count and continue) | stop
   int threads = 0;
-  bool progress = true;  // live progress line on stderr
+  bool progress = true;     // live progress line on stderr
   int64_t stop_after = -1;  // testing: stop (as if interrupted) after this many steps
 };
 
@@ -70,7 +69,7 @@ struct TrainResult {
 // (`steps_override` > 0 changes the total). `stop` is polled each step (Ctrl-C / SIGTERM):
 // the run saves a checkpoint and returns with interrupted = true.
 TrainResult train(const TrainOptions& opts, const std::atomic<bool>* stop = nullptr);
-TrainResult resume(const std::string& run_dir, int64_t steps_override, int threads,
-                   bool progress, const std::atomic<bool>* stop = nullptr, int64_t stop_after = -1);
+TrainResult resume(const std::string& run_dir, int64_t steps_override, int threads, bool progress,
+                   const std::atomic<bool>* stop = nullptr, int64_t stop_after = -1);
 
 }  // namespace posformer
