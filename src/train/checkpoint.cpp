@@ -1,7 +1,6 @@
 // Crash-safe training checkpoints: temp dir + fsync + rename + COMPLETE marker, FNV-1a checksums.
 #include "posformer/train/checkpoint.h"
 
-#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -12,6 +11,7 @@
 #include <filesystem>
 #include <iostream>
 #include <optional>
+#include <string_view>
 #include <system_error>
 #include <utility>
 
@@ -35,29 +35,6 @@ constexpr const char* kMarker = "COMPLETE";
 constexpr size_t kMaxTensorFileBytes = size_t{64} << 30;
 constexpr size_t kMaxJsonBytes = size_t{256} << 20;
 
-std::string sys_err(int e) {
-  return std::strerror(e);
-}
-
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  ~Fd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  int get() const { return fd_; }
-  int close_now() {
-    int fd = fd_;
-    fd_ = -1;
-    return ::close(fd) == 0 ? 0 : errno;
-  }
-
- private:
-  int fd_;
-};
-
 std::string hex64(uint64_t h) {
   char buf[17];
   std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
@@ -68,46 +45,26 @@ std::string join(const std::string& dir, const std::string& name) {
   return dir + "/" + name;
 }
 
+// Runs an io-layer call and re-tags its "[io] ..." error as a "[checkpoint] ..." one.
+template <class F>
+void checkpoint_io(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    std::string_view msg = e.what();
+    constexpr std::string_view kIoTag = "[io] ";
+    if (msg.substr(0, kIoTag.size()) == kIoTag) msg.remove_prefix(kIoTag.size());
+    throw Error(str("[checkpoint] ", msg));
+  }
+}
+
 // Creates `path` (which must not exist), writes all bytes, fsyncs and closes it.
 void write_synced(const std::string& path, const std::string& data) {
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0) {
-    int e = errno;
-    throw Error(str("[checkpoint] cannot create '", path, "': ", sys_err(e)));
-  }
-  Fd guard(fd);
-  const char* p = data.data();
-  size_t left = data.size();
-  while (left > 0) {
-    ssize_t w = ::write(fd, p, std::min(left, size_t{1} << 30));
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) {
-      int e = w < 0 ? errno : EIO;
-      throw Error(str("[checkpoint] cannot write '", path, "': ", sys_err(e)));
-    }
-    p += w;
-    left -= static_cast<size_t>(w);
-  }
-  if (::fsync(fd) != 0) {
-    int e = errno;
-    throw Error(str("[checkpoint] fsync of '", path, "' failed: ", sys_err(e)));
-  }
-  if (int e = guard.close_now())
-    throw Error(str("[checkpoint] close of '", path, "' failed: ", sys_err(e)));
+  checkpoint_io([&] { write_file_durable(path, data); });
 }
 
 void fsync_dir(const std::string& dir) {
-  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) {
-    int e = errno;
-    throw Error(str("[checkpoint] cannot open directory '", dir, "' to fsync it: ", sys_err(e)));
-  }
-  Fd guard(fd);
-  // EINVAL: the file system cannot fsync directories; nothing more to do.
-  if (::fsync(fd) != 0 && errno != EINVAL) {
-    int e = errno;
-    throw Error(str("[checkpoint] fsync of directory '", dir, "' failed: ", sys_err(e)));
-  }
+  checkpoint_io([&] { fsync_directory(dir); });
 }
 
 std::string parent_of(const std::string& path) {
@@ -126,7 +83,7 @@ void make_dirs(const std::string& dir) {
   if (parent != dir) make_dirs(parent);
   if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
     int e = errno;
-    throw Error(str("[checkpoint] cannot create directory '", dir, "': ", sys_err(e)));
+    throw Error(str("[checkpoint] cannot create directory '", dir, "': ", std::strerror(e)));
   }
   fsync_dir(parent);
 }
@@ -167,25 +124,11 @@ bool is_directory(const std::string& path) {
 
 // Streams a file through FNV-1a; returns (size, hash).
 std::pair<uint64_t, uint64_t> digest_file(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    int e = errno;
-    throw Error(str("cannot open ", fs::path(path).filename().string(), ": ", sys_err(e)));
-  }
-  Fd guard(fd);
-  std::vector<char> buf(size_t{1} << 20);
   uint64_t size = 0, h = 0xcbf29ce484222325ull;
-  for (;;) {
-    ssize_t r = ::read(fd, buf.data(), buf.size());
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0) {
-      int e = errno;
-      throw Error(str("error reading ", fs::path(path).filename().string(), ": ", sys_err(e)));
-    }
-    if (r == 0) break;
-    h = fnv1a64(buf.data(), static_cast<size_t>(r), h);
-    size += static_cast<uint64_t>(r);
-  }
+  read_file_chunks(path, [&](const char* data, size_t n) {
+    h = fnv1a64(data, n, h);
+    size += n;
+  });
   return {size, h};
 }
 
@@ -277,7 +220,7 @@ void delete_dir(const std::string& ck_dir, const std::string& name,
     fs::remove_all(trash, ec);
     if (::rename(victim.c_str(), trash.c_str()) != 0) {
       int e = errno;
-      problems.push_back(str("cannot move '", victim, "' aside for deletion: ", sys_err(e)));
+      problems.push_back(str("cannot move '", victim, "' aside for deletion: ", std::strerror(e)));
       return;
     }
     victim = trash;
@@ -381,7 +324,7 @@ std::string save_checkpoint(const std::string& run_dir, const TrainState& st,
   fs::remove_all(tmp_dir, ec);
   if (::mkdir(tmp_dir.c_str(), 0755) != 0) {
     int e = errno;
-    throw Error(str("[checkpoint] cannot create '", tmp_dir, "': ", sys_err(e)));
+    throw Error(str("[checkpoint] cannot create '", tmp_dir, "': ", std::strerror(e)));
   }
   bool moved_old = false;
   try {
@@ -394,15 +337,16 @@ std::string save_checkpoint(const std::string& run_dir, const TrainState& st,
       fs::remove_all(trash_dir, ec);
       if (::rename(final_dir.c_str(), trash_dir.c_str()) != 0) {
         int e = errno;
-        throw Error(str("[checkpoint] cannot move existing '", final_dir, "' aside: ", sys_err(e)));
+        throw Error(
+            str("[checkpoint] cannot move existing '", final_dir, "' aside: ", std::strerror(e)));
       }
       moved_old = true;
     }
     // 5. Publish under the final name.
     if (::rename(tmp_dir.c_str(), final_dir.c_str()) != 0) {
       int e = errno;
-      throw Error(
-          str("[checkpoint] cannot rename '", tmp_dir, "' to '", final_dir, "': ", sys_err(e)));
+      throw Error(str("[checkpoint] cannot rename '", tmp_dir, "' to '", final_dir,
+                      "': ", std::strerror(e)));
     }
   } catch (...) {
     fs::remove_all(tmp_dir, ec);

@@ -16,20 +16,16 @@
 
 #include "posformer/core/error.h"
 #include "posformer/train/checkpoint.h"
+#include "test_util.h"
 
 using namespace posformer;
 namespace fs = std::filesystem;
 
-namespace {
+using pf_test::bit_equal;
+using pf_test::expect_error;
+using pf_test::spec;
 
-// A ParamSpec with every field set (keeps -Wmissing-field-initializers quiet).
-ParamSpec spec(const std::string& name, Shape shape, bool decay = true) {
-  ParamSpec s;
-  s.name = name;
-  s.shape = std::move(shape);
-  s.decay = decay;
-  return s;
-}
+namespace {
 
 class CheckpointTest : public testing::Test {
  protected:
@@ -79,11 +75,6 @@ TrainState state_for(int64_t step) {
   return st;
 }
 
-bool bit_equal(const Tensor& a, const Tensor& b) {
-  return a.shape() == b.shape() && a.dtype() == b.dtype() &&
-         std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
-}
-
 std::string save(const std::string& run, int64_t step, int keep_last,
                  std::vector<std::string>* warnings = nullptr, int64_t n = 37) {
   AdamW opt(specs(n), AdamWConfig{});
@@ -111,17 +102,6 @@ std::string joined(const std::vector<std::string>& v) {
   std::string s;
   for (const auto& x : v) s += x + "\n";
   return s;
-}
-
-template <class F>
-void expect_error(F f, std::initializer_list<const char*> words) {
-  try {
-    f();
-    FAIL() << "no error thrown";
-  } catch (const Error& e) {
-    std::string msg = e.what();
-    for (const char* w : words) EXPECT_NE(msg.find(w), std::string::npos) << "message: " << msg;
-  }
 }
 
 // Checks that `dir` holds exactly the checkpoint save(step) wrote.

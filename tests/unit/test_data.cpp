@@ -12,33 +12,15 @@
 
 #include "posformer/core/error.h"
 #include "posformer/train/data.h"
+#include "test_util.h"
 
 using namespace posformer;
 namespace fs = std::filesystem;
 
+using pf_test::TempDir;
+using pf_test::write_text;
+
 namespace {
-
-struct TempDir {
-  std::string path;
-  TempDir() {
-    static int counter = 0;
-    path = (fs::temp_directory_path() /
-            ("pf_data_" + std::to_string(::getpid()) + "_" + std::to_string(counter++)))
-               .string();
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string file(const std::string& name) const { return path + "/" + name; }
-};
-
-void write_text(const std::string& path, const std::string& text) {
-  std::ofstream f(path, std::ios::binary);
-  f << text;
-}
 
 // n distinct fortune entries, some multi-line, some Chinese, one with a non-UTF-8 byte.
 std::string fortune_file(int n, int offset = 0) {

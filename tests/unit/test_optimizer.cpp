@@ -11,19 +11,15 @@
 #include "posformer/core/error.h"
 #include "posformer/train/optimizer.h"
 #include "posformer/train/schedule.h"
+#include "test_util.h"
 
 using namespace posformer;
 
-namespace {
+using pf_test::bit_equal;
+using pf_test::expect_error;
+using pf_test::spec;
 
-// A ParamSpec with every field set (keeps -Wmissing-field-initializers quiet).
-ParamSpec spec(const std::string& name, Shape shape, bool decay = true) {
-  ParamSpec s;
-  s.name = name;
-  s.shape = std::move(shape);
-  s.decay = decay;
-  return s;
-}
+namespace {
 
 Tensor make(const std::vector<float>& v, Shape shape = {}) {
   if (shape.empty()) shape = {static_cast<int64_t>(v.size())};
@@ -44,23 +40,6 @@ Tensor random_tensor(Shape shape, uint32_t seed, float scale = 1.0f) {
   float* p = t.data<float>();
   for (int64_t i = 0; i < t.numel(); ++i) p[i] = nd(rng);
   return t;
-}
-
-bool bit_equal(const Tensor& a, const Tensor& b) {
-  return a.shape() == b.shape() && a.dtype() == b.dtype() &&
-         std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
-}
-
-// Expects f() to throw an Error whose message contains every word.
-template <class F>
-void expect_error(F f, std::initializer_list<const char*> words) {
-  try {
-    f();
-    FAIL() << "no error thrown";
-  } catch (const Error& e) {
-    std::string msg = e.what();
-    for (const char* w : words) EXPECT_NE(msg.find(w), std::string::npos) << "message: " << msg;
-  }
 }
 
 // The AdamW formula of the brief, entirely in double.

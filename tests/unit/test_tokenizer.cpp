@@ -10,34 +10,15 @@
 #include "posformer/core/error.h"
 #include "posformer/core/io.h"
 #include "posformer/train/tokenizer.h"
+#include "test_util.h"
 
 using namespace posformer;
 namespace fs = std::filesystem;
 
+using pf_test::TempDir;
+using pf_test::write_text;
+
 namespace {
-
-// A fresh, empty directory under the system temp dir, removed at scope exit.
-struct TempDir {
-  std::string path;
-  TempDir() {
-    static int counter = 0;
-    path = (fs::temp_directory_path() /
-            ("pf_tok_" + std::to_string(::getpid()) + "_" + std::to_string(counter++)))
-               .string();
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string file(const std::string& name) const { return path + "/" + name; }
-};
-
-void write_text(const std::string& path, const std::string& text) {
-  std::ofstream f(path, std::ios::binary);
-  f << text;
-}
 
 // Deterministic pseudo-random sentences over a small syllable set, plus some Chinese.
 std::string generated_corpus(int n_docs) {

@@ -1,0 +1,73 @@
+// Helpers shared by the unit tests: temp directories, file writing, ParamSpecs, tensor and
+// error-message checks.
+#pragma once
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <initializer_list>
+#include <string>
+#include <system_error>
+#include <utility>
+
+#include "posformer/core/error.h"
+#include "posformer/core/tensor.h"
+#include "posformer/model/params.h"
+
+namespace pf_test {
+
+// A fresh, empty directory under the system temp dir, removed at scope exit.
+struct TempDir {
+  std::string path;
+  explicit TempDir(const std::string& prefix = "pf_test_") {
+    static int counter = 0;
+    path = (std::filesystem::temp_directory_path() /
+            (prefix + std::to_string(::getpid()) + "_" + std::to_string(counter++)))
+               .string();
+    std::filesystem::remove_all(path);
+    std::filesystem::create_directories(path);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  std::string file(const std::string& name) const { return path + "/" + name; }
+};
+
+inline void write_text(const std::string& path, const std::string& text) {
+  std::ofstream f(path, std::ios::binary);
+  f << text;
+}
+
+// A ParamSpec with every field set (keeps -Wmissing-field-initializers quiet).
+inline posformer::ParamSpec spec(const std::string& name, posformer::Shape shape,
+                                 bool decay = true) {
+  posformer::ParamSpec s;
+  s.name = name;
+  s.shape = std::move(shape);
+  s.decay = decay;
+  return s;
+}
+
+inline bool bit_equal(const posformer::Tensor& a, const posformer::Tensor& b) {
+  return a.shape() == b.shape() && a.dtype() == b.dtype() &&
+         std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
+}
+
+// Expects f() to throw a posformer::Error whose message contains every word.
+template <class F>
+void expect_error(F f, std::initializer_list<const char*> words) {
+  try {
+    f();
+    FAIL() << "no error thrown";
+  } catch (const posformer::Error& e) {
+    std::string msg = e.what();
+    for (const char* w : words) EXPECT_NE(msg.find(w), std::string::npos) << "message: " << msg;
+  }
+}
+
+}  // namespace pf_test
