@@ -386,7 +386,6 @@ ForwardOutput Transformer::head_output(Tensor hidden, bool want_logits) const {
 
 ForwardOutput Transformer::forward(const TokenBatch& tokens, const ForwardOptions& opt) const {
   ForwardOutput out;
-  const int64_t d = cfg_.d_model;
   if (cfg_.arch == "encoder") {
     PF_CHECK(opt.src == nullptr, "[input] --src is only for encoder_decoder models");
     out.hidden = encode(tokens, opt.pos_offset);
