@@ -9,10 +9,10 @@
 #include "posformer/attention/attention.h"
 #include "posformer/core/io.h"
 #include "posformer/model/safetensors.h"
-#include "tape.h"
 #include "posformer/ops/activation.h"
 #include "posformer/ops/matmul.h"
 #include "posformer/ops/norm.h"
+#include "tape.h"
 
 namespace posformer {
 
@@ -40,8 +40,8 @@ Transformer::Transformer(const ModelConfig& cfg) : cfg_(cfg) {
   const int64_t d = cfg_.d_model, V = cfg_.vocab_size;
   specs_.push_back({"embed.weight", {V, d}, Init::Normal, "embedding", true});
   auto geom = [&](const std::string& prefix, bool causal) {
-    return StackGeom{prefix, cfg_.n_layers, d, cfg_.n_heads, cfg_.kv_heads(), cfg_.head_dim(),
-                     cfg_.max_len, causal, cfg_.bias};
+    return StackGeom{prefix,          cfg_.n_layers, d,      cfg_.n_heads, cfg_.kv_heads(),
+                     cfg_.head_dim(), cfg_.max_len,  causal, cfg_.bias};
   };
   if (cfg_.has_encoder()) {
     enc_pe_ = make_position_encoding(cfg_.position, geom("encoder.", false));
@@ -149,7 +149,6 @@ Tensor Transformer::embed(const Stack& st, const TokenBatch& tokens, int64_t pos
   st.pe->embed(params_, xp, B, T, pos0);
   return x;
 }
-
 
 Transformer::Geometry Transformer::geometry() const {
   const ModelConfig& c = cfg_;
@@ -272,7 +271,10 @@ void Transformer::run_stack(const Stack& st, float* x, int64_t B, int64_t T, int
     for (int sub = 0; sub < 3; ++sub) {  // 0 self-attention, 1 cross-attention, 2 FFN
       if (sub == 1 && !st.cross) continue;
       Bufs* keep = tape ? &tape->layers[l][sub] : nullptr;
-      const std::string nn = lname(P, l, sub == 0 ? "attn_norm" : sub == 1 ? "cross_norm" : "ffn_norm");
+      const std::string nn = lname(P, l,
+                                   sub == 0   ? "attn_norm"
+                                   : sub == 1 ? "cross_norm"
+                                              : "ffn_norm");
       float* h = buf(&Bufs::h, keep, {BT, d});
       float* out = buf(&Bufs::out, keep, {BT, d});
       auto f = [&](const float* in) {
@@ -296,7 +298,8 @@ void Transformer::run_stack(const Stack& st, float* x, int64_t B, int64_t T, int
     }
   }
   if (g.pre) {
-    if (tape) tape->final_in = Tensor({BT, d}), std::copy_n(x, BT * d, tape->final_in.data<float>());
+    if (tape)
+      tape->final_in = Tensor({BT, d}), std::copy_n(x, BT * d, tape->final_in.data<float>());
     norm_fwd(P + "final_norm", x, x, BT);
   }
 }
@@ -333,8 +336,10 @@ KVCache Transformer::start_cache(int64_t B, int64_t capacity, const TokenBatch* 
   PF_CHECK(B >= 1 && capacity >= 1, "[generate] cache needs B >= 1 and capacity >= 1, got B=", B,
            " capacity=", capacity);
   if (const int64_t mp = dec_pe_->max_position(); mp >= 0)
-    PF_CHECK(capacity <= mp + 1, "[generate] ", capacity, " positions requested but the learned "
-             "position table has max_len ", mp + 1);
+    PF_CHECK(capacity <= mp + 1, "[generate] ", capacity,
+             " positions requested but the learned "
+             "position table has max_len ",
+             mp + 1);
   const int64_t KD = cfg_.kv_heads() * cfg_.head_dim();
   PF_CHECK(capacity <= (int64_t{1} << 34) / (2 * cfg_.n_layers * KD * B), "[generate] KV cache of ",
            capacity, " positions is too large");

@@ -2,6 +2,7 @@
 // Each backward line repeats the forward line it differentiates.
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "posformer/attention/attention.h"
 #include "posformer/model/transformer.h"
@@ -19,7 +20,6 @@ std::string lname(const std::string& prefix, int64_t l, const std::string& rest)
 }
 }  // namespace
 
-
 ParamStore Transformer::zero_grads() const {
   ParamStore g;
   for (const ParamSpec& s : specs_) g.add(s.name, Tensor(s.shape));
@@ -28,11 +28,29 @@ ParamStore Transformer::zero_grads() const {
 
 namespace {
 
+// dW[N, K] += dy[M, N]^T x[M, K]. dnnl_sgemm is slow when the transposed operand has a long
+// row stride (dy^T with N = 1024 floats, a 4 KB stride: ~25 vs ~50 GFLOP/s on one Zen 3 core),
+// so for N > K it forms dW^T = x^T dy [K, N] in a scratch buffer and adds its transpose.
+void weight_grad(const float* dy, const float* x, float* dW, int64_t M, int64_t N, int64_t K) {
+  if (N <= K) return ops::gemm(true, false, N, K, M, 1.0f, dy, N, x, K, 1.0f, dW, K);
+  thread_local std::vector<float> scratch;
+  if (scratch.size() < static_cast<size_t>(N * K)) scratch.resize(static_cast<size_t>(N * K));
+  float* t = scratch.data();
+  ops::gemm(true, false, K, N, M, 1.0f, x, K, dy, N, 0.0f, t, N);
+  constexpr int64_t kB = 32;  // transpose-add in tiles that stay in L1
+  for (int64_t n0 = 0; n0 < N; n0 += kB)
+    for (int64_t k0 = 0; k0 < K; k0 += kB) {
+      const int64_t n1 = std::min(N, n0 + kB), k1 = std::min(K, k0 + kB);
+      for (int64_t n = n0; n < n1; ++n)
+        for (int64_t k = k0; k < k1; ++k) dW[n * K + k] += t[k * N + n];
+    }
+}
+
 // y = x W^T + b:  dW += dy^T x,  db += colsum dy,  dx = dy W (beta 0: overwrite, 1: add)
 void linear_backward(const ParamStore& params, ParamStore& grads, const std::string& n,
                      const float* x, const float* dy, float* dx, int64_t M, int64_t N, int64_t K,
                      float beta) {
-  ops::gemm(true, false, N, K, M, 1.0f, dy, N, x, K, 1.0f, grads.f32(n + ".weight"), K);
+  weight_grad(dy, x, grads.f32(n + ".weight"), M, N, K);
   if (grads.has(n + ".bias")) ops::bias_grad(dy, grads.f32(n + ".bias"), M, N);
   if (dx) ops::gemm(false, false, M, K, N, 1.0f, dy, N, params.f32(n + ".weight"), K, beta, dx, K);
 }
@@ -113,8 +131,10 @@ void Transformer::backward_stack(const Stack& st, const StackTape& tape, float* 
     for (int sub = 2; sub >= 0; --sub) {
       if (sub == 1 && !st.cross) continue;
       const SubTape& sp = tape.layers[l][sub];
-      const std::string nn =
-          lname(P, l, sub == 0 ? "attn_norm" : sub == 1 ? "cross_norm" : "ffn_norm");
+      const std::string nn = lname(P, l,
+                                   sub == 0   ? "attn_norm"
+                                   : sub == 1 ? "cross_norm"
+                                              : "ffn_norm");
       auto f_back = [&](const float* dout, float* dhin) {
         if (sub == 2)
           ffn_back(l, sp, dout, dhin);
@@ -165,7 +185,8 @@ Transformer::Loss Transformer::loss_and_grad(const TokenBatch& tokens, const Tok
                                              ParamStore& grads, const ForwardOptions& opt,
                                              float grad_scale) const {
   PF_CHECK(cfg_.head == "lm", "[train] the model has no LM head (head: none)");
-  check_tokens(tokens, cfg_.vocab_size, cfg_.arch == "encoder" ? "encoder tokens" : "decoder tokens");
+  check_tokens(tokens, cfg_.vocab_size,
+               cfg_.arch == "encoder" ? "encoder tokens" : "decoder tokens");
   check_targets(tokens, targets, cfg_.vocab_size);
   PF_CHECK(opt.pos_offset >= 0, "[input] position offset must be >= 0, got ", opt.pos_offset);
   const int64_t B = tokens.size(), T = tokens[0].size(), d = cfg_.d_model, V = cfg_.vocab_size;
@@ -198,13 +219,13 @@ Transformer::Loss Transformer::loss_and_grad(const TokenBatch& tokens, const Tok
   Tensor logits({B * T, V});
   ops::linear(x.data<float>(), params_.f32(head), nullptr, logits.data<float>(), B * T, V, d);
   std::vector<int32_t> flat(static_cast<size_t>(B * T));
-  for (int64_t b = 0; b < B; ++b) std::copy(targets[b].begin(), targets[b].end(), flat.begin() + b * T);
+  for (int64_t b = 0; b < B; ++b)
+    std::copy(targets[b].begin(), targets[b].end(), flat.begin() + b * T);
   ops::CrossEntropy ce = ops::cross_entropy(logits.data<float>(), flat.data(), B * T, V,
                                             logits.data<float>(), grad_scale);
   // ---- backward: dh = dz W, dW += dz^T h
   Tensor dx({B * T, d});
-  ops::gemm(true, false, V, d, B * T, 1.0f, logits.data<float>(), V, x.data<float>(), d, 1.0f,
-            grads.f32(head), d);
+  weight_grad(logits.data<float>(), x.data<float>(), grads.f32(head), B * T, V, d);
   ops::gemm(false, false, B * T, d, V, 1.0f, logits.data<float>(), V, params_.f32(head), d, 0.0f,
             dx.data<float>(), d);
   Tensor d_enc(encdec ? Shape{B * Ts, d} : Shape{0});
@@ -225,9 +246,10 @@ Transformer::Loss Transformer::loss(const TokenBatch& tokens, const TokenBatch& 
   ForwardOutput out = forward(tokens, opt);
   const int64_t B = tokens.size(), T = tokens[0].size();
   std::vector<int32_t> flat(static_cast<size_t>(B * T));
-  for (int64_t b = 0; b < B; ++b) std::copy(targets[b].begin(), targets[b].end(), flat.begin() + b * T);
-  ops::CrossEntropy ce = ops::cross_entropy(out.logits.data<float>(), flat.data(), B * T,
-                                            cfg_.vocab_size, nullptr);
+  for (int64_t b = 0; b < B; ++b)
+    std::copy(targets[b].begin(), targets[b].end(), flat.begin() + b * T);
+  ops::CrossEntropy ce =
+      ops::cross_entropy(out.logits.data<float>(), flat.data(), B * T, cfg_.vocab_size, nullptr);
   return {ce.loss, ce.count};
 }
 

@@ -1,9 +1,8 @@
 // GEMM / linear: oneDNN sgemm fast path and a plain-loop reference.
 #include "posformer/ops/matmul.h"
 
-#include <oneapi/dnnl/dnnl.h>
-
 #include <omp.h>
+#include <oneapi/dnnl/dnnl.h>
 
 #include <algorithm>
 #include <atomic>
@@ -49,8 +48,7 @@ std::atomic<int64_t> g_calls{0}, g_inner_calls{0};
 std::atomic<double> g_flops{0}, g_seconds{0}, g_inner_flops{0}, g_inner_seconds{0};
 
 double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 // Runs f() (a dnnl_sgemm call); when profiling, records its time and 2*M*N*K FLOPs.
@@ -74,7 +72,9 @@ dnnl_status_t timed_sgemm(int64_t M, int64_t N, int64_t K, const F& f) {
 
 }  // namespace
 
-void matmul_profile_enable(bool on) { g_prof_on.store(on, std::memory_order_relaxed); }
+void matmul_profile_enable(bool on) {
+  g_prof_on.store(on, std::memory_order_relaxed);
+}
 
 MatmulProfile matmul_profile_read_and_reset() {
   MatmulProfile p;

@@ -25,15 +25,32 @@ using json = nlohmann::json;
 namespace fs = std::filesystem;
 
 json options_to_json(const TrainOptions& o) {
-  return json{{"config_path", o.config_path}, {"data", o.data}, {"out_dir", o.out_dir},
-              {"tokenizer_dir", o.tokenizer_dir}, {"objective", o.objective}, {"steps", o.steps},
-              {"batch", o.batch}, {"seq_len", o.seq_len}, {"accum", o.accum}, {"lr", o.lr},
-              {"min_lr_ratio", o.min_lr_ratio}, {"warmup", o.warmup}, {"decay", o.decay},
-              {"weight_decay", o.weight_decay}, {"beta1", o.beta1}, {"beta2", o.beta2},
-              {"eps", o.eps}, {"clip", o.clip}, {"seed", o.seed}, {"eval_every", o.eval_every},
-              {"eval_windows", o.eval_windows}, {"ckpt_every", o.ckpt_every},
-              {"keep_last", o.keep_last}, {"val_fraction", o.val_fraction},
-              {"on_nonfinite", o.on_nonfinite}, {"threads", o.threads}};
+  return json{{"config_path", o.config_path},
+              {"data", o.data},
+              {"out_dir", o.out_dir},
+              {"tokenizer_dir", o.tokenizer_dir},
+              {"objective", o.objective},
+              {"steps", o.steps},
+              {"batch", o.batch},
+              {"seq_len", o.seq_len},
+              {"accum", o.accum},
+              {"lr", o.lr},
+              {"min_lr_ratio", o.min_lr_ratio},
+              {"warmup", o.warmup},
+              {"decay", o.decay},
+              {"weight_decay", o.weight_decay},
+              {"beta1", o.beta1},
+              {"beta2", o.beta2},
+              {"eps", o.eps},
+              {"clip", o.clip},
+              {"seed", o.seed},
+              {"eval_every", o.eval_every},
+              {"eval_windows", o.eval_windows},
+              {"ckpt_every", o.ckpt_every},
+              {"keep_last", o.keep_last},
+              {"val_fraction", o.val_fraction},
+              {"on_nonfinite", o.on_nonfinite},
+              {"threads", o.threads}};
 }
 
 TrainOptions options_from_json(const json& j) {
@@ -66,8 +83,10 @@ void validate(const TrainOptions& o) {
   PF_CHECK(o.seq_len >= 2 && o.seq_len <= (1 << 20), "[train] --seq-len must be in [2, 2^20], got ",
            o.seq_len);
   PF_CHECK(o.accum >= 1, "[train] --accum must be >= 1, got ", o.accum);
-  PF_CHECK(o.clip >= 0 && std::isfinite(o.clip), "[train] --clip must be >= 0 (0 = off), got ", o.clip);
-  PF_CHECK(o.eval_every >= 0 && o.ckpt_every >= 0, "[train] --eval-every and --ckpt-every must be >= 0");
+  PF_CHECK(o.clip >= 0 && std::isfinite(o.clip), "[train] --clip must be >= 0 (0 = off), got ",
+           o.clip);
+  PF_CHECK(o.eval_every >= 0 && o.ckpt_every >= 0,
+           "[train] --eval-every and --ckpt-every must be >= 0");
   PF_CHECK(o.eval_windows >= 1, "[train] --eval-windows must be >= 1, got ", o.eval_windows);
   PF_CHECK(o.keep_last >= 1, "[train] --keep-last must be >= 1, got ", o.keep_last);
   PF_CHECK(o.on_nonfinite == "skip" || o.on_nonfinite == "stop",
@@ -123,7 +142,8 @@ Batch make_batch(const std::string& obj, const std::vector<int32_t>& inputs,
         if (v < 0.8)
           in[i] = tok.mask_id();
         else if (v < 0.9)
-          in[i] = static_cast<int32_t>(splitmix(rng) % static_cast<uint64_t>(std::min<int64_t>(vocab, 256)));
+          in[i] = static_cast<int32_t>(splitmix(rng) %
+                                       static_cast<uint64_t>(std::min<int64_t>(vocab, 256)));
       }
       b.in.push_back(std::move(in));
       b.tgt.push_back(std::move(t));
@@ -195,9 +215,10 @@ std::string default_objective(const std::string& arch) {
 }
 
 // Loss, perplexity and bits per byte of `model` over `windows` (objective-aware).
-Evaluation evaluate_windows(const Transformer& model, const std::string& obj,
-                            const std::vector<std::pair<std::vector<int32_t>, std::vector<int32_t>>>& windows,
-                            const Tokenizer& tok) {
+Evaluation evaluate_windows(
+    const Transformer& model, const std::string& obj,
+    const std::vector<std::pair<std::vector<int32_t>, std::vector<int32_t>>>& windows,
+    const Tokenizer& tok) {
   std::vector<double> bytes_of(static_cast<size_t>(tok.vocab_size()));
   for (int64_t t = 0; t < tok.vocab_size(); ++t)
     bytes_of[t] = static_cast<double>(tok.decode({static_cast<int32_t>(t)}).size());
@@ -234,12 +255,12 @@ TrainResult run_training(TrainOptions o, const std::string& resume_ckpt,
   set_threads(o.threads);
   const std::string dir = o.out_dir;
   ModelConfig cfg = load_config(resume_ckpt.empty() ? o.config_path : dir + "/config.json");
-  std::unique_ptr<Tokenizer> tok = resume_ckpt.empty() && !o.tokenizer_dir.empty()
-                                       ? load_tokenizer(o.tokenizer_dir)
-                                       : (resume_ckpt.empty() ? make_byte_tokenizer()
-                                                              : load_tokenizer(dir));
-  PF_CHECK(cfg.vocab_size >= tok->vocab_size(), "[train] the config's vocab_size (",
-           cfg.vocab_size, ") is smaller than the tokenizer's vocabulary (", tok->vocab_size(), ")");
+  std::unique_ptr<Tokenizer> tok =
+      resume_ckpt.empty() && !o.tokenizer_dir.empty()
+          ? load_tokenizer(o.tokenizer_dir)
+          : (resume_ckpt.empty() ? make_byte_tokenizer() : load_tokenizer(dir));
+  PF_CHECK(cfg.vocab_size >= tok->vocab_size(), "[train] the config's vocab_size (", cfg.vocab_size,
+           ") is smaller than the tokenizer's vocabulary (", tok->vocab_size(), ")");
   PF_CHECK(cfg.head == "lm", "[train] training needs an LM head (config head: lm)");
   const std::string obj = objective_for(o, cfg);
   const int64_t L = o.seq_len;
@@ -254,8 +275,9 @@ TrainResult run_training(TrainOptions o, const std::string& resume_ckpt,
   if (corpus.val_tokens >= 2)
     val_windows = eval_windows(corpus.val_docs, L, o.eval_windows);
   else if (o.progress)
-    std::fprintf(stderr, "train: note: no validation documents (the data has too few documents); "
-                         "validation is skipped\n");
+    std::fprintf(stderr,
+                 "train: note: no validation documents (the data has too few documents); "
+                 "validation is skipped\n");
 
   Transformer model = Transformer::random_init(cfg, o.seed);
   AdamW opt(model.param_specs(), AdamWConfig{o.beta1, o.beta2, o.eps, o.weight_decay});
@@ -288,19 +310,21 @@ TrainResult run_training(TrainOptions o, const std::string& resume_ckpt,
   const bool tty = o.progress && isatty(STDERR_FILENO);
   const int64_t print_every = std::max<int64_t>(1, o.steps / 20);
   if (o.progress)
-    std::fprintf(stderr,
-                 "train: %s %s model, %s objective, %lld train / %lld val tokens, batch %lld x %lld x "
-                 "accum %lld, %d threads, steps %lld..%lld\n",
-                 cfg.arch.c_str(), cfg.position.type.c_str(), obj.c_str(),
-                 (long long)corpus.train_tokens, (long long)corpus.val_tokens, (long long)o.batch,
-                 (long long)L, (long long)o.accum, num_threads(), (long long)step, (long long)o.steps);
+    std::fprintf(
+        stderr,
+        "train: %s %s model, %s objective, %lld train / %lld val tokens, batch %lld x %lld x "
+        "accum %lld, %d threads, steps %lld..%lld\n",
+        cfg.arch.c_str(), cfg.position.type.c_str(), obj.c_str(), (long long)corpus.train_tokens,
+        (long long)corpus.val_tokens, (long long)o.batch, (long long)L, (long long)o.accum,
+        num_threads(), (long long)step, (long long)o.steps);
 
   auto save_ckpt = [&]() {
     TrainState st;
     st.step = step;
     st.rng_state = hex64(rng);
     st.data_state = sampler.state();
-    st.extra = {{"skipped", skipped}, {"tokens_seen", tokens_seen}, {"options", options_to_json(o)}};
+    st.extra = {
+        {"skipped", skipped}, {"tokens_seen", tokens_seen}, {"options", options_to_json(o)}};
     std::vector<std::string> warnings;
     save_checkpoint(dir, st, model.params(), opt, static_cast<int>(o.keep_last), &warnings);
     model.save(dir);  // the run directory is always a loadable model directory
@@ -326,7 +350,8 @@ TrainResult run_training(TrainOptions o, const std::string& resume_ckpt,
       Batch b = make_batch(obj, inputs, targets, o.batch, L, *tok, cfg.vocab_size, rng);
       ForwardOptions fo;
       if (obj == "seq2seq") fo.src = &b.src;
-      Transformer::Loss l = model.loss_and_grad(b.in, b.tgt, grads, fo, 1.0f / static_cast<float>(o.accum));
+      Transformer::Loss l =
+          model.loss_and_grad(b.in, b.tgt, grads, fo, 1.0f / static_cast<float>(o.accum));
       loss_sum += l.loss / static_cast<double>(o.accum);
       step_tokens += o.batch * L;
     }
@@ -338,19 +363,27 @@ TrainResult run_training(TrainOptions o, const std::string& resume_ckpt,
     } else {
       ++skipped;
       PF_CHECK(o.on_nonfinite == "skip", "[train] non-finite loss or gradient at step ", step,
-               " (loss ", loss_sum, "); stopping as --on-nonfinite stop asks. Lower --lr or set --clip.");
-      std::fprintf(stderr, "\ntrain: non-finite loss or gradient at step %lld, update skipped (%lld so far)\n",
-                   (long long)step, (long long)skipped);
+               " (loss ", loss_sum,
+               "); stopping as --on-nonfinite stop asks. Lower --lr or set --clip.");
+      std::fprintf(
+          stderr,
+          "\ntrain: non-finite loss or gradient at step %lld, update skipped (%lld so far)\n",
+          (long long)step, (long long)skipped);
     }
     ++step;
     tokens_seen += step_tokens;
     tokens_this_run += step_tokens;
-    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+    const double elapsed =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
     const double tps = tokens_this_run / std::max(elapsed, 1e-9);
     res.last_loss = loss_sum;
     res.tokens_per_s = tps;
-    metrics.append({{"step", step}, {"loss", loss_sum},  // NaN/inf are written as null
-                    {"lr", lr}, {"grad_norm", gnorm}, {"tokens_per_s", tps}, {"tokens", tokens_seen},
+    metrics.append({{"step", step},
+                    {"loss", loss_sum},  // NaN/inf are written as null
+                    {"lr", lr},
+                    {"grad_norm", gnorm},
+                    {"tokens_per_s", tps},
+                    {"tokens", tokens_seen},
                     {"skipped", skipped}});
     if (o.progress && (tty || step % print_every == 0 || step == o.steps)) {
       const double eta = (o.steps - step) * (elapsed / std::max<int64_t>(1, step - first_step));
@@ -364,7 +397,8 @@ TrainResult run_training(TrainOptions o, const std::string& resume_ckpt,
       if (!val_windows.empty()) {
         Evaluation e = evaluate_windows(model, obj, val_windows, *tok);
         res.val_loss = e.loss;
-        metrics.append({{"step", step}, {"val_loss", e.loss}, {"val_ppl", e.ppl}, {"val_bpb", e.bpb}});
+        metrics.append(
+            {{"step", step}, {"val_loss", e.loss}, {"val_ppl", e.ppl}, {"val_bpb", e.bpb}});
         if (o.progress)
           std::fprintf(stderr, "%sstep %lld  val loss %.4f  ppl %.2f  bits/byte %.3f\n",
                        tty ? "\n" : "", (long long)step, e.loss, e.ppl, e.bpb);
@@ -374,8 +408,10 @@ TrainResult run_training(TrainOptions o, const std::string& resume_ckpt,
   }
   if (res.interrupted) {
     save_ckpt();
-    if (o.progress) std::fprintf(stderr, "\ntrain: stopped at step %lld; checkpoint saved, continue with --resume %s\n",
-                                 (long long)step, dir.c_str());
+    if (o.progress)
+      std::fprintf(stderr,
+                   "\ntrain: stopped at step %lld; checkpoint saved, continue with --resume %s\n",
+                   (long long)step, dir.c_str());
   } else if (o.progress && tty) {
     std::fprintf(stderr, "\n");
   }
@@ -395,9 +431,11 @@ TrainResult resume(const std::string& run_dir, int64_t steps_override, int threa
   std::vector<std::string> warnings;
   const std::string ck = latest_checkpoint(run_dir, &warnings);
   for (const auto& w : warnings) std::fprintf(stderr, "resume: skipping %s\n", w.c_str());
-  PF_CHECK(!ck.empty(), "[train] no complete checkpoint in ", run_dir, "/checkpoints to resume from");
+  PF_CHECK(!ck.empty(), "[train] no complete checkpoint in ", run_dir,
+           "/checkpoints to resume from");
   LoadedCheckpoint lc = load_checkpoint(ck);
-  PF_CHECK(lc.state.extra.contains("options"), "[train] checkpoint ", ck, " has no training options");
+  PF_CHECK(lc.state.extra.contains("options"), "[train] checkpoint ", ck,
+           " has no training options");
   TrainOptions o = options_from_json(lc.state.extra.at("options"));
   o.out_dir = run_dir;
   if (steps_override > 0) o.steps = steps_override;

@@ -99,7 +99,7 @@ HWY_EXPORT(rmsnorm_kernel);
 namespace {
 // One thread up to 1 MB of input (e.g. [128, 768]); see act_kernels.cpp kMemBoundThreshold.
 constexpr int64_t kNormThreshold = int64_t{1} << 18;
-}
+}  // namespace
 
 void layernorm(const float* x, const float* g, const float* b, float* y, int64_t rows, int64_t cols,
                float eps) {
