@@ -35,7 +35,6 @@ class T5Hook final : public ScoreHook {
   T5Hook(const AttnDesc& a, const float* table, const PositionConfig& c, bool bidirectional,
          std::string name)
       : a_(a), table_(table), name_(std::move(name)), nb_(c.num_buckets) {
-    if (a.H > 0) dtab_.assign(static_cast<size_t>(nb_ * a.H), 0.0);
     rel_min_ = a.k_pos0 - (a.q_pos0 + a.Tq - 1);  // rel = j - i (key minus query)
     const int64_t rel_max = a.k_pos0 + a.Tk - 1 - a.q_pos0;
     bucket_.resize(static_cast<size_t>(std::max<int64_t>(rel_max - rel_min_ + 1, 0)));
@@ -51,17 +50,21 @@ class T5Hook final : public ScoreHook {
       for (int64_t s = 0; s < a_.Tk; ++s) row[s] += table_[bucket_[base + s] * H + h];
     }
   }
-  // d table[bucket(j - i), h] += dS[t, s]; column h belongs to one thread.
+  void begin_backward() override { dtab_.reset(static_cast<size_t>(nb_ * a_.H)); }
+  // d table[bucket(j - i), h] += dS[t, s] (each thread into its own copy)
   void backward_scores(int64_t b, int64_t h, const float* dS, float*, int64_t, float*,
                        int64_t) override {
+    double* dtab = dtab_.local();
     for (int64_t t = 0; t < a_.Tq; ++t) {
       const int64_t base = (a_.k_pos0 - (a_.q_pos0 + t)) - rel_min_;
-      for (int64_t s = 0; s < a_.Tk; ++s) dtab_[bucket_[base + s] * a_.H + h] += dS[t * a_.Tk + s];
+      for (int64_t s = 0; s < a_.Tk; ++s) dtab[bucket_[base + s] * a_.H + h] += dS[t * a_.Tk + s];
     }
   }
   void finish_backward(ParamStore& grads) override {
+    if (!dtab_.active()) return;
+    const std::vector<double> sum = dtab_.total();
     float* g = grads.f32(name_);
-    for (size_t i = 0; i < dtab_.size(); ++i) g[i] += static_cast<float>(dtab_[i]);
+    for (size_t i = 0; i < sum.size(); ++i) g[i] += static_cast<float>(sum[i]);
   }
 
  private:
@@ -69,7 +72,7 @@ class T5Hook final : public ScoreHook {
   const float* table_;  // [num_buckets, H]
   std::string name_;
   int64_t nb_;
-  std::vector<double> dtab_;
+  PerThreadSums<double> dtab_;
   int64_t rel_min_;
   std::vector<int64_t> bucket_;
 };

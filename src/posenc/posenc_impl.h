@@ -1,11 +1,47 @@
 // Concrete position encodings (one .cpp each); see include/posformer/posenc/position_encoding.h.
 #pragma once
+#include <omp.h>
+
 #include <vector>
 
 #include "posformer/ops/rope.h"
 #include "posformer/posenc/position_encoding.h"
 
 namespace posformer {
+
+// Gradient sums of a score hook. A hook's backward runs inside attention_backward's parallel
+// loop over (batch, kv head), so one head's slice of a shared table is reached by several
+// threads (one per batch row): each thread sums into its own copy (made on first use), and
+// reduce() adds the copies in thread order (the loop is statically scheduled: reproducible).
+template <class T>
+class PerThreadSums {
+ public:
+  void reset(size_t n) {
+    n_ = n;
+    bufs_.assign(static_cast<size_t>(omp_get_max_threads()), {});
+  }
+  bool active() const { return !bufs_.empty(); }
+  T* local() {
+    std::vector<T>& b = bufs_.at(static_cast<size_t>(omp_get_thread_num()));
+    if (b.empty()) b.assign(n_, T(0));
+    return b.data();
+  }
+  // out[i] += sum over threads of their copies' [i]
+  template <class U>
+  void reduce_into(U* out) const {
+    for (const auto& b : bufs_)
+      for (size_t i = 0; i < b.size(); ++i) out[i] += static_cast<U>(b[i]);
+  }
+  std::vector<T> total() const {
+    std::vector<T> t(n_, T(0));
+    reduce_into(t.data());
+    return t;
+  }
+
+ private:
+  size_t n_ = 0;
+  std::vector<std::vector<T>> bufs_;
+};
 
 inline std::string layer_name(const StackGeom& g, int64_t l, const std::string& rest) {
   return g.prefix + "layers." + std::to_string(l) + "." + rest;

@@ -148,6 +148,7 @@ class XlHook final : public ScoreHook {
     const int64_t D = a_.D, Tq = a_.Tq, Tk = a_.Tk, HD = a_.H * D;
     const int64_t g = h / (a_.H / a_.Hkv);
     const float* u = u_ + h * D;
+    float *du = du_.local(), *dvb = dv_.local(), *drp = drp_.local();
     for (int64_t s = 0; s < Tk; ++s) {
       double acc = 0;
       for (int64_t t = 0; t < Tq; ++t) acc += dS[t * Tk + s];
@@ -155,7 +156,7 @@ class XlHook final : public ScoreHook {
       const float* kr = a_.k + (b * a_.kv_rows() + s) * a_.ldk + g * D;
       float* dkr = dk + s * lddk;
       for (int64_t c = 0; c < D; ++c) {
-        du_[h * D + c] += duk * kr[c];
+        du[h * D + c] += duk * kr[c];
         dkr[c] += duk * u[c];
       }
     }
@@ -171,7 +172,7 @@ class XlHook final : public ScoreHook {
     for (int64_t t = 0; t < Tq; ++t)
       for (int64_t c = 0; c < D; ++c) {
         dq[t * lddq + c] += dqv[t * D + c];
-        dv_[h * D + c] += dqv[t * D + c];
+        dvb[h * D + c] += dqv[t * D + c];
       }
     float* qv = scratch(1, static_cast<size_t>(Tq * D));
     const float* v = v_ + h * D;
@@ -179,25 +180,25 @@ class XlHook final : public ScoreHook {
       const float* qr = a_.q + (b * Tq + t) * a_.ldq + h * D;
       for (int64_t c = 0; c < D; ++c) qv[t * D + c] = qr[c] + v[c];
     }
-    ops::gemm(true, false, nrel_, D, Tq, 1.0f, dbd, nrel_, qv, D, 1.0f, drp_.data() + h * D, HD);
+    ops::gemm(true, false, nrel_, D, Tq, 1.0f, dbd, nrel_, qv, D, 1.0f, drp + h * D, HD);
   }
   void finish_backward(ParamStore& grads) override {
-    if (du_.empty()) return;
+    if (!du_.active()) return;
     const int64_t HD = a_.H * a_.D;
-    float* gu = grads.f32(prefix_ + "attn.xl_u");
-    float* gv = grads.f32(prefix_ + "attn.xl_v");
-    for (int64_t i = 0; i < HD; ++i) gu[i] += du_[i], gv[i] += dv_[i];
+    du_.reduce_into(grads.f32(prefix_ + "attn.xl_u"));
+    dv_.reduce_into(grads.f32(prefix_ + "attn.xl_v"));
     // dW_R[HD, d] += dRp^T [HD, nrel] r [nrel, d]
-    ops::gemm(true, false, HD, d_, nrel_, 1.0f, drp_.data(), HD, r_.data(), d_, 1.0f,
+    const std::vector<float> drp = drp_.total();
+    ops::gemm(true, false, HD, d_, nrel_, 1.0f, drp.data(), HD, r_.data(), d_, 1.0f,
               grads.f32(prefix_ + "attn.xl_r.weight"), d_);
   }
 
  private:
   void begin_backward() override {
     const size_t HD = static_cast<size_t>(a_.H * a_.D);
-    du_.assign(HD, 0.0f);
-    dv_.assign(HD, 0.0f);
-    drp_.assign(static_cast<size_t>(nrel_) * HD, 0.0f);
+    du_.reset(HD);
+    dv_.reset(HD);
+    drp_.reset(static_cast<size_t>(nrel_) * HD);
   }
   AttnDesc a_;
   const float *u_, *v_;  // [H, D]
@@ -205,7 +206,7 @@ class XlHook final : public ScoreHook {
   std::string prefix_;  // "decoder.layers.3."
   int64_t dmin_, nrel_;
   std::vector<float> r_, rp_;
-  std::vector<float> du_, dv_, drp_;  // per-head slices: race-free across threads
+  PerThreadSums<float> du_, dv_, drp_;  // [H*D], [H*D], [nrel, H*D]
 };
 
 // ---- DeBERTa: scale * (Qc_i.Kr[d(i,j)] + Kc_j.Qr[d(j,i)]), d(i,j) = clip(i-j, -k, k-1) + k
@@ -268,17 +269,17 @@ class DebertaHook final : public ScoreHook {
     const float* q = a_.q + b * Tq * a_.ldq + h * D;
     const float* k = a_.k + b * a_.kv_rows() * a_.ldk + g * D;
     ops::gemm(false, false, Tq, D, n, 1.0f, dc2p, n, kr_.data() + h * D, HD, 1.0f, dq, lddq);
-    ops::gemm(true, false, n, D, Tq, 1.0f, dc2p, n, q, a_.ldq, 1.0f, dkr_.data() + h * D, HD);
+    ops::gemm(true, false, n, D, Tq, 1.0f, dc2p, n, q, a_.ldq, 1.0f, dkr_.local() + h * D, HD);
     ops::gemm(false, false, Tk, D, n, 1.0f, dp2c, n, qr_.data() + h * D, HD, 1.0f, dk, lddk);
-    ops::gemm(true, false, n, D, Tk, 1.0f, dp2c, n, k, a_.ldk, 1.0f, dqr_.data() + h * D, HD);
+    ops::gemm(true, false, n, D, Tk, 1.0f, dp2c, n, k, a_.ldk, 1.0f, dqr_.local() + h * D, HD);
   }
   // Kr = P Wk^T + bk: dWk += dKr^T P, dbk += colsum dKr, dP += dKr Wk (same for Qr)
   void finish_backward(ParamStore& grads) override {
-    if (dkr_.empty()) return;
+    if (!dkr_.active()) return;
     const int64_t HD = a_.H * a_.D, n = 2 * k_;
     float* drel = grads.f32(rel_name_);
     for (int which = 0; which < 2; ++which) {
-      const std::vector<float>& dx = which == 0 ? dqr_ : dkr_;
+      const std::vector<float> dx = which == 0 ? dqr_.total() : dkr_.total();
       const std::string w = lp_ + (which == 0 ? "attn.pos_q" : "attn.pos_k");
       ops::gemm(true, false, HD, d_, n, 1.0f, dx.data(), HD, rel_, d_, 1.0f,
                 grads.f32(w + ".weight"), d_);
@@ -294,15 +295,15 @@ class DebertaHook final : public ScoreHook {
 
  private:
   void begin_backward() override {
-    dqr_.assign(qr_.size(), 0.0f);
-    dkr_.assign(kr_.size(), 0.0f);
+    dqr_.reset(qr_.size());
+    dkr_.reset(kr_.size());
   }
   AttnDesc a_;
   int64_t k_, d_;
   const float *rel_, *wq_, *wk_;
   std::string rel_name_, lp_;
-  std::vector<float> qr_, kr_;    // [2k, H*D]
-  std::vector<float> dqr_, dkr_;  // their gradients (per-head column slices)
+  std::vector<float> qr_, kr_;      // [2k, H*D]
+  PerThreadSums<float> dqr_, dkr_;  // their gradients
 };
 
 }  // namespace
