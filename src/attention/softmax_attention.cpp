@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #include "posformer/attention/attention.h"
@@ -29,43 +30,69 @@ namespace {
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // Mask keys that query row t must not see: causal (key position after the query) and padding.
-void apply_mask(const AttnDesc& a, int64_t b, float* S) {
-  const int64_t valid = a.key_len ? std::min<int64_t>(a.key_len[b], a.Tk) : a.Tk;
-  for (int64_t t = 0; t < a.Tq; ++t) {
-    float* row = S + t * a.Tk;
+// S holds query rows t0 .. t0+rows-1 and key columns 0 .. kn-1 (row stride kn).
+void apply_mask(const AttnDesc& a, int64_t b, int64_t t0, int64_t rows, int64_t kn, float* S) {
+  const int64_t valid = a.key_len ? std::min<int64_t>(a.key_len[b], kn) : kn;
+  for (int64_t t = 0; t < rows; ++t) {
+    float* row = S + t * kn;
     int64_t end = valid;
-    if (a.causal) end = std::min(end, std::max<int64_t>(a.q_pos0 + t - a.k_pos0 + 1, 0));
-    for (int64_t s = end; s < a.Tk; ++s) row[s] = kNegInf;
+    if (a.causal) end = std::min(end, std::max<int64_t>(a.q_pos0 + t0 + t - a.k_pos0 + 1, 0));
+    for (int64_t s = std::max<int64_t>(end, 0); s < kn; ++s) row[s] = kNegInf;
   }
 }
+void apply_mask(const AttnDesc& a, int64_t b, float* S) {
+  apply_mask(a, b, 0, a.Tq, a.Tk, S);
+}
 }  // namespace
+
+// Scores of one task live in a per-thread buffer of at most this many floats (256 KB, within
+// L2) when no hook needs a whole (b, h) score matrix: query rows are then processed in blocks
+// so QK^T, softmax and PV reuse the block in cache, and blocks are separate tasks.
+constexpr int64_t kScoreBlockFloats = int64_t{1} << 16;
 
 void attention_forward(const AttnDesc& a) {
   check_attn_desc(a);
   if (a.B == 0 || a.Tq == 0) return;
-  const int64_t group = a.H / a.Hkv, BH = a.B * a.H;
-#pragma omp parallel if (BH > 1 && omp_get_max_threads() > 1 && !omp_in_parallel())
+  const int64_t group = a.H / a.Hkv, BH = a.B * a.H, Tk1 = std::max<int64_t>(a.Tk, 1);
+  // Hooks (relative schemes) add terms to the whole [Tq, Tk] matrix of (b, h): one block.
+  const int64_t rows_per_block =
+      a.hook ? a.Tq : std::min(a.Tq, std::max<int64_t>(kScoreBlockFloats / Tk1, 16));
+  const int64_t nblk = (a.Tq + rows_per_block - 1) / rows_per_block, tasks = BH * nblk;
+#pragma omp parallel if (tasks > 1 && omp_get_max_threads() > 1 && !omp_in_parallel())
   {
-    std::vector<float> S(static_cast<size_t>(a.Tq * std::max<int64_t>(a.Tk, 1)));
+    std::unique_ptr<float[]> S(new float[static_cast<size_t>(rows_per_block * Tk1)]);
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t bh = 0; bh < BH; ++bh) {
+    for (int64_t task = 0; task < tasks; ++task) {
+      const int64_t bh = task / nblk, t0 = task % nblk * rows_per_block;
+      const int64_t rows = std::min(rows_per_block, a.Tq - t0);
       const int64_t b = bh / a.H, h = bh % a.H, g = h / group;
-      const float* q = a.q + b * a.Tq * a.ldq + h * a.D;
+      const float* q = a.q + (b * a.Tq + t0) * a.ldq + h * a.D;
       const float* k = a.k + b * a.kv_rows() * a.ldk + g * a.D;
       const float* v = a.v + b * a.kv_rows() * a.ldv + g * a.D;
-      float* o = a.out + b * a.Tq * a.ldo + h * a.D;
-      if (a.Tk == 0) {
-        for (int64_t t = 0; t < a.Tq; ++t)
-          for (int64_t c = 0; c < a.D; ++c) o[t * a.ldo + c] = 0.0f;
+      float* o = a.out + (b * a.Tq + t0) * a.ldo + h * a.D;
+      float* probs = a.probs ? a.probs + (bh * a.Tq + t0) * a.Tk : nullptr;
+      // Keys this block can see: padding and (causal) the last row's position bound them; the
+      // columns past `kn` are masked for every row, so they are skipped (probability 0).
+      int64_t kn = a.key_len ? std::clamp<int64_t>(a.key_len[b], 0, a.Tk) : a.Tk;
+      if (a.causal) kn = std::min(kn, std::max<int64_t>(a.q_pos0 + t0 + rows - a.k_pos0, 0));
+      if (a.hook) kn = a.Tk;  // hooks index the full [Tq, Tk] matrix
+      if (kn == 0) {          // every key masked: the rows attend to nothing
+        for (int64_t t = 0; t < rows; ++t) std::fill_n(o + t * a.ldo, a.D, 0.0f);
+        if (probs) std::fill_n(probs, rows * a.Tk, 0.0f);
         continue;
       }
-      ops::gemm(false, true, a.Tq, a.Tk, a.D, a.scale, q, a.ldq, k, a.ldk, 0.0f, S.data(), a.Tk);
-      if (a.hook) a.hook->add_scores(b, h, S.data());
-      apply_mask(a, b, S.data());
-      ops::softmax_rows(S.data(), a.Tq, a.Tk, a.Tk);
-      if (a.probs) std::copy_n(S.data(), a.Tq * a.Tk, a.probs + bh * a.Tq * a.Tk);
-      ops::gemm(false, false, a.Tq, a.D, a.Tk, 1.0f, S.data(), a.Tk, v, a.ldv, 0.0f, o, a.ldo);
-      if (a.hook && a.hook->has_value_terms()) a.hook->add_values(b, h, S.data(), o, a.ldo);
+      float* Sp = S.get();
+      ops::gemm(false, true, rows, kn, a.D, a.scale, q, a.ldq, k, a.ldk, 0.0f, Sp, kn);
+      if (a.hook) a.hook->add_scores(b, h, Sp);
+      apply_mask(a, b, t0, rows, kn, Sp);
+      ops::softmax_rows(Sp, rows, kn, kn);
+      if (probs)
+        for (int64_t t = 0; t < rows; ++t) {
+          std::copy_n(Sp + t * kn, kn, probs + t * a.Tk);
+          std::fill(probs + t * a.Tk + kn, probs + (t + 1) * a.Tk, 0.0f);
+        }
+      ops::gemm(false, false, rows, a.D, kn, 1.0f, Sp, kn, v, a.ldv, 0.0f, o, a.ldo);
+      if (a.hook && a.hook->has_value_terms()) a.hook->add_values(b, h, Sp, o, a.ldo);
     }
   }
 }
@@ -94,7 +121,8 @@ void attention_forward(const AttnDesc& a) {
         double mx = -std::numeric_limits<double>::infinity();
         for (int64_t s = 0; s < a.Tk; ++s) mx = std::max(mx, static_cast<double>(row[s]));
         double sum = 0;
-        for (int64_t s = 0; s < a.Tk; ++s) sum += std::isinf(row[s]) && row[s] < 0 ? 0.0 : std::exp(row[s] - mx);
+        for (int64_t s = 0; s < a.Tk; ++s)
+          sum += std::isinf(row[s]) && row[s] < 0 ? 0.0 : std::exp(row[s] - mx);
         for (int64_t s = 0; s < a.Tk; ++s)
           row[s] = (sum == 0 || (std::isinf(row[s]) && row[s] < 0))
                        ? 0.0f

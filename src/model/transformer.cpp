@@ -194,16 +194,18 @@ void Transformer::run_stack(const Stack& st, float* x, int64_t B, int64_t T, int
   const Geometry g = geometry();
   const int64_t d = g.d, BT = B * T, Tkv = std::max(T, Ts);
   // Inference reuses one workspace for every layer; training keeps each layer's activations.
+  // A tape's tensors are reused when their shapes match (loss_and_grad passes the same tape on
+  // every step): every kept buffer below is fully overwritten before it is read.
   using Bufs = SubTape;
   Bufs ws;
   auto buf = [&](Tensor Bufs::*field, Bufs* keep, Shape shape) -> float* {
     Tensor& t = keep ? keep->*field : ws.*field;
-    if (keep || t.numel() < shape_numel(shape)) t = Tensor(shape);
+    if (keep ? t.shape() != shape : t.numel() < shape_numel(shape)) t = Tensor(shape);
     return t.data<float>();
   };
   const std::string& P = st.prefix;
   if (tape) {
-    tape->layers.assign(static_cast<size_t>(cfg_.n_layers), {});
+    tape->layers.resize(static_cast<size_t>(cfg_.n_layers));
     tape->B = B, tape->T = T, tape->Ts = Ts, tape->pos0 = pos0;
   }
   // out[BT, d] = attention sublayer over `in`; self-attention or cross (keys from enc)
@@ -298,8 +300,10 @@ void Transformer::run_stack(const Stack& st, float* x, int64_t B, int64_t T, int
     }
   }
   if (g.pre) {
-    if (tape)
-      tape->final_in = Tensor({BT, d}), std::copy_n(x, BT * d, tape->final_in.data<float>());
+    if (tape) {
+      if (tape->final_in.shape() != Shape{BT, d}) tape->final_in = Tensor({BT, d});
+      std::copy_n(x, BT * d, tape->final_in.data<float>());
+    }
     norm_fwd(P + "final_norm", x, x, BT);
   }
 }

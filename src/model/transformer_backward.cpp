@@ -1,9 +1,14 @@
 // Training: forward with a tape, cross-entropy, and the backward walk through every layer.
 // Each backward line repeats the forward line it differentiates.
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <utility>
 #include <vector>
 
+#include "../kernels/cpu/backward_kernels.h"
 #include "posformer/attention/attention.h"
 #include "posformer/model/transformer.h"
 #include "posformer/ops/activation.h"
@@ -28,15 +33,37 @@ ParamStore Transformer::zero_grads() const {
 
 namespace {
 
-// dW[N, K] += dy[M, N]^T x[M, K]. dnnl_sgemm is slow when the transposed operand has a long
-// row stride (dy^T with N = 1024 floats, a 4 KB stride: ~25 vs ~50 GFLOP/s on one Zen 3 core),
-// so for N > K it forms dW^T = x^T dy [K, N] in a scratch buffer and adds its transpose.
-void weight_grad(const float* dy, const float* x, float* dW, int64_t M, int64_t N, int64_t K) {
-  if (N <= K) return ops::gemm(true, false, N, K, M, 1.0f, dy, N, x, K, 1.0f, dW, K);
-  thread_local std::vector<float> scratch;
-  if (scratch.size() < static_cast<size_t>(N * K)) scratch.resize(static_cast<size_t>(N * K));
-  float* t = scratch.data();
-  ops::gemm(true, false, K, N, M, 1.0f, x, K, dy, N, 0.0f, t, N);
+// dnnl_sgemm (2.6, AVX2) is slow when a non-transposed B operand, or a transposed A operand, is
+// cache-line aligned with a row stride that is a multiple of 4 KB (1024 floats): the FFN-width
+// activations [B*T, d_ff] at d_ff = 1024 run at ~12 instead of 21-25 FLOP/cycle on one Zen 3
+// core. Such operands are given a padded row stride: the backward's own buffers are allocated
+// padded (padded_ld), a tape activation is copied into a padded scratch first (~1/10 of the
+// gemm's time).
+int64_t padded_ld(int64_t cols) {
+  return cols >= 1024 && cols % 1024 == 0 ? cols + 16 : cols;
+}
+
+// dW[N, K] += dy[M, N]^T x[M, K] (row strides lddy, ldx). For N >= 2K it forms dW^T = x^T dy
+// [K, N] in a scratch buffer and adds its transpose: dy^T with a long row stride is the slow
+// transposed-A case above.
+void weight_grad(const float* dy, int64_t lddy, const float* x, int64_t ldx, float* dW, int64_t M,
+                 int64_t N, int64_t K) {
+  thread_local std::vector<float> tmp, padded;
+  auto pad_b = [&](const float* b, int64_t ld, int64_t cols) -> std::pair<const float*, int64_t> {
+    if (padded_ld(ld) == ld) return {b, ld};
+    const int64_t ldp = padded_ld(ld);
+    if (padded.size() < static_cast<size_t>(M * ldp)) padded.resize(static_cast<size_t>(M * ldp));
+    kernels::cpu::copy_rows(b, ld, padded.data(), ldp, M, cols);
+    return {padded.data(), ldp};
+  };
+  if (N < 2 * K) {
+    const auto [xb, ldxb] = pad_b(x, ldx, K);
+    return ops::gemm(true, false, N, K, M, 1.0f, dy, lddy, xb, ldxb, 1.0f, dW, K);
+  }
+  if (tmp.size() < static_cast<size_t>(N * K)) tmp.resize(static_cast<size_t>(N * K));
+  float* t = tmp.data();
+  const auto [dyb, lddyb] = pad_b(dy, lddy, N);
+  ops::gemm(true, false, K, N, M, 1.0f, x, ldx, dyb, lddyb, 0.0f, t, N);
   constexpr int64_t kB = 32;  // transpose-add in tiles that stay in L1
   for (int64_t n0 = 0; n0 < N; n0 += kB)
     for (int64_t k0 = 0; k0 < K; k0 += kB) {
@@ -46,14 +73,57 @@ void weight_grad(const float* dy, const float* x, float* dW, int64_t M, int64_t 
     }
 }
 
-// y = x W^T + b:  dW += dy^T x,  db += colsum dy,  dx = dy W (beta 0: overwrite, 1: add)
-void linear_backward(const ParamStore& params, ParamStore& grads, const std::string& n,
-                     const float* x, const float* dy, float* dx, int64_t M, int64_t N, int64_t K,
-                     float beta) {
-  weight_grad(dy, x, grads.f32(n + ".weight"), M, N, K);
-  if (grads.has(n + ".bias")) ops::bias_grad(dy, grads.f32(n + ".bias"), M, N);
-  if (dx) ops::gemm(false, false, M, K, N, 1.0f, dy, N, params.f32(n + ".weight"), K, beta, dx, K);
+// Runs f() and g() at the same time on a team of two (each single-threaded: oneDNN does not
+// nest), or one after the other.
+template <class F, class G>
+void concurrently(bool par, const F& f, const G& g) {
+  if (!par) {
+    f();
+    g();
+    return;
+  }
+#pragma omp parallel num_threads(2)
+  {
+    if (omp_get_thread_num() == 0)
+      f();
+    else
+      g();
+  }
 }
+
+// Two threads: the weight gradient and dx of a linear are independent gemms of the same size,
+// so they run side by side, each whole on one thread, instead of each split over both.
+bool split_linear_backward(int64_t M, int64_t N, int64_t K) {
+  static const bool on = [] {
+    const char* e = std::getenv("POSFORMER_LB_SPLIT");
+    return !e || e[0] != '0';
+  }();
+  return on && omp_get_max_threads() == 2 && !omp_in_parallel() && M * N * K >= (int64_t{1} << 20);
+}
+
+// y[M, N] = x[M, K] W^T + b:  dW += dy^T x,  db += colsum dy,  dx = dy W (beta 0: overwrite,
+// 1: add). ldx, lddy, lddx: row strides of x, dy, dx.
+void linear_backward(const ParamStore& params, ParamStore& grads, const std::string& n,
+                     const float* x, int64_t ldx, const float* dy, int64_t lddy, float* dx,
+                     int64_t lddx, int64_t M, int64_t N, int64_t K, float beta) {
+  float* dW = grads.f32(n + ".weight");
+  float* db = grads.has(n + ".bias") ? grads.f32(n + ".bias") : nullptr;
+  const float* W = params.f32(n + ".weight");
+  concurrently(
+      dx && split_linear_backward(M, N, K), [&] { weight_grad(dy, lddy, x, ldx, dW, M, N, K); },
+      [&] {
+        if (dx) ops::gemm(false, false, M, K, N, 1.0f, dy, lddy, W, K, beta, dx, lddx);
+        if (db) kernels::cpu::bias_grad(dy, lddy, db, M, N);  // here: weight_grad has more to do
+      });
+}
+
+struct BackwardBuffers {
+  Tensor dh, dy, dq, datt, dk, dv, df1, df3;
+  static float* get(Tensor& t, const Shape& shape) {
+    if (t.shape() != shape) t = Tensor(shape);
+    return t.data<float>();
+  }
+};
 
 }  // namespace
 
@@ -63,12 +133,16 @@ void Transformer::backward_stack(const Stack& st, const StackTape& tape, float* 
   const int64_t B = tape.B, T = tape.T, Ts = tape.Ts, pos0 = tape.pos0, d = g.d, BT = B * T;
   const std::string& P = st.prefix;
   const float eps = static_cast<float>(cfg_.norm_eps);
-  Tensor t_dh({BT, d}), t_dy({BT, d}), t_dq({BT, g.HD}), t_datt({BT, g.HD}),
-      t_dk({B * std::max(T, Ts), g.KD}), t_dv({B * std::max(T, Ts), g.KD}), t_df1({BT, g.F}),
-      t_df3({g.swiglu ? BT : 0, g.F});
-  float *dh = t_dh.data<float>(), *dy = t_dy.data<float>(), *dq = t_dq.data<float>(),
-        *datt = t_datt.data<float>(), *dk = t_dk.data<float>(), *dv = t_dv.data<float>(),
-        *df1 = t_df1.data<float>(), *df3 = t_df3.data<float>();
+  // Gradient buffers, kept per thread and stack between calls (every one is fully written
+  // before it is read, so stale contents from the previous step never leak).
+  thread_local BackwardBuffers bufs_enc, bufs_dec;
+  BackwardBuffers& wb = P == "encoder." ? bufs_enc : bufs_dec;
+  float *dh = wb.get(wb.dh, {BT, d}), *dy = wb.get(wb.dy, {BT, d}), *dq = wb.get(wb.dq, {BT, g.HD}),
+        *datt = wb.get(wb.datt, {BT, g.HD}), *dk = wb.get(wb.dk, {B * std::max(T, Ts), g.KD}),
+        *dv = wb.get(wb.dv, {B * std::max(T, Ts), g.KD}),
+        *df1 = wb.get(wb.df1, {BT, padded_ld(g.F)}),
+        *df3 = wb.get(wb.df3, {g.swiglu ? BT : 0, padded_ld(g.F)});
+  const int64_t ldf = padded_ld(g.F);  // row stride of df1, df3
 
   // N(x): dx_in = N'(x)^T dout (overwrite), grads of the norm's weight/bias
   auto norm_back = [&](const std::string& n, const float* x_in, const float* dout, float* dxo) {
@@ -84,8 +158,8 @@ void Transformer::backward_stack(const Stack& st, const StackTape& tape, float* 
                        float* dhin, bool self) {
     const int64_t Tk = self ? T : Ts;
     // out = att Wo^T + bo
-    linear_backward(params_, grads, lname(P, l, a + ".o"), sp.att.data<float>(), dout, datt, BT, d,
-                    g.HD, 0.0f);
+    linear_backward(params_, grads, lname(P, l, a + ".o"), sp.att.data<float>(), g.HD, dout, d,
+                    datt, g.HD, BT, d, g.HD, 0.0f);
     AttnDesc desc = attn_desc(st, self, B, T, Tk, pos0);
     desc.q = sp.q.data<float>(), desc.k = sp.k.data<float>(), desc.v = sp.v.data<float>();
     std::unique_ptr<ScoreHook> hook;
@@ -101,25 +175,29 @@ void Transformer::backward_stack(const Stack& st, const StackTape& tape, float* 
     }
     const float* kv_in = self ? sp.h.data<float>() : enc;
     float* dkv_in = self ? dhin : d_enc;
-    linear_backward(params_, grads, lname(P, l, a + ".q"), sp.h.data<float>(), dq, dhin, BT, g.HD,
-                    d, 0.0f);
-    linear_backward(params_, grads, lname(P, l, a + ".k"), kv_in, dk, dkv_in, B * Tk, g.KD, d,
-                    1.0f);
-    linear_backward(params_, grads, lname(P, l, a + ".v"), kv_in, dv, dkv_in, B * Tk, g.KD, d,
-                    1.0f);
+    linear_backward(params_, grads, lname(P, l, a + ".q"), sp.h.data<float>(), d, dq, g.HD, dhin, d,
+                    BT, g.HD, d, 0.0f);
+    linear_backward(params_, grads, lname(P, l, a + ".k"), kv_in, d, dk, g.KD, dkv_in, d, B * Tk,
+                    g.KD, d, 1.0f);
+    linear_backward(params_, grads, lname(P, l, a + ".v"), kv_in, d, dv, g.KD, dkv_in, d, B * Tk,
+                    g.KD, d, 1.0f);
   };
   auto ffn_back = [&](int64_t l, const SubTape& sp, const float* dout, float* dhin) {
     const std::string w1 = lname(P, l, "ffn.w1"), w3 = lname(P, l, "ffn.w3");
     // out = fa W2^T + b2
-    linear_backward(params_, grads, lname(P, l, "ffn.w2"), sp.fa.data<float>(), dout, df1, BT, d,
-                    g.F, 0.0f);
+    linear_backward(params_, grads, lname(P, l, "ffn.w2"), sp.fa.data<float>(), g.F, dout, d, df1,
+                    ldf, BT, d, g.F, 0.0f);
     if (g.swiglu) {  // fa = silu(f1) * f3
-      ops::swiglu_backward(sp.f1.data<float>(), sp.f3.data<float>(), df1, df1, df3, BT * g.F);
-      linear_backward(params_, grads, w3, sp.h.data<float>(), df3, dhin, BT, g.F, d, 0.0f);
-      linear_backward(params_, grads, w1, sp.h.data<float>(), df1, dhin, BT, g.F, d, 1.0f);
+      kernels::cpu::swiglu_backward_rows(sp.f1.data<float>(), sp.f3.data<float>(), g.F, df1, df1,
+                                         ldf, df3, ldf, BT, g.F);
+      linear_backward(params_, grads, w3, sp.h.data<float>(), d, df3, ldf, dhin, d, BT, g.F, d,
+                      0.0f);
+      linear_backward(params_, grads, w1, sp.h.data<float>(), d, df1, ldf, dhin, d, BT, g.F, d,
+                      1.0f);
     } else {  // fa = act(f1)
-      ops::activation_backward(g.act, sp.f1.data<float>(), df1, df1, BT * g.F);
-      linear_backward(params_, grads, w1, sp.h.data<float>(), df1, dhin, BT, g.F, d, 0.0f);
+      kernels::cpu::act_backward_rows(g.act, sp.f1.data<float>(), g.F, df1, ldf, df1, ldf, BT, g.F);
+      linear_backward(params_, grads, w1, sp.h.data<float>(), d, df1, ldf, dhin, d, BT, g.F, d,
+                      0.0f);
     }
   };
 
@@ -194,7 +272,10 @@ Transformer::Loss Transformer::loss_and_grad(const TokenBatch& tokens, const Tok
   // ---- forward with tapes
   Stack enc_st{"encoder.", false, false, enc_pe_.get()};
   Stack dec_st{"decoder.", true, encdec, dec_pe_.get()};
-  StackTape enc_tape, dec_tape;
+  // Tapes and the logits / gradient buffers are kept per thread between calls: a training loop
+  // then reuses the same memory every step instead of allocating (and zero-filling) it anew.
+  thread_local StackTape enc_tape, dec_tape;
+  thread_local BackwardBuffers head_bufs;
   Tensor enc_out, x;
   int64_t Ts = 0;
   const TokenBatch* src = opt.src;
@@ -216,7 +297,8 @@ Transformer::Loss Transformer::loss_and_grad(const TokenBatch& tokens, const Tok
             encdec ? enc_out.data<float>() : nullptr, Ts, &main_tape);
   // ---- logits and loss: z = h W^T
   const std::string head = cfg_.tie_embeddings ? "embed.weight" : "lm_head.weight";
-  Tensor logits({B * T, V});
+  Tensor& logits = head_bufs.dh;  // [B*T, V], overwritten below
+  BackwardBuffers::get(logits, {B * T, V});
   ops::linear(x.data<float>(), params_.f32(head), nullptr, logits.data<float>(), B * T, V, d);
   std::vector<int32_t> flat(static_cast<size_t>(B * T));
   for (int64_t b = 0; b < B; ++b)
@@ -224,10 +306,17 @@ Transformer::Loss Transformer::loss_and_grad(const TokenBatch& tokens, const Tok
   ops::CrossEntropy ce = ops::cross_entropy(logits.data<float>(), flat.data(), B * T, V,
                                             logits.data<float>(), grad_scale);
   // ---- backward: dh = dz W, dW += dz^T h
-  Tensor dx({B * T, d});
-  weight_grad(logits.data<float>(), x.data<float>(), grads.f32(head), B * T, V, d);
-  ops::gemm(false, false, B * T, d, V, 1.0f, logits.data<float>(), V, params_.f32(head), d, 0.0f,
-            dx.data<float>(), d);
+  Tensor& dx = head_bufs.dy;  // [B*T, d], overwritten by the gemm
+  BackwardBuffers::get(dx, {B * T, d});
+  concurrently(
+      split_linear_backward(B * T, V, d),
+      [&] {
+        weight_grad(logits.data<float>(), V, x.data<float>(), d, grads.f32(head), B * T, V, d);
+      },
+      [&] {
+        ops::gemm(false, false, B * T, d, V, 1.0f, logits.data<float>(), V, params_.f32(head), d,
+                  0.0f, dx.data<float>(), d);
+      });
   Tensor d_enc(encdec ? Shape{B * Ts, d} : Shape{0});
   backward_stack(main_st, main_tape, dx.data<float>(), encdec ? enc_out.data<float>() : nullptr,
                  encdec ? d_enc.data<float>() : nullptr, grads);

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -336,13 +337,17 @@ TrainResult run_training(TrainOptions o, const std::string& resume_ckpt,
   auto t_start = std::chrono::steady_clock::now();
   int64_t tokens_this_run = 0;
   const int64_t first_step = step;
+  ParamStore grads = model.zero_grads();  // allocated once, zeroed in place every step
+  bool grads_dirty = false;
   while (step < o.steps) {
     if ((stop && stop->load()) || (o.stop_after >= 0 && step - first_step >= o.stop_after)) {
       res.interrupted = true;
       break;
     }
     const double lr = lr_at(step, sched);
-    ParamStore grads = model.zero_grads();
+    if (grads_dirty)
+      for (auto& [name, g] : grads.all()) std::memset(g.raw(), 0, g.nbytes());
+    grads_dirty = true;
     double loss_sum = 0;
     int64_t step_tokens = 0;
     for (int64_t a = 0; a < o.accum; ++a) {
