@@ -7,15 +7,18 @@
 //   BM_Encoder/T                 encode_embeddings(x), x [1, T, 768]; GFLOP/s as the peers count
 //   BM_EncoderProfiled/T         same with the matmul profiler on: matmul share and rate
 //   BM_Sgemm/M/N/K               dnnl_sgemm('N','T') = nn.Linear shape y[M,N] = x[M,K] W[N,K]^T
+//                                (the layer's shapes, and 2048^3 as the machine's ceiling)
 //   BM_Linear/M/N/K              ops::linear (sgemm + bias) on the same shapes
 //   BM_Gelu, BM_LayerNorm, BM_AddBias, BM_Residual, BM_Attention: one layer's non-matmul work
 #include <benchmark/benchmark.h>
 #include <oneapi/dnnl/dnnl.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <random>
@@ -134,8 +137,12 @@ void run_encoder(benchmark::State& state, bool profile) {
   state.counters["mm_calls"] = static_cast<double>(p.calls + p.inner_calls) / n;
 }
 
-void BM_Encoder(benchmark::State& state) { run_encoder(state, false); }
-void BM_EncoderProfiled(benchmark::State& state) { run_encoder(state, true); }
+void BM_Encoder(benchmark::State& state) {
+  run_encoder(state, false);
+}
+void BM_EncoderProfiled(benchmark::State& state) {
+  run_encoder(state, true);
+}
 
 // dnnl_sgemm on the nn.Linear shape: y[M,N] = x[M,K] W[N,K]^T (what ops::linear calls).
 void BM_Sgemm(benchmark::State& state) {
@@ -229,41 +236,91 @@ void BM_Attention(benchmark::State& state) {
     attention_forward(a);
     benchmark::ClobberMemory();
   }
-  state.counters["GFLOP/s"] = benchmark::Counter(4.0 * T * T * kD * 1e-9,
-                                                 benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(4.0 * T * T * kD * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
 void linear_shapes(benchmark::internal::Benchmark* b) {
+  b->Args({2048, 2048, 2048});  // the ceiling: a large square sgemm, as in the peers' README
   for (int64_t T : {128, 512})
-    for (auto [N, K] : std::vector<std::pair<int64_t, int64_t>>{
-             {3 * kD, kD}, {kD, kD}, {kFF, kD}, {kD, kFF}})
+    for (auto [N, K] :
+         std::vector<std::pair<int64_t, int64_t>>{{3 * kD, kD}, {kD, kD}, {kFF, kD}, {kD, kFF}})
       b->Args({T, N, K});
 }
 
-BENCHMARK(BM_Encoder)->Arg(128)->Arg(512)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(BM_EncoderProfiled)->Arg(128)->Arg(512)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(BM_Sgemm)->Apply(linear_shapes)->Unit(benchmark::kMicrosecond)->UseRealTime();
-BENCHMARK(BM_Linear)->Apply(linear_shapes)->Unit(benchmark::kMicrosecond)->UseRealTime();
-BENCHMARK(BM_Attention)->Arg(128)->Arg(512)->Unit(benchmark::kMicrosecond)->UseRealTime();
-BENCHMARK(BM_Gelu)->Arg(128)->Arg(512)->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK(BM_Encoder)
+    ->Arg(128)
+    ->Arg(512)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->MeasureProcessCPUTime();
+BENCHMARK(BM_EncoderProfiled)
+    ->Arg(128)
+    ->Arg(512)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->MeasureProcessCPUTime();
+BENCHMARK(BM_Sgemm)
+    ->Apply(linear_shapes)
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime()
+    ->MeasureProcessCPUTime();
+BENCHMARK(BM_Linear)
+    ->Apply(linear_shapes)
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime()
+    ->MeasureProcessCPUTime();
+BENCHMARK(BM_Attention)
+    ->Arg(128)
+    ->Arg(512)
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime()
+    ->MeasureProcessCPUTime();
+BENCHMARK(BM_Gelu)
+    ->Arg(128)
+    ->Arg(512)
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime()
+    ->MeasureProcessCPUTime();
 BENCHMARK(BM_AddBias)
     ->Args({128, kD})
     ->Args({128, kFF})
     ->Args({512, kD})
     ->Args({512, kFF})
     ->Unit(benchmark::kMicrosecond)
-    ->UseRealTime();
-BENCHMARK(BM_LayerNorm)->Arg(128)->Arg(512)->Unit(benchmark::kMicrosecond)->UseRealTime();
-BENCHMARK(BM_Residual)->Arg(128)->Arg(512)->Unit(benchmark::kMicrosecond)->UseRealTime();
+    ->UseRealTime()
+    ->MeasureProcessCPUTime();
+BENCHMARK(BM_LayerNorm)
+    ->Arg(128)
+    ->Arg(512)
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime()
+    ->MeasureProcessCPUTime();
+BENCHMARK(BM_Residual)
+    ->Arg(128)
+    ->Arg(512)
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime()
+    ->MeasureProcessCPUTime();
 
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Same OpenMP wait policy as the posformer CLI (tools/posformer/main.cpp): libgomp reads it
+  // once at load time, so set PASSIVE and re-execute once unless the user chose a policy.
+  // POSFORMER_NO_REEXEC=1 with OMP_WAIT_POLICY unset times libgomp's default (spin, then sleep).
+  if (!std::getenv("OMP_WAIT_POLICY") && !std::getenv("POSFORMER_NO_REEXEC")) {
+    setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+    setenv("POSFORMER_NO_REEXEC", "1", 1);
+    execv("/proc/self/exe", argv);  // on failure, carry on with the default policy
+  }
   init_once();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::AddCustomContext("posformer_threads", std::to_string(num_threads()));
   benchmark::AddCustomContext("cpu_features", cpu_features());
+  const char* wp = std::getenv("OMP_WAIT_POLICY");
+  benchmark::AddCustomContext("OMP_WAIT_POLICY", wp ? wp : "(libgomp default)");
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

@@ -70,7 +70,8 @@ out = sys.argv.pop(1)
 sys.path.insert(0, os.environ["PEERS"])
 import torch_bench as tb  # parses argv; torch_env.setup() runs before torch is imported
 import torch, torch.nn as nn, bert
-res = {"settings": tb.SETTINGS, "torch": torch.__version__, "ms": {}, "fast_ms": {}}
+import statistics, time
+res = {"settings": tb.SETTINGS, "torch": torch.__version__, "ms": {}, "fast_ms": {}, "cpu_ms": {}}
 import ctypes
 torch.randn(64, 64) @ torch.randn(64, 64)  # loads the BLAS; report which one and its kernels
 libs = sorted({l.split()[-1] for l in open("/proc/self/maps") if "blas" in l.split()[-1]})
@@ -89,7 +90,13 @@ torch.manual_seed(1)
 for n in (128, 512):
     x = torch.randn(1, n, 768)
     with torch.no_grad():
-        res["ms"][n] = tb.bench(lambda: m(x))
+        cpu = []  # process CPU time of each call (both threads), beside the harness's wall time
+        def call():
+            c = time.process_time()
+            m(x)
+            cpu.append(time.process_time() - c)
+        res["ms"][n] = tb.bench(call)
+        res["cpu_ms"][n] = statistics.median(cpu[max(1, tb.args.warmup):]) * 1e3
         res["fast_ms"][n] = tb.bench(lambda: fast(x))
     print(f"torch 12L seq={n}: plain ops {res['ms'][n]:.1f} ms, "
           f"nn.TransformerEncoder fastpath {res['fast_ms'][n]:.1f} ms", file=sys.stderr, flush=True)
@@ -97,22 +104,30 @@ json.dump(res, open(out, "w"))
 EOF
 
 # ---------------------------------------------------------------- interleaved session
+# Repetitions of the benchmarks in one call run in random order (google-benchmark's random
+# interleaving), so load that drifts during the call spreads over all of them.
 BM_ARGS=(--benchmark_repetitions="$REPS" --benchmark_report_aggregates_only=true
-         --benchmark_out_format=json)
-POS_FILTER='BM_Encoder/'
-[ "$QUICK" = 1 ] || POS_FILTER='BM_Encoder|BM_EncoderProfiled|BM_Sgemm|BM_Linear|BM_Attention|BM_Gelu|BM_AddBias|BM_LayerNorm|BM_Residual'
-# posformer runs with the same OpenMP wait policy as tuned PyTorch (PASSIVE: idle threads sleep
-# instead of spinning); libgomp reads it at start-up only, so it has to come from the
-# environment. The libgomp default (spin, then sleep) is timed beside it on the encoder.
+         --benchmark_enable_random_interleaving=true --benchmark_out_format=json)
+# posformer_bench, like the posformer CLI, runs OpenMP with the PASSIVE wait policy (the same
+# setting tuned PyTorch gets): idle workers sleep instead of spinning. libgomp's default
+# (spin, then sleep) is timed beside it with POSFORMER_NO_REEXEC=1 and no OMP_WAIT_POLICY.
 run_posformer() {
   log "posformer slot $1 (load $(load))"
   echo "$(load)" >"$OUT/load_posformer_$1.txt"
-  OMP_WAIT_POLICY=PASSIVE "$BENCH" --benchmark_filter="$POS_FILTER" "${BM_ARGS[@]}" \
-    --benchmark_out="$OUT/posformer_$1.json" >"$OUT/posformer_$1.txt" 2>&1
-  grep -E '_median' "$OUT/posformer_$1.txt" | grep -E 'BM_Encoder' >&2 || true
-  env -u OMP_WAIT_POLICY "$BENCH" --benchmark_filter='BM_Encoder/' "${BM_ARGS[@]}" \
-    --benchmark_out="$OUT/posdefault_$1.json" >"$OUT/posdefault_$1.txt" 2>&1
+  env -u OMP_WAIT_POLICY -u POSFORMER_NO_REEXEC "$BENCH" --benchmark_filter='BM_Encoder' \
+    "${BM_ARGS[@]}" --benchmark_out="$OUT/posformer_$1.json" >"$OUT/posformer_$1.txt" 2>&1
+  grep -E '_median' "$OUT/posformer_$1.txt" >&2 || true
+  env -u OMP_WAIT_POLICY POSFORMER_NO_REEXEC=1 "$BENCH" --benchmark_filter='BM_Encoder/' \
+    "${BM_ARGS[@]}" --benchmark_out="$OUT/posdefault_$1.json" >"$OUT/posdefault_$1.txt" 2>&1
   sed 's/^BM_/default wait policy: BM_/' "$OUT/posdefault_$1.txt" | grep -E '_median' >&2 || true
+}
+# dnnl_sgemm / ops::linear on the layer's shapes and one layer's non-matmul pieces
+run_matmul() {
+  log "posformer matmul/components slot (load $(load))"
+  echo "$(load)" >"$OUT/load_matmul.txt"
+  env -u OMP_WAIT_POLICY -u POSFORMER_NO_REEXEC "$BENCH" \
+    --benchmark_filter='BM_Sgemm|BM_Linear|BM_Attention|BM_Gelu|BM_AddBias|BM_LayerNorm|BM_Residual' \
+    "${BM_ARGS[@]}" --benchmark_out="$OUT/matmul.json" >"$OUT/matmul.txt" 2>&1
 }
 run_torch() {
   log "torch slot $1 (load $(load))"
@@ -131,6 +146,7 @@ for r in $(seq 1 "$ROUNDS"); do
   run_posformer "$r"
   run_torch "$r"
   run_ort "$r"
+  [ "$r" = 1 ] && [ "$QUICK" = 0 ] && run_matmul
 done
 run_posformer $((ROUNDS + 1))
 END="$(date -u +%Y-%m-%dT%H:%MZ) load $(load)"
@@ -142,83 +158,97 @@ out, rounds, reps, start, end = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.
 med = statistics.median
 def flops(n): return 12 * (2 * n * 768 * (4 * 768 + 2 * 3072) + 4 * n * n * 768)
 
-def slots(prefix):  # per slot: {name: benchmark entry (median aggregate)}
-    res = []
-    for f in sorted(glob.glob(f"{out}/{prefix}_*.json"), key=lambda p: int(re.findall(r"(\d+)\.json", p)[0])):
+def slots(prefix):
+    """Per slot (file): {benchmark name without /process_time: its median aggregate}."""
+    files = glob.glob(f"{out}/{prefix}_*.json") or glob.glob(f"{out}/{prefix}.json")
+    res, ctx = [], {}
+    for f in sorted(files, key=lambda p: int((re.findall(r"_(\d+)\.json", p) or ["0"])[0])):
         d = json.load(open(f))
-        res.append({b["run_name"]: b for b in d["benchmarks"] if b.get("aggregate_name") == "median"})
-    return res
-pos, posdef = slots("posformer"), slots("posdefault")
-ctx = json.load(open(glob.glob(f"{out}/posformer_1.json")[0]))["context"]
+        ctx = d["context"]
+        res.append({b["run_name"].replace("/process_time", ""): b for b in d["benchmarks"]
+                    if b.get("aggregate_name") == "median"})
+    return res, ctx
+pos, ctx = slots("posformer")
+posdef, _ = slots("posdefault")
+mm, _ = slots("matmul")
 torch = [json.load(open(f)) for f in sorted(glob.glob(f"{out}/torch_*.json"))]
 ort = [json.load(open(f)) for f in sorted(glob.glob(f"{out}/ort_*.json"))]
-loads = {k: [open(f).read().split()[0] for f in sorted(glob.glob(f"{out}/load_{k}_*.txt"))]
-         for k in ("posformer", "torch", "ort")}
+loads = {k: [open(f).read().split()[0] for f in sorted(glob.glob(f"{out}/load_{k}*.txt"))]
+         for k in ("posformer", "torch", "ort", "matmul")}
 
-def pos_ms(name): return [s[name]["real_time"] for s in pos if name in s]
+def series(sl, name, field="real_time"): return [s[name][field] for s in sl if name in s]
 def fmt(v): return " / ".join(f"{x:.0f}" for x in v)
 cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
 model = re.search(r"Model name:\s*(.*)", cpu).group(1).strip()
 print(f"\nmachine: {model}, {os.cpu_count()} cores; posformer threads {ctx.get('posformer_threads')}, "
-      f"features {ctx.get('cpu_features')}")
+      f"features {ctx.get('cpu_features')}, OMP_WAIT_POLICY {ctx.get('OMP_WAIT_POLICY')}")
 print(f"session: {start} -> {end}; {rounds} peer rounds, {rounds + 1} posformer slots, {reps} reps each")
-print(f"torch: {torch[0]['torch']} ({torch[0]['settings']}; {torch[0]['blas']})")
-print(f"load average (1 min) at each slot: posformer {', '.join(loads['posformer'])}; "
-      f"torch {', '.join(loads['torch'])}; ORT {', '.join(loads['ort'])}\n")
-print("12-layer BERT-base encoder forward, batch 1, fp32, 2 threads: median ms (GFLOP/s); per-slot medians")
-print(f"| {'engine':48s} | {'T = 128':>20s} | {'T = 512':>20s} | per-slot ms T=128 | per-slot ms T=512 |")
-print(f"|{'-'*50}|{'-'*22}|{'-'*22}|---|---|")
-rows = [("posformer (OMP_WAIT_POLICY=PASSIVE, as torch)", {n: pos_ms(f"BM_Encoder/{n}/real_time") for n in (128, 512)}),
-        ("posformer (libgomp default wait policy)", {n: [s[f"BM_Encoder/{n}/real_time"]["real_time"] for s in posdef] for n in (128, 512)}),
+print(f"torch {torch[0]['torch']}: {torch[0]['settings']}; BLAS {torch[0]['blas']}")
+print("load average (1 min) at each slot: " + "; ".join(f"{k} {', '.join(v)}" for k, v in loads.items() if v) + "\n")
+print("12-layer BERT-base encoder forward, batch 1, fp32, 2 threads: median of the per-slot medians, ms (GFLOP/s)")
+print(f"| {'engine':48s} | {'T = 128':>18s} | {'T = 512':>19s} | per-slot ms, T=128 | per-slot ms, T=512 |")
+print(f"|{'-'*50}|{'-'*20}|{'-'*21}|---|---|")
+rows = [("posformer", {n: series(pos, f"BM_Encoder/{n}/real_time") for n in (128, 512)}),
         ("PyTorch tuned, plain ops (bert.py)", {n: [t["ms"][str(n)] for t in torch] for n in (128, 512)}),
         ("PyTorch tuned, nn.TransformerEncoder fastpath", {n: [t["fast_ms"][str(n)] for t in torch] for n in (128, 512)}),
-        ("ONNX Runtime 1.30 (onnxruntime-node)", {n: [o["ms"][str(n)] for o in ort] for n in (128, 512)})]
+        ("ONNX Runtime 1.30 (onnxruntime-node)", {n: [o["ms"][str(n)] for o in ort] for n in (128, 512)}),
+        ("posformer, libgomp default wait policy (ref.)", {n: series(posdef, f"BM_Encoder/{n}/real_time") for n in (128, 512)})]
 summary = {}
 for name, v in rows:
     m = {n: med(v[n]) for n in (128, 512)}
     summary[name] = m
-    cells = [f"{m[n]:8.1f} ms ({flops(n) / m[n] / 1e6:5.1f})" for n in (128, 512)]
-    print(f"| {name:48s} | {cells[0]:>20s} | {cells[1]:>20s} | {fmt(v[128])} | {fmt(v[512])} |")
-p = summary[rows[0][0]]
-for name in list(summary)[2:]:
-    print(f"  posformer / {name}: " + ", ".join(f"T={n} {p[n] / summary[name][n]:.2f}x time" for n in (128, 512)))
+    cells = [f"{m[n]:7.1f} ({flops(n) / m[n] / 1e6:5.1f})" for n in (128, 512)]
+    print(f"| {name:48s} | {cells[0]:>18s} | {cells[1]:>19s} | {fmt(v[128])} | {fmt(v[512])} |")
+p = summary["posformer"]
+for name in list(summary)[1:4]:
+    print(f"  posformer time / {name}: " + ", ".join(f"T={n} {p[n] / summary[name][n]:.2f}" for n in (128, 512)))
+if all("cpu_ms" in t for t in torch):
+    print("\nprocess CPU time per forward (both threads; median of the per-slot medians), ms; spinning counts too")
+    print("| engine | T = 128 | T = 512 |")
+    print("|---|---|---|")
+    pc = {n: med(series(pos, f"BM_Encoder/{n}/real_time", "cpu_time")) for n in (128, 512)}
+    tc = {n: med([t["cpu_ms"][str(n)] for t in torch]) for n in (128, 512)}
+    print(f"| posformer | {pc[128]:.0f} | {pc[512]:.0f} |")
+    print(f"| PyTorch tuned, plain ops | {tc[128]:.0f} | {tc[512]:.0f} |")
 
-if len(pos) and any("BM_EncoderProfiled/128/real_time" in s for s in pos):
-    print("\nmatmul share of the posformer forward (profiler on; median over slots)")
-    print("| T | forward ms | linears ms (GFLOP/s) | attention QK^T,PV ms (GFLOP/s, est.) | matmul share | non-matmul ms (share) |")
+if any("BM_EncoderProfiled/128/real_time" in s for s in pos):
+    print("\nmatmul share of the posformer forward (profiler on, in the posformer slots; median over slots)")
+    print("| T | forward ms | linears ms (GFLOP/s) | attention QK^T, PV ms (GFLOP/s), est. | matmul share | non-matmul ms (share) |")
     print("|---|---|---|---|---|---|")
     for n in (128, 512):
         e = [s[f"BM_EncoderProfiled/{n}/real_time"] for s in pos if f"BM_EncoderProfiled/{n}/real_time" in s]
         g = lambda k: med([x[k] for x in e])
-        fwd = med([x["real_time"] for x in e])
-        print(f"| {n} | {fwd:.1f} | {g('lin_ms'):.1f} ({g('lin_GFLOPs'):.0f}) | {g('attn_mm_ms'):.1f} "
-              f"({g('attn_mm_GFLOPs'):.0f}) | {g('mm_share_%'):.1f}% | {g('non_mm_ms'):.1f} "
-              f"({100 - g('mm_share_%'):.1f}%) |")
+        print(f"| {n} | {g('real_time'):.1f} | {g('lin_ms'):.1f} ({g('lin_GFLOPs'):.0f}) | {g('attn_mm_ms'):.1f} "
+              f"({g('attn_mm_GFLOPs'):.0f}) | {g('mm_share_%'):.1f}% | {g('non_mm_ms'):.1f} ({100 - g('mm_share_%'):.1f}%) |")
+if mm:
     print("\ndnnl_sgemm vs ops::linear on one layer's linear shapes, y[M,N] = x[M,K] W[N,K]^T: median GFLOP/s")
-    print("| M=T | N | K | calls/layer | dnnl_sgemm GFLOP/s | ops::linear (+bias) GFLOP/s |")
+    print("| M = T | N | K | calls per layer | dnnl_sgemm | ops::linear (sgemm + bias) |")
     print("|---|---|---|---|---|---|")
     for n in (128, 512):
         tot_fl = tot_s = 0.0
-        for (N, K, calls) in ((2304, 768, "- (torch's fused qkv)"), (768, 768, "4 (q, k, v, o)"),
-                              (3072, 768, "1"), (768, 3072, "1")):
-            s = med([x[f"BM_Sgemm/{n}/{N}/{K}/real_time"]["GFLOP/s"] for x in pos if f"BM_Sgemm/{n}/{N}/{K}/real_time" in x])
-            l = med([x[f"BM_Linear/{n}/{N}/{K}/real_time"]["GFLOP/s"] for x in pos if f"BM_Linear/{n}/{N}/{K}/real_time" in x])
-            if calls[0] != "-":
-                c = int(calls[0]); fl = 2.0 * n * N * K
-                tot_fl += c * fl; tot_s += c * fl / (s * 1e9)
-            print(f"| {n} | {N} | {K} | {calls} | {s:.0f} | {l:.0f} |")
-        print(f"| {n} | | | one layer's mix | {tot_fl / tot_s / 1e9:.0f} | |")
-    print("\none layer's non-matmul pieces (median us); x12 layers for the forward")
+        for (N, K, calls) in ((2304, 768, 0), (768, 768, 4), (3072, 768, 1), (768, 3072, 1)):
+            sg = med(series(mm, f"BM_Sgemm/{n}/{N}/{K}/real_time", "GFLOP/s"))
+            li = med(series(mm, f"BM_Linear/{n}/{N}/{K}/real_time", "GFLOP/s"))
+            fl = 2.0 * n * N * K
+            tot_fl += calls * fl
+            tot_s += calls * fl / (sg * 1e9)
+            c = {0: "0 (torch's fused qkv)", 4: "4 (q, k, v, o)", 1: "1"}[calls]
+            print(f"| {n} | {N} | {K} | {c} | {sg:.0f} | {li:.0f} |")
+        print(f"| {n} | | | the layer's mix | {tot_fl / tot_s / 1e9:.0f} | |")
+    ceil = series(mm, "BM_Sgemm/2048/2048/2048/real_time", "GFLOP/s")
+    if ceil:
+        print(f"| 2048 | 2048 | 2048 | the ceiling (large square) | {med(ceil):.0f} | |")
+    print("\none layer's non-matmul pieces, median us (x12 layers per forward)")
     comp = [("attention core (QK^T, softmax, PV; 12 heads)", "BM_Attention/{n}/real_time", 1),
             ("exact GELU [T, 3072]", "BM_Gelu/{n}/real_time", 1),
-            ("bias add [T, 768] x4 (q, k, v, o) + [T, 768] (w2)", "BM_AddBias/{n}/768/real_time", 5),
+            ("bias add [T, 768] x5 (q, k, v, o, w2)", "BM_AddBias/{n}/768/real_time", 5),
             ("bias add [T, 3072] (w1)", "BM_AddBias/{n}/3072/real_time", 1),
             ("layernorm [T, 768] x2", "BM_LayerNorm/{n}/real_time", 2),
             ("residual add [T, 768] x2", "BM_Residual/{n}/real_time", 2)]
-    print("| piece | T=128 us | T=512 us |")
+    print("| piece | T=128 | T=512 |")
     print("|---|---|---|")
     for name, key, mult in comp:
-        v = [med([x[key.format(n=n)]["real_time"] for x in pos if key.format(n=n) in x]) * mult for n in (128, 512)]
+        v = [med(series(mm, key.format(n=n))) * mult for n in (128, 512)]
         print(f"| {name} | {v[0]:.0f} | {v[1]:.0f} |")
 json.dump({"summary": summary, "start": start, "end": end}, open(f"{out}/summary.json", "w"), indent=1)
 print(f"\nraw outputs: {out}")
