@@ -15,6 +15,11 @@ gradient of every parameter and the losses of 5 torch.optim.AdamW steps. Checks:
   - loss: |engine - torch| / |torch| <= tol (1e-4);
   - every parameter: max|g_engine - g_torch| / max(max|g_torch|, floor) <= tol, where floor is
     only there for gradients that are zero in exact arithmetic (see grad_floor());
+  - every parameter tensor against float64 central differences: the engine's directional
+    derivative <g_engine, u> along a random unit direction u of that tensor vs
+    (L(w + h u) - L(w - h u)) / 2h with L the float64 twin's loss (its forward only, no
+    autograd; h = 1e-5), within tol relative to the gradient tensor's norm
+    (engine_vs_finite_diff);
   - the 5 AdamW losses: each within loss_tol (1e-5) relative;
   - a second AdamW run with a large weight decay (lr 1e-2, wd 5, 3 steps, same tolerance) so
     that which parameters decay (decay vs no-decay groups: no norms, no `.bias`) moves the loss
@@ -301,6 +306,40 @@ def _q(x):
     return "'" + str(x).replace("'", "'\\''") + "'"
 
 
+def engine_vs_finite_diff(mdir, batch, eg, seed):
+    """The engine's gradient against central finite differences in float64: the loss is the
+    float64 twin's (twin.py, forward only, no autograd), differentiated numerically along one
+    random unit direction u per parameter tensor, against the engine's <g, u> for that tensor.
+    Returns {name: (fd, engine)} and the errors |engine - fd| / max(|g|, floor): |g| is the
+    L2 norm of the engine's gradient tensor (the largest |<g, u>| any unit u can give), floor
+    1e-3 x the largest such norm of the case (tensors whose gradient is ~0)."""
+    m = grad_twin.load_model(mdir)
+    w = {n: t.detach().to(torch.float64).clone() for n, t in m.w.items()}
+    m.w = dict(w)
+    gen = torch.Generator().manual_seed(seed)
+    h = 1e-5
+    out, norm = {}, {}
+    with torch.no_grad():
+        for n in sorted(w):
+            u = torch.randn(w[n].shape, generator=gen, dtype=torch.float64)
+            u /= u.norm()
+            vals = []
+            for sgn in (1.0, -1.0):
+                m.w[n] = w[n] + sgn * h * u
+                vals.append(grad_twin.loss_of(m, batch).item())
+            m.w[n] = w[n]
+            fd = (vals[0] - vals[1]) / (2 * h)
+            if n in eg:
+                g = eg[n].to(torch.float64)
+                out[n], norm[n] = (fd, float((g * u).sum())), float(g.norm())
+            else:
+                out[n], norm[n] = (fd, float("nan")), 0.0
+    floor = 1e-3 * max(norm.values(), default=1.0)
+    rel = {n: abs(an - fd) / max(norm[n], floor) if math.isfinite(an) else float("inf")
+           for n, (fd, an) in out.items()}
+    return out, rel
+
+
 def run_case(cli, case, work, tol, loss_tol):
     cfg = case["cfg"]
     d = os.path.join(work, case["name"])
@@ -378,6 +417,16 @@ def run_case(cli, case, work, tol, loss_tol):
     if bad:
         problems.append(f"{len(bad)} gradient(s) off: " + "; ".join(bad[:6]))
 
+    # the engine's backward against float64 central differences (double reference path)
+    fdv, fd_rel = engine_vs_finite_diff(mdir, batch, eg, case["seed"])
+    fd_name = max(fd_rel, key=fd_rel.get)
+    fd_worst = fd_rel[fd_name]
+    fd_bad = [f"{n}: engine {fdv[n][1]:.8e} fd {fdv[n][0]:.8e} (rel {r:.1e})"
+              for n, r in sorted(fd_rel.items()) if not r <= tol]
+    if fd_bad:
+        problems.append(f"{len(fd_bad)} directional derivative(s) off the float64 finite "
+                        f"differences: " + "; ".join(fd_bad[:6]))
+
     losses_e = eng["losses"].tolist()
     losses2_e = eng2["losses"].tolist()
     loss_rel = abs(losses_e[0] - loss_t) / abs(loss_t)
@@ -400,7 +449,8 @@ def run_case(cli, case, work, tol, loss_tol):
         if len(losses_e) == len(raw_t) else float("inf")
     res = {"loss": loss_t, "loss_rel": loss_rel, "worst": worst, "worst_name": worst_name,
            "adam_rel": adam_rel, "decay_rel": decay_rel, "drop": losses_t[0] - losses_t[-1],
-           "nparams": len(gt), "ntie": ntie, "tie_names": tie_names, "raw_rel": raw_rel}
+           "nparams": len(gt), "ntie": ntie, "tie_names": tie_names, "raw_rel": raw_rel,
+           "fd_worst": fd_worst, "fd_name": fd_name}
     return res, problems
 
 
@@ -544,7 +594,8 @@ def main():
                 res, problems = run_case(cli, case, work, a.tol, a.loss_tol)
                 text = (f"loss {res['loss']:.5f} rel {res['loss_rel']:.1e}  "
                         f"grad worst {res['worst']:.1e} ({res['worst_name']}, "
-                        f"{res['nparams']} params)  adamw5 {res['adam_rel']:.1e} "
+                        f"{res['nparams']} params)  fd64 {res['fd_worst']:.1e}  "
+                        f"adamw5 {res['adam_rel']:.1e} "
                         f"(drop {res['drop']:.1e})  wd5 {res['decay_rel']:.1e}  "
                         f"({time.time() - t0:.1f}s)")
                 if res["ntie"]:
