@@ -141,6 +141,11 @@ def t_bad_inputs():
     assert p.returncode != 0 and "ffn.w1.weight" in p.stderr and "shape" in p.stderr, p.stderr
     p = run("forward", d, "--tokens", "1 2", "--out", os.path.join(W, "x.safetensors"), ok=False)
     assert p.returncode != 0 and "shape" in p.stderr, p.stderr
+    # empty or missing input tokens: named, not a crash
+    p = run("forward", d, "--tokens", "", "--out", os.path.join(W, "x.safetensors"), ok=False)
+    assert p.returncode != 0 and "--tokens: no tokens given" in p.stderr, p.stderr
+    p = run("forward", d, "--out", os.path.join(W, "x.safetensors"), ok=False)
+    assert p.returncode != 0 and "no input tokens" in p.stderr, p.stderr
     # a truncated newest checkpoint is skipped; resume continues from the one before
     d = os.path.join(W, "b7")
     run("train", *COMMON, "--steps", 6, "--ckpt-every", 2, "--keep-last", 3, "--out", d)

@@ -35,10 +35,12 @@ Command add_forward(CLI::App& root) {
   add_threads_option(app, o->threads);
   return {app, [=]() {
             set_threads(o->threads);
-            PF_CHECK(!o->tokens.empty() || !o->tokens_file.empty(),
-                     "[forward] give the input with --tokens or --tokens-file");
-            std::string text = o->tokens.empty() ? read_file(o->tokens_file, 1 << 28) : o->tokens;
-            TokenBatch toks{parse_token_list(text, "--tokens")};
+            const bool inline_tokens = app->count("--tokens") > 0;
+            PF_CHECK(inline_tokens || app->count("--tokens-file") > 0,
+                     "[forward] no input tokens: give --tokens \"1 2 3\" or "
+                     "--tokens-file FILE");
+            std::string text = inline_tokens ? o->tokens : read_file(o->tokens_file, 1 << 28);
+            TokenBatch toks{parse_token_list(text, inline_tokens ? "--tokens" : "--tokens-file")};
             TokenBatch src;
             ForwardOptions fo;
             fo.pos_offset = o->pos_offset;
