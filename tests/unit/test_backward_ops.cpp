@@ -17,18 +17,13 @@
 #include "posformer/ops/activation.h"
 #include "posformer/ops/loss.h"
 #include "posformer/ops/norm.h"
+#include "test_util.h"
 
 using namespace posformer;
 
 namespace {
 
-std::vector<float> randn(size_t n, uint32_t seed, float sd = 1.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> nd(0.0f, sd);
-  std::vector<float> v(n);
-  for (float& x : v) x = nd(rng);
-  return v;
-}
+using pf_test::randn;
 
 // max |a - b| / max(max |b|, floor)
 double rel_err(const std::vector<float>& a, const std::vector<double>& b, double floor = 1e-3) {

@@ -9,17 +9,12 @@
 #include "posformer/model/transformer.h"
 #include "posformer/ops/rope.h"
 #include "posformer/posenc/position_encoding.h"
+#include "test_util.h"
 
 using namespace posformer;
 
 namespace {
-std::vector<float> randn(size_t n, uint32_t seed, float sd = 1.0f) {
-  std::mt19937 g(seed);
-  std::normal_distribution<float> nd(0.0f, sd);
-  std::vector<float> v(n);
-  for (auto& x : v) x = nd(g);
-  return v;
-}
+using pf_test::randn;
 // Rotates one head vector x (width D, rotary width R) to position pos.
 std::vector<float> rotated(std::vector<float> x, int64_t R, ops::RopeLayout layout, double pos,
                            double base) {

@@ -8,15 +8,26 @@
 #include <filesystem>
 #include <fstream>
 #include <initializer_list>
+#include <random>
 #include <string>
 #include <system_error>
 #include <utility>
+#include <vector>
 
 #include "posformer/core/error.h"
 #include "posformer/core/tensor.h"
 #include "posformer/model/params.h"
 
 namespace pf_test {
+
+// n normal(0, sd) floats from a fixed seed.
+inline std::vector<float> randn(size_t n, uint32_t seed, float sd = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(0.0f, sd);
+  std::vector<float> v(n);
+  for (float& x : v) x = nd(rng);
+  return v;
+}
 
 // A fresh, empty directory under the system temp dir, removed at scope exit.
 struct TempDir {
