@@ -40,7 +40,6 @@ import math
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,9 +49,12 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "reference"))
+import e2e_util  # noqa: E402
 import grad_twin  # noqa: E402
 import safetensors_io  # noqa: E402
 import twin  # noqa: E402
+from e2e_util import Failure, run_cli  # noqa: E402
+from e2e_util import shell_quote as _q  # noqa: E402
 
 torch.set_num_threads(1)   # tiny float64 models: threads only add overhead
 
@@ -150,39 +152,7 @@ def all_cases():
 
 
 def random_tensors(shapes: dict, seed: int) -> dict:
-    g = torch.Generator().manual_seed(seed)
-
-    def n(shape, std):
-        return torch.randn(shape, generator=g, dtype=torch.float64) * std
-
-    out = {}
-    for name in sorted(shapes):
-        shp = shapes[name]
-        if name in ("embed.weight", "lm_head.weight"):
-            t = n(shp, 0.5)         # logits O(3): cross-entropy not saturated
-        elif re.search(r"(attn_norm|ffn_norm|cross_norm|final_norm)\.weight$", name):
-            t = 1.0 + (torch.rand(shp, generator=g, dtype=torch.float64) * 0.4 - 0.2)
-        elif name.endswith(".bias"):
-            t = n(shp, 0.1)
-        elif name.endswith("pos_emb.weight"):
-            t = n(shp, 0.5)
-        elif name.endswith("rel_bias.weight"):
-            t = n(shp, 1.0)
-        elif name.endswith(("shaw_k", "shaw_v", "xl_u", "xl_v")):
-            t = n(shp, 0.5)
-        elif name.endswith("rel_emb.weight"):
-            t = n(shp, 1.0)
-        elif name.endswith(".weight") and len(shp) == 2:
-            gain = 1.0
-            if re.search(r"\.(q|k)\.weight$", name):
-                gain = 1.3
-            elif re.search(r"ffn\.w[13]\.weight$", name):
-                gain = 2.0
-            t = n(shp, gain / math.sqrt(shp[1]))
-        else:
-            raise ValueError(f"no random rule for tensor {name} {shp}")
-        out[name] = t.float()       # exactly representable in the engine's F32
-    return out
+    return e2e_util.random_tensors(shapes, seed, embed_std=0.5)  # logits O(3): CE not saturated
 
 
 # --------------------------------------------------------------------------------------------
@@ -229,16 +199,6 @@ def make_batch(case):
 
 # --------------------------------------------------------------------------------------------
 # CLI
-
-
-class Failure(Exception):
-    pass
-
-
-def run_cli(args, timeout=300):
-    p = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout,
-                       env=dict(os.environ, OMP_NUM_THREADS="2"))
-    return p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
 
 
 def engine_grad(cli, mdir, batch_path, out_path, adam):
@@ -300,10 +260,6 @@ def step1_tiebreak(gt: dict, eg: dict, eps: float, floor: dict, tol: float):
             count += k
             names.append(f"{n}:{k}")
     return (out or None), count, names
-
-
-def _q(x):
-    return "'" + str(x).replace("'", "'\\''") + "'"
 
 
 def engine_vs_finite_diff(mdir, batch, eg, seed):
@@ -553,34 +509,16 @@ def main():
     ap.add_argument("--loss-tol", type=float, default=1e-5, help="AdamW losses relative tolerance")
     ap.add_argument("--no-selfcheck", action="store_true")
     a = ap.parse_args()
-    cli = os.path.abspath(a.posformer)
-    if not os.access(cli, os.X_OK):
-        print(f"posformer CLI not found or not executable: {cli}")
-        print("0 passed, 1 failed")
-        sys.exit(1)
+    cli = e2e_util.require_cli(a.posformer)
 
     t_start = time.time()
-    passed = failed = 0
-    failures = []
-
-    def report(name, ok, text):
-        nonlocal passed, failed
-        print(f"{'PASS' if ok else 'FAIL'}  {name:42s} {text}", flush=True)
-        if ok:
-            passed += 1
-        else:
-            failed += 1
-            failures.append(name)
+    report = e2e_util.Report(42)
 
     if not a.no_selfcheck and a.only is None:
-        for name, fn in (("selfcheck.twin_grad_vs_finite_diff", selfcheck_gradcheck),
-                         ("selfcheck.adamw_vs_hand_written", selfcheck_adamw)):
-            try:
-                err, ok = fn()
-                report(name, ok, f"err {err:.2e}")
-            except Exception as e:  # noqa: BLE001
-                traceback.print_exc()
-                report(name, False, f"exception {e}")
+        report.selfchecks([
+            ("selfcheck.twin_grad_vs_finite_diff", selfcheck_gradcheck),
+            ("selfcheck.adamw_vs_hand_written", selfcheck_adamw),
+        ])
 
     work = a.keep or tempfile.mkdtemp(prefix="posformer_grad_twin_")
     os.makedirs(work, exist_ok=True)
@@ -615,11 +553,7 @@ def main():
     finally:
         if not a.keep:
             shutil.rmtree(work, ignore_errors=True)
-    if failures:
-        print("failed:", " ".join(failures))
-    print(f"total {time.time() - t_start:.1f}s")
-    print(f"{passed} passed, {failed} failed")
-    sys.exit(1 if failed else 0)
+    report.finish(f"total {time.time() - t_start:.1f}s")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ import math
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,8 +31,11 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "reference"))
+import e2e_util  # noqa: E402
 import safetensors_io  # noqa: E402
 import twin  # noqa: E402
+from e2e_util import Failure, run_cli  # noqa: E402
+from e2e_util import shell_quote as _q  # noqa: E402
 from compare import compare_model  # noqa: E402
 
 torch.set_num_threads(2)
@@ -192,66 +194,15 @@ def all_cases():
 
 
 def random_tensors(shapes: dict, seed: int) -> dict:
-    g = torch.Generator().manual_seed(seed)
-
-    def n(shape, std):
-        return torch.randn(shape, generator=g, dtype=torch.float64) * std
-
-    out = {}
-    for name in sorted(shapes):
-        shp = shapes[name]
-        if name == "embed.weight" or name == "lm_head.weight":
-            t = n(shp, 1.0)
-        elif re.search(r"(attn_norm|ffn_norm|cross_norm|final_norm)\.weight$", name):
-            t = 1.0 + (torch.rand(shp, generator=g, dtype=torch.float64) * 0.4 - 0.2)
-        elif name.endswith(".bias") and "rel_bias" not in name:
-            t = n(shp, 0.1)
-        elif name.endswith("pos_emb.weight"):
-            t = n(shp, 0.5)
-        elif name.endswith("rel_bias.weight"):
-            t = n(shp, 1.0)
-        elif name.endswith("shaw_k") or name.endswith("shaw_v"):
-            t = n(shp, 0.5)
-        elif name.endswith("xl_u") or name.endswith("xl_v"):
-            t = n(shp, 0.5)
-        elif name.endswith("rel_emb.weight"):
-            t = n(shp, 1.0)
-        elif name.endswith(".weight") and len(shp) == 2:
-            fan_in = shp[1]
-            gain = 1.0
-            if re.search(r"\.(q|k)\.weight$", name):
-                gain = 1.3          # scores of O(1..5): attention far from uniform
-            elif re.search(r"ffn\.w[13]\.weight$", name):
-                gain = 2.0          # pre-activations O(2): gelu / gelu_tanh / silu curvature matters
-            elif name.endswith("xl_r.weight") or "pos_q" in name or "pos_k" in name:
-                gain = 1.0
-            t = n(shp, gain / math.sqrt(fan_in))
-        else:
-            raise ValueError(f"no random rule for tensor {name} {shp}")
-        out[name] = t.float()
-    return out
+    return e2e_util.random_tensors(shapes, seed, embed_std=1.0)
 
 
 # --------------------------------------------------------------------------------------------
 # Running the CLI
 
 
-def run_cli(args, timeout=300):
-    p = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout,
-                       env=dict(os.environ, OMP_NUM_THREADS="2"))
-    return p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
-
-
-def _q(x):
-    return "'" + str(x).replace("'", "'\\''") + "'"
-
-
 def tok_str(ts):
     return " ".join(str(t) for t in ts)
-
-
-class Failure(Exception):
-    pass
 
 
 def run_case(cli, case, work, tol):
@@ -624,34 +575,16 @@ def main():
     ap.add_argument("--tol", type=float, default=2e-5)
     ap.add_argument("--no-selfcheck", action="store_true")
     a = ap.parse_args()
-    cli = os.path.abspath(a.posformer)
-    if not os.access(cli, os.X_OK):
-        print(f"posformer CLI not found or not executable: {cli}")
-        print("0 passed, 1 failed")
-        sys.exit(1)
+    cli = e2e_util.require_cli(a.posformer)
 
-    passed = failed = 0
-    failures = []
-
-    def report(name, ok, text):
-        nonlocal passed, failed
-        print(f"{'PASS' if ok else 'FAIL'}  {name:50s} {text}", flush=True)
-        if ok:
-            passed += 1
-        else:
-            failed += 1
-            failures.append(name)
+    report = e2e_util.Report(50)
 
     if not a.no_selfcheck and a.only is None:
-        for name, fn in (("selfcheck.twin_vs_torch_nn_layers", selfcheck_torch_layers),
-                         ("selfcheck.twin_vs_loop_formulas", selfcheck_loops),
-                         ("selfcheck.rope_identity_t5_buckets", selfcheck_rope_t5)):
-            try:
-                err, ok = fn()
-                report(name, ok, f"err {err:.2e}")
-            except Exception as e:  # noqa: BLE001
-                traceback.print_exc()
-                report(name, False, f"exception {e}")
+        report.selfchecks([
+            ("selfcheck.twin_vs_torch_nn_layers", selfcheck_torch_layers),
+            ("selfcheck.twin_vs_loop_formulas", selfcheck_loops),
+            ("selfcheck.rope_identity_t5_buckets", selfcheck_rope_t5),
+        ])
 
     work = a.keep or tempfile.mkdtemp(prefix="posformer_twin_")
     os.makedirs(work, exist_ok=True)
@@ -690,10 +623,7 @@ def main():
     finally:
         if not a.keep:
             shutil.rmtree(work, ignore_errors=True)
-    if failures:
-        print("failed:", " ".join(failures))
-    print(f"{passed} passed, {failed} failed")
-    sys.exit(1 if failed else 0)
+    report.finish()
 
 
 if __name__ == "__main__":
