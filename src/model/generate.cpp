@@ -5,6 +5,8 @@
 #include <numeric>
 #include <unordered_set>
 
+#include "posformer/core/random.h"
+
 namespace posformer {
 
 void validate_sampling(const SamplingConfig& s) {
@@ -17,15 +19,6 @@ void validate_sampling(const SamplingConfig& s) {
   PF_CHECK(std::isfinite(s.repetition_penalty) && s.repetition_penalty > 0,
            "[generate] --repetition-penalty must be > 0, got ", s.repetition_penalty);
 }
-
-namespace {
-uint64_t next_u64(uint64_t& s) {  // splitmix64
-  uint64_t z = (s += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-}  // namespace
 
 int32_t sample_token(float* z, int64_t V, const std::vector<int32_t>& history,
                      const SamplingConfig& s, uint64_t& rng) {
@@ -59,7 +52,7 @@ int32_t sample_token(float* z, int64_t V, const std::vector<int32_t>& history,
     sum = 0;
     for (int64_t i = 0; i < keep; ++i) sum += p[i];
   }
-  const double u = static_cast<double>(next_u64(rng) >> 11) * 0x1.0p-53 * sum;
+  const double u = static_cast<double>(splitmix64(rng) >> 11) * 0x1.0p-53 * sum;
   double acc = 0;
   for (int64_t i = 0; i < keep; ++i) {
     acc += p[i];

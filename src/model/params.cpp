@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "posformer/core/random.h"
+
 namespace posformer {
 
 void ParamStore::add(const std::string& name, Tensor t) {
@@ -27,12 +29,6 @@ const float* ParamStore::f32_or_null(const std::string& name) const {
 }
 
 namespace {
-uint64_t splitmix64(uint64_t& s) {
-  uint64_t z = (s += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
 uint64_t fnv1a(const std::string& s) {
   uint64_t h = 1469598103934665603ull;
   for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;

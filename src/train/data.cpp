@@ -10,19 +10,13 @@
 
 #include "posformer/core/error.h"
 #include "posformer/core/io.h"
+#include "posformer/core/random.h"
 
 namespace posformer {
 
 namespace {
 
 constexpr size_t kMaxFileBytes = size_t{1} << 31;
-
-uint64_t splitmix64(uint64_t& x) {
-  uint64_t z = (x += 0x9E3779B97F4A7C15ull);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
 
 uint64_t rotl(uint64_t x, int k) {
   return (x << k) | (x >> (64 - k));

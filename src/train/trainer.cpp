@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "posformer/core/io.h"
+#include "posformer/core/random.h"
 #include "posformer/core/runtime.h"
 #include "posformer/model/transformer.h"
 #include "posformer/train/checkpoint.h"
@@ -102,13 +103,6 @@ void validate(const TrainOptions& o) {
 
 namespace {
 
-uint64_t splitmix(uint64_t& s) {
-  uint64_t z = (s += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
 std::string objective_for(const TrainOptions& o, const ModelConfig& c) {
   std::string obj = o.objective;
   if (obj == "auto") obj = default_objective(c.arch);
@@ -136,14 +130,14 @@ Batch make_batch(const std::string& obj, const std::vector<int32_t>& inputs,
     } else if (obj == "mlm") {  // BERT masking: 15% chosen; 80% mask, 10% random, 10% keep
       std::vector<int32_t> t(static_cast<size_t>(L), -1);
       for (int64_t i = 0; i < L; ++i) {
-        const double u = (splitmix(rng) >> 11) * 0x1.0p-53;
+        const double u = (splitmix64(rng) >> 11) * 0x1.0p-53;
         if (u >= 0.15) continue;
         t[i] = in[i];
-        const double v = (splitmix(rng) >> 11) * 0x1.0p-53;
+        const double v = (splitmix64(rng) >> 11) * 0x1.0p-53;
         if (v < 0.8)
           in[i] = tok.mask_id();
         else if (v < 0.9)
-          in[i] = static_cast<int32_t>(splitmix(rng) %
+          in[i] = static_cast<int32_t>(splitmix64(rng) %
                                        static_cast<uint64_t>(std::min<int64_t>(vocab, 256)));
       }
       b.in.push_back(std::move(in));
