@@ -32,12 +32,9 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 // Mask keys that query row t must not see: causal (key position after the query) and padding.
 // S holds query rows t0 .. t0+rows-1 and key columns 0 .. kn-1 (row stride kn).
 void apply_mask(const AttnDesc& a, int64_t b, int64_t t0, int64_t rows, int64_t kn, float* S) {
-  const int64_t valid = a.key_len ? std::min<int64_t>(a.key_len[b], kn) : kn;
   for (int64_t t = 0; t < rows; ++t) {
     float* row = S + t * kn;
-    int64_t end = valid;
-    if (a.causal) end = std::min(end, std::max<int64_t>(a.q_pos0 + t0 + t - a.k_pos0 + 1, 0));
-    for (int64_t s = std::max<int64_t>(end, 0); s < kn; ++s) row[s] = kNegInf;
+    for (int64_t s = std::min(a.visible_keys(b, t0 + t), kn); s < kn; ++s) row[s] = kNegInf;
   }
 }
 void apply_mask(const AttnDesc& a, int64_t b, float* S) {
@@ -73,10 +70,9 @@ void attention_forward(const AttnDesc& a) {
       float* probs = a.probs ? a.probs + (bh * a.Tq + t0) * a.Tk : nullptr;
       // Keys this block can see: padding and (causal) the last row's position bound them; the
       // columns past `kn` are masked for every row, so they are skipped (probability 0).
-      int64_t kn = a.key_len ? std::clamp<int64_t>(a.key_len[b], 0, a.Tk) : a.Tk;
-      if (a.causal) kn = std::min(kn, std::max<int64_t>(a.q_pos0 + t0 + rows - a.k_pos0, 0));
-      if (a.hook) kn = a.Tk;  // hooks index the full [Tq, Tk] matrix
-      if (kn == 0) {          // every key masked: the rows attend to nothing
+      // (hooks index the full [Tq, Tk] matrix)
+      const int64_t kn = a.hook ? a.Tk : a.visible_keys(b, t0 + rows - 1);
+      if (kn == 0) {  // every key masked: the rows attend to nothing
         for (int64_t t = 0; t < rows; ++t) std::fill_n(o + t * a.ldo, a.D, 0.0f);
         if (probs) std::fill_n(probs, rows * a.Tk, 0.0f);
         continue;

@@ -21,13 +21,6 @@ namespace {
 // Query rows per block in the masked path: smaller blocks skip more of the causal triangle
 // (T = 256: 64 -> 62% of the full work, 32 -> 56%) but make smaller gemms.
 constexpr int64_t kQueryBlock = 64;
-
-// Keys [0, end) that query row t of batch b can see (end may be 0).
-int64_t visible_end(const AttnDesc& a, int64_t b, int64_t t) {
-  int64_t end = a.key_len ? std::min<int64_t>(a.key_len[b], a.Tk) : a.Tk;
-  if (a.causal) end = std::min(end, std::max<int64_t>(a.q_pos0 + t - a.k_pos0 + 1, 0));
-  return std::max<int64_t>(end, 0);
-}
 }  // namespace
 
 void attention_backward(const AttnDesc& a, const float* probs, const AttnGrads& g,
@@ -82,7 +75,7 @@ void attention_backward(const AttnDesc& a, const float* probs, const AttnGrads& 
         }
         for (int64_t t0 = 0; t0 < a.Tq; t0 += qb) {
           const int64_t n = std::min(qb, a.Tq - t0);
-          const int64_t e = visible_end(a, b, t0 + n - 1);  // keys the block's last row sees
+          const int64_t e = a.visible_keys(b, t0 + n - 1);  // keys the block's last row sees
           const float* Pb = P + t0 * a.Tk;
           if (e == 0) {  // no visible key: P rows are 0, so is dq
             for (int64_t t = t0; t < t0 + n; ++t) std::fill_n(dq + t * a.ldq, a.D, 0.0f);

@@ -13,6 +13,7 @@
 // Absolute positions of query row t and key row s are q_pos0 + t and k_pos0 + s (KV-cache
 // decoding passes the cached keys with k_pos0 = 0 and the new queries at q_pos0 = cache length).
 #pragma once
+#include <algorithm>
 #include <cstdint>
 
 namespace posformer {
@@ -61,6 +62,13 @@ struct AttnDesc {
   const int32_t* key_len = nullptr;  // [B] valid keys per sequence (key padding); null = all Tk
   int64_t kv_batch_rows = 0;         // rows between batches in k/v (a KV cache's capacity); 0 = Tk
   int64_t kv_rows() const { return kv_batch_rows ? kv_batch_rows : Tk; }
+  // The mask: query row t of batch b sees keys [0, visible_keys(b, t)) (key padding, and with
+  // `causal` keys at positions <= its own); the result is in [0, Tk] and never decreases in t.
+  int64_t visible_keys(int64_t b, int64_t t) const {
+    int64_t end = key_len ? std::clamp<int64_t>(key_len[b], 0, Tk) : Tk;
+    if (causal) end = std::min(end, std::max<int64_t>(q_pos0 + t - k_pos0 + 1, 0));
+    return end;
+  }
   const ScoreHook* hook = nullptr;
   float* probs = nullptr;  // optional [B, H, Tq, Tk]: forward stores P here (training)
 };
