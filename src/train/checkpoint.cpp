@@ -393,6 +393,25 @@ std::string latest_checkpoint(const std::string& run_dir, std::vector<std::strin
   return "";
 }
 
+void remove_scratch(const std::string& run_dir, std::vector<std::string>* warnings) {
+  const std::string ck_dir = join(run_dir, "checkpoints");
+  if (!is_directory(ck_dir)) return;
+  std::vector<std::string> names, problems;
+  std::error_code ec;
+  for (fs::directory_iterator it(ck_dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (is_scratch_name(name) && is_directory(it->path().string())) names.push_back(name);
+  }
+  if (ec) problems.push_back(str("cannot list '", ck_dir, "': ", ec.message()));
+  for (const std::string& name : names) delete_dir(ck_dir, name, problems);
+  for (const std::string& p : problems) {
+    if (warnings)
+      warnings->push_back(p);
+    else
+      std::fprintf(stderr, "warning: [checkpoint] %s\n", p.c_str());
+  }
+}
+
 LoadedCheckpoint load_checkpoint(const std::string& ckpt_dir) {
   try {
     PF_CHECK(is_directory(ckpt_dir), "not a directory");

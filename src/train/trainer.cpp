@@ -428,6 +428,9 @@ TrainResult train(const TrainOptions& opts, const std::atomic<bool>* stop) {
 TrainResult resume(const std::string& run_dir, int64_t steps_override, int threads, bool progress,
                    const std::atomic<bool>* stop, int64_t stop_after) {
   std::vector<std::string> warnings;
+  remove_scratch(run_dir, &warnings);
+  for (const auto& w : warnings) std::fprintf(stderr, "resume: %s\n", w.c_str());
+  warnings.clear();
   const std::string ck = latest_checkpoint(run_dir, &warnings);
   for (const auto& w : warnings) std::fprintf(stderr, "resume: skipping %s\n", w.c_str());
   PF_CHECK(!ck.empty(), "[train] no complete checkpoint in ", run_dir,

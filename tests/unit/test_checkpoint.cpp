@@ -268,6 +268,22 @@ TEST_F(CheckpointTest, StaleTempDirsIgnoredThenRemoved) {
   EXPECT_EQ(entries(ck), (std::vector<std::string>{"step-000000001", "step-000000002"}));
 }
 
+TEST_F(CheckpointTest, RemoveScratchDeletesOnlyTempAndTrashDirs) {
+  const std::string d1 = save(run_, 1, 5);
+  const std::string ck = run_ + "/checkpoints";
+  fs::copy(d1, ck + "/step-000000009.tmp.999999");
+  fs::create_directory(ck + "/step-000000001.trash.999999");
+  std::ofstream(ck + "/step-000000001.trash.999999/model.safetensors") << "junk";
+  fs::create_directory(ck + "/notes");  // not ours: left alone
+  std::vector<std::string> warnings;
+  remove_scratch(run_, &warnings);
+  EXPECT_TRUE(warnings.empty()) << joined(warnings);
+  EXPECT_EQ(entries(ck), (std::vector<std::string>{"notes", "step-000000001"}));
+  expect_checkpoint_of(d1, 1);
+  remove_scratch(run_ + "/no-such-run", &warnings);  // nothing there: nothing to do
+  EXPECT_TRUE(warnings.empty()) << joined(warnings);
+}
+
 TEST_F(CheckpointTest, BadInputsRefusedBeforeTouchingDisk) {
   AdamW opt(specs(), AdamWConfig{});
   TrainState st = state_for(1);

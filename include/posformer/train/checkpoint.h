@@ -39,6 +39,11 @@
 // (and sizes) verify; "" when there is none. Others are skipped with a reason in `warnings`.
 // It reads every byte of the candidates it checks.
 //
+// remove_scratch: deletes the .tmp./.trash. directories that killed saves or prunes left in
+// RUN_DIR/checkpoints (only one trainer may use a run directory at a time); problems become
+// `warnings`. Resuming calls it first, so a run killed after its last complete checkpoint,
+// in the middle of pruning, is left clean even when nothing remains to train.
+//
 // load_checkpoint: reads and verifies one checkpoint directory (COMPLETE present, sizes and
 // checksums match, state.json well formed, safetensors parse) and throws Error naming the
 // directory, the file and the problem (missing marker, truncated, checksum mismatch, ...).
@@ -69,6 +74,8 @@ std::string save_checkpoint(const std::string& run_dir, const TrainState& st,
 
 std::string latest_checkpoint(const std::string& run_dir,
                               std::vector<std::string>* warnings = nullptr);
+
+void remove_scratch(const std::string& run_dir, std::vector<std::string>* warnings = nullptr);
 
 struct LoadedCheckpoint {
   TrainState state;
