@@ -73,8 +73,16 @@ def main():
     ap.add_argument("--train", required=True)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results.png"))
     a = ap.parse_args()
-    slots, med, start = bert_series(a.bert)
-    tr = train_series(a.train)
+    if not os.path.isfile(os.path.join(a.bert, "summary.json")):
+        sys.exit(f"plot_results: --bert {a.bert}: no summary.json there (give the raw-output "
+                 "directory bench/run.sh prints at its end)")
+    if not os.path.isfile(a.train):
+        sys.exit(f"plot_results: --train {a.train}: no such file")
+    try:
+        slots, med, start = bert_series(a.bert)
+        tr = train_series(a.train)
+    except (OSError, ValueError, KeyError) as e:
+        sys.exit(f"plot_results: cannot read the results: {type(e).__name__}: {e}")
     if not tr:
         sys.exit(f"plot_results: no training results in {a.train}")
 
