@@ -35,6 +35,7 @@ log() { echo "[run.sh $(date +%H:%M:%S)] $*" >&2; }
 load() { cut -d' ' -f1-3 /proc/loadavg; }
 
 # ---------------------------------------------------------------- build
+bash "$ROOT/scripts/setup.sh" --bench >&2
 log "building posformer_bench in $BUILD_DIR"
 cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build "$BUILD_DIR" -j2 --target posformer_bench >/dev/null

@@ -33,6 +33,7 @@ THREADS=${THREADS:-2}
 WORK=${WORK:-/tmp/posformer-train-bench}
 PEERS=${PEERS:-$ROOT/../shared/peers}
 PY=/usr/bin/python3
+bash "$ROOT/scripts/setup.sh" >&2
 [[ -x "$POSFORMER" ]] || { echo "train_bench: no posformer binary at $POSFORMER (build first)" >&2; exit 1; }
 (( WARM < STEPS )) || { echo "train_bench: WARM must be < STEPS" >&2; exit 1; }
 mkdir -p "$WORK"

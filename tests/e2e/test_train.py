@@ -79,37 +79,60 @@ def t_resume_exact():
     assert len(la) == 14 and la == lb, f"losses differ:\n{la}\n{lb}"  # bit for bit (JSON round-trips doubles)
 
 
+def _loss_lines(run_dir):
+    try:
+        with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+            return sum(1 for line in f if '"loss"' in line)
+    except OSError:
+        return 0
+
+
+def _has_checkpoint(run_dir):
+    ckdir = os.path.join(run_dir, "checkpoints")
+    return os.path.isdir(ckdir) and any(n.startswith("step-") and "." not in n for n in os.listdir(ckdir))
+
+
 def t_kill9():
+    # Kills are placed by observed progress, not by wall time, so they land on any machine however
+    # fast: each attempt waits until the run has logged a few more steps than it had, then kills
+    # it within a few milliseconds. With a checkpoint every step, the process is then in the middle
+    # of writing that step's checkpoint (metrics are logged just before the save) or of the next
+    # step. The target always leaves steps to go, so the kill lands unless the process dies first.
     ref, d = os.path.join(W, "kref"), os.path.join(W, "killed")
     steps = 40
     opts = [*COMMON, "--steps", steps, "--ckpt-every", 1, "--keep-last", 2]
     run("train", *opts, "--out", ref)
-    kills = 0
+    kills = mid_save = 0
     r = random.Random(7)
-    for attempt in range(12):
-        ckdir = os.path.join(d, "checkpoints")
-        has_ck = os.path.isdir(ckdir) and any(n.startswith("step-") and "." not in n for n in os.listdir(ckdir))
-        cmd = [PF, "train", "--resume", d, "--quiet"] if has_ck else [PF, "train", *map(str, opts), "--out", d]
+    while kills < 8:
+        done = _loss_lines(d)
+        target = done + r.randint(1, 4)
+        if target > steps - 4:
+            break
+        cmd = [PF, "train", "--resume", d, "--quiet"] if _has_checkpoint(d) else [PF, "train", *map(str, opts), "--out", d]
         p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        time.sleep(r.uniform(0.05, 0.6))
+        deadline = time.time() + 300
+        while p.poll() is None and _loss_lines(d) < target and time.time() < deadline:
+            time.sleep(0.0005)
+        time.sleep(r.uniform(0, 0.004))
         if p.poll() is None:
             p.send_signal(signal.SIGKILL)
             kills += 1
-        p.wait()
+        _, err = p.communicate()
+        ckdir = os.path.join(d, "checkpoints")
+        mid_save += os.path.isdir(ckdir) and any(".tmp." in n for n in os.listdir(ckdir))
+        assert p.returncode in (0, -signal.SIGKILL), f"train exited with {p.returncode}: {err[-2000:]!r}"
         if p.returncode == 0:
             break
     assert kills >= 3, f"only {kills} kills landed"
-    if not os.path.exists(os.path.join(d, "checkpoints")) or p.returncode != 0:
-        ckdir = os.path.join(d, "checkpoints")
-        has_ck = os.path.isdir(ckdir) and any(n.startswith("step-") and "." not in n for n in os.listdir(ckdir))
-        run(*(["train", "--resume", d, "--quiet"] if has_ck else ["train", *opts, "--out", d]))
+    run(*(["train", "--resume", d, "--quiet"] if _has_checkpoint(d) else ["train", *opts, "--out", d]))
     assert losses(d) == losses(ref), "the run killed and resumed differs from the uninterrupted one"
     # every surviving checkpoint verifies
     for n in os.listdir(os.path.join(d, "checkpoints")):
         assert n.startswith("step-") and "." not in n, f"leftover {n}"
         assert os.path.exists(os.path.join(d, "checkpoints", n, "COMPLETE")), n
     run("forward", d, "--tokens", "1 2 3", "--out", os.path.join(W, "k.safetensors"))
-    print(f"      ({kills} kill -9 landed)")
+    print(f"      ({kills} kill -9 landed, {mid_save} of them while a checkpoint was being written)")
 
 
 def t_bad_inputs():

@@ -3,7 +3,6 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
-#include <chrono>
 #include <filesystem>
 #include <fstream>
 
@@ -151,11 +150,8 @@ class TokenizerSentencePiece : public ::testing::Test {
 };
 
 TEST_F(TokenizerSentencePiece, UnigramTrainRoundTripAndLoad) {
-  const auto t0 = std::chrono::steady_clock::now();
   const std::string out = dir_.file("spm");
   auto t = train_sentencepiece({corpus_}, 320, out, "unigram");
-  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  EXPECT_LT(secs, 5.0);
   EXPECT_EQ(t->type(), "sentencepiece");
   EXPECT_EQ(t->vocab_size(), 320);
   EXPECT_EQ(t->pad_id(), 0);
