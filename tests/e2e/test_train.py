@@ -15,6 +15,7 @@ import time
 ap = argparse.ArgumentParser()
 ap.add_argument("--posformer", required=True)
 ap.add_argument("--keep", action="store_true")
+ap.add_argument("--only", help="run only the checks whose name contains this text (stress runs)")
 args = ap.parse_args()
 PF = os.path.abspath(args.posformer)
 W = tempfile.mkdtemp(prefix="posformer_train_")
@@ -29,6 +30,8 @@ def run(*a, ok=True, timeout=600, binary=False):
 
 
 def check(name, fn):
+    if args.only and args.only not in name:
+        return
     t0 = time.time()
     try:
         fn()
