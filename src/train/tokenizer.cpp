@@ -91,6 +91,7 @@ class ByteTokenizer final : public Tokenizer {
     }
     return out;
   }
+  std::string decode_bytes(const std::vector<int32_t>& ids) const override { return decode(ids); }
   int64_t vocab_size() const override { return kVocab; }
   int32_t pad_id() const override { return kPad; }
   int32_t bos_id() const override { return kBos; }
@@ -135,17 +136,33 @@ class SpTokenizer final : public Tokenizer {
     return std::vector<int32_t>(ids.begin(), ids.end());
   }
   std::string decode(const std::vector<int32_t>& ids) const override {
-    std::vector<int> keep;
-    keep.reserve(ids.size());
-    for (int32_t id : ids) {
-      PF_CHECK(id >= 0 && id < vocab_, "[tokenizer] sentencepiece decode: id ", id,
-               " out of range [0, ", vocab_, ")");
-      if (id == pad_id() || id == bos_id() || id == eos_id() || id == mask_) continue;
-      keep.push_back(id);
-    }
     std::string out;
-    auto st = sp_.Decode(keep, &out);
+    auto st = sp_.Decode(kept(ids), &out);
     PF_CHECK(st.ok(), "[tokenizer] sentencepiece decode failed: ", st.ToString());
+    return out;
+  }
+  // SentencePiece's per-piece surfaces (which depend only on the pieces before them: the
+  // dummy-prefix space is dropped from the first one) for ordinary pieces, the raw byte for
+  // byte-fallback pieces <0xNN>.
+  std::string decode_bytes(const std::vector<int32_t>& ids) const override {
+    const std::vector<int> keep = kept(ids);
+    sentencepiece::ImmutableSentencePieceText spt;
+    auto st = sp_.Decode(keep, spt.mutable_proto());
+    PF_CHECK(st.ok(), "[tokenizer] sentencepiece decode failed: ", st.ToString());
+    PF_CHECK(spt.pieces_size() == keep.size(), "[tokenizer] sentencepiece decode gave ",
+             spt.pieces_size(), " pieces for ", keep.size(), " ids");
+    std::string out;
+    for (size_t i = 0; i < keep.size(); ++i) {
+      if (sp_.IsByte(keep[i])) {
+        const std::string& piece = sp_.IdToPiece(keep[i]);  // "<0xE4>"
+        PF_CHECK(piece.size() == 6 && piece.compare(0, 3, "<0x") == 0 && piece[5] == '>',
+                 "[tokenizer] sentencepiece byte piece ", keep[i], " is '", piece,
+                 "', expected <0xNN>");
+        out.push_back(static_cast<char>(std::stoi(piece.substr(3, 2), nullptr, 16)));
+      } else {
+        out += spt.pieces(static_cast<int>(i)).surface();
+      }
+    }
     return out;
   }
   int64_t vocab_size() const override { return vocab_; }
@@ -166,6 +183,19 @@ class SpTokenizer final : public Tokenizer {
   }
 
  private:
+  // ids without pad/bos/eos/mask, range-checked
+  std::vector<int> kept(const std::vector<int32_t>& ids) const {
+    std::vector<int> keep;
+    keep.reserve(ids.size());
+    for (int32_t id : ids) {
+      PF_CHECK(id >= 0 && id < vocab_, "[tokenizer] sentencepiece decode: id ", id,
+               " out of range [0, ", vocab_, ")");
+      if (id == pad_id() || id == bos_id() || id == eos_id() || id == mask_) continue;
+      keep.push_back(id);
+    }
+    return keep;
+  }
+
   sentencepiece::SentencePieceProcessor sp_;
   std::string model_, model_type_;
   int64_t vocab_ = 0;

@@ -8,6 +8,7 @@
 
 #include "posformer/core/error.h"
 #include "posformer/core/io.h"
+#include "posformer/core/utf8.h"
 #include "posformer/train/tokenizer.h"
 #include "test_util.h"
 
@@ -88,6 +89,18 @@ TEST(TokenizerByte, Specials) {
   EXPECT_EQ(t->decode({257, 'a', 256, 'b', 259, 258}), "ab");
   expect_error_contains([&] { t->decode({'a', 260}); }, "260");
   expect_error_contains([&] { t->decode({-1}); }, "-1");
+}
+
+TEST(TokenizerByte, DecodeBytesIsRawAndStreamsThroughTheUtf8Decoder) {
+  auto t = make_byte_tokenizer();
+  // "月" cut after its first byte, then a stray continuation byte
+  const std::vector<int32_t> ids = {'a', 0xE6, 257, 0x9C, 0x88, 0x88, 258};
+  EXPECT_EQ(t->decode_bytes(ids), "a\xE6\x9C\x88\x88");
+  Utf8StreamDecoder d;
+  std::string out;
+  for (size_t i = 0; i < ids.size(); ++i) d.feed(t->decode_bytes({ids[i]}), out);
+  d.finish(out);
+  EXPECT_EQ(out, "a\xE6\x9C\x88\xEF\xBF\xBD");  // a 月 U+FFFD
 }
 
 TEST(TokenizerByte, SaveLoad) {
@@ -191,6 +204,55 @@ TEST_F(TokenizerSentencePiece, UnigramTrainRoundTripAndLoad) {
   // Save into another directory and load again.
   loaded->save(dir_.file("copy"));
   EXPECT_EQ(load_tokenizer(dir_.file("copy"))->encode(texts[0]), t->encode(texts[0]));
+}
+
+TEST_F(TokenizerSentencePiece, DecodeBytesKeepsByteFallbackRawAndIsPrefixStable) {
+  auto t = train_sentencepiece({corpus_}, 320, dir_.file("spm"), "unigram");
+  // Characters not in the training text go through byte-fallback pieces <0xNN>.
+  const std::string s = "kalo \xE5\xBA\x8A\xE5\x89\x8D mine \xF0\x9F\x99\x82 su";  // 床前 🙂
+  const auto ids = t->encode(s);
+  EXPECT_EQ(t->decode_bytes(ids), s);
+  EXPECT_EQ(t->decode(ids), s);
+  // Every prefix: decode_bytes(prefix) is a prefix of the whole, and repairing it gives valid
+  // UTF-8; SentencePiece's own decode of a prefix cut inside a character differs (U+FFFD).
+  const std::string whole = t->decode_bytes(ids);
+  bool cut_inside = false;
+  for (size_t n = 0; n <= ids.size(); ++n) {
+    const std::vector<int32_t> pre(ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(n));
+    const std::string b = t->decode_bytes(pre);
+    EXPECT_EQ(whole.compare(0, b.size(), b), 0) << "prefix of " << n << " ids";
+    EXPECT_TRUE(is_valid_utf8(repair_utf8(b)));
+    cut_inside = cut_inside || !is_valid_utf8(b);
+  }
+  EXPECT_TRUE(cut_inside) << "no prefix ends inside a byte-fallback character";
+  // 床 without its last byte piece: raw bytes, one U+FFFD after repair (SentencePiece gives
+  // one per byte).
+  std::vector<int32_t> zh = t->encode("\xE5\xBA\x8A");
+  zh.pop_back();
+  const std::string cut = t->decode_bytes(zh);
+  EXPECT_FALSE(is_valid_utf8(cut));
+  EXPECT_EQ(repair_utf8(cut), cut.substr(0, cut.size() - 2) + "\xEF\xBF\xBD");
+  // Streaming token by token (each token's new bytes) equals repairing the whole at once, also
+  // for a scrambled order that cuts characters.
+  std::vector<int32_t> gen(ids.rbegin(), ids.rend());
+  gen.insert(gen.end(), zh.begin(), zh.end());
+  Utf8StreamDecoder d;
+  std::string out;
+  std::vector<int32_t> seq;
+  std::string prev;
+  for (int32_t id : gen) {
+    seq.push_back(id);
+    const std::string b = t->decode_bytes(seq);
+    ASSERT_EQ(b.compare(0, prev.size(), prev), 0) << "decode_bytes is not prefix-stable";
+    d.feed(std::string_view(b).substr(prev.size()), out);
+    prev = b;
+  }
+  d.finish(out);
+  EXPECT_EQ(out, repair_utf8(t->decode_bytes(gen)));
+  EXPECT_TRUE(is_valid_utf8(out));
+  // Specials are skipped, out-of-range ids refused, as in decode.
+  EXPECT_EQ(t->decode_bytes({t->bos_id(), ids[0], t->eos_id()}), t->decode({ids[0]}));
+  EXPECT_THROW(t->decode_bytes({static_cast<int32_t>(t->vocab_size())}), Error);
 }
 
 TEST_F(TokenizerSentencePiece, BpeTrainsAndIsDeterministic) {

@@ -1,8 +1,10 @@
 // posformer generate: sample text from a model with a KV cache.
+#include <algorithm>
 #include <cstdio>
 
 #include "common.h"
 #include "posformer/core/runtime.h"
+#include "posformer/core/utf8.h"
 #include "posformer/model/generate.h"
 #include "posformer/train/tokenizer.h"
 
@@ -30,13 +32,16 @@ Command add_generate(CLI::App& root) {
   app->add_option("--repetition-penalty", o->s.repetition_penalty,
                   "penalise tokens already present (> 1)");
   app->add_option("--seed", o->s.seed, "sampling seed");
-  app->add_flag("--stream", o->stream, "print tokens as they are generated");
+  app->add_flag("--stream", o->stream,
+                "print tokens as they are generated (output as without it: valid UTF-8, a cut "
+                "character held until complete, malformed bytes as U+FFFD)");
   app->add_flag("--no-cache", o->no_cache,
                 "recompute the whole sequence each step (slow; for checking)");
   add_threads_option(app, o->threads);
   return {app, [=]() {
             set_threads(o->threads);
             Transformer m = Transformer::load(o->dir);
+            const ModelConfig& c = m.config();
             auto tok = load_tokenizer(o->dir);
             SamplingConfig s = o->s;
             s.use_cache = !o->no_cache;
@@ -45,7 +50,7 @@ Command add_generate(CLI::App& root) {
             std::vector<int32_t> prompt = tok->encode(o->prompt);
             if (prompt.empty()) prompt = {tok->bos_id()};
             std::vector<int32_t> src;
-            if (m.config().arch == "encoder_decoder") {
+            if (c.arch == "encoder_decoder") {
               src = tok->encode(o->src);
               PF_CHECK(!src.empty(), "[generate] an encoder_decoder model needs --src TEXT");
               prompt.insert(prompt.begin(), tok->bos_id());
@@ -53,32 +58,45 @@ Command add_generate(CLI::App& root) {
               PF_CHECK(o->src.empty(), "[generate] --src is only for encoder_decoder models");
             }
             for (int32_t t : prompt)
-              PF_CHECK(t < m.config().vocab_size, "[generate] prompt token ", t,
+              PF_CHECK(t < c.vocab_size, "[generate] prompt token ", t,
                        " outside the model's vocabulary");
-            std::vector<int32_t> produced;
-            std::string shown;
+
+            // The prompt as typed, then the new tokens' bytes, through one UTF-8 decoder: a
+            // character cut across tokens is held until it completes, malformed bytes become
+            // U+FFFD (docs/cli.md). Streamed or not, the output is the same. The new tokens are
+            // decoded after the prompt's tokens so that their text is what it is in context
+            // (SentencePiece drops the leading space of the first piece only).
+            Utf8StreamDecoder utf8;
+            std::string text;
+            utf8.feed(o->prompt, text);
+            auto flush = [&]() {
+              std::fwrite(text.data(), 1, text.size(), stdout);
+              std::fflush(stdout);
+              text.clear();
+            };
+            std::vector<int32_t> seq = prompt;
+            size_t fed = tok->decode_bytes(seq).size();  // bytes of seq's text already fed
+            auto feed_new = [&]() {
+              const std::string bytes = tok->decode_bytes(seq);
+              if (bytes.size() > fed) utf8.feed(std::string_view(bytes).substr(fed), text);
+              fed = std::max(fed, bytes.size());
+            };
+            if (o->stream) flush();
             auto on_token = [&](int32_t t) {
               if (!o->stream) return;
-              produced.push_back(t);
-              const std::string text = tok->decode(produced);
-              if (text.size() > shown.size() && text.compare(0, shown.size(), shown) == 0) {
-                std::fwrite(text.data() + shown.size(), 1, text.size() - shown.size(), stdout);
-                std::fflush(stdout);
-                shown = text;
-              }
+              seq.push_back(t);
+              feed_new();
+              flush();
             };
-            std::fwrite(o->prompt.data(), 1, o->prompt.size(), stdout);
             std::vector<int32_t> out =
                 generate(m, prompt, s, src.empty() ? nullptr : &src, on_token);
             if (!o->stream) {
-              const std::string text = tok->decode(out);
-              std::fwrite(text.data(), 1, text.size(), stdout);
-            } else {
-              const std::string text = tok->decode(out);  // whatever the incremental view held back
-              if (text.size() > shown.size())
-                std::fwrite(text.data() + shown.size(), 1, text.size() - shown.size(), stdout);
+              seq.insert(seq.end(), out.begin(), out.end());
+              feed_new();
             }
-            std::printf("\n");
+            utf8.finish(text);
+            text += "\n";
+            flush();
             return 0;
           }};
 }

@@ -25,6 +25,13 @@
 //
 // encode() adds no special tokens; decode() skips pad/bos/eos/mask and throws on ids outside
 // [0, vocab_size).
+//
+// decode_bytes() is decode() without any UTF-8 repair: byte tokens (ids 0..255 of the byte
+// tokenizer, SentencePiece byte-fallback pieces such as <0xE4>) give their raw bytes, so the
+// result may be invalid UTF-8 or end inside a character (SentencePiece's own decode turns each
+// stray fallback byte into U+FFFD). It is prefix-stable: decode_bytes(a) is a prefix of
+// decode_bytes(a + b), so generated text can be streamed through a Utf8StreamDecoder
+// (posformer/core/utf8.h) and comes out the same as the whole sequence repaired at once.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -39,6 +46,7 @@ class Tokenizer {
   virtual std::string type() const = 0;  // "byte" or "sentencepiece"
   virtual std::vector<int32_t> encode(const std::string& text) const = 0;
   virtual std::string decode(const std::vector<int32_t>& ids) const = 0;
+  virtual std::string decode_bytes(const std::vector<int32_t>& ids) const = 0;
   virtual int64_t vocab_size() const = 0;
   virtual int32_t pad_id() const = 0;
   virtual int32_t bos_id() const = 0;
