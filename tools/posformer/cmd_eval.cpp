@@ -18,6 +18,7 @@ Command add_eval(CLI::App& root) {
     std::vector<int64_t> lens{256};
     int64_t max_windows = 64;
     int threads = 0;
+    MemoryGuard mem;
   };
   auto o = std::make_shared<Opts>();
   app->add_option("DIR", o->dir, "model directory (with its tokenizer)")->required();
@@ -27,8 +28,11 @@ Command add_eval(CLI::App& root) {
   app->add_option("--max-windows", o->max_windows, "windows evaluated per length")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
   add_threads_option(app, o->threads);
+  add_memory_options(app, o->mem);
   return {app, [=]() {
             set_threads(o->threads);
+            check_model_memory("eval", model_dir_config(o->dir), ModelUse::Load, o->mem,
+                               o->dir + "/model.safetensors");
             Transformer m = Transformer::load(o->dir);
             auto tok = load_tokenizer(o->dir);
             PF_CHECK(m.config().vocab_size >= tok->vocab_size(), "[eval] tokenizer vocabulary (",

@@ -20,6 +20,7 @@ Command add_forward(CLI::App& root) {
     std::string dir, tokens, tokens_file, src, src_file, out;
     int64_t pos_offset = 0;
     int threads = 0;
+    MemoryGuard mem;
   };
   auto o = std::make_shared<Opts>();
   app->add_option("DIR", o->dir, "model directory")->required();
@@ -33,6 +34,7 @@ Command add_forward(CLI::App& root) {
       ->check(CLI::Range(int64_t{0}, int64_t{1} << 40));
   app->add_option("--out", o->out, "output .safetensors file")->required();
   add_threads_option(app, o->threads);
+  add_memory_options(app, o->mem);
   return {app, [=]() {
             set_threads(o->threads);
             const bool inline_tokens = app->count("--tokens") > 0;
@@ -49,6 +51,8 @@ Command add_forward(CLI::App& root) {
               src.push_back(parse_token_list(s, "--src"));
               fo.src = &src;
             }
+            check_model_memory("forward", model_dir_config(o->dir), ModelUse::Load, o->mem,
+                               o->dir + "/model.safetensors");
             Transformer m = Transformer::load(o->dir);
             auto t0 = std::chrono::steady_clock::now();
             ForwardOutput r = m.forward(toks, fo);

@@ -17,6 +17,7 @@ Command add_generate(CLI::App& root) {
     SamplingConfig s;
     bool stream = false, no_cache = false;
     int threads = 0;
+    MemoryGuard mem;
   };
   auto o = std::make_shared<Opts>();
   o->s.temperature = 0.8;
@@ -38,10 +39,10 @@ Command add_generate(CLI::App& root) {
   app->add_flag("--no-cache", o->no_cache,
                 "recompute the whole sequence each step (slow; for checking)");
   add_threads_option(app, o->threads);
+  add_memory_options(app, o->mem);
   return {app, [=]() {
             set_threads(o->threads);
-            Transformer m = Transformer::load(o->dir);
-            const ModelConfig& c = m.config();
+            const ModelConfig c = model_dir_config(o->dir);
             auto tok = load_tokenizer(o->dir);
             SamplingConfig s = o->s;
             s.use_cache = !o->no_cache;
@@ -60,6 +61,11 @@ Command add_generate(CLI::App& root) {
             for (int32_t t : prompt)
               PF_CHECK(t < c.vocab_size, "[generate] prompt token ", t,
                        " outside the model's vocabulary");
+            const int64_t positions = static_cast<int64_t>(prompt.size()) + s.max_new_tokens;
+            const uint64_t kv = s.use_cache ? kv_cache_bytes(c, positions, src.size()) : 0;
+            check_model_memory("generate", c, ModelUse::Load, o->mem, o->dir + "/model.safetensors",
+                               kv, str("the KV cache of ", positions, " positions"));
+            Transformer m = Transformer::load(o->dir);
 
             // The prompt as typed, then the new tokens' bytes, through one UTF-8 decoder: a
             // character cut across tokens is held until it completes, malformed bytes become

@@ -39,6 +39,7 @@ Command add_grad(CLI::App& root) {
     double lr = 1e-3;
     AdamWConfig adam;
     int threads = 0;
+    MemoryGuard mem;
   };
   auto o = std::make_shared<Opts>();
   app->add_option("DIR", o->dir, "model directory")->required();
@@ -56,8 +57,10 @@ Command add_grad(CLI::App& root) {
   app->add_option("--beta2", o->adam.beta2, "AdamW beta2");
   app->add_option("--eps", o->adam.eps, "AdamW epsilon");
   add_threads_option(app, o->threads);
+  add_memory_options(app, o->mem);
   return {app, [=]() {
             set_threads(o->threads);
+            check_model_memory("grad", model_dir_config(o->dir), ModelUse::Train, o->mem);
             Transformer m = Transformer::load(o->dir);
             nlohmann::json j;
             try {

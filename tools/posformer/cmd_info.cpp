@@ -11,8 +11,12 @@ Command add_info(CLI::App& root) {
   auto* app =
       root.add_subcommand("info", "show a model's config and parameter counts per component");
   auto dir = std::make_shared<std::string>();
+  auto mem = std::make_shared<MemoryGuard>();
   app->add_option("DIR", *dir, "model directory")->required();
+  add_memory_options(app, *mem);
   return {app, [=]() {
+            check_model_memory("info", model_dir_config(*dir), ModelUse::Load, *mem,
+                               *dir + "/model.safetensors");
             Transformer m = Transformer::load(*dir);
             const ModelConfig& c = m.config();
             std::printf("model      %s\n", dir->c_str());
@@ -26,12 +30,8 @@ Command add_info(CLI::App& root) {
                         c.bias ? "yes" : "no", (long long)c.vocab_size, (long long)c.max_len);
             std::printf("position   %s\n", c.position.type.c_str());
             std::map<std::string, int64_t> per;
-            int64_t total = 0;
-            for (const auto& s : m.param_specs()) {
-              int64_t n = shape_numel(s.shape);
-              per[s.component] += n;
-              total += n;
-            }
+            for (const auto& s : m.param_specs()) per[s.component] += shape_numel(s.shape);
+            const int64_t total = count_parameters(m.param_specs());
             std::printf("\n%-12s %14s %8s\n", "component", "parameters", "share");
             for (const char* k : {"embedding", "position", "attention", "ffn", "norm", "head"}) {
               if (!per.count(k)) continue;

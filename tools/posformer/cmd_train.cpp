@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <csignal>
 #include <cstdio>
+#include <filesystem>
 
 #include "common.h"
 #include "posformer/train/trainer.h"
@@ -21,6 +22,7 @@ Command add_train(CLI::App& root) {
   auto o = std::make_shared<TrainOptions>();
   auto resume_dir = std::make_shared<std::string>();
   auto quiet = std::make_shared<bool>(false);
+  auto mem = std::make_shared<MemoryGuard>();
   app->add_option("--config", o->config_path, "model config JSON (new runs)");
   app->add_option("--data", o->data,
                   "training text files, or 'default' (Debian fortunes + Tang/Song poems)");
@@ -55,6 +57,7 @@ Command add_train(CLI::App& root) {
       ->group("");  // testing aid, hidden from --help
   app->add_flag("--quiet", *quiet, "no progress output");
   add_threads_option(app, o->threads);
+  add_memory_options(app, *mem);
   return {app, [=]() {
             std::signal(SIGINT, on_signal);
             std::signal(SIGTERM, on_signal);
@@ -64,11 +67,16 @@ Command add_train(CLI::App& root) {
               PF_CHECK(o->config_path.empty() && o->data.empty(),
                        "[train] --resume continues a run with its own config and data; drop "
                        "--config/--data");
+              // Guard the run's config when it has one; resume() names what else is missing.
+              const std::string cfg = *resume_dir + "/config.json";
+              if (std::filesystem::is_regular_file(cfg))
+                check_model_memory("train", load_config(cfg), ModelUse::Train, *mem);
               r = resume(*resume_dir, app->count("--steps") ? o->steps : 0, o->threads, o->progress,
                          &g_stop, o->stop_after);
             } else {
               PF_CHECK(!o->config_path.empty(),
                        "[train] a new run needs --config CFG (or --resume DIR)");
+              check_model_memory("train", load_config(o->config_path), ModelUse::Train, *mem);
               if (!app->count("--warmup")) o->warmup = std::min<int64_t>(100, o->steps / 10);
               r = train(*o, &g_stop);
             }

@@ -26,4 +26,39 @@ Command add_grad(CLI::App& root);
 std::vector<int32_t> parse_token_list(const std::string& text, const std::string& what);
 void add_threads_option(CLI::App* app, int& threads);
 
+// Parameters of a model: the sum over its ParamSpecs, the list init, load and info share. The
+// config overload declares the model without allocating a weight.
+int64_t count_parameters(const std::vector<ParamSpec>& specs);
+int64_t count_parameters(const ModelConfig& c);
+
+// The memory guard of the commands that create or load a model's weights (init, info, forward,
+// eval, generate, train, grad): before allocating, the memory the model needs is compared with
+// what is available (--memory-limit, else the smaller of MemAvailable and the cgroup limit;
+// posformer/core/memory.h), and the command is refused with both figures unless --force.
+struct MemoryGuard {
+  std::string limit;  // --memory-limit text
+  bool force = false;
+  const CLI::Option* limit_option = nullptr;  // set by add_memory_options: was --memory-limit given
+};
+void add_memory_options(CLI::App* app, MemoryGuard& g);
+
+enum class ModelUse {
+  Create,  // init: fp32 weights + the file image that saving builds (4 + 4 bytes per parameter)
+  Load,    // forward, eval, generate, info: fp32 weights + the model file, read whole
+  Train,   // train, grad: weights, gradients and two AdamW moments (16 bytes per parameter)
+};
+// Throws Error "[cmd] the model needs X (what), Y available (source); ..." when the model of
+// `c` does not fit. `model_file` (Load) is the safetensors file whose size is counted; `extra`
+// bytes described by `extra_what` (e.g. a KV cache) are added.
+void check_model_memory(const std::string& cmd, const ModelConfig& c, ModelUse use,
+                        const MemoryGuard& g, const std::string& model_file = "",
+                        uint64_t extra = 0, const std::string& extra_what = "");
+// KV cache of one sequence (SPEC.md 7): keys and values of every decoder layer for
+// `positions` positions, and for cross-attention of `src_positions` encoder positions.
+uint64_t kv_cache_bytes(const ModelConfig& c, int64_t positions, size_t src_positions);
+
+// The config of a model directory (DIR/config.json), with Transformer::load's message when DIR
+// is not a directory; for the guard before Transformer::load(dir) allocates the weights.
+ModelConfig model_dir_config(const std::string& dir);
+
 }  // namespace posformer::cli

@@ -1,0 +1,223 @@
+#!/usr/bin/python3
+"""CLI guards: the memory check of the commands that create or load a model's weights (a model
+that cannot fit is refused before anything large is allocated, naming both figures; --force goes
+ahead; --memory-limit parsing), and generate's output is valid UTF-8, streamed or not.
+Usage: test_cli_guards.py --posformer PATH [--keep]"""
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+import subprocess
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--posformer", required=True)
+ap.add_argument("--keep", action="store_true")
+args = ap.parse_args()
+PF = os.path.abspath(args.posformer)
+W = tempfile.mkdtemp(prefix="posformer_guards_")
+results = []
+
+# A refusal does no more than read the config and count parameters: well under a second on any
+# machine, also under ASan. Allocating the huge model instead takes a minute or more.
+QUICK_S = 20
+
+
+def run(*a, ok=True, timeout=600):
+    t0 = time.time()
+    p = subprocess.run([PF, *a], capture_output=True, timeout=timeout)
+    p.seconds = time.time() - t0
+    p.out, p.err = p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
+    if ok and p.returncode != 0:
+        raise AssertionError(f"posformer {' '.join(map(str, a))} failed ({p.returncode}):\n{p.err[-2000:]}")
+    return p
+
+
+def check(name, fn):
+    t0 = time.time()
+    try:
+        fn()
+        results.append(True)
+        print(f"PASS  {name}  ({time.time() - t0:.1f}s)", flush=True)
+    except Exception as e:  # noqa: BLE001 - report every failure
+        results.append(False)
+        print(f"FAIL  {name}: {e}", flush=True)
+
+
+def write(name, text):
+    path = os.path.join(W, name)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+HUGE = write("huge.json", json.dumps({  # about 40e9 parameters, 160 GB of fp32 weights
+    "arch": "decoder", "d_model": 4096, "n_layers": 200, "n_heads": 32, "d_ff": 16384,
+    "vocab_size": 32000, "position": {"type": "rope"}}))
+TINY = write("tiny.json", json.dumps({
+    "arch": "decoder", "d_model": 32, "n_layers": 2, "n_heads": 4, "d_ff": 64, "vocab_size": 260,
+    "max_len": 128, "position": {"type": "rope"}}))
+DATA = write("corpus.txt", "\n\n".join(f"document {i}: order, length, rotary position." for i in range(60)))
+GiB = 1 << 30
+FIG = r"[0-9]+\.[0-9] [KMGT]iB|[0-9]+ bytes"
+
+
+def refused(p, cmd, limit_text=None):
+    """p was refused by the memory guard of `cmd` with both figures and the way out."""
+    assert p.returncode != 0, f"{cmd} was not refused:\n{p.out}\n{p.err}"
+    m = re.search(rf"\[{cmd}\] the model needs (at least )?({FIG}) \(.*\), ({FIG}) available \(([^)]+)\)", p.err)
+    assert m, f"no '[{cmd}] the model needs X (...), Y available (...)' in: {p.err!r}"
+    if limit_text:
+        assert m.group(3) == limit_text and m.group(4) == "--memory-limit", p.err
+        assert "raise --memory-limit" in p.err, p.err
+    assert "--force" in p.err, p.err
+    assert p.seconds < QUICK_S, f"{cmd} took {p.seconds:.1f}s to refuse"
+    return m
+
+
+def params_of(model_dir):
+    p = run("info", model_dir)
+    return int(re.search(r"^total\s+(\d+)", p.out, re.M).group(1))
+
+
+def t_huge_refused_with_a_limit():
+    out = os.path.join(W, "huge_init")
+    p = run("init", "--config", HUGE, "--out", out, "--memory-limit", "1G", ok=False)
+    m = refused(p, "init", "1.0 GiB")
+    need = m.group(2)
+    assert need.endswith("GiB") and 300 < float(need.split()[0]) < 340, p.err  # 2 x 160 GB
+    assert re.search(r"for \d+ fp32 weights", p.err), p.err
+    assert not os.path.exists(out), "init created its output directory before refusing"
+    out = os.path.join(W, "huge_train")
+    p = run("train", "--config", HUGE, "--data", DATA, "--out", out, "--steps", "2",
+            "--memory-limit", "24G", ok=False)
+    m = refused(p, "train", "24.0 GiB")
+    assert m.group(1) == "at least " and "16 bytes" in p.err and "AdamW" in p.err, p.err
+    assert not os.path.exists(out), "train created its run directory before refusing"
+
+
+def t_huge_refused_by_what_the_machine_has():
+    with open("/proc/meminfo") as f:
+        avail = int(re.search(r"MemAvailable:\s+(\d+) kB", f.read()).group(1)) * 1024
+    if avail > 400 * GiB:
+        print(f"      (skipped: this machine has {avail / GiB:.0f} GiB available)")
+        return
+    out = os.path.join(W, "huge_init2")
+    p = run("init", "--config", HUGE, "--out", out, ok=False)
+    refused(p, "init")
+    assert "MemAvailable" in p.err or "cgroup" in p.err, p.err
+    assert not os.path.exists(out)
+    p = run("train", "--config", HUGE, "--data", DATA, "--out", out, ok=False)
+    refused(p, "train")
+
+
+def t_small_limit_refuses_every_command():
+    m = os.path.join(W, "tiny")
+    run("init", "--config", TINY, "--out", m)
+    n = params_of(m)
+    bad = os.path.join(W, "tiny_refused")
+    p = run("init", "--config", TINY, "--out", bad, "--memory-limit", "64K", ok=False)
+    refused(p, "init", "64.0 KiB")
+    assert f"for {n} fp32 weights" in p.err, p.err  # the count info shows
+    assert not os.path.exists(bad)
+    fwd = os.path.join(W, "fwd.safetensors")
+    p = run("forward", m, "--tokens", "1 2 3", "--out", fwd, "--memory-limit", "64K", ok=False)
+    refused(p, "forward", "64.0 KiB")
+    assert "model file" in p.err, p.err
+    assert not os.path.exists(fwd), "forward wrote its output after refusing"
+    p = run("train", "--config", TINY, "--data", DATA, "--out", bad, "--memory-limit", "100K", ok=False)
+    refused(p, "train", "100.0 KiB")
+    assert f"{n} parameters x 16 bytes" in p.err, p.err
+    assert not os.path.exists(bad)
+    p = run("eval", m, "--data", DATA, "--memory-limit", "64K", ok=False)
+    refused(p, "eval", "64.0 KiB")
+    p = run("generate", m, "--prompt", "a", "--memory-limit", "64K", ok=False)
+    refused(p, "generate", "64.0 KiB")
+    assert "KV cache of 129 positions" in p.err, p.err  # 1 prompt token + 128 new
+    p = run("info", m, "--memory-limit", "64K", ok=False)
+    refused(p, "info", "64.0 KiB")
+    batch = write("batch.json", json.dumps({"tokens": [[1, 2, 3]], "targets": [[2, 3, 4]]}))
+    p = run("grad", m, "--batch", batch, "--out", os.path.join(W, "g.safetensors"), "--memory-limit", "64K",
+            ok=False)
+    refused(p, "grad", "64.0 KiB")
+    # a generous limit lets them run
+    run("forward", m, "--tokens", "1 2 3", "--out", fwd, "--memory-limit", "1G")
+    assert os.path.exists(fwd)
+
+
+def t_force_goes_ahead():
+    m = os.path.join(W, "forced")
+    p = run("init", "--config", TINY, "--out", m, "--memory-limit", "1K", "--force")
+    assert "initialised" in p.out and os.path.exists(os.path.join(m, "model.safetensors")), p.out
+    fwd = os.path.join(W, "forced.safetensors")
+    run("forward", m, "--tokens", "1 2 3", "--out", fwd, "--memory-limit", "1K", "--force")
+    assert os.path.exists(fwd)
+    r = os.path.join(W, "forced_run")
+    run("train", "--config", TINY, "--data", DATA, "--out", r, "--steps", "2", "--batch", "2", "--seq-len", "16",
+        "--quiet", "--memory-limit", "1K", "--force", "--ckpt-every", "1")
+    assert os.path.exists(os.path.join(r, "model.safetensors"))
+    # resume is guarded too (the run's own config)
+    p = run("train", "--resume", r, "--steps", "3", "--quiet", "--memory-limit", "1K", ok=False)
+    refused(p, "train", "1.0 KiB")
+    run("train", "--resume", r, "--steps", "3", "--quiet", "--memory-limit", "1K", "--force")
+
+
+def t_bad_limits_named():
+    m = os.path.join(W, "tiny")
+    for bad, why in (("abc", "is not a size"), ("1X", "unknown unit"), ("0", "less than one byte"),
+                     ("-5", "is not a size"), ("99999T", None), ("", "is not a size")):
+        flag = [f"--memory-limit={bad}"] if bad.startswith("-") else ["--memory-limit", bad]
+        p = run("forward", m, "--tokens", "1", "--out", os.path.join(W, "b.safetensors"), *flag, ok=False)
+        if bad == "99999T":  # a valid, huge cap: accepted
+            assert p.returncode == 0, p.err
+            continue
+        assert p.returncode != 0 and "--memory-limit" in p.err and why in p.err, (bad, p.err)
+        assert "e.g. --memory-limit 1G" in p.err, p.err
+    # also refused with --force (the value is wrong whatever the check)
+    p = run("init", "--config", TINY, "--out", os.path.join(W, "b"), "--memory-limit", "lots", "--force", ok=False)
+    assert p.returncode != 0 and "--memory-limit" in p.err, p.err
+
+
+def t_help_documents_the_options():
+    for cmd in ("init", "forward", "train", "eval", "generate", "grad", "info"):
+        p = run(cmd, "--help")
+        assert "--memory-limit" in p.out and "--force" in p.out, (cmd, p.out)
+
+
+def t_generate_valid_utf8():
+    # A random byte-level model emits arbitrary bytes: cut and malformed characters.
+    m = os.path.join(W, "tiny")
+    for prompt in ("《", "The ", "\u5e8a\u524d"):
+        for opts in (["--temperature", "1.5", "--seed", "3"], ["--temperature", "0"]):
+            a = run("generate", m, "--prompt", prompt, "--max-new-tokens", "200", *opts).stdout
+            b = run("generate", m, "--prompt", prompt, "--max-new-tokens", "200", "--stream", *opts).stdout
+            assert a == b, f"stream differs for {prompt!r} {opts}:\n{a!r}\n{b!r}"
+            text = a.decode("utf-8")  # strict: raises on invalid UTF-8
+            assert text.startswith(prompt) and text.endswith("\n"), text
+    # the sampled output did contain replacements (the model's bytes were not valid UTF-8)
+    a = run("generate", m, "--prompt", "x", "--max-new-tokens", "200", "--temperature", "1.5", "--seed", "3").out
+    assert "\ufffd" in a, a
+    # a prompt that ends inside a character is held until the model's bytes complete it, or
+    # replaced: never printed raw
+    p = subprocess.run([PF, "generate", m, "--prompt", b"ab\xe5\xba", "--max-new-tokens", "8", "--temperature",
+                        "1.5", "--seed", "1"], capture_output=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    p.stdout.decode("utf-8")
+    assert p.stdout.startswith(b"ab"), p.stdout
+
+
+check("a 40B-parameter config is refused at once under --memory-limit", t_huge_refused_with_a_limit)
+check("a 40B-parameter config is refused at once by this machine's memory", t_huge_refused_by_what_the_machine_has)
+check("init, forward, train, eval, generate, info and grad refuse a model over the limit", t_small_limit_refuses_every_command)
+check("--force goes ahead (and resume is guarded)", t_force_goes_ahead)
+check("bad --memory-limit values are named", t_bad_limits_named)
+check("--help documents --memory-limit and --force", t_help_documents_the_options)
+check("generate prints valid UTF-8, the same streamed or not", t_generate_valid_utf8)
+passed = sum(results)
+print(f"{passed} passed, {len(results) - passed} failed")
+if not args.keep:
+    shutil.rmtree(W, ignore_errors=True)
+sys.exit(0 if passed == len(results) else 1)
