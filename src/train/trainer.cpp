@@ -11,6 +11,8 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <utility>
+#include <vector>
 
 #include "posformer/core/io.h"
 #include "posformer/core/random.h"
@@ -156,6 +158,22 @@ Batch make_batch(const std::string& obj, const std::vector<int32_t>& inputs,
   return b;
 }
 
+// Input positions each stack sees for windows of L + 1 tokens (make_batch): clm and mlm feed L
+// tokens; seq2seq feeds the encoder the first h = (L+1)/2 and the decoder <bos> plus the next
+// L - h (L + 1 - h in all).
+std::vector<std::pair<std::string, int64_t>> input_positions(const std::string& obj, int64_t L) {
+  if (obj == "seq2seq") {
+    const int64_t h = (L + 1) / 2;
+    return {{"encoder", h}, {"decoder", L + 1 - h}};
+  }
+  return {{obj == "clm" ? "decoder" : "encoder", L}};
+}
+
+// Longest --seq-len whose inputs fit `positions` positions in every stack.
+int64_t max_seq_len(const std::string& obj, int64_t positions) {
+  return obj == "seq2seq" ? 2 * positions - 1 : positions;
+}
+
 std::string hex64(uint64_t v) {
   char buf[20];
   std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(v));
@@ -259,9 +277,14 @@ TrainResult run_training(TrainOptions o, const std::string& resume_ckpt,
   PF_CHECK(cfg.head == "lm", "[train] training needs an LM head (config head: lm)");
   const std::string obj = objective_for(o, cfg);
   const int64_t L = o.seq_len;
-  if (cfg.position.type == "learned")
-    PF_CHECK(L + 1 <= cfg.max_len, "[train] --seq-len ", L, " needs ", L + 1,
-             " positions but the learned table has max_len ", cfg.max_len);
+  Transformer model = Transformer::random_init(cfg, o.seed);
+  // Windows hold L + 1 tokens, but the last one is only ever a target: count input positions.
+  for (const auto& [stack, n] : input_positions(obj, L)) {
+    const int64_t mp = model.position(stack == "decoder")->max_position();
+    PF_CHECK(mp < 0 || n <= mp + 1, "[train] --seq-len ", L, " feeds ", n, " positions to the ",
+             stack, " (", obj, " objective) but its position table has max_len ", mp + 1,
+             " (positions 0..", mp, "); use --seq-len <= ", max_seq_len(obj, mp + 1));
+  }
   std::vector<std::string> files = o.data;
   if (files.size() == 1 && files[0] == "default") files = default_corpus_files();
   Corpus corpus = load_corpus(files, *tok, o.val_fraction, o.seed);
@@ -274,7 +297,6 @@ TrainResult run_training(TrainOptions o, const std::string& resume_ckpt,
                  "train: note: no validation documents (the data has too few documents); "
                  "validation is skipped\n");
 
-  Transformer model = Transformer::random_init(cfg, o.seed);
   AdamW opt(model.param_specs(), AdamWConfig{o.beta1, o.beta2, o.eps, o.weight_decay});
   uint64_t rng = o.seed ^ 0x5deece66dull;
   int64_t step = 0, skipped = 0, tokens_seen = 0;

@@ -149,11 +149,24 @@ def t_bad_inputs():
     binf = write(os.path.join(W, "bin.txt"), bytes(range(256)) * 20 + "\u4e2d\u6587".encode() * 50, "wb")
     run("train", "--config", CFG, "--data", binf, "--out", os.path.join(W, "b3"), "--steps", 2, "--batch", 2,
         "--seq-len", 16, "--quiet")
-    # sequence length past a learned table
-    learned = os.path.join(W, "learned.json")
-    p = run("train", "--config", learned, "--data", DATA, "--out", os.path.join(W, "b4"), "--seq-len", 32,
-            "--steps", 2, ok=False)
-    assert p.returncode != 0 and "max_len" in p.stderr, p.stderr
+    # sequence length past a learned table: the inputs count, not the window's last token (a target only)
+    learned = os.path.join(W, "learned.json")  # max_len 16
+    for L in (32, 17):
+        p = run("train", "--config", learned, "--data", DATA, "--out", os.path.join(W, f"b4_{L}"), "--seq-len", L,
+                "--steps", 2, ok=False)
+        assert p.returncode != 0 and f"--seq-len {L}" in p.stderr and "max_len 16" in p.stderr, p.stderr
+    run("train", "--config", learned, "--data", DATA, "--out", os.path.join(W, "b4_16"), "--seq-len", 16,
+        "--steps", 2, "--batch", 2, "--quiet")
+    # mlm feeds the encoder L tokens; seq2seq feeds the encoder (L+1)/2 and the decoder the rest
+    for arch, ok_len, bad_len in (("encoder", 16, 17), ("encoder_decoder", 31, 32)):
+        cfg = write(os.path.join(W, f"learned_{arch}.json"), json.dumps({
+            "arch": arch, "d_model": 32, "n_layers": 1, "n_heads": 4, "d_ff": 64, "max_len": 16,
+            "position": {"type": "learned"}}))
+        run("train", "--config", cfg, "--data", DATA, "--out", os.path.join(W, f"b4_{arch}_ok"), "--seq-len",
+            ok_len, "--steps", 2, "--batch", 2, "--quiet")
+        p = run("train", "--config", cfg, "--data", DATA, "--out", os.path.join(W, f"b4_{arch}_bad"), "--seq-len",
+                bad_len, "--steps", 2, ok=False)
+        assert p.returncode != 0 and f"--seq-len {bad_len}" in p.stderr and "max_len 16" in p.stderr, p.stderr
     # flags out of range
     p = run("train", "--config", CFG, "--data", DATA, "--out", os.path.join(W, "b5"), "--steps", 0, ok=False)
     assert p.returncode != 0 and "--steps" in p.stderr, p.stderr
