@@ -105,6 +105,10 @@ void validate_config(const ModelConfig& c) {
   }
   if (p.type == "shaw") check_range(p.clip, 1, 1 << 16, "position.clip");
   if (p.type == "deberta") check_range(p.span, 1, 1 << 16, "position.span");
+  if (!c.embed_scale_sqrt_d)
+    PF_CHECK(std::isfinite(c.embed_scale) && c.embed_scale > 0,
+             "[config] field 'embed_scale' must be a positive number or \"sqrt_d\", got ",
+             c.embed_scale);
   if (c.attention.scale)
     PF_CHECK(std::isfinite(*c.attention.scale) && *c.attention.scale > 0,
              "[config] attention.scale must be a positive number, got ", *c.attention.scale);
@@ -118,7 +122,7 @@ ModelConfig parse_config(const json& j) {
   refuse_unknown(j,
                  {"arch", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "activation",
                   "norm", "norm_position", "norm_eps", "bias", "vocab_size", "max_len",
-                  "tie_embeddings", "head", "position", "attention"},
+                  "tie_embeddings", "embed_scale", "head", "position", "attention"},
                  "");
   ModelConfig c;
   c.arch = get_choice(j, "arch", c.arch, {"encoder", "decoder", "encoder_decoder"}, "");
@@ -136,6 +140,20 @@ ModelConfig parse_config(const json& j) {
   c.vocab_size = get_int(j, "vocab_size", c.vocab_size, "");
   c.max_len = get_int(j, "max_len", c.max_len, "");
   c.tie_embeddings = get_bool(j, "tie_embeddings", c.tie_embeddings, "");
+  if (j.contains("embed_scale")) {
+    const json& v = j.at("embed_scale");
+    if (v.is_string()) {
+      PF_CHECK(v.get<std::string>() == "sqrt_d",
+               "[config] field 'embed_scale' must be a positive number or \"sqrt_d\", got ",
+               v.dump());
+      c.embed_scale_sqrt_d = true;
+    } else {
+      PF_CHECK(v.is_number(),
+               "[config] field 'embed_scale' must be a positive number or \"sqrt_d\", got ",
+               v.dump());
+      c.embed_scale = v.get<double>();
+    }
+  }
   c.head = get_choice(j, "head", c.head, {"lm", "none"}, "");
   if (j.contains("position")) {
     const json& p = j.at("position");
@@ -235,6 +253,7 @@ json config_to_json(const ModelConfig& c) {
               {"vocab_size", c.vocab_size},
               {"max_len", c.max_len},
               {"tie_embeddings", c.tie_embeddings},
+              {"embed_scale", c.embed_scale_sqrt_d ? json("sqrt_d") : json(c.embed_scale)},
               {"head", c.head},
               {"position", p},
               {"attention", a}};

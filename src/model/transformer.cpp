@@ -143,9 +143,16 @@ Tensor Transformer::embed(const Stack& st, const TokenBatch& tokens, int64_t pos
   Tensor x({B, T, d});
   float* xp = x.data<float>();
   const float* E = params_.f32("embed.weight");
+  const float s = static_cast<float>(cfg_.token_embed_scale());  // embed_scale (1 = a copy)
   for (int64_t b = 0; b < B; ++b)
-    for (int64_t t = 0; t < T; ++t)
-      std::copy_n(E + static_cast<int64_t>(tokens[b][t]) * d, d, xp + (b * T + t) * d);
+    for (int64_t t = 0; t < T; ++t) {
+      const float* er = E + static_cast<int64_t>(tokens[b][t]) * d;
+      float* row = xp + (b * T + t) * d;
+      if (s == 1.0f)
+        std::copy_n(er, d, row);
+      else
+        for (int64_t i = 0; i < d; ++i) row[i] = er[i] * s;
+    }
   st.pe->embed(params_, xp, B, T, pos0);
   return x;
 }

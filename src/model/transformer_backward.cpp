@@ -237,11 +237,16 @@ void Transformer::embed_backward(const Stack& st, const TokenBatch& tokens, int6
                                  const float* dx, ParamStore& grads) const {
   const int64_t B = static_cast<int64_t>(tokens.size()), T = tokens[0].size(), d = cfg_.d_model;
   float* dE = grads.f32("embed.weight");
+  // x = E[token] * s (+ P): dE[token] += s * dx; the position table gets dx unscaled.
+  const float s = static_cast<float>(cfg_.token_embed_scale());
   for (int64_t b = 0; b < B; ++b)
     for (int64_t t = 0; t < T; ++t) {
       const float* row = dx + (b * T + t) * d;
       float* er = dE + static_cast<int64_t>(tokens[b][t]) * d;
-      for (int64_t i = 0; i < d; ++i) er[i] += row[i];
+      if (s == 1.0f)
+        for (int64_t i = 0; i < d; ++i) er[i] += row[i];
+      else
+        for (int64_t i = 0; i < d; ++i) er[i] += s * row[i];
     }
   st.pe->embed_backward(dx, B, T, pos0, grads);
 }

@@ -122,6 +122,37 @@ TEST(Config, RefusesBadSchemeParameters) {
   expect_refused(with(base(), "attention", {{"type", "softmax"}, {"scale", -1.0}}), {"scale"});
   expect_refused(with(base(), "norm_eps", 0.0), {"norm_eps"});
 }
+TEST(Config, EmbedScaleNumberOrSqrtD) {
+  EXPECT_DOUBLE_EQ(parse_config(base()).token_embed_scale(), 1.0);
+  ModelConfig c = parse_config(with(base(), "embed_scale", "sqrt_d"));
+  EXPECT_TRUE(c.embed_scale_sqrt_d);
+  EXPECT_DOUBLE_EQ(c.token_embed_scale(), 8.0);  // sqrt(64)
+  EXPECT_EQ(config_to_json(c)["embed_scale"], "sqrt_d");
+  EXPECT_EQ(config_to_json(parse_config(config_to_json(c))), config_to_json(c));
+  ModelConfig c2 = parse_config(with(base(), "embed_scale", 2.5));
+  EXPECT_DOUBLE_EQ(c2.token_embed_scale(), 2.5);
+  EXPECT_DOUBLE_EQ(config_to_json(c2)["embed_scale"].get<double>(), 2.5);
+  EXPECT_DOUBLE_EQ(parse_config(with(base(), "embed_scale", 3)).token_embed_scale(), 3.0);
+}
+TEST(Config, RefusesBadEmbedScale) {
+  expect_refused(with(base(), "embed_scale", 0.0), {"embed_scale", "positive", "sqrt_d", "0"});
+  expect_refused(with(base(), "embed_scale", 0), {"embed_scale", "0"});
+  expect_refused(with(base(), "embed_scale", -2.0), {"embed_scale", "-2"});
+  expect_refused(with(base(), "embed_scale", INFINITY), {"embed_scale", "inf"});
+  expect_refused(with(base(), "embed_scale", "sqrt"), {"embed_scale", "\"sqrt\""});
+  expect_refused(with(base(), "embed_scale", "SQRT_D"), {"embed_scale", "SQRT_D"});
+  expect_refused(with(base(), "embed_scale", "8"), {"embed_scale", "\"8\""});
+  expect_refused(with(base(), "embed_scale", true), {"embed_scale", "true"});
+  expect_refused(with(base(), "embed_scale", nullptr), {"embed_scale", "null"});
+  ModelConfig c = parse_config(base());
+  c.embed_scale = std::nan("");
+  try {
+    validate_config(c);
+    FAIL() << "NaN embed_scale accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("embed_scale"), std::string::npos) << e.what();
+  }
+}
 TEST(Config, RefusesOddWidthForSinusoids) {
   json j = base();
   j["d_model"] = 63;

@@ -5,6 +5,8 @@
 
 #include <cmath>
 #include <random>
+#include <string>
+#include <vector>
 
 #include "posformer/model/transformer.h"
 
@@ -16,6 +18,8 @@ struct Case {
   std::string arch, pos, act = "gelu", norm = "layernorm", norm_pos = "pre";
   bool bias = true, tie = true;
   int64_t kv = 0;
+  bool sqrt_d = false;  // embed_scale "sqrt_d"
+  double escale = 1.0;  // embed_scale as a number (integers only: the value is in the name)
 };
 
 std::string case_name(const Case& c);
@@ -23,7 +27,9 @@ void PrintTo(const Case& c, std::ostream* os);
 
 std::string case_name(const Case& c) {
   return c.arch + "_" + c.pos + "_" + c.act + "_" + c.norm + "_" + c.norm_pos +
-         (c.bias ? "" : "_nobias") + (c.tie ? "" : "_untied") + (c.kv ? "_gqa" : "");
+         (c.bias ? "" : "_nobias") + (c.tie ? "" : "_untied") + (c.kv ? "_gqa" : "") +
+         (c.sqrt_d ? "_escale_sqrtd" : "") +
+         (c.escale != 1.0 ? "_escale" + std::to_string(static_cast<int>(c.escale)) : "");
 }
 
 void PrintTo(const Case& c, std::ostream* os) {
@@ -36,6 +42,7 @@ void run_gradcheck(const Case& cs) {
   c.d_ff = 24;
   c.activation = cs.act, c.norm = cs.norm, c.norm_position = cs.norm_pos, c.bias = cs.bias;
   c.tie_embeddings = cs.tie, c.vocab_size = 23, c.max_len = 32;
+  c.embed_scale_sqrt_d = cs.sqrt_d, c.embed_scale = cs.escale;
   c.position.type = cs.pos;
   c.position.clip = 3, c.position.span = 4, c.position.num_buckets = 8,
   c.position.max_distance = 20;
@@ -72,8 +79,15 @@ void run_gradcheck(const Case& cs) {
     float* p = t.data<float>();
     const float* g = grads.f32(name);
     std::uniform_int_distribution<int64_t> idx(0, t.numel() - 1);
-    for (int k = 0; k < 2; ++k) {
-      const int64_t i = idx(pick);
+    // two random elements; for the token embedding also two in rows the batch uses (a random
+    // element often sits in a row no token reads, where the gradient is trivially 0)
+    std::vector<int64_t> at{idx(pick), idx(pick)};
+    if (name == "embed.weight") {
+      std::uniform_int_distribution<int64_t> col(0, c.d_model - 1);
+      at.push_back(tok[0][1] * c.d_model + col(pick));
+      at.push_back((cs.arch == "encoder_decoder" ? src[1][0] : tok[1][3]) * c.d_model + col(pick));
+    }
+    for (const int64_t i : at) {
       const float old = p[i], h = 2e-3f;
       p[i] = old + h;
       const double lp = m.loss(tok, tgt, fo).loss;
@@ -105,6 +119,13 @@ std::vector<Case> all_cases() {
   v.push_back({"encoder", "shaw", "gelu_tanh", "rmsnorm", "post", false, true, 2});
   v.push_back({"encoder_decoder", "deberta", "swiglu", "layernorm", "post", true, false, 2});
   v.push_back({"decoder", "xl", "gelu", "rmsnorm", "pre", true, true, 2});
+  // embed_scale: the token embedding gradient carries the scale, the tied head's does not
+  v.push_back({"decoder", "sinusoidal", "gelu", "layernorm", "pre", true, true, 0, true});
+  v.push_back({"encoder", "learned", "gelu", "layernorm", "post", true, true, 0, true});
+  v.push_back(
+      {"encoder_decoder", "learned", "gelu", "layernorm", "pre", true, false, 0, false, 3.0});
+  v.push_back(
+      {"encoder_decoder", "sinusoidal_half", "gelu_tanh", "rmsnorm", "pre", true, true, 0, true});
   return v;
 }
 

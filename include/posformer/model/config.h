@@ -1,6 +1,7 @@
 // Model configuration: the JSON a user writes (docs/config.md documents every field).
 // parse_config validates every field and throws posformer::Error naming field and value.
 #pragma once
+#include <cmath>
 #include <cstdint>
 #include <nlohmann/json_fwd.hpp>
 #include <optional>
@@ -43,11 +44,19 @@ struct ModelConfig {
   int64_t vocab_size = 260;
   int64_t max_len = 1024;
   bool tie_embeddings = true;
+  // Token embedding multiplier: the input lookup is E[token] * token_embed_scale(), before the
+  // absolute position is added (Vaswani et al.: sqrt(d_model)). A tied LM head still uses E
+  // unscaled. embed_scale_sqrt_d: the config said "sqrt_d" (written back as such).
+  double embed_scale = 1.0;
+  bool embed_scale_sqrt_d = false;
   std::string head = "lm";  // lm | none
   PositionConfig position;
   AttentionConfig attention;
 
   int64_t head_dim() const { return d_model / n_heads; }
+  double token_embed_scale() const {
+    return embed_scale_sqrt_d ? std::sqrt(static_cast<double>(d_model)) : embed_scale;
+  }
   int64_t kv_heads() const { return n_kv_heads > 0 ? n_kv_heads : n_heads; }
   bool has_encoder() const { return arch == "encoder" || arch == "encoder_decoder"; }
   bool has_decoder() const { return arch == "decoder" || arch == "encoder_decoder"; }

@@ -1,11 +1,11 @@
 // The Transformer: encoder, decoder or encoder-decoder, built from a ModelConfig (SPEC.md 1).
 //
-//   x = E[tokens] (+ P[pos] for absolute schemes)                         [B, T, d]
+//   x = s E[tokens] (+ P[pos] for absolute schemes), s = embed_scale       [B, T, d]
 //   per layer, pre-LN:  x = x + Attn(N1(x));  (dec-in-enc-dec: x = x + Cross(Nc(x), enc));
 //                       x = x + FFN(N2(x));   final norm Nf at the end of the stack
 //   per layer, post-LN: x = N1(x + Attn(x));  (x = Nc(x + Cross(x, enc)));  x = N2(x + FFN(x))
 //   FFN = W2 act(W1 x + b1) + b2, or SwiGLU W2 (silu(W1 x) * W3 x)
-//   logits = x E^T (tied) or x W_head^T                                   [B, T, vocab]
+//   logits = x E^T (tied: E itself, not s E) or x W_head^T                [B, T, vocab]
 //
 // Weights live in a ParamStore under the names of docs/checkpoint-format.md.
 #pragma once
@@ -88,7 +88,8 @@ class Transformer {
   ParamStore zero_grads() const;
   // Encoder stack alone: [B, Ts, d].
   Tensor encode(const TokenBatch& src, int64_t pos_offset = 0) const;
-  // Encoder stack on given input embeddings x [B, T, d] (no token embedding), in place.
+  // Encoder stack on given input embeddings x [B, T, d] (no token embedding, so no
+  // embed_scale; absolute positions are added), in place.
   void encode_embeddings(Tensor& x, int64_t pos_offset = 0) const;
 
  private:
