@@ -141,6 +141,13 @@ def all_cases():
         make_case("learned_full_max_len.clm", "clm", {"max_len": 16}, pos="learned", seed=426),
         make_case("rms_eps1e-2_shaw.mlm", "mlm", {"norm": "rmsnorm", "norm_eps": 1e-2},
                   pos="shaw", seed=427),
+        # embed_scale: dE of the lookup carries the scale, the tied head's part does not
+        make_case("embed_sqrtd_sinusoidal.clm", "clm", {"embed_scale": "sqrt_d"},
+                  pos="sinusoidal", seed=428),
+        make_case("embed_sqrtd_learned.seq2seq", "seq2seq", {"embed_scale": "sqrt_d"},
+                  pos="learned", seed=429),
+        make_case("embed_scale2.5_untied_sinusoidal_half.mlm", "mlm",
+                  {"embed_scale": 2.5, "tie_embeddings": False}, pos="sinusoidal_half", seed=430),
     ]
     return cases
 

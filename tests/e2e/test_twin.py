@@ -186,6 +186,15 @@ def all_cases():
                        seed=233))
     V.append(make_case("sinusoidal_far_offset.encoder", {"arch": "encoder"}, 48, 100000,
                        pos="sinusoidal", seed=234))
+    # embed_scale multiplies the token lookup only (not the absolute position, not the tied head)
+    V.append(make_case("embed_sqrtd_sinusoidal.decoder", {"arch": "decoder", "embed_scale": "sqrt_d"},
+                       65, 7, pos="sinusoidal", seed=235))
+    V.append(make_case("embed_sqrtd_learned_untied.encoder_decoder",
+                       {"arch": "encoder_decoder", "embed_scale": "sqrt_d", "tie_embeddings": False},
+                       30, 7, 35, pos="learned", seed=236))
+    V.append(make_case("embed_scale2.5_sinusoidal_half.encoder",
+                       {"arch": "encoder", "embed_scale": 2.5}, 40, 0, pos="sinusoidal_half",
+                       seed=237))
     return cases + V
 
 
@@ -395,6 +404,34 @@ def selfcheck_torch_layers():
     return worst, worst < 1e-10
 
 
+def selfcheck_embed_scale():
+    """embed_scale s in the twin: a tied model with s equals a model with s = 1 whose token table
+    is s E and whose untied head is E (the lookup is scaled, the head and positions are not)."""
+    worst = 0.0
+    for arch, pos, s in (("decoder", "sinusoidal", "sqrt_d"), ("encoder_decoder", "learned", 2.5)):
+        cfg = dict(BASE, arch=arch, embed_scale=s, position={"type": pos})
+        m = _rand_model(cfg, 13)
+        k = math.sqrt(cfg["d_model"]) if s == "sqrt_d" else s
+        cfg1 = dict(cfg, embed_scale=1.0, tie_embeddings=False)
+        w1 = dict(m.w)
+        w1["lm_head.weight"] = m.w["embed.weight"]
+        w1["embed.weight"] = m.w["embed.weight"] * k
+        m1 = twin.build(cfg1, w1)
+        g = torch.Generator().manual_seed(4)
+        tok = torch.randint(0, cfg["vocab_size"], (2, 9), generator=g)
+        src = torch.randint(0, cfg["vocab_size"], (2, 7), generator=g) if arch != "decoder" else None
+        h, lg = twin.forward(m, tok, pos_offset=3, src=src)
+        h1, lg1 = twin.forward(m1, tok, pos_offset=3, src=src)
+        worst = max(worst, (h - h1).abs().max().item() / h1.abs().max().item(),
+                    (lg - lg1).abs().max().item() / lg1.abs().max().item())
+        # and the scale does change the output (positions are not scaled along)
+        h0, _ = twin.forward(twin.build(dict(cfg, embed_scale=1.0), m.w), tok, pos_offset=3,
+                             src=src)
+        if (h0 - h).abs().max().item() < 1e-3:
+            return 1.0, False
+    return worst, worst < 1e-12
+
+
 def _loop_attention(m, S, L, x, pos0, causal):
     """Self-attention of one layer by plain loops over (h, i, j), formulas written as in the
     brief / SPEC.md. x: [T, d] (already normed)."""
@@ -584,6 +621,7 @@ def main():
             ("selfcheck.twin_vs_torch_nn_layers", selfcheck_torch_layers),
             ("selfcheck.twin_vs_loop_formulas", selfcheck_loops),
             ("selfcheck.rope_identity_t5_buckets", selfcheck_rope_t5),
+            ("selfcheck.embed_scale_is_the_lookup_only", selfcheck_embed_scale),
         ])
 
     work = a.keep or tempfile.mkdtemp(prefix="posformer_twin_")

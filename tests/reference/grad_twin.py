@@ -9,7 +9,9 @@
 batch: dict {"tokens": [[...]] (B x T), "targets": [[...]] (B x T, -1 = ignored),
              "src": [[...]] (encoder_decoder only)}, the same JSON the engine's `grad` reads.
 
-Loss: logits = twin.forward(model, tokens, pos_offset=0, src) ; mean over all (b, t) with
+Loss: logits = twin.forward(model, tokens, pos_offset=0, src) (which applies the config's
+embed_scale to the token lookup, so autograd gives embed.weight the lookup's gradient times the
+scale plus the tied head's unscaled one) ; mean over all (b, t) with
 target >= 0 of cross_entropy(logits[b, t], target)  (torch.nn.functional.cross_entropy with
 ignore_index=-1, reduction="mean").
 

@@ -24,7 +24,7 @@ DEFAULTS = {
     "arch": "decoder", "d_model": 256, "n_layers": 4, "n_heads": 4, "n_kv_heads": 0,
     "d_ff": 1024, "activation": "gelu", "norm": "layernorm", "norm_position": "pre",
     "norm_eps": 1e-5, "bias": True, "vocab_size": 259, "max_len": 1024,
-    "tie_embeddings": True, "head": "lm",
+    "tie_embeddings": True, "head": "lm", "embed_scale": 1.0,
 }
 POS_DEFAULTS = {
     "rope": {"layout": "interleaved", "rotary_dim": 0, "base": 10000.0},
@@ -64,6 +64,17 @@ class Config:
         if self.pos_type == "deberta":
             return 1.0 / math.sqrt(3 * self.D)
         return 1.0 / math.sqrt(self.D)
+
+    def token_scale(self) -> float:
+        """Multiplier of the token embedding lookup (docs/config.md `embed_scale`): a positive
+        number, or "sqrt_d" = sqrt(d_model) as in Vaswani et al. The tied LM head is not scaled."""
+        s = self.embed_scale
+        if s == "sqrt_d":
+            return math.sqrt(self.d)
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not s > 0 \
+                or math.isinf(s):
+            raise ValueError(f"embed_scale must be a positive number or 'sqrt_d', got {s!r}")
+        return float(s)
 
     def cross_scale(self):
         return float(self.scale) if self.scale is not None else 1.0 / math.sqrt(self.D)
@@ -363,7 +374,7 @@ def _stack(m: Model, S: str, tokens: torch.Tensor, pos0: int, causal: bool, enc=
     if int(tokens.min()) < 0 or int(tokens.max()) >= c.vocab_size:
         raise ValueError(f"token id out of range [0, {c.vocab_size})")
     pos = torch.arange(pos0, pos0 + T)
-    x = m.w["embed.weight"][tokens]                  # [B, T, d]
+    x = m.w["embed.weight"][tokens] * c.token_scale()  # [B, T, d]
     if c.pos_type == "learned":
         if pos0 < 0 or pos0 + T > c.max_len:
             raise ValueError(f"positions {pos0}..{pos0 + T - 1} exceed max_len {c.max_len}")
