@@ -1,6 +1,7 @@
 // Activations a training forward keeps for backward (private to src/model).
 #pragma once
 #include <array>
+#include <memory>
 #include <vector>
 
 #include "posformer/model/transformer.h"
@@ -10,14 +11,14 @@ namespace posformer {
 
 // One sublayer (self-attention, cross-attention or FFN); also the inference workspace.
 struct SubTape {
-  Tensor norm_in;  // input of the sublayer's norm (pre: x; post: x + f(x))
-  Tensor h;        // input of f (pre: N(x); post: x)
-  Tensor q, k, v;  // projections after RoPE                 [B*T, HD], [B*Tk, KD]
-  Tensor probs;    // attention probabilities                 [B, H, T, Tk]
-  Tensor att;      // concatenated heads before o-projection  [B*T, HD]
-  Tensor f1, f3;   // FFN pre-activations (w1 x + b1, w3 x + b3)  [B*T, F]
-  Tensor fa;       // FFN activation, input of w2             [B*T, F]
-  Tensor out;      // f(h)                                     [B*T, d]
+  Tensor norm_in;                    // input of the sublayer's norm (pre: x; post: x + f(x))
+  Tensor h;                          // input of f (pre: N(x); post: x)
+  Tensor q, k, v;                    // projections after RoPE                 [B*T, HD], [B*Tk, KD]
+  std::unique_ptr<AttnSaved> saved;  // what the attention variant keeps for its backward
+  Tensor att;                        // concatenated heads before o-projection  [B*T, HD]
+  Tensor f1, f3;                     // FFN pre-activations (w1 x + b1, w3 x + b3)  [B*T, F]
+  Tensor fa;                         // FFN activation, input of w2             [B*T, F]
+  Tensor out;                        // f(h)                                     [B*T, d]
 };
 
 // Sizes used by forward and backward: d = d_model, HD = H*D query width, KD = Hkv*D.

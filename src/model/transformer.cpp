@@ -44,18 +44,23 @@ Transformer::Transformer(const ModelConfig& cfg) : cfg_(cfg) {
                      cfg_.head_dim(), cfg_.max_len,  causal, cfg_.bias};
   };
   if (cfg_.has_encoder()) {
-    enc_pe_ = make_position_encoding(cfg_.position, geom("encoder.", false));
-    declare_stack("encoder.", false, *enc_pe_);
+    const StackGeom eg = geom("encoder.", false);
+    enc_pe_ = make_position_encoding(cfg_.position, eg);
+    enc_attn_ = make_attention(cfg_.attention, eg, *enc_pe_);
+    declare_stack("encoder.", false, *enc_pe_, *enc_attn_);
   }
   if (cfg_.has_decoder()) {
-    dec_pe_ = make_position_encoding(cfg_.position, geom("decoder.", true));
-    declare_stack("decoder.", cfg_.arch == "encoder_decoder", *dec_pe_);
+    const StackGeom dg = geom("decoder.", true);
+    dec_pe_ = make_position_encoding(cfg_.position, dg);
+    dec_attn_ = make_attention(cfg_.attention, dg, *dec_pe_);
+    declare_stack("decoder.", cfg_.arch == "encoder_decoder", *dec_pe_, *dec_attn_);
   }
   if (cfg_.head == "lm" && !cfg_.tie_embeddings)
     specs_.push_back({"lm_head.weight", {V, d}, Init::Normal, "head", true});
 }
 
-void Transformer::declare_stack(const std::string& prefix, bool cross, PositionEncoding& pe) {
+void Transformer::declare_stack(const std::string& prefix, bool cross, const PositionEncoding& pe,
+                                const Attention& attn) {
   const int64_t d = cfg_.d_model, HD = cfg_.n_heads * cfg_.head_dim(),
                 KD = cfg_.kv_heads() * cfg_.head_dim(), F = cfg_.d_ff;
   const bool ln = cfg_.norm == "layernorm";
@@ -68,6 +73,7 @@ void Transformer::declare_stack(const std::string& prefix, bool cross, PositionE
     if (cfg_.bias) specs_.push_back({n + ".bias", {out}, Init::Zeros, comp, false});
   };
   pe.declare(specs_);
+  attn.declare(specs_);
   for (int64_t l = 0; l < cfg_.n_layers; ++l) {
     norm(lname(prefix, l, "attn_norm"));
     for (const std::string& a : cross ? std::vector<std::string>{"attn", "cross_attn"}
@@ -236,28 +242,25 @@ void Transformer::run_stack(const Stack& st, float* x, int64_t B, int64_t T, int
     }
     AttnDesc desc = attn_desc(st, self, B, T, Tk, pos0);
     desc.q = q, desc.k = k, desc.v = v, desc.out = att;
-    if (cache && self) {  // append the new keys/values, attend over everything cached
-      for (int64_t b = 0; b < B; ++b)
-        for (int64_t t = 0; t < T; ++t) {
-          const int64_t row = b * cache->capacity + cache->len + t;
-          std::copy_n(k + (b * T + t) * g.KD, g.KD, cache->k[l].data<float>() + row * g.KD);
-          std::copy_n(v + (b * T + t) * g.KD, g.KD, cache->v[l].data<float>() + row * g.KD);
+    // Relative schemes add score terms in self-attention only.
+    const HookMaker make_hook = [&](const AttnDesc& a) {
+      return self ? st.pe->prepare(params_, AttnInputs{l, &a}) : nullptr;
+    };
+    if (cache && self) {  // the variant appends the new keys/values to its state, attends over all
+      st.attn->decode(*cache->self[l], desc, make_hook);
+    } else {
+      if (cache) {  // cross-attention: encoder keys/values computed once per cache
+        if (!cached_cross) {
+          cache->ck[l] = Tensor({B, Ts, g.KD}), cache->cv[l] = Tensor({B, Ts, g.KD});
+          std::copy_n(k, B * Ts * g.KD, cache->ck[l].data<float>());
+          std::copy_n(v, B * Ts * g.KD, cache->cv[l].data<float>());
         }
-      desc.k = cache->k[l].data<float>(), desc.v = cache->v[l].data<float>();
-      desc.Tk = cache->len + T, desc.kv_batch_rows = cache->capacity, desc.k_pos0 = 0;
-    } else if (cache) {  // cross-attention: encoder keys/values computed once per cache
-      if (!cached_cross) {
-        cache->ck[l] = Tensor({B, Ts, g.KD}), cache->cv[l] = Tensor({B, Ts, g.KD});
-        std::copy_n(k, B * Ts * g.KD, cache->ck[l].data<float>());
-        std::copy_n(v, B * Ts * g.KD, cache->cv[l].data<float>());
+        desc.k = cache->ck[l].data<float>(), desc.v = cache->cv[l].data<float>();
       }
-      desc.k = cache->ck[l].data<float>(), desc.v = cache->cv[l].data<float>();
+      std::unique_ptr<ScoreHook> hook = make_hook(desc);
+      desc.hook = hook.get();
+      st.attn->forward(desc, keep ? &keep->saved : nullptr);
     }
-    if (keep) desc.probs = buf(&Bufs::probs, keep, {B, g.H, T, Tk});
-    std::unique_ptr<ScoreHook> hook;
-    if (self) hook = st.pe->prepare(params_, AttnInputs{l, &desc});
-    desc.hook = hook.get();
-    attention_forward(desc);
     lin_fwd(lname(P, l, a + ".o"), att, out, BT, d, g.HD);
   };
   auto ffn = [&](int64_t l, const float* in, float* out, Bufs* keep) {
@@ -319,7 +322,7 @@ Tensor Transformer::encode(const TokenBatch& src, int64_t pos_offset) const {
   PF_CHECK(cfg_.has_encoder(), "[model] this ", cfg_.arch, " model has no encoder");
   check_tokens(src, cfg_.vocab_size, "encoder tokens");
   PF_CHECK(pos_offset >= 0, "[input] position offset must be >= 0, got ", pos_offset);
-  Stack st{"encoder.", false, false, enc_pe_.get()};
+  const Stack st = encoder_stack();
   Tensor x = embed(st, src, pos_offset);
   const int64_t B = src.size(), T = src[0].size();
   run_stack(st, x.data<float>(), B, T, pos_offset, nullptr, 0, nullptr);
@@ -330,14 +333,15 @@ void Transformer::encode_embeddings(Tensor& x, int64_t pos_offset) const {
   PF_CHECK(cfg_.has_encoder(), "[model] this ", cfg_.arch, " model has no encoder");
   PF_CHECK(x.ndim() == 3 && x.dim(2) == cfg_.d_model, "[model] encoder input must be [B, T, ",
            cfg_.d_model, "], got ", shape_str(x.shape()));
-  Stack st{"encoder.", false, false, enc_pe_.get()};
+  const Stack st = encoder_stack();
   st.pe->embed(params_, x.data<float>(), x.dim(0), x.dim(1), pos_offset);
   run_stack(st, x.data<float>(), x.dim(0), x.dim(1), pos_offset, nullptr, 0, nullptr);
 }
 
 size_t KVCache::bytes() const {
   size_t n = enc.nbytes();
-  for (const auto* vec : {&k, &v, &ck, &cv})
+  for (const auto& s : self) n += s->bytes();
+  for (const auto* vec : {&ck, &cv})
     for (const Tensor& t : *vec) n += t.nbytes();
   return n;
 }
@@ -357,8 +361,7 @@ KVCache Transformer::start_cache(int64_t B, int64_t capacity, const TokenBatch* 
   KVCache c;
   c.B = B, c.capacity = capacity;
   for (int64_t l = 0; l < cfg_.n_layers; ++l) {
-    c.k.emplace_back(Shape{B, capacity, KD});
-    c.v.emplace_back(Shape{B, capacity, KD});
+    c.self.push_back(dec_attn_->start_decode(B, capacity));
     c.ck.emplace_back(Shape{0});
     c.cv.emplace_back(Shape{0});
   }
@@ -379,7 +382,7 @@ ForwardOutput Transformer::forward_cached(const TokenBatch& tokens, KVCache& cac
   PF_CHECK(B == cache.B, "[generate] batch of ", B, " for a cache of ", cache.B);
   PF_CHECK(cache.len + T <= cache.capacity, "[generate] the KV cache holds ", cache.capacity,
            " positions; ", cache.len, " used, ", T, " more requested");
-  Stack st{"decoder.", true, cfg_.arch == "encoder_decoder", dec_pe_.get()};
+  const Stack st = decoder_stack();
   Tensor x = embed(st, tokens, cache.len);
   run_stack(st, x.data<float>(), B, T, cache.len, cache.Ts ? cache.enc.data<float>() : nullptr,
             cache.Ts, nullptr, &cache);
@@ -420,7 +423,7 @@ ForwardOutput Transformer::forward(const TokenBatch& tokens, const ForwardOption
     } else {
       PF_CHECK(opt.src == nullptr, "[input] --src is only for encoder_decoder models");
     }
-    Stack st{"decoder.", true, cfg_.arch == "encoder_decoder", dec_pe_.get()};
+    const Stack st = decoder_stack();
     out.hidden = embed(st, tokens, opt.pos_offset);
     run_stack(st, out.hidden.data<float>(), B, T, opt.pos_offset,
               enc.numel() ? enc.data<float>() : nullptr, Ts, nullptr);

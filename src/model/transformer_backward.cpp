@@ -167,7 +167,7 @@ void Transformer::backward_stack(const Stack& st, const StackTape& tape, float* 
     desc.hook = hook.get();
     AttnGrads ag;
     ag.dout = datt, ag.lddo = g.HD, ag.dq = dq, ag.dk = dk, ag.dv = dv;
-    attention_backward(desc, sp.probs.data<float>(), ag, hook.get());
+    st.attn->backward(desc, *sp.saved, ag, hook.get());
     if (hook) hook->finish_backward(grads);
     if (self && st.pe->rotary()) {  // q, k were rotated after projection
       st.pe->rotate_backward(dq, B, T, g.H, g.HD, pos0);
@@ -275,8 +275,7 @@ Transformer::Loss Transformer::loss_and_grad(const TokenBatch& tokens, const Tok
   const int64_t B = tokens.size(), T = tokens[0].size(), d = cfg_.d_model, V = cfg_.vocab_size;
   const bool encdec = cfg_.arch == "encoder_decoder";
   // ---- forward with tapes
-  Stack enc_st{"encoder.", false, false, enc_pe_.get()};
-  Stack dec_st{"decoder.", true, encdec, dec_pe_.get()};
+  const Stack enc_st = encoder_stack(), dec_st = decoder_stack();
   // Tapes and the logits / gradient buffers are kept per thread between calls: a training loop
   // then reuses the same memory every step instead of allocating (and zero-filling) it anew.
   thread_local StackTape enc_tape, dec_tape;

@@ -101,6 +101,7 @@ class AlibiPosition final : public PositionEncoding {
   explicit AlibiPosition(const StackGeom& g) : g_(g), slopes_(alibi_slopes(g.H)) {}
   std::string name() const override { return "alibi"; }
   std::unique_ptr<ScoreHook> prepare(const ParamStore& p, const AttnInputs& in) const override;
+  bool adds_scores() const override { return true; }
 
  private:
   StackGeom g_;
@@ -113,6 +114,7 @@ class T5Position final : public PositionEncoding {
   std::string name() const override { return "t5"; }
   void declare(std::vector<ParamSpec>& specs) const override;
   std::unique_ptr<ScoreHook> prepare(const ParamStore& p, const AttnInputs& in) const override;
+  bool adds_scores() const override { return true; }
 
  private:
   PositionConfig c_;
@@ -123,8 +125,10 @@ class ShawPosition final : public PositionEncoding {
  public:
   ShawPosition(const PositionConfig& c, const StackGeom& g) : c_(c), g_(g) {}
   std::string name() const override { return "shaw"; }
+  bool adds_values() const override { return true; }
   void declare(std::vector<ParamSpec>& specs) const override;
   std::unique_ptr<ScoreHook> prepare(const ParamStore& p, const AttnInputs& in) const override;
+  bool adds_scores() const override { return true; }
 
  private:
   PositionConfig c_;
@@ -137,6 +141,7 @@ class XlPosition final : public PositionEncoding {
   std::string name() const override { return "xl"; }
   void declare(std::vector<ParamSpec>& specs) const override;
   std::unique_ptr<ScoreHook> prepare(const ParamStore& p, const AttnInputs& in) const override;
+  bool adds_scores() const override { return true; }
 
  private:
   StackGeom g_;
@@ -148,6 +153,7 @@ class DebertaPosition final : public PositionEncoding {
   std::string name() const override { return "deberta"; }
   void declare(std::vector<ParamSpec>& specs) const override;
   std::unique_ptr<ScoreHook> prepare(const ParamStore& p, const AttnInputs& in) const override;
+  bool adds_scores() const override { return true; }
   float default_scale(int64_t D) const override;
 
  private:

@@ -118,3 +118,44 @@ TEST(Sampling, TopKTopPTemperatureAndPenalty) {
   s.top_p = 1.5;
   EXPECT_THROW(validate_sampling(s), Error);
 }
+
+// The decode state belongs to the attention variant: softmax keeps every key/value row, and
+// the cache accounts for exactly that memory (SPEC.md 7: 2 * layers * Hkv * D * capacity * 4).
+TEST(CachedDecoding, SoftmaxStateHoldsKeyValueRows) {
+  Transformer m = make_model("decoder", "rope", 2);
+  ASSERT_NE(m.attention(true), nullptr);
+  EXPECT_EQ(m.attention(true)->name(), "softmax");
+  EXPECT_EQ(m.attention(true)->caps().decode, DecodeKind::KeyValueRows);
+  KVCache c = m.start_cache(3, 20);
+  ASSERT_EQ(c.self.size(), 2u);
+  const int64_t KD = 2 * (32 / 4);
+  EXPECT_EQ(c.bytes(), size_t(2 * 2 * KD * 20 * 3) * sizeof(float));
+  m.forward_cached({{1, 2, 3}, {4, 5, 6}, {7, 8, 9}}, c);
+  m.forward_cached({{1}, {2}, {3}}, c);
+  for (const auto& s : c.self) EXPECT_EQ(s->length(), 4);
+  EXPECT_EQ(c.len, 4);
+  // past the state's capacity: refused, naming the sizes
+  try {
+    m.forward_cached(TokenBatch(3, std::vector<int32_t>(17, 1)), c);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("20 positions"), std::string::npos) << e.what();
+  }
+}
+
+TEST(AttentionRegistry, UnknownTypeIsNamed) {
+  PositionConfig pc;
+  pc.type = "rope";
+  const StackGeom g{"decoder.", 1, 32, 4, 4, 8, 64, true, true};
+  auto pe = make_position_encoding(pc, g);
+  AttentionConfig ac;
+  ac.type = "linear_typo";
+  try {
+    make_attention(ac, g, *pe);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("linear_typo"), std::string::npos) << e.what();
+  }
+  ac.type = "softmax";
+  EXPECT_EQ(make_attention(ac, g, *pe)->name(), "softmax");
+}

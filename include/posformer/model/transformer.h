@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "posformer/attention/variant.h"
 #include "posformer/model/config.h"
 #include "posformer/model/params.h"
 #include "posformer/posenc/position_encoding.h"
@@ -34,14 +35,15 @@ struct ForwardOutput {
   Tensor logits;  // [B, T, vocab] when the model has an LM head and want_logits
 };
 
-// KV cache for incremental decoding: the decoder's self-attention keys/values (after RoPE) of
-// every layer, and the cross-attention keys/values of the encoder output (computed once).
-// Memory: 2 * layers * n_kv_heads * D * capacity * 4 bytes per sequence (SPEC.md 7).
+// Decoding state: each decoder layer's self-attention state, made and owned by the attention
+// variant (softmax: the keys/values after RoPE of every position, 2 * layers * n_kv_heads * D *
+// capacity * 4 bytes per sequence, SPEC.md 7), and the cross-attention keys/values of the
+// encoder output (computed once).
 struct KVCache {
-  int64_t B = 0, capacity = 0, len = 0;  // len = positions already cached
-  std::vector<Tensor> k, v;              // per layer [B, capacity, Hkv*D]
-  std::vector<Tensor> ck, cv;            // per layer [B, Ts, Hkv*D] (encoder_decoder)
-  Tensor enc;                            // encoder output [B, Ts, d]
+  int64_t B = 0, capacity = 0, len = 0;                // len = positions already decoded
+  std::vector<std::unique_ptr<AttnDecodeState>> self;  // per layer
+  std::vector<Tensor> ck, cv;                          // per layer [B, Ts, Hkv*D] (encoder_decoder)
+  Tensor enc;                                          // encoder output [B, Ts, d]
   int64_t Ts = 0;
   size_t bytes() const;
 };
@@ -62,6 +64,9 @@ class Transformer {
   const ParamStore& params() const { return params_; }
   const PositionEncoding* position(bool decoder) const {
     return decoder ? dec_pe_.get() : enc_pe_.get();
+  }
+  const Attention* attention(bool decoder) const {
+    return decoder ? dec_attn_.get() : enc_attn_.get();
   }
 
   ForwardOutput forward(const TokenBatch& tokens, const ForwardOptions& opt = {}) const;
@@ -97,10 +102,16 @@ class Transformer {
     std::string prefix;
     bool causal, cross;
     const PositionEncoding* pe;
+    const Attention* attn;
   };
+  Stack encoder_stack() const { return {"encoder.", false, false, enc_pe_.get(), enc_attn_.get()}; }
+  Stack decoder_stack() const {
+    return {"decoder.", true, cfg_.arch == "encoder_decoder", dec_pe_.get(), dec_attn_.get()};
+  }
   struct Geometry;
   Geometry geometry() const;
-  void declare_stack(const std::string& prefix, bool cross, PositionEncoding& pe);
+  void declare_stack(const std::string& prefix, bool cross, const PositionEncoding& pe,
+                     const Attention& attn);
   // x: [B*T, d] in, out in place. enc: [B*Ts, d] for cross-attention (or null). With a tape,
   // every layer's activations are kept for backward.
   void run_stack(const Stack& st, float* x, int64_t B, int64_t T, int64_t pos0, const float* enc,
@@ -123,6 +134,7 @@ class Transformer {
   std::vector<ParamSpec> specs_;
   ParamStore params_;
   std::unique_ptr<PositionEncoding> enc_pe_, dec_pe_;
+  std::unique_ptr<Attention> enc_attn_, dec_attn_;
 };
 
 // Validates a token batch: non-empty equal-length rows, ids in [0, vocab). `what` names the input.

@@ -54,6 +54,10 @@ class PositionEncoding {
   virtual std::unique_ptr<ScoreHook> prepare(const ParamStore& p, const AttnInputs& in) const {
     return nullptr;
   }
+  // What the scheme needs from attention (make_attention checks it against the variant's caps):
+  // score terms (prepare returns a hook), and value terms on top of them (Shaw).
+  virtual bool adds_scores() const { return false; }
+  virtual bool adds_values() const { return false; }
   // Score scale when attention.scale is not set.
   virtual float default_scale(int64_t D) const;
   // Largest position the scheme can encode (learned: max_len - 1), or -1 for unlimited.

@@ -1,0 +1,91 @@
+// Attention as a pluggable object: the model's one extension point for how a sublayer turns
+// projected queries, keys and values into its output (docs/architecture.md). Made by a registry
+// from the config's `attention` object, the way position encodings are; the model calls only
+// this interface and never a kernel directly.
+//
+//   caps()      what the variant supports: causal masks, key padding, score / value hooks of
+//               relative position schemes, rotary positions applied to q and k before it, and
+//               the kind of decode state it keeps. make_attention refuses, at config time, a
+//               position scheme that needs something the variant lacks, naming both.
+//   declare()   trainable parameters, under the stack prefix.
+//   forward()   out = Attn(q, k, v) for a descriptor (attention.h); with a `saved` slot it keeps
+//               what its own backward needs there (reusing the slot's memory when it can).
+//   backward()  dq, dk, dv (and hook parameter gradients) from dout and what forward saved.
+//   decode      start_decode() makes a per-layer state for incremental decoding; decode() appends
+//               the new tokens' keys/values to it and attends over everything it holds.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "posformer/attention/attention.h"
+#include "posformer/model/config.h"
+#include "posformer/model/params.h"
+
+namespace posformer {
+
+class PositionEncoding;
+struct StackGeom;
+
+enum class DecodeKind {
+  KeyValueRows,  // keeps every past key/value row (grows with the sequence): softmax
+  Recurrent,     // keeps a fixed-size state per head (linear attention family)
+};
+
+struct AttentionCaps {
+  bool causal = true;          // causal masks (decoder self-attention)
+  bool key_padding = true;     // AttnDesc::key_len
+  bool score_hooks = true;     // relative schemes adding score terms (ALiBi, T5, Shaw, XL, DeBERTa)
+  bool value_hooks = true;     // Shaw's value term
+  bool rotary_outside = true;  // RoPE rotates q and k before attention
+  DecodeKind decode = DecodeKind::KeyValueRows;
+};
+
+// What a forward kept for its backward; each variant defines its own.
+struct AttnSaved {
+  virtual ~AttnSaved() = default;
+};
+
+// Makes the score hook of a relative position scheme for the descriptor attention will really
+// run (a hook reads the descriptor's sizes and positions); may return null.
+using HookMaker = std::function<std::unique_ptr<ScoreHook>(const AttnDesc&)>;
+
+// Per-layer state for incremental decoding; each variant defines its own.
+class AttnDecodeState {
+ public:
+  virtual ~AttnDecodeState() = default;
+  virtual int64_t length() const = 0;  // positions held
+  virtual size_t bytes() const = 0;    // memory held
+};
+
+class Attention {
+ public:
+  virtual ~Attention() = default;
+  virtual std::string name() const = 0;
+  virtual AttentionCaps caps() const = 0;
+  virtual void declare(std::vector<ParamSpec>& specs) const {}
+
+  // desc: q, k, v, out, sizes, mask, positions, hook (attention.h). desc.probs is ignored: a
+  // variant keeps what it needs in *saved when saved is not null.
+  virtual void forward(const AttnDesc& desc, std::unique_ptr<AttnSaved>* saved) const = 0;
+  // Gradients given what forward saved for the same descriptor; dq, dk, dv are overwritten.
+  virtual void backward(const AttnDesc& desc, const AttnSaved& saved, const AttnGrads& g,
+                        ScoreHook* hook) const = 0;
+
+  // Decoding: B sequences, at most `capacity` positions.
+  virtual std::unique_ptr<AttnDecodeState> start_decode(int64_t B, int64_t capacity) const = 0;
+  // desc holds the new tokens (Tq = Tk = new rows; q_pos0 = k_pos0 = state.length()); appends
+  // their keys/values to the state and writes the output of the new queries over all of it,
+  // with the score hook that make_hook (may be empty) prepares for the descriptor it runs.
+  virtual void decode(AttnDecodeState& state, const AttnDesc& desc,
+                      const HookMaker& make_hook) const = 0;
+};
+
+// Registry: config name -> variant for one stack. Refuses an unknown type, and a position
+// scheme the variant cannot serve, with a message naming both.
+std::unique_ptr<Attention> make_attention(const AttentionConfig& cfg, const StackGeom& geom,
+                                          const PositionEncoding& pe);
+
+}  // namespace posformer

@@ -1,0 +1,108 @@
+// The attention registry and the exact softmax variant (kernels: softmax_attention*.cpp).
+#include <algorithm>
+#include <cstring>
+
+#include "posformer/attention/variant.h"
+#include "posformer/core/error.h"
+#include "posformer/posenc/position_encoding.h"
+
+namespace posformer {
+namespace {
+
+// Softmax keeps the probabilities P [B, H, Tq, Tk] for its backward.
+struct SoftmaxSaved final : AttnSaved {
+  Tensor probs;
+};
+
+// Every past key/value row of one layer: [B, capacity, Hkv*D] each.
+class KeyValueRows final : public AttnDecodeState {
+ public:
+  KeyValueRows(int64_t B, int64_t capacity, int64_t width)
+      : k({B, capacity, width}), v({B, capacity, width}) {}
+  int64_t length() const override { return len; }
+  size_t bytes() const override { return k.nbytes() + v.nbytes(); }
+  Tensor k, v;
+  int64_t len = 0;
+};
+
+class SoftmaxAttention final : public Attention {
+ public:
+  explicit SoftmaxAttention(const StackGeom& g) : g_(g) {}
+  std::string name() const override { return "softmax"; }
+  AttentionCaps caps() const override { return {}; }  // everything, decoding by K/V rows
+
+  void forward(const AttnDesc& desc, std::unique_ptr<AttnSaved>* saved) const override {
+    AttnDesc a = desc;
+    a.probs = nullptr;
+    if (saved) {
+      if (!dynamic_cast<SoftmaxSaved*>(saved->get())) *saved = std::make_unique<SoftmaxSaved>();
+      Tensor& p = static_cast<SoftmaxSaved&>(**saved).probs;
+      const Shape shape{a.B, a.H, a.Tq, a.Tk};
+      if (p.shape() != shape) p = Tensor(shape);  // reused step after step when shapes match
+      a.probs = p.data<float>();
+    }
+    attention_forward(a);
+  }
+
+  void backward(const AttnDesc& desc, const AttnSaved& saved, const AttnGrads& g,
+                ScoreHook* hook) const override {
+    const auto* s = dynamic_cast<const SoftmaxSaved*>(&saved);
+    PF_CHECK(s && s->probs.shape() == (Shape{desc.B, desc.H, desc.Tq, desc.Tk}),
+             "[attention] softmax backward without the probabilities of its forward");
+    attention_backward(desc, s->probs.data<float>(), g, hook);
+  }
+
+  std::unique_ptr<AttnDecodeState> start_decode(int64_t B, int64_t capacity) const override {
+    return std::make_unique<KeyValueRows>(B, capacity, g_.Hkv * g_.D);
+  }
+
+  void decode(AttnDecodeState& state, const AttnDesc& desc,
+              const HookMaker& make_hook) const override {
+    auto& st = dynamic_cast<KeyValueRows&>(state);
+    const int64_t W = g_.Hkv * g_.D, cap = st.k.dim(1);
+    PF_CHECK(desc.B == st.k.dim(0), "[attention] decoding a batch of ", desc.B, " with a state of ",
+             st.k.dim(0));
+    PF_CHECK(desc.q_pos0 == st.len, "[attention] decoding from position ", desc.q_pos0,
+             " with a state holding ", st.len);
+    PF_CHECK(st.len + desc.Tq <= cap, "[attention] the decode state holds ", cap, " positions; ",
+             st.len, " used, ", desc.Tq, " more requested");
+    float *K = st.k.data<float>(), *V = st.v.data<float>();
+    for (int64_t b = 0; b < desc.B; ++b)
+      for (int64_t t = 0; t < desc.Tq; ++t) {
+        const int64_t row = b * cap + st.len + t;
+        std::copy_n(desc.k + (b * desc.Tk + t) * desc.ldk, W, K + row * W);
+        std::copy_n(desc.v + (b * desc.Tk + t) * desc.ldv, W, V + row * W);
+      }
+    AttnDesc a = desc;  // the new queries over every cached key (positions 0 .. len + Tq - 1)
+    a.k = K, a.v = V, a.ldk = a.ldv = W;
+    a.Tk = st.len + desc.Tq, a.kv_batch_rows = cap, a.k_pos0 = 0, a.probs = nullptr;
+    std::unique_ptr<ScoreHook> hook = make_hook ? make_hook(a) : nullptr;
+    a.hook = hook.get();
+    attention_forward(a);
+    st.len += desc.Tq;
+  }
+
+ private:
+  StackGeom g_;
+};
+
+}  // namespace
+
+std::unique_ptr<Attention> make_attention(const AttentionConfig& cfg, const StackGeom& geom,
+                                          const PositionEncoding& pe) {
+  std::unique_ptr<Attention> a;
+  if (cfg.type == "softmax") a = std::make_unique<SoftmaxAttention>(geom);
+  if (!a) throw Error(str("[attention] unknown attention type \"", cfg.type, "\""));
+  const AttentionCaps c = a->caps();
+  auto refuse = [&](const char* what) {
+    throw Error(str("[config] attention '", cfg.type, "' cannot serve position '", pe.name(),
+                    "': it supports no ", what));
+  };
+  if (geom.causal && !c.causal) refuse("causal mask (decoder self-attention)");
+  if (pe.adds_scores() && !c.score_hooks) refuse("relative score terms");
+  if (pe.adds_values() && !c.value_hooks) refuse("relative value terms");
+  if (pe.rotary() && !c.rotary_outside) refuse("rotary positions applied to q and k");
+  return a;
+}
+
+}  // namespace posformer
