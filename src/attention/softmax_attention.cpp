@@ -43,18 +43,17 @@ void apply_mask(const AttnDesc& a, int64_t b, float* S) {
 }  // namespace
 
 // Scores of one task live in a per-thread buffer of at most this many floats (256 KB, within
-// L2) when no hook needs a whole (b, h) score matrix: query rows are then processed in blocks
-// so QK^T, softmax and PV reuse the block in cache, and blocks are separate tasks.
+// L2): query rows are processed in blocks so QK^T, softmax and PV reuse the block in cache, and
+// blocks are separate tasks. Hooks (relative schemes) see the same tiles.
 constexpr int64_t kScoreBlockFloats = int64_t{1} << 16;
 
 void attention_forward(const AttnDesc& a) {
   check_attn_desc(a);
   if (a.B == 0 || a.Tq == 0) return;
   const int64_t group = a.H / a.Hkv, BH = a.B * a.H, Tk1 = std::max<int64_t>(a.Tk, 1);
-  // Hooks (relative schemes) add terms to the whole [Tq, Tk] matrix of (b, h): one block.
-  const int64_t rows_per_block =
-      a.hook ? a.Tq : std::min(a.Tq, std::max<int64_t>(kScoreBlockFloats / Tk1, 16));
+  const int64_t rows_per_block = std::min(a.Tq, std::max<int64_t>(kScoreBlockFloats / Tk1, 16));
   const int64_t nblk = (a.Tq + rows_per_block - 1) / rows_per_block, tasks = BH * nblk;
+  const bool values = a.hook && a.hook->has_value_terms();
 #pragma omp parallel if (tasks > 1 && omp_get_max_threads() > 1 && !omp_in_parallel())
   {
     std::unique_ptr<float[]> S(new float[static_cast<size_t>(rows_per_block * Tk1)]);
@@ -70,16 +69,16 @@ void attention_forward(const AttnDesc& a) {
       float* probs = a.probs ? a.probs + (bh * a.Tq + t0) * a.Tk : nullptr;
       // Keys this block can see: padding and (causal) the last row's position bound them; the
       // columns past `kn` are masked for every row, so they are skipped (probability 0).
-      // (hooks index the full [Tq, Tk] matrix)
-      const int64_t kn = a.hook ? a.Tk : a.visible_keys(b, t0 + rows - 1);
+      const int64_t kn = a.visible_keys(b, t0 + rows - 1);
       if (kn == 0) {  // every key masked: the rows attend to nothing
         for (int64_t t = 0; t < rows; ++t) std::fill_n(o + t * a.ldo, a.D, 0.0f);
         if (probs) std::fill_n(probs, rows * a.Tk, 0.0f);
         continue;
       }
+      const ScoreTile tile{t0, rows, 0, kn};
       float* Sp = S.get();
       ops::gemm(false, true, rows, kn, a.D, a.scale, q, a.ldq, k, a.ldk, 0.0f, Sp, kn);
-      if (a.hook) a.hook->add_scores(b, h, Sp);
+      if (a.hook) a.hook->add_scores(b, h, tile, Sp, kn);
       apply_mask(a, b, t0, rows, kn, Sp);
       ops::softmax_rows(Sp, rows, kn, kn);
       if (probs)
@@ -88,7 +87,7 @@ void attention_forward(const AttnDesc& a) {
           std::fill(probs + t * a.Tk + kn, probs + (t + 1) * a.Tk, 0.0f);
         }
       ops::gemm(false, false, rows, a.D, kn, 1.0f, Sp, kn, v, a.ldv, 0.0f, o, a.ldo);
-      if (a.hook && a.hook->has_value_terms()) a.hook->add_values(b, h, Sp, o, a.ldo);
+      if (values) a.hook->add_values(b, h, tile, Sp, kn, o - t0 * a.ldo, a.ldo);
     }
   }
 }
@@ -110,7 +109,8 @@ void attention_forward(const AttnDesc& a) {
                    a.k[(b * a.kv_rows() + s) * a.ldk + g * a.D + c];
           S[t * a.Tk + s] = static_cast<float>(a.scale * acc);
         }
-      if (a.hook) a.hook->add_scores(b, h, S.data());
+      const ScoreTile whole{0, a.Tq, 0, a.Tk};
+      if (a.hook) a.hook->add_scores(b, h, whole, S.data(), a.Tk);
       apply_mask(a, b, S.data());
       for (int64_t t = 0; t < a.Tq; ++t) {
         float* row = S.data() + t * a.Tk;
@@ -131,7 +131,7 @@ void attention_forward(const AttnDesc& a) {
         }
       }
       if (a.hook && a.hook->has_value_terms())
-        a.hook->add_values(b, h, S.data(), a.out + b * a.Tq * a.ldo + h * a.D, a.ldo);
+        a.hook->add_values(b, h, whole, S.data(), a.Tk, a.out + b * a.Tq * a.ldo + h * a.D, a.ldo);
     }
 }
 

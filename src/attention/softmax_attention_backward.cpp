@@ -1,10 +1,9 @@
 // Backward of exact softmax attention (per kv-head group in parallel, heads of a group serial):
 //   dV_g += P^T dO_h;  dP = dO_h V_g^T (+ hook value term);  dS = P * (dP - rowsum(dP * P))
 //   dQ_h = scale dS K_g (+ hook);  dK_g += scale dS^T Q_h (+ hook)
-// Without a score hook the work is done per block of query rows over only the keys the block
-// can see (causal mask, key padding): P is exactly 0 elsewhere, so dS is too and those keys
-// contribute nothing. With a hook (relative schemes) the full [Tq, Tk] dS is formed, as the
-// hook reads it.
+// The work is done per block of query rows over only the keys the block can see (causal mask,
+// key padding): P is exactly 0 elsewhere, so dS is too and those keys contribute nothing. A
+// hook (relative schemes) gets each block as a tile.
 #include <omp.h>
 
 #include <algorithm>
@@ -38,8 +37,7 @@ void attention_backward(const AttnDesc& a, const float* probs, const AttnGrads& 
     return;
   }
   if (hook) hook->begin_backward();
-  const bool blocked = hook == nullptr;
-  const int64_t qb = blocked ? std::min(kQueryBlock, a.Tq) : a.Tq;
+  const int64_t qb = std::min(kQueryBlock, a.Tq);
 #pragma omp parallel if (BG > 1 && omp_get_max_threads() > 1 && !omp_in_parallel())
   {
     std::vector<float> dP(static_cast<size_t>(qb * a.Tk));
@@ -60,19 +58,6 @@ void attention_backward(const AttnDesc& a, const float* probs, const AttnGrads& 
         const float* q = a.q + b * a.Tq * a.ldq + h * a.D;
         const float* dO = g.dout + b * a.Tq * g.lddo + h * a.D;
         float* dq = g.dq + b * a.Tq * a.ldq + h * a.D;
-        if (!blocked) {
-          ops::gemm(true, false, a.Tk, a.D, a.Tq, 1.0f, P, a.Tk, dO, g.lddo, 1.0f, dv, a.ldv);
-          ops::gemm(false, true, a.Tq, a.Tk, a.D, 1.0f, dO, g.lddo, v, a.ldv, 0.0f, dP.data(),
-                    a.Tk);
-          if (hook->has_value_terms()) hook->backward_values(b, h, P, dO, g.lddo, dP.data());
-          kernels::cpu::softmax_backward_rows(P, a.Tk, dP.data(), a.Tk, a.Tq, a.Tk);
-          ops::gemm(false, false, a.Tq, a.D, a.Tk, a.scale, dP.data(), a.Tk, k, a.ldk, 0.0f, dq,
-                    a.ldq);
-          ops::gemm(true, false, a.Tk, a.D, a.Tq, a.scale, dP.data(), a.Tk, q, a.ldq, 1.0f, dk,
-                    a.ldk);
-          hook->backward_scores(b, h, dP.data(), dq, a.ldq, dk, a.ldk);
-          continue;
-        }
         for (int64_t t0 = 0; t0 < a.Tq; t0 += qb) {
           const int64_t n = std::min(qb, a.Tq - t0);
           const int64_t e = a.visible_keys(b, t0 + n - 1);  // keys the block's last row sees
@@ -81,15 +66,20 @@ void attention_backward(const AttnDesc& a, const float* probs, const AttnGrads& 
             for (int64_t t = t0; t < t0 + n; ++t) std::fill_n(dq + t * a.ldq, a.D, 0.0f);
             continue;
           }
+          const ScoreTile tile{t0, n, 0, e};
           ops::gemm(true, false, e, a.D, n, 1.0f, Pb, a.Tk, dO + t0 * g.lddo, g.lddo, 1.0f, dv,
                     a.ldv);
           ops::gemm(false, true, n, e, a.D, 1.0f, dO + t0 * g.lddo, g.lddo, v, a.ldv, 0.0f,
                     dP.data(), e);
-          kernels::cpu::softmax_backward_rows(Pb, a.Tk, dP.data(), e, n, e);
+          if (hook && hook->has_value_terms())
+            hook->backward_values(b, h, tile, Pb, a.Tk, dO, g.lddo, dP.data(), e);
+          kernels::cpu::softmax_backward_rows(Pb, a.Tk, dP.data(), e, n, e);  // dP -> dS
+          if (hook) hook->adjust_dscores(b, h, tile, dP.data(), e);
           ops::gemm(false, false, n, a.D, e, a.scale, dP.data(), e, k, a.ldk, 0.0f, dq + t0 * a.ldq,
                     a.ldq);
           ops::gemm(true, false, e, a.D, n, a.scale, dP.data(), e, q + t0 * a.ldq, a.ldq, 1.0f, dk,
                     a.ldk);
+          if (hook) hook->backward_scores(b, h, tile, dP.data(), e, dq, a.ldq, dk, a.ldk);
         }
       }
     }

@@ -11,16 +11,16 @@ class AlibiHook final : public ScoreHook {
  public:
   AlibiHook(const AttnDesc& a, const std::vector<double>& slopes) : a_(a), slopes_(slopes) {}
   // S[t,s] += -m_h |i - j|, or -m_h (i - j) in a causal stack; i, j absolute positions.
-  void add_scores(int64_t b, int64_t h, float* S) const override {
+  void add_scores(int64_t b, int64_t h, const ScoreTile& tl, float* S, int64_t ldS) const override {
     const double m = slopes_[h];
-    for (int64_t t = 0; t < a_.Tq; ++t) {
+    for (int64_t t = tl.t0; t < tl.t0 + tl.rows; ++t) {
       const int64_t i = a_.q_pos0 + t;
-      float* row = S + t * a_.Tk;
-      for (int64_t s = 0; s < a_.Tk; ++s) {
+      float* row = S + (t - tl.t0) * ldS;
+      for (int64_t s = tl.s0; s < tl.s0 + tl.cols; ++s) {
         const int64_t dist = i - (a_.k_pos0 + s);
         const double off =
             a_.causal ? static_cast<double>(dist) : std::fabs(static_cast<double>(dist));
-        row[s] += static_cast<float>(-m * off);
+        row[s - tl.s0] += static_cast<float>(-m * off);
       }
     }
   }
@@ -42,22 +42,25 @@ class T5Hook final : public ScoreHook {
       bucket_[r] = t5_bucket(rel_min_ + static_cast<int64_t>(r), bidirectional, c.num_buckets,
                              c.max_distance);
   }
-  void add_scores(int64_t b, int64_t h, float* S) const override {
+  void add_scores(int64_t b, int64_t h, const ScoreTile& tl, float* S, int64_t ldS) const override {
     const int64_t H = a_.H;
-    for (int64_t t = 0; t < a_.Tq; ++t) {
-      float* row = S + t * a_.Tk;
+    for (int64_t t = tl.t0; t < tl.t0 + tl.rows; ++t) {
+      float* row = S + (t - tl.t0) * ldS;
       const int64_t base = (a_.k_pos0 - (a_.q_pos0 + t)) - rel_min_;
-      for (int64_t s = 0; s < a_.Tk; ++s) row[s] += table_[bucket_[base + s] * H + h];
+      for (int64_t s = tl.s0; s < tl.s0 + tl.cols; ++s)
+        row[s - tl.s0] += table_[bucket_[base + s] * H + h];
     }
   }
   void begin_backward() override { dtab_.reset(static_cast<size_t>(nb_ * a_.H)); }
   // d table[bucket(j - i), h] += dS[t, s] (each thread into its own copy)
-  void backward_scores(int64_t b, int64_t h, const float* dS, float*, int64_t, float*,
-                       int64_t) override {
+  void backward_scores(int64_t b, int64_t h, const ScoreTile& tl, const float* dS, int64_t lddS,
+                       float*, int64_t, float*, int64_t) override {
     double* dtab = dtab_.local();
-    for (int64_t t = 0; t < a_.Tq; ++t) {
+    for (int64_t t = tl.t0; t < tl.t0 + tl.rows; ++t) {
+      const float* row = dS + (t - tl.t0) * lddS;
       const int64_t base = (a_.k_pos0 - (a_.q_pos0 + t)) - rel_min_;
-      for (int64_t s = 0; s < a_.Tk; ++s) dtab[bucket_[base + s] * a_.H + h] += dS[t * a_.Tk + s];
+      for (int64_t s = tl.s0; s < tl.s0 + tl.cols; ++s)
+        dtab[bucket_[base + s] * a_.H + h] += row[s - tl.s0];
     }
   }
   void finish_backward(ParamStore& grads) override {

@@ -32,50 +32,60 @@ class ShawHook final : public ScoreHook {
   int64_t r_of(int64_t t, int64_t s) const {
     return clampi((a_.k_pos0 + s) - (a_.q_pos0 + t), -k_, k_) + k_;
   }
-  void add_scores(int64_t b, int64_t h, float* S) const override {
+  void add_scores(int64_t b, int64_t h, const ScoreTile& tl, float* S, int64_t ldS) const override {
     const int64_t n = 2 * k_ + 1;
-    float* qa = scratch(0, static_cast<size_t>(a_.Tq * n));  // qa[t, r] = q_t . aK[r]
-    const float* q = a_.q + b * a_.Tq * a_.ldq + h * a_.D;
-    ops::gemm(false, true, a_.Tq, n, a_.D, 1.0f, q, a_.ldq, aK_, a_.D, 0.0f, qa, n);
-    for (int64_t t = 0; t < a_.Tq; ++t)
-      for (int64_t s = 0; s < a_.Tk; ++s) S[t * a_.Tk + s] += a_.scale * qa[t * n + r_of(t, s)];
+    float* qa = scratch(0, static_cast<size_t>(tl.rows * n));  // qa[t, r] = q_t . aK[r]
+    const float* q = a_.q + (b * a_.Tq + tl.t0) * a_.ldq + h * a_.D;
+    ops::gemm(false, true, tl.rows, n, a_.D, 1.0f, q, a_.ldq, aK_, a_.D, 0.0f, qa, n);
+    for (int64_t t = tl.t0; t < tl.t0 + tl.rows; ++t) {
+      float* row = S + (t - tl.t0) * ldS;
+      const float* qar = qa + (t - tl.t0) * n;
+      for (int64_t s = tl.s0; s < tl.s0 + tl.cols; ++s)
+        row[s - tl.s0] += a_.scale * qar[r_of(t, s)];
+    }
   }
   bool has_value_terms() const override { return true; }
-  void add_values(int64_t b, int64_t h, const float* P, float* out, int64_t ldo) const override {
+  // out_t += sum_r w[t, r] aV[r],  w[t, r] = sum_{s: r(t,s)=r} P[t, s]
+  void add_values(int64_t b, int64_t h, const ScoreTile& tl, const float* P, int64_t ldP,
+                  float* out, int64_t ldo) const override {
     const int64_t n = 2 * k_ + 1;
-    float* w = scratch(1, static_cast<size_t>(a_.Tq * n));  // w[t, r] = sum_{s: r(t,s)=r} P[t, s]
-    std::fill(w, w + a_.Tq * n, 0.0f);
-    for (int64_t t = 0; t < a_.Tq; ++t)
-      for (int64_t s = 0; s < a_.Tk; ++s) w[t * n + r_of(t, s)] += P[t * a_.Tk + s];
-    ops::gemm(false, false, a_.Tq, a_.D, n, 1.0f, w, n, aV_, a_.D, 1.0f, out, ldo);
+    float* w = scratch(1, static_cast<size_t>(tl.rows * n));
+    std::fill(w, w + tl.rows * n, 0.0f);
+    for (int64_t t = tl.t0; t < tl.t0 + tl.rows; ++t)
+      for (int64_t s = tl.s0; s < tl.s0 + tl.cols; ++s)
+        w[(t - tl.t0) * n + r_of(t, s)] += P[(t - tl.t0) * ldP + (s - tl.s0)];
+    ops::gemm(false, false, tl.rows, a_.D, n, 1.0f, w, n, aV_, a_.D, 1.0f, out + tl.t0 * ldo, ldo);
   }
   // dqa[t,r] = scale sum_{s: r(t,s)=r} dS[t,s];  dq += dqa aK;  daK += dqa^T q
-  void backward_scores(int64_t b, int64_t h, const float* dS, float* dq, int64_t lddq, float*,
-                       int64_t) override {
+  void backward_scores(int64_t b, int64_t h, const ScoreTile& tl, const float* dS, int64_t lddS,
+                       float* dq, int64_t lddq, float*, int64_t) override {
     const int64_t n = 2 * k_ + 1;
-    float* dqa = scratch(0, static_cast<size_t>(a_.Tq * n));
-    std::fill(dqa, dqa + a_.Tq * n, 0.0f);
-    for (int64_t t = 0; t < a_.Tq; ++t)
-      for (int64_t s = 0; s < a_.Tk; ++s) dqa[t * n + r_of(t, s)] += a_.scale * dS[t * a_.Tk + s];
-    ops::gemm(false, false, a_.Tq, a_.D, n, 1.0f, dqa, n, aK_, a_.D, 1.0f, dq, lddq);
-    const float* q = a_.q + b * a_.Tq * a_.ldq + h * a_.D;
-    ops::gemm(true, false, n, a_.D, a_.Tq, 1.0f, dqa, n, q, a_.ldq, 1.0f, thread_grad(0), a_.D);
+    float* dqa = scratch(0, static_cast<size_t>(tl.rows * n));
+    std::fill(dqa, dqa + tl.rows * n, 0.0f);
+    for (int64_t t = tl.t0; t < tl.t0 + tl.rows; ++t)
+      for (int64_t s = tl.s0; s < tl.s0 + tl.cols; ++s)
+        dqa[(t - tl.t0) * n + r_of(t, s)] += a_.scale * dS[(t - tl.t0) * lddS + (s - tl.s0)];
+    ops::gemm(false, false, tl.rows, a_.D, n, 1.0f, dqa, n, aK_, a_.D, 1.0f, dq + tl.t0 * lddq,
+              lddq);
+    const float* q = a_.q + (b * a_.Tq + tl.t0) * a_.ldq + h * a_.D;
+    ops::gemm(true, false, n, a_.D, tl.rows, 1.0f, dqa, n, q, a_.ldq, 1.0f, thread_grad(0), a_.D);
   }
   // dP[t,s] += dO_t . aV[r(t,s)];  daV += W^T dO with W[t,r] = sum_{s: r(t,s)=r} P[t,s]
-  void backward_values(int64_t b, int64_t h, const float* P, const float* dO, int64_t lddo,
-                       float* dP) override {
+  void backward_values(int64_t b, int64_t h, const ScoreTile& tl, const float* P, int64_t ldP,
+                       const float* dO, int64_t lddo, float* dP, int64_t lddP) override {
     const int64_t n = 2 * k_ + 1;
-    float* doa = scratch(0, static_cast<size_t>(a_.Tq * n));
-    ops::gemm(false, true, a_.Tq, n, a_.D, 1.0f, dO, lddo, aV_, a_.D, 0.0f, doa, n);
-    float* w = scratch(1, static_cast<size_t>(a_.Tq * n));
-    std::fill(w, w + a_.Tq * n, 0.0f);
-    for (int64_t t = 0; t < a_.Tq; ++t)
-      for (int64_t s = 0; s < a_.Tk; ++s) {
+    const float* dOt = dO + tl.t0 * lddo;
+    float* doa = scratch(0, static_cast<size_t>(tl.rows * n));
+    ops::gemm(false, true, tl.rows, n, a_.D, 1.0f, dOt, lddo, aV_, a_.D, 0.0f, doa, n);
+    float* w = scratch(1, static_cast<size_t>(tl.rows * n));
+    std::fill(w, w + tl.rows * n, 0.0f);
+    for (int64_t t = tl.t0; t < tl.t0 + tl.rows; ++t)
+      for (int64_t s = tl.s0; s < tl.s0 + tl.cols; ++s) {
         const int64_t r = r_of(t, s);
-        dP[t * a_.Tk + s] += doa[t * n + r];
-        w[t * n + r] += P[t * a_.Tk + s];
+        dP[(t - tl.t0) * lddP + (s - tl.s0)] += doa[(t - tl.t0) * n + r];
+        w[(t - tl.t0) * n + r] += P[(t - tl.t0) * ldP + (s - tl.s0)];
       }
-    ops::gemm(true, false, n, a_.D, a_.Tq, 1.0f, w, n, dO, lddo, 1.0f, thread_grad(1), a_.D);
+    ops::gemm(true, false, n, a_.D, tl.rows, 1.0f, w, n, dOt, lddo, 1.0f, thread_grad(1), a_.D);
   }
   void begin_backward() override {
     for (auto& v : tgrad_)
@@ -116,42 +126,40 @@ class XlHook final : public ScoreHook {
     rp_.resize(static_cast<size_t>(nrel_ * HD));  // rp[n, h*D + c] = (W_R r_(dmin+n))[h*D + c]
     ops::linear(r_.data(), WR, nullptr, rp_.data(), nrel_, HD, d);
   }
-  void add_scores(int64_t b, int64_t h, float* S) const override {
-    const int64_t D = a_.D, Tq = a_.Tq, Tk = a_.Tk, HD = a_.H * D;
+  void add_scores(int64_t b, int64_t h, const ScoreTile& tl, float* S, int64_t ldS) const override {
+    const int64_t D = a_.D, HD = a_.H * D;
     const int64_t g = h / (a_.H / a_.Hkv);
     const float* u = u_ + h * D;
-    const float* v = v_ + h * D;
-    float* uk = scratch(0, static_cast<size_t>(Tk));
-    for (int64_t s = 0; s < Tk; ++s) {
+    float* uk = scratch(0, static_cast<size_t>(tl.cols));  // uk[s] = u . k_s
+    for (int64_t s = tl.s0; s < tl.s0 + tl.cols; ++s) {
       const float* kr = a_.k + (b * a_.kv_rows() + s) * a_.ldk + g * D;
       float acc = 0;
       for (int64_t c = 0; c < D; ++c) acc += u[c] * kr[c];
-      uk[s] = acc;
+      uk[s - tl.s0] = acc;
     }
-    float* qv = scratch(1, static_cast<size_t>(Tq * D));
-    for (int64_t t = 0; t < Tq; ++t) {
-      const float* qr = a_.q + (b * Tq + t) * a_.ldq + h * D;
-      for (int64_t c = 0; c < D; ++c) qv[t * D + c] = qr[c] + v[c];
-    }
-    float* bd = scratch(2, static_cast<size_t>(Tq * nrel_));
-    ops::gemm(false, true, Tq, nrel_, D, 1.0f, qv, D, rp_.data() + h * D, HD, 0.0f, bd, nrel_);
-    for (int64_t t = 0; t < Tq; ++t)
-      for (int64_t s = 0; s < Tk; ++s) {
+    const float* qv = q_plus_v(b, h, tl);
+    float* bd = scratch(2, static_cast<size_t>(tl.rows * nrel_));  // bd[t, n] = (q_t + v).Rp_n
+    ops::gemm(false, true, tl.rows, nrel_, D, 1.0f, qv, D, rp_.data() + h * D, HD, 0.0f, bd, nrel_);
+    for (int64_t t = tl.t0; t < tl.t0 + tl.rows; ++t) {
+      float* row = S + (t - tl.t0) * ldS;
+      const float* bdr = bd + (t - tl.t0) * nrel_;
+      for (int64_t s = tl.s0; s < tl.s0 + tl.cols; ++s) {
         const int64_t dist = (a_.q_pos0 + t) - (a_.k_pos0 + s);
-        S[t * Tk + s] += a_.scale * (uk[s] + bd[t * nrel_ + dist - dmin_]);
+        row[s - tl.s0] += a_.scale * (uk[s - tl.s0] + bdr[dist - dmin_]);
       }
+    }
   }
   // duk[s] = scale sum_t dS;  du += duk^T K;  dk += duk u.   dbd[t, dist] = scale dS[t, s];
   // dqv = dbd Rp_h -> dq, dv;  dRp_h += dbd^T (q + v)   (dW_R in finish)
-  void backward_scores(int64_t b, int64_t h, const float* dS, float* dq, int64_t lddq, float* dk,
-                       int64_t lddk) override {
-    const int64_t D = a_.D, Tq = a_.Tq, Tk = a_.Tk, HD = a_.H * D;
+  void backward_scores(int64_t b, int64_t h, const ScoreTile& tl, const float* dS, int64_t lddS,
+                       float* dq, int64_t lddq, float* dk, int64_t lddk) override {
+    const int64_t D = a_.D, HD = a_.H * D;
     const int64_t g = h / (a_.H / a_.Hkv);
     const float* u = u_ + h * D;
     float *du = du_.local(), *dvb = dv_.local(), *drp = drp_.local();
-    for (int64_t s = 0; s < Tk; ++s) {
+    for (int64_t s = tl.s0; s < tl.s0 + tl.cols; ++s) {
       double acc = 0;
-      for (int64_t t = 0; t < Tq; ++t) acc += dS[t * Tk + s];
+      for (int64_t t = 0; t < tl.rows; ++t) acc += dS[t * lddS + (s - tl.s0)];
       const float duk = a_.scale * static_cast<float>(acc);
       const float* kr = a_.k + (b * a_.kv_rows() + s) * a_.ldk + g * D;
       float* dkr = dk + s * lddk;
@@ -160,27 +168,23 @@ class XlHook final : public ScoreHook {
         dkr[c] += duk * u[c];
       }
     }
-    float* dbd = scratch(2, static_cast<size_t>(Tq * nrel_));
-    std::fill(dbd, dbd + Tq * nrel_, 0.0f);
-    for (int64_t t = 0; t < Tq; ++t)
-      for (int64_t s = 0; s < Tk; ++s) {
+    float* dbd = scratch(2, static_cast<size_t>(tl.rows * nrel_));
+    std::fill(dbd, dbd + tl.rows * nrel_, 0.0f);
+    for (int64_t t = tl.t0; t < tl.t0 + tl.rows; ++t)
+      for (int64_t s = tl.s0; s < tl.s0 + tl.cols; ++s) {
         const int64_t dist = (a_.q_pos0 + t) - (a_.k_pos0 + s);
-        dbd[t * nrel_ + dist - dmin_] += a_.scale * dS[t * Tk + s];
+        dbd[(t - tl.t0) * nrel_ + dist - dmin_] += a_.scale * dS[(t - tl.t0) * lddS + (s - tl.s0)];
       }
-    float* dqv = scratch(0, static_cast<size_t>(Tq * D));
-    ops::gemm(false, false, Tq, D, nrel_, 1.0f, dbd, nrel_, rp_.data() + h * D, HD, 0.0f, dqv, D);
-    for (int64_t t = 0; t < Tq; ++t)
+    float* dqv = scratch(0, static_cast<size_t>(tl.rows * D));
+    ops::gemm(false, false, tl.rows, D, nrel_, 1.0f, dbd, nrel_, rp_.data() + h * D, HD, 0.0f, dqv,
+              D);
+    for (int64_t t = tl.t0; t < tl.t0 + tl.rows; ++t)
       for (int64_t c = 0; c < D; ++c) {
-        dq[t * lddq + c] += dqv[t * D + c];
-        dvb[h * D + c] += dqv[t * D + c];
+        dq[t * lddq + c] += dqv[(t - tl.t0) * D + c];
+        dvb[h * D + c] += dqv[(t - tl.t0) * D + c];
       }
-    float* qv = scratch(1, static_cast<size_t>(Tq * D));
-    const float* v = v_ + h * D;
-    for (int64_t t = 0; t < Tq; ++t) {
-      const float* qr = a_.q + (b * Tq + t) * a_.ldq + h * D;
-      for (int64_t c = 0; c < D; ++c) qv[t * D + c] = qr[c] + v[c];
-    }
-    ops::gemm(true, false, nrel_, D, Tq, 1.0f, dbd, nrel_, qv, D, 1.0f, drp + h * D, HD);
+    const float* qv = q_plus_v(b, h, tl);
+    ops::gemm(true, false, nrel_, D, tl.rows, 1.0f, dbd, nrel_, qv, D, 1.0f, drp + h * D, HD);
   }
   void finish_backward(ParamStore& grads) override {
     if (!du_.active()) return;
@@ -199,6 +203,17 @@ class XlHook final : public ScoreHook {
     du_.reset(HD);
     dv_.reset(HD);
     drp_.reset(static_cast<size_t>(nrel_) * HD);
+  }
+  // (q_t + v_h) for the tile's query rows, [rows, D] in scratch slot 1
+  const float* q_plus_v(int64_t b, int64_t h, const ScoreTile& tl) const {
+    const int64_t D = a_.D;
+    const float* v = v_ + h * D;
+    float* qv = scratch(1, static_cast<size_t>(tl.rows * D));
+    for (int64_t t = tl.t0; t < tl.t0 + tl.rows; ++t) {
+      const float* qr = a_.q + (b * a_.Tq + t) * a_.ldq + h * D;
+      for (int64_t c = 0; c < D; ++c) qv[(t - tl.t0) * D + c] = qr[c] + v[c];
+    }
+    return qv;
   }
   AttnDesc a_;
   const float *u_, *v_;  // [H, D]
@@ -230,48 +245,51 @@ class DebertaHook final : public ScoreHook {
     ops::linear(rel, Wk, bk, kr_.data(), 2 * k, HD, d);
   }
   int64_t delta(int64_t i, int64_t j) const { return clampi(i - j, -k_, k_ - 1) + k_; }
-  void add_scores(int64_t b, int64_t h, float* S) const override {
-    const int64_t D = a_.D, Tq = a_.Tq, Tk = a_.Tk, HD = a_.H * D, n = 2 * k_;
+  void add_scores(int64_t b, int64_t h, const ScoreTile& tl, float* S, int64_t ldS) const override {
+    const int64_t D = a_.D, HD = a_.H * D, n = 2 * k_;
     const int64_t g = h / (a_.H / a_.Hkv);
-    float* c2p = scratch(0, static_cast<size_t>(Tq * n));  // c2p[t, r] = q_t . Kr_h[r]
-    float* p2c = scratch(1, static_cast<size_t>(Tk * n));  // p2c[s, r] = k_s . Qr_h[r]
-    ops::gemm(false, true, Tq, n, D, 1.0f, a_.q + b * Tq * a_.ldq + h * D, a_.ldq,
+    float* c2p = scratch(0, static_cast<size_t>(tl.rows * n));  // c2p[t, r] = q_t . Kr_h[r]
+    float* p2c = scratch(1, static_cast<size_t>(tl.cols * n));  // p2c[s, r] = k_s . Qr_h[r]
+    ops::gemm(false, true, tl.rows, n, D, 1.0f, a_.q + (b * a_.Tq + tl.t0) * a_.ldq + h * D, a_.ldq,
               kr_.data() + h * D, HD, 0.0f, c2p, n);
-    ops::gemm(false, true, Tk, n, D, 1.0f, a_.k + b * a_.kv_rows() * a_.ldk + g * D, a_.ldk,
-              qr_.data() + h * D, HD, 0.0f, p2c, n);
-    for (int64_t t = 0; t < Tq; ++t) {
+    ops::gemm(false, true, tl.cols, n, D, 1.0f, a_.k + (b * a_.kv_rows() + tl.s0) * a_.ldk + g * D,
+              a_.ldk, qr_.data() + h * D, HD, 0.0f, p2c, n);
+    for (int64_t t = tl.t0; t < tl.t0 + tl.rows; ++t) {
       const int64_t i = a_.q_pos0 + t;
-      for (int64_t s = 0; s < Tk; ++s) {
+      for (int64_t s = tl.s0; s < tl.s0 + tl.cols; ++s) {
         const int64_t j = a_.k_pos0 + s;
-        S[t * Tk + s] += a_.scale * (c2p[t * n + delta(i, j)] + p2c[s * n + delta(j, i)]);
+        S[(t - tl.t0) * ldS + (s - tl.s0)] +=
+            a_.scale * (c2p[(t - tl.t0) * n + delta(i, j)] + p2c[(s - tl.s0) * n + delta(j, i)]);
       }
     }
   }
   // dc2p[t, d(i,j)] += scale dS;  dq += dc2p Kr_h;  dKr_h += dc2p^T q_h
   // dp2c[s, d(j,i)] += scale dS;  dk += dp2c Qr_h;  dQr_h += dp2c^T k_g
-  void backward_scores(int64_t b, int64_t h, const float* dS, float* dq, int64_t lddq, float* dk,
-                       int64_t lddk) override {
-    const int64_t D = a_.D, Tq = a_.Tq, Tk = a_.Tk, HD = a_.H * D, n = 2 * k_;
+  void backward_scores(int64_t b, int64_t h, const ScoreTile& tl, const float* dS, int64_t lddS,
+                       float* dq, int64_t lddq, float* dk, int64_t lddk) override {
+    const int64_t D = a_.D, HD = a_.H * D, n = 2 * k_;
     const int64_t g = h / (a_.H / a_.Hkv);
-    float* dc2p = scratch(0, static_cast<size_t>(Tq * n));
-    float* dp2c = scratch(1, static_cast<size_t>(Tk * n));
-    std::fill(dc2p, dc2p + Tq * n, 0.0f);
-    std::fill(dp2c, dp2c + Tk * n, 0.0f);
-    for (int64_t t = 0; t < Tq; ++t) {
+    float* dc2p = scratch(0, static_cast<size_t>(tl.rows * n));
+    float* dp2c = scratch(1, static_cast<size_t>(tl.cols * n));
+    std::fill(dc2p, dc2p + tl.rows * n, 0.0f);
+    std::fill(dp2c, dp2c + tl.cols * n, 0.0f);
+    for (int64_t t = tl.t0; t < tl.t0 + tl.rows; ++t) {
       const int64_t i = a_.q_pos0 + t;
-      for (int64_t s = 0; s < Tk; ++s) {
+      for (int64_t s = tl.s0; s < tl.s0 + tl.cols; ++s) {
         const int64_t j = a_.k_pos0 + s;
-        const float gs = a_.scale * dS[t * Tk + s];
-        dc2p[t * n + delta(i, j)] += gs;
-        dp2c[s * n + delta(j, i)] += gs;
+        const float gs = a_.scale * dS[(t - tl.t0) * lddS + (s - tl.s0)];
+        dc2p[(t - tl.t0) * n + delta(i, j)] += gs;
+        dp2c[(s - tl.s0) * n + delta(j, i)] += gs;
       }
     }
-    const float* q = a_.q + b * Tq * a_.ldq + h * D;
-    const float* k = a_.k + b * a_.kv_rows() * a_.ldk + g * D;
-    ops::gemm(false, false, Tq, D, n, 1.0f, dc2p, n, kr_.data() + h * D, HD, 1.0f, dq, lddq);
-    ops::gemm(true, false, n, D, Tq, 1.0f, dc2p, n, q, a_.ldq, 1.0f, dkr_.local() + h * D, HD);
-    ops::gemm(false, false, Tk, D, n, 1.0f, dp2c, n, qr_.data() + h * D, HD, 1.0f, dk, lddk);
-    ops::gemm(true, false, n, D, Tk, 1.0f, dp2c, n, k, a_.ldk, 1.0f, dqr_.local() + h * D, HD);
+    const float* q = a_.q + (b * a_.Tq + tl.t0) * a_.ldq + h * D;
+    const float* k = a_.k + (b * a_.kv_rows() + tl.s0) * a_.ldk + g * D;
+    ops::gemm(false, false, tl.rows, D, n, 1.0f, dc2p, n, kr_.data() + h * D, HD, 1.0f,
+              dq + tl.t0 * lddq, lddq);
+    ops::gemm(true, false, n, D, tl.rows, 1.0f, dc2p, n, q, a_.ldq, 1.0f, dkr_.local() + h * D, HD);
+    ops::gemm(false, false, tl.cols, D, n, 1.0f, dp2c, n, qr_.data() + h * D, HD, 1.0f,
+              dk + tl.s0 * lddk, lddk);
+    ops::gemm(true, false, n, D, tl.cols, 1.0f, dp2c, n, k, a_.ldk, 1.0f, dqr_.local() + h * D, HD);
   }
   // Kr = P Wk^T + bk: dWk += dKr^T P, dbk += colsum dKr, dP += dKr Wk (same for Qr)
   void finish_backward(ParamStore& grads) override {

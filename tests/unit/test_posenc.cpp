@@ -125,7 +125,12 @@ TEST_P(AttentionSchemes, FastMatchesReference) {
   const std::string type = GetParam();
   for (bool causal : {false, true})
     for (auto [Tq, Tk, qpos, kpos] : std::vector<std::array<int64_t, 4>>{
-             {1, 1, 0, 0}, {7, 7, 0, 0}, {5, 5, 13, 13}, {3, 9, 6, 0}, {33, 33, 2, 2}}) {
+             {1, 1, 0, 0},
+             {7, 7, 0, 0},
+             {5, 5, 13, 13},
+             {3, 9, 6, 0},
+             {33, 33, 2, 2},
+             {300, 300, 4, 4}}) {  // 300: several query blocks, hooks see tiles
       const int64_t B = 2, H = 4, Hkv = 2, D = 8, d = 32;
       PositionConfig pc;
       pc.type = type;
@@ -168,6 +173,111 @@ TEST_P(AttentionSchemes, FastMatchesReference) {
 
 INSTANTIATE_TEST_SUITE_P(All, AttentionSchemes,
                          ::testing::Values("none", "alibi", "t5", "shaw", "xl", "deberta"));
+
+// A hook gives the same scores, values and gradients whatever tiles the kernel cuts the
+// (b, h) matrix into (attention.h: ScoreTile), and a HookChain adds its hooks' terms.
+class HookTiling : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(HookTiling, AnyTilingEqualsWholeMatrix) {
+  const std::string type = GetParam();
+  const int64_t B = 2, H = 4, Hkv = 2, D = 8, d = 32, Tq = 23, Tk = 29;
+  PositionConfig pc;
+  pc.type = type, pc.clip = 3, pc.span = 4, pc.num_buckets = 8, pc.max_distance = 20;
+  StackGeom g{"decoder.", 1, d, H, Hkv, D, 1024, false, true};
+  auto pe = make_position_encoding(pc, g);
+  std::vector<ParamSpec> specs;
+  pe->declare(specs);
+  ParamStore ps;
+  for (auto& s : specs) {
+    s.init = Init::Normal;
+    ps.add(s.name, init_param(s, 5, 0.5f));
+  }
+  auto q = randn(B * Tq * H * D, 1), k = randn(B * Tk * Hkv * D, 2);
+  AttnDesc a;
+  a.B = B, a.Tq = Tq, a.Tk = Tk, a.H = H, a.Hkv = Hkv, a.D = D, a.q = q.data(), a.ldq = H * D;
+  a.k = k.data(), a.ldk = Hkv * D, a.ldo = H * D, a.scale = 0.3f, a.q_pos0 = 6, a.k_pos0 = 2;
+  auto whole_hook = pe->prepare(ps, AttnInputs{0, &a}),
+       tiled_hook = pe->prepare(ps, AttnInputs{0, &a});
+  ASSERT_TRUE(whole_hook);
+  const ScoreTile whole{0, Tq, 0, Tk};
+  // tiles: rows cut at 0, 5, 16, Tq; columns at 0, 1, 12, 20, Tk
+  std::vector<ScoreTile> tiles;
+  const std::vector<int64_t> rc = {0, 5, 16, Tq}, cc = {0, 1, 12, 20, Tk};
+  for (size_t i = 0; i + 1 < rc.size(); ++i)
+    for (size_t j = 0; j + 1 < cc.size(); ++j)
+      tiles.push_back({rc[i], rc[i + 1] - rc[i], cc[j], cc[j + 1] - cc[j]});
+  auto P = randn(Tq * Tk, 7), dS = randn(Tq * Tk, 8), dO = randn(Tq * H * D, 9);
+  ParamStore g_whole, g_tiled;
+  for (auto& s : specs) g_whole.add(s.name, Tensor(s.shape)), g_tiled.add(s.name, Tensor(s.shape));
+  whole_hook->begin_backward();
+  tiled_hook->begin_backward();
+  const int64_t b = 1;
+  for (int64_t h : {0, 3}) {
+    std::vector<float> S1(Tq * Tk, 0.5f), S2 = S1, tile(Tq * Tk);
+    whole_hook->add_scores(b, h, whole, S1.data(), Tk);
+    for (const ScoreTile& t : tiles) {  // through a tile buffer with its own stride
+      const int64_t ld = t.cols + 3;
+      for (int64_t r = 0; r < t.rows; ++r)
+        for (int64_t c = 0; c < t.cols; ++c) tile[r * ld + c] = S2[(t.t0 + r) * Tk + t.s0 + c];
+      tiled_hook->add_scores(b, h, t, tile.data(), ld);
+      for (int64_t r = 0; r < t.rows; ++r)
+        for (int64_t c = 0; c < t.cols; ++c) S2[(t.t0 + r) * Tk + t.s0 + c] = tile[r * ld + c];
+    }
+    for (size_t i = 0; i < S1.size(); ++i) ASSERT_NEAR(S1[i], S2[i], 1e-5) << type << " i=" << i;
+    // gradients: dq, dk (and dP for value terms) and the parameter gradients
+    std::vector<float> dq1(Tq * H * D), dq2(dq1.size()), dk1(Tk * Hkv * D), dk2(dk1.size());
+    std::vector<float> dP1(Tq * Tk), dP2(dP1.size());
+    const int64_t oq = h * D, ok = (h / (H / Hkv)) * D;
+    whole_hook->backward_scores(b, h, whole, dS.data(), Tk, dq1.data() + oq, H * D, dk1.data() + ok,
+                                Hkv * D);
+    for (const ScoreTile& t : tiles)
+      tiled_hook->backward_scores(b, h, t, dS.data() + t.t0 * Tk + t.s0, Tk, dq2.data() + oq, H * D,
+                                  dk2.data() + ok, Hkv * D);
+    for (size_t i = 0; i < dq1.size(); ++i)
+      ASSERT_NEAR(dq1[i], dq2[i], 1e-4) << type << " dq " << i;
+    for (size_t i = 0; i < dk1.size(); ++i)
+      ASSERT_NEAR(dk1[i], dk2[i], 1e-4) << type << " dk " << i;
+    if (whole_hook->has_value_terms()) {
+      std::vector<float> o1(Tq * H * D, 0.25f), o2 = o1;
+      whole_hook->add_values(b, h, whole, P.data(), Tk, o1.data() + oq, H * D);
+      whole_hook->backward_values(b, h, whole, P.data(), Tk, dO.data() + oq, H * D, dP1.data(), Tk);
+      for (const ScoreTile& t : tiles) {
+        tiled_hook->add_values(b, h, t, P.data() + t.t0 * Tk + t.s0, Tk, o2.data() + oq, H * D);
+        tiled_hook->backward_values(b, h, t, P.data() + t.t0 * Tk + t.s0, Tk, dO.data() + oq, H * D,
+                                    dP2.data() + t.t0 * Tk + t.s0, Tk);
+      }
+      for (size_t i = 0; i < o1.size(); ++i)
+        ASSERT_NEAR(o1[i], o2[i], 1e-4) << type << " out " << i;
+      for (size_t i = 0; i < dP1.size(); ++i)
+        ASSERT_NEAR(dP1[i], dP2[i], 1e-4) << type << " dP " << i;
+    }
+  }
+  whole_hook->finish_backward(g_whole);
+  tiled_hook->finish_backward(g_tiled);
+  for (const auto& s : specs) {
+    const float *x = g_whole.f32(s.name), *y = g_tiled.f32(s.name);
+    double norm = 0;
+    for (int64_t i = 0; i < shape_numel(s.shape); ++i) norm += double(x[i]) * x[i];
+    EXPECT_GT(norm, 0) << s.name << " got no gradient";
+    for (int64_t i = 0; i < shape_numel(s.shape); ++i)
+      ASSERT_NEAR(x[i], y[i], 1e-4 * (1 + std::fabs(x[i]))) << type << " " << s.name << " " << i;
+  }
+
+  // a chain of this hook and ALiBi adds both terms
+  PositionConfig ac;
+  ac.type = "alibi";
+  auto alibi = make_position_encoding(ac, g);
+  auto ah = alibi->prepare(ps, AttnInputs{0, &a});
+  HookChain chain({whole_hook.get(), ah.get()});
+  std::vector<float> Sc(Tq * Tk, 0.0f), Sa(Tq * Tk, 0.0f), Sb(Tq * Tk, 0.0f);
+  chain.add_scores(0, 2, whole, Sc.data(), Tk);
+  whole_hook->add_scores(0, 2, whole, Sa.data(), Tk);
+  ah->add_scores(0, 2, whole, Sb.data(), Tk);
+  for (size_t i = 0; i < Sc.size(); ++i) ASSERT_NEAR(Sc[i], Sa[i] + Sb[i], 1e-5);
+  EXPECT_EQ(chain.has_value_terms(), whole_hook->has_value_terms());
+}
+
+INSTANTIATE_TEST_SUITE_P(All, HookTiling, ::testing::Values("t5", "shaw", "xl", "deberta"));
 
 TEST(Attention, RejectsBadDescriptors) {
   AttnDesc a;

@@ -15,35 +15,93 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 namespace posformer {
 
-// Per-layer, per-call state of a relative position scheme (made by PositionEncoding::prepare).
-// Called concurrently for different (b, h): implementations must only read shared state.
+// A rectangle of one (b, h) score matrix: query rows t0 .. t0+rows-1, key columns s0 ..
+// s0+cols-1. Tile buffers (S, P, dS, dP) hold it row-major with their own row stride ld:
+// element (t, s) at [(t - t0) * ld + (s - s0)]. Kernels choose the tiles (blocks of query rows
+// over the keys they can see); a hook must give the same result for any tiling.
+struct ScoreTile {
+  int64_t t0 = 0, rows = 0, s0 = 0, cols = 0;
+};
+
+// Per-layer, per-call state of a relative position scheme (made by PositionEncoding::prepare),
+// or of any other term added inside attention. Forward methods are called concurrently for
+// different (b, h) and tiles: implementations must only read shared state.
+// Row pointers that are not tile buffers (out, dO, dq, dk) point at row 0 of sequence b and
+// head h (or its kv head), with the given stride: a hook indexes them by absolute row t or s.
 class ScoreHook {
  public:
   virtual ~ScoreHook() = default;
-  // S: [Tq, Tk] row-major scores of (b, h), already multiplied by scale; add the scheme's terms.
-  virtual void add_scores(int64_t b, int64_t h, float* S) const = 0;
+  // S: a tile of (b, h)'s scores, already multiplied by scale; add the scheme's terms.
+  virtual void add_scores(int64_t b, int64_t h, const ScoreTile& tile, float* S,
+                          int64_t ldS) const = 0;
   virtual bool has_value_terms() const { return false; }
-  // P: [Tq, Tk] probabilities; out: [Tq, D] rows with stride ldo; add sum_s P[t,s] * extra(t,s).
-  virtual void add_values(int64_t b, int64_t h, const float* P, float* out, int64_t ldo) const {}
+  // P: a tile of probabilities (zero at masked keys); out rows t0..: add sum_s P[t,s] extra(t,s).
+  virtual void add_values(int64_t b, int64_t h, const ScoreTile& tile, const float* P, int64_t ldP,
+                          float* out, int64_t ldo) const {}
 
   // ---- backward (training). Called concurrently for different kv-head groups: all heads of
   // one group run on one thread, so per-head slices of gradients are race-free; state shared
   // by all heads must be accumulated per thread (omp_get_thread_num) and reduced in finish.
   // Called once before the parallel loop: allocate gradient accumulators here.
   virtual void begin_backward() {}
-  // dS: dL/dS [Tq, Tk] (through softmax and mask). Adds to dq (rows of head h, stride lddq),
-  // dk (rows of kv head g, stride lddk) and the hook's parameter gradients.
-  virtual void backward_scores(int64_t b, int64_t h, const float* dS, float* dq, int64_t lddq,
-                               float* dk, int64_t lddk) {}
-  // Value term (Shaw): dP[t,s] += dO_t . extra(t,s); parameter grads from P and dO.
-  virtual void backward_values(int64_t b, int64_t h, const float* P, const float* dO, int64_t lddo,
-                               float* dP) {}
+  // Before dS is consumed: a hook may add to it (terms whose gradient arrives from elsewhere,
+  // such as scores carried to the next layer). dS: a tile of dL/dS, through softmax and mask.
+  virtual void adjust_dscores(int64_t b, int64_t h, const ScoreTile& tile, float* dS,
+                              int64_t lddS) {}
+  // dS: a tile of dL/dS. Adds to dq (rows of head h, stride lddq), dk (rows of kv head g,
+  // stride lddk) and the hook's parameter gradients.
+  virtual void backward_scores(int64_t b, int64_t h, const ScoreTile& tile, const float* dS,
+                               int64_t lddS, float* dq, int64_t lddq, float* dk, int64_t lddk) {}
+  // Value term (Shaw): dP[t,s] += dO_t . extra(t,s) over the tile; parameter grads from P, dO.
+  virtual void backward_values(int64_t b, int64_t h, const ScoreTile& tile, const float* P,
+                               int64_t ldP, const float* dO, int64_t lddo, float* dP,
+                               int64_t lddP) {}
   // After all (b, h): reduce per-thread state and add parameter gradients into `grads`
   // (same names as the parameters).
   virtual void finish_backward(class ParamStore& grads) {}
+};
+
+// Several hooks applied one after the other (a relative scheme plus carried scores, say).
+class HookChain final : public ScoreHook {
+ public:
+  explicit HookChain(std::vector<ScoreHook*> hooks) : hooks_(std::move(hooks)) {}
+  void add_scores(int64_t b, int64_t h, const ScoreTile& t, float* S, int64_t ldS) const override {
+    for (ScoreHook* k : hooks_) k->add_scores(b, h, t, S, ldS);
+  }
+  bool has_value_terms() const override {
+    return std::any_of(hooks_.begin(), hooks_.end(),
+                       [](ScoreHook* k) { return k->has_value_terms(); });
+  }
+  void add_values(int64_t b, int64_t h, const ScoreTile& t, const float* P, int64_t ldP, float* out,
+                  int64_t ldo) const override {
+    for (ScoreHook* k : hooks_)
+      if (k->has_value_terms()) k->add_values(b, h, t, P, ldP, out, ldo);
+  }
+  void begin_backward() override {
+    for (ScoreHook* k : hooks_) k->begin_backward();
+  }
+  void adjust_dscores(int64_t b, int64_t h, const ScoreTile& t, float* dS, int64_t lddS) override {
+    for (ScoreHook* k : hooks_) k->adjust_dscores(b, h, t, dS, lddS);
+  }
+  void backward_scores(int64_t b, int64_t h, const ScoreTile& t, const float* dS, int64_t lddS,
+                       float* dq, int64_t lddq, float* dk, int64_t lddk) override {
+    for (ScoreHook* k : hooks_) k->backward_scores(b, h, t, dS, lddS, dq, lddq, dk, lddk);
+  }
+  void backward_values(int64_t b, int64_t h, const ScoreTile& t, const float* P, int64_t ldP,
+                       const float* dO, int64_t lddo, float* dP, int64_t lddP) override {
+    for (ScoreHook* k : hooks_)
+      if (k->has_value_terms()) k->backward_values(b, h, t, P, ldP, dO, lddo, dP, lddP);
+  }
+  void finish_backward(class ParamStore& grads) override {
+    for (ScoreHook* k : hooks_) k->finish_backward(grads);
+  }
+
+ private:
+  std::vector<ScoreHook*> hooks_;
 };
 
 struct AttnDesc {
