@@ -28,10 +28,51 @@ struct Transformer::Geometry {
   ops::Act act;
 };
 
+// Norm of each sublayer: self-attention, cross-attention, FFN.
+inline constexpr const char* kSublayerNorms[3] = {"attn_norm", "cross_norm", "ffn_norm"};
+
+struct StackTape;
+
+// One forward call of a stack: sizes, positions, the encoder output (cross-attention), the tape
+// (training) or decode cache, and the inference workspace shared by every layer.
+struct StackCall {
+  int64_t B, T, Ts, pos0;
+  const float* enc;  // [B*Ts, d] or null
+  StackTape* tape;
+  KVCache* cache;
+  SubTape ws;
+  // A sublayer buffer: kept in `keep` (training; reallocated only when the shape changes), else
+  // the workspace (grown as needed).
+  float* buf(Tensor SubTape::*field, SubTape* keep, const Shape& shape);
+};
+
 struct StackTape {
   std::vector<std::array<SubTape, 3>> layers;  // [layer][0 self, 1 cross, 2 ffn]
   Tensor final_in;                             // input of the final norm (pre-LN)
   int64_t B = 0, T = 0, Ts = 0, pos0 = 0;
+};
+
+// Gradient buffers of a stack's backward (kept per thread between steps).
+struct BackwardBuffers {
+  Tensor dh, dy, dq, datt, dk, dv, df1, df3;
+  static float* get(Tensor& t, const Shape& shape) {
+    if (t.shape() != shape) t = Tensor(shape);
+    return t.data<float>();
+  }
+};
+
+// One backward call of a stack: its tape, the gradients, the encoder output and its gradient
+// (cross-attention), and the scratch gradients every sublayer overwrites.
+struct StackGradCall {
+  const StackTape& tape;
+  ParamStore& grads;
+  const float* enc;                      // [B*Ts, d] or null
+  float* d_enc;                          // [B*Ts, d] accumulated, or null
+  float *dh = nullptr, *dy = nullptr;    // [BT, d]
+  float *dq = nullptr, *datt = nullptr;  // [BT, HD]
+  float *dk = nullptr, *dv = nullptr;    // [B*max(T, Ts), KD]
+  float *df1 = nullptr, *df3 = nullptr;  // [BT, ldf]
+  int64_t ldf = 0;                       // FFN gradients' row stride (padded)
 };
 
 }  // namespace posformer

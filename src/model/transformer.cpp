@@ -202,119 +202,131 @@ AttnDesc Transformer::attn_desc(const Stack& st, bool self, int64_t B, int64_t T
   return desc;
 }
 
+float* StackCall::buf(Tensor SubTape::*field, SubTape* keep, const Shape& shape) {
+  Tensor& t = keep ? keep->*field : ws.*field;
+  if (keep ? t.shape() != shape : t.numel() < shape_numel(shape)) t = Tensor(shape);
+  return t.data<float>();
+}
+
+// out[BT, d] = o-projection of attention over `in`: self-attention (keys from `in`, rotary and
+// relative positions, causal in a decoder, the decode state when decoding) or cross-attention
+// (keys from the encoder output, computed once per decode cache).
+void Transformer::attention_sublayer(const Stack& st, StackCall& c, int64_t l, bool self,
+                                     const float* in, float* out, SubTape* keep) const {
+  const Geometry g = geometry();
+  const int64_t B = c.B, T = c.T, Ts = c.Ts, d = g.d, BT = B * T, Tkv = std::max(T, Ts);
+  const std::string a = lname(st.prefix, l, self ? "attn" : "cross_attn");
+  const float* kv_in = self ? in : c.enc;
+  const int64_t Tk = self ? T : Ts;
+  float* q = c.buf(&SubTape::q, keep, {BT, g.HD});
+  float* k = c.buf(&SubTape::k, keep, {B * Tkv, g.KD});
+  float* v = c.buf(&SubTape::v, keep, {B * Tkv, g.KD});
+  float* att = c.buf(&SubTape::att, keep, {BT, g.HD});
+  KVCache* cache = c.cache;
+  lin_fwd(a + ".q", in, q, BT, g.HD, d);
+  const bool cached_cross = cache && !self && cache->ck[l].numel() > 0;
+  if (!cached_cross) {
+    lin_fwd(a + ".k", kv_in, k, B * Tk, g.KD, d);
+    lin_fwd(a + ".v", kv_in, v, B * Tk, g.KD, d);
+  }
+  if (self && st.pe->rotary()) {
+    st.pe->rotate(q, B, T, g.H, g.HD, c.pos0);
+    st.pe->rotate(k, B, T, g.Hkv, g.KD, c.pos0);
+  }
+  AttnDesc desc = attn_desc(st, self, B, T, Tk, c.pos0);
+  desc.q = q, desc.k = k, desc.v = v, desc.out = att;
+  // Relative schemes add score terms in self-attention only.
+  const HookMaker make_hook = [&](const AttnDesc& ad) {
+    return self ? st.pe->prepare(params_, AttnInputs{l, &ad}) : nullptr;
+  };
+  if (cache && self) {  // the variant appends the new keys/values to its state, attends over all
+    st.attn->decode(*cache->self[l], desc, make_hook);
+  } else {
+    if (cache) {  // cross-attention: encoder keys/values computed once per cache
+      if (!cached_cross) {
+        cache->ck[l] = Tensor({B, Ts, g.KD}), cache->cv[l] = Tensor({B, Ts, g.KD});
+        std::copy_n(k, B * Ts * g.KD, cache->ck[l].data<float>());
+        std::copy_n(v, B * Ts * g.KD, cache->cv[l].data<float>());
+      }
+      desc.k = cache->ck[l].data<float>(), desc.v = cache->cv[l].data<float>();
+    }
+    std::unique_ptr<ScoreHook> hook = make_hook(desc);
+    desc.hook = hook.get();
+    st.attn->forward(desc, keep ? &keep->saved : nullptr);
+  }
+  lin_fwd(a + ".o", att, out, BT, d, g.HD);
+}
+
+// out[BT, d] = W2 act(W1 in + b1) + b2, or W2 (silu(W1 in + b1) * (W3 in + b3)) + b2 (SwiGLU).
+void Transformer::ffn_sublayer(const Stack& st, StackCall& c, int64_t l, const float* in,
+                               float* out, SubTape* keep) const {
+  const Geometry g = geometry();
+  const int64_t BT = c.B * c.T, d = g.d;
+  const std::string w1 = lname(st.prefix, l, "ffn.w1"), w3 = lname(st.prefix, l, "ffn.w3");
+  float* f1 = c.buf(&SubTape::f1, keep, {BT, g.F});
+  float* fa = keep ? c.buf(&SubTape::fa, keep, {BT, g.F}) : f1;  // in place when inferring
+  ops::linear(in, params_.f32(w1 + ".weight"), nullptr, f1, BT, g.F, d);
+  ops::bias_act(ops::Act::Identity, f1, params_.f32_or_null(w1 + ".bias"), BT, g.F);
+  if (g.swiglu) {
+    float* f3 = c.buf(&SubTape::f3, keep, {BT, g.F});
+    lin_fwd(w3, in, f3, BT, g.F, d);
+    ops::swiglu(f1, f3, fa, BT * g.F);
+  } else {
+    ops::activation(g.act, f1, fa, BT * g.F);
+  }
+  lin_fwd(lname(st.prefix, l, "ffn.w2"), fa, out, BT, d, g.F);
+}
+
+// One residual sublayer of layer l in place on x [BT, d]: pre-LN x = x + f(N(x)), post-LN
+// x = N(x + f(x)); f is self-attention (sub 0), cross-attention (1) or the FFN (2).
+void Transformer::residual_sublayer(const Stack& st, StackCall& c, int64_t l, int sub,
+                                    float* x) const {
+  const Geometry g = geometry();
+  const int64_t BT = c.B * c.T, d = g.d;
+  SubTape* keep = c.tape ? &c.tape->layers[l][sub] : nullptr;
+  const std::string nn = lname(st.prefix, l, kSublayerNorms[sub]);
+  float* h = c.buf(&SubTape::h, keep, {BT, d});
+  float* out = c.buf(&SubTape::out, keep, {BT, d});
+  auto f = [&](const float* in) {
+    if (sub == 2)
+      ffn_sublayer(st, c, l, in, out, keep);
+    else
+      attention_sublayer(st, c, l, sub == 0, in, out, keep);
+  };
+  if (g.pre) {  // x = x + f(N(x))
+    if (keep) std::copy_n(x, BT * d, c.buf(&SubTape::norm_in, keep, {BT, d}));
+    norm_fwd(nn, x, h, BT);
+    f(h);
+    ops::add_inplace(x, out, BT * d);
+  } else {  // x = N(x + f(x))
+    if (keep) std::copy_n(x, BT * d, h);
+    f(x);
+    ops::add_inplace(x, out, BT * d);
+    if (keep) std::copy_n(x, BT * d, c.buf(&SubTape::norm_in, keep, {BT, d}));
+    norm_fwd(nn, x, x, BT);
+  }
+}
+
 void Transformer::run_stack(const Stack& st, float* x, int64_t B, int64_t T, int64_t pos0,
                             const float* enc, int64_t Ts, StackTape* tape, KVCache* cache) const {
-  const Geometry g = geometry();
-  const int64_t d = g.d, BT = B * T, Tkv = std::max(T, Ts);
   // Inference reuses one workspace for every layer; training keeps each layer's activations.
   // A tape's tensors are reused when their shapes match (loss_and_grad passes the same tape on
-  // every step): every kept buffer below is fully overwritten before it is read.
-  using Bufs = SubTape;
-  Bufs ws;
-  auto buf = [&](Tensor Bufs::*field, Bufs* keep, Shape shape) -> float* {
-    Tensor& t = keep ? keep->*field : ws.*field;
-    if (keep ? t.shape() != shape : t.numel() < shape_numel(shape)) t = Tensor(shape);
-    return t.data<float>();
-  };
-  const std::string& P = st.prefix;
+  // every step): every kept buffer is fully overwritten before it is read.
+  StackCall c{B, T, Ts, pos0, enc, tape, cache, {}};
   if (tape) {
     tape->layers.resize(static_cast<size_t>(cfg_.n_layers));
     tape->B = B, tape->T = T, tape->Ts = Ts, tape->pos0 = pos0;
   }
-  // out[BT, d] = attention sublayer over `in`; self-attention or cross (keys from enc)
-  auto attention = [&](int64_t l, const std::string& a, const float* in, float* out, bool self,
-                       Bufs* keep) {
-    const float* kv_in = self ? in : enc;
-    const int64_t Tk = self ? T : Ts;
-    float* q = buf(&Bufs::q, keep, {BT, g.HD});
-    float* k = buf(&Bufs::k, keep, {B * Tkv, g.KD});
-    float* v = buf(&Bufs::v, keep, {B * Tkv, g.KD});
-    float* att = buf(&Bufs::att, keep, {BT, g.HD});
-    lin_fwd(lname(P, l, a + ".q"), in, q, BT, g.HD, d);
-    const bool cached_cross = cache && !self && cache->ck[l].numel() > 0;
-    if (!cached_cross) {
-      lin_fwd(lname(P, l, a + ".k"), kv_in, k, B * Tk, g.KD, d);
-      lin_fwd(lname(P, l, a + ".v"), kv_in, v, B * Tk, g.KD, d);
-    }
-    if (self && st.pe->rotary()) {
-      st.pe->rotate(q, B, T, g.H, g.HD, pos0);
-      st.pe->rotate(k, B, T, g.Hkv, g.KD, pos0);
-    }
-    AttnDesc desc = attn_desc(st, self, B, T, Tk, pos0);
-    desc.q = q, desc.k = k, desc.v = v, desc.out = att;
-    // Relative schemes add score terms in self-attention only.
-    const HookMaker make_hook = [&](const AttnDesc& a) {
-      return self ? st.pe->prepare(params_, AttnInputs{l, &a}) : nullptr;
-    };
-    if (cache && self) {  // the variant appends the new keys/values to its state, attends over all
-      st.attn->decode(*cache->self[l], desc, make_hook);
-    } else {
-      if (cache) {  // cross-attention: encoder keys/values computed once per cache
-        if (!cached_cross) {
-          cache->ck[l] = Tensor({B, Ts, g.KD}), cache->cv[l] = Tensor({B, Ts, g.KD});
-          std::copy_n(k, B * Ts * g.KD, cache->ck[l].data<float>());
-          std::copy_n(v, B * Ts * g.KD, cache->cv[l].data<float>());
-        }
-        desc.k = cache->ck[l].data<float>(), desc.v = cache->cv[l].data<float>();
-      }
-      std::unique_ptr<ScoreHook> hook = make_hook(desc);
-      desc.hook = hook.get();
-      st.attn->forward(desc, keep ? &keep->saved : nullptr);
-    }
-    lin_fwd(lname(P, l, a + ".o"), att, out, BT, d, g.HD);
-  };
-  auto ffn = [&](int64_t l, const float* in, float* out, Bufs* keep) {
-    const std::string w1 = lname(P, l, "ffn.w1"), w3 = lname(P, l, "ffn.w3");
-    float* f1 = buf(&Bufs::f1, keep, {BT, g.F});
-    float* fa = keep ? buf(&Bufs::fa, keep, {BT, g.F}) : f1;  // activated (in place when inferring)
-    ops::linear(in, params_.f32(w1 + ".weight"), nullptr, f1, BT, g.F, d);
-    if (g.swiglu) {  // fa = silu(W1 x + b1) * (W3 x + b3)
-      float* f3 = buf(&Bufs::f3, keep, {BT, g.F});
-      ops::bias_act(ops::Act::Identity, f1, params_.f32_or_null(w1 + ".bias"), BT, g.F);
-      lin_fwd(w3, in, f3, BT, g.F, d);
-      ops::swiglu(f1, f3, fa, BT * g.F);
-    } else {
-      ops::bias_act(ops::Act::Identity, f1, params_.f32_or_null(w1 + ".bias"), BT, g.F);
-      ops::activation(g.act, f1, fa, BT * g.F);
-    }
-    lin_fwd(lname(P, l, "ffn.w2"), fa, out, BT, d, g.F);
-  };
-  for (int64_t l = 0; l < cfg_.n_layers; ++l) {
-    for (int sub = 0; sub < 3; ++sub) {  // 0 self-attention, 1 cross-attention, 2 FFN
-      if (sub == 1 && !st.cross) continue;
-      Bufs* keep = tape ? &tape->layers[l][sub] : nullptr;
-      const std::string nn = lname(P, l,
-                                   sub == 0   ? "attn_norm"
-                                   : sub == 1 ? "cross_norm"
-                                              : "ffn_norm");
-      float* h = buf(&Bufs::h, keep, {BT, d});
-      float* out = buf(&Bufs::out, keep, {BT, d});
-      auto f = [&](const float* in) {
-        if (sub == 2)
-          ffn(l, in, out, keep);
-        else
-          attention(l, sub == 0 ? "attn" : "cross_attn", in, out, sub == 0, keep);
-      };
-      if (g.pre) {  // x = x + f(N(x))
-        if (keep) std::copy_n(x, BT * d, buf(&Bufs::norm_in, keep, {BT, d}));
-        norm_fwd(nn, x, h, BT);
-        f(h);
-        ops::add_inplace(x, out, BT * d);
-      } else {  // x = N(x + f(x))
-        if (keep) std::copy_n(x, BT * d, h);
-        f(x);
-        ops::add_inplace(x, out, BT * d);
-        if (keep) std::copy_n(x, BT * d, buf(&Bufs::norm_in, keep, {BT, d}));
-        norm_fwd(nn, x, x, BT);
-      }
-    }
-  }
-  if (g.pre) {
+  for (int64_t l = 0; l < cfg_.n_layers; ++l)
+    for (int sub = 0; sub < 3; ++sub)  // 0 self-attention, 1 cross-attention, 2 FFN
+      if (sub != 1 || st.cross) residual_sublayer(st, c, l, sub, x);
+  if (geometry().pre) {
+    const int64_t BT = B * T, d = cfg_.d_model;
     if (tape) {
       if (tape->final_in.shape() != Shape{BT, d}) tape->final_in = Tensor({BT, d});
       std::copy_n(x, BT * d, tape->final_in.data<float>());
     }
-    norm_fwd(P + "final_norm", x, x, BT);
+    norm_fwd(st.prefix + "final_norm", x, x, BT);
   }
 }
 

@@ -117,120 +117,126 @@ void linear_backward(const ParamStore& params, ParamStore& grads, const std::str
       });
 }
 
-struct BackwardBuffers {
-  Tensor dh, dy, dq, datt, dk, dv, df1, df3;
-  static float* get(Tensor& t, const Shape& shape) {
-    if (t.shape() != shape) t = Tensor(shape);
-    return t.data<float>();
-  }
-};
-
 }  // namespace
+
+// N(x): dx = N'(x)^T dout (overwrite), and the gradients of the norm's weight (and bias)
+void Transformer::norm_backward(StackGradCall& c, const std::string& n, const float* x_in,
+                                const float* dout, float* dx) const {
+  const int64_t BT = c.tape.B * c.tape.T, d = cfg_.d_model;
+  const float eps = static_cast<float>(cfg_.norm_eps);
+  if (cfg_.norm == "layernorm")
+    ops::layernorm_backward(x_in, params_.f32(n + ".weight"), dout, dx, c.grads.f32(n + ".weight"),
+                            c.grads.f32(n + ".bias"), BT, d, eps);
+  else
+    ops::rmsnorm_backward(x_in, params_.f32(n + ".weight"), dout, dx, c.grads.f32(n + ".weight"),
+                          BT, d, eps);
+}
+
+// Backward of attention_sublayer: dout [BT, d] -> dhin [BT, d] (overwrite); cross-attention
+// adds the key/value inputs' gradient into c.d_enc.
+void Transformer::attention_sublayer_backward(const Stack& st, StackGradCall& c, int64_t l,
+                                              bool self, const SubTape& sp, const float* dout,
+                                              float* dhin) const {
+  const Geometry g = geometry();
+  const int64_t B = c.tape.B, T = c.tape.T, pos0 = c.tape.pos0, d = g.d, BT = B * T;
+  const int64_t Tk = self ? T : c.tape.Ts;
+  const std::string a = lname(st.prefix, l, self ? "attn" : "cross_attn");
+  ParamStore& grads = c.grads;
+  // out = att Wo^T + bo
+  linear_backward(params_, grads, a + ".o", sp.att.data<float>(), g.HD, dout, d, c.datt, g.HD, BT,
+                  d, g.HD, 0.0f);
+  AttnDesc desc = attn_desc(st, self, B, T, Tk, pos0);
+  desc.q = sp.q.data<float>(), desc.k = sp.k.data<float>(), desc.v = sp.v.data<float>();
+  std::unique_ptr<ScoreHook> hook;
+  if (self) hook = st.pe->prepare(params_, AttnInputs{l, &desc});
+  desc.hook = hook.get();
+  AttnGrads ag;
+  ag.dout = c.datt, ag.lddo = g.HD, ag.dq = c.dq, ag.dk = c.dk, ag.dv = c.dv;
+  st.attn->backward(desc, *sp.saved, ag, hook.get());
+  if (hook) hook->finish_backward(grads);
+  if (self && st.pe->rotary()) {  // q, k were rotated after projection
+    st.pe->rotate_backward(c.dq, B, T, g.H, g.HD, pos0);
+    st.pe->rotate_backward(c.dk, B, T, g.Hkv, g.KD, pos0);
+  }
+  const float* kv_in = self ? sp.h.data<float>() : c.enc;
+  float* dkv_in = self ? dhin : c.d_enc;
+  linear_backward(params_, grads, a + ".q", sp.h.data<float>(), d, c.dq, g.HD, dhin, d, BT, g.HD, d,
+                  0.0f);
+  linear_backward(params_, grads, a + ".k", kv_in, d, c.dk, g.KD, dkv_in, d, B * Tk, g.KD, d, 1.0f);
+  linear_backward(params_, grads, a + ".v", kv_in, d, c.dv, g.KD, dkv_in, d, B * Tk, g.KD, d, 1.0f);
+}
+
+// Backward of ffn_sublayer: dout [BT, d] -> dhin [BT, d] (overwrite).
+void Transformer::ffn_sublayer_backward(const Stack& st, StackGradCall& c, int64_t l,
+                                        const SubTape& sp, const float* dout, float* dhin) const {
+  const Geometry g = geometry();
+  const int64_t BT = c.tape.B * c.tape.T, d = g.d, ldf = c.ldf;
+  const std::string w1 = lname(st.prefix, l, "ffn.w1"), w3 = lname(st.prefix, l, "ffn.w3");
+  float *df1 = c.df1, *df3 = c.df3;
+  // out = fa W2^T + b2
+  linear_backward(params_, c.grads, lname(st.prefix, l, "ffn.w2"), sp.fa.data<float>(), g.F, dout,
+                  d, df1, ldf, BT, d, g.F, 0.0f);
+  if (g.swiglu) {  // fa = silu(f1) * f3
+    kernels::cpu::swiglu_backward_rows(sp.f1.data<float>(), sp.f3.data<float>(), g.F, df1, df1, ldf,
+                                       df3, ldf, BT, g.F);
+    linear_backward(params_, c.grads, w3, sp.h.data<float>(), d, df3, ldf, dhin, d, BT, g.F, d,
+                    0.0f);
+    linear_backward(params_, c.grads, w1, sp.h.data<float>(), d, df1, ldf, dhin, d, BT, g.F, d,
+                    1.0f);
+  } else {  // fa = act(f1)
+    kernels::cpu::act_backward_rows(g.act, sp.f1.data<float>(), g.F, df1, ldf, df1, ldf, BT, g.F);
+    linear_backward(params_, c.grads, w1, sp.h.data<float>(), d, df1, ldf, dhin, d, BT, g.F, d,
+                    0.0f);
+  }
+}
+
+// Backward of residual_sublayer, in place on dx [BT, d].
+void Transformer::residual_sublayer_backward(const Stack& st, StackGradCall& c, int64_t l, int sub,
+                                             float* dx) const {
+  const int64_t BT = c.tape.B * c.tape.T, d = cfg_.d_model;
+  const SubTape& sp = c.tape.layers[l][sub];
+  const std::string nn = lname(st.prefix, l, kSublayerNorms[sub]);
+  auto f_back = [&](const float* dout, float* dhin) {
+    if (sub == 2)
+      ffn_sublayer_backward(st, c, l, sp, dout, dhin);
+    else
+      attention_sublayer_backward(st, c, l, sub == 0, sp, dout, dhin);
+  };
+  if (geometry().pre) {  // x_out = x + f(N(x)):  dx += N'^T f'^T dx_out
+    f_back(dx, c.dh);
+    norm_backward(c, nn, sp.norm_in.data<float>(), c.dh, c.dy);
+    ops::add_inplace(dx, c.dy, BT * d);
+  } else {  // x_out = N(x + f(x)):  dy = N'^T dx_out;  dx = dy + f'^T dy
+    norm_backward(c, nn, sp.norm_in.data<float>(), dx, c.dy);
+    f_back(c.dy, c.dh);
+    std::copy_n(c.dy, BT * d, dx);
+    ops::add_inplace(dx, c.dh, BT * d);
+  }
+}
 
 void Transformer::backward_stack(const Stack& st, const StackTape& tape, float* dx,
                                  const float* enc, float* d_enc, ParamStore& grads) const {
   const Geometry g = geometry();
-  const int64_t B = tape.B, T = tape.T, Ts = tape.Ts, pos0 = tape.pos0, d = g.d, BT = B * T;
-  const std::string& P = st.prefix;
-  const float eps = static_cast<float>(cfg_.norm_eps);
+  const int64_t B = tape.B, T = tape.T, Ts = tape.Ts, d = g.d, BT = B * T;
   // Gradient buffers, kept per thread and stack between calls (every one is fully written
   // before it is read, so stale contents from the previous step never leak).
   thread_local BackwardBuffers bufs_enc, bufs_dec;
-  BackwardBuffers& wb = P == "encoder." ? bufs_enc : bufs_dec;
-  float *dh = wb.get(wb.dh, {BT, d}), *dy = wb.get(wb.dy, {BT, d}), *dq = wb.get(wb.dq, {BT, g.HD}),
-        *datt = wb.get(wb.datt, {BT, g.HD}), *dk = wb.get(wb.dk, {B * std::max(T, Ts), g.KD}),
-        *dv = wb.get(wb.dv, {B * std::max(T, Ts), g.KD}),
-        *df1 = wb.get(wb.df1, {BT, padded_ld(g.F)}),
-        *df3 = wb.get(wb.df3, {g.swiglu ? BT : 0, padded_ld(g.F)});
-  const int64_t ldf = padded_ld(g.F);  // row stride of df1, df3
-
-  // N(x): dx_in = N'(x)^T dout (overwrite), grads of the norm's weight/bias
-  auto norm_back = [&](const std::string& n, const float* x_in, const float* dout, float* dxo) {
-    if (g.ln)
-      ops::layernorm_backward(x_in, params_.f32(n + ".weight"), dout, dxo, grads.f32(n + ".weight"),
-                              grads.f32(n + ".bias"), BT, d, eps);
-    else
-      ops::rmsnorm_backward(x_in, params_.f32(n + ".weight"), dout, dxo, grads.f32(n + ".weight"),
-                            BT, d, eps);
-  };
-  // f = attention: dout [BT, d] -> dhin [BT, d] (overwrite); cross adds into d_enc
-  auto attn_back = [&](int64_t l, const std::string& a, const SubTape& sp, const float* dout,
-                       float* dhin, bool self) {
-    const int64_t Tk = self ? T : Ts;
-    // out = att Wo^T + bo
-    linear_backward(params_, grads, lname(P, l, a + ".o"), sp.att.data<float>(), g.HD, dout, d,
-                    datt, g.HD, BT, d, g.HD, 0.0f);
-    AttnDesc desc = attn_desc(st, self, B, T, Tk, pos0);
-    desc.q = sp.q.data<float>(), desc.k = sp.k.data<float>(), desc.v = sp.v.data<float>();
-    std::unique_ptr<ScoreHook> hook;
-    if (self) hook = st.pe->prepare(params_, AttnInputs{l, &desc});
-    desc.hook = hook.get();
-    AttnGrads ag;
-    ag.dout = datt, ag.lddo = g.HD, ag.dq = dq, ag.dk = dk, ag.dv = dv;
-    st.attn->backward(desc, *sp.saved, ag, hook.get());
-    if (hook) hook->finish_backward(grads);
-    if (self && st.pe->rotary()) {  // q, k were rotated after projection
-      st.pe->rotate_backward(dq, B, T, g.H, g.HD, pos0);
-      st.pe->rotate_backward(dk, B, T, g.Hkv, g.KD, pos0);
-    }
-    const float* kv_in = self ? sp.h.data<float>() : enc;
-    float* dkv_in = self ? dhin : d_enc;
-    linear_backward(params_, grads, lname(P, l, a + ".q"), sp.h.data<float>(), d, dq, g.HD, dhin, d,
-                    BT, g.HD, d, 0.0f);
-    linear_backward(params_, grads, lname(P, l, a + ".k"), kv_in, d, dk, g.KD, dkv_in, d, B * Tk,
-                    g.KD, d, 1.0f);
-    linear_backward(params_, grads, lname(P, l, a + ".v"), kv_in, d, dv, g.KD, dkv_in, d, B * Tk,
-                    g.KD, d, 1.0f);
-  };
-  auto ffn_back = [&](int64_t l, const SubTape& sp, const float* dout, float* dhin) {
-    const std::string w1 = lname(P, l, "ffn.w1"), w3 = lname(P, l, "ffn.w3");
-    // out = fa W2^T + b2
-    linear_backward(params_, grads, lname(P, l, "ffn.w2"), sp.fa.data<float>(), g.F, dout, d, df1,
-                    ldf, BT, d, g.F, 0.0f);
-    if (g.swiglu) {  // fa = silu(f1) * f3
-      kernels::cpu::swiglu_backward_rows(sp.f1.data<float>(), sp.f3.data<float>(), g.F, df1, df1,
-                                         ldf, df3, ldf, BT, g.F);
-      linear_backward(params_, grads, w3, sp.h.data<float>(), d, df3, ldf, dhin, d, BT, g.F, d,
-                      0.0f);
-      linear_backward(params_, grads, w1, sp.h.data<float>(), d, df1, ldf, dhin, d, BT, g.F, d,
-                      1.0f);
-    } else {  // fa = act(f1)
-      kernels::cpu::act_backward_rows(g.act, sp.f1.data<float>(), g.F, df1, ldf, df1, ldf, BT, g.F);
-      linear_backward(params_, grads, w1, sp.h.data<float>(), d, df1, ldf, dhin, d, BT, g.F, d,
-                      0.0f);
-    }
-  };
-
+  BackwardBuffers& wb = st.prefix == "encoder." ? bufs_enc : bufs_dec;
+  StackGradCall c{tape, grads, enc, d_enc};
+  c.dh = wb.get(wb.dh, {BT, d}), c.dy = wb.get(wb.dy, {BT, d}), c.dq = wb.get(wb.dq, {BT, g.HD});
+  c.datt = wb.get(wb.datt, {BT, g.HD});
+  c.dk = wb.get(wb.dk, {B * std::max(T, Ts), g.KD});
+  c.dv = wb.get(wb.dv, {B * std::max(T, Ts), g.KD});
+  c.ldf = padded_ld(g.F);
+  c.df1 = wb.get(wb.df1, {BT, c.ldf});
+  c.df3 = wb.get(wb.df3, {g.swiglu ? BT : 0, c.ldf});
   if (g.pre) {  // x_final = N(x_L)
-    std::copy_n(dx, BT * d, dy);
-    norm_back(P + "final_norm", tape.final_in.data<float>(), dy, dx);
+    std::copy_n(dx, BT * d, c.dy);
+    norm_backward(c, st.prefix + "final_norm", tape.final_in.data<float>(), c.dy, dx);
   }
-  for (int64_t l = cfg_.n_layers - 1; l >= 0; --l) {
-    for (int sub = 2; sub >= 0; --sub) {
-      if (sub == 1 && !st.cross) continue;
-      const SubTape& sp = tape.layers[l][sub];
-      const std::string nn = lname(P, l,
-                                   sub == 0   ? "attn_norm"
-                                   : sub == 1 ? "cross_norm"
-                                              : "ffn_norm");
-      auto f_back = [&](const float* dout, float* dhin) {
-        if (sub == 2)
-          ffn_back(l, sp, dout, dhin);
-        else
-          attn_back(l, sub == 0 ? "attn" : "cross_attn", sp, dout, dhin, sub == 0);
-      };
-      if (g.pre) {  // x_out = x + f(N(x)):  dx += N'^T f'^T dx_out
-        f_back(dx, dh);
-        norm_back(nn, sp.norm_in.data<float>(), dh, dy);
-        ops::add_inplace(dx, dy, BT * d);
-      } else {  // x_out = N(x + f(x)):  dy = N'^T dx_out;  dx = dy + f'^T dy
-        norm_back(nn, sp.norm_in.data<float>(), dx, dy);
-        f_back(dy, dh);
-        std::copy_n(dy, BT * d, dx);
-        ops::add_inplace(dx, dh, BT * d);
-      }
-    }
-  }
+  for (int64_t l = cfg_.n_layers - 1; l >= 0; --l)
+    for (int sub = 2; sub >= 0; --sub)
+      if (sub != 1 || st.cross) residual_sublayer_backward(st, c, l, sub, dx);
 }
 
 void Transformer::embed_backward(const Stack& st, const TokenBatch& tokens, int64_t pos0,

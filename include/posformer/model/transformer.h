@@ -22,6 +22,9 @@
 namespace posformer {
 
 struct StackTape;
+struct StackCall;
+struct StackGradCall;
+struct SubTape;
 using TokenBatch = std::vector<std::vector<int32_t>>;  // [B][T], equal lengths
 
 struct ForwardOptions {
@@ -116,6 +119,20 @@ class Transformer {
   // every layer's activations are kept for backward.
   void run_stack(const Stack& st, float* x, int64_t B, int64_t T, int64_t pos0, const float* enc,
                  int64_t Ts, StackTape* tape, KVCache* cache = nullptr) const;
+  // The stack's parts (transformer.cpp) and their backward (transformer_backward.cpp).
+  void residual_sublayer(const Stack& st, StackCall& c, int64_t l, int sub, float* x) const;
+  void attention_sublayer(const Stack& st, StackCall& c, int64_t l, bool self, const float* in,
+                          float* out, SubTape* keep) const;
+  void ffn_sublayer(const Stack& st, StackCall& c, int64_t l, const float* in, float* out,
+                    SubTape* keep) const;
+  void residual_sublayer_backward(const Stack& st, StackGradCall& c, int64_t l, int sub,
+                                  float* dx) const;
+  void attention_sublayer_backward(const Stack& st, StackGradCall& c, int64_t l, bool self,
+                                   const SubTape& sp, const float* dout, float* dhin) const;
+  void ffn_sublayer_backward(const Stack& st, StackGradCall& c, int64_t l, const SubTape& sp,
+                             const float* dout, float* dhin) const;
+  void norm_backward(StackGradCall& c, const std::string& n, const float* x_in, const float* dout,
+                     float* dx) const;
   ForwardOutput head_output(Tensor hidden, bool want_logits) const;
   // dx: [B*T, d] gradient at the stack output in, gradient at the stack input out (in place).
   // d_enc: [B*Ts, d] accumulates the gradient w.r.t. the encoder output (cross-attention).
