@@ -56,6 +56,10 @@ class SoftmaxAttention final : public Attention {
     return std::make_unique<KeyValueRows>(B, capacity, g_.Hkv * g_.D);
   }
 
+  uint64_t decode_bytes(int64_t B, int64_t capacity) const override {
+    return 2 * uint64_t(B) * uint64_t(capacity) * uint64_t(g_.Hkv * g_.D) * sizeof(float);
+  }
+
   void decode(AttnDecodeState& state, const AttnDesc& desc,
               const HookMaker& make_hook) const override {
     auto& st = dynamic_cast<KeyValueRows&>(state);

@@ -130,6 +130,7 @@ TEST(CachedDecoding, SoftmaxStateHoldsKeyValueRows) {
   ASSERT_EQ(c.self.size(), 2u);
   const int64_t KD = 2 * (32 / 4);
   EXPECT_EQ(c.bytes(), size_t(2 * 2 * KD * 20 * 3) * sizeof(float));
+  EXPECT_EQ(m.attention(true)->decode_bytes(3, 20) * 2, c.bytes());
   m.forward_cached({{1, 2, 3}, {4, 5, 6}, {7, 8, 9}}, c);
   m.forward_cached({{1}, {2}, {3}}, c);
   for (const auto& s : c.self) EXPECT_EQ(s->length(), 4);

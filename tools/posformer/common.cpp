@@ -59,8 +59,13 @@ void add_memory_options(CLI::App* app, MemoryGuard& g) {
 }
 
 uint64_t kv_cache_bytes(const ModelConfig& c, int64_t positions, size_t src_positions) {
-  const uint64_t row = 2 * uint64_t(c.n_layers) * uint64_t(c.kv_heads() * c.head_dim()) * 4;
-  return row * (uint64_t(positions) + src_positions);
+  // self-attention: the decode state of the model's attention variant, per layer; cross-
+  // attention: the encoder output's keys and values, computed once
+  const Transformer m(c);
+  const uint64_t self = m.attention(true)->decode_bytes(1, positions) * uint64_t(c.n_layers);
+  const uint64_t cross = 2 * uint64_t(c.n_layers) * uint64_t(c.kv_heads() * c.head_dim()) *
+                         sizeof(float) * src_positions;
+  return self + cross;
 }
 
 ModelConfig model_dir_config(const std::string& dir) {

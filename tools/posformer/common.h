@@ -53,8 +53,9 @@ enum class ModelUse {
 void check_model_memory(const std::string& cmd, const ModelConfig& c, ModelUse use,
                         const MemoryGuard& g, const std::string& model_file = "",
                         uint64_t extra = 0, const std::string& extra_what = "");
-// KV cache of one sequence (SPEC.md 7): keys and values of every decoder layer for
-// `positions` positions, and for cross-attention of `src_positions` encoder positions.
+// Decoding memory of one sequence: the attention variant's decode state of every decoder layer
+// for `positions` positions (softmax: keys and values, SPEC.md 7), and the cross-attention keys
+// and values of `src_positions` encoder positions.
 uint64_t kv_cache_bytes(const ModelConfig& c, int64_t positions, size_t src_positions);
 
 // The config of a model directory (DIR/config.json), with Transformer::load's message when DIR

@@ -76,6 +76,8 @@ class Attention {
 
   // Decoding: B sequences, at most `capacity` positions.
   virtual std::unique_ptr<AttnDecodeState> start_decode(int64_t B, int64_t capacity) const = 0;
+  // Memory start_decode(B, capacity) takes, without making it (memory checks, `cost`).
+  virtual uint64_t decode_bytes(int64_t B, int64_t capacity) const = 0;
   // desc holds the new tokens (Tq = Tk = new rows; q_pos0 = k_pos0 = state.length()); appends
   // their keys/values to the state and writes the output of the new queries over all of it,
   // with the score hook that make_hook (may be empty) prepares for the descriptor it runs.
