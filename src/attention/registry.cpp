@@ -106,6 +106,11 @@ std::unique_ptr<Attention> make_attention(const AttentionConfig& cfg, const Stac
   if (pe.adds_scores() && !c.score_hooks) refuse("relative score terms");
   if (pe.adds_values() && !c.value_hooks) refuse("relative value terms");
   if (pe.rotary() && !c.rotary_outside) refuse("rotary positions applied to q and k");
+  if (cfg.residual && !c.residual_scores)
+    throw Error(
+        str("[config] attention.residual (RealFormer) needs a score matrix to carry; "
+            "attention '",
+            cfg.type, "' has none"));
   return a;
 }
 

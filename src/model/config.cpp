@@ -195,10 +195,11 @@ ModelConfig parse_config(const json& j) {
     PF_CHECK(a.is_object(),
              "[config] field 'attention' must be an object like {\"type\": \"softmax\"}, got ",
              a.dump());
-    refuse_unknown(a, {"type", "scale"}, "attention.");
+    refuse_unknown(a, {"type", "scale", "residual"}, "attention.");
     c.attention.type = get_choice(a, "type", c.attention.type, {"softmax"}, "attention.");
     if (a.contains("scale") && !a.at("scale").is_null())
       c.attention.scale = get_num(a, "scale", 0.0, "attention.");
+    c.attention.residual = get_bool(a, "residual", false, "attention.");
   }
   validate_config(c);
   return c;
@@ -239,6 +240,7 @@ json config_to_json(const ModelConfig& c) {
   }
   json a = {{"type", c.attention.type}};
   if (c.attention.scale) a["scale"] = *c.attention.scale;
+  if (c.attention.residual) a["residual"] = true;
   return json{{"arch", c.arch},
               {"d_model", c.d_model},
               {"n_layers", c.n_layers},

@@ -41,6 +41,7 @@ struct StackCall {
   StackTape* tape;
   KVCache* cache;
   SubTape ws;
+  Tensor carried[2];  // attention.residual: pre-softmax scores of layers l-1 and l [B,H,T,Tk]
   // A sublayer buffer: kept in `keep` (training; reallocated only when the shape changes), else
   // the workspace (grown as needed).
   float* buf(Tensor SubTape::*field, SubTape* keep, const Shape& shape);
@@ -73,6 +74,7 @@ struct StackGradCall {
   float *dk = nullptr, *dv = nullptr;    // [B*max(T, Ts), KD]
   float *df1 = nullptr, *df3 = nullptr;  // [BT, ldf]
   int64_t ldf = 0;                       // FFN gradients' row stride (padded)
+  Tensor dcarried[2] = {};  // attention.residual: dL/dS of layers l+1 and l [B, H, T, T]
 };
 
 }  // namespace posformer

@@ -235,9 +235,18 @@ void Transformer::attention_sublayer(const Stack& st, StackCall& c, int64_t l, b
   }
   AttnDesc desc = attn_desc(st, self, B, T, Tk, c.pos0);
   desc.q = q, desc.k = k, desc.v = v, desc.out = att;
-  // Relative schemes add score terms in self-attention only.
-  const HookMaker make_hook = [&](const AttnDesc& ad) {
-    return self ? st.pe->prepare(params_, AttnInputs{l, &ad}) : nullptr;
+  // Relative schemes add score terms in self-attention only; with attention.residual
+  // (RealFormer) layer l adds layer l-1's pre-softmax scores and records its own for layer l+1.
+  const HookMaker make_hook = [&](const AttnDesc& ad) -> std::unique_ptr<ScoreHook> {
+    if (!self) return nullptr;
+    std::unique_ptr<ScoreHook> hook = st.pe->prepare(params_, AttnInputs{l, &ad});
+    if (!cfg_.attention.residual) return hook;
+    Tensor &cur = c.carried[l % 2], &prev = c.carried[(l + 1) % 2];
+    const Shape shape{ad.B, ad.H, ad.Tq, ad.Tk};
+    if (cur.shape() != shape) cur = Tensor(shape);
+    const float* in = l > 0 ? prev.data<float>() : nullptr;
+    return chain_hooks(std::move(hook),
+                       std::make_unique<ResidualScoresHook>(ad, in, cur.data<float>()));
   };
   if (cache && self) {  // the variant appends the new keys/values to its state, attends over all
     st.attn->decode(*cache->self[l], desc, make_hook);
@@ -312,7 +321,7 @@ void Transformer::run_stack(const Stack& st, float* x, int64_t B, int64_t T, int
   // Inference reuses one workspace for every layer; training keeps each layer's activations.
   // A tape's tensors are reused when their shapes match (loss_and_grad passes the same tape on
   // every step): every kept buffer is fully overwritten before it is read.
-  StackCall c{B, T, Ts, pos0, enc, tape, cache, {}};
+  StackCall c{B, T, Ts, pos0, enc, tape, cache, {}, {}};
   if (tape) {
     tape->layers.resize(static_cast<size_t>(cfg_.n_layers));
     tape->B = B, tape->T = T, tape->Ts = Ts, tape->pos0 = pos0;

@@ -149,6 +149,15 @@ void Transformer::attention_sublayer_backward(const Stack& st, StackGradCall& c,
   desc.q = sp.q.data<float>(), desc.k = sp.k.data<float>(), desc.v = sp.v.data<float>();
   std::unique_ptr<ScoreHook> hook;
   if (self) hook = st.pe->prepare(params_, AttnInputs{l, &desc});
+  if (self && cfg_.attention.residual) {  // dS_l += dS_(l+1); record dS_l for layer l-1
+    Tensor &cur = c.dcarried[l % 2], &next = c.dcarried[(l + 1) % 2];
+    const Shape shape{B, g.H, T, T};
+    if (cur.shape() != shape) cur = Tensor(shape);
+    std::fill_n(cur.data<float>(), cur.numel(), 0.0f);  // blocks skip masked keys: keep them 0
+    const float* in = l + 1 < cfg_.n_layers ? next.data<float>() : nullptr;
+    hook = chain_hooks(std::move(hook),
+                       std::make_unique<ResidualScoresHook>(desc, in, cur.data<float>()));
+  }
   desc.hook = hook.get();
   AttnGrads ag;
   ag.dout = c.datt, ag.lddo = g.HD, ag.dq = c.dq, ag.dk = c.dk, ag.dv = c.dv;

@@ -124,6 +124,17 @@ def all_cases():
         make_case("rms_swiglu_nobias_untied_xl.seq2seq", "seq2seq", rsw, pos="xl", seed=412),
         make_case("swiglu_bias_t5.mlm", "mlm", {"activation": "swiglu"}, pos="t5", seed=413),
         make_case("gqa2_rope.clm", "clm", {"n_kv_heads": 2}, pos="rope", seed=414),
+        # RealFormer (attention.residual): scores carried layer to layer; T 80 / 70 span two
+        # query blocks of the backward, so carried gradients cross block edges
+        make_case("realformer_post_alibi.clm", "clm",
+                  {"norm_position": "post", "n_layers": 3, "max_len": 128,
+                   "attention": {"residual": True}}, pos="alibi", seed=431, T=80),
+        make_case("realformer_shaw.clm", "clm",
+                  {"max_len": 128, "attention": {"residual": True}}, pos="shaw", seed=432, T=70),
+        make_case("realformer_t5.seq2seq", "seq2seq", {"attention": {"residual": True}}, pos="t5",
+                  seed=433),
+        make_case("realformer_rope_gqa2.mlm", "mlm",
+                  {"n_kv_heads": 2, "attention": {"residual": True}}, pos="rope", seed=434),
         make_case("gqa2_xl.mlm", "mlm", {"n_kv_heads": 2}, pos="xl", seed=415),
         make_case("gqa2_deberta.seq2seq", "seq2seq", {"n_kv_heads": 2}, pos="deberta", seed=416),
         make_case("gqa2_shaw.clm", "clm", {"n_kv_heads": 2}, pos="shaw", seed=417),

@@ -115,6 +115,16 @@ def all_cases():
                        30, 100, 25, seed=203))
     V.append(make_case("gqa2_rope.decoder", {"arch": "decoder", "n_kv_heads": 2}, 64, 7, pos="rope",
                        seed=204))
+    rf = {"residual": True}  # RealFormer: pre-softmax scores carried from layer to layer
+    V.append(make_case("realformer_post_alibi.decoder",
+                       {"arch": "decoder", "norm_position": "post", "attention": rf},
+                       300, 7, pos="alibi", seed=241))
+    V.append(make_case("realformer_t5.encoder_decoder", {"arch": "encoder_decoder", "attention": rf},
+                       40, 7, 33, pos="t5", seed=242))
+    V.append(make_case("realformer_deberta.encoder", {"arch": "encoder", "attention": rf},
+                       40, 0, pos="deberta", seed=243))
+    V.append(make_case("realformer_none.decoder", {"arch": "decoder", "attention": rf},
+                       50, 0, pos="none", seed=244))
     V.append(make_case("gqa1_deberta.encoder_decoder", {"arch": "encoder_decoder", "n_kv_heads": 1},
                        35, 7, 40, pos="deberta", seed=205))
     V.append(make_case("gqa2_xl.decoder", {"arch": "decoder", "n_kv_heads": 2}, 50, 100, pos="xl",

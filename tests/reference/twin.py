@@ -50,6 +50,7 @@ class Config:
         self.attn_type = att.get("type", "softmax")
         assert self.attn_type == "softmax", "twin implements exact softmax attention only"
         self.scale = att.get("scale", None)
+        self.residual = bool(att.get("residual", False))  # RealFormer: carried scores
         self.H = self.n_heads
         self.Hkv = self.n_kv_heads if self.n_kv_heads else self.n_heads
         self.d = self.d_model
@@ -277,9 +278,10 @@ def _split(x, heads, D):  # [B, T, heads*D] -> [B, heads, T, D]
 
 
 def _attention(m: Model, S: str, L: str, kind: str, x: torch.Tensor, kv: torch.Tensor,
-               qpos: torch.Tensor, kpos: torch.Tensor, causal: bool) -> torch.Tensor:
+               qpos: torch.Tensor, kpos: torch.Tensor, causal: bool, carried=None) -> torch.Tensor:
     """kind: 'attn' (self-attention with the position scheme) or 'cross_attn' (no position terms,
-    no mask). qpos [Tq], kpos [Tk]: absolute positions."""
+    no mask). qpos [Tq], kpos [Tk]: absolute positions. carried: a dict holding the previous
+    layer's pre-softmax scores under "S" (RealFormer), replaced by this layer's."""
     c = m.c
     H, Hkv, D = c.H, c.Hkv, c.D
     P = L + kind + "."
@@ -357,6 +359,10 @@ def _attention(m: Model, S: str, L: str, kind: str, x: torch.Tensor, kv: torch.T
     else:
         raise ValueError(f"unknown position type {pt}")
 
+    if carried is not None:  # RealFormer: S_l = (this layer's scores) + S_(l-1), before the mask
+        if "S" in carried:
+            scores = scores + carried["S"]
+        carried["S"] = scores
     if causal:
         scores = scores.masked_fill((jj > ii)[None, None], float("-inf"))
     p = torch.softmax(scores, dim=-1)
@@ -386,17 +392,19 @@ def _stack(m: Model, S: str, tokens: torch.Tensor, pos0: int, causal: bool, enc=
     pre = c.norm_position == "pre"
     cross = enc is not None
     epos = torch.arange(enc.shape[1]) if cross else None
+    carried = {} if c.residual else None
     for i in range(c.n_layers):
         L = f"{S}layers.{i}."
         if pre:
             x = x + _attention(m, S, L, "attn", _norm(m, L + "attn_norm", x),
-                               _norm(m, L + "attn_norm", x), pos, pos, causal)
+                               _norm(m, L + "attn_norm", x), pos, pos, causal, carried)
             if cross:
                 x = x + _attention(m, S, L, "cross_attn", _norm(m, L + "cross_norm", x), enc,
                                    pos, epos, False)
             x = x + _ffn(m, L, _norm(m, L + "ffn_norm", x))
         else:
-            x = _norm(m, L + "attn_norm", x + _attention(m, S, L, "attn", x, x, pos, pos, causal))
+            x = _norm(m, L + "attn_norm",
+                      x + _attention(m, S, L, "attn", x, x, pos, pos, causal, carried))
             if cross:
                 x = _norm(m, L + "cross_norm",
                           x + _attention(m, S, L, "cross_attn", x, enc, pos, epos, False))

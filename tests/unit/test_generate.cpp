@@ -9,11 +9,13 @@
 using namespace posformer;
 
 namespace {
-Transformer make_model(const std::string& arch, const std::string& pos, int64_t kv = 0) {
+Transformer make_model(const std::string& arch, const std::string& pos, int64_t kv = 0,
+                       bool residual = false) {
   ModelConfig c;
   c.arch = arch, c.d_model = 32, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = kv, c.d_ff = 48;
   c.vocab_size = 40, c.max_len = 64;
   c.position.type = pos;
+  c.attention.residual = residual;
   c.position.clip = 4, c.position.span = 6, c.position.num_buckets = 8,
   c.position.max_distance = 24;
   Transformer m = Transformer::random_init(c, 7);
@@ -58,28 +60,31 @@ INSTANTIATE_TEST_SUITE_P(
     [](const auto& i) { return std::get<0>(i.param) + "_" + std::get<1>(i.param); });
 
 TEST(CachedDecoding, LogitsMatchFullForwardAtEveryStep) {
-  for (const char* arch : {"decoder", "encoder_decoder"}) {
-    Transformer m = make_model(arch, arch[0] == 'd' ? "t5" : "deberta");
-    std::vector<int32_t> seq = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10};
-    TokenBatch src{{4, 8, 15, 16, 23}};
-    ForwardOptions fo;
-    if (arch[0] == 'e') fo.src = &src;
-    auto full = m.forward(TokenBatch{seq}, fo);
-    KVCache c = m.start_cache(1, 16, fo.src);
-    auto first = m.forward_cached(TokenBatch{{1, 2, 3, 4}}, c);  // chunked prefill
-    for (int64_t t = 0; t < 4; ++t)
-      for (int64_t v = 0; v < 40; ++v)
-        EXPECT_NEAR(first.logits.data<float>()[t * 40 + v], full.logits.data<float>()[t * 40 + v],
-                    1e-4);
-    for (int64_t t = 4; t < 10; ++t) {
-      auto r = m.forward_cached(TokenBatch{{seq[t]}}, c);
-      for (int64_t v = 0; v < 40; ++v)
-        EXPECT_NEAR(r.logits.data<float>()[v], full.logits.data<float>()[t * 40 + v], 1e-4) << t;
+  // also RealFormer (attention.residual): the new rows carry their scores through the layers
+  for (const char* arch : {"decoder", "encoder_decoder"})
+    for (bool residual : {false, true}) {
+      SCOPED_TRACE(std::string(arch) + (residual ? " residual" : ""));
+      Transformer m = make_model(arch, arch[0] == 'd' ? "t5" : "deberta", 0, residual);
+      std::vector<int32_t> seq = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10};
+      TokenBatch src{{4, 8, 15, 16, 23}};
+      ForwardOptions fo;
+      if (arch[0] == 'e') fo.src = &src;
+      auto full = m.forward(TokenBatch{seq}, fo);
+      KVCache c = m.start_cache(1, 16, fo.src);
+      auto first = m.forward_cached(TokenBatch{{1, 2, 3, 4}}, c);  // chunked prefill
+      for (int64_t t = 0; t < 4; ++t)
+        for (int64_t v = 0; v < 40; ++v)
+          EXPECT_NEAR(first.logits.data<float>()[t * 40 + v], full.logits.data<float>()[t * 40 + v],
+                      1e-4);
+      for (int64_t t = 4; t < 10; ++t) {
+        auto r = m.forward_cached(TokenBatch{{seq[t]}}, c);
+        for (int64_t v = 0; v < 40; ++v)
+          EXPECT_NEAR(r.logits.data<float>()[v], full.logits.data<float>()[t * 40 + v], 1e-4) << t;
+      }
+      EXPECT_EQ(c.len, 10);
+      EXPECT_THROW(m.forward_cached(TokenBatch{std::vector<int32_t>(7, 1)}, c),
+                   Error);  // over capacity
     }
-    EXPECT_EQ(c.len, 10);
-    EXPECT_THROW(m.forward_cached(TokenBatch{std::vector<int32_t>(7, 1)}, c),
-                 Error);  // over capacity
-  }
 }
 
 TEST(Generate, LearnedPositionsRefusePastMaxLen) {

@@ -267,14 +267,40 @@ TEST_P(HookTiling, AnyTilingEqualsWholeMatrix) {
   PositionConfig ac;
   ac.type = "alibi";
   auto alibi = make_position_encoding(ac, g);
+  auto chain =
+      chain_hooks(pe->prepare(ps, AttnInputs{0, &a}), alibi->prepare(ps, AttnInputs{0, &a}));
   auto ah = alibi->prepare(ps, AttnInputs{0, &a});
-  HookChain chain({whole_hook.get(), ah.get()});
   std::vector<float> Sc(Tq * Tk, 0.0f), Sa(Tq * Tk, 0.0f), Sb(Tq * Tk, 0.0f);
-  chain.add_scores(0, 2, whole, Sc.data(), Tk);
+  chain->add_scores(0, 2, whole, Sc.data(), Tk);
   whole_hook->add_scores(0, 2, whole, Sa.data(), Tk);
   ah->add_scores(0, 2, whole, Sb.data(), Tk);
   for (size_t i = 0; i < Sc.size(); ++i) ASSERT_NEAR(Sc[i], Sa[i] + Sb[i], 1e-5);
-  EXPECT_EQ(chain.has_value_terms(), whole_hook->has_value_terms());
+  EXPECT_EQ(chain->has_value_terms(), whole_hook->has_value_terms());
+}
+
+// RealFormer's carried scores: the forward adds the previous layer's scores and records the
+// total; the backward adds the next layer's dS and records the total; any tiling, same result.
+TEST(ResidualScores, CarriesScoresAndGradients) {
+  const int64_t B = 2, H = 3, Tq = 9, Tk = 11;
+  AttnDesc a;
+  a.B = B, a.Tq = Tq, a.Tk = Tk, a.H = H;
+  const int64_t n = B * H * Tq * Tk;
+  auto prev = randn(n, 1), S0 = randn(Tq * Tk, 2);
+  std::vector<float> out(n, -7.0f);
+  ResidualScoresHook hk(a, prev.data(), out.data());
+  const int64_t b = 1, h = 2, off = (b * H + h) * Tq * Tk;
+  std::vector<float> S = S0;
+  for (const ScoreTile& t : {ScoreTile{0, 4, 0, 5}, ScoreTile{0, 4, 5, 6}, ScoreTile{4, 5, 0, Tk}})
+    hk.add_scores(b, h, t, S.data() + t.t0 * Tk + t.s0, Tk);
+  for (int64_t i = 0; i < Tq * Tk; ++i) {
+    ASSERT_FLOAT_EQ(S[i], S0[i] + prev[off + i]);
+    ASSERT_FLOAT_EQ(out[off + i], S[i]);
+  }
+  EXPECT_EQ(out[0], -7.0f);  // other (b, h) untouched
+  std::vector<float> dS = S0;
+  ResidualScoresHook first(a, nullptr, out.data());  // the top layer: nothing carried back yet
+  first.adjust_dscores(b, h, ScoreTile{0, Tq, 0, Tk}, dS.data(), Tk);
+  for (int64_t i = 0; i < Tq * Tk; ++i) ASSERT_FLOAT_EQ(out[off + i], S0[i]);
 }
 
 INSTANTIATE_TEST_SUITE_P(All, HookTiling, ::testing::Values("t5", "shaw", "xl", "deberta"));

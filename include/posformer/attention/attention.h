@@ -15,6 +15,7 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 namespace posformer {
@@ -68,41 +69,44 @@ class ScoreHook {
 // Several hooks applied one after the other (a relative scheme plus carried scores, say).
 class HookChain final : public ScoreHook {
  public:
-  explicit HookChain(std::vector<ScoreHook*> hooks) : hooks_(std::move(hooks)) {}
+  explicit HookChain(std::vector<std::unique_ptr<ScoreHook>> hooks) : hooks_(std::move(hooks)) {}
   void add_scores(int64_t b, int64_t h, const ScoreTile& t, float* S, int64_t ldS) const override {
-    for (ScoreHook* k : hooks_) k->add_scores(b, h, t, S, ldS);
+    for (const auto& k : hooks_) k->add_scores(b, h, t, S, ldS);
   }
   bool has_value_terms() const override {
     return std::any_of(hooks_.begin(), hooks_.end(),
-                       [](ScoreHook* k) { return k->has_value_terms(); });
+                       [](const auto& k) { return k->has_value_terms(); });
   }
   void add_values(int64_t b, int64_t h, const ScoreTile& t, const float* P, int64_t ldP, float* out,
                   int64_t ldo) const override {
-    for (ScoreHook* k : hooks_)
+    for (const auto& k : hooks_)
       if (k->has_value_terms()) k->add_values(b, h, t, P, ldP, out, ldo);
   }
   void begin_backward() override {
-    for (ScoreHook* k : hooks_) k->begin_backward();
+    for (const auto& k : hooks_) k->begin_backward();
   }
   void adjust_dscores(int64_t b, int64_t h, const ScoreTile& t, float* dS, int64_t lddS) override {
-    for (ScoreHook* k : hooks_) k->adjust_dscores(b, h, t, dS, lddS);
+    for (const auto& k : hooks_) k->adjust_dscores(b, h, t, dS, lddS);
   }
   void backward_scores(int64_t b, int64_t h, const ScoreTile& t, const float* dS, int64_t lddS,
                        float* dq, int64_t lddq, float* dk, int64_t lddk) override {
-    for (ScoreHook* k : hooks_) k->backward_scores(b, h, t, dS, lddS, dq, lddq, dk, lddk);
+    for (const auto& k : hooks_) k->backward_scores(b, h, t, dS, lddS, dq, lddq, dk, lddk);
   }
   void backward_values(int64_t b, int64_t h, const ScoreTile& t, const float* P, int64_t ldP,
                        const float* dO, int64_t lddo, float* dP, int64_t lddP) override {
-    for (ScoreHook* k : hooks_)
+    for (const auto& k : hooks_)
       if (k->has_value_terms()) k->backward_values(b, h, t, P, ldP, dO, lddo, dP, lddP);
   }
   void finish_backward(class ParamStore& grads) override {
-    for (ScoreHook* k : hooks_) k->finish_backward(grads);
+    for (const auto& k : hooks_) k->finish_backward(grads);
   }
 
  private:
-  std::vector<ScoreHook*> hooks_;
+  std::vector<std::unique_ptr<ScoreHook>> hooks_;
 };
+
+// a then b (either may be null).
+std::unique_ptr<ScoreHook> chain_hooks(std::unique_ptr<ScoreHook> a, std::unique_ptr<ScoreHook> b);
 
 struct AttnDesc {
   int64_t B = 1, Tq = 0, Tk = 0, H = 1, Hkv = 1, D = 0;
@@ -129,6 +133,29 @@ struct AttnDesc {
   }
   const ScoreHook* hook = nullptr;
   float* probs = nullptr;  // optional [B, H, Tq, Tk]: forward stores P here (training)
+};
+
+// RealFormer's residual attention (SPEC.md 6): S_l = scale q k^T (+ position terms) + S_(l-1).
+// Forward (add_scores): adds the previous layer's scores `in` to the tile, then records the
+// tile's total into `out` (put it last in a chain, so it records every term; masks come after
+// hooks, so the recorded scores are unmasked). Backward (adjust_dscores): S_(l+1) contains S_l,
+// so dS_l gets dS_(l+1) (`in`) added, and the total is recorded into `out` for layer l-1.
+// in, out: [B, H, Tq, Tk] of the descriptor; in may be null (first / last layer).
+class ResidualScoresHook final : public ScoreHook {
+ public:
+  ResidualScoresHook(const AttnDesc& a, const float* in, float* out) : a_(a), in_(in), out_(out) {}
+  void add_scores(int64_t b, int64_t h, const ScoreTile& t, float* S, int64_t ldS) const override {
+    carry(b, h, t, S, ldS);
+  }
+  void adjust_dscores(int64_t b, int64_t h, const ScoreTile& t, float* dS, int64_t lddS) override {
+    carry(b, h, t, dS, lddS);
+  }
+
+ private:
+  void carry(int64_t b, int64_t h, const ScoreTile& t, float* X, int64_t ld) const;
+  AttnDesc a_;
+  const float* in_;
+  float* out_;
 };
 
 // Gradients of attention_forward, given the P it stored. dq [B*Tq, ldq-strided like q], dk, dv

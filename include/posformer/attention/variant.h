@@ -40,6 +40,7 @@ struct AttentionCaps {
   bool score_hooks = true;     // relative schemes adding score terms (ALiBi, T5, Shaw, XL, DeBERTa)
   bool value_hooks = true;     // Shaw's value term
   bool rotary_outside = true;  // RoPE rotates q and k before attention
+  bool residual_scores = true;  // RealFormer: pre-softmax scores carried from layer to layer
   DecodeKind decode = DecodeKind::KeyValueRows;
 };
 

@@ -27,6 +27,8 @@ struct PositionConfig {
 struct AttentionConfig {
   std::string type = "softmax";
   std::optional<double> scale;  // default: 1/sqrt(D) (deberta: 1/sqrt(3D))
+  // RealFormer: each self-attention layer's pre-softmax scores are added to the next layer's
+  bool residual = false;
 };
 
 struct ModelConfig {
