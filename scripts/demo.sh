@@ -18,7 +18,7 @@ CFG="$ROOT/configs/demo-rope.json"
 echo
 echo "== model"
 "$PF" init --config "$CFG" --out "$RUN.init" >/dev/null
-"$PF" info "$RUN.init" | sed -n '2,4p;/component/,$p'
+"$PF" info "$RUN.init" | sed -n '2,5p;/component/,$p'
 rm -rf "$RUN.init"
 echo
 echo "== training ($STEPS steps, batch 16 x 128 bytes, RoPE, AdamW; Ctrl-C stops and saves)"

@@ -28,7 +28,14 @@ Command add_info(CLI::App& root) {
             std::printf("block      %s-%s, %s, bias %s, vocab %lld, max_len %lld\n",
                         c.norm_position.c_str(), c.norm.c_str(), c.activation.c_str(),
                         c.bias ? "yes" : "no", (long long)c.vocab_size, (long long)c.max_len);
-            std::printf("position   %s\n", c.position.type.c_str());
+            std::printf("position   %s", c.position.type.c_str());
+            if (c.embed_scale_sqrt_d || c.embed_scale != 1.0)
+              std::printf(", token embeddings x %.4g%s", c.token_embed_scale(),
+                          c.embed_scale_sqrt_d ? " (sqrt_d)" : "");
+            std::printf("\nattention  %s%s", m.attention(c.has_decoder())->name().c_str(),
+                        c.attention.residual ? ", residual (RealFormer)" : "");
+            if (c.attention.scale) std::printf(", scale %g", *c.attention.scale);
+            std::printf("\n");
             std::map<std::string, int64_t> per;
             for (const auto& s : m.param_specs()) per[s.component] += shape_numel(s.shape);
             const int64_t total = count_parameters(m.param_specs());
