@@ -56,6 +56,16 @@ class SoftmaxAttention final : public Attention {
     return std::make_unique<KeyValueRows>(B, capacity, g_.Hkv * g_.D);
   }
 
+  // Per visible (query, key) pair and head: q.k and p v, 2 D multiply-adds forward; backward
+  // (P stored) dV, dP, dQ, dK: 4 D.
+  AttnCost cost(const AttnDesc& a) const override {
+    double pairs = 0;
+    for (int64_t b = 0; b < a.B; ++b)
+      for (int64_t t = 0; t < a.Tq; ++t) pairs += static_cast<double>(a.visible_keys(b, t));
+    const double per = 2.0 * static_cast<double>(a.H * a.D) * pairs;
+    return {2 * per, 4 * per};
+  }
+
   uint64_t decode_bytes(int64_t B, int64_t capacity) const override {
     return 2 * uint64_t(B) * uint64_t(capacity) * uint64_t(g_.Hkv * g_.D) * sizeof(float);
   }

@@ -53,6 +53,12 @@ struct AttnSaved {
 // run (a hook reads the descriptor's sizes and positions); may return null.
 using HookMaker = std::function<std::unique_ptr<ScoreHook>(const AttnDesc&)>;
 
+// Arithmetic of one call (multiply-add = 2 FLOPs; masked query/key pairs not counted), for
+// benchmarks and cost accounting. 0 = not stated.
+struct AttnCost {
+  double forward_flops = 0, backward_flops = 0;
+};
+
 // Per-layer state for incremental decoding; each variant defines its own.
 class AttnDecodeState {
  public:
@@ -74,6 +80,8 @@ class Attention {
   // Gradients given what forward saved for the same descriptor; dq, dk, dv are overwritten.
   virtual void backward(const AttnDesc& desc, const AttnSaved& saved, const AttnGrads& g,
                         ScoreHook* hook) const = 0;
+
+  virtual AttnCost cost(const AttnDesc& desc) const { return {}; }
 
   // Decoding: B sequences, at most `capacity` positions.
   virtual std::unique_ptr<AttnDecodeState> start_decode(int64_t B, int64_t capacity) const = 0;

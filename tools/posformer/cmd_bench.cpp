@@ -1,0 +1,315 @@
+// posformer bench attention: time, GFLOP/s and peak extra memory of attention variants.
+//
+// Every case (variant, T, mask) runs in a fresh process (this binary re-executed with --one):
+// the allocator keeps freed memory (runtime.h), so only a fresh process shows how much memory
+// one call really needs. The child warms up oneDNN and the thread pool on a tiny call, allocates
+// q, k, v, out and their gradients, resets the peak resident size (/proc/self/clear_refs),
+// runs forward (keeping what backward needs) and backward once and reports the growth of the
+// peak over the resident size before the call; then it times forward alone and backward alone
+// (median of --reps after one warm-up) and prints one JSON line.
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <sstream>
+
+#include "common.h"
+#include "posformer/attention/variant.h"
+#include "posformer/core/runtime.h"
+
+namespace posformer::cli {
+namespace {
+
+// kB fields of /proc/self/status ("VmRSS", "VmHWM"), in bytes; -1 when unreadable.
+double proc_status_bytes(const std::string& field) {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind(field + ":", 0) == 0) {
+      std::istringstream in(line.substr(field.size() + 1));
+      double kb = -1;
+      in >> kb;
+      return kb < 0 ? -1 : kb * 1024.0;
+    }
+  return -1;
+}
+
+// Resets VmHWM to the current resident size (Linux >= 4.0); false when not allowed.
+bool reset_peak_rss() {
+  std::ofstream f("/proc/self/clear_refs");
+  if (!f) return false;
+  f << "5";
+  return static_cast<bool>(f.flush());
+}
+
+struct CaseOpts {
+  std::string variant = "softmax";
+  int64_t B = 1, H = 12, Hkv = 0, D = 64, T = 512, reps = 5;
+  bool causal = false, backward = true;
+};
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[v.size() / 2];
+}
+
+// One case in this process: one JSON line on stdout.
+nlohmann::json run_case(const CaseOpts& o) {
+  using clock = std::chrono::steady_clock;
+  nlohmann::json r = {
+      {"variant", o.variant}, {"T", o.T},        {"causal", o.causal},      {"B", o.B},
+      {"heads", o.H},         {"head_dim", o.D}, {"threads", num_threads()}};
+  const int64_t Hkv = o.Hkv > 0 ? o.Hkv : o.H;
+  r["kv_heads"] = Hkv;
+  PF_CHECK(o.H % Hkv == 0, "[bench] --kv-heads ", Hkv, " must divide --heads ", o.H);
+  const StackGeom geom{"bench.", 1, o.H * o.D, o.H, Hkv, o.D, o.T, o.causal, false};
+  PositionConfig pc;
+  pc.type = "none";
+  auto pe = make_position_encoding(pc, geom);
+  AttentionConfig ac;
+  ac.type = o.variant;
+  std::unique_ptr<Attention> att;
+  try {
+    att = make_attention(ac, geom, *pe);
+  } catch (const Error& e) {
+    r["error"] = e.what();
+    return r;
+  }
+  std::vector<ParamSpec> specs;
+  att->declare(specs);
+  PF_CHECK(specs.empty(), "[bench] attention '", o.variant,
+           "' has parameters; bench attention runs parameter-free variants only");
+  auto make_desc = [&](int64_t T, std::vector<float>& q, std::vector<float>& k,
+                       std::vector<float>& v, std::vector<float>& out) {
+    AttnDesc a;
+    a.B = o.B, a.Tq = T, a.Tk = T, a.H = o.H, a.Hkv = Hkv, a.D = o.D;
+    a.ldq = a.ldo = o.H * o.D, a.ldk = a.ldv = Hkv * o.D;
+    q.resize(size_t(o.B * T * a.ldq)), out.resize(q.size());
+    k.resize(size_t(o.B * T * a.ldk)), v.resize(k.size());
+    std::mt19937 rng(11);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    for (auto* x : {&q, &k, &v})
+      for (float& e : *x) e = nd(rng);
+    a.q = q.data(), a.k = k.data(), a.v = v.data(), a.out = out.data();
+    a.scale = static_cast<float>(1.0 / std::sqrt(double(o.D)));
+    a.causal = o.causal;
+    return a;
+  };
+  auto run_backward = [&](const AttnDesc& a, const AttnSaved& saved, std::vector<float>& dout,
+                          std::vector<float>& dq, std::vector<float>& dk, std::vector<float>& dv) {
+    AttnGrads g;
+    g.dout = dout.data(), g.lddo = a.ldo, g.dq = dq.data(), g.dk = dk.data(), g.dv = dv.data();
+    att->backward(a, saved, g, nullptr);
+  };
+  {  // warm-up: oneDNN kernels and the OpenMP pool, on a tiny call
+    std::vector<float> q, k, v, out;
+    AttnDesc a = make_desc(16, q, k, v, out);
+    std::unique_ptr<AttnSaved> saved;
+    att->forward(a, &saved);
+    std::vector<float> dq(q.size()), dk(k.size()), dv(v.size());
+    if (o.backward) run_backward(a, *saved, out, dq, dk, dv);
+  }
+  std::vector<float> q, k, v, out;
+  AttnDesc a = make_desc(o.T, q, k, v, out);
+  std::vector<float> dout(out.size(), 0.01f), dq(q.size()), dk(k.size()), dv(v.size());
+  // peak memory of one training call (forward keeping its state + backward), beyond the inputs,
+  // outputs and gradients allocated above
+  const bool can_reset = reset_peak_rss();
+  const double rss0 = proc_status_bytes("VmRSS");
+  {
+    std::unique_ptr<AttnSaved> saved;
+    att->forward(a, o.backward ? &saved : nullptr);
+    if (o.backward) run_backward(a, *saved, dout, dq, dk, dv);
+  }
+  const double hwm = proc_status_bytes("VmHWM");
+  if (can_reset && rss0 >= 0 && hwm >= 0) r["extra_mib"] = std::max(0.0, hwm - rss0) / (1 << 20);
+  // times
+  std::vector<double> fwd, bwd;
+  for (int64_t i = 0; i <= o.reps; ++i) {
+    auto t0 = clock::now();
+    att->forward(a, nullptr);
+    const double ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
+    if (i) fwd.push_back(ms);
+  }
+  if (o.backward) {
+    std::unique_ptr<AttnSaved> saved;
+    att->forward(a, &saved);
+    for (int64_t i = 0; i <= o.reps; ++i) {
+      auto t0 = clock::now();
+      run_backward(a, *saved, dout, dq, dk, dv);
+      const double ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
+      if (i) bwd.push_back(ms);
+    }
+  }
+  const AttnCost cost = att->cost(a);
+  r["forward_ms"] = median(fwd);
+  if (cost.forward_flops > 0) r["forward_gflops"] = cost.forward_flops / (median(fwd) * 1e6);
+  if (o.backward) {
+    r["backward_ms"] = median(bwd);
+    if (cost.backward_flops > 0) r["backward_gflops"] = cost.backward_flops / (median(bwd) * 1e6);
+  }
+  r["inputs_mib"] = double((q.size() + k.size() + v.size() + out.size()) * 2 * sizeof(float)) /
+                    (1 << 20);  // q, k, v, out and their gradients
+  return r;
+}
+
+// This program's path (popen's shell would make /proc/self/exe the shell).
+std::string self_exe() {
+  char buf[4096];
+  const ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
+  PF_CHECK(n > 0, "[bench] cannot read /proc/self/exe");
+  return std::string(buf, static_cast<size_t>(n));
+}
+
+std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  std::string cur;
+  for (char ch : s + ",") {
+    if (ch == ',' || ch == ' ') {
+      if (!cur.empty()) out.push_back(cur);
+      cur.clear();
+    } else {
+      cur += ch;
+    }
+  }
+  return out;
+}
+
+std::string fmt(const nlohmann::json& r, const char* key, const char* f) {
+  if (!r.contains(key)) return "-";
+  char buf[64];
+  std::snprintf(buf, sizeof buf, f, r[key].get<double>());
+  return buf;
+}
+
+}  // namespace
+
+Command add_bench(CLI::App& root) {
+  auto* bench = root.add_subcommand("bench", "micro-benchmarks");
+  bench->require_subcommand(1);
+  auto* app = bench->add_subcommand(
+      "attention",
+      "time, GFLOP/s and peak extra memory of attention variants (each case in a fresh process)");
+  struct Opts {
+    CaseOpts c;
+    std::string variants = "softmax", seq_lens = "128,512,2048", masks = "both";
+    bool forward_only = false, json = false;
+    int64_t one_T = 0;
+    bool one = false;
+    int threads = 0;
+  };
+  auto o = std::make_shared<Opts>();
+  app->add_option("--variants", o->variants, "comma-separated attention types (default softmax)");
+  app->add_option("--heads", o->c.H, "query heads (default 12)")->check(CLI::Range(1, 4096));
+  app->add_option("--kv-heads", o->c.Hkv, "key/value heads (default: --heads)")
+      ->check(CLI::Range(0, 4096));
+  app->add_option("--head-dim", o->c.D, "head dim D (default 64)")->check(CLI::Range(1, 4096));
+  app->add_option("--batch", o->c.B, "sequences (default 1)")->check(CLI::Range(1, 4096));
+  app->add_option("--seq-lens", o->seq_lens, "comma-separated T (default 128,512,2048)");
+  app->add_option("--masks", o->masks, "causal | full | both (default both)")
+      ->check(CLI::IsMember({"causal", "full", "both"}));
+  app->add_option("--reps", o->c.reps, "timed repetitions per case, median (default 5)")
+      ->check(CLI::Range(1, 1000));
+  app->add_flag("--forward-only", o->forward_only, "time the forward only");
+  app->add_flag("--json", o->json, "one JSON object per case instead of the table");
+  add_threads_option(app, o->threads);
+  // internal: run one case in this process
+  auto* one = app->add_flag("--one", o->one, "run one case (internal)");
+  one->group("");
+  app->add_option("--one-T", o->one_T, "")->group("");
+  app->add_flag("--one-causal", o->c.causal, "")->group("");
+  return {
+      app, [=]() {
+        set_threads(o->threads);
+        if (o->one) {
+          CaseOpts c = o->c;
+          c.variant = o->variants, c.T = o->one_T, c.backward = !o->forward_only;
+          std::cout << run_case(c).dump() << std::endl;
+          return 0;
+        }
+        std::vector<int64_t> Ts;
+        for (const std::string& t : split_list(o->seq_lens)) {
+          char* end = nullptr;
+          const long long v = std::strtoll(t.c_str(), &end, 10);
+          PF_CHECK(end && *end == 0 && v >= 1 && v <= (1 << 20), "[bench] --seq-lens: '", t,
+                   "' is not a length in 1..1048576");
+          Ts.push_back(v);
+        }
+        const std::vector<std::string> variants = split_list(o->variants);
+        PF_CHECK(!variants.empty() && !Ts.empty(),
+                 "[bench] --variants and --seq-lens need "
+                 "at least one entry");
+        std::vector<bool> masks;
+        if (o->masks != "causal") masks.push_back(false);
+        if (o->masks != "full") masks.push_back(true);
+        int failed = 0;
+        if (!o->json) {
+          std::printf(
+              "attention: B %lld, %lld heads (%lld kv) x D %lld, fp32, %d threads, "
+              "CPU: %s\n",
+              (long long)o->c.B, (long long)o->c.H, (long long)(o->c.Hkv ? o->c.Hkv : o->c.H),
+              (long long)o->c.D, num_threads(), cpu_features().c_str());
+          std::printf("%-10s %7s %-6s %11s %9s %11s %9s %11s\n", "variant", "T", "mask",
+                      "forward ms", "GFLOP/s", "backward ms", "GFLOP/s", "extra MiB");
+        }
+        for (const std::string& var : variants)
+          for (bool causal : masks)
+            for (int64_t T : Ts) {
+              std::vector<std::string> args = {self_exe(),   "bench",
+                                               "attention",  "--one",
+                                               "--variants", var,
+                                               "--one-T",    std::to_string(T),
+                                               "--heads",    std::to_string(o->c.H),
+                                               "--kv-heads", std::to_string(o->c.Hkv),
+                                               "--head-dim", std::to_string(o->c.D),
+                                               "--batch",    std::to_string(o->c.B),
+                                               "--reps",     std::to_string(o->c.reps),
+                                               "--threads",  std::to_string(o->threads)};
+              if (causal) args.push_back("--one-causal");
+              if (o->forward_only) args.push_back("--forward-only");
+              std::string cmd;
+              for (const std::string& a : args) cmd += "'" + a + "' ";
+              FILE* p = ::popen(cmd.c_str(), "r");
+              PF_CHECK(p, "[bench] cannot start a benchmark process");
+              std::string all;
+              char buf[4096];
+              while (std::fgets(buf, sizeof buf, p)) all += buf;
+              const int rc = ::pclose(p);
+              nlohmann::json r;
+              try {
+                r = nlohmann::json::parse(all.substr(all.rfind('{')));
+              } catch (...) {
+                r = {{"variant", var},
+                     {"T", T},
+                     {"causal", causal},
+                     {"error", str("case process failed (exit ", rc, ")")}};
+              }
+              failed += r.contains("error");
+              if (o->json) {
+                std::cout << r.dump() << std::endl;
+                continue;
+              }
+              if (r.contains("error")) {
+                std::printf("%-10s %7lld %-6s  %s\n", var.c_str(), (long long)T,
+                            causal ? "causal" : "full", r["error"].get<std::string>().c_str());
+                continue;
+              }
+              std::printf(
+                  "%-10s %7lld %-6s %11s %9s %11s %9s %11s\n", var.c_str(), (long long)T,
+                  causal ? "causal" : "full", fmt(r, "forward_ms", "%.3f").c_str(),
+                  fmt(r, "forward_gflops", "%.1f").c_str(), fmt(r, "backward_ms", "%.3f").c_str(),
+                  fmt(r, "backward_gflops", "%.1f").c_str(), fmt(r, "extra_mib", "%.1f").c_str());
+              std::fflush(stdout);
+            }
+        if (failed) std::cerr << "posformer: error: [bench] " << failed << " case(s) failed\n";
+        return failed ? 1 : 0;
+      }};
+}
+
+}  // namespace posformer::cli
