@@ -1,10 +1,12 @@
-// The attention registry and the exact softmax variant (kernels: softmax_attention*.cpp).
+// The attention registry and the exact softmax variant (kernels: softmax_attention*.cpp);
+// the other variants live in their own files (variants.h).
 #include <algorithm>
 #include <cstring>
 
 #include "posformer/attention/variant.h"
 #include "posformer/core/error.h"
 #include "posformer/posenc/position_encoding.h"
+#include "variants.h"
 
 namespace posformer {
 namespace {
@@ -106,6 +108,7 @@ std::unique_ptr<Attention> make_attention(const AttentionConfig& cfg, const Stac
                                           const PositionEncoding& pe) {
   std::unique_ptr<Attention> a;
   if (cfg.type == "softmax") a = std::make_unique<SoftmaxAttention>(geom);
+  if (cfg.type == "linear") a = make_linear_attention(geom);
   if (!a) throw Error(str("[attention] unknown attention type \"", cfg.type, "\""));
   const AttentionCaps c = a->caps();
   auto refuse = [&](const char* what) {

@@ -112,6 +112,10 @@ void validate_config(const ModelConfig& c) {
   if (c.attention.scale)
     PF_CHECK(std::isfinite(*c.attention.scale) && *c.attention.scale > 0,
              "[config] attention.scale must be a positive number, got ", *c.attention.scale);
+  // linear attention has no scores to scale: a scale would silently do nothing, so it is refused
+  PF_CHECK(!(c.attention.scale && c.attention.type == "linear"),
+           "[config] attention.scale does not apply to attention type \"linear\" (phi(q) . phi(k) "
+           "has no score scale); remove it");
   if (c.head == "lm" && c.tie_embeddings) {
     // tied head: logits = h E^T; nothing else to check
   }
@@ -196,7 +200,7 @@ ModelConfig parse_config(const json& j) {
              "[config] field 'attention' must be an object like {\"type\": \"softmax\"}, got ",
              a.dump());
     refuse_unknown(a, {"type", "scale", "residual"}, "attention.");
-    c.attention.type = get_choice(a, "type", c.attention.type, {"softmax"}, "attention.");
+    c.attention.type = get_choice(a, "type", c.attention.type, {"softmax", "linear"}, "attention.");
     if (a.contains("scale") && !a.at("scale").is_null())
       c.attention.scale = get_num(a, "scale", 0.0, "attention.");
     c.attention.residual = get_bool(a, "residual", false, "attention.");

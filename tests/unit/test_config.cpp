@@ -73,6 +73,19 @@ TEST(Config, RefusesUnknownPositionType) {
 TEST(Config, RefusesUnknownAttentionType) {
   expect_refused(with(base(), "attention", {{"type", "flashy"}}), {"attention.type", "flashy"});
 }
+TEST(Config, LinearAttentionParsesAndRefusesAScale) {
+  json j = with(base(), "attention", {{"type", "linear"}});
+  j["position"] = {{"type", "sinusoidal"}};
+  ModelConfig c = parse_config(j);
+  EXPECT_EQ(c.attention.type, "linear");
+  EXPECT_FALSE(c.attention.scale);
+  EXPECT_EQ(config_to_json(parse_config(config_to_json(c))), config_to_json(c));
+  // phi(q) . phi(k) has no scale: a set one would silently do nothing, so it is refused
+  expect_refused(with(base(), "attention", {{"type", "linear"}, {"scale", 0.5}}),
+                 {"attention.scale", "linear"});
+  expect_refused(with(base(), "attention", {{"type", "linear"}, {"scale", 1.0}}),
+                 {"attention.scale", "linear"});
+}
 TEST(Config, RefusesUnknownArchActivationNorm) {
   expect_refused(with(base(), "arch", "encdec"), {"arch", "encdec"});
   expect_refused(with(base(), "activation", "tanh"), {"activation", "tanh"});

@@ -25,8 +25,8 @@ struct PositionConfig {
 };
 
 struct AttentionConfig {
-  std::string type = "softmax";
-  std::optional<double> scale;  // default: 1/sqrt(D) (deberta: 1/sqrt(3D))
+  std::string type = "softmax";  // softmax | linear (docs/attention.md)
+  std::optional<double> scale;   // default: 1/sqrt(D) (deberta: 1/sqrt(3D)); refused for linear
   // RealFormer: each self-attention layer's pre-softmax scores are added to the next layer's
   bool residual = false;
 };
