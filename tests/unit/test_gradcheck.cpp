@@ -20,6 +20,7 @@ struct Case {
   int64_t kv = 0;
   bool sqrt_d = false;  // embed_scale "sqrt_d"
   double escale = 1.0;  // embed_scale as a number (integers only: the value is in the name)
+  std::string attn = "softmax";
 };
 
 std::string case_name(const Case& c);
@@ -29,7 +30,8 @@ std::string case_name(const Case& c) {
   return c.arch + "_" + c.pos + "_" + c.act + "_" + c.norm + "_" + c.norm_pos +
          (c.bias ? "" : "_nobias") + (c.tie ? "" : "_untied") + (c.kv ? "_gqa" : "") +
          (c.sqrt_d ? "_escale_sqrtd" : "") +
-         (c.escale != 1.0 ? "_escale" + std::to_string(static_cast<int>(c.escale)) : "");
+         (c.escale != 1.0 ? "_escale" + std::to_string(static_cast<int>(c.escale)) : "") +
+         (c.attn == "softmax" ? "" : "_" + c.attn);
 }
 
 void PrintTo(const Case& c, std::ostream* os) {
@@ -44,6 +46,7 @@ void run_gradcheck(const Case& cs) {
   c.tie_embeddings = cs.tie, c.vocab_size = 23, c.max_len = 32;
   c.embed_scale_sqrt_d = cs.sqrt_d, c.embed_scale = cs.escale;
   c.position.type = cs.pos;
+  c.attention.type = cs.attn;
   c.position.clip = 3, c.position.span = 4, c.position.num_buckets = 8,
   c.position.max_distance = 20;
   Transformer m = Transformer::random_init(c, 3);
@@ -126,6 +129,14 @@ std::vector<Case> all_cases() {
       {"encoder_decoder", "learned", "gelu", "layernorm", "pre", true, false, 0, false, 3.0});
   v.push_back(
       {"encoder_decoder", "sinusoidal_half", "gelu_tanh", "rmsnorm", "pre", true, true, 0, true});
+  // linear attention (absolute schemes only: it refuses relative ones and RoPE)
+  for (std::string arch : {"encoder", "decoder", "encoder_decoder"})
+    for (std::string pos : {"none", "learned", "sinusoidal"})
+      v.push_back({arch, pos, "gelu", "layernorm", "pre", true, true, 0, false, 1.0, "linear"});
+  v.push_back({"decoder", "sinusoidal_half", "swiglu", "rmsnorm", "post", false, false, 2, false,
+               1.0, "linear"});
+  v.push_back({"encoder_decoder", "learned", "relu", "layernorm", "post", true, false, 1, false,
+               1.0, "linear"});
   return v;
 }
 
