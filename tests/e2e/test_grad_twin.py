@@ -160,6 +160,26 @@ def all_cases():
         make_case("embed_scale2.5_untied_sinusoidal_half.mlm", "mlm",
                   {"embed_scale": 2.5, "tie_embeddings": False}, pos="sinusoidal_half", seed=430),
     ]
+    # linear attention (absolute schemes only); T = 70 crosses the engine's 64-row chunks
+    lin = {"attention": {"type": "linear"}}
+    cases += [
+        make_case("linear_none.clm", "clm", lin, pos="none", seed=428),
+        make_case("linear_learned.clm", "clm", lin, pos="learned", seed=429),
+        make_case("linear_sinusoidal.mlm", "mlm", lin, pos="sinusoidal", seed=430),
+        make_case("linear_none.mlm", "mlm", lin, pos="none", seed=431),
+        make_case("linear_learned.seq2seq", "seq2seq", lin, pos="learned", seed=432),
+        make_case("linear_sinusoidal.seq2seq", "seq2seq", lin, pos="sinusoidal", seed=433),
+        make_case("linear_none.seq2seq", "seq2seq", lin, pos="none", seed=434),
+        make_case("linear_sinusoidal_half_long.clm", "clm", dict(lin, max_len=80),
+                  pos="sinusoidal_half", seed=435, T=70),
+        make_case("linear_learned_long.seq2seq", "seq2seq", dict(lin, max_len=80), pos="learned",
+                  seed=436, T=66, S=70),
+        make_case("linear_gqa2_sinusoidal.clm", "clm", dict(lin, n_kv_heads=2),
+                  pos="sinusoidal", seed=437),
+        make_case("linear_gqa1_none.mlm", "mlm", dict(lin, n_kv_heads=1), pos="none", seed=438),
+        make_case("linear_post_rms_swiglu_untied.seq2seq", "seq2seq",
+                  dict(lin, norm_position="post", **rsw), pos="learned", seed=439),
+    ]
     return cases
 
 

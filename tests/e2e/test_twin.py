@@ -205,6 +205,35 @@ def all_cases():
     V.append(make_case("embed_scale2.5_sinusoidal_half.encoder",
                        {"arch": "encoder", "embed_scale": 2.5}, 40, 0, pos="sinusoidal_half",
                        seed=237))
+    # linear attention (absolute schemes only); lengths across the engine's 64-row chunks
+    lin = {"attention": {"type": "linear"}}
+    V.append(make_case("linear_none.decoder", dict(lin, arch="decoder"), 130, 7, pos="none",
+                       seed=255))
+    V.append(make_case("linear_learned.decoder", dict(lin, arch="decoder"), 90, 100,
+                       pos="learned", seed=256))
+    V.append(make_case("linear_sinusoidal.decoder", dict(lin, arch="decoder"), 200, 3,
+                       pos="sinusoidal", seed=257))
+    V.append(make_case("linear_none.encoder", dict(lin, arch="encoder"), 65, 0, pos="none",
+                       seed=258))
+    V.append(make_case("linear_learned.encoder", dict(lin, arch="encoder"), 100, 7,
+                       pos="learned", seed=259))
+    V.append(make_case("linear_sinusoidal_half.encoder", dict(lin, arch="encoder"), 40, 0,
+                       pos="sinusoidal_half", seed=260))
+    V.append(make_case("linear_sinusoidal.encoder_decoder", dict(lin, arch="encoder_decoder"),
+                       70, 7, 90, pos="sinusoidal", seed=261))
+    V.append(make_case("linear_learned.encoder_decoder", dict(lin, arch="encoder_decoder"),
+                       40, 100, 33, pos="learned", seed=262))
+    V.append(make_case("linear_none.encoder_decoder", dict(lin, arch="encoder_decoder"),
+                       64, 0, 65, pos="none", seed=263))
+    V.append(make_case("linear_gqa2_sinusoidal_half.decoder",
+                       dict(lin, arch="decoder", n_kv_heads=2), 65, 0, pos="sinusoidal_half",
+                       seed=264))
+    V.append(make_case("linear_gqa1_learned.encoder_decoder",
+                       dict(lin, arch="encoder_decoder", n_kv_heads=1), 50, 7, 70,
+                       pos="learned", seed=265))
+    V.append(make_case("linear_post_ln_rms_swiglu_nobias.encoder",
+                       dict(lin, **rsw, arch="encoder", norm_position="post", n_kv_heads=2),
+                       64, 7, pos="none", seed=266))
     return cases + V
 
 
@@ -325,6 +354,64 @@ def check_refusals(cli, work):
                             "5", "--out", o, "--threads", "2"])
     results.append(("accept.learned_up_to_max_len", rc == 0,
                      f"rc={rc} {(out + err).strip()[-200:]}"))
+    return results
+
+
+def check_linear_cli(cli, work):
+    """Linear attention through the CLI: the schemes it cannot serve are refused by init naming
+    both (and a set attention.scale naming it); `generate` works with a linear model, and its
+    recurrent decode state gives the tokens of recomputing the whole sequence (--no-cache),
+    greedy and sampled, in a decoder and an encoder_decoder. Returns (name, ok, detail)."""
+    results = []
+    d = os.path.join(work, "_linear_cli")
+    os.makedirs(d, exist_ok=True)
+
+    def init(name, cfg):
+        cp = os.path.join(d, name + ".json")
+        with open(cp, "w") as f:
+            json.dump(cfg, f)
+        mdir = os.path.join(d, name)
+        rc, out, err = run_cli([cli, "init", "--config", cp, "--out", mdir, "--seed", "5"])
+        return mdir, rc, (out + err).strip().replace("\n", " | ")
+
+    lin = dict(BASE, arch="decoder", attention={"type": "linear"})
+    for pos in ("rope", "alibi", "t5", "shaw", "xl", "deberta"):
+        _, rc, msg = init(f"refuse_{pos}", dict(lin, position={"type": pos}))
+        ok = rc != 0 and "'linear'" in msg and f"'{pos}'" in msg
+        results.append((f"refuse.linear_with_{pos}", ok, f"rc={rc} msg: {msg[:200]}"))
+    _, rc, msg = init("refuse_scale", dict(lin, attention={"type": "linear", "scale": 0.5}))
+    ok = rc != 0 and "attention.scale" in msg and "linear" in msg
+    results.append(("refuse.linear_with_scale", ok, f"rc={rc} msg: {msg[:200]}"))
+
+    for arch in ("decoder", "encoder_decoder"):
+        cfg = dict(BASE, arch=arch, vocab_size=260, n_kv_heads=2, position={"type": "sinusoidal"},
+                   attention={"type": "linear"})
+        name = f"generate.linear_{arch}"
+        mdir, rc, msg = init(name, cfg)
+        if rc != 0:
+            results.append((name, False, f"init failed: {msg[-300:]}"))
+            continue
+        st = os.path.join(mdir, "model.safetensors")
+        safetensors_io.save(st, random_tensors(twin.expected_shapes(cfg), 4242))
+        outs, detail, ok = {}, [], True
+        for opts in (["--temperature", "0"], ["--temperature", "1", "--seed", "3"]):
+            for cache in ([], ["--no-cache"]):
+                args = [cli, "generate", mdir, "--prompt", "order ", "--max-new-tokens", "80",
+                        "--threads", "2"] + opts + cache
+                if arch == "encoder_decoder":
+                    args += ["--src", "a source text"]
+                rc, out, err = run_cli(args)
+                if rc != 0:
+                    ok = False
+                    detail.append(f"{' '.join(opts + cache)} rc={rc}: {err.strip()[-200:]}")
+                outs[(tuple(opts), tuple(cache))] = out
+            a, b = outs[(tuple(opts), ())], outs[(tuple(opts), ("--no-cache",))]
+            if a != b:
+                ok = False
+                detail.append(f"{' '.join(opts)}: cached {a!r} != recomputed {b!r}")
+            else:
+                detail.append(f"{' '.join(opts)}: {len(a.encode())} bytes, cache == no-cache")
+        results.append((name, ok, "; ".join(detail)))
     return results
 
 
@@ -565,6 +652,56 @@ def selfcheck_loops():
     return worst, worst < 1e-10
 
 
+def selfcheck_linear():
+    """The twin's linear attention (the whole masked weight matrix, normalised per row) against
+    SPEC.md 6 as written, by loops: S = sum_j phi(k_j) v_j^T, z = sum_j phi(k_j) (causal: running
+    prefix sums, key j joining before query j reads them), o_i = phi(q_i)^T S / phi(q_i)^T z,
+    phi(x) = x + 1 (x > 0) or e^x; GQA head h reads kv head h // (H / Hkv)."""
+    worst = 0.0
+
+    def phi(t):
+        return torch.where(t > 0, t + 1.0, torch.exp(t))
+
+    for causal in (False, True):
+        for kv in (4, 2, 1):
+            cfg = dict(BASE, d_model=32, arch="decoder" if causal else "encoder", n_kv_heads=kv,
+                       position={"type": "none"}, attention={"type": "linear"})
+            m = _rand_model(cfg, 13)
+            c, w = m.c, m.w
+            S = "decoder." if causal else "encoder."
+            P = S + "layers.1.attn."
+            T, pos0 = 20, 5
+            g = torch.Generator().manual_seed(4)
+            x = torch.randn(1, T, 32, generator=g, dtype=torch.float64)
+            posv = torch.arange(pos0, pos0 + T)
+            got = twin._attention(m, S, S + "layers.1.", "attn", x, x, posv, posv, causal)[0]
+
+            def lin(n, inp):
+                return inp @ w[P + n + ".weight"].T + w[P + n + ".bias"]
+
+            q, k, v = lin("q", x[0]), lin("k", x[0]), lin("v", x[0])
+            D = c.D
+            out = torch.zeros(T, c.H * D, dtype=torch.float64)
+            for h in range(c.H):
+                gk = h // (c.H // c.Hkv)
+                Sm = torch.zeros(D, D, dtype=torch.float64)
+                z = torch.zeros(D, dtype=torch.float64)
+                kh, vh = k[:, gk * D:(gk + 1) * D], v[:, gk * D:(gk + 1) * D]
+                if not causal:
+                    for j in range(T):
+                        Sm += torch.outer(phi(kh[j]), vh[j])
+                        z += phi(kh[j])
+                for i in range(T):
+                    if causal:
+                        Sm += torch.outer(phi(kh[i]), vh[i])
+                        z += phi(kh[i])
+                    a = phi(q[i, h * D:(h + 1) * D])
+                    out[i, h * D:(h + 1) * D] = (a @ Sm) / (a @ z)
+            ref = lin("o", out)
+            worst = max(worst, ((got - ref).abs().max() / ref.abs().max()).item())
+    return worst, worst < 1e-12
+
+
 def selfcheck_rope_t5():
     """RoPE relative identity <R_m q, R_n k> = <q, R_(n-m) k>; half layout = row-permuted
     interleaved; T5 buckets against the HF T5 code path (vectorised torch, float64)."""
@@ -632,6 +769,7 @@ def main():
             ("selfcheck.twin_vs_loop_formulas", selfcheck_loops),
             ("selfcheck.rope_identity_t5_buckets", selfcheck_rope_t5),
             ("selfcheck.embed_scale_is_the_lookup_only", selfcheck_embed_scale),
+            ("selfcheck.twin_linear_vs_prefix_sums", selfcheck_linear),
         ])
 
     work = a.keep or tempfile.mkdtemp(prefix="posformer_twin_")
@@ -668,6 +806,13 @@ def main():
             except Exception as e:  # noqa: BLE001
                 traceback.print_exc()
                 report("refuse", False, f"exception {e}")
+        if a.only is None or re.search(a.only, "linear_cli"):
+            try:
+                for name, ok, detail in check_linear_cli(cli, work):
+                    report(name, ok, detail)
+            except Exception as e:  # noqa: BLE001
+                traceback.print_exc()
+                report("linear_cli", False, f"exception {e}")
     finally:
         if not a.keep:
             shutil.rmtree(work, ignore_errors=True)

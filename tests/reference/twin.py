@@ -1,5 +1,7 @@
-"""PyTorch twin of the posformer forward pass, written from SPEC.md (sections 1, 2, 3, 5),
+"""PyTorch twin of the posformer forward pass, written from SPEC.md (sections 1, 2, 3, 5, 6),
 docs/config.md and docs/checkpoint-format.md only. Everything is computed in float64.
+Attention: `softmax` (exact) and `linear` (SPEC.md 6: phi(q) . phi(k) with phi = elu + 1,
+evaluated as the whole masked [Tq, Tk] weight matrix, normalised per row).
 
     model = build(config_dict, tensors)          # tensors: name -> torch.Tensor
     hidden, logits = forward(model, tokens, pos_offset=0, src=None)
@@ -48,9 +50,14 @@ class Config:
         self.pos = p
         att = dict(cfg.get("attention") or {})
         self.attn_type = att.get("type", "softmax")
-        assert self.attn_type == "softmax", "twin implements exact softmax attention only"
+        assert self.attn_type in ("softmax", "linear"), f"twin: no attention {self.attn_type}"
         self.scale = att.get("scale", None)
         self.residual = bool(att.get("residual", False))  # RealFormer: carried scores
+        if self.attn_type == "linear":
+            # no scores to scale; no score matrix for relative terms; RoPE breaks phi > 0
+            assert self.scale is None, "linear attention takes no scale"
+            assert self.pos_type in ("none",) + ABSOLUTE, \
+                f"linear attention does not serve position {self.pos_type}"
         self.H = self.n_heads
         self.Hkv = self.n_kv_heads if self.n_kv_heads else self.n_heads
         self.d = self.d_model
@@ -298,10 +305,15 @@ def _attention(m: Model, S: str, L: str, kind: str, x: torch.Tensor, kv: torch.T
     rep = H // Hkv
     k = k.repeat_interleave(rep, dim=1)              # [B, H, Tk, D]
     v = v.repeat_interleave(rep, dim=1)
-    scale = c.self_scale() if is_self else c.cross_scale()
-
     ii = qpos[:, None]                               # query positions  [Tq, 1]
     jj = kpos[None, :]                               # key positions    [1, Tk]
+
+    if c.attn_type == "linear":
+        out = _linear_attention(q, k, v, (jj > ii) if causal else None)
+        B, _, Tq, _ = out.shape
+        return _lin(m, P + "o", out.transpose(1, 2).reshape(B, Tq, H * D))
+
+    scale = c.self_scale() if is_self else c.cross_scale()
     content = q @ k.transpose(-1, -2)                # [B, H, Tq, Tk]
     vextra = None
 
@@ -372,6 +384,21 @@ def _attention(m: Model, S: str, L: str, kind: str, x: torch.Tensor, kv: torch.T
     B, _, Tq, _ = out.shape
     out = out.transpose(1, 2).reshape(B, Tq, H * D)
     return _lin(m, P + "o", out)
+
+
+def phi_elu1(x: torch.Tensor) -> torch.Tensor:
+    """The feature map of linear attention: elu(x) + 1 (x + 1 for x > 0, e^x otherwise)."""
+    return F.elu(x) + 1.0
+
+
+def _linear_attention(q, k, v, masked):
+    """q [B, H, Tq, D], k, v [B, H, Tk, D] (kv heads already repeated); masked [Tq, Tk] bool
+    (True = key not visible) or None. o_i = sum_j w_ij v_j / sum_j w_ij, w_ij = phi(q_i).phi(k_j)
+    over the visible keys: the definition of SPEC.md 6 with S and z expanded."""
+    w = phi_elu1(q) @ phi_elu1(k).transpose(-1, -2)              # [B, H, Tq, Tk], > 0
+    if masked is not None:
+        w = w.masked_fill(masked[None, None], 0.0)
+    return (w @ v) / w.sum(-1, keepdim=True)
 
 
 def _stack(m: Model, S: str, tokens: torch.Tensor, pos0: int, causal: bool, enc=None):
