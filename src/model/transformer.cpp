@@ -376,9 +376,12 @@ KVCache Transformer::start_cache(int64_t B, int64_t capacity, const TokenBatch* 
              " positions requested but the learned "
              "position table has max_len ",
              mp + 1);
-  const int64_t KD = cfg_.kv_heads() * cfg_.head_dim();
-  PF_CHECK(capacity <= (int64_t{1} << 34) / (2 * cfg_.n_layers * KD * B), "[generate] KV cache of ",
-           capacity, " positions is too large");
+  // the variant's state (softmax: K/V rows that grow with capacity; linear: fixed), 64 GiB at most
+  const double state = static_cast<double>(dec_attn_->decode_bytes(B, capacity)) *
+                       static_cast<double>(cfg_.n_layers);
+  PF_CHECK(state <= static_cast<double>(int64_t{1} << 36), "[generate] the decode state of ",
+           capacity, " positions x ", B, " sequences would take ", state / (1 << 30),
+           " GiB (limit 64 GiB)");
   KVCache c;
   c.B = B, c.capacity = capacity;
   for (int64_t l = 0; l < cfg_.n_layers; ++l) {

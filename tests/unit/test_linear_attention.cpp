@@ -446,3 +446,20 @@ TEST(AttentionRegistry, LinearRefusesRelativeSchemesAndRope) {
     pf_test::expect_error([&] { Transformer m(mc); }, {"linear", pos});
   }
 }
+
+TEST(AttentionRegistry, LinearRefusesResidualScores) {
+  PositionConfig pc;
+  pc.type = "none";
+  const StackGeom g{"decoder.", 1, 32, 4, 4, 8, 64, true, true};
+  auto pe = make_position_encoding(pc, g);
+  AttentionConfig ac;
+  ac.type = "linear";
+  ac.residual = true;
+  try {
+    make_attention(ac, g, *pe);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("residual"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("linear"), std::string::npos) << e.what();
+  }
+}
