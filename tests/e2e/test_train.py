@@ -95,19 +95,32 @@ def _has_checkpoint(run_dir):
     return os.path.isdir(ckdir) and any(n.startswith("step-") and "." not in n for n in os.listdir(ckdir))
 
 
+def _saving(run_dir, step):
+    """True while the checkpoint of `step` or a later one is being written (its .tmp dir)."""
+    try:
+        names = os.listdir(os.path.join(run_dir, "checkpoints"))
+    except OSError:
+        return False
+    return any(".tmp." in n and n.startswith("step-") and int(n[5:n.index(".")]) >= step
+               for n in names)
+
+
 def t_kill9():
     # Kills are placed by observed progress, not by wall time, so they land on any machine however
-    # fast: each attempt waits until the run has logged a few more steps than it had, then kills
-    # it within a few milliseconds. With a checkpoint every step, the process is then in the middle
-    # of writing that step's checkpoint (metrics are logged just before the save) or of the next
-    # step. The target always leaves steps to go, so the kill lands unless the process dies first.
+    # fast. Each attempt picks a step a few ahead of what the run has logged; every other attempt
+    # kills as soon as that step's checkpoint is seen being written (its .tmp dir: mid-save by
+    # construction), the others when its metrics line appears plus 0-4 ms (metrics are logged just
+    # before the save, so these land in the save or in the next step). The target always leaves
+    # steps to go, so the kill lands unless the process dies first.
     ref, d = os.path.join(W, "kref"), os.path.join(W, "killed")
     steps = 40
     opts = [*COMMON, "--steps", steps, "--ckpt-every", 1, "--keep-last", 2]
     run("train", *opts, "--out", ref)
     kills = mid_save = 0
     r = random.Random(7)
-    while kills < 8:
+    for attempt in range(40):
+        if kills >= 8:
+            break
         done = _loss_lines(d)
         target = done + r.randint(1, 4)
         if target > steps - 4:
@@ -115,9 +128,14 @@ def t_kill9():
         cmd = [PF, "train", "--resume", d, "--quiet"] if _has_checkpoint(d) else [PF, "train", *map(str, opts), "--out", d]
         p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.time() + 300
-        while p.poll() is None and _loss_lines(d) < target and time.time() < deadline:
-            time.sleep(0.0005)
-        time.sleep(r.uniform(0, 0.004))
+        if attempt % 2 == 0:  # in the middle of writing checkpoint `target`
+            while (p.poll() is None and not _saving(d, target) and _loss_lines(d) <= target
+                   and time.time() < deadline):
+                time.sleep(0.0002)
+        else:
+            while p.poll() is None and _loss_lines(d) < target and time.time() < deadline:
+                time.sleep(0.0005)
+            time.sleep(r.uniform(0, 0.004))
         if p.poll() is None:
             p.send_signal(signal.SIGKILL)
             kills += 1
@@ -128,6 +146,7 @@ def t_kill9():
         if p.returncode == 0:
             break
     assert kills >= 3, f"only {kills} kills landed"
+    assert mid_save >= 1, f"none of the {kills} kills landed while a checkpoint was being written"
     run(*(["train", "--resume", d, "--quiet"] if _has_checkpoint(d) else ["train", *opts, "--out", d]))
     assert losses(d) == losses(ref), "the run killed and resumed differs from the uninterrupted one"
     # every surviving checkpoint verifies
