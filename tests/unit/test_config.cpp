@@ -6,6 +6,7 @@
 
 #include "posformer/core/error.h"
 #include "posformer/model/config.h"
+#include "posformer/model/transformer.h"
 
 using namespace posformer;
 using json = nlohmann::json;
@@ -85,6 +86,25 @@ TEST(Config, LinearAttentionParsesAndRefusesAScale) {
                  {"attention.scale", "linear"});
   expect_refused(with(base(), "attention", {{"type", "linear"}, {"scale", 1.0}}),
                  {"attention.scale", "linear"});
+}
+TEST(Config, AttentionResidualParsesAndRefusesNonBooleans) {
+  ModelConfig c = parse_config(with(base(), "attention", {{"residual", true}}));
+  EXPECT_TRUE(c.attention.residual);
+  EXPECT_EQ(config_to_json(c)["attention"]["residual"], true);
+  EXPECT_EQ(config_to_json(parse_config(config_to_json(c))), config_to_json(c));
+  EXPECT_FALSE(parse_config(base()).attention.residual);
+  expect_refused(with(base(), "attention", {{"residual", "yes"}}), {"attention.residual"});
+  expect_refused(with(base(), "attention", {{"residual", 1}}), {"attention.residual"});
+  // linear attention has no scores to carry: refused when the model is built, naming both
+  json j = with(base(), "attention", {{"type", "linear"}, {"residual", true}});
+  j["position"] = {{"type", "none"}};
+  try {
+    Transformer m(parse_config(j));
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("residual"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("linear"), std::string::npos) << e.what();
+  }
 }
 TEST(Config, RefusesUnknownArchActivationNorm) {
   expect_refused(with(base(), "arch", "encdec"), {"arch", "encdec"});
