@@ -36,7 +36,8 @@ struct StackTape;
 // One forward call of a stack: sizes, positions, the encoder output (cross-attention), the tape
 // (training) or decode cache, and the inference workspace shared by every layer.
 struct StackCall {
-  int64_t B, T, Ts, pos0;
+  int64_t B, T, Ts;
+  StackInput in;     // positions, key lengths
   const float* enc;  // [B*Ts, d] or null
   StackTape* tape;
   KVCache* cache;
@@ -50,7 +51,8 @@ struct StackCall {
 struct StackTape {
   std::vector<std::array<SubTape, 3>> layers;  // [layer][0 self, 1 cross, 2 ffn]
   Tensor final_in;                             // input of the final norm (pre-LN)
-  int64_t B = 0, T = 0, Ts = 0, pos0 = 0;
+  int64_t B = 0, T = 0, Ts = 0;
+  StackInput in;  // views into the caller's ids / lengths: valid until backward returns
 };
 
 // Gradient buffers of a stack's backward (kept per thread between steps).

@@ -144,7 +144,7 @@ void Transformer::save(const std::string& dir) const {
                    {{"format", "posformer"}, {"posformer_version", "0.1.0"}});
 }
 
-Tensor Transformer::embed(const Stack& st, const TokenBatch& tokens, int64_t pos0) const {
+Tensor Transformer::embed(const Stack& st, const TokenBatch& tokens, const Positions& pos) const {
   const int64_t B = static_cast<int64_t>(tokens.size()), T = tokens[0].size(), d = cfg_.d_model;
   Tensor x({B, T, d});
   float* xp = x.data<float>();
@@ -159,7 +159,7 @@ Tensor Transformer::embed(const Stack& st, const TokenBatch& tokens, int64_t pos
       else
         for (int64_t i = 0; i < d; ++i) row[i] = er[i] * s;
     }
-  st.pe->embed(params_, xp, B, T, pos0);
+  st.pe->embed(params_, xp, pos);
   return x;
 }
 
@@ -188,14 +188,18 @@ void Transformer::lin_fwd(const std::string& n, const float* in, float* out, int
   ops::linear(in, params_.f32(n + ".weight"), params_.f32_or_null(n + ".bias"), out, M, N, K);
 }
 
-AttnDesc Transformer::attn_desc(const Stack& st, bool self, int64_t B, int64_t T, int64_t Tk,
-                                int64_t pos0) const {
+AttnDesc Transformer::attn_desc(const Stack& st, bool self, const StackInput& in,
+                                int64_t Tk) const {
   const Geometry g = geometry();
   AttnDesc desc;
-  desc.B = B, desc.Tq = T, desc.Tk = Tk, desc.H = g.H, desc.Hkv = g.Hkv, desc.D = g.D;
+  desc.B = in.pos.B, desc.Tq = in.pos.T, desc.Tk = Tk, desc.H = g.H, desc.Hkv = g.Hkv, desc.D = g.D;
   desc.ldq = g.HD, desc.ldk = g.KD, desc.ldv = g.KD, desc.ldo = g.HD;
   desc.causal = self && st.causal;
-  desc.q_pos0 = pos0, desc.k_pos0 = self ? pos0 : 0;
+  // rows: a run starts at pos0 (decoding: the rows already cached); ids are positions only
+  const int64_t row0 = in.pos.is_run() ? in.pos.pos0 : 0;
+  desc.q_pos0 = row0, desc.k_pos0 = self ? row0 : 0;
+  if (self && !in.pos.is_run()) desc.q_ids = desc.k_ids = in.pos.ids;
+  desc.key_len = self ? in.len : in.enc_len;
   const float default_scale =
       self ? st.pe->default_scale(g.D) : static_cast<float>(1.0 / std::sqrt(double(g.D)));
   desc.scale = cfg_.attention.scale ? static_cast<float>(*cfg_.attention.scale) : default_scale;
@@ -230,10 +234,10 @@ void Transformer::attention_sublayer(const Stack& st, StackCall& c, int64_t l, b
     lin_fwd(a + ".v", kv_in, v, B * Tk, g.KD, d);
   }
   if (self && st.pe->rotary()) {
-    st.pe->rotate(q, B, T, g.H, g.HD, c.pos0);
-    st.pe->rotate(k, B, T, g.Hkv, g.KD, c.pos0);
+    st.pe->rotate(q, g.H, g.HD, c.in.pos);
+    st.pe->rotate(k, g.Hkv, g.KD, c.in.pos);
   }
-  AttnDesc desc = attn_desc(st, self, B, T, Tk, c.pos0);
+  AttnDesc desc = attn_desc(st, self, c.in, Tk);
   desc.q = q, desc.k = k, desc.v = v, desc.out = att;
   // Relative schemes add score terms in self-attention only; with attention.residual
   // (RealFormer) layer l adds layer l-1's pre-softmax scores and records its own for layer l+1.
@@ -316,15 +320,18 @@ void Transformer::residual_sublayer(const Stack& st, StackCall& c, int64_t l, in
   }
 }
 
-void Transformer::run_stack(const Stack& st, float* x, int64_t B, int64_t T, int64_t pos0,
-                            const float* enc, int64_t Ts, StackTape* tape, KVCache* cache) const {
+void Transformer::run_stack(const Stack& st, float* x, const StackInput& in, const float* enc,
+                            int64_t Ts, StackTape* tape, KVCache* cache) const {
+  const int64_t B = in.pos.B, T = in.pos.T;
+  PF_CHECK(!(in.len || (st.cross && in.enc_len)) || st.attn->caps().key_padding,
+           "[input] attention '", st.attn->name(), "' takes no key padding (sequence lengths)");
   // Inference reuses one workspace for every layer; training keeps each layer's activations.
   // A tape's tensors are reused when their shapes match (loss_and_grad passes the same tape on
   // every step): every kept buffer is fully overwritten before it is read.
-  StackCall c{B, T, Ts, pos0, enc, tape, cache, {}, {}};
+  StackCall c{B, T, Ts, in, enc, tape, cache, {}, {}};
   if (tape) {
     tape->layers.resize(static_cast<size_t>(cfg_.n_layers));
-    tape->B = B, tape->T = T, tape->Ts = Ts, tape->pos0 = pos0;
+    tape->B = B, tape->T = T, tape->Ts = Ts, tape->in = in;
   }
   for (int64_t l = 0; l < cfg_.n_layers; ++l)
     for (int sub = 0; sub < 3; ++sub)  // 0 self-attention, 1 cross-attention, 2 FFN
@@ -344,9 +351,9 @@ Tensor Transformer::encode(const TokenBatch& src, int64_t pos_offset) const {
   check_tokens(src, cfg_.vocab_size, "encoder tokens");
   PF_CHECK(pos_offset >= 0, "[input] position offset must be >= 0, got ", pos_offset);
   const Stack st = encoder_stack();
-  Tensor x = embed(st, src, pos_offset);
-  const int64_t B = src.size(), T = src[0].size();
-  run_stack(st, x.data<float>(), B, T, pos_offset, nullptr, 0, nullptr);
+  const StackInput in{Positions::run(src.size(), src[0].size(), pos_offset)};
+  Tensor x = embed(st, src, in.pos);
+  run_stack(st, x.data<float>(), in, nullptr, 0, nullptr);
   return x;
 }
 
@@ -355,8 +362,9 @@ void Transformer::encode_embeddings(Tensor& x, int64_t pos_offset) const {
   PF_CHECK(x.ndim() == 3 && x.dim(2) == cfg_.d_model, "[model] encoder input must be [B, T, ",
            cfg_.d_model, "], got ", shape_str(x.shape()));
   const Stack st = encoder_stack();
-  st.pe->embed(params_, x.data<float>(), x.dim(0), x.dim(1), pos_offset);
-  run_stack(st, x.data<float>(), x.dim(0), x.dim(1), pos_offset, nullptr, 0, nullptr);
+  const StackInput in{Positions::run(x.dim(0), x.dim(1), pos_offset)};
+  st.pe->embed(params_, x.data<float>(), in.pos);
+  run_stack(st, x.data<float>(), in, nullptr, 0, nullptr);
 }
 
 size_t KVCache::bytes() const {
@@ -407,9 +415,10 @@ ForwardOutput Transformer::forward_cached(const TokenBatch& tokens, KVCache& cac
   PF_CHECK(cache.len + T <= cache.capacity, "[generate] the KV cache holds ", cache.capacity,
            " positions; ", cache.len, " used, ", T, " more requested");
   const Stack st = decoder_stack();
-  Tensor x = embed(st, tokens, cache.len);
-  run_stack(st, x.data<float>(), B, T, cache.len, cache.Ts ? cache.enc.data<float>() : nullptr,
-            cache.Ts, nullptr, &cache);
+  const StackInput in{Positions::run(B, T, cache.len)};
+  Tensor x = embed(st, tokens, in.pos);
+  run_stack(st, x.data<float>(), in, cache.Ts ? cache.enc.data<float>() : nullptr, cache.Ts,
+            nullptr, &cache);
   cache.len += T;
   return head_output(std::move(x), true);
 }
@@ -427,30 +436,93 @@ ForwardOutput Transformer::head_output(Tensor hidden, bool want_logits) const {
   return out;
 }
 
+namespace {
+// lengths: one per sequence, each in [0, T].
+const int32_t* checked_lengths(const std::vector<int32_t>* len, int64_t B, int64_t T,
+                               const char* what) {
+  if (!len) return nullptr;
+  PF_CHECK(static_cast<int64_t>(len->size()) == B, "[input] ", len->size(), " ", what,
+           " for a batch of ", B, " sequences");
+  for (size_t b = 0; b < len->size(); ++b)
+    PF_CHECK((*len)[b] >= 0 && (*len)[b] <= T, "[input] ", what, "[", b, "] = ", (*len)[b],
+             " outside [0, ", T, "]");
+  return len->data();
+}
+}  // namespace
+
+StackInput Transformer::main_input(const TokenBatch& tokens, const ForwardOptions& opt,
+                                   PositionIds& ids) const {
+  PF_CHECK(opt.pos_offset >= 0, "[input] position offset must be >= 0, got ", opt.pos_offset);
+  const int64_t B = tokens.size(), T = tokens[0].size();
+  StackInput in{Positions::run(B, T, opt.pos_offset)};
+  if (opt.positions) {
+    PF_CHECK(opt.pos_offset == 0, "[input] give position ids or a position offset, not both");
+    const TokenBatch& p = *opt.positions;
+    PF_CHECK(static_cast<int64_t>(p.size()) == B, "[input] ", p.size(),
+             " rows of position ids for ", B, " sequences");
+    ids.B = B, ids.T = T, ids.axes = 1;
+    ids.ids.resize(static_cast<size_t>(B * T));
+    for (int64_t b = 0; b < B; ++b) {
+      PF_CHECK(static_cast<int64_t>(p[b].size()) == T, "[input] position ids row ", b, " has ",
+               p[b].size(), " entries for ", T, " tokens");
+      for (int64_t t = 0; t < T; ++t) {
+        PF_CHECK(p[b][t] >= 0, "[input] position id ", p[b][t], " at (", b, ", ", t,
+                 ") is negative");
+        ids.ids[b * T + t] = p[b][t];
+      }
+    }
+    in.pos = ids.view();
+  }
+  in.len = checked_lengths(opt.lengths, B, T, "lengths");
+  if (cfg_.arch == "encoder_decoder" && opt.src)
+    in.enc_len = checked_lengths(opt.src_lengths, B, (*opt.src)[0].size(), "source lengths");
+  else
+    PF_CHECK(!opt.src_lengths, "[input] source lengths are only for encoder_decoder models");
+  if (cfg_.arch == "encoder") in.enc_len = nullptr;
+  return in;
+}
+
+StackInput Transformer::encoder_input(const TokenBatch& src, const ForwardOptions& opt) const {
+  const int64_t B = src.size(), Ts = src[0].size();
+  StackInput in{Positions::run(B, Ts, 0)};
+  in.len = checked_lengths(opt.src_lengths, B, Ts, "source lengths");
+  return in;
+}
+
 ForwardOutput Transformer::forward(const TokenBatch& tokens, const ForwardOptions& opt) const {
   ForwardOutput out;
+  PositionIds ids;
   if (cfg_.arch == "encoder") {
     PF_CHECK(opt.src == nullptr, "[input] --src is only for encoder_decoder models");
-    out.hidden = encode(tokens, opt.pos_offset);
+    PF_CHECK(cfg_.has_encoder(), "[model] this ", cfg_.arch, " model has no encoder");
+    check_tokens(tokens, cfg_.vocab_size, "encoder tokens");
+    const StackInput in = main_input(tokens, opt, ids);
+    const Stack st = encoder_stack();
+    out.hidden = embed(st, tokens, in.pos);
+    run_stack(st, out.hidden.data<float>(), in, nullptr, 0, nullptr);
   } else {
     check_tokens(tokens, cfg_.vocab_size, "decoder tokens");
-    PF_CHECK(opt.pos_offset >= 0, "[input] position offset must be >= 0, got ", opt.pos_offset);
-    const int64_t B = tokens.size(), T = tokens[0].size();
+    const int64_t B = tokens.size();
     Tensor enc;
     int64_t Ts = 0;
     if (cfg_.arch == "encoder_decoder") {
       PF_CHECK(opt.src != nullptr, "[input] an encoder_decoder model needs source tokens (--src)");
       PF_CHECK(static_cast<int64_t>(opt.src->size()) == B, "[input] ", opt.src->size(),
                " source sequences for ", B, " target sequences");
-      enc = encode(*opt.src, 0);
+      check_tokens(*opt.src, cfg_.vocab_size, "encoder tokens");
+      const Stack es = encoder_stack();
+      const StackInput ein = encoder_input(*opt.src, opt);
+      enc = embed(es, *opt.src, ein.pos);
+      run_stack(es, enc.data<float>(), ein, nullptr, 0, nullptr);
       Ts = enc.dim(1);
     } else {
       PF_CHECK(opt.src == nullptr, "[input] --src is only for encoder_decoder models");
     }
+    const StackInput in = main_input(tokens, opt, ids);
     const Stack st = decoder_stack();
-    out.hidden = embed(st, tokens, opt.pos_offset);
-    run_stack(st, out.hidden.data<float>(), B, T, opt.pos_offset,
-              enc.numel() ? enc.data<float>() : nullptr, Ts, nullptr);
+    out.hidden = embed(st, tokens, in.pos);
+    run_stack(st, out.hidden.data<float>(), in, enc.numel() ? enc.data<float>() : nullptr, Ts,
+              nullptr);
   }
   return head_output(std::move(out.hidden), opt.want_logits);
 }

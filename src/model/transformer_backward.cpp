@@ -138,14 +138,14 @@ void Transformer::attention_sublayer_backward(const Stack& st, StackGradCall& c,
                                               bool self, const SubTape& sp, const float* dout,
                                               float* dhin) const {
   const Geometry g = geometry();
-  const int64_t B = c.tape.B, T = c.tape.T, pos0 = c.tape.pos0, d = g.d, BT = B * T;
+  const int64_t B = c.tape.B, T = c.tape.T, d = g.d, BT = B * T;
   const int64_t Tk = self ? T : c.tape.Ts;
   const std::string a = lname(st.prefix, l, self ? "attn" : "cross_attn");
   ParamStore& grads = c.grads;
   // out = att Wo^T + bo
   linear_backward(params_, grads, a + ".o", sp.att.data<float>(), g.HD, dout, d, c.datt, g.HD, BT,
                   d, g.HD, 0.0f);
-  AttnDesc desc = attn_desc(st, self, B, T, Tk, pos0);
+  AttnDesc desc = attn_desc(st, self, c.tape.in, Tk);
   desc.q = sp.q.data<float>(), desc.k = sp.k.data<float>(), desc.v = sp.v.data<float>();
   std::unique_ptr<ScoreHook> hook;
   if (self) hook = st.pe->prepare(params_, AttnInputs{l, &desc});
@@ -164,8 +164,8 @@ void Transformer::attention_sublayer_backward(const Stack& st, StackGradCall& c,
   st.attn->backward(desc, *sp.saved, ag, hook.get());
   if (hook) hook->finish_backward(grads);
   if (self && st.pe->rotary()) {  // q, k were rotated after projection
-    st.pe->rotate_backward(c.dq, B, T, g.H, g.HD, pos0);
-    st.pe->rotate_backward(c.dk, B, T, g.Hkv, g.KD, pos0);
+    st.pe->rotate_backward(c.dq, g.H, g.HD, c.tape.in.pos);
+    st.pe->rotate_backward(c.dk, g.Hkv, g.KD, c.tape.in.pos);
   }
   const float* kv_in = self ? sp.h.data<float>() : c.enc;
   float* dkv_in = self ? dhin : c.d_enc;
@@ -248,7 +248,7 @@ void Transformer::backward_stack(const Stack& st, const StackTape& tape, float* 
       if (sub != 1 || st.cross) residual_sublayer_backward(st, c, l, sub, dx);
 }
 
-void Transformer::embed_backward(const Stack& st, const TokenBatch& tokens, int64_t pos0,
+void Transformer::embed_backward(const Stack& st, const TokenBatch& tokens, const Positions& pos,
                                  const float* dx, ParamStore& grads) const {
   const int64_t B = static_cast<int64_t>(tokens.size()), T = tokens[0].size(), d = cfg_.d_model;
   float* dE = grads.f32("embed.weight");
@@ -263,7 +263,7 @@ void Transformer::embed_backward(const Stack& st, const TokenBatch& tokens, int6
       else
         for (int64_t i = 0; i < d; ++i) er[i] += s * row[i];
     }
-  st.pe->embed_backward(dx, B, T, pos0, grads);
+  st.pe->embed_backward(dx, pos, grads);
 }
 
 namespace {
@@ -286,7 +286,6 @@ Transformer::Loss Transformer::loss_and_grad(const TokenBatch& tokens, const Tok
   check_tokens(tokens, cfg_.vocab_size,
                cfg_.arch == "encoder" ? "encoder tokens" : "decoder tokens");
   check_targets(tokens, targets, cfg_.vocab_size);
-  PF_CHECK(opt.pos_offset >= 0, "[input] position offset must be >= 0, got ", opt.pos_offset);
   const int64_t B = tokens.size(), T = tokens[0].size(), d = cfg_.d_model, V = cfg_.vocab_size;
   const bool encdec = cfg_.arch == "encoder_decoder";
   // ---- forward with tapes
@@ -298,22 +297,25 @@ Transformer::Loss Transformer::loss_and_grad(const TokenBatch& tokens, const Tok
   Tensor enc_out, x;
   int64_t Ts = 0;
   const TokenBatch* src = opt.src;
+  StackInput enc_in;
   if (encdec) {
     PF_CHECK(src != nullptr, "[input] an encoder_decoder model needs source tokens");
     PF_CHECK(static_cast<int64_t>(src->size()) == B, "[input] ", src->size(),
              " source sequences for ", B, " target sequences");
     check_tokens(*src, cfg_.vocab_size, "encoder tokens");
     Ts = (*src)[0].size();
-    enc_out = embed(enc_st, *src, 0);
-    run_stack(enc_st, enc_out.data<float>(), B, Ts, 0, nullptr, 0, &enc_tape);
+    enc_in = encoder_input(*src, opt);
+    enc_out = embed(enc_st, *src, enc_in.pos);
+    run_stack(enc_st, enc_out.data<float>(), enc_in, nullptr, 0, &enc_tape);
   } else {
     PF_CHECK(src == nullptr, "[input] source tokens are only for encoder_decoder models");
   }
   const Stack& main_st = cfg_.arch == "encoder" ? enc_st : dec_st;
   StackTape& main_tape = cfg_.arch == "encoder" ? enc_tape : dec_tape;
-  x = embed(main_st, tokens, opt.pos_offset);
-  run_stack(main_st, x.data<float>(), B, T, opt.pos_offset,
-            encdec ? enc_out.data<float>() : nullptr, Ts, &main_tape);
+  PositionIds ids;
+  const StackInput in = main_input(tokens, opt, ids);
+  x = embed(main_st, tokens, in.pos);
+  run_stack(main_st, x.data<float>(), in, encdec ? enc_out.data<float>() : nullptr, Ts, &main_tape);
   // ---- logits and loss: z = h W^T
   const std::string head = cfg_.tie_embeddings ? "embed.weight" : "lm_head.weight";
   Tensor& logits = head_bufs.dh;  // [B*T, V], overwritten below
@@ -339,10 +341,10 @@ Transformer::Loss Transformer::loss_and_grad(const TokenBatch& tokens, const Tok
   Tensor d_enc(encdec ? Shape{B * Ts, d} : Shape{0});
   backward_stack(main_st, main_tape, dx.data<float>(), encdec ? enc_out.data<float>() : nullptr,
                  encdec ? d_enc.data<float>() : nullptr, grads);
-  embed_backward(main_st, tokens, opt.pos_offset, dx.data<float>(), grads);
+  embed_backward(main_st, tokens, in.pos, dx.data<float>(), grads);
   if (encdec) {
     backward_stack(enc_st, enc_tape, d_enc.data<float>(), nullptr, nullptr, grads);
-    embed_backward(enc_st, *src, 0, d_enc.data<float>(), grads);
+    embed_backward(enc_st, *src, enc_in.pos, d_enc.data<float>(), grads);
   }
   return {ce.loss, ce.count};
 }

@@ -1,5 +1,6 @@
 // ALiBi and T5 relative bias: a per-head scalar added to each score (SPEC.md section 5).
 #include <cmath>
+#include <tuple>
 #include <vector>
 
 #include "posenc_impl.h"
@@ -14,10 +15,10 @@ class AlibiHook final : public ScoreHook {
   void add_scores(int64_t b, int64_t h, const ScoreTile& tl, float* S, int64_t ldS) const override {
     const double m = slopes_[h];
     for (int64_t t = tl.t0; t < tl.t0 + tl.rows; ++t) {
-      const int64_t i = a_.q_pos0 + t;
+      const int64_t i = a_.q_pos(b, t);
       float* row = S + (t - tl.t0) * ldS;
       for (int64_t s = tl.s0; s < tl.s0 + tl.cols; ++s) {
-        const int64_t dist = i - (a_.k_pos0 + s);
+        const int64_t dist = i - a_.k_pos(b, s);
         const double off =
             a_.causal ? static_cast<double>(dist) : std::fabs(static_cast<double>(dist));
         row[s - tl.s0] += static_cast<float>(-m * off);
@@ -35,8 +36,8 @@ class T5Hook final : public ScoreHook {
   T5Hook(const AttnDesc& a, const float* table, const PositionConfig& c, bool bidirectional,
          std::string name)
       : a_(a), table_(table), name_(std::move(name)), nb_(c.num_buckets) {
-    rel_min_ = a.k_pos0 - (a.q_pos0 + a.Tq - 1);  // rel = j - i (key minus query)
-    const int64_t rel_max = a.k_pos0 + a.Tk - 1 - a.q_pos0;
+    int64_t rel_max;
+    std::tie(rel_min_, rel_max) = a.rel_range();  // rel = j - i (key minus query)
     bucket_.resize(static_cast<size_t>(std::max<int64_t>(rel_max - rel_min_ + 1, 0)));
     for (size_t r = 0; r < bucket_.size(); ++r)
       bucket_[r] = t5_bucket(rel_min_ + static_cast<int64_t>(r), bidirectional, c.num_buckets,
@@ -46,9 +47,9 @@ class T5Hook final : public ScoreHook {
     const int64_t H = a_.H;
     for (int64_t t = tl.t0; t < tl.t0 + tl.rows; ++t) {
       float* row = S + (t - tl.t0) * ldS;
-      const int64_t base = (a_.k_pos0 - (a_.q_pos0 + t)) - rel_min_;
+      const int64_t base = -a_.q_pos(b, t) - rel_min_;
       for (int64_t s = tl.s0; s < tl.s0 + tl.cols; ++s)
-        row[s - tl.s0] += table_[bucket_[base + s] * H + h];
+        row[s - tl.s0] += table_[bucket_[base + a_.k_pos(b, s)] * H + h];
     }
   }
   void begin_backward() override { dtab_.reset(static_cast<size_t>(nb_ * a_.H)); }
@@ -58,9 +59,9 @@ class T5Hook final : public ScoreHook {
     double* dtab = dtab_.local();
     for (int64_t t = tl.t0; t < tl.t0 + tl.rows; ++t) {
       const float* row = dS + (t - tl.t0) * lddS;
-      const int64_t base = (a_.k_pos0 - (a_.q_pos0 + t)) - rel_min_;
+      const int64_t base = -a_.q_pos(b, t) - rel_min_;
       for (int64_t s = tl.s0; s < tl.s0 + tl.cols; ++s)
-        dtab[bucket_[base + s] * a_.H + h] += row[s - tl.s0];
+        dtab[bucket_[base + a_.k_pos(b, s)] * a_.H + h] += row[s - tl.s0];
     }
   }
   void finish_backward(ParamStore& grads) override {

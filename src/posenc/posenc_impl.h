@@ -57,9 +57,8 @@ class LearnedPosition final : public PositionEncoding {
   explicit LearnedPosition(const StackGeom& g) : g_(g) {}
   std::string name() const override { return "learned"; }
   void declare(std::vector<ParamSpec>& specs) const override;
-  void embed(const ParamStore& p, float* x, int64_t B, int64_t T, int64_t pos0) const override;
-  void embed_backward(const float* dx, int64_t B, int64_t T, int64_t pos0,
-                      ParamStore& grads) const override;
+  void embed(const ParamStore& p, float* x, const Positions& pos) const override;
+  void embed_backward(const float* dx, const Positions& pos, ParamStore& grads) const override;
   int64_t max_position() const override { return g_.max_len - 1; }
 
  private:
@@ -70,7 +69,7 @@ class SinusoidalPosition final : public PositionEncoding {
  public:
   SinusoidalPosition(const StackGeom& g, bool half) : g_(g), half_(half) {}
   std::string name() const override { return half_ ? "sinusoidal_half" : "sinusoidal"; }
-  void embed(const ParamStore& p, float* x, int64_t B, int64_t T, int64_t pos0) const override;
+  void embed(const ParamStore& p, float* x, const Positions& pos) const override;
 
  private:
   StackGeom g_;
@@ -82,14 +81,11 @@ class RopePosition final : public PositionEncoding {
   RopePosition(const PositionConfig& c, const StackGeom& g);
   std::string name() const override { return "rope"; }
   bool rotary() const override { return true; }
-  void rotate(float* x, int64_t B, int64_t T, int64_t n_heads, int64_t ld,
-              int64_t pos0) const override;
-  void rotate_backward(float* dx, int64_t B, int64_t T, int64_t n_heads, int64_t ld,
-                       int64_t pos0) const override;
+  void rotate(float* x, int64_t n_heads, int64_t ld, const Positions& pos) const override;
+  void rotate_backward(float* dx, int64_t n_heads, int64_t ld, const Positions& pos) const override;
 
  private:
-  void apply(float* x, int64_t B, int64_t T, int64_t n_heads, int64_t ld, int64_t pos0,
-             float sign) const;
+  void apply(float* x, int64_t n_heads, int64_t ld, const Positions& pos, float sign) const;
   StackGeom g_;
   int64_t R_;
   ops::RopeLayout layout_;

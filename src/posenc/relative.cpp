@@ -29,8 +29,8 @@ class ShawHook final : public ScoreHook {
   ShawHook(const AttnDesc& a, const float* aK, const float* aV, int64_t k, std::string nk,
            std::string nv)
       : a_(a), aK_(aK), aV_(aV), k_(k), nk_(std::move(nk)), nv_(std::move(nv)) {}
-  int64_t r_of(int64_t t, int64_t s) const {
-    return clampi((a_.k_pos0 + s) - (a_.q_pos0 + t), -k_, k_) + k_;
+  int64_t r_of(int64_t b, int64_t t, int64_t s) const {
+    return clampi(a_.k_pos(b, s) - a_.q_pos(b, t), -k_, k_) + k_;
   }
   void add_scores(int64_t b, int64_t h, const ScoreTile& tl, float* S, int64_t ldS) const override {
     const int64_t n = 2 * k_ + 1;
@@ -41,7 +41,7 @@ class ShawHook final : public ScoreHook {
       float* row = S + (t - tl.t0) * ldS;
       const float* qar = qa + (t - tl.t0) * n;
       for (int64_t s = tl.s0; s < tl.s0 + tl.cols; ++s)
-        row[s - tl.s0] += a_.scale * qar[r_of(t, s)];
+        row[s - tl.s0] += a_.scale * qar[r_of(b, t, s)];
     }
   }
   bool has_value_terms() const override { return true; }
@@ -53,7 +53,7 @@ class ShawHook final : public ScoreHook {
     std::fill(w, w + tl.rows * n, 0.0f);
     for (int64_t t = tl.t0; t < tl.t0 + tl.rows; ++t)
       for (int64_t s = tl.s0; s < tl.s0 + tl.cols; ++s)
-        w[(t - tl.t0) * n + r_of(t, s)] += P[(t - tl.t0) * ldP + (s - tl.s0)];
+        w[(t - tl.t0) * n + r_of(b, t, s)] += P[(t - tl.t0) * ldP + (s - tl.s0)];
     ops::gemm(false, false, tl.rows, a_.D, n, 1.0f, w, n, aV_, a_.D, 1.0f, out + tl.t0 * ldo, ldo);
   }
   // dqa[t,r] = scale sum_{s: r(t,s)=r} dS[t,s];  dq += dqa aK;  daK += dqa^T q
@@ -64,7 +64,7 @@ class ShawHook final : public ScoreHook {
     std::fill(dqa, dqa + tl.rows * n, 0.0f);
     for (int64_t t = tl.t0; t < tl.t0 + tl.rows; ++t)
       for (int64_t s = tl.s0; s < tl.s0 + tl.cols; ++s)
-        dqa[(t - tl.t0) * n + r_of(t, s)] += a_.scale * dS[(t - tl.t0) * lddS + (s - tl.s0)];
+        dqa[(t - tl.t0) * n + r_of(b, t, s)] += a_.scale * dS[(t - tl.t0) * lddS + (s - tl.s0)];
     ops::gemm(false, false, tl.rows, a_.D, n, 1.0f, dqa, n, aK_, a_.D, 1.0f, dq + tl.t0 * lddq,
               lddq);
     const float* q = a_.q + (b * a_.Tq + tl.t0) * a_.ldq + h * a_.D;
@@ -81,7 +81,7 @@ class ShawHook final : public ScoreHook {
     std::fill(w, w + tl.rows * n, 0.0f);
     for (int64_t t = tl.t0; t < tl.t0 + tl.rows; ++t)
       for (int64_t s = tl.s0; s < tl.s0 + tl.cols; ++s) {
-        const int64_t r = r_of(t, s);
+        const int64_t r = r_of(b, t, s);
         dP[(t - tl.t0) * lddP + (s - tl.s0)] += doa[(t - tl.t0) * n + r];
         w[(t - tl.t0) * n + r] += P[(t - tl.t0) * ldP + (s - tl.s0)];
       }
@@ -117,8 +117,9 @@ class XlHook final : public ScoreHook {
   XlHook(const AttnDesc& a, const float* u, const float* v, const float* WR, int64_t d,
          std::string prefix)
       : a_(a), u_(u), v_(v), d_(d), prefix_(std::move(prefix)) {
-    dmin_ = a.q_pos0 - (a.k_pos0 + a.Tk - 1);  // distances i - j
-    nrel_ = (a.q_pos0 + a.Tq - 1 - a.k_pos0) - dmin_ + 1;
+    const auto [rel_lo, rel_hi] = a.rel_range();  // rel = j - i; distances i - j
+    dmin_ = -rel_hi;
+    nrel_ = -rel_lo - dmin_ + 1;
     if (nrel_ < 1) nrel_ = 1;
     r_.resize(static_cast<size_t>(nrel_ * d));
     sinusoid_rows(static_cast<double>(dmin_), nrel_, d, true, r_.data());
@@ -144,7 +145,7 @@ class XlHook final : public ScoreHook {
       float* row = S + (t - tl.t0) * ldS;
       const float* bdr = bd + (t - tl.t0) * nrel_;
       for (int64_t s = tl.s0; s < tl.s0 + tl.cols; ++s) {
-        const int64_t dist = (a_.q_pos0 + t) - (a_.k_pos0 + s);
+        const int64_t dist = a_.q_pos(b, t) - a_.k_pos(b, s);
         row[s - tl.s0] += a_.scale * (uk[s - tl.s0] + bdr[dist - dmin_]);
       }
     }
@@ -172,7 +173,7 @@ class XlHook final : public ScoreHook {
     std::fill(dbd, dbd + tl.rows * nrel_, 0.0f);
     for (int64_t t = tl.t0; t < tl.t0 + tl.rows; ++t)
       for (int64_t s = tl.s0; s < tl.s0 + tl.cols; ++s) {
-        const int64_t dist = (a_.q_pos0 + t) - (a_.k_pos0 + s);
+        const int64_t dist = a_.q_pos(b, t) - a_.k_pos(b, s);
         dbd[(t - tl.t0) * nrel_ + dist - dmin_] += a_.scale * dS[(t - tl.t0) * lddS + (s - tl.s0)];
       }
     float* dqv = scratch(0, static_cast<size_t>(tl.rows * D));
@@ -255,9 +256,9 @@ class DebertaHook final : public ScoreHook {
     ops::gemm(false, true, tl.cols, n, D, 1.0f, a_.k + (b * a_.kv_rows() + tl.s0) * a_.ldk + g * D,
               a_.ldk, qr_.data() + h * D, HD, 0.0f, p2c, n);
     for (int64_t t = tl.t0; t < tl.t0 + tl.rows; ++t) {
-      const int64_t i = a_.q_pos0 + t;
+      const int64_t i = a_.q_pos(b, t);
       for (int64_t s = tl.s0; s < tl.s0 + tl.cols; ++s) {
-        const int64_t j = a_.k_pos0 + s;
+        const int64_t j = a_.k_pos(b, s);
         S[(t - tl.t0) * ldS + (s - tl.s0)] +=
             a_.scale * (c2p[(t - tl.t0) * n + delta(i, j)] + p2c[(s - tl.s0) * n + delta(j, i)]);
       }
@@ -274,9 +275,9 @@ class DebertaHook final : public ScoreHook {
     std::fill(dc2p, dc2p + tl.rows * n, 0.0f);
     std::fill(dp2c, dp2c + tl.cols * n, 0.0f);
     for (int64_t t = tl.t0; t < tl.t0 + tl.rows; ++t) {
-      const int64_t i = a_.q_pos0 + t;
+      const int64_t i = a_.q_pos(b, t);
       for (int64_t s = tl.s0; s < tl.s0 + tl.cols; ++s) {
-        const int64_t j = a_.k_pos0 + s;
+        const int64_t j = a_.k_pos(b, s);
         const float gs = a_.scale * dS[(t - tl.t0) * lddS + (s - tl.s0)];
         dc2p[(t - tl.t0) * n + delta(i, j)] += gs;
         dp2c[(s - tl.s0) * n + delta(j, i)] += gs;

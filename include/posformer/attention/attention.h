@@ -10,12 +10,16 @@
 //   S[t, s] = -inf where masked: causal (k_pos0 + s > q_pos0 + t) or s >= key_len[b]
 //   P = softmax_rows(S);   out_t = sum_s P[t, s] v_s  (+ hook->add_values: Shaw's aV term)
 //
-// Absolute positions of query row t and key row s are q_pos0 + t and k_pos0 + s (KV-cache
-// decoding passes the cached keys with k_pos0 = 0 and the new queries at q_pos0 = cache length).
+// Row order: query row t and key row s are rows q_pos0 + t and k_pos0 + s of the sequence
+// (KV-cache decoding passes the cached keys with k_pos0 = 0 and the new queries at q_pos0 =
+// cache length); the causal mask compares these. Positions (what relative schemes read) are the
+// same numbers unless the descriptor carries position ids (q_ids, k_ids): packed sequences and
+// left-padded batches, whose positions are not their row numbers.
 #pragma once
 #include <algorithm>
 #include <cstdint>
 #include <memory>
+#include <utility>
 #include <vector>
 
 namespace posformer {
@@ -130,6 +134,31 @@ struct AttnDesc {
     int64_t end = key_len ? std::clamp<int64_t>(key_len[b], 0, Tk) : Tk;
     if (causal) end = std::min(end, std::max<int64_t>(q_pos0 + t - k_pos0 + 1, 0));
     return end;
+  }
+  // Position ids of the rows, for score terms (relative schemes): q_ids [B, Tq], k_ids
+  // [B, kv_rows()]; null = the row numbers q_pos0 + t, k_pos0 + s.
+  const int32_t* q_ids = nullptr;
+  const int32_t* k_ids = nullptr;
+  int64_t q_pos(int64_t b, int64_t t) const { return q_ids ? q_ids[b * Tq + t] : q_pos0 + t; }
+  int64_t k_pos(int64_t b, int64_t s) const {
+    return k_ids ? k_ids[b * kv_rows() + s] : k_pos0 + s;
+  }
+  // Smallest and largest key-minus-query distance k_pos - q_pos over every (b, t, s): the span
+  // of tables indexed by distance ({0, 0} when Tq or Tk is 0).
+  std::pair<int64_t, int64_t> rel_range() const {
+    if (B * Tq == 0 || Tk == 0) return {0, 0};
+    int64_t qlo = q_pos0, qhi = q_pos0 + Tq - 1, klo = k_pos0, khi = k_pos0 + Tk - 1;
+    if (q_ids)
+      qlo = *std::min_element(q_ids, q_ids + B * Tq),
+      qhi = *std::max_element(q_ids, q_ids + B * Tq);
+    if (k_ids) {
+      klo = k_ids[0], khi = k_ids[0];
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t s = 0; s < Tk; ++s)
+          klo = std::min<int64_t>(klo, k_ids[b * kv_rows() + s]),
+          khi = std::max<int64_t>(khi, k_ids[b * kv_rows() + s]);
+    }
+    return {klo - qhi, khi - qlo};
   }
   const ScoreHook* hook = nullptr;
   float* probs = nullptr;  // optional [B, H, Tq, Tk]: forward stores P here (training)

@@ -27,10 +27,29 @@ struct StackGradCall;
 struct SubTape;
 using TokenBatch = std::vector<std::vector<int32_t>>;  // [B][T], equal lengths
 
+// Where one stack call's tokens sit and which keys exist: positions [B, T] (a run, or ids; see
+// core/positions.h) and the valid rows per sequence of the stack's own tokens and of the encoder
+// output its cross-attention reads (right padding; null = all).
+struct StackInput {
+  Positions pos;
+  const int32_t* len = nullptr;
+  const int32_t* enc_len = nullptr;
+};
+
 struct ForwardOptions {
   int64_t pos_offset = 0;           // position of the first decoder (or encoder-only) token
   const TokenBatch* src = nullptr;  // encoder tokens for encoder_decoder models
   bool want_logits = true;
+  // Positions as data (docs/architecture.md): position ids [B][T] of the decoder (or
+  // encoder-only) tokens, replacing pos_offset + t; e.g. several documents packed in one row,
+  // each restarting at 0. Null = consecutive from pos_offset. Absolute, rotary and relative
+  // schemes all read them.
+  const TokenBatch* positions = nullptr;
+  // Right padding: sequence b has lengths[b] valid tokens (0..T); keys at rows >= lengths[b]
+  // are masked in every attention, so each sequence's valid rows equal running it alone. Rows
+  // past the length are computed but mean nothing (give them target -1). Null = all T valid.
+  const std::vector<int32_t>* lengths = nullptr;
+  const std::vector<int32_t>* src_lengths = nullptr;  // the same for `src` (encoder_decoder)
 };
 
 struct ForwardOutput {
@@ -113,12 +132,18 @@ class Transformer {
   }
   struct Geometry;
   Geometry geometry() const;
+
   void declare_stack(const std::string& prefix, bool cross, const PositionEncoding& pe,
                      const Attention& attn);
   // x: [B*T, d] in, out in place. enc: [B*Ts, d] for cross-attention (or null). With a tape,
   // every layer's activations are kept for backward.
-  void run_stack(const Stack& st, float* x, int64_t B, int64_t T, int64_t pos0, const float* enc,
-                 int64_t Ts, StackTape* tape, KVCache* cache = nullptr) const;
+  void run_stack(const Stack& st, float* x, const StackInput& in, const float* enc, int64_t Ts,
+                 StackTape* tape, KVCache* cache = nullptr) const;
+  // The stack input of a forward's main stack (decoder, or encoder-only) / encoder, from the
+  // options; position ids are converted into `ids`.
+  StackInput main_input(const TokenBatch& tokens, const ForwardOptions& opt,
+                        PositionIds& ids) const;
+  StackInput encoder_input(const TokenBatch& src, const ForwardOptions& opt) const;
   // The stack's parts (transformer.cpp) and their backward (transformer_backward.cpp).
   void residual_sublayer(const Stack& st, StackCall& c, int64_t l, int sub, float* x) const;
   void attention_sublayer(const Stack& st, StackCall& c, int64_t l, bool self, const float* in,
@@ -138,14 +163,13 @@ class Transformer {
   // d_enc: [B*Ts, d] accumulates the gradient w.r.t. the encoder output (cross-attention).
   void backward_stack(const Stack& st, const StackTape& tape, float* dx, const float* enc,
                       float* d_enc, ParamStore& grads) const;
-  Tensor embed(const Stack& st, const TokenBatch& tokens, int64_t pos0) const;
-  void embed_backward(const Stack& st, const TokenBatch& tokens, int64_t pos0, const float* dx,
-                      ParamStore& grads) const;
+  Tensor embed(const Stack& st, const TokenBatch& tokens, const Positions& pos) const;
+  void embed_backward(const Stack& st, const TokenBatch& tokens, const Positions& pos,
+                      const float* dx, ParamStore& grads) const;
   void norm_fwd(const std::string& n, const float* in, float* out, int64_t rows) const;
   void lin_fwd(const std::string& n, const float* in, float* out, int64_t M, int64_t N,
                int64_t K) const;
-  AttnDesc attn_desc(const Stack& st, bool self, int64_t B, int64_t T, int64_t Tk,
-                     int64_t pos0) const;
+  AttnDesc attn_desc(const Stack& st, bool self, const StackInput& in, int64_t Tk) const;
 
   ModelConfig cfg_;
   std::vector<ParamSpec> specs_;

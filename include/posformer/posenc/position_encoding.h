@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "posformer/attention/attention.h"
+#include "posformer/core/positions.h"
 #include "posformer/model/config.h"
 #include "posformer/model/params.h"
 
@@ -39,18 +40,18 @@ class PositionEncoding {
   virtual ~PositionEncoding() = default;
   virtual std::string name() const = 0;
   virtual void declare(std::vector<ParamSpec>& specs) const {}
-  // x: [B, T, d_model]; positions pos0 .. pos0+T-1.
-  virtual void embed(const ParamStore& p, float* x, int64_t B, int64_t T, int64_t pos0) const {}
+  // x: [B, T, d_model] with B, T those of `pos`; adds P[pos.at(b, t)] to row (b, t).
+  virtual void embed(const ParamStore& p, float* x, const Positions& pos) const {}
   // Backward of embed: adds dL/dP into grads (learned table); dx [B, T, d].
-  virtual void embed_backward(const float* dx, int64_t B, int64_t T, int64_t pos0,
-                              ParamStore& grads) const {}
+  virtual void embed_backward(const float* dx, const Positions& pos, ParamStore& grads) const {}
   virtual bool rotary() const { return false; }
-  // x: [B, T] rows of stride ld holding n_heads heads of D; positions pos0 .. pos0+T-1.
-  virtual void rotate(float* x, int64_t B, int64_t T, int64_t n_heads, int64_t ld,
-                      int64_t pos0) const {}
+  // x: [B, T] rows of stride ld holding n_heads heads of D; row (b, t) rotated by the angles
+  // of position pos.at(b, t).
+  virtual void rotate(float* x, int64_t n_heads, int64_t ld, const Positions& pos) const {}
   // Backward of rotate: the inverse rotation (R^T = rotation with -sin), in place on gradients.
-  virtual void rotate_backward(float* dx, int64_t B, int64_t T, int64_t n_heads, int64_t ld,
-                               int64_t pos0) const {}
+  virtual void rotate_backward(float* dx, int64_t n_heads, int64_t ld, const Positions& pos) const {
+  }
+  // Score terms read the descriptor's positions (AttnDesc::q_pos, k_pos).
   virtual std::unique_ptr<ScoreHook> prepare(const ParamStore& p, const AttnInputs& in) const {
     return nullptr;
   }
