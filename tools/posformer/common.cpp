@@ -34,6 +34,22 @@ std::vector<int32_t> parse_token_list(const std::string& text, const std::string
   return out;
 }
 
+TokenBatch parse_token_lines(const std::string& text, const std::string& what) {
+  TokenBatch out;
+  size_t line_no = 0, i = 0;
+  while (i <= text.size()) {
+    size_t j = text.find('\n', i);
+    if (j == std::string::npos) j = text.size();
+    ++line_no;
+    const std::string line = text.substr(i, j - i);
+    if (line.find_first_not_of(" \t\r,") != std::string::npos)
+      out.push_back(parse_token_list(line, what + " line " + std::to_string(line_no)));
+    i = j + 1;
+  }
+  PF_CHECK(!out.empty(), "[input] ", what, ": no token sequences (one per line)");
+  return out;
+}
+
 void add_threads_option(CLI::App* app, int& threads) {
   app->add_option("--threads", threads, "worker threads (default: all cores)")
       ->check(CLI::Range(0, 1024));

@@ -25,6 +25,8 @@ Command add_bench(CLI::App& root);
 
 // "1 2 3" (spaces, commas or newlines) -> ids; throws Error naming the bad token.
 std::vector<int32_t> parse_token_list(const std::string& text, const std::string& what);
+// One sequence per non-blank line (ids separated by spaces or commas); names the bad line.
+TokenBatch parse_token_lines(const std::string& text, const std::string& what);
 void add_threads_option(CLI::App* app, int& threads);
 
 // Parameters of a model: the sum over its ParamSpecs, the list init, load and info share. The
