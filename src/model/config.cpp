@@ -116,7 +116,7 @@ void validate_config(const ModelConfig& c) {
   PF_CHECK(!(c.attention.scale && c.attention.type == "linear"),
            "[config] attention.scale does not apply to attention type \"linear\" (phi(q) . phi(k) "
            "has no score scale); remove it");
-  if (c.head == "lm" && c.tie_embeddings) {
+  if (c.head == Head::Lm && c.tie_embeddings) {
     // tied head: logits = h E^T; nothing else to check
   }
 }
@@ -129,16 +129,16 @@ ModelConfig parse_config(const json& j) {
                   "tie_embeddings", "embed_scale", "head", "position", "attention"},
                  "");
   ModelConfig c;
-  c.arch = get_choice(j, "arch", c.arch, {"encoder", "decoder", "encoder_decoder"}, "");
+  c.arch = get_choice(j, "arch", c.arch.name(), {"encoder", "decoder", "encoder_decoder"}, "");
   c.d_model = get_int(j, "d_model", c.d_model, "");
   c.n_layers = get_int(j, "n_layers", c.n_layers, "");
   c.n_heads = get_int(j, "n_heads", c.n_heads, "");
   c.n_kv_heads = get_int(j, "n_kv_heads", c.n_kv_heads, "");
   c.d_ff = get_int(j, "d_ff", c.d_ff, "");
   c.activation =
-      get_choice(j, "activation", c.activation, {"relu", "gelu", "gelu_tanh", "swiglu"}, "");
-  c.norm = get_choice(j, "norm", c.norm, {"layernorm", "rmsnorm"}, "");
-  c.norm_position = get_choice(j, "norm_position", c.norm_position, {"pre", "post"}, "");
+      get_choice(j, "activation", c.activation.name(), {"relu", "gelu", "gelu_tanh", "swiglu"}, "");
+  c.norm = get_choice(j, "norm", c.norm.name(), {"layernorm", "rmsnorm"}, "");
+  c.norm_position = get_choice(j, "norm_position", c.norm_position.name(), {"pre", "post"}, "");
   c.norm_eps = get_num(j, "norm_eps", c.norm_eps, "");
   c.bias = get_bool(j, "bias", c.bias, "");
   c.vocab_size = get_int(j, "vocab_size", c.vocab_size, "");
@@ -158,7 +158,7 @@ ModelConfig parse_config(const json& j) {
       c.embed_scale = v.get<double>();
     }
   }
-  c.head = get_choice(j, "head", c.head, {"lm", "none"}, "");
+  c.head = get_choice(j, "head", c.head.name(), {"lm", "none"}, "");
   if (j.contains("position")) {
     const json& p = j.at("position");
     PF_CHECK(p.is_object(),
@@ -245,22 +245,22 @@ json config_to_json(const ModelConfig& c) {
   json a = {{"type", c.attention.type}};
   if (c.attention.scale) a["scale"] = *c.attention.scale;
   if (c.attention.residual) a["residual"] = true;
-  return json{{"arch", c.arch},
+  return json{{"arch", c.arch.name()},
               {"d_model", c.d_model},
               {"n_layers", c.n_layers},
               {"n_heads", c.n_heads},
               {"n_kv_heads", c.kv_heads()},
               {"d_ff", c.d_ff},
-              {"activation", c.activation},
-              {"norm", c.norm},
-              {"norm_position", c.norm_position},
+              {"activation", c.activation.name()},
+              {"norm", c.norm.name()},
+              {"norm_position", c.norm_position.name()},
               {"norm_eps", c.norm_eps},
               {"bias", c.bias},
               {"vocab_size", c.vocab_size},
               {"max_len", c.max_len},
               {"tie_embeddings", c.tie_embeddings},
               {"embed_scale", c.embed_scale_sqrt_d ? json("sqrt_d") : json(c.embed_scale)},
-              {"head", c.head},
+              {"head", c.head.name()},
               {"position", p},
               {"attention", a}};
 }

@@ -67,7 +67,7 @@ std::vector<int32_t> generate(const Transformer& model, const std::vector<int32_
   validate_sampling(s);
   PF_CHECK(!prompt.empty(), "[generate] the prompt is empty (give at least one token)");
   const ModelConfig& c = model.config();
-  PF_CHECK(c.head == "lm", "[generate] the model has no LM head (head: none)");
+  PF_CHECK(c.head == Head::Lm, "[generate] the model has no LM head (head: none)");
   const int64_t V = c.vocab_size, total = static_cast<int64_t>(prompt.size()) + s.max_new_tokens;
   if (const int64_t mp = model.position(true)->max_position(); mp >= 0)
     PF_CHECK(total <= mp + 1, "[generate] prompt (", prompt.size(), " tokens) + ", s.max_new_tokens,

@@ -53,9 +53,9 @@ Transformer::Transformer(const ModelConfig& cfg) : cfg_(cfg) {
     const StackGeom dg = geom("decoder.", true);
     dec_pe_ = make_position_encoding(cfg_.position, dg);
     dec_attn_ = make_attention(cfg_.attention, dg, *dec_pe_);
-    declare_stack("decoder.", cfg_.arch == "encoder_decoder", *dec_pe_, *dec_attn_);
+    declare_stack("decoder.", cfg_.arch == Arch::EncoderDecoder, *dec_pe_, *dec_attn_);
   }
-  if (cfg_.head == "lm" && !cfg_.tie_embeddings)
+  if (cfg_.head == Head::Lm && !cfg_.tie_embeddings)
     specs_.push_back({"lm_head.weight", {V, d}, Init::Normal, "head", true});
 }
 
@@ -63,7 +63,7 @@ void Transformer::declare_stack(const std::string& prefix, bool cross, const Pos
                                 const Attention& attn) {
   const int64_t d = cfg_.d_model, HD = cfg_.n_heads * cfg_.head_dim(),
                 KD = cfg_.kv_heads() * cfg_.head_dim(), F = cfg_.d_ff;
-  const bool ln = cfg_.norm == "layernorm";
+  const bool ln = cfg_.norm == Norm::LayerNorm;
   auto norm = [&](const std::string& n) {
     specs_.push_back({n + ".weight", {d}, Init::Ones, "norm", false});
     if (ln) specs_.push_back({n + ".bias", {d}, Init::Zeros, "norm", false});
@@ -87,9 +87,9 @@ void Transformer::declare_stack(const std::string& prefix, bool cross, const Pos
     norm(lname(prefix, l, "ffn_norm"));
     lin(lname(prefix, l, "ffn.w1"), F, d, "ffn");
     lin(lname(prefix, l, "ffn.w2"), d, F, "ffn");
-    if (cfg_.activation == "swiglu") lin(lname(prefix, l, "ffn.w3"), F, d, "ffn");
+    if (cfg_.activation == Activation::Swiglu) lin(lname(prefix, l, "ffn.w3"), F, d, "ffn");
   }
-  if (cfg_.norm_position == "pre") norm(prefix + "final_norm");
+  if (cfg_.norm_position == NormPosition::Pre) norm(prefix + "final_norm");
 }
 
 Transformer Transformer::random_init(const ModelConfig& cfg, uint64_t seed) {
@@ -168,14 +168,27 @@ Transformer::Geometry Transformer::geometry() const {
   Geometry g;
   g.d = c.d_model, g.H = c.n_heads, g.Hkv = c.kv_heads(), g.D = c.head_dim();
   g.HD = g.H * g.D, g.KD = g.Hkv * g.D, g.F = c.d_ff;
-  g.pre = c.norm_position == "pre", g.ln = c.norm == "layernorm";
-  g.swiglu = c.activation == "swiglu";
-  g.act = g.swiglu ? ops::Act::Identity : ops::act_from_name(c.activation);
+  g.pre = c.norm_position == NormPosition::Pre, g.ln = c.norm == Norm::LayerNorm;
+  g.swiglu = c.activation == Activation::Swiglu;
+  switch (c.activation) {  // the op applied to W1 x + b1 (SwiGLU: its own op, silu(a) * b)
+    case Activation::Relu:
+      g.act = ops::Act::Relu;
+      break;
+    case Activation::Gelu:
+      g.act = ops::Act::Gelu;
+      break;
+    case Activation::GeluTanh:
+      g.act = ops::Act::GeluTanh;
+      break;
+    case Activation::Swiglu:
+      g.act = ops::Act::Identity;
+      break;
+  }
   return g;
 }
 
 void Transformer::norm_fwd(const std::string& n, const float* in, float* out, int64_t rows) const {
-  if (cfg_.norm == "layernorm")
+  if (cfg_.norm == Norm::LayerNorm)
     ops::layernorm(in, params_.f32(n + ".weight"), params_.f32(n + ".bias"), out, rows,
                    cfg_.d_model, static_cast<float>(cfg_.norm_eps));
   else
@@ -397,7 +410,7 @@ KVCache Transformer::start_cache(int64_t B, int64_t capacity, const TokenBatch* 
     c.ck.emplace_back(Shape{0});
     c.cv.emplace_back(Shape{0});
   }
-  if (cfg_.arch == "encoder_decoder") {
+  if (cfg_.arch == Arch::EncoderDecoder) {
     PF_CHECK(src && static_cast<int64_t>(src->size()) == B,
              "[generate] an encoder_decoder model needs B source sequences (--src)");
     c.enc = encode(*src, 0);
@@ -426,7 +439,7 @@ ForwardOutput Transformer::forward_cached(const TokenBatch& tokens, KVCache& cac
 ForwardOutput Transformer::head_output(Tensor hidden, bool want_logits) const {
   ForwardOutput out;
   out.hidden = std::move(hidden);
-  if (cfg_.head == "lm" && want_logits) {
+  if (cfg_.head == Head::Lm && want_logits) {
     const int64_t B = out.hidden.dim(0), T = out.hidden.dim(1), V = cfg_.vocab_size;
     out.logits = Tensor({B, T, V});
     const float* W = params_.f32(cfg_.tie_embeddings ? "embed.weight" : "lm_head.weight");
@@ -474,11 +487,11 @@ StackInput Transformer::main_input(const TokenBatch& tokens, const ForwardOption
     in.pos = ids.view();
   }
   in.len = checked_lengths(opt.lengths, B, T, "lengths");
-  if (cfg_.arch == "encoder_decoder" && opt.src)
+  if (cfg_.arch == Arch::EncoderDecoder && opt.src)
     in.enc_len = checked_lengths(opt.src_lengths, B, (*opt.src)[0].size(), "source lengths");
   else
     PF_CHECK(!opt.src_lengths, "[input] source lengths are only for encoder_decoder models");
-  if (cfg_.arch == "encoder") in.enc_len = nullptr;
+  if (cfg_.arch == Arch::Encoder) in.enc_len = nullptr;
   return in;
 }
 
@@ -492,7 +505,7 @@ StackInput Transformer::encoder_input(const TokenBatch& src, const ForwardOption
 ForwardOutput Transformer::forward(const TokenBatch& tokens, const ForwardOptions& opt) const {
   ForwardOutput out;
   PositionIds ids;
-  if (cfg_.arch == "encoder") {
+  if (cfg_.arch == Arch::Encoder) {
     PF_CHECK(opt.src == nullptr, "[input] --src is only for encoder_decoder models");
     PF_CHECK(cfg_.has_encoder(), "[model] this ", cfg_.arch, " model has no encoder");
     check_tokens(tokens, cfg_.vocab_size, "encoder tokens");
@@ -505,7 +518,7 @@ ForwardOutput Transformer::forward(const TokenBatch& tokens, const ForwardOption
     const int64_t B = tokens.size();
     Tensor enc;
     int64_t Ts = 0;
-    if (cfg_.arch == "encoder_decoder") {
+    if (cfg_.arch == Arch::EncoderDecoder) {
       PF_CHECK(opt.src != nullptr, "[input] an encoder_decoder model needs source tokens (--src)");
       PF_CHECK(static_cast<int64_t>(opt.src->size()) == B, "[input] ", opt.src->size(),
                " source sequences for ", B, " target sequences");

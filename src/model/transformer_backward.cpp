@@ -124,7 +124,7 @@ void Transformer::norm_backward(StackGradCall& c, const std::string& n, const fl
                                 const float* dout, float* dx) const {
   const int64_t BT = c.tape.B * c.tape.T, d = cfg_.d_model;
   const float eps = static_cast<float>(cfg_.norm_eps);
-  if (cfg_.norm == "layernorm")
+  if (cfg_.norm == Norm::LayerNorm)
     ops::layernorm_backward(x_in, params_.f32(n + ".weight"), dout, dx, c.grads.f32(n + ".weight"),
                             c.grads.f32(n + ".bias"), BT, d, eps);
   else
@@ -282,12 +282,12 @@ void check_targets(const TokenBatch& tokens, const TokenBatch& targets, int64_t 
 Transformer::Loss Transformer::loss_and_grad(const TokenBatch& tokens, const TokenBatch& targets,
                                              ParamStore& grads, const ForwardOptions& opt,
                                              float grad_scale) const {
-  PF_CHECK(cfg_.head == "lm", "[train] the model has no LM head (head: none)");
+  PF_CHECK(cfg_.head == Head::Lm, "[train] the model has no LM head (head: none)");
   check_tokens(tokens, cfg_.vocab_size,
-               cfg_.arch == "encoder" ? "encoder tokens" : "decoder tokens");
+               cfg_.arch == Arch::Encoder ? "encoder tokens" : "decoder tokens");
   check_targets(tokens, targets, cfg_.vocab_size);
   const int64_t B = tokens.size(), T = tokens[0].size(), d = cfg_.d_model, V = cfg_.vocab_size;
-  const bool encdec = cfg_.arch == "encoder_decoder";
+  const bool encdec = cfg_.arch == Arch::EncoderDecoder;
   // ---- forward with tapes
   const Stack enc_st = encoder_stack(), dec_st = decoder_stack();
   // Tapes and the logits / gradient buffers are kept per thread between calls: a training loop
@@ -310,8 +310,8 @@ Transformer::Loss Transformer::loss_and_grad(const TokenBatch& tokens, const Tok
   } else {
     PF_CHECK(src == nullptr, "[input] source tokens are only for encoder_decoder models");
   }
-  const Stack& main_st = cfg_.arch == "encoder" ? enc_st : dec_st;
-  StackTape& main_tape = cfg_.arch == "encoder" ? enc_tape : dec_tape;
+  const Stack& main_st = cfg_.arch == Arch::Encoder ? enc_st : dec_st;
+  StackTape& main_tape = cfg_.arch == Arch::Encoder ? enc_tape : dec_tape;
   PositionIds ids;
   const StackInput in = main_input(tokens, opt, ids);
   x = embed(main_st, tokens, in.pos);
@@ -351,7 +351,7 @@ Transformer::Loss Transformer::loss_and_grad(const TokenBatch& tokens, const Tok
 
 Transformer::Loss Transformer::loss(const TokenBatch& tokens, const TokenBatch& targets,
                                     const ForwardOptions& opt) const {
-  PF_CHECK(cfg_.head == "lm", "[eval] the model has no LM head (head: none)");
+  PF_CHECK(cfg_.head == Head::Lm, "[eval] the model has no LM head (head: none)");
   check_targets(tokens, targets, cfg_.vocab_size);
   ForwardOutput out = forward(tokens, opt);
   const int64_t B = tokens.size(), T = tokens[0].size();

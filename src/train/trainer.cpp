@@ -95,9 +95,13 @@ void validate(const TrainOptions& o) {
   PF_CHECK(o.keep_last >= 1, "[train] --keep-last must be >= 1, got ", o.keep_last);
   PF_CHECK(o.on_nonfinite == "skip" || o.on_nonfinite == "stop",
            "[train] --on-nonfinite must be skip or stop, got ", o.on_nonfinite);
-  PF_CHECK(o.objective == "auto" || o.objective == "clm" || o.objective == "mlm" ||
-               o.objective == "seq2seq",
-           "[train] --objective must be auto, clm, mlm or seq2seq, got ", o.objective);
+  if (o.objective != "auto") {  // a name of Objective, parsed once more when training starts
+    try {
+      Choice<Objective>::parse(o.objective);
+    } catch (const Error&) {
+      throw Error(str("[train] --objective must be auto, clm, mlm or seq2seq, got ", o.objective));
+    }
+  }
   ScheduleConfig s{o.lr, o.warmup, o.steps, o.decay, o.min_lr_ratio};
   validate(s);
   validate(AdamWConfig{o.beta1, o.beta2, o.eps, o.weight_decay});
@@ -105,10 +109,12 @@ void validate(const TrainOptions& o) {
 
 namespace {
 
-std::string objective_for(const TrainOptions& o, const ModelConfig& c) {
-  std::string obj = o.objective;
-  if (obj == "auto") obj = default_objective(c.arch);
-  const std::string need = obj == "mlm" ? "encoder" : obj == "clm" ? "decoder" : "encoder_decoder";
+Choice<Objective> objective_for(const TrainOptions& o, const ModelConfig& c) {
+  const Choice<Objective> obj =
+      o.objective == "auto" ? default_objective(c.arch) : Choice<Objective>::parse(o.objective);
+  const Choice<Arch> need = obj == Objective::Mlm   ? Arch::Encoder
+                            : obj == Objective::Clm ? Arch::Decoder
+                                                    : Arch::EncoderDecoder;
   PF_CHECK(c.arch == need, "[train] objective ", obj, " needs an ", need, " model, the config has ",
            c.arch);
   return obj;
@@ -119,17 +125,17 @@ struct Batch {
 };
 
 // One batch for the objective from B windows (inputs/targets of length L, row-major).
-Batch make_batch(const std::string& obj, const std::vector<int32_t>& inputs,
+Batch make_batch(Objective obj, const std::vector<int32_t>& inputs,
                  const std::vector<int32_t>& targets, int64_t B, int64_t L, const Tokenizer& tok,
                  int64_t vocab, uint64_t& rng) {
   Batch b;
   for (int64_t r = 0; r < B; ++r) {
     std::vector<int32_t> in(inputs.begin() + r * L, inputs.begin() + (r + 1) * L);
     std::vector<int32_t> tg(targets.begin() + r * L, targets.begin() + (r + 1) * L);
-    if (obj == "clm") {
+    if (obj == Objective::Clm) {
       b.in.push_back(std::move(in));
       b.tgt.push_back(std::move(tg));
-    } else if (obj == "mlm") {  // BERT masking: 15% chosen; 80% mask, 10% random, 10% keep
+    } else if (obj == Objective::Mlm) {  // BERT masking: 15% chosen; 80% mask, 10% random, 10% keep
       std::vector<int32_t> t(static_cast<size_t>(L), -1);
       for (int64_t i = 0; i < L; ++i) {
         const double u = (splitmix64(rng) >> 11) * 0x1.0p-53;
@@ -161,17 +167,17 @@ Batch make_batch(const std::string& obj, const std::vector<int32_t>& inputs,
 // Input positions each stack sees for windows of L + 1 tokens (make_batch): clm and mlm feed L
 // tokens; seq2seq feeds the encoder the first h = (L+1)/2 and the decoder <bos> plus the next
 // L - h (L + 1 - h in all).
-std::vector<std::pair<std::string, int64_t>> input_positions(const std::string& obj, int64_t L) {
-  if (obj == "seq2seq") {
+std::vector<std::pair<std::string, int64_t>> input_positions(Objective obj, int64_t L) {
+  if (obj == Objective::Seq2seq) {
     const int64_t h = (L + 1) / 2;
     return {{"encoder", h}, {"decoder", L + 1 - h}};
   }
-  return {{obj == "clm" ? "decoder" : "encoder", L}};
+  return {{obj == Objective::Clm ? "decoder" : "encoder", L}};
 }
 
 // Longest --seq-len whose inputs fit `positions` positions in every stack.
-int64_t max_seq_len(const std::string& obj, int64_t positions) {
-  return obj == "seq2seq" ? 2 * positions - 1 : positions;
+int64_t max_seq_len(Objective obj, int64_t positions) {
+  return obj == Objective::Seq2seq ? 2 * positions - 1 : positions;
 }
 
 std::string hex64(uint64_t v) {
@@ -223,13 +229,21 @@ class MetricsLog {
 
 }  // namespace
 
-std::string default_objective(const std::string& arch) {
-  return arch == "encoder" ? "mlm" : arch == "decoder" ? "clm" : "seq2seq";
+Objective default_objective(Arch arch) {
+  switch (arch) {
+    case Arch::Encoder:
+      return Objective::Mlm;
+    case Arch::Decoder:
+      return Objective::Clm;
+    case Arch::EncoderDecoder:
+      return Objective::Seq2seq;
+  }
+  return Objective::Clm;
 }
 
 // Loss, perplexity and bits per byte of `model` over `windows` (objective-aware).
 Evaluation evaluate_windows(
-    const Transformer& model, const std::string& obj,
+    const Transformer& model, Objective obj,
     const std::vector<std::pair<std::vector<int32_t>, std::vector<int32_t>>>& windows,
     const Tokenizer& tok) {
   std::vector<double> bytes_of(static_cast<size_t>(tok.vocab_size()));
@@ -240,10 +254,10 @@ Evaluation evaluate_windows(
   uint64_t rng = 12345;  // fixed masking for MLM evaluation
   for (const auto& [in, tg] : windows) {
     const int64_t L = static_cast<int64_t>(in.size());
-    if (obj == "seq2seq" && L < 2) continue;
+    if (obj == Objective::Seq2seq && L < 2) continue;
     Batch b = make_batch(obj, in, tg, 1, L, tok, model.config().vocab_size, rng);
     ForwardOptions fo;
-    if (obj == "seq2seq") fo.src = &b.src;
+    if (obj == Objective::Seq2seq) fo.src = &b.src;
     Transformer::Loss l = model.loss(b.in, b.tgt, fo);
     nats += l.loss * static_cast<double>(l.count);
     count += l.count;
@@ -274,8 +288,8 @@ TrainResult run_training(TrainOptions o, const std::string& resume_ckpt,
           : (resume_ckpt.empty() ? make_byte_tokenizer() : load_tokenizer(dir));
   PF_CHECK(cfg.vocab_size >= tok->vocab_size(), "[train] the config's vocab_size (", cfg.vocab_size,
            ") is smaller than the tokenizer's vocabulary (", tok->vocab_size(), ")");
-  PF_CHECK(cfg.head == "lm", "[train] training needs an LM head (config head: lm)");
-  const std::string obj = objective_for(o, cfg);
+  PF_CHECK(cfg.head == Head::Lm, "[train] training needs an LM head (config head: lm)");
+  const Choice<Objective> obj = objective_for(o, cfg);
   const int64_t L = o.seq_len;
   Transformer model = Transformer::random_init(cfg, o.seed);
   // Windows hold L + 1 tokens, but the last one is only ever a target: count input positions.
@@ -331,7 +345,7 @@ TrainResult run_training(TrainOptions o, const std::string& resume_ckpt,
         stderr,
         "train: %s %s model, %s objective, %lld train / %lld val tokens, batch %lld x %lld x "
         "accum %lld, %d threads, steps %lld..%lld\n",
-        cfg.arch.c_str(), cfg.position.type.c_str(), obj.c_str(), (long long)corpus.train_tokens,
+        cfg.arch.name(), cfg.position.type.c_str(), obj.name(), (long long)corpus.train_tokens,
         (long long)corpus.val_tokens, (long long)o.batch, (long long)L, (long long)o.accum,
         num_threads(), (long long)step, (long long)o.steps);
 
@@ -370,7 +384,7 @@ TrainResult run_training(TrainOptions o, const std::string& resume_ckpt,
       sampler.next_batch(o.batch, inputs, targets);
       Batch b = make_batch(obj, inputs, targets, o.batch, L, *tok, cfg.vocab_size, rng);
       ForwardOptions fo;
-      if (obj == "seq2seq") fo.src = &b.src;
+      if (obj == Objective::Seq2seq) fo.src = &b.src;
       Transformer::Loss l =
           model.loss_and_grad(b.in, b.tgt, grads, fo, 1.0f / static_cast<float>(o.accum));
       loss_sum += l.loss / static_cast<double>(o.accum);

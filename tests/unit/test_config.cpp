@@ -7,6 +7,7 @@
 #include "posformer/core/error.h"
 #include "posformer/model/config.h"
 #include "posformer/model/transformer.h"
+#include "test_util.h"
 
 using namespace posformer;
 using json = nlohmann::json;
@@ -33,7 +34,7 @@ json with(json j, const std::string& k, json v) {
 
 TEST(Config, DefaultsAndRoundTrip) {
   ModelConfig c = parse_config(json::object());
-  EXPECT_EQ(c.arch, "decoder");
+  EXPECT_EQ(c.arch, Arch::Decoder);
   EXPECT_EQ(c.head_dim(), 64);
   EXPECT_EQ(c.kv_heads(), 4);
   json j = base();
@@ -215,4 +216,27 @@ TEST(Tensor, HalfConversionsRoundTripIncludingSubnormals) {
   EXPECT_TRUE(std::isinf(f16_to_f32(f32_to_f16(1e6f))));
   EXPECT_EQ(bf16_to_f32(f32_to_bf16(1.5f)), 1.5f);
   EXPECT_THROW(Tensor({int64_t{1} << 61}, DType::F64), Error);
+}
+
+// Closed sets of names are parsed once into enums (core/choice.h): names round-trip in
+// enumerator order, and an unknown name is refused naming the field and every allowed name.
+TEST(Config, ChoicesParseOnceAndNameEveryAllowedValue) {
+  for (Arch a : {Arch::Encoder, Arch::Decoder, Arch::EncoderDecoder})
+    EXPECT_EQ(Choice<Arch>::parse(Choice<Arch>(a).name()), a);
+  for (Activation a :
+       {Activation::Relu, Activation::Gelu, Activation::GeluTanh, Activation::Swiglu})
+    EXPECT_EQ(Choice<Activation>::parse(Choice<Activation>(a).name()), a);
+  EXPECT_STREQ(Choice<NormPosition>(NormPosition::Post).name(), "post");
+  EXPECT_STREQ(Choice<Head>("none").name(), "none");
+  ModelConfig c;
+  c.arch = "encoder_decoder";  // assigning a name parses it
+  EXPECT_EQ(c.arch, Arch::EncoderDecoder);
+  EXPECT_TRUE(c.has_encoder() && c.has_decoder());
+  pf_test::expect_error([] { (void)Choice<Norm>("batchnorm"); },
+                        {"[norm]", "layernorm, rmsnorm", "\"batchnorm\""});
+  pf_test::expect_error([] { parse_config_text(R"({"activation": "tanh"})", "t"); },
+                        {"activation", "relu", "gelu", "gelu_tanh", "swiglu", "tanh"});
+  EXPECT_EQ(
+      config_to_json(parse_config_text(R"({"norm": "rmsnorm", "head": "none"})", "t")).at("norm"),
+      "rmsnorm");
 }

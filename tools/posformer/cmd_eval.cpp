@@ -41,10 +41,10 @@ Command add_eval(CLI::App& root) {
             std::vector<std::string> files = o->data;
             if (files.size() == 1 && files[0] == "default") files = default_corpus_files();
             Corpus c = load_corpus(files, *tok, 0.0, 0);
-            const std::string obj = default_objective(m.config().arch);
+            const Choice<Objective> obj = default_objective(m.config().arch);
             const int64_t max_pos = m.position(m.config().has_decoder())->max_position();
             std::printf("%-10s %10s %12s %10s %10s  (%s, %s objective)\n", "seq_len", "loss",
-                        "perplexity", "bits/byte", "tokens", o->dir.c_str(), obj.c_str());
+                        "perplexity", "bits/byte", "tokens", o->dir.c_str(), obj.name());
             for (int64_t L : o->lens) {
               PF_CHECK(L >= 1, "[eval] --seq-len must be >= 1, got ", L);
               if (max_pos >= 0 && L > max_pos + 1) {

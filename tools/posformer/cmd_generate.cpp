@@ -51,7 +51,7 @@ Command add_generate(CLI::App& root) {
             std::vector<int32_t> prompt = tok->encode(o->prompt);
             if (prompt.empty()) prompt = {tok->bos_id()};
             std::vector<int32_t> src;
-            if (c.arch == "encoder_decoder") {
+            if (c.arch == Arch::EncoderDecoder) {
               src = tok->encode(o->src);
               PF_CHECK(!src.empty(), "[generate] an encoder_decoder model needs --src TEXT");
               prompt.insert(prompt.begin(), tok->bos_id());

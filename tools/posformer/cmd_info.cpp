@@ -22,11 +22,11 @@ Command add_info(CLI::App& root) {
             std::printf("model      %s\n", dir->c_str());
             std::printf(
                 "arch       %s, %lld layers%s, d_model %lld, %lld heads (%lld kv), d_ff %lld\n",
-                c.arch.c_str(), (long long)c.n_layers,
-                c.arch == "encoder_decoder" ? " per stack" : "", (long long)c.d_model,
+                c.arch.name(), (long long)c.n_layers,
+                c.arch == Arch::EncoderDecoder ? " per stack" : "", (long long)c.d_model,
                 (long long)c.n_heads, (long long)c.kv_heads(), (long long)c.d_ff);
             std::printf("block      %s-%s, %s, bias %s, vocab %lld, max_len %lld\n",
-                        c.norm_position.c_str(), c.norm.c_str(), c.activation.c_str(),
+                        c.norm_position.name(), c.norm.name(), c.activation.name(),
                         c.bias ? "yes" : "no", (long long)c.vocab_size, (long long)c.max_len);
             std::printf("position   %s", c.position.type.c_str());
             if (c.embed_scale_sqrt_d || c.embed_scale != 1.0)

@@ -1,13 +1,38 @@
 // Model configuration: the JSON a user writes (docs/config.md documents every field).
 // parse_config validates every field and throws posformer::Error naming field and value.
 #pragma once
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <string>
 
+#include "posformer/core/choice.h"
+
 namespace posformer {
+
+// Closed sets of names, parsed once (core/choice.h); names in enumerator order.
+enum class Arch { Encoder, Decoder, EncoderDecoder };
+constexpr auto choice_names(Arch) {
+  return std::array<const char*, 4>{"arch", "encoder", "decoder", "encoder_decoder"};
+}
+enum class Activation { Relu, Gelu, GeluTanh, Swiglu };
+constexpr auto choice_names(Activation) {
+  return std::array<const char*, 5>{"activation", "relu", "gelu", "gelu_tanh", "swiglu"};
+}
+enum class Norm { LayerNorm, RmsNorm };
+constexpr auto choice_names(Norm) {
+  return std::array<const char*, 3>{"norm", "layernorm", "rmsnorm"};
+}
+enum class NormPosition { Pre, Post };
+constexpr auto choice_names(NormPosition) {
+  return std::array<const char*, 3>{"norm_position", "pre", "post"};
+}
+enum class Head { Lm, None };
+constexpr auto choice_names(Head) {
+  return std::array<const char*, 3>{"head", "lm", "none"};
+}
 
 struct PositionConfig {
   std::string type =
@@ -32,15 +57,15 @@ struct AttentionConfig {
 };
 
 struct ModelConfig {
-  std::string arch = "decoder";  // encoder | decoder | encoder_decoder
+  Choice<Arch> arch = Arch::Decoder;
   int64_t d_model = 256;
   int64_t n_layers = 4;  // per stack (encoder and decoder each)
   int64_t n_heads = 4;
   int64_t n_kv_heads = 0;  // 0 = n_heads
   int64_t d_ff = 1024;
-  std::string activation = "gelu";    // relu | gelu | gelu_tanh | swiglu
-  std::string norm = "layernorm";     // layernorm | rmsnorm
-  std::string norm_position = "pre";  // pre | post
+  Choice<Activation> activation = Activation::Gelu;
+  Choice<Norm> norm = Norm::LayerNorm;
+  Choice<NormPosition> norm_position = NormPosition::Pre;
   double norm_eps = 1e-5;
   bool bias = true;
   int64_t vocab_size = 260;
@@ -51,7 +76,7 @@ struct ModelConfig {
   // unscaled. embed_scale_sqrt_d: the config said "sqrt_d" (written back as such).
   double embed_scale = 1.0;
   bool embed_scale_sqrt_d = false;
-  std::string head = "lm";  // lm | none
+  Choice<Head> head = Head::Lm;
   PositionConfig position;
   AttentionConfig attention;
 
@@ -60,8 +85,8 @@ struct ModelConfig {
     return embed_scale_sqrt_d ? std::sqrt(static_cast<double>(d_model)) : embed_scale;
   }
   int64_t kv_heads() const { return n_kv_heads > 0 ? n_kv_heads : n_heads; }
-  bool has_encoder() const { return arch == "encoder" || arch == "encoder_decoder"; }
-  bool has_decoder() const { return arch == "decoder" || arch == "encoder_decoder"; }
+  bool has_encoder() const { return arch != Arch::Decoder; }
+  bool has_decoder() const { return arch != Arch::Encoder; }
 };
 
 // Parse and validate. Unknown keys are refused (typos must not silently fall back to defaults).

@@ -128,7 +128,7 @@ class Transformer {
   };
   Stack encoder_stack() const { return {"encoder.", false, false, enc_pe_.get(), enc_attn_.get()}; }
   Stack decoder_stack() const {
-    return {"decoder.", true, cfg_.arch == "encoder_decoder", dec_pe_.get(), dec_attn_.get()};
+    return {"decoder.", true, cfg_.arch == Arch::EncoderDecoder, dec_pe_.get(), dec_attn_.get()};
   }
   struct Geometry;
   Geometry geometry() const;

@@ -12,11 +12,14 @@
 // at every checkpoint), tokenizer.json, train.json (the options), metrics.jsonl (one JSON line
 // per step and per evaluation), checkpoints/step-N/ (see checkpoint.h).
 #pragma once
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <vector>
+
+#include "posformer/model/config.h"
 
 namespace posformer {
 
@@ -49,11 +52,17 @@ struct Evaluation {
   double loss = 0, ppl = 0, bpb = 0;
   int64_t tokens = 0;
 };
+// Training objectives: causal LM (decoder), masked LM (encoder), sequence to sequence
+// (encoder_decoder); TrainOptions::objective "auto" picks the arch's.
+enum class Objective { Clm, Mlm, Seq2seq };
+constexpr auto choice_names(Objective) {
+  return std::array<const char*, 4>{"objective", "clm", "mlm", "seq2seq"};
+}
 Evaluation evaluate_windows(
-    const Transformer& model, const std::string& objective,
+    const Transformer& model, Objective objective,
     const std::vector<std::pair<std::vector<int32_t>, std::vector<int32_t>>>& windows,
     const Tokenizer& tok);
-std::string default_objective(const std::string& arch);
+Objective default_objective(Arch arch);
 
 nlohmann::json options_to_json(const TrainOptions& o);
 TrainOptions options_from_json(const nlohmann::json& j);
