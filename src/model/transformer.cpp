@@ -94,8 +94,15 @@ void Transformer::declare_stack(const std::string& prefix, bool cross, const Pos
 
 Transformer Transformer::random_init(const ModelConfig& cfg, uint64_t seed) {
   Transformer m(cfg);
-  for (const ParamSpec& s : m.specs_) m.params_.add(s.name, init_param(s, seed));
+  for (const ParamSpec& s : m.specs_)
+    if (!s.buffer) m.params_.add(s.name, init_param(s, seed));
+  m.redraw_buffers(0);
   return m;
+}
+
+void Transformer::redraw_buffers(uint64_t draw) {
+  if (enc_attn_) enc_attn_->init_buffers(params_, draw);
+  if (dec_attn_) dec_attn_->init_buffers(params_, draw);
 }
 
 void Transformer::set_weights(const std::map<std::string, Tensor>& tensors,
@@ -196,6 +203,8 @@ AttnDesc Transformer::attn_desc(const Stack& st, bool self, int64_t B, int64_t T
   desc.ldq = g.HD, desc.ldk = g.KD, desc.ldv = g.KD, desc.ldo = g.HD;
   desc.causal = self && st.causal;
   desc.q_pos0 = pos0, desc.k_pos0 = self ? pos0 : 0;
+  desc.self_attention = self;
+  desc.params = &params_;
   const float default_scale =
       self ? st.pe->default_scale(g.D) : static_cast<float>(1.0 / std::sqrt(double(g.D)));
   desc.scale = cfg_.attention.scale ? static_cast<float>(*cfg_.attention.scale) : default_scale;
@@ -229,7 +238,7 @@ void Transformer::attention_sublayer(const Stack& st, StackCall& c, int64_t l, b
     lin_fwd(a + ".k", kv_in, k, B * Tk, g.KD, d);
     lin_fwd(a + ".v", kv_in, v, B * Tk, g.KD, d);
   }
-  if (self && st.pe->rotary()) {
+  if (self && st.pe->rotary() && !st.attn->caps().rotary_inside) {
     st.pe->rotate(q, B, T, g.H, g.HD, c.pos0);
     st.pe->rotate(k, B, T, g.Hkv, g.KD, c.pos0);
   }

@@ -180,6 +180,23 @@ def all_cases():
         make_case("linear_post_rms_swiglu_untied.seq2seq", "seq2seq",
                   dict(lin, norm_position="post", **rsw), pos="learned", seed=439),
     ]
+    # linear_cos (RoPE outside, absolute schemes) and linear_rope (RoPE inside the numerator)
+    cos, lr = {"attention": {"type": "linear_cos"}}, {"attention": {"type": "linear_rope"}}
+    cases += [
+        make_case("linear_cos_rope.clm", "clm", cos, pos="rope", seed=440),
+        make_case("linear_cos_learned.mlm", "mlm", cos, pos="learned", seed=441),
+        make_case("linear_cos_none.seq2seq", "seq2seq", cos, pos="none", seed=442),
+        make_case("linear_cos_gqa2_rope_long.clm", "clm", dict(cos, n_kv_heads=2, max_len=80),
+                  pos="rope", seed=443, T=70),
+        make_case("linear_rope.clm", "clm", lr, pos="rope", seed=444),
+        make_case("linear_rope.mlm", "mlm", lr, pos="rope", seed=445),
+        make_case("linear_rope.seq2seq", "seq2seq", lr, pos="rope", seed=446),
+        make_case("linear_rope_gqa1_long.clm", "clm", dict(lr, n_kv_heads=1, max_len=80),
+                  pos="rope", seed=447, T=70),
+        make_case("linear_rope_half_R4_long.seq2seq", "seq2seq", dict(lr, max_len=80),
+                  pos="rope", seed=448, T=66, S=70),
+    ]
+    cases[-1]["cfg"]["position"].update({"layout": "half", "rotary_dim": 4})
     return cases
 
 

@@ -41,7 +41,8 @@ void add_threads_option(CLI::App* app, int& threads) {
 
 int64_t count_parameters(const std::vector<ParamSpec>& specs) {
   int64_t n = 0;
-  for (const auto& s : specs) n += shape_numel(s.shape);
+  for (const auto& s : specs)
+    if (!s.buffer) n += shape_numel(s.shape);  // trainable only
   return n;
 }
 
