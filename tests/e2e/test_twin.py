@@ -261,6 +261,17 @@ def all_cases():
     V.append(make_case("linear_rope_gqa1_post_rms_swiglu.encoder",
                        dict(lr, **rsw, arch="encoder", norm_position="post", n_kv_heads=1),
                        64, 7, pos="rope", seed=276))
+    # performer (FAVOR+): the engine's W from the model file; RoPE outside and absolute schemes
+    pf = {"attention": {"type": "performer", "n_features": 24, "seed": 3}}
+    V.append(make_case("performer_none.decoder", dict(pf, arch="decoder"), 130, 7, pos="none",
+                       seed=277))
+    V.append(make_case("performer_rope.encoder", dict(pf, arch="encoder"), 65, 0, pos="rope",
+                       seed=278))
+    V.append(make_case("performer_learned.encoder_decoder", dict(pf, arch="encoder_decoder"),
+                       70, 7, 66, pos="learned", seed=279))
+    V.append(make_case("performer_M256_gqa2_rope.decoder",
+                       {"attention": {"type": "performer"}, "arch": "decoder", "n_kv_heads": 2},
+                       90, 100, pos="rope", seed=280))
     return cases + V
 
 
@@ -308,6 +319,9 @@ def run_case(cli, case, work, tol):
     if twin.expected_shapes(back) != want:
         raise Failure("config.json written back by init describes different tensors")
     tensors = random_tensors(want, case["seed"] * 7919)
+    for k in want:  # performer: the engine's own random features (drawn by init), not the RNG's
+        if k.endswith("performer.features"):
+            tensors[k] = written[k]
     safetensors_io.save(st_path, tensors)
 
     g = torch.Generator().manual_seed(case["seed"])
@@ -423,7 +437,7 @@ def check_linear_cli(cli, work):
         results.append((f"refuse.{variant}_with_scale", ok, f"rc={rc} msg: {msg[:200]}"))
 
     gens = [(arch, "linear", "sinusoidal") for arch in ("decoder", "encoder_decoder")]
-    gens += [(arch, v, "rope") for v in ("linear_cos", "linear_rope")
+    gens += [(arch, v, "rope") for v in ("linear_cos", "linear_rope", "performer")
              for arch in ("decoder", "encoder_decoder")]
     for arch, variant, pos in gens:
         cfg = dict(BASE, arch=arch, vocab_size=260, n_kv_heads=2, position={"type": pos},
@@ -434,7 +448,11 @@ def check_linear_cli(cli, work):
             results.append((name, False, f"init failed: {msg[-300:]}"))
             continue
         st = os.path.join(mdir, "model.safetensors")
-        safetensors_io.save(st, random_tensors(twin.expected_shapes(cfg), 4242))
+        tensors = random_tensors(twin.expected_shapes(cfg), 4242)
+        for k, t in safetensors_io.load_tensors(st).items():  # performer: the engine's W
+            if k.endswith("performer.features"):
+                tensors[k] = t
+        safetensors_io.save(st, tensors)
         outs, detail, ok = {}, [], True
         for opts in (["--temperature", "0"], ["--temperature", "1", "--seed", "3"]):
             for cache in ([], ["--no-cache"]):

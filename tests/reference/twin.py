@@ -51,8 +51,9 @@ class Config:
         self.pos = p
         att = dict(cfg.get("attention") or {})
         self.attn_type = att.get("type", "softmax")
-        assert self.attn_type in ("softmax", "linear", "linear_cos", "linear_rope"), \
+        assert self.attn_type in ("softmax", "linear", "linear_cos", "linear_rope", "performer"), \
             f"twin: no attention {self.attn_type}"
+        self.n_features = int(att.get("n_features", 256))  # performer: random features M
         self.scale = att.get("scale", None)
         self.residual = bool(att.get("residual", False))  # RealFormer: carried scores
         if self.attn_type == "linear":
@@ -64,6 +65,10 @@ class Config:
             assert self.scale is None, "linear_cos attention takes no scale"
             assert self.pos_type in ("none", "rope") + ABSOLUTE, \
                 f"linear_cos attention does not serve position {self.pos_type}"
+        if self.attn_type == "performer":  # approximates softmax of the q, k it is given
+            assert self.scale is None, "performer attention takes no scale"
+            assert self.pos_type in ("none", "rope") + ABSOLUTE, \
+                f"performer attention does not serve position {self.pos_type}"
         if self.attn_type == "linear_rope":  # RoPE inside, on the numerator's features
             assert self.scale is None, "linear_rope attention takes no scale"
             assert self.pos_type == "rope", "linear_rope attention needs position rope"
@@ -116,6 +121,8 @@ def expected_shapes(cfg: dict):
             out[name + ".bias"] = [o]
 
     for S in c.stacks:
+        if c.attn_type == "performer":  # non-trainable buffer: the random features W [M, D]
+            out[S + "performer.features"] = [c.n_features, D]
         for i in range(c.n_layers):
             L = f"{S}layers.{i}."
             norm(L + "attn_norm")
@@ -317,6 +324,12 @@ def _attention(m: Model, S: str, L: str, kind: str, x: torch.Tensor, kv: torch.T
     ii = qpos[:, None]                               # query positions  [Tq, 1]
     jj = kpos[None, :]                               # key positions    [1, Tk]
 
+    if c.attn_type == "performer":
+        phi = favor_features(m.w[S + "performer.features"])
+        out = _linear_attention(q, k, v, (jj > ii) if causal else None, phi)
+        B, _, Tq, _ = out.shape
+        return _lin(m, P + "o", out.transpose(1, 2).reshape(B, Tq, H * D))
+
     if c.attn_type in ("linear", "linear_cos", "linear_rope"):
         rot = None
         if c.attn_type == "linear_rope" and pt == "rope":
@@ -410,6 +423,19 @@ def phi_cos(x: torch.Tensor) -> torch.Tensor:
     n = x.norm(dim=-1, keepdim=True)
     u = torch.where(n > 0, x / n.clamp_min(1e-300), torch.zeros_like(x))
     return torch.cat([torch.ones_like(x[..., :1]), u], dim=-1)
+
+
+def favor_features(W: torch.Tensor):
+    """Performer's FAVOR+ map with the model file's random features W [M, D] (the engine draws
+    them; the twin reads them): phi(x) = exp(W x' - |x'|^2 / 2) / sqrt(M), x' = x D^(-1/4).
+    E_W[phi(q).phi(k)] = exp(q.k / sqrt(D)). No stabiliser: it cancels, and float64 has range."""
+    W = W.to(DT)
+    M, D = W.shape
+
+    def phi(x):
+        xs = x * D ** -0.25
+        return torch.exp(xs @ W.T - (xs * xs).sum(-1, keepdim=True) / 2) / math.sqrt(M)
+    return phi
 
 
 def _linear_attention(q, k, v, masked, phi=phi_elu1, rot=None, qpos=None, kpos=None):
