@@ -83,8 +83,11 @@ nlohmann::json run_case(const CaseOpts& o) {
   }
   std::vector<ParamSpec> specs;
   att->declare(specs);
-  PF_CHECK(specs.empty(), "[bench] attention '", o.variant,
-           "' has parameters; bench attention runs parameter-free variants only");
+  for (const ParamSpec& s : specs)
+    PF_CHECK(s.buffer, "[bench] attention '", o.variant,
+             "' has parameters; bench attention runs parameter-free variants only");
+  ParamStore buffers;  // performer's random features (default n_features and seed)
+  att->init_buffers(buffers, 0);
   auto make_desc = [&](int64_t T, std::vector<float>& q, std::vector<float>& k,
                        std::vector<float>& v, std::vector<float>& out) {
     AttnDesc a;
@@ -100,6 +103,7 @@ nlohmann::json run_case(const CaseOpts& o) {
     a.scale = static_cast<float>(1.0 / std::sqrt(double(o.D)));
     a.causal = o.causal;
     a.self_attention = true;
+    a.params = &buffers;
     return a;
   };
   auto run_backward = [&](const AttnDesc& a, const AttnSaved& saved, std::vector<float>& dout,
