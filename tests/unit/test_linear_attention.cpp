@@ -388,6 +388,9 @@ struct VariantRow {
   const char* variant;
   const char* pos;
 };
+void PrintTo(const VariantRow& v, std::ostream* os) {
+  *os << v.variant << "/" << v.pos;
+}
 const VariantRow kVariants[] = {{"linear", "none"},
                                 {"linear_cos", "none"},
                                 {"linear_cos", "rope"},
