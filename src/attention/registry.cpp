@@ -109,6 +109,10 @@ std::unique_ptr<Attention> make_attention(const AttentionConfig& cfg, const Stac
   std::unique_ptr<Attention> a;
   if (cfg.type == "softmax") a = std::make_unique<SoftmaxAttention>(geom);
   if (cfg.type == "linear") a = make_linear_attention(geom);
+  if (cfg.type == "linear_cos") a = make_linear_cos_attention(geom);
+  if (cfg.type == "linear_rope") a = make_linear_rope_attention(geom, pe);
+  if (cfg.type == "performer")
+    a = make_performer_attention(geom, cfg.n_features, static_cast<uint64_t>(cfg.seed));
   if (!a) throw Error(str("[attention] unknown attention type \"", cfg.type, "\""));
   const AttentionCaps c = a->caps();
   auto refuse = [&](const char* what) {
@@ -118,7 +122,8 @@ std::unique_ptr<Attention> make_attention(const AttentionConfig& cfg, const Stac
   if (geom.causal && !c.causal) refuse("causal mask (decoder self-attention)");
   if (pe.adds_scores() && !c.score_hooks) refuse("relative score terms");
   if (pe.adds_values() && !c.value_hooks) refuse("relative value terms");
-  if (pe.rotary() && !c.rotary_outside) refuse("rotary positions applied to q and k");
+  if (pe.rotary() && !c.rotary_outside && !c.rotary_inside)
+    refuse("rotary positions applied to q and k");
   if (cfg.residual && !c.residual_scores)
     throw Error(
         str("[config] attention.residual (RealFormer) needs a score matrix to carry; "

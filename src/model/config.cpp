@@ -113,9 +113,14 @@ void validate_config(const ModelConfig& c) {
     PF_CHECK(std::isfinite(*c.attention.scale) && *c.attention.scale > 0,
              "[config] attention.scale must be a positive number, got ", *c.attention.scale);
   // linear attention has no scores to scale: a scale would silently do nothing, so it is refused
-  PF_CHECK(!(c.attention.scale && c.attention.type == "linear"),
-           "[config] attention.scale does not apply to attention type \"linear\" (phi(q) . phi(k) "
-           "has no score scale); remove it");
+  const bool linear_family = c.attention.type == "linear" || c.attention.type == "linear_cos" ||
+                             c.attention.type == "linear_rope" || c.attention.type == "performer";
+  check_range(c.attention.n_features, 1, 1 << 16, "attention.n_features");
+  check_range(c.attention.seed, 0, int64_t{1} << 53, "attention.seed");
+  check_range(c.attention.redraw_every, 0, int64_t{1} << 53, "attention.redraw_every");
+  PF_CHECK(!(c.attention.scale && linear_family), "[config] attention.scale does not apply to ",
+           "attention type \"", c.attention.type,
+           "\" (phi(q) . phi(k) has no score scale); remove it");
   if (c.head == Head::Lm && c.tie_embeddings) {
     // tied head: logits = h E^T; nothing else to check
   }
@@ -199,11 +204,20 @@ ModelConfig parse_config(const json& j) {
     PF_CHECK(a.is_object(),
              "[config] field 'attention' must be an object like {\"type\": \"softmax\"}, got ",
              a.dump());
-    refuse_unknown(a, {"type", "scale", "residual"}, "attention.");
-    c.attention.type = get_choice(a, "type", c.attention.type, {"softmax", "linear"}, "attention.");
+    refuse_unknown(a, {"type", "scale", "residual", "n_features", "seed", "redraw_every"},
+                   "attention.");
+    c.attention.type =
+        get_choice(a, "type", c.attention.type,
+                   {"softmax", "linear", "linear_cos", "linear_rope", "performer"}, "attention.");
     if (a.contains("scale") && !a.at("scale").is_null())
       c.attention.scale = get_num(a, "scale", 0.0, "attention.");
     c.attention.residual = get_bool(a, "residual", false, "attention.");
+    for (const char* f : {"n_features", "seed", "redraw_every"})
+      PF_CHECK(!a.contains(f) || c.attention.type == "performer", "[config] attention.", f,
+               " applies to attention type \"performer\" only, not \"", c.attention.type, "\"");
+    c.attention.n_features = get_int(a, "n_features", c.attention.n_features, "attention.");
+    c.attention.seed = get_int(a, "seed", c.attention.seed, "attention.");
+    c.attention.redraw_every = get_int(a, "redraw_every", c.attention.redraw_every, "attention.");
   }
   validate_config(c);
   return c;
@@ -245,6 +259,11 @@ json config_to_json(const ModelConfig& c) {
   json a = {{"type", c.attention.type}};
   if (c.attention.scale) a["scale"] = *c.attention.scale;
   if (c.attention.residual) a["residual"] = true;
+  if (c.attention.type == "performer") {
+    a["n_features"] = c.attention.n_features;
+    a["seed"] = c.attention.seed;
+    a["redraw_every"] = c.attention.redraw_every;
+  }
   return json{{"arch", c.arch.name()},
               {"d_model", c.d_model},
               {"n_layers", c.n_layers},

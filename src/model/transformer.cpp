@@ -94,8 +94,15 @@ void Transformer::declare_stack(const std::string& prefix, bool cross, const Pos
 
 Transformer Transformer::random_init(const ModelConfig& cfg, uint64_t seed) {
   Transformer m(cfg);
-  for (const ParamSpec& s : m.specs_) m.params_.add(s.name, init_param(s, seed));
+  for (const ParamSpec& s : m.specs_)
+    if (!s.buffer) m.params_.add(s.name, init_param(s, seed));
+  m.redraw_buffers(0);
   return m;
+}
+
+void Transformer::redraw_buffers(uint64_t draw) {
+  if (enc_attn_) enc_attn_->init_buffers(params_, draw);
+  if (dec_attn_) dec_attn_->init_buffers(params_, draw);
 }
 
 void Transformer::set_weights(const std::map<std::string, Tensor>& tensors,
@@ -213,6 +220,8 @@ AttnDesc Transformer::attn_desc(const Stack& st, bool self, const StackInput& in
   desc.q_pos0 = row0, desc.k_pos0 = self ? row0 : 0;
   if (self && !in.pos.is_run()) desc.q_ids = desc.k_ids = in.pos.ids;
   desc.key_len = self ? in.len : in.enc_len;
+  desc.self_attention = self;
+  desc.params = &params_;
   const float default_scale =
       self ? st.pe->default_scale(g.D) : static_cast<float>(1.0 / std::sqrt(double(g.D)));
   desc.scale = cfg_.attention.scale ? static_cast<float>(*cfg_.attention.scale) : default_scale;
@@ -246,7 +255,7 @@ void Transformer::attention_sublayer(const Stack& st, StackCall& c, int64_t l, b
     lin_fwd(a + ".k", kv_in, k, B * Tk, g.KD, d);
     lin_fwd(a + ".v", kv_in, v, B * Tk, g.KD, d);
   }
-  if (self && st.pe->rotary()) {
+  if (self && st.pe->rotary() && !st.attn->caps().rotary_inside) {
     st.pe->rotate(q, g.H, g.HD, c.in.pos);
     st.pe->rotate(k, g.Hkv, g.KD, c.in.pos);
   }

@@ -27,7 +27,8 @@ std::string lname(const std::string& prefix, int64_t l, const std::string& rest)
 
 ParamStore Transformer::zero_grads() const {
   ParamStore g;
-  for (const ParamSpec& s : specs_) g.add(s.name, Tensor(s.shape));
+  for (const ParamSpec& s : specs_)
+    if (!s.buffer) g.add(s.name, Tensor(s.shape));  // buffers have no gradient
   return g;
 }
 
@@ -163,7 +164,7 @@ void Transformer::attention_sublayer_backward(const Stack& st, StackGradCall& c,
   ag.dout = c.datt, ag.lddo = g.HD, ag.dq = c.dq, ag.dk = c.dk, ag.dv = c.dv;
   st.attn->backward(desc, *sp.saved, ag, hook.get());
   if (hook) hook->finish_backward(grads);
-  if (self && st.pe->rotary()) {  // q, k were rotated after projection
+  if (self && st.pe->rotary() && !st.attn->caps().rotary_inside) {  // rotated after projection
     st.pe->rotate_backward(c.dq, g.H, g.HD, c.tape.in.pos);
     st.pe->rotate_backward(c.dk, g.Hkv, g.KD, c.tape.in.pos);
   }

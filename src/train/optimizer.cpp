@@ -148,9 +148,10 @@ void validate(const AdamWConfig& c) {
            "[adamw] weight_decay must be finite and >= 0, got ", c.weight_decay);
 }
 
-AdamW::AdamW(const std::vector<ParamSpec>& specs, const AdamWConfig& cfg)
-    : specs_(specs), cfg_(cfg) {
+AdamW::AdamW(const std::vector<ParamSpec>& specs, const AdamWConfig& cfg) : cfg_(cfg) {
   validate(cfg);
+  for (const ParamSpec& s : specs)  // buffers are not trained: no moments, no decay, no update
+    if (!s.buffer) specs_.push_back(s);
   std::set<std::string> seen;
   for (const ParamSpec& s : specs_) {
     PF_CHECK(seen.insert(s.name).second, "[adamw] duplicate parameter '", s.name, "'");

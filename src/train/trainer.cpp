@@ -374,6 +374,11 @@ TrainResult run_training(TrainOptions o, const std::string& resume_ckpt,
       res.interrupted = true;
       break;
     }
+    // performer: fresh random features every redraw_every steps, drawn from (seed, step), so a
+    // resumed run (its checkpoint holds the features in use) continues exactly
+    const int64_t redraw = model.config().attention.redraw_every;
+    if (redraw > 0 && step > 0 && step % redraw == 0)
+      model.redraw_buffers(static_cast<uint64_t>(step));
     const double lr = lr_at(step, sched);
     if (grads_dirty)
       for (auto& [name, g] : grads.all()) std::memset(g.raw(), 0, g.nbytes());

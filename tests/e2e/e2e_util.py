@@ -62,6 +62,8 @@ def random_tensors(shapes: dict, seed: int, embed_std: float = 1.0) -> dict:
             t = n(shp, 0.5)
         elif name.endswith("rel_emb.weight"):
             t = n(shp, 1.0)
+        elif name.endswith("performer.features"):  # i.i.d. N(0, 1) rows: valid FAVOR+ features
+            t = n(shp, 1.0)
         elif name.endswith(".weight") and len(shp) == 2:
             gain = 1.0
             if re.search(r"\.(q|k)\.weight$", name):

@@ -180,6 +180,32 @@ def all_cases():
         make_case("linear_post_rms_swiglu_untied.seq2seq", "seq2seq",
                   dict(lin, norm_position="post", **rsw), pos="learned", seed=439),
     ]
+    # linear_cos (RoPE outside, absolute schemes) and linear_rope (RoPE inside the numerator)
+    cos, lr = {"attention": {"type": "linear_cos"}}, {"attention": {"type": "linear_rope"}}
+    cases += [
+        make_case("linear_cos_rope.clm", "clm", cos, pos="rope", seed=440),
+        make_case("linear_cos_learned.mlm", "mlm", cos, pos="learned", seed=441),
+        make_case("linear_cos_none.seq2seq", "seq2seq", cos, pos="none", seed=442),
+        make_case("linear_cos_gqa2_rope_long.clm", "clm", dict(cos, n_kv_heads=2, max_len=80),
+                  pos="rope", seed=443, T=70),
+        make_case("linear_rope.clm", "clm", lr, pos="rope", seed=444),
+        make_case("linear_rope.mlm", "mlm", lr, pos="rope", seed=445),
+        make_case("linear_rope.seq2seq", "seq2seq", lr, pos="rope", seed=446),
+        make_case("linear_rope_gqa1_long.clm", "clm", dict(lr, n_kv_heads=1, max_len=80),
+                  pos="rope", seed=447, T=70),
+        make_case("linear_rope_half_R4_long.seq2seq", "seq2seq", dict(lr, max_len=80),
+                  pos="rope", seed=448, T=66, S=70),
+    ]
+    cases[-1]["cfg"]["position"].update({"layout": "half", "rotary_dim": 4})
+    # performer: W is a buffer (no gradient, AdamW leaves it); the engine's W from the file
+    pf = {"attention": {"type": "performer", "n_features": 12, "seed": 4}}
+    cases += [
+        make_case("performer_none.clm", "clm", pf, pos="none", seed=449),
+        make_case("performer_rope.mlm", "mlm", pf, pos="rope", seed=450),
+        make_case("performer_learned.seq2seq", "seq2seq", pf, pos="learned", seed=451),
+        make_case("performer_gqa2_sinusoidal_long.clm", "clm",
+                  dict(pf, n_kv_heads=2, max_len=80), pos="sinusoidal", seed=452, T=70),
+    ]
     return cases
 
 
@@ -315,6 +341,8 @@ def engine_vs_finite_diff(mdir, batch, eg, seed):
     out, norm = {}, {}
     with torch.no_grad():
         for n in sorted(w):
+            if grad_twin.is_buffer(n):  # not a parameter: no gradient to check
+                continue
             u = torch.randn(w[n].shape, generator=gen, dtype=torch.float64)
             u /= u.norm()
             vals = []
@@ -348,11 +376,15 @@ def run_case(cli, case, work, tol, loss_tol):
         raise Failure(f"init failed rc={rc}: {(out + err).strip()[-400:]}")
     st_path = os.path.join(mdir, "model.safetensors")
     want = twin.expected_shapes(cfg)
-    got = {k: list(v.shape) for k, v in safetensors_io.load_tensors(st_path).items()}
+    written = safetensors_io.load_tensors(st_path)
+    got = {k: list(v.shape) for k, v in written.items()}
     if got != want:
         raise Failure(f"init tensors differ from docs: missing {sorted(set(want) - set(got))} "
                       f"extra {sorted(set(got) - set(want))}")
     tensors = random_tensors(want, case["seed"] * 7919)
+    for k in want:  # performer: the engine's own random features (drawn by init)
+        if grad_twin.is_buffer(k):
+            tensors[k] = written[k]
     safetensors_io.save(st_path, tensors)
     batch = make_batch(case)
     batch_path = os.path.join(d, "batch.json")

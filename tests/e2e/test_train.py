@@ -260,7 +260,40 @@ def t_objectives():
         assert p.returncode != 0 and "objective clm" in p.stderr, p.stderr
 
 
+def t_performer_redraw_resume():
+    """performer with attention.redraw_every: W is redrawn from (seed, step) during training and
+    saved in checkpoints, so a run stopped and resumed (before and across redraws) gives the
+    uninterrupted run's losses bit for bit; the redraws really change the run; W is a buffer
+    that `info` lists and parameter counts leave out."""
+    cfg = {"arch": "decoder", "d_model": 32, "n_layers": 2, "n_heads": 4, "d_ff": 64,
+           "vocab_size": 260, "max_len": 128, "position": {"type": "rope"},
+           "attention": {"type": "performer", "n_features": 16, "seed": 7, "redraw_every": 3}}
+    redraw = write(os.path.join(W, "performer_redraw.json"), json.dumps(cfg))
+    cfg["attention"]["redraw_every"] = 0
+    fixed = write(os.path.join(W, "performer_fixed.json"), json.dumps(cfg))
+    common = [a for a in COMMON if a != CFG and a != "--config"]
+    a, b, c = (os.path.join(W, n) for n in ("pf_full", "pf_split", "pf_fixed"))
+    run("train", "--config", redraw, *common, "--steps", 11, "--ckpt-every", 4, "--out", a)
+    run("train", "--config", redraw, *common, "--steps", 11, "--ckpt-every", 4, "--out", b,
+        "--stop-after", 5)
+    assert len(losses(b)) == 5, losses(b)
+    run("train", "--resume", b, "--quiet")
+    la, lb = losses(a), losses(b)
+    assert len(la) == 11 and la == lb, f"losses differ:\n{la}\n{lb}"
+    run("train", "--config", fixed, *common, "--steps", 11, "--ckpt-every", 4, "--out", c)
+    lc = losses(c)
+    assert lc[:3] == la[:3], f"the first 3 steps use the initial W in both:\n{la}\n{lc}"
+    assert lc[3:] != la[3:], "redraw_every 3 changed nothing"
+    m = os.path.join(W, "pf_model")
+    run("init", "--config", redraw, "--out", m)
+    p = run("info", m)
+    assert "decoder.performer.features [16, 8] (not trained)" in p.stdout, p.stdout
+    assert "redraw every 3" in p.stdout, p.stdout
+
+
 check("resume reproduces the uninterrupted losses bit for bit", t_resume_exact)
+check("performer: redraws of W every 3 steps, resume reproduces the losses bit for bit",
+      t_performer_redraw_resume)
 check("kill -9 at random moments (also mid-checkpoint), resume, same losses", t_kill9)
 check("bad inputs give clear errors", t_bad_inputs)
 check("eval per length, generate (cache == no cache == stream), plot", t_eval_generate_plot)

@@ -234,6 +234,44 @@ def all_cases():
     V.append(make_case("linear_post_ln_rms_swiglu_nobias.encoder",
                        dict(lin, **rsw, arch="encoder", norm_position="post", n_kv_heads=2),
                        64, 7, pos="none", seed=266))
+    # linear_cos (RoPE outside and absolute schemes) and linear_rope (RoPE inside, numerator only)
+    cos = {"attention": {"type": "linear_cos"}}
+    V.append(make_case("linear_cos_rope.decoder", dict(cos, arch="decoder"), 130, 7, pos="rope",
+                       seed=267))
+    V.append(make_case("linear_cos_none.encoder", dict(cos, arch="encoder"), 65, 0, pos="none",
+                       seed=268))
+    V.append(make_case("linear_cos_learned.encoder_decoder", dict(cos, arch="encoder_decoder"),
+                       70, 7, 66, pos="learned", seed=269))
+    V.append(make_case("linear_cos_gqa2_sinusoidal.decoder",
+                       dict(cos, arch="decoder", n_kv_heads=2), 90, 100, pos="sinusoidal",
+                       seed=270))
+    V.append(make_case("linear_cos_gqa1_rope.encoder_decoder",
+                       dict(cos, arch="encoder_decoder", n_kv_heads=1), 50, 7, 70, pos="rope",
+                       seed=271))
+    lr = {"attention": {"type": "linear_rope"}}
+    V.append(make_case("linear_rope.decoder", dict(lr, arch="decoder"), 130, 7, pos="rope",
+                       seed=272))
+    V.append(make_case("linear_rope.encoder", dict(lr, arch="encoder"), 65, 0, pos="rope",
+                       seed=273))
+    V.append(make_case("linear_rope.encoder_decoder", dict(lr, arch="encoder_decoder"),
+                       70, 7, 66, pos="rope", seed=274))
+    V.append(make_case("linear_rope_gqa2_half_R4.decoder",
+                       dict(lr, arch="decoder", n_kv_heads=2), 90, 100, pos="rope", seed=275))
+    V[-1]["cfg"]["position"].update({"layout": "half", "rotary_dim": 4})
+    V.append(make_case("linear_rope_gqa1_post_rms_swiglu.encoder",
+                       dict(lr, **rsw, arch="encoder", norm_position="post", n_kv_heads=1),
+                       64, 7, pos="rope", seed=276))
+    # performer (FAVOR+): the engine's W from the model file; RoPE outside and absolute schemes
+    pf = {"attention": {"type": "performer", "n_features": 24, "seed": 3}}
+    V.append(make_case("performer_none.decoder", dict(pf, arch="decoder"), 130, 7, pos="none",
+                       seed=277))
+    V.append(make_case("performer_rope.encoder", dict(pf, arch="encoder"), 65, 0, pos="rope",
+                       seed=278))
+    V.append(make_case("performer_learned.encoder_decoder", dict(pf, arch="encoder_decoder"),
+                       70, 7, 66, pos="learned", seed=279))
+    V.append(make_case("performer_M256_gqa2_rope.decoder",
+                       {"attention": {"type": "performer"}, "arch": "decoder", "n_kv_heads": 2},
+                       90, 100, pos="rope", seed=280))
     return cases + V
 
 
@@ -281,6 +319,9 @@ def run_case(cli, case, work, tol):
     if twin.expected_shapes(back) != want:
         raise Failure("config.json written back by init describes different tensors")
     tensors = random_tensors(want, case["seed"] * 7919)
+    for k in want:  # performer: the engine's own random features (drawn by init), not the RNG's
+        if k.endswith("performer.features"):
+            tensors[k] = written[k]
     safetensors_io.save(st_path, tensors)
 
     g = torch.Generator().manual_seed(case["seed"])
@@ -382,17 +423,36 @@ def check_linear_cli(cli, work):
     _, rc, msg = init("refuse_scale", dict(lin, attention={"type": "linear", "scale": 0.5}))
     ok = rc != 0 and "attention.scale" in msg and "linear" in msg
     results.append(("refuse.linear_with_scale", ok, f"rc={rc} msg: {msg[:200]}"))
+    for variant, refused in (("linear_cos", ("alibi", "t5", "shaw", "xl", "deberta")),
+                             ("linear_rope", ("none", "learned", "sinusoidal", "alibi", "t5"))):
+        for pos in refused:
+            _, rc, msg = init(f"refuse_{variant}_{pos}",
+                              dict(lin, attention={"type": variant}, position={"type": pos}))
+            ok = rc != 0 and f"'{variant}'" in msg and f"'{pos}'" in msg
+            results.append((f"refuse.{variant}_with_{pos}", ok, f"rc={rc} msg: {msg[:200]}"))
+        _, rc, msg = init(f"refuse_{variant}_scale",
+                          dict(lin, attention={"type": variant, "scale": 0.5},
+                               position={"type": "rope"}))
+        ok = rc != 0 and "attention.scale" in msg and variant in msg
+        results.append((f"refuse.{variant}_with_scale", ok, f"rc={rc} msg: {msg[:200]}"))
 
-    for arch in ("decoder", "encoder_decoder"):
-        cfg = dict(BASE, arch=arch, vocab_size=260, n_kv_heads=2, position={"type": "sinusoidal"},
-                   attention={"type": "linear"})
-        name = f"generate.linear_{arch}"
+    gens = [(arch, "linear", "sinusoidal") for arch in ("decoder", "encoder_decoder")]
+    gens += [(arch, v, "rope") for v in ("linear_cos", "linear_rope", "performer")
+             for arch in ("decoder", "encoder_decoder")]
+    for arch, variant, pos in gens:
+        cfg = dict(BASE, arch=arch, vocab_size=260, n_kv_heads=2, position={"type": pos},
+                   attention={"type": variant})
+        name = f"generate.{variant}_{arch}"
         mdir, rc, msg = init(name, cfg)
         if rc != 0:
             results.append((name, False, f"init failed: {msg[-300:]}"))
             continue
         st = os.path.join(mdir, "model.safetensors")
-        safetensors_io.save(st, random_tensors(twin.expected_shapes(cfg), 4242))
+        tensors = random_tensors(twin.expected_shapes(cfg), 4242)
+        for k, t in safetensors_io.load_tensors(st).items():  # performer: the engine's W
+            if k.endswith("performer.features"):
+                tensors[k] = t
+        safetensors_io.save(st, tensors)
         outs, detail, ok = {}, [], True
         for opts in (["--temperature", "0"], ["--temperature", "1", "--seed", "3"]):
             for cache in ([], ["--no-cache"]):

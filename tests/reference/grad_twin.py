@@ -17,7 +17,8 @@ ignore_index=-1, reduction="mean").
 
 AdamW: torch.optim.AdamW (float64, amsgrad=False) with two parameter groups: decay (weight
 matrices, embeddings, position tables) and no-decay (norm weights / biases and every `.bias`
-tensor, including DeBERTa's pos_q / pos_k biases), see is_decay(). The step counter and the
+tensor, including DeBERTa's pos_q / pos_k biases), see is_decay(); buffers (is_buffer:
+performer's random features) are not parameters at all. The step counter and the
 learning rate are the same for both groups; the loss is recorded before each step.
 """
 import json
@@ -47,6 +48,11 @@ def is_decay(name: str) -> bool:
     return True
 
 
+def is_buffer(name: str) -> bool:
+    """Non-trainable buffers (performer's random features): no gradient, no AdamW, no decay."""
+    return name.endswith("performer.features")
+
+
 def load_model(model_dir: str):
     with open(os.path.join(model_dir, "config.json")) as f:
         cfg = json.load(f)
@@ -57,8 +63,9 @@ def load_model(model_dir: str):
 def make_leaves(model) -> dict:
     """Replaces model.w by float64 leaf tensors with requires_grad (same values); returns them.
     twin.py reads every weight through model.w, so autograd sees all parameters."""
-    leaves = {n: t.detach().to(DT).clone().requires_grad_(True) for n, t in model.w.items()}
-    model.w = leaves
+    leaves = {n: t.detach().to(DT).clone().requires_grad_(True) for n, t in model.w.items()
+              if not is_buffer(n)}
+    model.w = dict(model.w, **leaves)   # buffers stay plain tensors
     return leaves
 
 
@@ -89,9 +96,9 @@ def loss_of(model, batch: dict) -> torch.Tensor:
 def loss_and_grads(model, batch: dict):
     """Returns (loss float, dict name -> float64 gradient) at the model's current weights.
     Calls make_leaves when model.w are not leaves with requires_grad yet."""
-    if not all(t.requires_grad and t.is_leaf for t in model.w.values()):
+    if not all(t.requires_grad and t.is_leaf for n, t in model.w.items() if not is_buffer(n)):
         make_leaves(model)
-    names = sorted(model.w)
+    names = sorted(n for n in model.w if not is_buffer(n))
     loss = loss_of(model, batch)
     gs = torch.autograd.grad(loss, [model.w[n] for n in names], allow_unused=True)
     grads = {}

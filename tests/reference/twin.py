@@ -1,6 +1,7 @@
 """PyTorch twin of the posformer forward pass, written from SPEC.md (sections 1, 2, 3, 5, 6),
 docs/config.md and docs/checkpoint-format.md only. Everything is computed in float64.
-Attention: `softmax` (exact) and `linear` (SPEC.md 6: phi(q) . phi(k) with phi = elu + 1,
+Attention: `softmax` (exact), `linear_cos` (phi = [1, x/|x|]), `linear_rope` (RoPE on the
+numerator's features only) and `linear` (SPEC.md 6: phi(q) . phi(k) with phi = elu + 1,
 evaluated as the whole masked [Tq, Tk] weight matrix, normalised per row).
 
     model = build(config_dict, tensors)          # tensors: name -> torch.Tensor
@@ -50,7 +51,9 @@ class Config:
         self.pos = p
         att = dict(cfg.get("attention") or {})
         self.attn_type = att.get("type", "softmax")
-        assert self.attn_type in ("softmax", "linear"), f"twin: no attention {self.attn_type}"
+        assert self.attn_type in ("softmax", "linear", "linear_cos", "linear_rope", "performer"), \
+            f"twin: no attention {self.attn_type}"
+        self.n_features = int(att.get("n_features", 256))  # performer: random features M
         self.scale = att.get("scale", None)
         self.residual = bool(att.get("residual", False))  # RealFormer: carried scores
         if self.attn_type == "linear":
@@ -58,6 +61,17 @@ class Config:
             assert self.scale is None, "linear attention takes no scale"
             assert self.pos_type in ("none",) + ABSOLUTE, \
                 f"linear attention does not serve position {self.pos_type}"
+        if self.attn_type == "linear_cos":  # rotations keep the cosine: RoPE outside is fine
+            assert self.scale is None, "linear_cos attention takes no scale"
+            assert self.pos_type in ("none", "rope") + ABSOLUTE, \
+                f"linear_cos attention does not serve position {self.pos_type}"
+        if self.attn_type == "performer":  # approximates softmax of the q, k it is given
+            assert self.scale is None, "performer attention takes no scale"
+            assert self.pos_type in ("none", "rope") + ABSOLUTE, \
+                f"performer attention does not serve position {self.pos_type}"
+        if self.attn_type == "linear_rope":  # RoPE inside, on the numerator's features
+            assert self.scale is None, "linear_rope attention takes no scale"
+            assert self.pos_type == "rope", "linear_rope attention needs position rope"
         self.H = self.n_heads
         self.Hkv = self.n_kv_heads if self.n_kv_heads else self.n_heads
         self.d = self.d_model
@@ -107,6 +121,8 @@ def expected_shapes(cfg: dict):
             out[name + ".bias"] = [o]
 
     for S in c.stacks:
+        if c.attn_type == "performer":  # non-trainable buffer: the random features W [M, D]
+            out[S + "performer.features"] = [c.n_features, D]
         for i in range(c.n_layers):
             L = f"{S}layers.{i}."
             norm(L + "attn_norm")
@@ -297,7 +313,7 @@ def _attention(m: Model, S: str, L: str, kind: str, x: torch.Tensor, kv: torch.T
     v = _split(_lin(m, P + "v", kv), Hkv, D)
     is_self = kind == "attn"
     pt = c.pos_type if is_self else "none"
-    if pt == "rope":
+    if pt == "rope" and c.attn_type != "linear_rope":
         R = c.pos["rotary_dim"] or D
         q = rope_rotate(q, qpos, R, c.pos["base"], c.pos["layout"])
         k = rope_rotate(k, kpos, R, c.pos["base"], c.pos["layout"])
@@ -308,8 +324,19 @@ def _attention(m: Model, S: str, L: str, kind: str, x: torch.Tensor, kv: torch.T
     ii = qpos[:, None]                               # query positions  [Tq, 1]
     jj = kpos[None, :]                               # key positions    [1, Tk]
 
-    if c.attn_type == "linear":
-        out = _linear_attention(q, k, v, (jj > ii) if causal else None)
+    if c.attn_type == "performer":
+        phi = favor_features(m.w[S + "performer.features"])
+        out = _linear_attention(q, k, v, (jj > ii) if causal else None, phi)
+        B, _, Tq, _ = out.shape
+        return _lin(m, P + "o", out.transpose(1, 2).reshape(B, Tq, H * D))
+
+    if c.attn_type in ("linear", "linear_cos", "linear_rope"):
+        rot = None
+        if c.attn_type == "linear_rope" and pt == "rope":
+            R = c.pos["rotary_dim"] or D
+            rot = lambda x, p: rope_rotate(x, p, R, c.pos["base"], c.pos["layout"])  # noqa: E731
+        phi = phi_cos if c.attn_type == "linear_cos" else phi_elu1
+        out = _linear_attention(q, k, v, (jj > ii) if causal else None, phi, rot, qpos, kpos)
         B, _, Tq, _ = out.shape
         return _lin(m, P + "o", out.transpose(1, 2).reshape(B, Tq, H * D))
 
@@ -391,14 +418,38 @@ def phi_elu1(x: torch.Tensor) -> torch.Tensor:
     return F.elu(x) + 1.0
 
 
-def _linear_attention(q, k, v, masked):
+def phi_cos(x: torch.Tensor) -> torch.Tensor:
+    """linear_cos's feature map [1, x/|x|] (phi(q).phi(k) = 1 + cos(q, k)); [1, 0..] at x = 0."""
+    n = x.norm(dim=-1, keepdim=True)
+    u = torch.where(n > 0, x / n.clamp_min(1e-300), torch.zeros_like(x))
+    return torch.cat([torch.ones_like(x[..., :1]), u], dim=-1)
+
+
+def favor_features(W: torch.Tensor):
+    """Performer's FAVOR+ map with the model file's random features W [M, D] (the engine draws
+    them; the twin reads them): phi(x) = exp(W x' - |x'|^2 / 2) / sqrt(M), x' = x D^(-1/4).
+    E_W[phi(q).phi(k)] = exp(q.k / sqrt(D)). No stabiliser: it cancels, and float64 has range."""
+    W = W.to(DT)
+    M, D = W.shape
+
+    def phi(x):
+        xs = x * D ** -0.25
+        return torch.exp(xs @ W.T - (xs * xs).sum(-1, keepdim=True) / 2) / math.sqrt(M)
+    return phi
+
+
+def _linear_attention(q, k, v, masked, phi=phi_elu1, rot=None, qpos=None, kpos=None):
     """q [B, H, Tq, D], k, v [B, H, Tk, D] (kv heads already repeated); masked [Tq, Tk] bool
-    (True = key not visible) or None. o_i = sum_j w_ij v_j / sum_j w_ij, w_ij = phi(q_i).phi(k_j)
-    over the visible keys: the definition of SPEC.md 6 with S and z expanded."""
-    w = phi_elu1(q) @ phi_elu1(k).transpose(-1, -2)              # [B, H, Tq, Tk], > 0
+    (True = key not visible) or None. o_i = sum_j wn_ij v_j / sum_j wd_ij over the visible keys,
+    wd_ij = phi(q_i).phi(k_j), wn_ij = (R_i phi(q_i)).(R_j phi(k_j)) with rot(x, pos) = R (Su's
+    RoPE for linear attention, numerator only), else wn = wd: SPEC.md 6 with S and z expanded."""
+    a, c = phi(q), phi(k)
+    wd = a @ c.transpose(-1, -2)                                  # [B, H, Tq, Tk]
+    wn = wd if rot is None else rot(a, qpos) @ rot(c, kpos).transpose(-1, -2)
     if masked is not None:
-        w = w.masked_fill(masked[None, None], 0.0)
-    return (w @ v) / w.sum(-1, keepdim=True)
+        wd = wd.masked_fill(masked[None, None], 0.0)
+        wn = wn.masked_fill(masked[None, None], 0.0)
+    return (wn @ v) / wd.sum(-1, keepdim=True)
 
 
 def _stack(m: Model, S: str, tokens: torch.Tensor, pos0: int, causal: bool, enc=None):

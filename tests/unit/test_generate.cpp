@@ -171,15 +171,16 @@ TEST(AttentionRegistry, UnknownTypeIsNamed) {
   EXPECT_EQ(make_attention(ac, g, *pe)->name(), "softmax");
 }
 
-// Linear attention decodes through its recurrent state (S, z per kv head): greedy generation
-// with the state equals recomputing the whole sequence each step, for every absolute scheme,
+// The linear family decodes through its recurrent state (S, z per kv head): generation with the
+// state equals recomputing the whole sequence each step, for every scheme each variant serves,
 // with grouped-query heads, in decoders and encoder-decoders (cross-attention: non-causal).
 class LinearCachedGreedy
-    : public ::testing::TestWithParam<std::tuple<std::string, std::string, int64_t>> {};
+    : public ::testing::TestWithParam<std::tuple<std::string, std::string, std::string, int64_t>> {
+};
 
 TEST_P(LinearCachedGreedy, EqualsFullRecompute) {
-  const auto& [arch, pos, kv] = GetParam();
-  Transformer m = make_model(arch, pos, kv, "linear");
+  const auto& [variant, arch, pos, kv] = GetParam();
+  Transformer m = make_model(arch, pos, kv, variant);
   ASSERT_EQ(m.attention(true)->caps().decode, DecodeKind::Recurrent);
   std::vector<int32_t> prompt = {3, 14, 15, 9, 26}, src = {5, 3, 5, 8, 9, 7, 9};
   const std::vector<int32_t>* sp = arch == "encoder_decoder" ? &src : nullptr;
@@ -199,46 +200,62 @@ TEST_P(LinearCachedGreedy, EqualsFullRecompute) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(All, LinearCachedGreedy,
-                         ::testing::Combine(::testing::Values("decoder", "encoder_decoder"),
-                                            ::testing::Values("none", "learned", "sinusoidal",
-                                                              "sinusoidal_half"),
+auto linear_case_name = [](const auto& i) {
+  return std::get<0>(i.param) + "_" + std::get<1>(i.param) + "_" + std::get<2>(i.param) + "_kv" +
+         std::to_string(std::get<3>(i.param));
+};
+INSTANTIATE_TEST_SUITE_P(
+    All, LinearCachedGreedy,
+    ::testing::Combine(::testing::Values("linear"), ::testing::Values("decoder", "encoder_decoder"),
+                       ::testing::Values("none", "learned", "sinusoidal", "sinusoidal_half"),
+                       ::testing::Values(int64_t{0}, int64_t{2}, int64_t{1})),
+    linear_case_name);
+INSTANTIATE_TEST_SUITE_P(Cos, LinearCachedGreedy,
+                         ::testing::Combine(::testing::Values("linear_cos"),
+                                            ::testing::Values("decoder", "encoder_decoder"),
+                                            ::testing::Values("rope", "learned"),
+                                            ::testing::Values(int64_t{0}, int64_t{1})),
+                         linear_case_name);
+INSTANTIATE_TEST_SUITE_P(Rope, LinearCachedGreedy,
+                         ::testing::Combine(::testing::Values("linear_rope"),
+                                            ::testing::Values("decoder", "encoder_decoder"),
+                                            ::testing::Values("rope"),
                                             ::testing::Values(int64_t{0}, int64_t{2}, int64_t{1})),
-                         [](const auto& i) {
-                           return std::get<0>(i.param) + "_" + std::get<1>(i.param) + "_kv" +
-                                  std::to_string(std::get<2>(i.param));
-                         });
+                         linear_case_name);
 
 // The logits of every step, with a prefill longer than the kernel's 64-row chunk and then one
 // token at a time, equal the full forward's.
 TEST(CachedDecoding, LinearLogitsMatchFullForwardAtEveryStep) {
-  for (const char* arch : {"decoder", "encoder_decoder"}) {
-    Transformer m = make_model(arch, "sinusoidal", 2, "linear", 256);
-    std::vector<int32_t> seq;
-    for (int32_t t = 0; t < 100; ++t) seq.push_back((t * 7 + 3) % 40);
-    TokenBatch src{{4, 8, 15, 16, 23, 42 % 40, 1, 2, 3}};
-    ForwardOptions fo;
-    if (arch[0] == 'e') fo.src = &src;
-    auto full = m.forward(TokenBatch{seq}, fo);
-    KVCache c = m.start_cache(1, 120, fo.src);
-    const int64_t prefill = 70;
-    auto first =
-        m.forward_cached(TokenBatch{std::vector<int32_t>(seq.begin(), seq.begin() + prefill)}, c);
-    double worst = 0;
-    for (int64_t t = 0; t < prefill; ++t)
-      for (int64_t v = 0; v < 40; ++v)
-        worst = std::max(worst, double(std::fabs(first.logits.data<float>()[t * 40 + v] -
-                                                 full.logits.data<float>()[t * 40 + v])));
-    for (int64_t t = prefill; t < 100; ++t) {
-      auto r = m.forward_cached(TokenBatch{{seq[t]}}, c);
-      for (int64_t v = 0; v < 40; ++v)
-        worst = std::max(worst, double(std::fabs(r.logits.data<float>()[v] -
-                                                 full.logits.data<float>()[t * 40 + v])));
+  for (const auto& [variant, pos] :
+       {std::pair{"linear", "sinusoidal"}, {"linear_cos", "rope"}, {"linear_rope", "rope"}})
+    for (const char* arch : {"decoder", "encoder_decoder"}) {
+      SCOPED_TRACE(variant);
+      Transformer m = make_model(arch, pos, 2, variant, 256);
+      std::vector<int32_t> seq;
+      for (int32_t t = 0; t < 100; ++t) seq.push_back((t * 7 + 3) % 40);
+      TokenBatch src{{4, 8, 15, 16, 23, 42 % 40, 1, 2, 3}};
+      ForwardOptions fo;
+      if (arch[0] == 'e') fo.src = &src;
+      auto full = m.forward(TokenBatch{seq}, fo);
+      KVCache c = m.start_cache(1, 120, fo.src);
+      const int64_t prefill = 70;
+      auto first =
+          m.forward_cached(TokenBatch{std::vector<int32_t>(seq.begin(), seq.begin() + prefill)}, c);
+      double worst = 0;
+      for (int64_t t = 0; t < prefill; ++t)
+        for (int64_t v = 0; v < 40; ++v)
+          worst = std::max(worst, double(std::fabs(first.logits.data<float>()[t * 40 + v] -
+                                                   full.logits.data<float>()[t * 40 + v])));
+      for (int64_t t = prefill; t < 100; ++t) {
+        auto r = m.forward_cached(TokenBatch{{seq[t]}}, c);
+        for (int64_t v = 0; v < 40; ++v)
+          worst = std::max(worst, double(std::fabs(r.logits.data<float>()[v] -
+                                                   full.logits.data<float>()[t * 40 + v])));
+      }
+      EXPECT_LT(worst, 1e-4) << arch;
+      EXPECT_EQ(c.len, 100);
+      for (const auto& s : c.self) EXPECT_EQ(s->length(), 100);
     }
-    EXPECT_LT(worst, 1e-4) << arch;
-    EXPECT_EQ(c.len, 100);
-    for (const auto& s : c.self) EXPECT_EQ(s->length(), 100);
-  }
 }
 
 // The recurrent state's memory is fixed: S [D, D] + z [D] per kv head and layer, whatever the

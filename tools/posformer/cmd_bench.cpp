@@ -70,7 +70,7 @@ nlohmann::json run_case(const CaseOpts& o) {
   PF_CHECK(o.H % Hkv == 0, "[bench] --kv-heads ", Hkv, " must divide --heads ", o.H);
   const StackGeom geom{"bench.", 1, o.H * o.D, o.H, Hkv, o.D, o.T, o.causal, false};
   PositionConfig pc;
-  pc.type = "none";
+  pc.type = o.variant == "linear_rope" ? "rope" : "none";  // linear_rope rotates inside
   auto pe = make_position_encoding(pc, geom);
   AttentionConfig ac;
   ac.type = o.variant;
@@ -83,8 +83,11 @@ nlohmann::json run_case(const CaseOpts& o) {
   }
   std::vector<ParamSpec> specs;
   att->declare(specs);
-  PF_CHECK(specs.empty(), "[bench] attention '", o.variant,
-           "' has parameters; bench attention runs parameter-free variants only");
+  for (const ParamSpec& s : specs)
+    PF_CHECK(s.buffer, "[bench] attention '", o.variant,
+             "' has parameters; bench attention runs parameter-free variants only");
+  ParamStore buffers;  // performer's random features (default n_features and seed)
+  att->init_buffers(buffers, 0);
   auto make_desc = [&](int64_t T, std::vector<float>& q, std::vector<float>& k,
                        std::vector<float>& v, std::vector<float>& out) {
     AttnDesc a;
@@ -99,6 +102,8 @@ nlohmann::json run_case(const CaseOpts& o) {
     a.q = q.data(), a.k = k.data(), a.v = v.data(), a.out = out.data();
     a.scale = static_cast<float>(1.0 / std::sqrt(double(o.D)));
     a.causal = o.causal;
+    a.self_attention = true;
+    a.params = &buffers;
     return a;
   };
   auto run_backward = [&](const AttnDesc& a, const AttnSaved& saved, std::vector<float>& dout,

@@ -35,9 +35,14 @@ Command add_info(CLI::App& root) {
             std::printf("\nattention  %s%s", m.attention(c.has_decoder())->name().c_str(),
                         c.attention.residual ? ", residual (RealFormer)" : "");
             if (c.attention.scale) std::printf(", scale %g", *c.attention.scale);
+            if (c.attention.type == "performer")
+              std::printf(", %lld features, seed %lld, redraw every %lld",
+                          (long long)c.attention.n_features, (long long)c.attention.seed,
+                          (long long)c.attention.redraw_every);
             std::printf("\n");
             std::map<std::string, int64_t> per;
-            for (const auto& s : m.param_specs()) per[s.component] += shape_numel(s.shape);
+            for (const auto& s : m.param_specs())
+              if (!s.buffer) per[s.component] += shape_numel(s.shape);
             const int64_t total = count_parameters(m.param_specs());
             std::printf("\n%-12s %14s %8s\n", "component", "parameters", "share");
             for (const char* k : {"embedding", "position", "attention", "ffn", "norm", "head"}) {
@@ -46,6 +51,10 @@ Command add_info(CLI::App& root) {
             }
             std::printf("%-12s %14lld\n", "total", (long long)total);
             std::printf("fp32 size  %.2f MiB\n", total * 4.0 / (1 << 20));
+            for (const auto& s : m.param_specs())  // non-trainable, saved with the weights
+              if (s.buffer)
+                std::printf("buffer     %s %s (not trained)\n", s.name.c_str(),
+                            shape_str(s.shape).c_str());
             return 0;
           }};
 }

@@ -57,7 +57,8 @@ void add_threads_option(CLI::App* app, int& threads) {
 
 int64_t count_parameters(const std::vector<ParamSpec>& specs) {
   int64_t n = 0;
-  for (const auto& s : specs) n += shape_numel(s.shape);
+  for (const auto& s : specs)
+    if (!s.buffer) n += shape_numel(s.shape);  // trainable only
   return n;
 }
 
@@ -98,7 +99,9 @@ void check_model_memory(const std::string& cmd, const ModelConfig& c, ModelUse u
   if (g.force) return;
   if (!avail) avail = available_memory();
   if (!avail) return;  // neither /proc/meminfo nor a cgroup limit readable: nothing to compare
-  const int64_t n = count_parameters(c);
+  int64_t n = 0;       // every stored tensor: parameters and buffers (performer's features)
+  const Transformer shape_only(c);  // declares, allocates nothing
+  for (const auto& s : shape_only.param_specs()) n += shape_numel(s.shape);
   const double weights = 4.0 * static_cast<double>(n);
   double need = 0;
   std::string lead = "needs", what;

@@ -161,6 +161,12 @@ struct AttnDesc {
     return {klo - qhi, khi - qlo};
   }
   const ScoreHook* hook = nullptr;
+  // Self-attention (keys at the queries' sequence positions, where the position scheme applies);
+  // false for cross-attention. A variant that rotates inside (caps().rotary_inside) reads it.
+  bool self_attention = false;
+  // The model's weights and buffers, for variants that read buffers (performer's random
+  // features); null where a variant needs none.
+  const class ParamStore* params = nullptr;
   float* probs = nullptr;  // optional [B, H, Tq, Tk]: forward stores P here (training)
 };
 

@@ -40,6 +40,9 @@ struct AttentionCaps {
   bool score_hooks = true;     // relative schemes adding score terms (ALiBi, T5, Shaw, XL, DeBERTa)
   bool value_hooks = true;     // Shaw's value term
   bool rotary_outside = true;  // RoPE rotates q and k before attention
+  // The variant applies the rotary scheme itself (linear_rope: to its numerator features, in
+  // self-attention); the model then leaves q and k unrotated.
+  bool rotary_inside = false;
   bool residual_scores = true;  // RealFormer: pre-softmax scores carried from layer to layer
   DecodeKind decode = DecodeKind::KeyValueRows;
 };
@@ -73,6 +76,10 @@ class Attention {
   virtual std::string name() const = 0;
   virtual AttentionCaps caps() const = 0;
   virtual void declare(std::vector<ParamSpec>& specs) const {}
+  // (Re)draws the non-trainable buffers it declared (ParamSpec::buffer) into p, adding or
+  // replacing them, deterministically from its config and `draw` (0 at init; the training step
+  // at a redraw, attention.redraw_every). The forward reads them through AttnDesc::params.
+  virtual void init_buffers(ParamStore& p, uint64_t draw) const {}
 
   // desc: q, k, v, out, sizes, mask, positions, hook (attention.h). desc.probs is ignored: a
   // variant keeps what it needs in *saved when saved is not null.

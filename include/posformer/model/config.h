@@ -50,10 +50,15 @@ struct PositionConfig {
 };
 
 struct AttentionConfig {
-  std::string type = "softmax";  // softmax | linear (docs/attention.md)
+  std::string type = "softmax";  // softmax | linear | linear_cos | linear_rope | performer
   std::optional<double> scale;   // default: 1/sqrt(D) (deberta: 1/sqrt(3D)); refused for linear
   // RealFormer: each self-attention layer's pre-softmax scores are added to the next layer's
   bool residual = false;
+  // performer (FAVOR+): M random features per head; the seed of their draw; redraw them every N
+  // training steps (0 = never), deterministically from (seed, step)
+  int64_t n_features = 256;
+  int64_t seed = 0;
+  int64_t redraw_every = 0;
 };
 
 struct ModelConfig {

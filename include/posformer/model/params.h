@@ -19,6 +19,10 @@ struct ParamSpec {
   Init init = Init::Normal;
   std::string component;  // "embedding" | "position" | "attention" | "ffn" | "norm" | "head"
   bool decay = true;      // AdamW weight decay applies (false for norms, biases)
+  // A non-trainable buffer (performer's random features): saved and loaded with the weights
+  // (model files, checkpoints) and listed by `info`, but it has no gradient, no optimizer state
+  // and no weight decay; its owner fills it (Attention::init_buffers), not init_param.
+  bool buffer = false;
 };
 
 class ParamStore {

@@ -83,6 +83,10 @@ class Transformer {
   const ModelConfig& config() const { return cfg_; }
   const std::vector<ParamSpec>& param_specs() const { return specs_; }
   ParamStore& params() { return params_; }
+  // Redraws the attention variants' non-trainable buffers (ParamSpec::buffer: performer's random
+  // features) from their config seed and `draw` (0 = the draw of random_init; the trainer passes
+  // the step at attention.redraw_every).
+  void redraw_buffers(uint64_t draw);
   const ParamStore& params() const { return params_; }
   const PositionEncoding* position(bool decoder) const {
     return decoder ? dec_pe_.get() : enc_pe_.get();

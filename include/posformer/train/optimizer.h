@@ -52,7 +52,8 @@ void validate(const AdamWConfig& cfg);
 
 class AdamW {
  public:
-  // One (m, v) pair per spec, zero-filled F32 of the spec's shape. Throws Error on duplicate
+  // One (m, v) pair per trainable spec (buffers, ParamSpec::buffer, are skipped: never updated,
+  // no state), zero-filled F32 of the spec's shape. Throws Error on duplicate
   // names or an invalid config.
   AdamW(const std::vector<ParamSpec>& specs, const AdamWConfig& cfg);
 
