@@ -109,13 +109,17 @@ std::unique_ptr<Attention> make_attention(const AttentionConfig& cfg, const Stac
   std::unique_ptr<Attention> a;
   if (cfg.type == "softmax") a = std::make_unique<SoftmaxAttention>(geom);
   if (cfg.type == "linear") a = make_linear_attention(geom);
+  if (cfg.type == "nystrom") a = make_nystrom_attention(cfg, geom);
   if (!a) throw Error(str("[attention] unknown attention type \"", cfg.type, "\""));
   const AttentionCaps c = a->caps();
   auto refuse = [&](const char* what) {
     throw Error(str("[config] attention '", cfg.type, "' cannot serve position '", pe.name(),
                     "': it supports no ", what));
   };
-  if (geom.causal && !c.causal) refuse("causal mask (decoder self-attention)");
+  if (geom.causal && !c.causal)
+    throw Error(str("[config] attention '", cfg.type,
+                    "' cannot serve the decoder self-attention: it has no causal mask (use it in ",
+                    "an encoder, or the encoder of an encoder_decoder)"));
   if (pe.adds_scores() && !c.score_hooks) refuse("relative score terms");
   if (pe.adds_values() && !c.value_hooks) refuse("relative value terms");
   if (pe.rotary() && !c.rotary_outside) refuse("rotary positions applied to q and k");
@@ -125,6 +129,13 @@ std::unique_ptr<Attention> make_attention(const AttentionConfig& cfg, const Stac
             "attention '",
             cfg.type, "' has none"));
   return a;
+}
+
+AttentionConfig stack_attention(const AttentionConfig& cfg, const std::string& arch, bool decoder) {
+  if (!decoder || arch != "encoder_decoder" || cfg.type != "nystrom") return cfg;
+  AttentionConfig d = cfg;  // nystrom serves the encoder; the decoder runs exact softmax
+  d.type = "softmax";
+  return d;
 }
 
 }  // namespace posformer

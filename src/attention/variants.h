@@ -10,4 +10,9 @@ namespace posformer {
 // when causal, a recurrent decode state.
 std::unique_ptr<Attention> make_linear_attention(const StackGeom& geom);
 
+// `nystrom` (nystrom_attention.cpp): landmark (Nystrom) approximation of softmax, non-causal,
+// attention.n_landmarks / pinv_iterations / conv_kernel; no decode state.
+std::unique_ptr<Attention> make_nystrom_attention(const AttentionConfig& cfg,
+                                                  const StackGeom& geom);
+
 }  // namespace posformer

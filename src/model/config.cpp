@@ -116,6 +116,14 @@ void validate_config(const ModelConfig& c) {
   PF_CHECK(!(c.attention.scale && c.attention.type == "linear"),
            "[config] attention.scale does not apply to attention type \"linear\" (phi(q) . phi(k) "
            "has no score scale); remove it");
+  if (c.attention.type == "nystrom") {
+    check_range(c.attention.n_landmarks, 1, 1 << 16, "attention.n_landmarks");
+    check_range(c.attention.pinv_iterations, 0, 1000, "attention.pinv_iterations");
+    check_range(c.attention.conv_kernel, 0, 1 << 16, "attention.conv_kernel");
+    PF_CHECK(c.attention.conv_kernel % 2 == 1 || c.attention.conv_kernel == 0,
+             "[config] attention.conv_kernel must be 0 (off) or odd (centred on the row), got ",
+             c.attention.conv_kernel);
+  }
   if (c.head == "lm" && c.tie_embeddings) {
     // tied head: logits = h E^T; nothing else to check
   }
@@ -199,11 +207,21 @@ ModelConfig parse_config(const json& j) {
     PF_CHECK(a.is_object(),
              "[config] field 'attention' must be an object like {\"type\": \"softmax\"}, got ",
              a.dump());
-    refuse_unknown(a, {"type", "scale", "residual"}, "attention.");
-    c.attention.type = get_choice(a, "type", c.attention.type, {"softmax", "linear"}, "attention.");
+    refuse_unknown(a,
+                   {"type", "scale", "residual", "n_landmarks", "pinv_iterations", "conv_kernel"},
+                   "attention.");
+    c.attention.type =
+        get_choice(a, "type", c.attention.type, {"softmax", "linear", "nystrom"}, "attention.");
     if (a.contains("scale") && !a.at("scale").is_null())
       c.attention.scale = get_num(a, "scale", 0.0, "attention.");
     c.attention.residual = get_bool(a, "residual", false, "attention.");
+    for (const char* f : {"n_landmarks", "pinv_iterations", "conv_kernel"})  // nystrom's own
+      PF_CHECK(!a.contains(f) || c.attention.type == "nystrom", "[config] field 'attention.", f,
+               "' applies to attention type \"nystrom\" only, not \"", c.attention.type, "\"");
+    auto& ac = c.attention;
+    ac.n_landmarks = get_int(a, "n_landmarks", ac.n_landmarks, "attention.");
+    ac.pinv_iterations = get_int(a, "pinv_iterations", ac.pinv_iterations, "attention.");
+    ac.conv_kernel = get_int(a, "conv_kernel", ac.conv_kernel, "attention.");
   }
   validate_config(c);
   return c;
@@ -245,6 +263,11 @@ json config_to_json(const ModelConfig& c) {
   json a = {{"type", c.attention.type}};
   if (c.attention.scale) a["scale"] = *c.attention.scale;
   if (c.attention.residual) a["residual"] = true;
+  if (c.attention.type == "nystrom") {
+    a["n_landmarks"] = c.attention.n_landmarks;
+    a["pinv_iterations"] = c.attention.pinv_iterations;
+    a["conv_kernel"] = c.attention.conv_kernel;
+  }
   return json{{"arch", c.arch},
               {"d_model", c.d_model},
               {"n_layers", c.n_layers},

@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 namespace posformer {
@@ -133,6 +134,10 @@ struct AttnDesc {
   }
   const ScoreHook* hook = nullptr;
   float* probs = nullptr;  // optional [B, H, Tq, Tk]: forward stores P here (training)
+  // A variant's own trainable weights for this sublayer (nystrom's convolution), named
+  // param_prefix + "..." (param_prefix like "encoder.layers.0.attn."); null when it has none.
+  const class ParamStore* params = nullptr;
+  std::string param_prefix;
 };
 
 // RealFormer's residual attention (SPEC.md 6): S_l = scale q k^T (+ position terms) + S_(l-1).
@@ -164,6 +169,7 @@ struct AttnGrads {
   const float* dout = nullptr;
   int64_t lddo = 0;
   float *dq = nullptr, *dk = nullptr, *dv = nullptr;  // strides ldq, ldk, ldv of the descriptor
+  class ParamStore* param_grads = nullptr;  // a variant's weights' gradients are added here
 };
 void attention_backward(const AttnDesc& a, const float* probs, const AttnGrads& g, ScoreHook* hook);
 

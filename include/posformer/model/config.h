@@ -29,6 +29,11 @@ struct AttentionConfig {
   std::optional<double> scale;   // default: 1/sqrt(D) (deberta: 1/sqrt(3D)); refused for linear
   // RealFormer: each self-attention layer's pre-softmax scores are added to the next layer's
   bool residual = false;
+  // nystrom (docs/attention.md): landmarks M, Newton-Schulz iterations of the pseudo-inverse,
+  // depthwise convolution over V added to the output (kernel size, odd; 0 = off)
+  int64_t n_landmarks = 64;
+  int64_t pinv_iterations = 6;
+  int64_t conv_kernel = 0;
 };
 
 struct ModelConfig {
