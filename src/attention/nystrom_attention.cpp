@@ -247,7 +247,7 @@ void group_backward(const AttnDesc& a, const Opts& o, const AttnGrads& gr, const
   std::fill_n(w.dw.data(), group * o.kernel, 0.0f);
   for (int64_t h = g * group; h < (g + 1) * group; ++h) {
     float* dq = gr.dq + b * Tq * a.ldq + h * D;
-    if (Tk == 0) {
+    if (Tk == 0 || Tq == 0) {  // no landmarks: nothing depends on q, k, v
       for (int64_t t = 0; t < Tq; ++t) std::fill_n(dq + t * a.ldq, D, 0.0f);
       continue;
     }

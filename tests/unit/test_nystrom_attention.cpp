@@ -365,6 +365,28 @@ TEST(NystromAttention, ThreadCountIndependent) {
   EXPECT_EQ(one, three);  // bitwise
 }
 
+// No keys: every output and dq row is 0 (as softmax gives a row that sees none); no queries:
+// dk, dv are 0. Nothing unwritten (NaN-poisoned).
+TEST(NystromAttention, EmptySides) {
+  for (const auto& [Tq, Tk] : {std::pair<int64_t, int64_t>{5, 0}, {0, 6}}) {
+    const NCase c{2, 2, 1, 4, Tq, Tk, 3, 6, 0, 0};
+    auto d = make_data(c, 2);
+    AttnDesc a = d->desc;
+    std::vector<float> out(c.B * c.Tq * a.ldo + 1, kNaN), dq(d->q.size() + 1, kNaN),
+        dk(d->k.size() + 1, kNaN), dv(d->v.size() + 1, kNaN);
+    a.out = out.data();
+    auto attn = make_nys(c);
+    std::unique_ptr<AttnSaved> saved;
+    attn->forward(a, &saved);
+    std::vector<float> dO(d->dO.size() + 1, 0.5f);  // never empty: a null dout is refused
+    AttnGrads g;
+    g.dout = dO.data(), g.lddo = a.ldo, g.dq = dq.data(), g.dk = dk.data(), g.dv = dv.data();
+    attn->backward(a, *saved, g, nullptr);
+    for (auto* v : {&out, &dq, &dk, &dv})
+      for (size_t i = 0; i + 1 < v->size(); ++i) EXPECT_EQ((*v)[i], 0.0f) << Tq << " " << Tk;
+  }
+}
+
 std::string error_of(const std::function<void()>& f) {
   try {
     f();
