@@ -113,13 +113,17 @@ std::unique_ptr<Attention> make_attention(const AttentionConfig& cfg, const Stac
   if (cfg.type == "linear_rope") a = make_linear_rope_attention(geom, pe);
   if (cfg.type == "performer")
     a = make_performer_attention(geom, cfg.n_features, static_cast<uint64_t>(cfg.seed));
+  if (cfg.type == "nystrom") a = make_nystrom_attention(cfg, geom);
   if (!a) throw Error(str("[attention] unknown attention type \"", cfg.type, "\""));
   const AttentionCaps c = a->caps();
   auto refuse = [&](const char* what) {
     throw Error(str("[config] attention '", cfg.type, "' cannot serve position '", pe.name(),
                     "': it supports no ", what));
   };
-  if (geom.causal && !c.causal) refuse("causal mask (decoder self-attention)");
+  if (geom.causal && !c.causal)
+    throw Error(str("[config] attention '", cfg.type,
+                    "' cannot serve the decoder self-attention: it has no causal mask (use it in ",
+                    "an encoder, or the encoder of an encoder_decoder)"));
   if (pe.adds_scores() && !c.score_hooks) refuse("relative score terms");
   if (pe.adds_values() && !c.value_hooks) refuse("relative value terms");
   if (pe.rotary() && !c.rotary_outside && !c.rotary_inside)
@@ -130,6 +134,13 @@ std::unique_ptr<Attention> make_attention(const AttentionConfig& cfg, const Stac
             "attention '",
             cfg.type, "' has none"));
   return a;
+}
+
+AttentionConfig stack_attention(const AttentionConfig& cfg, Arch arch, bool decoder) {
+  if (!decoder || arch != Arch::EncoderDecoder || cfg.type != "nystrom") return cfg;
+  AttentionConfig d = cfg;  // nystrom serves the encoder; the decoder runs exact softmax
+  d.type = "softmax";
+  return d;
 }
 
 }  // namespace posformer

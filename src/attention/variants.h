@@ -22,4 +22,9 @@ std::unique_ptr<Attention> make_linear_rope_attention(const StackGeom& geom,
 std::unique_ptr<Attention> make_performer_attention(const StackGeom& geom, int64_t n_features,
                                                     uint64_t seed);
 
+// `nystrom` (nystrom_attention.cpp): landmark (Nystrom) approximation of softmax, non-causal,
+// attention.n_landmarks / pinv_iterations / conv_kernel; no decode state.
+std::unique_ptr<Attention> make_nystrom_attention(const AttentionConfig& cfg,
+                                                  const StackGeom& geom);
+
 }  // namespace posformer

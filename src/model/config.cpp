@@ -121,6 +121,14 @@ void validate_config(const ModelConfig& c) {
   PF_CHECK(!(c.attention.scale && linear_family), "[config] attention.scale does not apply to ",
            "attention type \"", c.attention.type,
            "\" (phi(q) . phi(k) has no score scale); remove it");
+  if (c.attention.type == "nystrom") {
+    check_range(c.attention.n_landmarks, 1, 1 << 16, "attention.n_landmarks");
+    check_range(c.attention.pinv_iterations, 0, 1000, "attention.pinv_iterations");
+    check_range(c.attention.conv_kernel, 0, 1 << 16, "attention.conv_kernel");
+    PF_CHECK(c.attention.conv_kernel % 2 == 1 || c.attention.conv_kernel == 0,
+             "[config] attention.conv_kernel must be 0 (off) or odd (centred on the row), got ",
+             c.attention.conv_kernel);
+  }
   if (c.head == Head::Lm && c.tie_embeddings) {
     // tied head: logits = h E^T; nothing else to check
   }
@@ -204,11 +212,13 @@ ModelConfig parse_config(const json& j) {
     PF_CHECK(a.is_object(),
              "[config] field 'attention' must be an object like {\"type\": \"softmax\"}, got ",
              a.dump());
-    refuse_unknown(a, {"type", "scale", "residual", "n_features", "seed", "redraw_every"},
+    refuse_unknown(a,
+                   {"type", "scale", "residual", "n_features", "seed", "redraw_every",
+                    "n_landmarks", "pinv_iterations", "conv_kernel"},
                    "attention.");
-    c.attention.type =
-        get_choice(a, "type", c.attention.type,
-                   {"softmax", "linear", "linear_cos", "linear_rope", "performer"}, "attention.");
+    c.attention.type = get_choice(
+        a, "type", c.attention.type,
+        {"softmax", "linear", "linear_cos", "linear_rope", "performer", "nystrom"}, "attention.");
     if (a.contains("scale") && !a.at("scale").is_null())
       c.attention.scale = get_num(a, "scale", 0.0, "attention.");
     c.attention.residual = get_bool(a, "residual", false, "attention.");
@@ -218,6 +228,13 @@ ModelConfig parse_config(const json& j) {
     c.attention.n_features = get_int(a, "n_features", c.attention.n_features, "attention.");
     c.attention.seed = get_int(a, "seed", c.attention.seed, "attention.");
     c.attention.redraw_every = get_int(a, "redraw_every", c.attention.redraw_every, "attention.");
+    for (const char* f : {"n_landmarks", "pinv_iterations", "conv_kernel"})  // nystrom's own
+      PF_CHECK(!a.contains(f) || c.attention.type == "nystrom", "[config] field 'attention.", f,
+               "' applies to attention type \"nystrom\" only, not \"", c.attention.type, "\"");
+    auto& ac = c.attention;
+    ac.n_landmarks = get_int(a, "n_landmarks", ac.n_landmarks, "attention.");
+    ac.pinv_iterations = get_int(a, "pinv_iterations", ac.pinv_iterations, "attention.");
+    ac.conv_kernel = get_int(a, "conv_kernel", ac.conv_kernel, "attention.");
   }
   validate_config(c);
   return c;
@@ -263,6 +280,11 @@ json config_to_json(const ModelConfig& c) {
     a["n_features"] = c.attention.n_features;
     a["seed"] = c.attention.seed;
     a["redraw_every"] = c.attention.redraw_every;
+  }
+  if (c.attention.type == "nystrom") {
+    a["n_landmarks"] = c.attention.n_landmarks;
+    a["pinv_iterations"] = c.attention.pinv_iterations;
+    a["conv_kernel"] = c.attention.conv_kernel;
   }
   return json{{"arch", c.arch.name()},
               {"d_model", c.d_model},

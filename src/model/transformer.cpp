@@ -52,7 +52,7 @@ Transformer::Transformer(const ModelConfig& cfg) : cfg_(cfg) {
   if (cfg_.has_decoder()) {
     const StackGeom dg = geom("decoder.", true);
     dec_pe_ = make_position_encoding(cfg_.position, dg);
-    dec_attn_ = make_attention(cfg_.attention, dg, *dec_pe_);
+    dec_attn_ = make_attention(stack_attention(cfg_.attention, cfg_.arch, true), dg, *dec_pe_);
     declare_stack("decoder.", cfg_.arch == Arch::EncoderDecoder, *dec_pe_, *dec_attn_);
   }
   if (cfg_.head == Head::Lm && !cfg_.tie_embeddings)
@@ -261,6 +261,7 @@ void Transformer::attention_sublayer(const Stack& st, StackCall& c, int64_t l, b
   }
   AttnDesc desc = attn_desc(st, self, c.in, Tk);
   desc.q = q, desc.k = k, desc.v = v, desc.out = att;
+  desc.params = &params_, desc.param_prefix = a + ".";  // a variant's own weights (nystrom conv)
   // Relative schemes add score terms in self-attention only; with attention.residual
   // (RealFormer) layer l adds layer l-1's pre-softmax scores and records its own for layer l+1.
   const HookMaker make_hook = [&](const AttnDesc& ad) -> std::unique_ptr<ScoreHook> {

@@ -148,6 +148,7 @@ void Transformer::attention_sublayer_backward(const Stack& st, StackGradCall& c,
                   d, g.HD, 0.0f);
   AttnDesc desc = attn_desc(st, self, c.tape.in, Tk);
   desc.q = sp.q.data<float>(), desc.k = sp.k.data<float>(), desc.v = sp.v.data<float>();
+  desc.params = &params_, desc.param_prefix = a + ".";
   std::unique_ptr<ScoreHook> hook;
   if (self) hook = st.pe->prepare(params_, AttnInputs{l, &desc});
   if (self && cfg_.attention.residual) {  // dS_l += dS_(l+1); record dS_l for layer l-1
@@ -162,6 +163,7 @@ void Transformer::attention_sublayer_backward(const Stack& st, StackGradCall& c,
   desc.hook = hook.get();
   AttnGrads ag;
   ag.dout = c.datt, ag.lddo = g.HD, ag.dq = c.dq, ag.dk = c.dk, ag.dv = c.dv;
+  ag.param_grads = &grads;
   st.attn->backward(desc, *sp.saved, ag, hook.get());
   if (hook) hook->finish_backward(grads);
   if (self && st.pe->rotary() && !st.attn->caps().rotary_inside) {  // rotated after projection

@@ -67,7 +67,33 @@ def t_table_and_errors():
     assert p.returncode != 0 and "--kv-heads" in p.stdout + p.stderr, p.stdout + p.stderr
 
 
+def t_error_mode():
+    """--error: nystrom against exact softmax. With landmarks = T and 30 iterations it is softmax
+    (error ~1e-6); with few landmarks on iid inputs it is far from it; the CSV holds the rows; a
+    variant with no approximation size and a bad series field are refused naming them."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        csv_path = os.path.join(d, "err.csv")
+        p = bench("--error", "--variants", "nystrom:pinv_iterations=30,nystrom", "--seq-lens", 48,
+                  "--heads", 2, "--head-dim", 8, "--sweep", "4,48", "--inputs", "iid,smooth",
+                  "--csv", csv_path, "--threads", 2)
+        assert p.returncode == 0, p.stdout + p.stderr
+        rows = [line.split(",") for line in open(csv_path).read().split("\n")[1:] if line]
+        assert len(rows) == 8, rows
+        err = {(r[0], r[4], int(r[3])): float(r[8]) for r in rows}
+        for inp in ("iid", "smooth"):
+            assert err[("nystrom:pinv_iterations=30", inp, 48)] < 1e-4, err
+            assert err[("nystrom", inp, 4)] > 1e-2, err
+    p = bench("--error", "--variants", "softmax", "--seq-lens", 16)
+    assert p.returncode != 0 and "'softmax'" in p.stderr and "nystrom" in p.stderr, p.stderr
+    p = bench("--error", "--variants", "nystrom:pinv_iterations=-1", "--seq-lens", 16)
+    assert p.returncode != 0 and "attention.pinv_iterations" in p.stderr, p.stderr
+    p = bench("--error", "--variants", "nystrom:conv_kernel=3", "--seq-lens", 16)
+    assert p.returncode != 0 and "trained weights" in p.stderr, p.stderr
+
+
 check("bench attention: rows, GFLOP/s, memory grows with the saved P", t_rows_and_memory)
 check("bench attention: table names the CPU; bad variant / lengths / heads named", t_table_and_errors)
-print(f"{2 - fails} passed, {fails} failed")
+check("bench attention --error: nystrom vs softmax, CSV, refusals", t_error_mode)
+print(f"{3 - fails} passed, {fails} failed")
 sys.exit(1 if fails else 0)

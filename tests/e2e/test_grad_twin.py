@@ -206,6 +206,24 @@ def all_cases():
         make_case("performer_gqa2_sinusoidal_long.clm", "clm",
                   dict(pf, n_kv_heads=2, max_len=80), pos="sinusoidal", seed=452, T=70),
     ]
+    # nystrom (encoders; seq2seq: the encoder, its decoder runs softmax): T not a multiple of the
+    # landmarks, fewer iterations, the conv over V (its weights' gradient), GQA, RoPE
+    def nys(**a):
+        return {"attention": {"type": "nystrom", **a}}
+    cases += [
+        make_case("nystrom_m5_none.mlm", "mlm", nys(n_landmarks=5), pos="none", seed=450),
+        make_case("nystrom_m5_conv3_learned.mlm", "mlm", nys(n_landmarks=5, conv_kernel=3),
+                  pos="learned", seed=451),
+        make_case("nystrom_m8_it3_sinusoidal.mlm", "mlm", nys(n_landmarks=8, pinv_iterations=3),
+                  pos="sinusoidal", seed=452),
+        make_case("nystrom_m4_conv5_sinusoidal.seq2seq", "seq2seq",
+                  nys(n_landmarks=4, conv_kernel=5), pos="sinusoidal", seed=453),
+        make_case("nystrom_gqa2_m3_conv3_rope.mlm", "mlm",
+                  dict(nys(n_landmarks=3, conv_kernel=3), n_kv_heads=2), pos="rope", seed=454),
+        make_case("nystrom_gqa1_post_rms_swiglu_untied.seq2seq", "seq2seq",
+                  dict(nys(n_landmarks=6, conv_kernel=1), n_kv_heads=1, norm_position="post",
+                       **rsw), pos="learned", seed=455),
+    ]
     return cases
 
 

@@ -272,6 +272,29 @@ def all_cases():
     V.append(make_case("performer_M256_gqa2_rope.decoder",
                        {"attention": {"type": "performer"}, "arch": "decoder", "n_kv_heads": 2},
                        90, 100, pos="rope", seed=280))
+    # nystrom (encoder self-attention; an encoder_decoder's decoder runs softmax): T not a
+    # multiple of the landmarks, landmarks >= T, GQA, RoPE, the conv over V
+    def nys(**a):
+        return {"type": "nystrom", **a}
+    V.append(make_case("nystrom_m8_none.encoder", {"arch": "encoder", "attention": nys(n_landmarks=8)},
+                       40, 0, pos="none", seed=281))
+    V.append(make_case("nystrom_m7_gqa2_learned.encoder",
+                       {"arch": "encoder", "n_kv_heads": 2, "attention": nys(n_landmarks=7)},
+                       45, 7, pos="learned", seed=282))
+    V.append(make_case("nystrom_m5_conv3_rope.encoder",
+                       {"arch": "encoder", "attention": nys(n_landmarks=5, conv_kernel=3)},
+                       33, 100, pos="rope", seed=283))
+    V.append(make_case("nystrom_m6_it10_conv5_sinusoidal.encoder_decoder",
+                       {"arch": "encoder_decoder",
+                        "attention": nys(n_landmarks=6, pinv_iterations=10, conv_kernel=5)},
+                       23, 7, 31, pos="sinusoidal", seed=284))
+    V.append(make_case("nystrom_default_m_gt_T_sinusoidal_half.encoder",
+                       {"arch": "encoder", "attention": nys()}, 20, 0, pos="sinusoidal_half",
+                       seed=285))
+    V.append(make_case("nystrom_post_ln_rms_swiglu_nobias_gqa1.encoder",
+                       dict(rsw, arch="encoder", norm_position="post", n_kv_heads=1,
+                            attention=nys(n_landmarks=9, conv_kernel=1)), 70, 0, pos="none",
+                       seed=286))
     return cases + V
 
 
@@ -472,6 +495,51 @@ def check_linear_cli(cli, work):
             else:
                 detail.append(f"{' '.join(opts)}: {len(a.encode())} bytes, cache == no-cache")
         results.append((name, ok, "; ".join(detail)))
+    return results
+
+
+def check_nystrom_cli(cli, work):
+    """Nystrom through the CLI: init refuses a decoder (its causal self-attention) and the
+    relative score schemes, naming both; `generate` works with an encoder_decoder (nystrom
+    encoder, softmax decoder), the cache giving the tokens of recomputing. (name, ok, detail)."""
+    results = []
+    d = os.path.join(work, "_nystrom_cli")
+    os.makedirs(d, exist_ok=True)
+
+    def init(name, cfg):
+        cp = os.path.join(d, name + ".json")
+        with open(cp, "w") as f:
+            json.dump(cfg, f)
+        mdir = os.path.join(d, name)
+        rc, out, err = run_cli([cli, "init", "--config", cp, "--out", mdir, "--seed", "5"])
+        return mdir, rc, (out + err).strip().replace("\n", " | ")
+
+    nys = {"type": "nystrom", "n_landmarks": 8}
+    _, rc, msg = init("refuse_decoder", dict(BASE, arch="decoder", attention=nys))
+    ok = rc != 0 and "'nystrom'" in msg and "decoder self-attention" in msg
+    results.append(("refuse.nystrom_decoder", ok, f"rc={rc} msg: {msg[:200]}"))
+    for pos in ("alibi", "t5", "shaw", "xl", "deberta"):
+        _, rc, msg = init(f"refuse_{pos}", dict(BASE, arch="encoder", attention=nys,
+                                               position={"type": pos}))
+        ok = rc != 0 and "'nystrom'" in msg and f"'{pos}'" in msg
+        results.append((f"refuse.nystrom_with_{pos}", ok, f"rc={rc} msg: {msg[:200]}"))
+    cfg = dict(BASE, arch="encoder_decoder", vocab_size=260, n_kv_heads=2,
+               position={"type": "sinusoidal"}, attention=dict(nys, conv_kernel=3))
+    name = "generate.nystrom_encoder_decoder"
+    mdir, rc, msg = init(name, cfg)
+    if rc != 0:
+        return results + [(name, False, f"init failed: {msg[-300:]}")]
+    safetensors_io.save(os.path.join(mdir, "model.safetensors"),
+                        random_tensors(twin.expected_shapes(cfg), 4243))
+    outs, ok = [], True
+    for cache in ([], ["--no-cache"]):
+        rc, out, err = run_cli([cli, "generate", mdir, "--prompt", "order ", "--max-new-tokens",
+                                "40", "--threads", "2", "--temperature", "0", "--src",
+                                "a source text longer than the eight landmarks"] + cache)
+        ok = ok and rc == 0
+        outs.append(out if rc == 0 else err.strip()[-200:])
+    ok = ok and outs[0] == outs[1]
+    results.append((name, ok, f"cached {outs[0]!r} vs recomputed {outs[1]!r}"))
     return results
 
 
@@ -762,6 +830,26 @@ def selfcheck_linear():
     return worst, worst < 1e-12
 
 
+def selfcheck_nystrom():
+    """The twin's nystrom against identities: landmarks = T (every segment one row) with 40
+    iterations is exact softmax; Z after 40 iterations is A^-1 (A Z = I); the landmark of a
+    segment of equal rows is that row (T = 3 segments of 4 equal rows each, 3 landmarks: the
+    Nystrom form is then exact too, since softmax(Q K^T) has rank 3 in the segment structure)."""
+    g = torch.Generator().manual_seed(5)
+    worst = 0.0
+    for T in (7, 16):
+        q, k, v = (torch.randn(2, 3, T, 8, generator=g, dtype=torch.float64) for _ in range(3))
+        got = twin.nystrom_attention(q, k, v, 0.35, T, 40)
+        ref = torch.softmax(0.35 * q @ k.transpose(-1, -2), -1) @ v
+        worst = max(worst, (got - ref).abs().max().item())
+    q, k, v = (torch.randn(1, 2, 3, 8, generator=g, dtype=torch.float64) for _ in range(3))
+    rep = lambda x: x.repeat_interleave(4, dim=2)  # noqa: E731  rows 0-3 equal, 4-7, 8-11
+    got = twin.nystrom_attention(rep(q), rep(k), rep(v), 0.5, 3, 40)
+    ref = torch.softmax(0.5 * rep(q) @ rep(k).transpose(-1, -2), -1) @ rep(v)
+    worst = max(worst, (got - ref).abs().max().item())
+    return worst, worst < 1e-10
+
+
 def selfcheck_rope_t5():
     """RoPE relative identity <R_m q, R_n k> = <q, R_(n-m) k>; half layout = row-permuted
     interleaved; T5 buckets against the HF T5 code path (vectorised torch, float64)."""
@@ -830,6 +918,7 @@ def main():
             ("selfcheck.rope_identity_t5_buckets", selfcheck_rope_t5),
             ("selfcheck.embed_scale_is_the_lookup_only", selfcheck_embed_scale),
             ("selfcheck.twin_linear_vs_prefix_sums", selfcheck_linear),
+            ("selfcheck.twin_nystrom_identities", selfcheck_nystrom),
         ])
 
     work = a.keep or tempfile.mkdtemp(prefix="posformer_twin_")
@@ -866,6 +955,13 @@ def main():
             except Exception as e:  # noqa: BLE001
                 traceback.print_exc()
                 report("refuse", False, f"exception {e}")
+        if a.only is None or re.search(a.only, "nystrom_cli"):
+            try:
+                for name, ok, detail in check_nystrom_cli(cli, work):
+                    report(name, ok, detail)
+            except Exception as e:  # noqa: BLE001
+                traceback.print_exc()
+                report("nystrom_cli", False, f"exception {e}")
         if a.only is None or re.search(a.only, "linear_cli"):
             try:
                 for name, ok, detail in check_linear_cli(cli, work):

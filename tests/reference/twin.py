@@ -1,8 +1,11 @@
 """PyTorch twin of the posformer forward pass, written from SPEC.md (sections 1, 2, 3, 5, 6),
 docs/config.md and docs/checkpoint-format.md only. Everything is computed in float64.
 Attention: `softmax` (exact), `linear_cos` (phi = [1, x/|x|]), `linear_rope` (RoPE on the
-numerator's features only) and `linear` (SPEC.md 6: phi(q) . phi(k) with phi = elu + 1,
-evaluated as the whole masked [Tq, Tk] weight matrix, normalised per row).
+numerator's features only), `linear` (SPEC.md 6: phi(q) . phi(k) with phi = elu + 1,
+evaluated as the whole masked [Tq, Tk] weight matrix, normalised per row), `performer` (the
+engine's W from its model file) and `nystrom` (SPEC.md 6, docs/attention.md: landmarks, three
+softmaxes, the pseudo-inverse iterations, and the paper's depthwise torch conv2d over V; the
+encoder only: an encoder_decoder's decoder runs softmax).
 
     model = build(config_dict, tensors)          # tensors: name -> torch.Tensor
     hidden, logits = forward(model, tokens, pos_offset=0, src=None)
@@ -51,8 +54,8 @@ class Config:
         self.pos = p
         att = dict(cfg.get("attention") or {})
         self.attn_type = att.get("type", "softmax")
-        assert self.attn_type in ("softmax", "linear", "linear_cos", "linear_rope", "performer"), \
-            f"twin: no attention {self.attn_type}"
+        assert self.attn_type in ("softmax", "linear", "linear_cos", "linear_rope", "performer",
+                                  "nystrom"), f"twin: no attention {self.attn_type}"
         self.n_features = int(att.get("n_features", 256))  # performer: random features M
         self.scale = att.get("scale", None)
         self.residual = bool(att.get("residual", False))  # RealFormer: carried scores
@@ -72,6 +75,14 @@ class Config:
         if self.attn_type == "linear_rope":  # RoPE inside, on the numerator's features
             assert self.scale is None, "linear_rope attention takes no scale"
             assert self.pos_type == "rope", "linear_rope attention needs position rope"
+        if self.attn_type == "nystrom":
+            self.n_landmarks = int(att.get("n_landmarks", 64))
+            self.pinv_iterations = int(att.get("pinv_iterations", 6))
+            self.conv_kernel = int(att.get("conv_kernel", 0))
+            assert self.arch != "decoder", "nystrom cannot serve a decoder's self-attention"
+            assert self.pos_type in ("none", "rope") + ABSOLUTE, \
+                f"nystrom attention does not serve position {self.pos_type}"
+            assert not self.residual, "nystrom attention has no scores to carry"
         self.H = self.n_heads
         self.Hkv = self.n_kv_heads if self.n_kv_heads else self.n_heads
         self.d = self.d_model
@@ -97,6 +108,12 @@ class Config:
                 or math.isinf(s):
             raise ValueError(f"embed_scale must be a positive number or 'sqrt_d', got {s!r}")
         return float(s)
+
+    def stack_attention(self, S: str) -> str:
+        """nystrom serves the encoder; an encoder_decoder's decoder runs softmax."""
+        if self.attn_type == "nystrom" and S == "decoder.":
+            return "softmax"
+        return self.attn_type
 
     def cross_scale(self):
         return float(self.scale) if self.scale is not None else 1.0 / math.sqrt(self.D)
@@ -141,6 +158,8 @@ def expected_shapes(cfg: dict):
             lin(L + "ffn.w2", d, Fh)
             if c.activation == "swiglu":
                 lin(L + "ffn.w3", Fh, d)
+            if c.stack_attention(S) == "nystrom" and c.conv_kernel > 0:
+                out[L + "attn.conv.weight"] = [H, c.conv_kernel]
             if c.pos_type == "shaw":
                 k = c.pos["clip"]
                 out[L + "attn.shaw_k"] = [2 * k + 1, D]
@@ -339,6 +358,13 @@ def _attention(m: Model, S: str, L: str, kind: str, x: torch.Tensor, kv: torch.T
         out = _linear_attention(q, k, v, (jj > ii) if causal else None, phi, rot, qpos, kpos)
         B, _, Tq, _ = out.shape
         return _lin(m, P + "o", out.transpose(1, 2).reshape(B, Tq, H * D))
+    if c.stack_attention(S) == "nystrom":
+        assert not causal
+        conv = m.w[P + "conv.weight"] if c.conv_kernel > 0 else None
+        out = nystrom_attention(q, k, v, c.self_scale() if is_self else c.cross_scale(),
+                                c.n_landmarks, c.pinv_iterations, conv)
+        B, _, Tq, _ = out.shape
+        return _lin(m, P + "o", out.transpose(1, 2).reshape(B, Tq, H * D))
 
     scale = c.self_scale() if is_self else c.cross_scale()
     content = q @ k.transpose(-1, -2)                # [B, H, Tq, Tk]
@@ -450,6 +476,36 @@ def _linear_attention(q, k, v, masked, phi=phi_elu1, rot=None, qpos=None, kpos=N
         wd = wd.masked_fill(masked[None, None], 0.0)
         wn = wn.masked_fill(masked[None, None], 0.0)
     return (wn @ v) / wd.sum(-1, keepdim=True)
+
+
+def nystrom_attention(q, k, v, scale, n_landmarks, iters, conv=None):
+    """q [B, H, Tq, D], k, v [B, H, Tk, D] (kv heads repeated). m = min(n_landmarks, Tq, Tk)
+    landmarks: means of the segments [floor(i T / m), floor((i+1) T / m)) of rows;
+    softmax(s Q Kl^T) pinv(softmax(s Ql Kl^T)) softmax(s Ql K^T) V with pinv by `iters` steps of
+    Z <- Z (13I - AZ (15I - AZ (7I - AZ))) / 4 from Z0 = A^T / (max row sum * max column sum)
+    (Xiong et al. 2021, ||A||_inf ||A||_1); conv [H, k]: the paper's depthwise
+    Conv2d(H, H, (k, 1), padding=(k // 2, 0), groups=H, bias=False) over V, added."""
+    Tq, Tk = q.shape[2], k.shape[2]
+    m = min(n_landmarks, Tq, Tk)
+
+    def marks(x, T):
+        b = [i * T // m for i in range(m + 1)]
+        return torch.stack([x[:, :, b[i]:b[i + 1]].mean(dim=2) for i in range(m)], dim=2)
+
+    ql, kl = marks(q, Tq), marks(k, Tk)
+    k1 = torch.softmax(scale * q @ kl.transpose(-1, -2), dim=-1)
+    k2 = torch.softmax(scale * ql @ kl.transpose(-1, -2), dim=-1)
+    k3 = torch.softmax(scale * ql @ k.transpose(-1, -2), dim=-1)
+    eye = torch.eye(m, dtype=q.dtype)
+    z = k2.transpose(-1, -2) / (k2.sum(-1).amax(-1) * k2.sum(-2).amax(-1))[..., None, None]
+    for _ in range(iters):
+        kz = k2 @ z
+        z = 0.25 * z @ (13 * eye - kz @ (15 * eye - kz @ (7 * eye - kz)))
+    out = k1 @ (z @ (k3 @ v))
+    if conv is not None:
+        H, ks = conv.shape
+        out = out + F.conv2d(v, conv[:, None, :, None], padding=(ks // 2, 0), groups=H)
+    return out
 
 
 def _stack(m: Model, S: str, tokens: torch.Tensor, pos0: int, causal: bool, enc=None):

@@ -1,4 +1,5 @@
 // posformer bench attention: time, GFLOP/s and peak extra memory of attention variants.
+// With --error: the approximation error of approximate variants against exact softmax instead.
 //
 // Every case (variant, T, mask) runs in a fresh process (this binary re-executed with --one):
 // the allocator keeps freed memory (runtime.h), so only a fresh process shows how much memory
@@ -22,6 +23,7 @@
 #include "common.h"
 #include "posformer/attention/variant.h"
 #include "posformer/core/runtime.h"
+#include "posformer/model/config.h"
 
 namespace posformer::cli {
 namespace {
@@ -193,6 +195,154 @@ std::string fmt(const nlohmann::json& r, const char* key, const char* f) {
   return buf;
 }
 
+// ---- --error: relative error of an approximate variant against exact softmax (docs/attention.md)
+
+// The config field that sets a variant's approximation size (the x axis of the sweep); a new
+// approximate variant adds one line here.
+const char* size_field(const std::string& variant) {
+  if (variant == "nystrom") return "n_landmarks";
+  return nullptr;
+}
+
+// "nystrom" or "nystrom:pinv_iterations=20:..." -> the attention object of a config (parsed and
+// validated by the config parser, so every field a variant has can be set), plus `size`.
+AttentionConfig error_series_config(const std::string& series, const char* field, int64_t size,
+                                    int64_t H, int64_t D) {
+  std::vector<std::string> parts;
+  std::string cur;
+  for (char ch : series + ":") {
+    if (ch == ':') {
+      parts.push_back(cur), cur.clear();
+    } else {
+      cur += ch;
+    }
+  }
+  nlohmann::json a = {{"type", parts[0]}, {field, size}};
+  for (size_t i = 1; i < parts.size(); ++i) {
+    const size_t eq = parts[i].find('=');
+    PF_CHECK(eq != std::string::npos && eq > 0, "[bench] --variants: '", parts[i], "' in '", series,
+             "' is not field=value");
+    const std::string key = parts[i].substr(0, eq), val = parts[i].substr(eq + 1);
+    try {
+      a[key] = nlohmann::json::parse(val);
+    } catch (const nlohmann::json::exception&) {
+      a[key] = val;
+    }
+  }
+  const nlohmann::json cfg = {
+      {"arch", "encoder"}, {"d_model", H * D}, {"n_heads", H}, {"attention", a}};
+  return parse_config(cfg).attention;
+}
+
+// Fixed-seed inputs [T, H*D] (B = 1); v ~ N(0, 1). iid: q, k ~ N(0, 1). clustered: rows of q
+// and k are one of 32 random centres (a "vocabulary") plus noise 0.3, scaled by 1.5: a query
+// attends sharply to the keys of its cluster, wherever they are. smooth: q, k are smooth in the
+// position (random sinusoids, periods 16 .. T/8, plus noise 0.3): a query attends to nearby
+// keys, as position-driven heads do.
+void error_inputs(const std::string& kind, int64_t T, int64_t W, std::vector<float>& q,
+                  std::vector<float>& k, std::vector<float>& v) {
+  std::mt19937 rng(1234);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  q.resize(size_t(T * W)), k.resize(q.size()), v.resize(q.size());
+  for (float& e : v) e = nd(rng);
+  if (kind == "iid") {
+    for (float& e : q) e = nd(rng);
+    for (float& e : k) e = nd(rng);
+    return;
+  }
+  if (kind == "smooth") {  // q, k: 16 random sinusoids of the position per dim, plus noise 0.3
+    std::uniform_real_distribution<float> u(0.0f, 1.0f);
+    std::vector<float> w(16), ph(size_t(16 * W)), amp(size_t(16 * W));
+    for (float& e : w) e = 6.2831853f / std::exp(std::log(16.0f) + u(rng) * std::log(T / 8.0f));
+    for (float& e : ph) e = 6.2831853f * u(rng);
+    for (float& e : amp) e = nd(rng) / std::sqrt(8.0f);
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t i = 0; i < W; ++i) {
+        float x = 0.0f;
+        for (int f = 0; f < 16; ++f) x += amp[f * W + i] * std::cos(w[f] * t + ph[f * W + i]);
+        q[t * W + i] = x + 0.3f * nd(rng), k[t * W + i] = x + 0.3f * nd(rng);
+      }
+    return;
+  }
+  PF_CHECK(kind == "clustered", "[bench] --inputs: '", kind, "' is not iid, clustered or smooth");
+  std::vector<float> centres(size_t(32 * W));
+  for (float& e : centres) e = nd(rng);
+  std::uniform_int_distribution<int> pick(0, 31);
+  for (int64_t t = 0; t < T; ++t) {
+    const int c = pick(rng);
+    for (int64_t i = 0; i < W; ++i) {
+      const float x = centres[c * W + i];
+      q[t * W + i] = 1.5f * (x + 0.3f * nd(rng));
+      k[t * W + i] = 1.5f * (x + 0.3f * nd(rng));
+    }
+  }
+}
+
+// One row per (series, inputs, T, size): ||out - softmax||_F / ||softmax||_F over all heads.
+int run_error(const std::vector<std::string>& series, const std::vector<int64_t>& Ts,
+              const std::vector<int64_t>& sizes, const std::vector<std::string>& inputs, int64_t H,
+              int64_t D, const std::string& csv_path) {
+  std::FILE* csv = nullptr;
+  if (!csv_path.empty()) {
+    csv = std::fopen(csv_path.c_str(), "w");
+    PF_CHECK(csv, "[bench] cannot write ", csv_path);
+    std::fprintf(csv, "series,variant,size_field,size,inputs,T,heads,head_dim,rel_err\n");
+  }
+  std::printf("attention approximation error vs exact softmax: %lld heads x D %lld, fp32\n",
+              (long long)H, (long long)D);
+  std::printf("%-28s %-10s %6s %-14s %8s %12s\n", "series", "inputs", "T", "size field", "size",
+              "rel error");
+  const int64_t W = H * D;
+  for (const std::string& se : series) {
+    const std::string variant = se.substr(0, se.find(':'));
+    const char* field = size_field(variant);
+    PF_CHECK(field, "[bench] --error: attention '", variant,
+             "' has no approximation size to sweep (variants with one: nystrom)");
+    for (const std::string& kind : inputs)
+      for (int64_t T : Ts) {
+        std::vector<float> q, k, v;
+        error_inputs(kind, T, W, q, k, v);
+        AttnDesc a;
+        a.B = 1, a.Tq = a.Tk = T, a.H = a.Hkv = H, a.D = D;
+        a.ldq = a.ldk = a.ldv = a.ldo = W;
+        a.q = q.data(), a.k = k.data(), a.v = v.data();
+        a.scale = static_cast<float>(1.0 / std::sqrt(double(D)));
+        std::vector<float> exact(q.size()), out(q.size());
+        a.out = exact.data();
+        attention_forward(a);
+        for (int64_t size : sizes) {
+          const AttentionConfig ac = error_series_config(se, field, size, H, D);
+          const StackGeom geom{"bench.", 1, W, H, H, D, T, false, false};
+          PositionConfig pc;
+          pc.type = "none";
+          auto pe = make_position_encoding(pc, geom);
+          auto att = make_attention(ac, geom, *pe);
+          std::vector<ParamSpec> specs;
+          att->declare(specs);
+          PF_CHECK(specs.empty(), "[bench] --error: '", se,
+                   "' has trained weights (a conv, say); measure the approximation without them");
+          a.out = out.data();
+          att->forward(a, nullptr);
+          double num = 0, den = 0;
+          for (size_t i = 0; i < out.size(); ++i) {
+            const double d = double(out[i]) - exact[i];
+            num += d * d, den += double(exact[i]) * exact[i];
+          }
+          const double rel = std::sqrt(num / den);
+          std::printf("%-28s %-10s %6lld %-14s %8lld %12.4e\n", se.c_str(), kind.c_str(),
+                      (long long)T, field, (long long)size, rel);
+          std::fflush(stdout);
+          if (csv)
+            std::fprintf(csv, "%s,%s,%s,%lld,%s,%lld,%lld,%lld,%.6e\n", se.c_str(), variant.c_str(),
+                         field, (long long)size, kind.c_str(), (long long)T, (long long)H,
+                         (long long)D, rel);
+        }
+      }
+  }
+  if (csv) std::fclose(csv);
+  return 0;
+}
+
 }  // namespace
 
 Command add_bench(CLI::App& root) {
@@ -205,6 +355,8 @@ Command add_bench(CLI::App& root) {
     CaseOpts c;
     std::string variants = "softmax", seq_lens = "128,512,2048", masks = "both";
     bool forward_only = false, json = false;
+    bool error = false;
+    std::string sweep = "8,16,32,64,128,256", inputs = "iid,clustered,smooth", csv;
     int64_t one_T = 0;
     bool one = false;
     int threads = 0;
@@ -223,6 +375,13 @@ Command add_bench(CLI::App& root) {
       ->check(CLI::Range(1, 1000));
   app->add_flag("--forward-only", o->forward_only, "time the forward only");
   app->add_flag("--json", o->json, "one JSON object per case instead of the table");
+  app->add_flag("--error", o->error,
+                "approximation error against exact softmax instead of timing (T default 1024)");
+  app->add_option("--sweep", o->sweep,
+                  "--error: comma-separated sizes of each variant's approximation (nystrom: "
+                  "n_landmarks; default 8,16,32,64,128,256)");
+  app->add_option("--inputs", o->inputs, "--error: iid, clustered, smooth (default all)");
+  app->add_option("--csv", o->csv, "--error: also write the rows to this CSV file");
   add_threads_option(app, o->threads);
   // internal: run one case in this process
   auto* one = app->add_flag("--one", o->one, "run one case (internal)");
@@ -239,7 +398,9 @@ Command add_bench(CLI::App& root) {
           return 0;
         }
         std::vector<int64_t> Ts;
-        for (const std::string& t : split_list(o->seq_lens)) {
+        const std::string seq_lens =
+            o->error && app->count("--seq-lens") == 0 ? std::string("1024") : o->seq_lens;
+        for (const std::string& t : split_list(seq_lens)) {
           char* end = nullptr;
           const long long v = std::strtoll(t.c_str(), &end, 10);
           PF_CHECK(end && *end == 0 && v >= 1 && v <= (1 << 20), "[bench] --seq-lens: '", t,
@@ -250,6 +411,17 @@ Command add_bench(CLI::App& root) {
         PF_CHECK(!variants.empty() && !Ts.empty(),
                  "[bench] --variants and --seq-lens need "
                  "at least one entry");
+        if (o->error) {
+          std::vector<int64_t> sizes;
+          for (const std::string& t : split_list(o->sweep)) {
+            char* end = nullptr;
+            const long long v = std::strtoll(t.c_str(), &end, 10);
+            PF_CHECK(end && *end == 0 && v >= 1 && v <= (1 << 20), "[bench] --sweep: '", t,
+                     "' is not a size in 1..1048576");
+            sizes.push_back(v);
+          }
+          return run_error(variants, Ts, sizes, split_list(o->inputs), o->c.H, o->c.D, o->csv);
+        }
         std::vector<bool> masks;
         if (o->masks != "causal") masks.push_back(false);
         if (o->masks != "full") masks.push_back(true);

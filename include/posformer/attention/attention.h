@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -164,10 +165,12 @@ struct AttnDesc {
   // Self-attention (keys at the queries' sequence positions, where the position scheme applies);
   // false for cross-attention. A variant that rotates inside (caps().rotary_inside) reads it.
   bool self_attention = false;
-  // The model's weights and buffers, for variants that read buffers (performer's random
-  // features); null where a variant needs none.
-  const class ParamStore* params = nullptr;
   float* probs = nullptr;  // optional [B, H, Tq, Tk]: forward stores P here (training)
+  // The model's weights and buffers, for variants with their own: buffers (performer's random
+  // features) and per-sublayer weights named param_prefix + "..." (nystrom's convolution;
+  // param_prefix like "encoder.layers.0.attn."); null where a variant needs none.
+  const class ParamStore* params = nullptr;
+  std::string param_prefix;
 };
 
 // RealFormer's residual attention (SPEC.md 6): S_l = scale q k^T (+ position terms) + S_(l-1).
@@ -199,6 +202,7 @@ struct AttnGrads {
   const float* dout = nullptr;
   int64_t lddo = 0;
   float *dq = nullptr, *dk = nullptr, *dv = nullptr;  // strides ldq, ldk, ldv of the descriptor
+  class ParamStore* param_grads = nullptr;  // a variant's weights' gradients are added here
 };
 void attention_backward(const AttnDesc& a, const float* probs, const AttnGrads& g, ScoreHook* hook);
 

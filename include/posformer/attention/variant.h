@@ -106,4 +106,10 @@ class Attention {
 std::unique_ptr<Attention> make_attention(const AttentionConfig& cfg, const StackGeom& geom,
                                           const PositionEncoding& pe);
 
+// The attention a stack runs: cfg everywhere, except the decoder of an encoder_decoder whose
+// attention.type has no causal form and mixes query rows (nystrom: its query landmarks would let
+// a target position see later ones through cross-attention, and decoding feeds one query at a
+// time): that decoder (self- and cross-attention) runs exact softmax (docs/attention.md).
+AttentionConfig stack_attention(const AttentionConfig& cfg, Arch arch, bool decoder);
+
 }  // namespace posformer

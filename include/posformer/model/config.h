@@ -59,6 +59,11 @@ struct AttentionConfig {
   int64_t n_features = 256;
   int64_t seed = 0;
   int64_t redraw_every = 0;
+  // nystrom (docs/attention.md): landmarks M, Newton-Schulz iterations of the pseudo-inverse,
+  // depthwise convolution over V added to the output (kernel size, odd; 0 = off)
+  int64_t n_landmarks = 64;
+  int64_t pinv_iterations = 6;
+  int64_t conv_kernel = 0;
 };
 
 struct ModelConfig {
