@@ -5,6 +5,7 @@
 
 #include "posformer/attention/variant.h"
 #include "posformer/core/error.h"
+#include "posformer/model/config_fields.h"
 #include "posformer/posenc/position_encoding.h"
 #include "variants.h"
 
@@ -104,16 +105,75 @@ class SoftmaxAttention final : public Attention {
 
 }  // namespace
 
+namespace {
+// The linear family has no scores to scale: a set scale would silently do nothing.
+void no_scale(const ModelConfig& c) {
+  PF_CHECK(!c.attention.scale, "[config] attention.scale does not apply to attention type \"",
+           c.attention.type, "\" (phi(q) . phi(k) has no score scale); remove it");
+}
+
+struct Variant {
+  ConfigEntry<AttentionConfig> config;
+  std::function<std::unique_ptr<Attention>(const AttentionConfig&, const StackGeom&,
+                                           const PositionEncoding&)>
+      make;
+};
+
+// The registry: each variant's name, its own config fields and checks, and its factory.
+const std::vector<Variant>& variants() {
+  using A = AttentionConfig;
+  using PE = PositionEncoding;
+  static const std::vector<Variant> v = {
+      {{"softmax", {}, {}},
+       [](const A&, const StackGeom& g, const PE&) {
+         return std::make_unique<SoftmaxAttention>(g);
+       }},
+      {{"linear", {}, no_scale},
+       [](const A&, const StackGeom& g, const PE&) { return make_linear_attention(g); }},
+      {{"linear_cos", {}, no_scale},
+       [](const A&, const StackGeom& g, const PE&) { return make_linear_cos_attention(g); }},
+      {{"linear_rope", {}, no_scale},
+       [](const A&, const StackGeom& g, const PE& pe) {
+         return make_linear_rope_attention(g, pe);
+       }},
+      {{"performer",
+        {int_field("n_features", &A::n_features, 1, 1 << 16),
+         int_field("seed", &A::seed, 0, int64_t{1} << 53),
+         int_field("redraw_every", &A::redraw_every, 0, int64_t{1} << 53)},
+        no_scale},
+       [](const A& c, const StackGeom& g, const PE&) {
+         return make_performer_attention(g, c.n_features, static_cast<uint64_t>(c.seed));
+       }},
+      {{"nystrom",
+        {int_field("n_landmarks", &A::n_landmarks, 1, 1 << 16),
+         int_field("pinv_iterations", &A::pinv_iterations, 0, 1000),
+         int_field("conv_kernel", &A::conv_kernel, 0, 1 << 16)},
+        [](const ModelConfig& c) {
+          PF_CHECK(c.attention.conv_kernel % 2 == 1 || c.attention.conv_kernel == 0,
+                   "[config] attention.conv_kernel must be 0 (off) or odd (centred on the row), "
+                   "got ",
+                   c.attention.conv_kernel);
+        }},
+       [](const A& c, const StackGeom& g, const PE&) { return make_nystrom_attention(c, g); }},
+  };
+  return v;
+}
+}  // namespace
+
+const std::vector<ConfigEntry<AttentionConfig>>& attention_config_entries() {
+  static const std::vector<ConfigEntry<AttentionConfig>> e = [] {
+    std::vector<ConfigEntry<AttentionConfig>> out;
+    for (const Variant& x : variants()) out.push_back(x.config);
+    return out;
+  }();
+  return e;
+}
+
 std::unique_ptr<Attention> make_attention(const AttentionConfig& cfg, const StackGeom& geom,
                                           const PositionEncoding& pe) {
   std::unique_ptr<Attention> a;
-  if (cfg.type == "softmax") a = std::make_unique<SoftmaxAttention>(geom);
-  if (cfg.type == "linear") a = make_linear_attention(geom);
-  if (cfg.type == "linear_cos") a = make_linear_cos_attention(geom);
-  if (cfg.type == "linear_rope") a = make_linear_rope_attention(geom, pe);
-  if (cfg.type == "performer")
-    a = make_performer_attention(geom, cfg.n_features, static_cast<uint64_t>(cfg.seed));
-  if (cfg.type == "nystrom") a = make_nystrom_attention(cfg, geom);
+  for (const Variant& x : variants())
+    if (x.config.type == cfg.type) a = x.make(cfg, geom, pe);
   if (!a) throw Error(str("[attention] unknown attention type \"", cfg.type, "\""));
   const AttentionCaps c = a->caps();
   auto refuse = [&](const char* what) {

@@ -1,11 +1,13 @@
 #include "posformer/model/config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <nlohmann/json.hpp>
 #include <set>
 
 #include "posformer/core/error.h"
 #include "posformer/core/io.h"
+#include "posformer/model/config_fields.h"
 
 namespace posformer {
 using json = nlohmann::json;
@@ -62,6 +64,61 @@ void check_range(int64_t v, int64_t lo, int64_t hi, const char* field) {
            v);
 }
 
+// The entry of cfg.type (the registry refuses unknown types when the model is built; a config
+// made in code is checked here too).
+template <class Cfg>
+const ConfigEntry<Cfg>& entry_of(const std::vector<ConfigEntry<Cfg>>& entries, const Cfg& cfg,
+                                 const char* what) {
+  for (const auto& e : entries)
+    if (e.type == cfg.type) return e;
+  std::string list;
+  for (const auto& e : entries) list += (list.empty() ? "" : ", ") + e.type;
+  throw Error(str("[config] field '", what, ".type' has unknown value \"", cfg.type,
+                  "\" (expected one of: ", list, ")"));
+}
+
+template <class Cfg>
+void check_entry(const std::vector<ConfigEntry<Cfg>>& entries, const Cfg& cfg,
+                 const std::string& where, const ModelConfig& model) {
+  const ConfigEntry<Cfg>& e = entry_of(entries, cfg, where.substr(0, where.size() - 1).c_str());
+  for (const auto& f : e.fields) f.check(cfg, where);
+  if (e.check_model) e.check_model(model);
+}
+
+// {"type": ..., its own fields}: the type first, then only the fields its entry owns; a field
+// another entry owns is refused naming both, an unknown key by name.
+template <class Cfg>
+void parse_entry(const std::vector<ConfigEntry<Cfg>>& entries, const json& j,
+                 const std::string& where, const char* what, Cfg& cfg) {
+  std::set<std::string> types;
+  for (const auto& e : entries) types.insert(e.type);
+  cfg.type = get_choice(j, "type", cfg.type, types, where);
+  const ConfigEntry<Cfg>& mine = entry_of(entries, cfg, what);
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    if (it.key() == "type") continue;
+    const auto owns = [&](const ConfigEntry<Cfg>& e) {
+      return std::any_of(e.fields.begin(), e.fields.end(),
+                         [&](const auto& f) { return f.name == it.key(); });
+    };
+    if (owns(mine)) continue;
+    std::string owners;
+    for (const auto& e : entries)
+      if (owns(e)) owners += (owners.empty() ? "" : ", ") + e.type;
+    PF_CHECK(!owners.empty(), "[config] unknown field '", where, it.key(), "'");
+    throw Error(str("[config] field '", where, it.key(), "' does not apply to ", what, " type \"",
+                    cfg.type, "\" (it belongs to ", owners, ")"));
+  }
+  for (const auto& f : mine.fields)
+    if (j.contains(f.name)) f.parse(j.at(f.name), where, cfg);
+}
+
+template <class Cfg>
+json write_entry(const std::vector<ConfigEntry<Cfg>>& entries, const Cfg& cfg) {
+  json out = {{"type", cfg.type}};
+  for (const auto& f : entry_of(entries, cfg, "").fields) out[f.name] = f.write(cfg);
+  return out;
+}
+
 }  // namespace
 
 void validate_config(const ModelConfig& c) {
@@ -78,33 +135,7 @@ void validate_config(const ModelConfig& c) {
            ") must divide n_heads (", c.n_heads, ")");
   PF_CHECK(c.norm_eps > 0 && std::isfinite(c.norm_eps),
            "[config] field 'norm_eps' must be > 0, got ", c.norm_eps);
-  const PositionConfig& p = c.position;
-  const int64_t D = c.head_dim();
-  if (p.type == "rope") {
-    int64_t R = p.rotary_dim == 0 ? D : p.rotary_dim;
-    PF_CHECK(R > 0 && R % 2 == 0, "[config] position.rotary_dim must be even and > 0, got ", R,
-             p.rotary_dim == 0 ? " (the head dim d_model/n_heads)" : "");
-    PF_CHECK(R <= D, "[config] position.rotary_dim (", R, ") must not exceed the head dim (", D,
-             ")");
-    PF_CHECK(p.base > 1 && std::isfinite(p.base), "[config] position.base must be > 1, got ",
-             p.base);
-  }
-  if (p.type == "sinusoidal" || p.type == "sinusoidal_half")
-    PF_CHECK(c.d_model % 2 == 0, "[config] position.type ", p.type, " needs an even d_model, got ",
-             c.d_model);
-  if (p.type == "xl")
-    PF_CHECK(c.d_model % 2 == 0, "[config] position.type xl needs an even d_model, got ",
-             c.d_model);
-  if (p.type == "t5") {
-    check_range(p.num_buckets, 2, 1 << 16, "position.num_buckets");
-    PF_CHECK(p.num_buckets % 2 == 0, "[config] position.num_buckets must be even, got ",
-             p.num_buckets);
-    int64_t min_dist = p.num_buckets / 2;  // causal max_exact; bidirectional needs > num_buckets/4
-    PF_CHECK(p.max_distance > min_dist, "[config] position.max_distance (", p.max_distance,
-             ") must exceed num_buckets/2 (", min_dist, ")");
-  }
-  if (p.type == "shaw") check_range(p.clip, 1, 1 << 16, "position.clip");
-  if (p.type == "deberta") check_range(p.span, 1, 1 << 16, "position.span");
+  check_entry(position_config_entries(), c.position, "position.", c);
   if (!c.embed_scale_sqrt_d)
     PF_CHECK(std::isfinite(c.embed_scale) && c.embed_scale > 0,
              "[config] field 'embed_scale' must be a positive number or \"sqrt_d\", got ",
@@ -112,23 +143,7 @@ void validate_config(const ModelConfig& c) {
   if (c.attention.scale)
     PF_CHECK(std::isfinite(*c.attention.scale) && *c.attention.scale > 0,
              "[config] attention.scale must be a positive number, got ", *c.attention.scale);
-  // linear attention has no scores to scale: a scale would silently do nothing, so it is refused
-  const bool linear_family = c.attention.type == "linear" || c.attention.type == "linear_cos" ||
-                             c.attention.type == "linear_rope" || c.attention.type == "performer";
-  check_range(c.attention.n_features, 1, 1 << 16, "attention.n_features");
-  check_range(c.attention.seed, 0, int64_t{1} << 53, "attention.seed");
-  check_range(c.attention.redraw_every, 0, int64_t{1} << 53, "attention.redraw_every");
-  PF_CHECK(!(c.attention.scale && linear_family), "[config] attention.scale does not apply to ",
-           "attention type \"", c.attention.type,
-           "\" (phi(q) . phi(k) has no score scale); remove it");
-  if (c.attention.type == "nystrom") {
-    check_range(c.attention.n_landmarks, 1, 1 << 16, "attention.n_landmarks");
-    check_range(c.attention.pinv_iterations, 0, 1000, "attention.pinv_iterations");
-    check_range(c.attention.conv_kernel, 0, 1 << 16, "attention.conv_kernel");
-    PF_CHECK(c.attention.conv_kernel % 2 == 1 || c.attention.conv_kernel == 0,
-             "[config] attention.conv_kernel must be 0 (off) or odd (centred on the row), got ",
-             c.attention.conv_kernel);
-  }
+  check_entry(attention_config_entries(), c.attention, "attention.", c);
   if (c.head == Head::Lm && c.tie_embeddings) {
     // tied head: logits = h E^T; nothing else to check
   }
@@ -177,64 +192,20 @@ ModelConfig parse_config(const json& j) {
     PF_CHECK(p.is_object(),
              "[config] field 'position' must be an object like {\"type\": \"rope\"}, got ",
              p.dump());
-    refuse_unknown(
-        p, {"type", "layout", "rotary_dim", "base", "num_buckets", "max_distance", "clip", "span"},
-        "position.");
-    PositionConfig& pc = c.position;
-    pc.type = get_choice(p, "type", pc.type,
-                         {"none", "learned", "sinusoidal", "sinusoidal_half", "rope", "alibi", "t5",
-                          "shaw", "xl", "deberta"},
-                         "position.");
-    // scheme parameters are only accepted by the scheme that uses them
-    auto only = [&](const char* key, std::set<std::string> types) {
-      PF_CHECK(!p.contains(key) || types.count(pc.type), "[config] field 'position.", key,
-               "' does not apply to position type \"", pc.type, "\"");
-    };
-    only("layout", {"rope"});
-    only("rotary_dim", {"rope"});
-    only("base", {"rope"});
-    only("num_buckets", {"t5"});
-    only("max_distance", {"t5"});
-    only("clip", {"shaw"});
-    only("span", {"deberta"});
-    pc.layout = get_choice(p, "layout", pc.layout, {"interleaved", "half"}, "position.");
-    pc.rotary_dim = get_int(p, "rotary_dim", pc.rotary_dim, "position.");
-    PF_CHECK(pc.rotary_dim >= 0, "[config] field 'position.rotary_dim' must be >= 0, got ",
-             pc.rotary_dim);
-    pc.base = get_num(p, "base", pc.base, "position.");
-    pc.num_buckets = get_int(p, "num_buckets", pc.num_buckets, "position.");
-    pc.max_distance = get_int(p, "max_distance", pc.max_distance, "position.");
-    pc.clip = get_int(p, "clip", pc.clip, "position.");
-    pc.span = get_int(p, "span", pc.span, "position.");
+    parse_entry(position_config_entries(), p, "position.", "position", c.position);
   }
   if (j.contains("attention")) {
     const json& a = j.at("attention");
     PF_CHECK(a.is_object(),
              "[config] field 'attention' must be an object like {\"type\": \"softmax\"}, got ",
              a.dump());
-    refuse_unknown(a,
-                   {"type", "scale", "residual", "n_features", "seed", "redraw_every",
-                    "n_landmarks", "pinv_iterations", "conv_kernel"},
-                   "attention.");
-    c.attention.type = get_choice(
-        a, "type", c.attention.type,
-        {"softmax", "linear", "linear_cos", "linear_rope", "performer", "nystrom"}, "attention.");
+    // fields every variant reads (the variant's caps decide whether it can honour them)
     if (a.contains("scale") && !a.at("scale").is_null())
       c.attention.scale = get_num(a, "scale", 0.0, "attention.");
     c.attention.residual = get_bool(a, "residual", false, "attention.");
-    for (const char* f : {"n_features", "seed", "redraw_every"})
-      PF_CHECK(!a.contains(f) || c.attention.type == "performer", "[config] attention.", f,
-               " applies to attention type \"performer\" only, not \"", c.attention.type, "\"");
-    c.attention.n_features = get_int(a, "n_features", c.attention.n_features, "attention.");
-    c.attention.seed = get_int(a, "seed", c.attention.seed, "attention.");
-    c.attention.redraw_every = get_int(a, "redraw_every", c.attention.redraw_every, "attention.");
-    for (const char* f : {"n_landmarks", "pinv_iterations", "conv_kernel"})  // nystrom's own
-      PF_CHECK(!a.contains(f) || c.attention.type == "nystrom", "[config] field 'attention.", f,
-               "' applies to attention type \"nystrom\" only, not \"", c.attention.type, "\"");
-    auto& ac = c.attention;
-    ac.n_landmarks = get_int(a, "n_landmarks", ac.n_landmarks, "attention.");
-    ac.pinv_iterations = get_int(a, "pinv_iterations", ac.pinv_iterations, "attention.");
-    ac.conv_kernel = get_int(a, "conv_kernel", ac.conv_kernel, "attention.");
+    json own = a;
+    own.erase("scale"), own.erase("residual");
+    parse_entry(attention_config_entries(), own, "attention.", "attention", c.attention);
   }
   validate_config(c);
   return c;
@@ -259,33 +230,10 @@ ModelConfig load_config(const std::string& path) {
 }
 
 json config_to_json(const ModelConfig& c) {
-  json p = {{"type", c.position.type}};
-  const auto& pc = c.position;
-  if (pc.type == "rope") {
-    p["layout"] = pc.layout;
-    p["rotary_dim"] = pc.rotary_dim;
-    p["base"] = pc.base;
-  } else if (pc.type == "t5") {
-    p["num_buckets"] = pc.num_buckets;
-    p["max_distance"] = pc.max_distance;
-  } else if (pc.type == "shaw") {
-    p["clip"] = pc.clip;
-  } else if (pc.type == "deberta") {
-    p["span"] = pc.span;
-  }
-  json a = {{"type", c.attention.type}};
+  json p = write_entry(position_config_entries(), c.position);
+  json a = write_entry(attention_config_entries(), c.attention);
   if (c.attention.scale) a["scale"] = *c.attention.scale;
   if (c.attention.residual) a["residual"] = true;
-  if (c.attention.type == "performer") {
-    a["n_features"] = c.attention.n_features;
-    a["seed"] = c.attention.seed;
-    a["redraw_every"] = c.attention.redraw_every;
-  }
-  if (c.attention.type == "nystrom") {
-    a["n_landmarks"] = c.attention.n_landmarks;
-    a["pinv_iterations"] = c.attention.pinv_iterations;
-    a["conv_kernel"] = c.attention.conv_kernel;
-  }
   return json{{"arch", c.arch.name()},
               {"d_model", c.d_model},
               {"n_layers", c.n_layers},

@@ -1,6 +1,8 @@
 #include <cmath>
+#include <functional>
 
 #include "posenc_impl.h"
+#include "posformer/model/config_fields.h"
 
 namespace posformer {
 
@@ -8,20 +10,78 @@ float PositionEncoding::default_scale(int64_t D) const {
   return static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
 }
 
+namespace {
+// d_model must be even for sinusoid tables (pairs of sin, cos).
+void even_d_model(const ModelConfig& c) {
+  PF_CHECK(c.d_model % 2 == 0, "[config] position.type ", c.position.type,
+           " needs an even d_model, got ", c.d_model);
+}
+
+struct Scheme {
+  ConfigEntry<PositionConfig> config;
+  std::function<std::unique_ptr<PositionEncoding>(const PositionConfig&, const StackGeom&)> make;
+};
+
+// The registry: each scheme's name, its own config fields and checks, and its factory.
+const std::vector<Scheme>& schemes() {
+  using P = PositionConfig;
+  static const std::vector<Scheme> s = {
+      {{"none", {}, {}}, [](const P&, const StackGeom&) { return std::make_unique<NoPosition>(); }},
+      {{"learned", {}, {}},
+       [](const P&, const StackGeom& g) { return std::make_unique<LearnedPosition>(g); }},
+      {{"sinusoidal", {}, even_d_model},
+       [](const P&, const StackGeom& g) { return std::make_unique<SinusoidalPosition>(g, false); }},
+      {{"sinusoidal_half", {}, even_d_model},
+       [](const P&, const StackGeom& g) { return std::make_unique<SinusoidalPosition>(g, true); }},
+      {{"rope",
+        {choice_field("layout", &P::layout, {"interleaved", "half"}),
+         int_field("rotary_dim", &P::rotary_dim, 0, int64_t{1} << 20),
+         num_field("base", &P::base, 1.0)},
+        [](const ModelConfig& c) {
+          const int64_t D = c.head_dim(), rd = c.position.rotary_dim, R = rd == 0 ? D : rd;
+          PF_CHECK(R > 0 && R % 2 == 0, "[config] position.rotary_dim must be even and > 0, got ",
+                   R, rd == 0 ? " (the head dim d_model/n_heads)" : "");
+          PF_CHECK(R <= D, "[config] position.rotary_dim (", R, ") must not exceed the head dim (",
+                   D, ")");
+        }},
+       [](const P& c, const StackGeom& g) { return std::make_unique<RopePosition>(c, g); }},
+      {{"alibi", {}, {}},
+       [](const P&, const StackGeom& g) { return std::make_unique<AlibiPosition>(g); }},
+      {{"t5",
+        {int_field("num_buckets", &P::num_buckets, 2, 1 << 16, /*even=*/true),
+         int_field("max_distance", &P::max_distance, 1, int64_t{1} << 30)},
+        [](const ModelConfig& c) {
+          const PositionConfig& p = c.position;
+          const int64_t min_dist = p.num_buckets / 2;  // causal max_exact
+          PF_CHECK(p.max_distance > min_dist, "[config] position.max_distance (", p.max_distance,
+                   ") must exceed num_buckets/2 (", min_dist, ")");
+        }},
+       [](const P& c, const StackGeom& g) { return std::make_unique<T5Position>(c, g); }},
+      {{"shaw", {int_field("clip", &P::clip, 1, 1 << 16)}, {}},
+       [](const P& c, const StackGeom& g) { return std::make_unique<ShawPosition>(c, g); }},
+      {{"xl", {}, even_d_model},
+       [](const P&, const StackGeom& g) { return std::make_unique<XlPosition>(g); }},
+      {{"deberta", {int_field("span", &P::span, 1, 1 << 16)}, {}},
+       [](const P& c, const StackGeom& g) { return std::make_unique<DebertaPosition>(c, g); }},
+  };
+  return s;
+}
+}  // namespace
+
+const std::vector<ConfigEntry<PositionConfig>>& position_config_entries() {
+  static const std::vector<ConfigEntry<PositionConfig>> e = [] {
+    std::vector<ConfigEntry<PositionConfig>> v;
+    for (const Scheme& s : schemes()) v.push_back(s.config);
+    return v;
+  }();
+  return e;
+}
+
 std::unique_ptr<PositionEncoding> make_position_encoding(const PositionConfig& cfg,
                                                          const StackGeom& geom) {
-  const std::string& t = cfg.type;
-  if (t == "none") return std::make_unique<NoPosition>();
-  if (t == "learned") return std::make_unique<LearnedPosition>(geom);
-  if (t == "sinusoidal") return std::make_unique<SinusoidalPosition>(geom, false);
-  if (t == "sinusoidal_half") return std::make_unique<SinusoidalPosition>(geom, true);
-  if (t == "rope") return std::make_unique<RopePosition>(cfg, geom);
-  if (t == "alibi") return std::make_unique<AlibiPosition>(geom);
-  if (t == "t5") return std::make_unique<T5Position>(cfg, geom);
-  if (t == "shaw") return std::make_unique<ShawPosition>(cfg, geom);
-  if (t == "xl") return std::make_unique<XlPosition>(geom);
-  if (t == "deberta") return std::make_unique<DebertaPosition>(cfg, geom);
-  throw Error(str("[position] unknown position type \"", t, "\""));
+  for (const Scheme& s : schemes())
+    if (s.config.type == cfg.type) return s.make(cfg, geom);
+  throw Error(str("[position] unknown position type \"", cfg.type, "\""));
 }
 
 std::vector<double> alibi_slopes(int64_t H) {

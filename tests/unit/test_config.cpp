@@ -6,6 +6,7 @@
 
 #include "posformer/core/error.h"
 #include "posformer/model/config.h"
+#include "posformer/model/config_fields.h"
 #include "posformer/model/transformer.h"
 #include "test_util.h"
 
@@ -239,4 +240,37 @@ TEST(Config, ChoicesParseOnceAndNameEveryAllowedValue) {
   EXPECT_EQ(
       config_to_json(parse_config_text(R"({"norm": "rmsnorm", "head": "none"})", "t")).at("norm"),
       "rmsnorm");
+}
+
+// Each position scheme and attention variant owns its fields (model/config_fields.h): another
+// entry's field is refused naming the owner, an unknown key by name, and only the configured
+// type's fields are written back; every registered type parses and round-trips.
+TEST(Config, SchemesAndVariantsOwnTheirFields) {
+  expect_refused(with(base(), "position", {{"type", "rope"}, {"clip", 4}}),
+                 {"position.clip", "does not apply to position type \"rope\"", "belongs to shaw"});
+  expect_refused(with(base(), "attention", {{"type", "linear"}, {"n_features", 4}}),
+                 {"attention.n_features", "\"linear\"", "belongs to performer"});
+  expect_refused(with(base(), "position", {{"type", "t5"}, {"buckets", 4}}),
+                 {"unknown field 'position.buckets'"});
+  expect_refused(with(base(), "position", {{"type", "t5"}, {"num_buckets", 7}}),
+                 {"position.num_buckets", "even", "7"});
+  expect_refused(with(base(), "position", {{"type", "rope"}, {"base", 0.5}}),
+                 {"position.base", "> 1", "0.5"});
+  expect_refused(with(base(), "position", {{"type", "rope"}, {"layout", "spiral"}}),
+                 {"position.layout", "spiral", "half", "interleaved"});
+  for (const auto& e : position_config_entries()) {
+    ModelConfig c = parse_config(with(base(), "position", {{"type", e.type}}));
+    const json back = config_to_json(c)["position"];
+    EXPECT_EQ(back.size(), e.fields.size() + 1) << e.type << ": " << back.dump();
+    EXPECT_EQ(config_to_json(parse_config(config_to_json(c))), config_to_json(c)) << e.type;
+  }
+  for (const auto& e : attention_config_entries()) {
+    json j = with(base(), "attention", {{"type", e.type}});
+    j["arch"] = "encoder";  // nystrom serves encoders
+    j["position"] = {{"type", e.type == "linear_rope" ? "rope" : "none"}};
+    ModelConfig c = parse_config(j);
+    EXPECT_EQ(config_to_json(c)["attention"].size(), e.fields.size() + 1) << e.type;
+    EXPECT_EQ(config_to_json(parse_config(config_to_json(c))), config_to_json(c)) << e.type;
+    Transformer m(c);  // the registry makes every type it parses
+  }
 }
