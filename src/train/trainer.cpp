@@ -276,10 +276,27 @@ Evaluation evaluate_windows(
 
 namespace {
 
-TrainResult run_training(TrainOptions o, const std::string& resume_ckpt,
-                         const std::atomic<bool>* stop) {
-  validate(o);
-  set_threads(o.threads);
+// Everything a run holds between steps: the model and its optimizer, the data and its sampler,
+// the RNG and counters a checkpoint saves (exact resume), and the metrics log.
+struct Run {
+  TrainOptions o;
+  std::string dir;
+  ModelConfig cfg;
+  std::unique_ptr<Tokenizer> tok;
+  Choice<Objective> obj;
+  Transformer model;
+  Corpus corpus;
+  WindowSampler sampler;
+  std::vector<std::pair<std::vector<int32_t>, std::vector<int32_t>>> val_windows;
+  AdamW opt;
+  MetricsLog metrics;
+  uint64_t rng = 0;
+  int64_t step = 0, skipped = 0, tokens_seen = 0;
+};
+
+// The config and tokenizer of a new run (from the options) or of the run being resumed; checks
+// that they fit each other and the objective's sequence length.
+std::unique_ptr<Run> open_run(const TrainOptions& o, const std::string& resume_ckpt) {
   const std::string dir = o.out_dir;
   ModelConfig cfg = load_config(resume_ckpt.empty() ? o.config_path : dir + "/config.json");
   std::unique_ptr<Tokenizer> tok =
@@ -303,40 +320,124 @@ TrainResult run_training(TrainOptions o, const std::string& resume_ckpt,
   if (files.size() == 1 && files[0] == "default") files = default_corpus_files();
   Corpus corpus = load_corpus(files, *tok, o.val_fraction, o.seed);
   WindowSampler sampler(corpus.train_docs, L, o.seed);
-  std::vector<std::pair<std::vector<int32_t>, std::vector<int32_t>>> val_windows;
-  if (corpus.val_tokens >= 2)
-    val_windows = eval_windows(corpus.val_docs, L, o.eval_windows);
+  AdamW opt(model.param_specs(), AdamWConfig{o.beta1, o.beta2, o.eps, o.weight_decay});
+  auto run = std::unique_ptr<Run>(new Run{o,
+                                          dir,
+                                          cfg,
+                                          std::move(tok),
+                                          obj,
+                                          std::move(model),
+                                          std::move(corpus),
+                                          std::move(sampler),
+                                          {},
+                                          std::move(opt),
+                                          MetricsLog(dir + "/metrics.jsonl")});
+  run->rng = o.seed ^ 0x5deece66dull;
+  if (run->corpus.val_tokens >= 2)
+    run->val_windows = eval_windows(run->corpus.val_docs, L, o.eval_windows);
   else if (o.progress)
     std::fprintf(stderr,
                  "train: note: no validation documents (the data has too few documents); "
                  "validation is skipped\n");
+  return run;
+}
 
-  AdamW opt(model.param_specs(), AdamWConfig{o.beta1, o.beta2, o.eps, o.weight_decay});
-  uint64_t rng = o.seed ^ 0x5deece66dull;
-  int64_t step = 0, skipped = 0, tokens_seen = 0;
-  MetricsLog metrics(dir + "/metrics.jsonl");
+// A new run writes its directory (model, tokenizer, options, empty metrics); a resumed one
+// restores the weights, optimizer, data position, RNG and counters of its checkpoint.
+void start_or_resume(Run& r, const std::string& resume_ckpt) {
   if (resume_ckpt.empty()) {
     std::error_code ec;
-    fs::create_directories(dir, ec);
-    PF_CHECK(!ec, "[train] cannot create ", dir, ": ", ec.message());
-    PF_CHECK(latest_checkpoint(dir).empty(), "[train] ", dir,
-             " already holds a training run; continue it with --resume ", dir,
+    fs::create_directories(r.dir, ec);
+    PF_CHECK(!ec, "[train] cannot create ", r.dir, ": ", ec.message());
+    PF_CHECK(latest_checkpoint(r.dir).empty(), "[train] ", r.dir,
+             " already holds a training run; continue it with --resume ", r.dir,
              " or choose another --out");
-    model.save(dir);
-    tok->save(dir);
-    atomic_write_file(dir + "/train.json", options_to_json(o).dump(2) + "\n");
-    atomic_write_file(dir + "/metrics.jsonl", "");
-  } else {
-    LoadedCheckpoint ck = load_checkpoint(resume_ckpt);
-    model.set_weights(ck.params, resume_ckpt + "/model.safetensors");
-    opt.load_state(ck.optimizer, ck.optimizer_steps);
-    step = ck.state.step;
-    sampler.set_state(ck.state.data_state);
-    rng = std::stoull(ck.state.rng_state, nullptr, 16);
-    skipped = ck.state.extra.value("skipped", int64_t{0});
-    tokens_seen = ck.state.extra.value("tokens_seen", int64_t{0});
-    metrics.truncate_after(step);
+    r.model.save(r.dir);
+    r.tok->save(r.dir);
+    atomic_write_file(r.dir + "/train.json", options_to_json(r.o).dump(2) + "\n");
+    atomic_write_file(r.dir + "/metrics.jsonl", "");
+    return;
   }
+  LoadedCheckpoint ck = load_checkpoint(resume_ckpt);
+  r.model.set_weights(ck.params, resume_ckpt + "/model.safetensors");
+  r.opt.load_state(ck.optimizer, ck.optimizer_steps);
+  r.step = ck.state.step;
+  r.sampler.set_state(ck.state.data_state);
+  r.rng = std::stoull(ck.state.rng_state, nullptr, 16);
+  r.skipped = ck.state.extra.value("skipped", int64_t{0});
+  r.tokens_seen = ck.state.extra.value("tokens_seen", int64_t{0});
+  r.metrics.truncate_after(r.step);
+}
+
+void save_run_checkpoint(Run& r) {
+  TrainState st;
+  st.step = r.step;
+  st.rng_state = hex64(r.rng);
+  st.data_state = r.sampler.state();
+  st.extra = {
+      {"skipped", r.skipped}, {"tokens_seen", r.tokens_seen}, {"options", options_to_json(r.o)}};
+  std::vector<std::string> warnings;
+  save_checkpoint(r.dir, st, r.model.params(), r.opt, static_cast<int>(r.o.keep_last), &warnings);
+  r.model.save(r.dir);  // the run directory is always a loadable model directory
+  for (const auto& w : warnings) std::fprintf(stderr, "train: warning: %s\n", w.c_str());
+}
+
+// Forward + backward of --accum micro-batches into grads (zeroed by the caller); the mean loss.
+double accumulate_gradients(Run& r, ParamStore& grads, std::vector<int32_t>& inputs,
+                            std::vector<int32_t>& targets) {
+  const TrainOptions& o = r.o;
+  double loss_sum = 0;
+  for (int64_t a = 0; a < o.accum; ++a) {
+    r.sampler.next_batch(o.batch, inputs, targets);
+    Batch b =
+        make_batch(r.obj, inputs, targets, o.batch, o.seq_len, *r.tok, r.cfg.vocab_size, r.rng);
+    ForwardOptions fo;
+    if (r.obj == Objective::Seq2seq) fo.src = &b.src;
+    Transformer::Loss l =
+        r.model.loss_and_grad(b.in, b.tgt, grads, fo, 1.0f / static_cast<float>(o.accum));
+    loss_sum += l.loss / static_cast<double>(o.accum);
+  }
+  return loss_sum;
+}
+
+// Clips and applies the update when loss and gradients are finite; otherwise counts a skipped
+// step or stops (--on-nonfinite). Returns the gradient norm (0 when skipped).
+double apply_update(Run& r, ParamStore& grads, double loss, double lr) {
+  const TrainOptions& o = r.o;
+  if (std::isfinite(loss) && all_finite(grads)) {
+    const double gnorm = o.clip > 0 ? clip_grad_norm(grads, o.clip) : global_grad_norm(grads);
+    r.opt.step(r.model.params(), grads, lr);
+    return gnorm;
+  }
+  ++r.skipped;
+  PF_CHECK(o.on_nonfinite == "skip", "[train] non-finite loss or gradient at step ", r.step,
+           " (loss ", loss, "); stopping as --on-nonfinite stop asks. Lower --lr or set --clip.");
+  std::fprintf(stderr,
+               "\ntrain: non-finite loss or gradient at step %lld, update skipped (%lld so far)\n",
+               (long long)r.step, (long long)r.skipped);
+  return 0;
+}
+
+// Validation loss, perplexity and bits per byte into the metrics (and on stderr).
+void evaluate_run(Run& r, TrainResult& res, bool tty) {
+  if (r.val_windows.empty()) return;
+  Evaluation e = evaluate_windows(r.model, r.obj, r.val_windows, *r.tok);
+  res.val_loss = e.loss;
+  r.metrics.append(
+      {{"step", r.step}, {"val_loss", e.loss}, {"val_ppl", e.ppl}, {"val_bpb", e.bpb}});
+  if (r.o.progress)
+    std::fprintf(stderr, "%sstep %lld  val loss %.4f  ppl %.2f  bits/byte %.3f\n", tty ? "\n" : "",
+                 (long long)r.step, e.loss, e.ppl, e.bpb);
+}
+
+TrainResult run_training(TrainOptions o, const std::string& resume_ckpt,
+                         const std::atomic<bool>* stop) {
+  validate(o);
+  set_threads(o.threads);
+  std::unique_ptr<Run> run = open_run(o, resume_ckpt);
+  Run& r = *run;
+  start_or_resume(r, resume_ckpt);
+  const int64_t L = o.seq_len;
   const ScheduleConfig sched{o.lr, o.warmup, o.steps, o.decay, o.min_lr_ratio};
   const bool tty = o.progress && isatty(STDERR_FILENO);
   const int64_t print_every = std::max<int64_t>(1, o.steps / 20);
@@ -345,118 +446,71 @@ TrainResult run_training(TrainOptions o, const std::string& resume_ckpt,
         stderr,
         "train: %s %s model, %s objective, %lld train / %lld val tokens, batch %lld x %lld x "
         "accum %lld, %d threads, steps %lld..%lld\n",
-        cfg.arch.name(), cfg.position.type.c_str(), obj.name(), (long long)corpus.train_tokens,
-        (long long)corpus.val_tokens, (long long)o.batch, (long long)L, (long long)o.accum,
-        num_threads(), (long long)step, (long long)o.steps);
-
-  auto save_ckpt = [&]() {
-    TrainState st;
-    st.step = step;
-    st.rng_state = hex64(rng);
-    st.data_state = sampler.state();
-    st.extra = {
-        {"skipped", skipped}, {"tokens_seen", tokens_seen}, {"options", options_to_json(o)}};
-    std::vector<std::string> warnings;
-    save_checkpoint(dir, st, model.params(), opt, static_cast<int>(o.keep_last), &warnings);
-    model.save(dir);  // the run directory is always a loadable model directory
-    for (const auto& w : warnings) std::fprintf(stderr, "train: warning: %s\n", w.c_str());
-  };
+        r.cfg.arch.name(), r.cfg.position.type.c_str(), r.obj.name(),
+        (long long)r.corpus.train_tokens, (long long)r.corpus.val_tokens, (long long)o.batch,
+        (long long)L, (long long)o.accum, num_threads(), (long long)r.step, (long long)o.steps);
 
   TrainResult res;
   std::vector<int32_t> inputs, targets;
   auto t_start = std::chrono::steady_clock::now();
   int64_t tokens_this_run = 0;
-  const int64_t first_step = step;
-  ParamStore grads = model.zero_grads();  // allocated once, zeroed in place every step
+  const int64_t first_step = r.step;
+  ParamStore grads = r.model.zero_grads();  // allocated once, zeroed in place every step
   bool grads_dirty = false;
-  while (step < o.steps) {
-    if ((stop && stop->load()) || (o.stop_after >= 0 && step - first_step >= o.stop_after)) {
+  while (r.step < o.steps) {
+    if ((stop && stop->load()) || (o.stop_after >= 0 && r.step - first_step >= o.stop_after)) {
       res.interrupted = true;
       break;
     }
     // performer: fresh random features every redraw_every steps, drawn from (seed, step), so a
     // resumed run (its checkpoint holds the features in use) continues exactly
-    const int64_t redraw = model.config().attention.redraw_every;
-    if (redraw > 0 && step > 0 && step % redraw == 0)
-      model.redraw_buffers(static_cast<uint64_t>(step));
-    const double lr = lr_at(step, sched);
+    const int64_t redraw = r.model.config().attention.redraw_every;
+    if (redraw > 0 && r.step > 0 && r.step % redraw == 0)
+      r.model.redraw_buffers(static_cast<uint64_t>(r.step));
+    const double lr = lr_at(r.step, sched);
     if (grads_dirty)
       for (auto& [name, g] : grads.all()) std::memset(g.raw(), 0, g.nbytes());
     grads_dirty = true;
-    double loss_sum = 0;
-    int64_t step_tokens = 0;
-    for (int64_t a = 0; a < o.accum; ++a) {
-      sampler.next_batch(o.batch, inputs, targets);
-      Batch b = make_batch(obj, inputs, targets, o.batch, L, *tok, cfg.vocab_size, rng);
-      ForwardOptions fo;
-      if (obj == Objective::Seq2seq) fo.src = &b.src;
-      Transformer::Loss l =
-          model.loss_and_grad(b.in, b.tgt, grads, fo, 1.0f / static_cast<float>(o.accum));
-      loss_sum += l.loss / static_cast<double>(o.accum);
-      step_tokens += o.batch * L;
-    }
-    const bool finite = std::isfinite(loss_sum) && all_finite(grads);
-    double gnorm = 0;
-    if (finite) {
-      gnorm = o.clip > 0 ? clip_grad_norm(grads, o.clip) : global_grad_norm(grads);
-      opt.step(model.params(), grads, lr);
-    } else {
-      ++skipped;
-      PF_CHECK(o.on_nonfinite == "skip", "[train] non-finite loss or gradient at step ", step,
-               " (loss ", loss_sum,
-               "); stopping as --on-nonfinite stop asks. Lower --lr or set --clip.");
-      std::fprintf(
-          stderr,
-          "\ntrain: non-finite loss or gradient at step %lld, update skipped (%lld so far)\n",
-          (long long)step, (long long)skipped);
-    }
-    ++step;
-    tokens_seen += step_tokens;
+    const double loss = accumulate_gradients(r, grads, inputs, targets);
+    const double gnorm = apply_update(r, grads, loss, lr);
+    const int64_t step_tokens = o.accum * o.batch * L;
+    ++r.step;
+    r.tokens_seen += step_tokens;
     tokens_this_run += step_tokens;
     const double elapsed =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
     const double tps = tokens_this_run / std::max(elapsed, 1e-9);
-    res.last_loss = loss_sum;
+    res.last_loss = loss;
     res.tokens_per_s = tps;
-    metrics.append({{"step", step},
-                    {"loss", loss_sum},  // NaN/inf are written as null
-                    {"lr", lr},
-                    {"grad_norm", gnorm},
-                    {"tokens_per_s", tps},
-                    {"tokens", tokens_seen},
-                    {"skipped", skipped}});
-    if (o.progress && (tty || step % print_every == 0 || step == o.steps)) {
-      const double eta = (o.steps - step) * (elapsed / std::max<int64_t>(1, step - first_step));
+    r.metrics.append({{"step", r.step},
+                      {"loss", loss},  // NaN/inf are written as null
+                      {"lr", lr},
+                      {"grad_norm", gnorm},
+                      {"tokens_per_s", tps},
+                      {"tokens", r.tokens_seen},
+                      {"skipped", r.skipped}});
+    if (o.progress && (tty || r.step % print_every == 0 || r.step == o.steps)) {
+      const double eta = (o.steps - r.step) * (elapsed / std::max<int64_t>(1, r.step - first_step));
       std::fprintf(stderr, "%sstep %lld/%lld  loss %.4f  lr %.2e  %.0f tok/s  ETA %s%s",
-                   tty ? "\r" : "", (long long)step, (long long)o.steps, loss_sum, lr, tps,
+                   tty ? "\r" : "", (long long)r.step, (long long)o.steps, loss, lr, tps,
                    fmt_duration(eta).c_str(), tty ? "   " : "\n");
       std::fflush(stderr);
     }
-    const bool last = step == o.steps;
-    if ((o.eval_every > 0 && step % o.eval_every == 0) || last) {
-      if (!val_windows.empty()) {
-        Evaluation e = evaluate_windows(model, obj, val_windows, *tok);
-        res.val_loss = e.loss;
-        metrics.append(
-            {{"step", step}, {"val_loss", e.loss}, {"val_ppl", e.ppl}, {"val_bpb", e.bpb}});
-        if (o.progress)
-          std::fprintf(stderr, "%sstep %lld  val loss %.4f  ppl %.2f  bits/byte %.3f\n",
-                       tty ? "\n" : "", (long long)step, e.loss, e.ppl, e.bpb);
-      }
-    }
-    if ((o.ckpt_every > 0 && step % o.ckpt_every == 0) || last) save_ckpt();
+    const bool last = r.step == o.steps;
+    if ((o.eval_every > 0 && r.step % o.eval_every == 0) || last) evaluate_run(r, res, tty);
+    if ((o.ckpt_every > 0 && r.step % o.ckpt_every == 0) || last) save_run_checkpoint(r);
   }
   if (res.interrupted) {
-    save_ckpt();
+    save_run_checkpoint(r);
     if (o.progress)
       std::fprintf(stderr,
                    "\ntrain: stopped at step %lld; checkpoint saved, continue with --resume %s\n",
-                   (long long)step, dir.c_str());
+                   (long long)r.step, r.dir.c_str());
   } else if (o.progress && tty) {
     std::fprintf(stderr, "\n");
   }
-  res.steps_done = step;
-  res.skipped = skipped;
+  res.steps_done = r.step;
+  res.skipped = r.skipped;
   return res;
 }
 
