@@ -13,11 +13,12 @@ import e2e_util  # noqa: E402
 ap = argparse.ArgumentParser()
 ap.add_argument("--posformer", required=True)
 PF = os.path.abspath(ap.parse_args().posformer)
-fails = 0
+fails = runs = 0
 
 
 def check(name, fn):
-    global fails
+    global fails, runs
+    runs += 1
     try:
         fn()
         print(f"PASS  {name}", flush=True)
@@ -92,8 +93,24 @@ def t_error_mode():
     assert p.returncode != 0 and "trained weights" in p.stderr, p.stderr
 
 
+def t_performer_error_and_no_causal_form():
+    """performer's error against softmax falls as its random features grow (fixed seed, drawn as
+    at init); nystrom's causal rows read n/a and are not failures."""
+    p = bench("--error", "--variants", "performer", "--seq-lens", 64, "--heads", 2, "--head-dim",
+              16, "--sweep", "4,64,1024", "--inputs", "iid", "--threads", 2)
+    assert p.returncode == 0, p.stdout + p.stderr
+    err = [float(line.split()[-1]) for line in p.stdout.splitlines() if line.startswith("performer")]
+    assert len(err) == 3 and err[0] > err[1] > err[2], p.stdout
+    p = bench("--variants", "nystrom", "--seq-lens", 32, "--masks", "both", "--heads", 2,
+              "--head-dim", 8, "--reps", 1, "--forward-only")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "n/a: no causal form" in p.stdout and " full " in p.stdout, p.stdout
+
+
 check("bench attention: rows, GFLOP/s, memory grows with the saved P", t_rows_and_memory)
 check("bench attention: table names the CPU; bad variant / lengths / heads named", t_table_and_errors)
 check("bench attention --error: nystrom vs softmax, CSV, refusals", t_error_mode)
-print(f"{3 - fails} passed, {fails} failed")
+check("bench attention: performer's error falls with features; no causal form is n/a",
+      t_performer_error_and_no_causal_form)
+print(f"{runs - fails} passed, {fails} failed")
 sys.exit(1 if fails else 0)
