@@ -261,56 +261,6 @@ def t_forward_batch_file():
 
 
 check("a 40B-parameter config is refused at once under --memory-limit", t_huge_refused_with_a_limit)
-def read_safetensors(path):
-    import numpy as np
-    with open(path, "rb") as f:
-        raw = f.read()
-    n = int.from_bytes(raw[:8], "little")
-    head = json.loads(raw[8:8 + n])
-    out = {}
-    for name, e in head.items():
-        if name == "__metadata__":
-            continue
-        a, b = e["data_offsets"]
-        dt = {"F32": np.float32, "I32": np.int32}[e["dtype"]]
-        out[name] = np.frombuffer(raw[8 + n + a:8 + n + b], dtype=dt).reshape(e["shape"])
-    return out
-
-
-def t_forward_batch_file():
-    import numpy as np
-    seqs = ["5 17 99 3", "", "1 2 3 4 5 6 7 8 9", "200,201 7", "42"]  # a blank line is skipped
-    batch = write("batch.txt", "\n".join(seqs) + "\n")
-    m = os.path.join(W, "tiny")
-    for cfg, name in ((TINY, "rope decoder"), (write("enc.json", json.dumps({
-            "arch": "encoder", "d_model": 32, "n_layers": 2, "n_heads": 4, "d_ff": 64,
-            "vocab_size": 260, "max_len": 32, "position": {"type": "alibi"}})), "alibi encoder")):
-        md = os.path.join(W, "bf_" + name.replace(" ", "_"))
-        run("init", "--config", cfg, "--out", md, "--seed", "4")
-        out = os.path.join(W, "batch.safetensors")
-        run("forward", md, "--batch-file", batch, "--out", out)
-        t = read_safetensors(out)
-        rows = [s for s in seqs if s]
-        assert list(t["lengths"]) == [len(r.replace(",", " ").split()) for r in rows], t["lengths"]
-        assert t["hidden"].shape[:2] == (len(rows), 9), t["hidden"].shape
-        for b, r in enumerate(rows):
-            one = os.path.join(W, "one.safetensors")
-            run("forward", md, "--tokens", r, "--out", one)
-            h = read_safetensors(one)["hidden"]
-            L = h.shape[0]
-            err = np.abs(t["hidden"][b, :L] - h).max() / np.abs(h).max()
-            assert err < 1e-5, f"{name}: sequence {b} differs by {err:.2e} from its own forward"
-            if "logits" in t:
-                lg = read_safetensors(one)["logits"]
-                assert np.abs(t["logits"][b, :L] - lg).max() / np.abs(lg).max() < 1e-5, (name, b)
-    bad = write("bad_batch.txt", "1 2 3\n4 x 6\n")
-    p = run("forward", m, "--batch-file", bad, "--out", os.path.join(W, "x.safetensors"), ok=False)
-    assert p.returncode != 0 and "--batch-file line 2" in p.err and "'x'" in p.err, p.err
-    empty = write("empty_batch.txt", "\n \n")
-    p = run("forward", m, "--batch-file", empty, "--out", os.path.join(W, "x.safetensors"), ok=False)
-    assert p.returncode != 0 and "no token sequences" in p.err, p.err
-
-
 check("a 40B-parameter config is refused at once by this machine's memory", t_huge_refused_by_what_the_machine_has)
 check("init, forward, train, eval, generate, info and grad refuse a model over the limit", t_small_limit_refuses_every_command)
 check("--force goes ahead (and resume is guarded)", t_force_goes_ahead)
