@@ -421,6 +421,17 @@ def check_refusals(cli, work):
     return results
 
 
+def init_model(cli, d, name, cfg):
+    """`posformer init` of config `cfg` into d/name (seed 5): (model dir, exit code, output on
+    one line)."""
+    cp = os.path.join(d, name + ".json")
+    with open(cp, "w") as f:
+        json.dump(cfg, f)
+    mdir = os.path.join(d, name)
+    rc, out, err = run_cli([cli, "init", "--config", cp, "--out", mdir, "--seed", "5"])
+    return mdir, rc, (out + err).strip().replace("\n", " | ")
+
+
 def check_linear_cli(cli, work):
     """Linear attention through the CLI: the schemes it cannot serve are refused by init naming
     both (and a set attention.scale naming it); `generate` works with a linear model, and its
@@ -431,12 +442,7 @@ def check_linear_cli(cli, work):
     os.makedirs(d, exist_ok=True)
 
     def init(name, cfg):
-        cp = os.path.join(d, name + ".json")
-        with open(cp, "w") as f:
-            json.dump(cfg, f)
-        mdir = os.path.join(d, name)
-        rc, out, err = run_cli([cli, "init", "--config", cp, "--out", mdir, "--seed", "5"])
-        return mdir, rc, (out + err).strip().replace("\n", " | ")
+        return init_model(cli, d, name, cfg)
 
     lin = dict(BASE, arch="decoder", attention={"type": "linear"})
     for pos in ("rope", "alibi", "t5", "shaw", "xl", "deberta"):
@@ -507,12 +513,7 @@ def check_nystrom_cli(cli, work):
     os.makedirs(d, exist_ok=True)
 
     def init(name, cfg):
-        cp = os.path.join(d, name + ".json")
-        with open(cp, "w") as f:
-            json.dump(cfg, f)
-        mdir = os.path.join(d, name)
-        rc, out, err = run_cli([cli, "init", "--config", cp, "--out", mdir, "--seed", "5"])
-        return mdir, rc, (out + err).strip().replace("\n", " | ")
+        return init_model(cli, d, name, cfg)
 
     nys = {"type": "nystrom", "n_landmarks": 8}
     _, rc, msg = init("refuse_decoder", dict(BASE, arch="decoder", attention=nys))
