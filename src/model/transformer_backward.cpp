@@ -147,6 +147,8 @@ void Transformer::attention_sublayer_backward(const Stack& st, StackGradCall& c,
                   d, g.HD, 0.0f);
   AttnDesc desc = attn_desc(st, self, B, T, Tk, pos0);
   desc.q = sp.q.data<float>(), desc.k = sp.k.data<float>(), desc.v = sp.v.data<float>();
+  // the forward's output (the fused softmax backward reads it)
+  desc.out = const_cast<float*>(sp.att.data<float>());
   std::unique_ptr<ScoreHook> hook;
   if (self) hook = st.pe->prepare(params_, AttnInputs{l, &desc});
   if (self && cfg_.attention.residual) {  // dS_l += dS_(l+1); record dS_l for layer l-1
