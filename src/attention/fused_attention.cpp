@@ -21,9 +21,9 @@
 namespace posformer {
 namespace {
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-// Query rows per block and keys per tile: the S tile (kBr x kBc floats, 128 KB) and the block's
+// Query rows per block and keys per tile: the S tile (kBr x kBc floats, 256 KB) and the block's
 // O accumulator stay in L2 while K and V stream through.
-constexpr int64_t kBr = 64, kBc = 512;
+constexpr int64_t kBr = 128, kBc = 512;
 
 // vis[r]: keys of tile [s0, s0 + cols) that query row t0 + r sees.
 void tile_visible(const AttnDesc& a, int64_t b, int64_t t0, int64_t rows, int64_t s0, int64_t cols,
