@@ -202,8 +202,8 @@ for c in (False, True):
         gb = 2 * fl(T, c) / fb / 1e6
         bb = min((med(v), k) for k, v in tbwd.get((T, c), {}).items()) if tbwd.get((T, c)) else (float("nan"), "-")
         mem = f"{med([j['extra_mib'] for j in F]):.1f} / {med([j['extra_mib'] for j in U]):.0f}"
-        print(f"| {'causal' if c else 'full'} | {T} | {ff:.1f} ({g:.0f}, {100 * g / peak:.0f}%) | {uf:.1f} | {tb[0]:.1f} ({tb[1]}) | {o:.1f} | "
-              f"{o / ff:.2f}x | {tb[0] / ff:.2f}x | {fb:.1f} ({gb:.0f}, {100 * gb / peak:.0f}%) | {ub:.1f} | {bb[0]:.1f} ({bb[1]}) | {mem} |")
+        print(f"| {'causal' if c else 'full'} | {T} | {ff:.1f} ({g:.0f}, {100 * g / peak:.0f}%) | {uf:.1f} | {tb[0]:.1f} ({tb[1].strip('()')}) | {o:.1f} | "
+              f"{o / ff:.2f}x | {tb[0] / ff:.2f}x | {fb:.1f} ({gb:.0f}, {100 * gb / peak:.0f}%) | {ub:.1f} | {bb[0]:.1f} ({bb[1].strip('()')}) | {mem} |")
 for l in open(f"{out}/pf_16k.jsonl"):
     j = json.loads(l)
     if "extra_mib" in j:
