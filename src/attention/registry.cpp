@@ -33,22 +33,24 @@ class KeyValueRows final : public AttnDecodeState {
 class SoftmaxAttention final : public Attention {
  public:
   // POSFORMER_ATTN_UNFUSED=1 keeps every call on the unfused kernels (benchmarks compare both).
-  explicit SoftmaxAttention(const StackGeom& g) : g_(g) {
+  SoftmaxAttention(const StackGeom& g, bool residual) : g_(g), residual_(residual) {
     const char* e = std::getenv("POSFORMER_ATTN_UNFUSED");
     unfused_ = e && std::strcmp(e, "1") == 0;
   }
   std::string name() const override { return "softmax"; }
   AttentionCaps caps() const override { return {}; }  // everything, decoding by K/V rows
 
-  // The fused kernel serves every hook without value terms; Shaw's value term needs P.
-  bool fused(const ScoreHook* hook) const {
-    return !unfused_ && !(hook && hook->has_value_terms());
+  // The fused kernel serves every hook without value terms (Shaw's value term needs P). Its
+  // backward recomputes the scores through the backward's hook, so training with RealFormer's
+  // carried scores (whose backward hook carries gradients, not the forward's scores) keeps P.
+  bool fused(const ScoreHook* hook, bool training) const {
+    return !unfused_ && !(hook && hook->has_value_terms()) && !(residual_ && training);
   }
 
   void forward(const AttnDesc& desc, std::unique_ptr<AttnSaved>* saved) const override {
     AttnDesc a = desc;
     a.probs = nullptr;
-    const bool fuse = fused(a.hook);
+    const bool fuse = fused(a.hook, saved != nullptr);
     SoftmaxSaved* sv = nullptr;
     if (saved) {
       if (!dynamic_cast<SoftmaxSaved*>(saved->get())) *saved = std::make_unique<SoftmaxSaved>();
@@ -122,7 +124,7 @@ class SoftmaxAttention final : public Attention {
     a.Tk = st.len + desc.Tq, a.kv_batch_rows = cap, a.k_pos0 = 0, a.probs = nullptr;
     std::unique_ptr<ScoreHook> hook = make_hook ? make_hook(a) : nullptr;
     a.hook = hook.get();
-    if (fused(a.hook))
+    if (fused(a.hook, false))
       fused_attention_forward(a, nullptr);
     else
       attention_forward(a);
@@ -131,6 +133,7 @@ class SoftmaxAttention final : public Attention {
 
  private:
   StackGeom g_;
+  bool residual_ = false;
   bool unfused_ = false;
 };
 
@@ -139,7 +142,7 @@ class SoftmaxAttention final : public Attention {
 std::unique_ptr<Attention> make_attention(const AttentionConfig& cfg, const StackGeom& geom,
                                           const PositionEncoding& pe) {
   std::unique_ptr<Attention> a;
-  if (cfg.type == "softmax") a = std::make_unique<SoftmaxAttention>(geom);
+  if (cfg.type == "softmax") a = std::make_unique<SoftmaxAttention>(geom, cfg.residual);
   if (cfg.type == "linear") a = make_linear_attention(geom);
   if (!a) throw Error(str("[attention] unknown attention type \"", cfg.type, "\""));
   const AttentionCaps c = a->caps();
