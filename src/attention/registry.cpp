@@ -33,7 +33,10 @@ class KeyValueRows final : public AttnDecodeState {
 class SoftmaxAttention final : public Attention {
  public:
   // POSFORMER_ATTN_UNFUSED=1 keeps every call on the unfused kernels (benchmarks compare both).
-  SoftmaxAttention(const StackGeom& g, bool residual) : g_(g), residual_(residual) {
+  // XL and DeBERTa score terms cost O(T^2 D) themselves: the fused backward would compute them a
+  // second time (measured 15-45% slower backward at T = 1024), so they keep the unfused path.
+  SoftmaxAttention(const StackGeom& g, bool residual, const std::string& position)
+      : g_(g), residual_(residual), costly_scores_(position == "xl" || position == "deberta") {
     const char* e = std::getenv("POSFORMER_ATTN_UNFUSED");
     unfused_ = e && std::strcmp(e, "1") == 0;
   }
@@ -44,7 +47,8 @@ class SoftmaxAttention final : public Attention {
   // backward recomputes the scores through the backward's hook, so training with RealFormer's
   // carried scores (whose backward hook carries gradients, not the forward's scores) keeps P.
   bool fused(const ScoreHook* hook, bool training) const {
-    return !unfused_ && !(hook && hook->has_value_terms()) && !(residual_ && training);
+    return !unfused_ && !(hook && hook->has_value_terms()) &&
+           !((residual_ || costly_scores_) && training);
   }
 
   void forward(const AttnDesc& desc, std::unique_ptr<AttnSaved>* saved) const override {
@@ -133,7 +137,7 @@ class SoftmaxAttention final : public Attention {
 
  private:
   StackGeom g_;
-  bool residual_ = false;
+  bool residual_ = false, costly_scores_ = false;
   bool unfused_ = false;
 };
 
@@ -142,7 +146,7 @@ class SoftmaxAttention final : public Attention {
 std::unique_ptr<Attention> make_attention(const AttentionConfig& cfg, const StackGeom& geom,
                                           const PositionEncoding& pe) {
   std::unique_ptr<Attention> a;
-  if (cfg.type == "softmax") a = std::make_unique<SoftmaxAttention>(geom, cfg.residual);
+  if (cfg.type == "softmax") a = std::make_unique<SoftmaxAttention>(geom, cfg.residual, pe.name());
   if (cfg.type == "linear") a = make_linear_attention(geom);
   if (!a) throw Error(str("[attention] unknown attention type \"", cfg.type, "\""));
   const AttentionCaps c = a->caps();
