@@ -8,7 +8,8 @@
 #   --rounds N   peer rounds (default 2): N+1 posformer slots, N torch and N ORT slots
 #   --reps R     repetitions per case (google-benchmark repetitions / peer timed runs; default 7)
 #   --workdir    peers' work dir (npm install, ONNX export, OpenBLAS; default /tmp/peers-work)
-#   --quick      encoder only (skips the sgemm / linear / component families)
+#   --quick      encoder only (skips the sgemm / linear / component families and attention)
+# Unless --quick, it ends with bench/attention_bench.sh (the attention table, RESULTS.md sec. 3).
 # Environment: BUILD_DIR (default build-bench).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -254,3 +255,8 @@ if mm:
 json.dump({"summary": summary, "start": start, "end": end}, open(f"{out}/summary.json", "w"), indent=1)
 print(f"\nraw outputs: {out}")
 EOF
+
+# ---------------------------------------------------------------- attention (issue 8, 2.1)
+if [ "$QUICK" = 0 ]; then
+  BUILD_DIR=$BUILD_DIR bash "$ROOT/bench/attention_bench.sh" --rounds "$ROUNDS" --workdir "$W"
+fi

@@ -1,6 +1,7 @@
 // The attention registry and the exact softmax variant (kernels: softmax_attention*.cpp);
 // the other variants live in their own files (variants.h).
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 
 #include "posformer/attention/variant.h"
@@ -12,9 +13,11 @@
 namespace posformer {
 namespace {
 
-// Softmax keeps the probabilities P [B, H, Tq, Tk] for its backward.
+// Softmax keeps, for its backward, the rows' log-sum-exp L [B, H, Tq] (fused kernel) or, on the
+// unfused path (hooks with value terms: Shaw), the probabilities P [B, H, Tq, Tk].
 struct SoftmaxSaved final : AttnSaved {
-  Tensor probs;
+  bool fused = true;
+  Tensor lse, probs;
 };
 
 // Every past key/value row of one layer: [B, capacity, Hkv*D] each.
@@ -30,27 +33,58 @@ class KeyValueRows final : public AttnDecodeState {
 
 class SoftmaxAttention final : public Attention {
  public:
-  explicit SoftmaxAttention(const StackGeom& g) : g_(g) {}
+  // POSFORMER_ATTN_UNFUSED=1 keeps every call on the unfused kernels (benchmarks compare both).
+  // XL and DeBERTa score terms cost O(T^2 D) themselves: the fused backward would compute them a
+  // second time (measured 15-45% slower backward at T = 1024), so they keep the unfused path.
+  SoftmaxAttention(const StackGeom& g, bool residual, const std::string& position)
+      : g_(g), residual_(residual), costly_scores_(position == "xl" || position == "deberta") {
+    const char* e = std::getenv("POSFORMER_ATTN_UNFUSED");
+    unfused_ = e && std::strcmp(e, "1") == 0;
+  }
   std::string name() const override { return "softmax"; }
   AttentionCaps caps() const override { return {}; }  // everything, decoding by K/V rows
+
+  // The fused kernel serves every hook without value terms (Shaw's value term needs P). Its
+  // backward recomputes the scores through the backward's hook, so training with RealFormer's
+  // carried scores (whose backward hook carries gradients, not the forward's scores) keeps P.
+  bool fused(const ScoreHook* hook, bool training) const {
+    return !unfused_ && !(hook && hook->has_value_terms()) &&
+           !((residual_ || costly_scores_) && training);
+  }
 
   void forward(const AttnDesc& desc, std::unique_ptr<AttnSaved>* saved) const override {
     AttnDesc a = desc;
     a.probs = nullptr;
+    const bool fuse = fused(a.hook, saved != nullptr);
+    SoftmaxSaved* sv = nullptr;
     if (saved) {
       if (!dynamic_cast<SoftmaxSaved*>(saved->get())) *saved = std::make_unique<SoftmaxSaved>();
-      Tensor& p = static_cast<SoftmaxSaved&>(**saved).probs;
-      const Shape shape{a.B, a.H, a.Tq, a.Tk};
-      if (p.shape() != shape) p = Tensor(shape);  // reused step after step when shapes match
-      a.probs = p.data<float>();
+      sv = static_cast<SoftmaxSaved*>(saved->get());
+      sv->fused = fuse;
+      Tensor& keep = fuse ? sv->lse : sv->probs;
+      (fuse ? sv->probs : sv->lse) = Tensor();
+      const Shape shape = fuse ? Shape{a.B, a.H, a.Tq} : Shape{a.B, a.H, a.Tq, a.Tk};
+      if (keep.shape() != shape) keep = Tensor(shape);  // reused step after step
     }
-    attention_forward(a);
+    if (fuse) {
+      fused_attention_forward(a, sv ? sv->lse.data<float>() : nullptr);
+    } else {
+      if (sv) a.probs = sv->probs.data<float>();
+      attention_forward(a);
+    }
   }
 
   void backward(const AttnDesc& desc, const AttnSaved& saved, const AttnGrads& g,
                 ScoreHook* hook) const override {
     const auto* s = dynamic_cast<const SoftmaxSaved*>(&saved);
-    PF_CHECK(s && s->probs.shape() == (Shape{desc.B, desc.H, desc.Tq, desc.Tk}),
+    PF_CHECK(s, "[attention] softmax backward without the state of its forward");
+    if (s->fused) {
+      PF_CHECK(s->lse.shape() == (Shape{desc.B, desc.H, desc.Tq}),
+               "[attention] softmax backward: the saved log-sum-exp does not match the call");
+      fused_attention_backward(desc, s->lse.data<float>(), g, hook);
+      return;
+    }
+    PF_CHECK(s->probs.shape() == (Shape{desc.B, desc.H, desc.Tq, desc.Tk}),
              "[attention] softmax backward without the probabilities of its forward");
     attention_backward(desc, s->probs.data<float>(), g, hook);
   }
@@ -60,7 +94,7 @@ class SoftmaxAttention final : public Attention {
   }
 
   // Per visible (query, key) pair and head: q.k and p v, 2 D multiply-adds forward; backward
-  // (P stored) dV, dP, dQ, dK: 4 D.
+  // dV, dP, dQ, dK: 4 D (the fused kernel's recomputed q.k, one more D, is not counted).
   AttnCost cost(const AttnDesc& a) const override {
     double pairs = 0;
     for (int64_t b = 0; b < a.B; ++b)
@@ -95,12 +129,17 @@ class SoftmaxAttention final : public Attention {
     a.Tk = st.len + desc.Tq, a.kv_batch_rows = cap, a.k_pos0 = 0, a.probs = nullptr;
     std::unique_ptr<ScoreHook> hook = make_hook ? make_hook(a) : nullptr;
     a.hook = hook.get();
-    attention_forward(a);
+    if (fused(a.hook, false))
+      fused_attention_forward(a, nullptr);
+    else
+      attention_forward(a);
     st.len += desc.Tq;
   }
 
  private:
   StackGeom g_;
+  bool residual_ = false, costly_scores_ = false;
+  bool unfused_ = false;
 };
 
 }  // namespace
@@ -125,8 +164,8 @@ const std::vector<Variant>& variants() {
   using PE = PositionEncoding;
   static const std::vector<Variant> v = {
       {{"softmax", {}, {}},
-       [](const A&, const StackGeom& g, const PE&) {
-         return std::make_unique<SoftmaxAttention>(g);
+       [](const A& c, const StackGeom& g, const PE& pe) {
+         return std::make_unique<SoftmaxAttention>(g, c.residual, pe.name());
        }},
       {{"linear", {}, no_scale},
        [](const A&, const StackGeom& g, const PE&) { return make_linear_attention(g); }},

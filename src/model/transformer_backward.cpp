@@ -149,6 +149,8 @@ void Transformer::attention_sublayer_backward(const Stack& st, StackGradCall& c,
   AttnDesc desc = attn_desc(st, self, c.tape.in, Tk);
   desc.q = sp.q.data<float>(), desc.k = sp.k.data<float>(), desc.v = sp.v.data<float>();
   desc.params = &params_, desc.param_prefix = a + ".";
+  // the forward's output (the fused softmax backward reads it)
+  desc.out = const_cast<float*>(sp.att.data<float>());
   std::unique_ptr<ScoreHook> hook;
   if (self) hook = st.pe->prepare(params_, AttnInputs{l, &desc});
   if (self && cfg_.attention.residual) {  // dS_l += dS_(l+1); record dS_l for layer l-1

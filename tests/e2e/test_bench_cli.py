@@ -1,6 +1,7 @@
 #!/usr/bin/python3
 """posformer bench attention: rows per case, GFLOP/s from the variant's cost, peak extra memory
-that grows with the saved state (softmax keeps P: B*H*T*T floats), clear errors.
+that follows the saved state (the fused softmax keeps B*H*T floats; the unfused one,
+POSFORMER_ATTN_UNFUSED=1, keeps P: B*H*T*T floats), clear errors.
 Usage: test_bench_cli.py --posformer PATH"""
 import argparse
 import json
@@ -36,19 +37,30 @@ def bench(*args):
     return Result(*e2e_util.run_cli([PF, "bench", "attention", *map(str, args)], timeout=300))
 
 
-def t_rows_and_memory():
-    p = bench("--json", "--seq-lens", "256,1024", "--masks", "both", "--heads", 2, "--head-dim", 16,
-              "--reps", 1, "--threads", 2)
+def rows_by_case(unfused):
+    os.environ["POSFORMER_ATTN_UNFUSED"] = "1" if unfused else "0"
+    try:
+        p = bench("--json", "--seq-lens", "256,1024", "--masks", "both", "--heads", 2, "--head-dim", 16,
+                  "--reps", 1, "--threads", 2)
+    finally:
+        del os.environ["POSFORMER_ATTN_UNFUSED"]
     assert p.returncode == 0, p.stderr
     rows = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
     assert len(rows) == 4, p.stdout
-    by = {(r["T"], r["causal"]): r for r in rows}
     for r in rows:
         for k in ("forward_ms", "forward_gflops", "backward_ms", "backward_gflops", "extra_mib"):
             assert k in r and r[k] > 0, (k, r)
-    # forward + backward keep P [1, 2, T, T]: 8 MiB at T = 1024, 0.5 MiB at 256
-    big, small = by[(1024, False)]["extra_mib"], by[(256, False)]["extra_mib"]
+    return {(r["T"], r["causal"]): r for r in rows}
+
+
+def t_rows_and_memory():
+    # unfused: forward + backward keep P [1, 2, T, T]: 8 MiB at T = 1024, 0.5 MiB at 256
+    un = rows_by_case(True)
+    big, small = un[(1024, False)]["extra_mib"], un[(256, False)]["extra_mib"]
     assert big >= 7.5 and big > 4 * small, (big, small)
+    # fused: the rows' log-sum-exp (8 KiB) and per-thread tiles, far below P's 8 MiB
+    by = rows_by_case(False)
+    assert by[(1024, False)]["extra_mib"] < 4, by[(1024, False)]
     # causal counts half the pairs: half the FLOPs of the full mask, about
     r_full, r_causal = by[(1024, False)], by[(1024, True)]
     fl = lambda r: r["forward_gflops"] * r["forward_ms"]  # noqa: E731
@@ -107,7 +119,8 @@ def t_performer_error_and_no_causal_form():
     assert "n/a: no causal form" in p.stdout and " full " in p.stdout, p.stdout
 
 
-check("bench attention: rows, GFLOP/s, memory grows with the saved P", t_rows_and_memory)
+check("bench attention: rows, GFLOP/s, memory follows the saved state (P unfused, O(T) fused)",
+      t_rows_and_memory)
 check("bench attention: table names the CPU; bad variant / lengths / heads named", t_table_and_errors)
 check("bench attention --error: nystrom vs softmax, CSV, refusals", t_error_mode)
 check("bench attention: performer's error falls with features; no causal form is n/a",

@@ -211,6 +211,20 @@ void check_attn_desc(const AttnDesc& a);  // throws Error naming the bad field
 // Fast path: (b, h) pairs in parallel, scores by gemm, SIMD softmax.
 void attention_forward(const AttnDesc& a);
 
+// Fused ("flash") kernel: tiles of kBr query rows x kBc keys (fused_attention.cpp) are made,
+// used and dropped, memory O(T) per thread. Forward computes the rows' softmax online (running
+// max and sum, output rescaled) and, when lse is not null, stores each row's log-sum-exp
+// L[b, h, t] = log sum_s exp(S[t, s]) into lse [B, H, Tq] (-inf for rows that see no key;
+// their output is 0). Backward recomputes P = exp(S - L) tile by tile from q, k and L, with
+// Di = rowsum(dO * out): `a.out` must hold this forward's output, and the backward's hook must
+// add the forward's score terms in add_scores (position schemes do; the model's backward
+// ResidualScoresHook does not: it carries gradients, so RealFormer training keeps P). Hooks
+// get the same tile calls as in attention_forward / attention_backward; hooks with value terms
+// (Shaw) are refused (they use the unfused path). a.probs is ignored.
+void fused_attention_forward(const AttnDesc& a, float* lse);
+void fused_attention_backward(const AttnDesc& a, const float* lse, const AttnGrads& g,
+                              ScoreHook* hook);
+
 namespace ref {
 // Plain loops in double precision; the oracle for attention_forward.
 void attention_forward(const AttnDesc& a);

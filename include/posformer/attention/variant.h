@@ -84,7 +84,8 @@ class Attention {
   // desc: q, k, v, out, sizes, mask, positions, hook (attention.h). desc.probs is ignored: a
   // variant keeps what it needs in *saved when saved is not null.
   virtual void forward(const AttnDesc& desc, std::unique_ptr<AttnSaved>* saved) const = 0;
-  // Gradients given what forward saved for the same descriptor; dq, dk, dv are overwritten.
+  // Gradients given what forward saved for the same descriptor (its out holding the forward's
+  // output); dq, dk, dv are overwritten.
   virtual void backward(const AttnDesc& desc, const AttnSaved& saved, const AttnGrads& g,
                         ScoreHook* hook) const = 0;
 

@@ -1,0 +1,211 @@
+#!/usr/bin/env bash
+# Attention benchmark (issue 8, Part 2.1), one session on one machine, 2 threads, fp32,
+# 12 heads x D 64, batch 1, interleaved rounds:
+#   posformer fused, posformer unfused (POSFORMER_ATTN_UNFUSED=1), PyTorch (torch_bench.py
+#   --only attn), ONNX Runtime MultiHeadAttention (non-causal, causal), ...
+# then the T = 16384 training memory of the fused kernel, the AVX-512 / AVX2 FMA peak on 2
+# threads, and a markdown table of medians (bench/RESULTS.md section 3).
+#
+# Usage: bash bench/attention_bench.sh [--rounds N] [--reps R] [--workdir DIR]
+# Environment: BUILD_DIR (default build), PEERS (default ../shared/peers).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PEERS=${PEERS:-$(cd "$ROOT/../shared/peers" && pwd)}
+BUILD_DIR=${BUILD_DIR:-$ROOT/build}
+W=/tmp/peers-work
+ROUNDS=2
+REPS=3
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --rounds) ROUNDS=$2; shift 2 ;;
+    --reps) REPS=$2; shift 2 ;;
+    --workdir) W=$2; shift 2 ;;
+    -h|--help) sed -n 2,10p "$0"; exit 0 ;;
+    *) echo "attention_bench.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+PY=/usr/bin/python3
+OUT=$W/attn-$(date +%Y%m%d-%H%M%S)
+mkdir -p "$OUT"
+log() { echo "[attention_bench $(date +%H:%M:%S)] load $(cut -d' ' -f1-3 /proc/loadavg): $*" >&2; }
+SEQ=512,1024,2048,4096
+
+cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build "$BUILD_DIR" -j2 --target posformer_cli >/dev/null
+PF=$BUILD_DIR/posformer
+
+# ---- peers: ONNX Runtime's npm package and the one-node models; PyTorch's BLAS (run.sh's logic)
+[ -d "$W/node_modules/onnxruntime-node" ] || bash "$PEERS/setup.sh" "$W" >&2
+[ -f "$W/mha.onnx" ] || $PY "$PEERS/ort_attention_export.py" --workdir "$W" >&2
+[ -f "$W/mha_causal.onnx" ] || $PY "$PEERS/ort_attention_export.py" --workdir "$W" --causal >&2
+PEER_LD=""
+if ! readlink -f /usr/lib/x86_64-linux-gnu/libblas.so.3 | grep -q openblas; then
+  OB=$W/openblas/usr/lib/x86_64-linux-gnu/openblas-pthread
+  if [ ! -f "$OB/libblas.so.3" ]; then
+    (cd "$W" && rm -f libopenblas0-pthread_*.deb && apt-get download libopenblas0-pthread >&2 &&
+       dpkg -x libopenblas0-pthread_*.deb "$W/openblas")
+  fi
+  PEER_LD=$OB
+fi
+peer_env() { if [ -n "$PEER_LD" ]; then env LD_LIBRARY_PATH="$PEER_LD${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "$@"; else "$@"; fi; }
+
+# ---- FMA peak: 2 threads x 10 independent FMA chains, widest vectors the CPU has; best of 5
+cat >"$OUT/fma_peak.cpp" <<'EOF'
+#include <immintrin.h>
+#include <omp.h>
+#include <chrono>
+#include <cstdio>
+#ifdef __AVX512F__
+using V = __m512;
+#define SET _mm512_set1_ps
+#define FMA _mm512_fmadd_ps
+#define ADD _mm512_add_ps
+constexpr int kLanes = 16;
+#else
+using V = __m256;
+#define SET _mm256_set1_ps
+#define FMA _mm256_fmadd_ps
+#define ADD _mm256_add_ps
+constexpr int kLanes = 8;
+#endif
+int main() {
+  const int threads = 2;
+  const long iters = 200000000L;
+  double best = 0;
+  for (int rep = 0; rep < 5; ++rep) {
+    float sink = 0;
+    const auto t0 = std::chrono::steady_clock::now();
+#pragma omp parallel num_threads(threads) reduction(+ : sink)
+    {
+      V a[10];
+      for (auto& x : a) x = SET(1.0f);
+      const V m = SET(0.999999f), c = SET(1e-7f);
+      for (long i = 0; i < iters / 10; ++i)
+#pragma GCC unroll 10
+        for (int j = 0; j < 10; ++j) a[j] = FMA(a[j], m, c);
+      for (int j = 1; j < 10; ++j) a[0] = ADD(a[0], a[j]);
+      float buf[kLanes];
+      std::memcpy(buf, &a[0], sizeof buf);
+      for (float x : buf) sink += x;
+    }
+    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double gf = 2.0 * kLanes * double(iters) * threads / dt / 1e9;
+    if (gf > best) best = gf;
+    if (sink == 12345.0f) std::printf(" ");
+  }
+  std::printf("%.1f %s\n", best, kLanes == 16 ? "AVX-512" : "AVX2");
+}
+EOF
+sed -i 's/#include <cstdio>/#include <cstdio>\n#include <cstring>/' "$OUT/fma_peak.cpp"
+if grep -q avx512f /proc/cpuinfo; then ARCH="-mavx512f -mfma"; else ARCH="-mavx2 -mfma"; fi
+g++ -O2 $ARCH -fopenmp "$OUT/fma_peak.cpp" -o "$OUT/fma_peak"
+
+# PyTorch's attention backward (ORT has none): the shared harness's settings and median, the
+# autograd backward alone (retain_graph), plain ops and F._scaled_dot_product_attention.
+cat >"$OUT/torch_backward.py" <<'EOF'
+import math, os, sys
+sys.path.insert(0, "%PEERS%")
+import torch_bench as tb  # parses argv; its settings are applied before torch is imported
+import torch
+import torch.nn.functional as F
+H, D = 12, 64
+def plain(q, k, v, mask):
+    s = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(D))
+    if mask is not None:
+        s = s.masked_fill(mask, float("-inf"))
+    return torch.softmax(s, dim=-1) @ v
+for n in (512, 1024, 2048, 4096):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, H, n, D, requires_grad=True) for _ in range(3))
+    dout = torch.full((1, H, n, D), 0.01)
+    mask = torch.ones(n, n, dtype=torch.bool).triu_(1)
+    for causal in (False, True):
+        for name, f in (("plain ops", lambda: plain(q, k, v, mask if causal else None)),
+                        ("F._scaled_dot_product_attention",
+                         lambda: F._scaled_dot_product_attention(q, k, v, None, 0.0, False, causal)[0])):
+            out = f()
+            ms = tb.bench(lambda: out.backward(dout, retain_graph=True))
+            print(f"attn_bwd n={n} {'causal' if causal else 'non-causal'} {name}: {ms:.2f} ms", flush=True)
+            del out
+EOF
+sed -i "s|%PEERS%|$PEERS|" "$OUT/torch_backward.py"
+
+pf_case() {  # $1 tag, rest: env; posformer json lines -> $OUT/pf_<tag>_<round>.jsonl
+  local tag=$1 r=$2; shift 2
+  env "$@" OMP_NUM_THREADS=2 "$PF" bench attention --variants softmax --heads 12 --head-dim 64 \
+    --seq-lens $SEQ --masks both --reps "$REPS" --json >"$OUT/pf_${tag}_$r.jsonl"
+}
+"$OUT/fma_peak" >"$OUT/peak_0.txt"
+for r in $(seq 1 "$ROUNDS"); do
+  log "round $r: posformer fused";   pf_case fused "$r" POSFORMER_ATTN_UNFUSED=0
+  log "round $r: posformer unfused"; pf_case unfused "$r" POSFORMER_ATTN_UNFUSED=1
+  log "round $r: torch";   peer_env $PY "$PEERS/torch_bench.py" --only attn --reps "$REPS" \
+    --workdir "$OUT" >"$OUT/torch_$r.txt" 2>&1
+  log "round $r: torch backward"; peer_env $PY "$OUT/torch_backward.py" --reps "$REPS" \
+    --workdir "$OUT" >"$OUT/torch_bwd_$r.txt" 2>&1
+  log "round $r: ORT";     node "$PEERS/ort_attention.mjs" "$W/mha.onnx" "$W" >"$OUT/ort_$r.txt" 2>&1
+  node "$PEERS/ort_attention.mjs" "$W/mha_causal.onnx" "$W" >"$OUT/ort_causal_$r.txt" 2>&1
+done
+log "T = 16384 memory (fused, forward + backward of one layer's attention)"
+OMP_NUM_THREADS=2 "$PF" bench attention --variants softmax --heads 12 --head-dim 64 \
+  --seq-lens 16384 --masks causal --reps 1 --json >"$OUT/pf_16k.jsonl"
+"$OUT/fma_peak" >"$OUT/peak_1.txt"
+log "raw outputs in $OUT"
+
+# ---- table
+$PY - "$OUT" <<'EOF'
+import glob, json, os, re, statistics, subprocess, sys
+out = sys.argv[1]
+med = lambda v: statistics.median(v) if v else float("nan")
+peaks = [float(open(f).read().split()[0]) for f in sorted(glob.glob(f"{out}/peak_*.txt"))]
+isa = open(f"{out}/peak_0.txt").read().split()[1]
+peak = max(peaks)
+cpu = [l.split(":", 1)[1].strip() for l in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines() if l.startswith("Model name")][0]
+pf = {}
+for tag in ("fused", "unfused"):
+    for f in glob.glob(f"{out}/pf_{tag}_*.jsonl"):
+        for l in open(f):
+            j = json.loads(l)
+            if "forward_ms" in j:
+                pf.setdefault((tag, j["T"], j["causal"]), []).append(j)
+torch, ort = {}, {}
+for f in glob.glob(f"{out}/torch_*.txt"):
+    for l in open(f):
+        m = re.match(r"attn\s+n=(\d+) (non-causal|causal) (.*?)\s+([\d.]+) ms", l)
+        if m:
+            torch.setdefault((int(m[1]), m[2] == "causal"), {}).setdefault(m[3].strip(), []).append(float(m[4]))
+tbwd = {}
+for f in glob.glob(f"{out}/torch_bwd_*.txt"):
+    for l in open(f):
+        m = re.match(r"attn_bwd n=(\d+) (non-causal|causal) (.*?): ([\d.]+) ms", l)
+        if m:
+            tbwd.setdefault((int(m[1]), m[2] == "causal"), {}).setdefault(m[3], []).append(float(m[4]))
+for f in glob.glob(f"{out}/ort_*.txt"):
+    for l in open(f):
+        m = re.search(r"(non-causal|causal) 12x64 n=(\d+): ([\d.]+) ms", l)
+        if m:
+            ort.setdefault((int(m[2]), m[1] == "causal"), []).append(float(m[3]))
+fl = lambda T, c: 4 * 12 * 64 * T * T / (2 if c else 1)  # causal: half counted (as the peers)
+print(f"CPU: {cpu}; 2 threads; FMA peak ({isa} FMA loop, 2 threads, best of runs {peaks}): {peak:.0f} GFLOP/s")
+print()
+print("| mask | T | posformer fused fwd ms (GFLOP/s, % peak) | unfused fwd ms | PyTorch best form ms | ONNX Runtime ms | fused / ORT | fused / PyTorch | fused bwd ms (GFLOP/s, % peak) | unfused bwd ms | PyTorch best bwd ms | extra MiB fused / unfused |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+for c in (False, True):
+    for T in (512, 1024, 2048, 4096):
+        F = pf.get(("fused", T, c), []); U = pf.get(("unfused", T, c), [])
+        if not F: continue
+        ff, uf = med([j["forward_ms"] for j in F]), med([j["forward_ms"] for j in U])
+        fb, ub = med([j["backward_ms"] for j in F]), med([j["backward_ms"] for j in U])
+        tb = min((med(v), k) for k, v in torch.get((T, c), {}).items()) if torch.get((T, c)) else (float("nan"), "-")
+        o = med(ort.get((T, c), []))
+        g = fl(T, c) / ff / 1e6
+        gb = 2 * fl(T, c) / fb / 1e6
+        bb = min((med(v), k) for k, v in tbwd.get((T, c), {}).items()) if tbwd.get((T, c)) else (float("nan"), "-")
+        mem = f"{med([j['extra_mib'] for j in F]):.1f} / {med([j['extra_mib'] for j in U]):.0f}"
+        print(f"| {'causal' if c else 'full'} | {T} | {ff:.1f} ({g:.0f}, {100 * g / peak:.0f}%) | {uf:.1f} | {tb[0]:.1f} ({tb[1].strip('()')}) | {o:.1f} | "
+              f"{o / ff:.2f}x | {tb[0] / ff:.2f}x | {fb:.1f} ({gb:.0f}, {100 * gb / peak:.0f}%) | {ub:.1f} | {bb[0]:.1f} ({bb[1].strip('()')}) | {mem} |")
+for l in open(f"{out}/pf_16k.jsonl"):
+    j = json.loads(l)
+    if "extra_mib" in j:
+        print(f"\nT = 16384 causal, fused, forward + backward of one layer's attention: {j['extra_mib']:.1f} MiB beyond q, k, v, out and their gradients ({j['inputs_mib']:.0f} MiB); forward {j['forward_ms']:.0f} ms, backward {j['backward_ms']:.0f} ms")
+EOF

@@ -1,0 +1,151 @@
+// Row kernels of the fused softmax attention (Highway, runtime dispatch); attention_kernels.h.
+#include "attention_kernels.h"
+
+#include <cmath>
+#include <cstddef>
+#include <cstring>
+#include <limits>
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "../src/kernels/cpu/attention_kernels.cpp"  // relative to include/
+#include <hwy/foreach_target.h>                                        // IWYU pragma: keep
+#include <hwy/highway.h>
+
+#include "hwy_util-inl.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace posformer::kernels::cpu::HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+void flash_online_softmax_kernel(float* S, int64_t ldS, int64_t rows, int64_t cols,
+                                 const int64_t* vis, float* m, float* l, float* O, int64_t ldO,
+                                 int64_t D) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  const float ninf = -std::numeric_limits<float>::infinity();
+  for (int64_t r = 0; r < rows; ++r) {
+    float* x = S + r * ldS;
+    const size_t n = static_cast<size_t>(vis[r]);
+    // row max over the visible keys
+    auto m0 = hn::Set(d, ninf), m1 = m0;
+    size_t i = 0;
+    for (; i + 2 * N <= n; i += 2 * N) {
+      m0 = hn::Max(m0, hn::LoadU(d, x + i));
+      m1 = hn::Max(m1, hn::LoadU(d, x + i + N));
+    }
+    for (; i + N <= n; i += N) m0 = hn::Max(m0, hn::LoadU(d, x + i));
+    if (i < n) m1 = hn::Max(m1, load_tail(d, x + i, n - i, ninf));
+    const float mx = std::max(m[r], hn::GetLane(hn::MaxOfLanes(d, hn::Max(m0, m1))));
+    if (mx == ninf) {  // nothing visible so far: probabilities 0, state unchanged
+      std::memset(x, 0, static_cast<size_t>(cols) * sizeof(float));
+      continue;
+    }
+    const auto vmax = hn::Set(d, mx);
+    auto s0 = hn::Zero(d), s1 = hn::Zero(d);
+    i = 0;
+    for (; i + 2 * N <= n; i += 2 * N) {
+      const auto e0 = exp_vec(d, hn::Sub(hn::LoadU(d, x + i), vmax));
+      const auto e1 = exp_vec(d, hn::Sub(hn::LoadU(d, x + i + N), vmax));
+      hn::StoreU(e0, d, x + i);
+      hn::StoreU(e1, d, x + i + N);
+      s0 = hn::Add(s0, e0);
+      s1 = hn::Add(s1, e1);
+    }
+    for (; i + N <= n; i += N) {
+      const auto e = exp_vec(d, hn::Sub(hn::LoadU(d, x + i), vmax));
+      hn::StoreU(e, d, x + i);
+      s0 = hn::Add(s0, e);
+    }
+    if (i < n) {
+      const auto e = exp_vec(d, hn::Sub(load_tail(d, x + i, n - i, ninf), vmax));
+      store_tail(d, e, x + i, n - i);
+      s1 = hn::Add(s1, e);
+    }
+    if (n < static_cast<size_t>(cols))
+      std::memset(x + n, 0, static_cast<size_t>(cols - vis[r]) * sizeof(float));
+    const float sum = hn::GetLane(hn::SumOfLanes(d, hn::Add(s0, s1)));
+    if (m[r] == mx) {
+      l[r] += sum;
+    } else {  // the max grew: rescale what was accumulated (exp(-inf) = 0 on the first block)
+      const float alpha = m[r] == ninf ? 0.0f : std::exp(m[r] - mx);
+      l[r] = l[r] * alpha + sum;
+      float* o = O + r * ldO;
+      const auto va = hn::Set(d, alpha);
+      size_t c = 0;
+      for (; c + N <= static_cast<size_t>(D); c += N)
+        hn::StoreU(hn::Mul(hn::LoadU(d, o + c), va), d, o + c);
+      for (; c < static_cast<size_t>(D); ++c) o[c] *= alpha;
+      m[r] = mx;
+    }
+  }
+}
+
+void flash_dscores_kernel(float* S, int64_t ldS, float* dP, int64_t lddP, int64_t rows,
+                          int64_t cols, const int64_t* vis, const float* L, const float* Di) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  const float ninf = -std::numeric_limits<float>::infinity();
+  for (int64_t r = 0; r < rows; ++r) {
+    float* p = S + r * ldS;
+    float* g = dP + r * lddP;
+    const size_t n = L[r] == ninf ? 0 : static_cast<size_t>(vis[r]);
+    const auto vl = hn::Set(d, L[r]), vd = hn::Set(d, Di[r]);
+    size_t i = 0;
+    for (; i + N <= n; i += N) {
+      const auto e = exp_vec(d, hn::Sub(hn::LoadU(d, p + i), vl));
+      hn::StoreU(e, d, p + i);
+      hn::StoreU(hn::Mul(e, hn::Sub(hn::LoadU(d, g + i), vd)), d, g + i);
+    }
+    if (i < n) {
+      const auto e = exp_vec(d, hn::Sub(load_tail(d, p + i, n - i, ninf), vl));
+      store_tail(d, e, p + i, n - i);
+      store_tail(d, hn::Mul(e, hn::Sub(load_tail(d, g + i, n - i, 0.0f), vd)), g + i, n - i);
+    }
+    if (n < static_cast<size_t>(cols)) {
+      std::memset(p + n, 0, (static_cast<size_t>(cols) - n) * sizeof(float));
+      std::memset(g + n, 0, (static_cast<size_t>(cols) - n) * sizeof(float));
+    }
+  }
+}
+
+void rowdot_kernel(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t rows,
+                   int64_t D, float* out) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d), n = static_cast<size_t>(D);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* x = a + r * lda;
+    const float* y = b + r * ldb;
+    auto acc = hn::Zero(d);
+    size_t i = 0;
+    for (; i + N <= n; i += N) acc = hn::MulAdd(hn::LoadU(d, x + i), hn::LoadU(d, y + i), acc);
+    if (i < n)
+      acc = hn::MulAdd(load_tail(d, x + i, n - i, 0.0f), load_tail(d, y + i, n - i, 0.0f), acc);
+    out[r] = hn::GetLane(hn::SumOfLanes(d, acc));
+  }
+}
+
+}  // namespace posformer::kernels::cpu::HWY_NAMESPACE
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace posformer::kernels::cpu {
+
+HWY_EXPORT(flash_online_softmax_kernel);
+HWY_EXPORT(flash_dscores_kernel);
+HWY_EXPORT(rowdot_kernel);
+
+void flash_online_softmax(float* S, int64_t ldS, int64_t rows, int64_t cols, const int64_t* vis,
+                          float* m, float* l, float* O, int64_t ldO, int64_t D) {
+  HWY_DYNAMIC_DISPATCH(flash_online_softmax_kernel)(S, ldS, rows, cols, vis, m, l, O, ldO, D);
+}
+void flash_dscores(float* S, int64_t ldS, float* dP, int64_t lddP, int64_t rows, int64_t cols,
+                   const int64_t* vis, const float* L, const float* Di) {
+  HWY_DYNAMIC_DISPATCH(flash_dscores_kernel)(S, ldS, dP, lddP, rows, cols, vis, L, Di);
+}
+void rowdot(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t rows, int64_t D,
+            float* out) {
+  HWY_DYNAMIC_DISPATCH(rowdot_kernel)(a, lda, b, ldb, rows, D, out);
+}
+
+}  // namespace posformer::kernels::cpu
+#endif  // HWY_ONCE

@@ -1,0 +1,31 @@
+// Internal row kernels of the fused ("flash") softmax attention
+// (src/attention/fused_attention.cpp). Highway SIMD, runtime dispatch, single-threaded (the caller
+// runs one tile per thread).
+//
+// A tile holds `rows` query rows of a score block over `cols` keys, row stride ld. Row r sees
+// only its first vis[r] <= cols keys (the mask, from AttnDesc::visible_keys); the others are
+// treated as -inf without being read.
+#pragma once
+#include <cstdint>
+
+namespace posformer::kernels::cpu {
+
+// Online softmax step over one key block, in place. Per row r, with running max m[r], running
+// sum l[r] and output accumulator O (row stride ldO, D columns):
+//   m' = max(m, max_s S[s]);  alpha = exp(m - m');  S[s] = exp(S[s] - m') (0 where masked);
+//   l = alpha l + sum_s S[s];  O_r *= alpha;  m = m'.
+// A row whose m' is -inf (nothing visible yet) gets S = 0 and keeps m = -inf, l = 0.
+void flash_online_softmax(float* S, int64_t ldS, int64_t rows, int64_t cols, const int64_t* vis,
+                          float* m, float* l, float* O, int64_t ldO, int64_t D);
+
+// Backward tile: P = exp(S - L[r]) recomputed in place in S (0 where masked or L[r] = -inf),
+// then dP (in place) becomes dS = P * (dP - Di[r]).
+void flash_dscores(float* S, int64_t ldS, float* dP, int64_t lddP, int64_t rows, int64_t cols,
+                   const int64_t* vis, const float* L, const float* Di);
+
+// out[r] = sum_c a[r*lda + c] * b[r*ldb + c] over c < D (double accumulation is not needed:
+// D is a head dim).
+void rowdot(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t rows, int64_t D,
+            float* out);
+
+}  // namespace posformer::kernels::cpu
