@@ -46,7 +46,7 @@ def main():
                 marker=markers[se], color=colours[inp], label=f"{se} ({field}), {inp}, T={T}")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    ax.set_xlabel("approximation size (nystrom: landmarks)")
+    ax.set_xlabel("approximation size (nystrom: landmarks, performer: random features)")
     ax.set_ylabel("||out - softmax||_F / ||softmax||_F")
     r0 = rows[0]
     ax.set_title(f"approximation error vs exact softmax ({r0['heads']} heads x D {r0['head_dim']}, "
