@@ -27,43 +27,14 @@ void flash_online_softmax_kernel(float* S, int64_t ldS, int64_t rows, int64_t co
     float* x = S + r * ldS;
     const size_t n = static_cast<size_t>(vis[r]);
     // row max over the visible keys
-    auto m0 = hn::Set(d, ninf), m1 = m0;
-    size_t i = 0;
-    for (; i + 2 * N <= n; i += 2 * N) {
-      m0 = hn::Max(m0, hn::LoadU(d, x + i));
-      m1 = hn::Max(m1, hn::LoadU(d, x + i + N));
-    }
-    for (; i + N <= n; i += N) m0 = hn::Max(m0, hn::LoadU(d, x + i));
-    if (i < n) m1 = hn::Max(m1, load_tail(d, x + i, n - i, ninf));
-    const float mx = std::max(m[r], hn::GetLane(hn::MaxOfLanes(d, hn::Max(m0, m1))));
+    const float mx = std::max(m[r], row_max(d, x, n));
     if (mx == ninf) {  // nothing visible so far: probabilities 0, state unchanged
       std::memset(x, 0, static_cast<size_t>(cols) * sizeof(float));
       continue;
     }
-    const auto vmax = hn::Set(d, mx);
-    auto s0 = hn::Zero(d), s1 = hn::Zero(d);
-    i = 0;
-    for (; i + 2 * N <= n; i += 2 * N) {
-      const auto e0 = exp_vec(d, hn::Sub(hn::LoadU(d, x + i), vmax));
-      const auto e1 = exp_vec(d, hn::Sub(hn::LoadU(d, x + i + N), vmax));
-      hn::StoreU(e0, d, x + i);
-      hn::StoreU(e1, d, x + i + N);
-      s0 = hn::Add(s0, e0);
-      s1 = hn::Add(s1, e1);
-    }
-    for (; i + N <= n; i += N) {
-      const auto e = exp_vec(d, hn::Sub(hn::LoadU(d, x + i), vmax));
-      hn::StoreU(e, d, x + i);
-      s0 = hn::Add(s0, e);
-    }
-    if (i < n) {
-      const auto e = exp_vec(d, hn::Sub(load_tail(d, x + i, n - i, ninf), vmax));
-      store_tail(d, e, x + i, n - i);
-      s1 = hn::Add(s1, e);
-    }
+    const float sum = exp_sub_sum(d, x, n, mx);
     if (n < static_cast<size_t>(cols))
       std::memset(x + n, 0, static_cast<size_t>(cols - vis[r]) * sizeof(float));
-    const float sum = hn::GetLane(hn::SumOfLanes(d, hn::Add(s0, s1)));
     if (m[r] == mx) {
       l[r] += sum;
     } else {  // the max grew: rescale what was accumulated (exp(-inf) = 0 on the first block)

@@ -9,6 +9,7 @@
 
 #include <cstddef>
 #include <cstring>
+#include <limits>
 
 #include "hwy/highway.h"
 
@@ -124,6 +125,51 @@ HWY_INLINE V gelu_tanh_vec(D d, V x) {
 template <class D, class V>
 HWY_INLINE V silu_vec(D d, V x) {
   return hn::Mul(x, sigmoid_vec(d, x));
+}
+
+// Largest of x[0..n) (-inf when n = 0): two accumulators, the tail padded with -inf.
+template <class D>
+HWY_INLINE float row_max(D d, const float* x, size_t n) {
+  const size_t N = hn::Lanes(d);
+  const float ninf = -std::numeric_limits<float>::infinity();
+  auto m0 = hn::Set(d, ninf), m1 = m0;
+  size_t i = 0;
+  for (; i + 2 * N <= n; i += 2 * N) {
+    m0 = hn::Max(m0, hn::LoadU(d, x + i));
+    m1 = hn::Max(m1, hn::LoadU(d, x + i + N));
+  }
+  for (; i + N <= n; i += N) m0 = hn::Max(m0, hn::LoadU(d, x + i));
+  if (i < n) m1 = hn::Max(m1, load_tail(d, x + i, n - i, ninf));
+  return hn::GetLane(hn::MaxOfLanes(d, hn::Max(m0, m1)));
+}
+
+// x[i] = exp(x[i] - mx) in place over [0, n); returns their sum (exp(-inf) is exactly 0).
+template <class D>
+HWY_INLINE float exp_sub_sum(D d, float* x, size_t n, float mx) {
+  const size_t N = hn::Lanes(d);
+  const auto vmax = hn::Set(d, mx);
+  auto s0 = hn::Zero(d), s1 = hn::Zero(d);
+  size_t i = 0;
+  for (; i + 2 * N <= n; i += 2 * N) {
+    const auto e0 = exp_vec(d, hn::Sub(hn::LoadU(d, x + i), vmax));
+    const auto e1 = exp_vec(d, hn::Sub(hn::LoadU(d, x + i + N), vmax));
+    hn::StoreU(e0, d, x + i);
+    hn::StoreU(e1, d, x + i + N);
+    s0 = hn::Add(s0, e0);
+    s1 = hn::Add(s1, e1);
+  }
+  for (; i + N <= n; i += N) {
+    const auto e = exp_vec(d, hn::Sub(hn::LoadU(d, x + i), vmax));
+    hn::StoreU(e, d, x + i);
+    s0 = hn::Add(s0, e);
+  }
+  if (i < n) {
+    const auto e = exp_vec(
+        d, hn::Sub(load_tail(d, x + i, n - i, -std::numeric_limits<float>::infinity()), vmax));
+    store_tail(d, e, x + i, n - i);
+    s1 = hn::Add(s1, e);
+  }
+  return hn::GetLane(hn::SumOfLanes(d, hn::Add(s0, s1)));
 }
 
 }  // namespace posformer::kernels::cpu::HWY_NAMESPACE

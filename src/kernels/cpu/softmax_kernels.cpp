@@ -23,44 +23,16 @@ HWY_INLINE void softmax_row(float* x, size_t n) {
   const size_t N = hn::Lanes(d);
   const float ninf = -std::numeric_limits<float>::infinity();
   // Pass 1: row max (tail padded with -inf).
-  auto m0 = hn::Set(d, ninf), m1 = m0;
-  size_t i = 0;
-  for (; i + 2 * N <= n; i += 2 * N) {
-    m0 = hn::Max(m0, hn::LoadU(d, x + i));
-    m1 = hn::Max(m1, hn::LoadU(d, x + i + N));
-  }
-  for (; i + N <= n; i += N) m0 = hn::Max(m0, hn::LoadU(d, x + i));
-  if (i < n) m1 = hn::Max(m1, load_tail(d, x + i, n - i, ninf));
-  const float mx = hn::GetLane(hn::MaxOfLanes(d, hn::Max(m0, m1)));
+  const float mx = row_max(d, x, n);
   if (mx == ninf) {  // fully masked row attends to nothing
     std::memset(x, 0, n * sizeof(float));
     return;
   }
   // Pass 2: x = exp(x - max), summed; exp(-inf) is exactly 0.
-  const auto vmax = hn::Set(d, mx);
-  auto s0 = hn::Zero(d), s1 = hn::Zero(d);
-  i = 0;
-  for (; i + 2 * N <= n; i += 2 * N) {
-    const auto e0 = exp_vec(d, hn::Sub(hn::LoadU(d, x + i), vmax));
-    const auto e1 = exp_vec(d, hn::Sub(hn::LoadU(d, x + i + N), vmax));
-    hn::StoreU(e0, d, x + i);
-    hn::StoreU(e1, d, x + i + N);
-    s0 = hn::Add(s0, e0);
-    s1 = hn::Add(s1, e1);
-  }
-  for (; i + N <= n; i += N) {
-    const auto e = exp_vec(d, hn::Sub(hn::LoadU(d, x + i), vmax));
-    hn::StoreU(e, d, x + i);
-    s0 = hn::Add(s0, e);
-  }
-  if (i < n) {
-    const auto e = exp_vec(d, hn::Sub(load_tail(d, x + i, n - i, ninf), vmax));
-    store_tail(d, e, x + i, n - i);
-    s1 = hn::Add(s1, e);
-  }
+  const float sum = exp_sub_sum(d, x, n, mx);
   // Pass 3: scale by 1 / sum (sum >= 1: the max element contributes exp(0)).
-  const auto inv = hn::Set(d, 1.0f / hn::GetLane(hn::SumOfLanes(d, hn::Add(s0, s1))));
-  i = 0;
+  const auto inv = hn::Set(d, 1.0f / sum);
+  size_t i = 0;
   for (; i + N <= n; i += N) hn::StoreU(hn::Mul(hn::LoadU(d, x + i), inv), d, x + i);
   if (i < n) store_tail(d, hn::Mul(load_tail(d, x + i, n - i, 0.0f), inv), x + i, n - i);
 }
