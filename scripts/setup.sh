@@ -28,7 +28,12 @@ PKGS=(
 )
 # bench: Node.js + npm for ONNX Runtime (npm package onnxruntime-node); the PyTorch peer uses
 # python3-torch above; lscpu (util-linux) is essential on Debian.
-if [ "$BENCH" = 1 ]; then PKGS+=(nodejs npm); fi
+# NodeSource's nodejs bundles npm and conflicts with Debian's npm package: an npm already on
+# PATH is used as it is.
+if [ "$BENCH" = 1 ]; then
+  PKGS+=(nodejs)
+  command -v npm >/dev/null 2>&1 || PKGS+=(npm)
+fi
 
 missing=()
 for p in "${PKGS[@]}"; do
