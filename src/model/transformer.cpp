@@ -501,7 +501,6 @@ StackInput Transformer::main_input(const TokenBatch& tokens, const ForwardOption
     in.enc_len = checked_lengths(opt.src_lengths, B, (*opt.src)[0].size(), "source lengths");
   else
     PF_CHECK(!opt.src_lengths, "[input] source lengths are only for encoder_decoder models");
-  if (cfg_.arch == Arch::Encoder) in.enc_len = nullptr;
   return in;
 }
 
