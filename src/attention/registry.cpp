@@ -36,8 +36,11 @@ class SoftmaxAttention final : public Attention {
   // POSFORMER_ATTN_UNFUSED=1 keeps every call on the unfused kernels (benchmarks compare both).
   // XL and DeBERTa score terms cost O(T^2 D) themselves: the fused backward would compute them a
   // second time (measured 15-45% slower backward at T = 1024), so they keep the unfused path.
-  SoftmaxAttention(const StackGeom& g, bool residual, const std::string& position)
-      : g_(g), residual_(residual), costly_scores_(position == "xl" || position == "deberta") {
+  SoftmaxAttention(const StackGeom& g, bool residual, const PositionEncoding& pe)
+      : g_(g),
+        residual_(residual),
+        costly_scores_(pe.name() == "xl" || pe.name() == "deberta"),
+        value_terms_(pe.adds_values()) {
     const char* e = std::getenv("POSFORMER_ATTN_UNFUSED");
     unfused_ = e && std::strcmp(e, "1") == 0;
   }
@@ -103,6 +106,15 @@ class SoftmaxAttention final : public Attention {
     return {2 * per, 4 * per};
   }
 
+  // Training keeps L [B, H, Tq] on the fused path, P [B, H, Tq, Tk] on the unfused one (as
+  // fused() decides: self-attention with value terms; every call of an XL, DeBERTa or RealFormer
+  // stack; POSFORMER_ATTN_UNFUSED).
+  uint64_t saved_bytes(const AttnDesc& a) const override {
+    const bool probs =
+        unfused_ || (a.self_attention && value_terms_) || residual_ || costly_scores_;
+    return uint64_t(a.B * a.H * a.Tq) * uint64_t(probs ? a.Tk : 1) * sizeof(float);
+  }
+
   uint64_t decode_bytes(int64_t B, int64_t capacity) const override {
     return 2 * uint64_t(B) * uint64_t(capacity) * uint64_t(g_.Hkv * g_.D) * sizeof(float);
   }
@@ -138,7 +150,7 @@ class SoftmaxAttention final : public Attention {
 
  private:
   StackGeom g_;
-  bool residual_ = false, costly_scores_ = false;
+  bool residual_ = false, costly_scores_ = false, value_terms_ = false;
   bool unfused_ = false;
 };
 
@@ -165,7 +177,7 @@ const std::vector<Variant>& variants() {
   static const std::vector<Variant> v = {
       {{"softmax", {}, {}},
        [](const A& c, const StackGeom& g, const PE& pe) {
-         return std::make_unique<SoftmaxAttention>(g, c.residual, pe.name());
+         return std::make_unique<SoftmaxAttention>(g, c.residual, pe);
        }},
       {{"linear", {}, no_scale},
        [](const A&, const StackGeom& g, const PE&) { return make_linear_attention(g); }},

@@ -28,28 +28,6 @@
 namespace posformer::cli {
 namespace {
 
-// kB fields of /proc/self/status ("VmRSS", "VmHWM"), in bytes; -1 when unreadable.
-double proc_status_bytes(const std::string& field) {
-  std::ifstream f("/proc/self/status");
-  std::string line;
-  while (std::getline(f, line))
-    if (line.rfind(field + ":", 0) == 0) {
-      std::istringstream in(line.substr(field.size() + 1));
-      double kb = -1;
-      in >> kb;
-      return kb < 0 ? -1 : kb * 1024.0;
-    }
-  return -1;
-}
-
-// Resets VmHWM to the current resident size (Linux >= 4.0); false when not allowed.
-bool reset_peak_rss() {
-  std::ofstream f("/proc/self/clear_refs");
-  if (!f) return false;
-  f << "5";
-  return static_cast<bool>(f.flush());
-}
-
 struct CaseOpts {
   std::string variant = "softmax";
   int64_t B = 1, H = 12, Hkv = 0, D = 64, T = 512, reps = 5;

@@ -3,6 +3,8 @@
 #include <cerrno>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 
 #include "posformer/core/memory.h"
 #include "posformer/core/runtime.h"
@@ -48,6 +50,26 @@ TokenBatch parse_token_lines(const std::string& text, const std::string& what) {
   }
   PF_CHECK(!out.empty(), "[input] ", what, ": no token sequences (one per line)");
   return out;
+}
+
+double proc_status_bytes(const std::string& field) {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind(field + ":", 0) == 0) {
+      std::istringstream in(line.substr(field.size() + 1));
+      double kb = -1;
+      in >> kb;
+      return kb < 0 ? -1 : kb * 1024.0;
+    }
+  return -1;
+}
+
+bool reset_peak_rss() {
+  std::ofstream f("/proc/self/clear_refs");
+  if (!f) return false;
+  f << "5";
+  return static_cast<bool>(f.flush());
 }
 
 void add_threads_option(CLI::App* app, int& threads) {

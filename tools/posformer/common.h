@@ -22,12 +22,18 @@ Command add_generate(CLI::App& root);
 Command add_plot(CLI::App& root);
 Command add_grad(CLI::App& root);
 Command add_bench(CLI::App& root);
+Command add_cost(CLI::App& root);
 
 // "1 2 3" (spaces, commas or newlines) -> ids; throws Error naming the bad token.
 std::vector<int32_t> parse_token_list(const std::string& text, const std::string& what);
 // One sequence per non-blank line (ids separated by spaces or commas); names the bad line.
 TokenBatch parse_token_lines(const std::string& text, const std::string& what);
 void add_threads_option(CLI::App* app, int& threads);
+
+// kB fields of /proc/self/status ("VmRSS", "VmHWM"), in bytes; -1 when unreadable.
+double proc_status_bytes(const std::string& field);
+// Resets VmHWM to the current resident size (Linux >= 4.0); false when not allowed.
+bool reset_peak_rss();
 
 // Parameters of a model: the sum over its ParamSpecs, the list init, load and info share. The
 // config overload declares the model without allocating a weight.

@@ -90,6 +90,10 @@ class Attention {
                         ScoreHook* hook) const = 0;
 
   virtual AttnCost cost(const AttnDesc& desc) const { return {}; }
+  // Bytes a training forward keeps in its AttnSaved slot for this call (cost accounting,
+  // model/cost.h): softmax's row log-sum-exp [B, H, Tq], or its probabilities [B, H, Tq, Tk] on
+  // the unfused path; 0 for variants that keep only sizes and recompute in backward.
+  virtual uint64_t saved_bytes(const AttnDesc& desc) const { return 0; }
 
   // Decoding: B sequences, at most `capacity` positions.
   virtual std::unique_ptr<AttnDecodeState> start_decode(int64_t B, int64_t capacity) const = 0;
