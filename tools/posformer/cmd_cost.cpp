@@ -184,22 +184,23 @@ Command add_cost(CLI::App& root) {
       "parameters, FLOPs per token, training memory and KV cache of a config (docs/cost.md)");
   auto a = std::make_shared<CostArgs>();
   app->add_option("--config", a->config, "model config JSON")->required();
-  app->add_option("--seq-len", a->opt.seq_len, "tokens per sequence T (default: max_len)");
+  app->add_option("--seq-len", a->opt.seq_len, "tokens per sequence T (default: max_len)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 24));
   app->add_option("--src-len", a->opt.src_len,
-                  "encoder tokens per sequence of an encoder_decoder (default: --seq-len)");
-  app->add_option("--batch", a->opt.batch, "sequences per step (default 1)");
+                  "encoder tokens per sequence of an encoder_decoder (default: --seq-len)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 24));
+  app->add_option("--batch", a->opt.batch, "sequences per step (default 1)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
   app->add_option("--precision", a->precision,
                   "fp32 (16 bytes per parameter) or bf16 (mixed precision, 20)");
   app->add_option("--optimizer", a->opt.optimizer, "adamw (the only one posformer trains with)");
   app->add_flag("--json", a->json, "print JSON instead of the table");
   app->add_option("--measure", a->measure,
                   "also run this many training steps on random tokens and report the measured "
-                  "peak memory growth and median step time (docs/cost.md)");
+                  "peak memory growth and median step time (docs/cost.md)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1000}));
   add_threads_option(app, a->threads);
   return {app, [a]() {
-            PF_CHECK(a->opt.seq_len >= 1 || a->opt.seq_len == 0,
-                     "[cost] --seq-len must be >= 1, got ", a->opt.seq_len);
-            PF_CHECK(a->measure >= 0, "[cost] --measure must be >= 0, got ", a->measure);
             a->opt.precision = Choice<Precision>(a->precision);
             const ModelCost c = model_cost(load_config(a->config), a->opt);
             nlohmann::json meas;

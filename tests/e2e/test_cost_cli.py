@@ -1,0 +1,123 @@
+#!/usr/bin/python3
+"""posformer cost from the command line: its parameter count equals `posformer info` on an
+initialised model of the same config (every arch), --json is well-formed and agrees with the
+table, and bad flags and configs are refused naming what is wrong.
+Usage: test_cost_cli.py --posformer PATH [--keep]"""
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--posformer", required=True)
+ap.add_argument("--keep", action="store_true")
+args = ap.parse_args()
+PF = os.path.abspath(args.posformer)
+W = tempfile.mkdtemp(prefix="posformer_cost_")
+results = []
+
+
+def run(*a, ok=True):
+    p = subprocess.run([PF, *map(str, a)], capture_output=True, timeout=120)
+    p.out, p.err = p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
+    if ok and p.returncode != 0:
+        raise AssertionError(f"posformer {' '.join(map(str, a))} failed ({p.returncode}):\n{p.err[-2000:]}")
+    return p
+
+
+def check(name, fn):
+    t0 = time.time()
+    try:
+        fn()
+        results.append(True)
+        print(f"PASS  {name}  ({time.time() - t0:.1f}s)", flush=True)
+    except Exception as e:  # noqa: BLE001 - report every failure
+        results.append(False)
+        print(f"FAIL  {name}: {e}", flush=True)
+
+
+def write(name, obj):
+    path = os.path.join(W, name)
+    with open(path, "w") as f:
+        f.write(json.dumps(obj) if not isinstance(obj, str) else obj)
+    return path
+
+
+BASE = {"d_model": 32, "n_layers": 2, "n_heads": 4, "d_ff": 64, "vocab_size": 260, "max_len": 64}
+CONFIGS = {
+    "decoder_rope": dict(BASE, arch="decoder", position={"type": "rope"}),
+    "encoder_learned_performer": dict(BASE, arch="encoder", position={"type": "learned"},
+                                      attention={"type": "performer", "n_features": 16}),
+    "encdec_t5_gqa_swiglu": dict(BASE, arch="encoder_decoder", n_kv_heads=2, activation="swiglu",
+                                 tie_embeddings=False, position={"type": "t5"}),
+}
+
+
+def t_equals_info():
+    for name, cfg in CONFIGS.items():
+        path = write(name + ".json", cfg)
+        md = os.path.join(W, name)
+        run("init", "--config", path, "--out", md)
+        info = run("info", md).out
+        total = int(re.search(r"^total\s+(\d+)", info, re.M).group(1))
+        j = json.loads(run("cost", "--config", path, "--seq-len", 32, "--json").out)
+        assert j["parameters"]["total"] == total, (name, j["parameters"], total)
+        for comp in ("embedding", "position", "attention", "ffn", "norm", "head"):
+            m = re.search(rf"^{comp}\s+(\d+)", info, re.M)
+            assert j["parameters"][comp] == (int(m.group(1)) if m else 0), (name, comp, info)
+        table = run("cost", "--config", path, "--seq-len", 32).out
+        assert re.search(rf"^\s+total\s+{total}$", table, re.M), table
+
+
+def t_json_well_formed():
+    path = write("d.json", CONFIGS["decoder_rope"])
+    j = json.loads(run("cost", "--config", path, "--seq-len", 48, "--batch", 3, "--json").out)
+    assert j["seq_len"] == 48 and j["batch"] == 3 and j["tokens_per_step"] == 144, j
+    for kind in ("forward_flops", "training_flops"):
+        parts = j[kind]
+        s = sum(parts[k]["per_step"] for k in ("projections", "ffn", "attention", "embed_head", "rest"))
+        assert abs(s - parts["total"]["per_step"]) <= 1e-9 * s, (kind, parts)
+        assert abs(parts["total"]["per_token"] * 144 - parts["total"]["per_step"]) <= 1e-6 * s
+    mem = j["training_memory_bytes"]
+    P = j["parameters"]["total"]
+    assert mem["weights"] + mem["gradients"] + mem["adamw_moments"] == 16 * P, mem
+    jb = json.loads(run("cost", "--config", path, "--precision", "bf16", "--json").out)
+    mb = jb["training_memory_bytes"]
+    assert mb["weights"] + mb["gradients"] + mb["adamw_moments"] + mb["master_copy"] == 20 * P, mb
+    assert j["decode"]["kv_cache_bytes_per_token"] == 2 * 2 * 4 * 8 * 4, j["decode"]  # 2 L Hkv D 4
+    assert j["attention_overtakes"]["layer_matmuls_at_T"] > 0
+
+
+def t_bad_flags_refused():
+    path = write("d2.json", CONFIGS["decoder_rope"])
+    learned = write("l.json", dict(BASE, arch="decoder", position={"type": "learned"}))
+    cases = [
+        (["--config", path, "--precision", "fp16"], "[precision] must be one of fp32, bf16"),
+        (["--config", path, "--optimizer", "sgd"], "--optimizer must be adamw"),
+        (["--config", path, "--seq-len", 0], "--seq-len"),
+        (["--config", path, "--batch", 0], "--batch"),
+        (["--config", path, "--src-len", 8], "--src-len is only for encoder_decoder"),
+        (["--config", learned, "--seq-len", 65], "exceeds the learned position table (max_len 64)"),
+        (["--config", os.path.join(W, "missing.json")], "missing.json"),
+        (["--config", write("bad.json", dict(BASE, arch="decoder", n_heads=5))], "n_heads"),
+        (["--config", path, "--precision", "bf16", "--measure", 1], "--measure trains in fp32"),
+    ]
+    for argv, words in cases:
+        p = run("cost", *argv, ok=False)
+        assert p.returncode != 0, (argv, p.out)
+        assert words in p.err, (argv, words, p.err)
+
+
+check("cost's parameter counts equal `posformer info` on an initialised model", t_equals_info)
+check("--json is well-formed: parts sum to totals, 16 / 20 bytes per parameter, KV cache", t_json_well_formed)
+check("bad flags and configs are refused naming what is wrong", t_bad_flags_refused)
+passed = sum(results)
+print(f"{passed} passed, {len(results) - passed} failed")
+if not args.keep:
+    shutil.rmtree(W, ignore_errors=True)
+sys.exit(0 if passed == len(results) else 1)
