@@ -261,6 +261,8 @@ ModelCost model_cost(const ModelConfig& cfg, const CostOptions& opt) {
              " exceeds the learned position table (max_len ", mp + 1, ")");
   }
   r.attention = m.attention(cfg.has_decoder())->name();
+  if (cfg.arch == Arch::EncoderDecoder && m.attention(false)->name() != r.attention)
+    r.attention = m.attention(false)->name() + " (encoder), " + r.attention + " (decoder)";
 
   // ---- parameters: the core counted from the shapes; the position scheme's and the attention
   // variant's own parameters as their registry entries declare them

@@ -115,6 +115,19 @@ def t_bad_flags_refused():
 
 check("cost's parameter counts equal `posformer info` on an initialised model", t_equals_info)
 check("--json is well-formed: parts sum to totals, 16 / 20 bytes per parameter, KV cache", t_json_well_formed)
+def t_measure_reports():
+    path = write("m.json", CONFIGS["encdec_t5_gqa_swiglu"])
+    j = json.loads(run("cost", "--config", path, "--seq-len", 16, "--batch", 2, "--measure", 2,
+                       "--threads", 1, "--json").out)
+    m = j["measured"]
+    assert m["steps"] == 2 and m["threads"] == 1 and m["step_seconds_median"] > 0, m
+    assert m["predicted_bytes"] == j["training_memory_bytes"]["total"], m
+    assert m["peak_rss_growth_bytes"] is None or m["peak_rss_growth_bytes"] > 0, m
+    table = run("cost", "--config", path, "--seq-len", 16, "--measure", 2).out
+    assert re.search(r"measured\s+2 training steps", table), table
+
+
+check("--measure runs training steps and reports time and peak memory", t_measure_reports)
 check("bad flags and configs are refused naming what is wrong", t_bad_flags_refused)
 passed = sum(results)
 print(f"{passed} passed, {len(results) - passed} failed")

@@ -123,7 +123,8 @@ void print_table(const ModelCost& c, const std::string& path) {
   std::printf("  everything else                          at %s\n", at(c.crossover_all_T).c_str());
 }
 
-// Median seconds and peak memory growth of `steps` training steps on random tokens.
+// Median and fastest seconds per step and peak memory growth of `steps` training steps on random
+// tokens.
 nlohmann::json measure(const ModelCost& c, int64_t steps) {
   const ModelConfig& cfg = c.config;
   const int64_t B = c.options.batch, T = c.options.seq_len, Ts = c.options.src_len;
@@ -170,6 +171,7 @@ nlohmann::json measure(const ModelCost& c, int64_t steps) {
   r["steps"] = steps;
   r["threads"] = num_threads();
   r["step_seconds_median"] = secs[secs.size() / 2];
+  r["step_seconds_min"] = secs.front();
   r["peak_rss_growth_bytes"] =
       reset && rss0 >= 0 && hwm >= 0 ? nlohmann::json(hwm - rss0) : nlohmann::json(nullptr);
   r["predicted_bytes"] = c.memory.total();

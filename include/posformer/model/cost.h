@@ -79,7 +79,7 @@ struct MemorySplit {
 struct ModelCost {
   ModelConfig config;
   CostOptions options;    // with seq_len / src_len resolved
-  std::string attention;  // the main stack's variant name
+  std::string attention;  // the variant's name (encoder_decoder nystrom: both stacks')
   ParamCounts params;
   int64_t tokens = 0;  // B T of the main stack: per-token figures divide by it
   FlopSplit forward, training;
