@@ -13,7 +13,7 @@
 
 Prints markdown tables (the ones in docs/cost.md) and writes the raw JSON next to --out.
 Usage: bench/cost_validate.py [--posformer build/posformer] [--steps 3] [--threads 2]
-                              [--out bench/cost_validate.json] [--quick]
+                              [--out /tmp/posformer_cost_validate.json] [--quick]
 """
 import argparse
 import json
@@ -26,7 +26,7 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--posformer", default="build/posformer")
 ap.add_argument("--steps", type=int, default=3)
 ap.add_argument("--threads", type=int, default=2)
-ap.add_argument("--out", default="bench/cost_validate.json")
+ap.add_argument("--out", default="/tmp/posformer_cost_validate.json")
 ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the timing cases")
 ap.add_argument("--only", choices=["memory", "time"], help="run one of the two parts")
 ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
