@@ -11,7 +11,7 @@
    keeps its fastest step over all rounds (the machine is shared: the fastest step is the one
    least disturbed).
 
-Prints markdown tables (the ones in docs/cost.md) and writes the raw JSON next to --out.
+Prints markdown tables (the ones in docs/cost.md) and writes the raw results as JSON to --out.
 Usage: bench/cost_validate.py [--posformer build/posformer] [--steps 3] [--threads 2]
                               [--out /tmp/posformer_cost_validate.json] [--quick]
 """
