@@ -106,6 +106,23 @@ void check_study_dir(const std::string& dir, const json& spec) {
                   "); rerun with the same settings to resume it, or choose another --out"));
 }
 
+// The last training loss and validation loss of a run (its metrics.jsonl), for the manifest.
+json train_summary(const std::string& run_dir) {
+  json out{{"steps", 0}, {"last_loss", nullptr}, {"val_loss", nullptr}};
+  std::istringstream in(read_file(run_dir + "/metrics.jsonl", size_t{1} << 30));
+  std::string line;
+  while (std::getline(in, line)) {
+    try {
+      const json j = json::parse(line);
+      if (j.contains("val_loss")) out["val_loss"] = j["val_loss"];
+      if (j.contains("loss")) out["last_loss"] = j["loss"], out["steps"] = j.value("step", 0);
+      if (j.contains("tokens_per_s")) out["tokens_per_s"] = j["tokens_per_s"];
+    } catch (const json::exception&) {
+    }
+  }
+  return out;
+}
+
 StudyRow base_row(const StudyModel& m, const std::string& variant, int64_t train_len, int64_t L) {
   StudyRow r;
   r.model = m.name, r.position = m.position, r.attention = m.attention, r.variant = variant;
@@ -332,13 +349,8 @@ StudyResult run_study(const StudySpec& s, const std::atomic<bool>* stop) {
       const double secs =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - tm0).count();
       train_seconds += secs, ++n_trained;
-      entry = json{{"finished", false},
-                   {"train",
-                    {{"steps", tr.steps_done},
-                     {"last_loss", tr.last_loss},
-                     {"val_loss", tr.val_loss},
-                     {"tokens_per_s", tr.tokens_per_s},
-                     {"seconds", secs}}}};
+      entry = json{{"finished", false}, {"train", train_summary(run_dir)}};
+      entry["train"]["seconds_last_session"] = secs;
       res.trained.push_back(m.name);
     } else {
       res.notes.push_back(str(m.name, ": evaluated again (the eval lengths or tokens changed)"));
