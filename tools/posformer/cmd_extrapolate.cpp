@@ -27,6 +27,7 @@ import csv, sys
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import LogFormatter, NullFormatter
 src, out, train_len, title = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 lines = {}
 with open(src) as f:
@@ -42,11 +43,16 @@ for key, pts in lines.items():
     pts.sort()
     ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", lw=1.6, ms=4, label=key)
 ax.axvline(train_len, color="#636363", ls="--", lw=1)
-ax.text(train_len, 0.98, " train length %d" % train_len, transform=ax.get_xaxis_transform(),
-        va="top", ha="left", fontsize=8, color="#636363")
+ax.text(train_len, 0.02, " train length %d" % train_len, transform=ax.get_xaxis_transform(),
+        va="bottom", ha="left", fontsize=8, color="#636363")
 ax.set_xscale("log", base=2); ax.set_yscale("log")
+lens = sorted({p[0] for pts in lines.values() for p in pts} | {train_len})
+ax.set_xticks(lens); ax.set_xticklabels([str(v) for v in lens])
+ax.xaxis.set_minor_formatter(NullFormatter())
+ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
 ax.set_xlabel("evaluation length (tokens)"); ax.set_ylabel("perplexity (held-out text)")
-ax.grid(alpha=0.3, which="both"); ax.legend(fontsize=8, loc="upper left")
+ax.grid(alpha=0.3, which="both"); ax.legend(fontsize=8, loc="best")
 ax.set_title(title, fontsize=10)
 fig.tight_layout(); fig.savefig(out)
 )PY";
