@@ -61,8 +61,12 @@ json training_spec(const StudySpec& s, const ModelConfig& base) {
               {"val_fraction", s.val_fraction}};
 }
 
-json eval_spec(const StudySpec& s) {
-  return json{{"eval_lens", s.eval_lens}, {"eval_tokens", s.eval_tokens}};
+// What a model's rows were measured under: lengths, tokens and its eval-time variants (a new
+// variant, e.g. a RoPE scaling, re-evaluates finished models without retraining them).
+json eval_spec(const StudySpec& s, const ModelConfig& cfg) {
+  json names = json::array();
+  for (const EvalVariant& v : eval_variants(cfg)) names.push_back(v.name);
+  return json{{"eval_lens", s.eval_lens}, {"eval_tokens", s.eval_tokens}, {"variants", names}};
 }
 
 std::string fmt_seconds(double t) {
@@ -299,7 +303,7 @@ StudyResult run_study(const StudySpec& s, const std::atomic<bool>* stop) {
     const std::string run_dir = dir + "/models/" + m.name;
     json& entry = manifest["models"][m.name];
     const bool finished = entry.is_object() && entry.value("finished", false);
-    if (finished && entry.value("eval", json()) == eval_spec(s)) {
+    if (finished && entry.value("eval", json()) == eval_spec(s, m.cfg)) {
       for (const auto& j : entry.at("rows")) res.rows.push_back(row_from_json(j));
       res.reused.push_back(m.name);
       if (s.progress)
@@ -353,7 +357,8 @@ StudyResult run_study(const StudySpec& s, const std::atomic<bool>* stop) {
       entry["train"]["seconds_last_session"] = secs;
       res.trained.push_back(m.name);
     } else {
-      res.notes.push_back(str(m.name, ": evaluated again (the eval lengths or tokens changed)"));
+      res.notes.push_back(
+          str(m.name, ": evaluated again (the eval lengths, tokens or variants changed)"));
     }
     // Evaluate the trained weights under every variant at every length.
     Transformer trained = Transformer::load(run_dir);
@@ -411,7 +416,7 @@ StudyResult run_study(const StudySpec& s, const std::atomic<bool>* stop) {
     json jr = json::array();
     for (const auto& r : rows) jr.push_back(row_to_json(r));
     entry["finished"] = true;
-    entry["eval"] = eval_spec(s);
+    entry["eval"] = eval_spec(s, m.cfg);
     entry["rows"] = jr;
     atomic_write_file(manifest_path, manifest.dump(1) + "\n");
     res.rows.insert(res.rows.end(), rows.begin(), rows.end());
