@@ -6,8 +6,8 @@
 # 512 tokens. It prints the perplexity table, writes the plot, and prints a sample (longer than
 # the training length) from the model with the lowest perplexity at the longest length.
 # Measured on a shared 2-core machine: the build 332 s of CPU from scratch (about 3 min with -j2),
-# the study 173 s of CPU (5.4 min of wall time at load average 10, less on an idle machine). Ctrl-C stops it; run it again
-# to resume where it stopped (finished models are not retrained).
+# the study 173 s of CPU (5.4 min of wall time at load average 10, less on an idle machine).
+# Ctrl-C stops it; run it again to resume where it stopped (finished models are not retrained).
 #
 #   bash scripts/demo.sh          the study (above)
 #   bash scripts/demo.sh train    the training demo: one RoPE decoder with a live progress line,
