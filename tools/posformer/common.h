@@ -23,6 +23,7 @@ Command add_plot(CLI::App& root);
 Command add_grad(CLI::App& root);
 Command add_bench(CLI::App& root);
 Command add_cost(CLI::App& root);
+Command add_extrapolate(CLI::App& root);
 
 // "1 2 3" (spaces, commas or newlines) -> ids; throws Error naming the bad token.
 std::vector<int32_t> parse_token_list(const std::string& text, const std::string& what);
