@@ -144,6 +144,16 @@ RopeFreqs rope_frequencies(int64_t R, double base, const RopeScaling& s, int64_t
   return f;
 }
 
+double rope_decay_bound(const std::vector<double>& theta, double m) {
+  PF_CHECK(!theta.empty(), "[rope] decay bound needs at least one frequency");
+  double re = 0, im = 0, total = 0;  // running partial sum S_j and sum of |S_j|
+  for (double t : theta) {
+    re += std::cos(m * t), im += std::sin(m * t);
+    total += std::hypot(re, im);
+  }
+  return total / static_cast<double>(theta.size());
+}
+
 void rope_tables(const double* pos, int64_t T, const std::vector<double>& theta, double mscale,
                  float* cos_out, float* sin_out) {
   PF_CHECK(T >= 0, "[rope] table length T must be >= 0, got ", T);

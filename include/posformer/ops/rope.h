@@ -68,6 +68,9 @@ struct RopeFreqs {
 };
 // The frequencies of a scaling at current length cur_len (largest position + 1).
 RopeFreqs rope_frequencies(int64_t R, double base, const RopeScaling& s, int64_t cur_len);
+// Long-range decay bound (SPEC.md 3, seed 004) at relative distance m for n = theta.size()
+// frequencies: f(m) = (1/n) sum_{j=1..n} | sum_{i=0..j-1} exp(1j m theta_i) |   (n = d/2).
+double rope_decay_bound(const std::vector<double>& theta, double m);
 // Whether the frequencies depend on the current length (dynamic_ntk past L0).
 inline bool rope_length_dependent(const RopeScaling& s) {
   return s.type == RopeScalingType::DynamicNtk;
