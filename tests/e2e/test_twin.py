@@ -212,6 +212,11 @@ def all_cases():
         V.append(make_case(f"rope_{sc_name}.{arch}",
                            {"arch": arch, "position": {"type": "rope", "scaling": sc}},
                            65, 7, 31 if arch == "encoder_decoder" else None, seed=240))
+    V.append(make_case("linear_rope_yarn.decoder",
+                       {"arch": "decoder", "attention": {"type": "linear_rope"},
+                        "position": {"type": "rope", "scaling": {"type": "yarn", "factor": 8,
+                                                                 "original_len": 512}}},
+                       65, 7, seed=242))
     V.append(make_case("rope_half_dynamic_ntk_gqa2.decoder",
                        {"arch": "decoder", "n_kv_heads": 2,
                         "position": {"type": "rope", "layout": "half", "rotary_dim": 12,
