@@ -592,6 +592,10 @@ std::unique_ptr<Attention> make_linear_rope_attention(const StackGeom& geom,
                                                       const PositionEncoding& pe) {
   PF_CHECK(pe.rotary(), "[config] attention 'linear_rope' cannot serve position '", pe.name(),
            "': it applies the rotation of position 'rope' inside (without rope it is 'linear')");
+  // it rotates its features block by block: a length-dependent rotation would differ per block
+  PF_CHECK(!pe.length_dependent(),
+           "[config] attention 'linear_rope' cannot serve position.scaling dynamic_ntk (its "
+           "frequencies follow the current length); use another scaling or attention");
   return std::make_unique<LinearFamilyAttention>("linear_rope", geom, make_elu1_features(), &pe);
 }
 

@@ -27,6 +27,7 @@ class KeyValueRows final : public AttnDecodeState {
       : k({B, capacity, width}), v({B, capacity, width}) {}
   int64_t length() const override { return len; }
   size_t bytes() const override { return k.nbytes() + v.nbytes(); }
+  KeyRowsView key_rows() override { return {k.data<float>(), k.dim(0), k.dim(1), k.dim(2)}; }
   Tensor k, v;
   int64_t len = 0;
 };

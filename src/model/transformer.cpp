@@ -275,6 +275,8 @@ void Transformer::attention_sublayer(const Stack& st, StackCall& c, int64_t l, b
     return chain_hooks(std::move(hook),
                        std::make_unique<ResidualScoresHook>(ad, in, cur.data<float>()));
   };
+  if (cache && self && st.pe->rotary() && st.pe->length_dependent())
+    rerotate_cached_keys(st, *cache->self[l], c.in.pos);
   if (cache && self) {  // the variant appends the new keys/values to its state, attends over all
     st.attn->decode(*cache->self[l], desc, make_hook);
   } else {
@@ -291,6 +293,19 @@ void Transformer::attention_sublayer(const Stack& st, StackCall& c, int64_t l, b
     st.attn->forward(desc, keep ? &keep->saved : nullptr);
   }
   lin_fwd(a + ".o", att, out, BT, d, g.HD);
+}
+
+// Dynamic NTK: the frequencies follow the current length, so the keys cached at an earlier
+// length (rotated by its frequencies) are re-rotated to those of this call's length.
+void Transformer::rerotate_cached_keys(const Stack& st, AttnDecodeState& state,
+                                       const Positions& pos) const {
+  const int64_t len = state.length(), to_len = pos.range().second + 1;
+  if (len == 0) return;
+  const KeyRowsView kr = state.key_rows();
+  PF_CHECK(kr.k, "[generate] position.scaling dynamic_ntk needs decode states with key rows");
+  for (int64_t b = 0; b < kr.B; ++b)
+    st.pe->rerotate(kr.k + b * kr.stride * kr.width, cfg_.kv_heads(), kr.width,
+                    Positions::run(1, len, 0), len, to_len);
 }
 
 // out[BT, d] = W2 act(W1 in + b1) + b2, or W2 (silu(W1 in + b1) * (W3 in + b3)) + b2 (SwiGLU).
@@ -407,6 +422,17 @@ KVCache Transformer::start_cache(int64_t B, int64_t capacity, const TokenBatch* 
              " positions requested but the learned "
              "position table has max_len ",
              mp + 1);
+  // dynamic NTK past L0 re-rotates every cached key: a recurrent state has none to re-rotate
+  if (dec_pe_->length_dependent() && capacity > cfg_.position.scaling.original_len) {
+    const AttentionCaps caps = dec_attn_->caps();
+    PF_CHECK(caps.decode == DecodeKind::KeyValueRows && !caps.rotary_inside,
+             "[generate] position.scaling dynamic_ntk changes the rotation of every cached key "
+             "past original_len (",
+             cfg_.position.scaling.original_len, "); attention '", dec_attn_->name(),
+             "' keeps a recurrent state that cannot be re-rotated: decode at most ",
+             cfg_.position.scaling.original_len,
+             " positions, or use softmax attention or another scaling");
+  }
   // the variant's state (softmax: K/V rows that grow with capacity; linear: fixed), 64 GiB at most
   const double state = static_cast<double>(dec_attn_->decode_bytes(B, capacity)) *
                        static_cast<double>(cfg_.n_layers);

@@ -3,6 +3,7 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "../kernels/cpu/kernels.h"
@@ -34,6 +35,123 @@ std::vector<double> rope_inv_freq(int64_t R, double base) {
   std::vector<double> theta(static_cast<size_t>(R / 2));
   for (int64_t i = 0; i < R / 2; ++i) theta[i] = std::pow(base, -2.0 * double(i) / double(R));
   return theta;
+}
+
+const char* rope_scaling_name(RopeScalingType t) {
+  switch (t) {
+    case RopeScalingType::None:
+      return "none";
+    case RopeScalingType::Linear:
+      return "linear";
+    case RopeScalingType::Ntk:
+      return "ntk";
+    case RopeScalingType::DynamicNtk:
+      return "dynamic_ntk";
+    case RopeScalingType::Yarn:
+      return "yarn";
+    case RopeScalingType::Llama3:
+      return "llama3";
+  }
+  return "?";
+}
+
+RopeScalingType parse_rope_scaling_type(const std::string& name, const std::string& what) {
+  for (auto t : {RopeScalingType::None, RopeScalingType::Linear, RopeScalingType::Ntk,
+                 RopeScalingType::DynamicNtk, RopeScalingType::Yarn, RopeScalingType::Llama3})
+    if (name == rope_scaling_name(t)) return t;
+  throw Error(str(what, " has unknown value \"", name,
+                  "\" (expected one of: none, linear, ntk, dynamic_ntk, yarn, llama3)"));
+}
+
+void check_rope_scaling(const RopeScaling& s, int64_t R, const std::string& where) {
+  using T = RopeScalingType;
+  if (s.type == T::None) return;
+  const char* name = rope_scaling_name(s.type);
+  PF_CHECK(std::isfinite(s.factor) && s.factor >= 1.0, "[config] field '", where,
+           "factor' must be a number >= 1, got ", s.factor);
+  const bool needs_len = s.type == T::DynamicNtk || s.type == T::Yarn || s.type == T::Llama3;
+  PF_CHECK(s.original_len >= 0 && s.original_len <= (int64_t{1} << 30), "[config] field '", where,
+           "original_len' must be in [1, 2^30], got ", s.original_len);
+  PF_CHECK(!needs_len || s.original_len >= 1, "[config] field '", where,
+           "original_len' (the trained length L0) is required by scaling type \"", name, "\"");
+  PF_CHECK((s.type != T::Ntk && s.type != T::DynamicNtk) || R > 2, "[config] scaling type \"", name,
+           "\" needs a rotary dim > 2 (base * s^(R/(R-2))), got ", R);
+  if (s.type == T::Yarn)
+    PF_CHECK(std::isfinite(s.beta_fast) && std::isfinite(s.beta_slow) && s.beta_slow > 0 &&
+                 s.beta_fast > s.beta_slow,
+             "[config] fields '", where, "beta_fast' and '", where,
+             "beta_slow' must satisfy beta_fast > beta_slow > 0, got ", s.beta_fast, " and ",
+             s.beta_slow);
+  if (s.type == T::Llama3)
+    PF_CHECK(std::isfinite(s.low_freq_factor) && std::isfinite(s.high_freq_factor) &&
+                 s.low_freq_factor > 0 && s.high_freq_factor > s.low_freq_factor,
+             "[config] fields '", where, "low_freq_factor' and '", where,
+             "high_freq_factor' must satisfy high_freq_factor > low_freq_factor > 0, got ",
+             s.low_freq_factor, " and ", s.high_freq_factor);
+}
+
+RopeFreqs rope_frequencies(int64_t R, double base, const RopeScaling& s, int64_t cur_len) {
+  using T = RopeScalingType;
+  check_rope_scaling(s, R, "scaling.");
+  RopeFreqs f;
+  const double sc = s.factor, Rd = static_cast<double>(R), L0 = static_cast<double>(s.original_len);
+  switch (s.type) {
+    case T::None:
+      f.theta = rope_inv_freq(R, base);
+      break;
+    case T::Linear:  // m -> m/s
+      f.theta = rope_inv_freq(R, base);
+      for (double& t : f.theta) t /= sc;
+      break;
+    case T::Ntk:
+      f.theta = rope_inv_freq(R, base * std::pow(sc, Rd / (Rd - 2)));
+      break;
+    case T::DynamicNtk: {
+      const double L = std::max(static_cast<double>(cur_len), L0);
+      const double s2 = sc * L / L0 - (sc - 1);  // 1 up to L0
+      f.theta = rope_inv_freq(R, base * std::pow(s2, Rd / (Rd - 2)));
+      break;
+    }
+    case T::Yarn: {
+      f.theta = rope_inv_freq(R, base);
+      const double pi = 3.14159265358979323846;
+      auto corr = [&](double r) { return Rd * std::log(L0 / (2 * pi * r)) / (2 * std::log(base)); };
+      const double low = std::floor(corr(s.beta_fast)), high = std::ceil(corr(s.beta_slow));
+      for (size_t i = 0; i < f.theta.size(); ++i) {
+        const double x = (static_cast<double>(i) - low) / std::max(0.001, high - low);
+        const double ramp = 1 - std::clamp(x, 0.0, 1.0);
+        f.theta[i] = f.theta[i] / sc * (1 - ramp) + f.theta[i] * ramp;
+      }
+      f.mscale = 1 + 0.1 * std::log(sc);
+      break;
+    }
+    case T::Llama3: {
+      f.theta = rope_inv_freq(R, base);
+      const double pi = 3.14159265358979323846, lo = s.low_freq_factor, hi = s.high_freq_factor;
+      for (double& t : f.theta) {
+        const double lambda = 2 * pi / t;
+        if (lambda < L0 / hi) continue;  // high frequencies kept
+        if (lambda > L0 / lo) {
+          t /= sc;  // low frequencies interpolated
+          continue;
+        }
+        const double a = (L0 / lambda - lo) / (hi - lo);
+        t = (1 - a) * t / sc + a * t;
+      }
+      break;
+    }
+  }
+  return f;
+}
+
+double rope_decay_bound(const std::vector<double>& theta, double m) {
+  PF_CHECK(!theta.empty(), "[rope] decay bound needs at least one frequency");
+  double re = 0, im = 0, total = 0;  // running partial sum S_j and sum of |S_j|
+  for (double t : theta) {
+    re += std::cos(m * t), im += std::sin(m * t);
+    total += std::hypot(re, im);
+  }
+  return total / static_cast<double>(theta.size());
 }
 
 void rope_tables(const double* pos, int64_t T, const std::vector<double>& theta, double mscale,

@@ -83,13 +83,21 @@ class RopePosition final : public PositionEncoding {
   bool rotary() const override { return true; }
   void rotate(float* x, int64_t n_heads, int64_t ld, const Positions& pos) const override;
   void rotate_backward(float* dx, int64_t n_heads, int64_t ld, const Positions& pos) const override;
+  bool length_dependent() const override { return ops::rope_length_dependent(scaling_); }
+  void rerotate(float* x, int64_t n_heads, int64_t ld, const Positions& pos, int64_t from_len,
+                int64_t to_len) const override;
+  // The frequencies (and table scale) at current length cur_len (largest position + 1).
+  ops::RopeFreqs frequencies(int64_t cur_len) const;
 
  private:
-  void apply(float* x, int64_t n_heads, int64_t ld, const Positions& pos, float sign) const;
+  void apply(float* x, int64_t n_heads, int64_t ld, const Positions& pos, float sign,
+             const ops::RopeFreqs& f) const;
   StackGeom g_;
   int64_t R_;
   ops::RopeLayout layout_;
-  std::vector<double> theta_;
+  double base_ = 10000.0;
+  ops::RopeScaling scaling_;
+  ops::RopeFreqs freqs_;  // at lengths <= L0 (every length unless length_dependent)
 };
 
 class AlibiPosition final : public PositionEncoding {

@@ -17,6 +17,64 @@ void even_d_model(const ModelConfig& c) {
            " needs an even d_model, got ", c.d_model);
 }
 
+// position.scaling: {"type": ..., "factor": s, "original_len": L0, + the type's own fields}
+// (ops/rope.h). Written back with every field of its type; {"type": "none"} when unset.
+ConfigField<PositionConfig> rope_scaling_field() {
+  using ops::RopeScalingType;
+  ConfigField<PositionConfig> f;
+  f.name = "scaling";
+  f.parse = [](const nlohmann::json& v, const std::string& where, PositionConfig& c) {
+    const std::string w = where + "scaling.";
+    PF_CHECK(v.is_object(), "[config] field '", where,
+             "scaling' must be an object like {\"type\": \"yarn\", \"factor\": 4, "
+             "\"original_len\": 2048}, got ",
+             v.dump());
+    ops::RopeScaling s;
+    PF_CHECK(v.contains("type") && v.at("type").is_string(), "[config] field '", w,
+             "type' must be a string (none, linear, ntk, dynamic_ntk, yarn, llama3)");
+    s.type = ops::parse_rope_scaling_type(v.at("type").get<std::string>(),
+                                          str("[config] field '", w, "type'"));
+    auto num = [&](const char* k, double& out) {
+      if (!v.contains(k)) return;
+      PF_CHECK(v.at(k).is_number(), "[config] field '", w, k, "' must be a number, got ",
+               v.at(k).dump());
+      out = v.at(k).get<double>();
+    };
+    for (auto it = v.begin(); it != v.end(); ++it) {
+      const std::string& k = it.key();
+      const bool yarn = k == "beta_fast" || k == "beta_slow";
+      const bool llama3 = k == "low_freq_factor" || k == "high_freq_factor";
+      PF_CHECK(k == "type" || k == "factor" || k == "original_len" || yarn || llama3,
+               "[config] unknown field '", w, k, "'");
+      PF_CHECK((!yarn || s.type == RopeScalingType::Yarn) &&
+                   (!llama3 || s.type == RopeScalingType::Llama3),
+               "[config] field '", w, k, "' does not apply to scaling type \"",
+               ops::rope_scaling_name(s.type), "\" (it belongs to ", yarn ? "yarn" : "llama3", ")");
+    }
+    num("factor", s.factor);
+    if (v.contains("original_len")) {
+      PF_CHECK(v.at("original_len").is_number_integer(), "[config] field '", w,
+               "original_len' must be an integer, got ", v.at("original_len").dump());
+      s.original_len = v.at("original_len").get<int64_t>();
+    }
+    num("beta_fast", s.beta_fast), num("beta_slow", s.beta_slow);
+    num("low_freq_factor", s.low_freq_factor), num("high_freq_factor", s.high_freq_factor);
+    c.scaling = s;
+  };
+  f.check = [](const PositionConfig&, const std::string&) {};  // needs R: checked per model
+  f.write = [](const PositionConfig& c) {
+    const ops::RopeScaling& s = c.scaling;
+    nlohmann::json j = {{"type", ops::rope_scaling_name(s.type)}};
+    if (s.type == RopeScalingType::None) return j;
+    j["factor"] = s.factor, j["original_len"] = s.original_len;
+    if (s.type == RopeScalingType::Yarn) j["beta_fast"] = s.beta_fast, j["beta_slow"] = s.beta_slow;
+    if (s.type == RopeScalingType::Llama3)
+      j["low_freq_factor"] = s.low_freq_factor, j["high_freq_factor"] = s.high_freq_factor;
+    return j;
+  };
+  return f;
+}
+
 struct Scheme {
   ConfigEntry<PositionConfig> config;
   std::function<std::unique_ptr<PositionEncoding>(const PositionConfig&, const StackGeom&)> make;
@@ -36,13 +94,14 @@ const std::vector<Scheme>& schemes() {
       {{"rope",
         {choice_field("layout", &P::layout, {"interleaved", "half"}),
          int_field("rotary_dim", &P::rotary_dim, 0, int64_t{1} << 20),
-         num_field("base", &P::base, 1.0)},
+         num_field("base", &P::base, 1.0), rope_scaling_field()},
         [](const ModelConfig& c) {
           const int64_t D = c.head_dim(), rd = c.position.rotary_dim, R = rd == 0 ? D : rd;
           PF_CHECK(R > 0 && R % 2 == 0, "[config] position.rotary_dim must be even and > 0, got ",
                    R, rd == 0 ? " (the head dim d_model/n_heads)" : "");
           PF_CHECK(R <= D, "[config] position.rotary_dim (", R, ") must not exceed the head dim (",
                    D, ")");
+          ops::check_rope_scaling(c.position.scaling, R, "position.scaling.");
         }},
        [](const P& c, const StackGeom& g) { return std::make_unique<RopePosition>(c, g); }},
       {{"alibi", {}, {}},

@@ -124,6 +124,16 @@ def all_cases():
         make_case("rms_swiglu_nobias_untied_xl.seq2seq", "seq2seq", rsw, pos="xl", seed=412),
         make_case("swiglu_bias_t5.mlm", "mlm", {"activation": "swiglu"}, pos="t5", seed=413),
         make_case("gqa2_rope.clm", "clm", {"n_kv_heads": 2}, pos="rope", seed=414),
+        # RoPE scalings (SPEC 3): D = 8; dynamic NTK past L0 = 8 at T = 16; YaRN's mscale
+        *[make_case(f"rope_{n}.{obj}", obj, {"position": {"type": "rope", "scaling": sc}},
+                    seed=450 + i)
+          for i, (n, obj, sc) in enumerate([
+              ("linear", "clm", {"type": "linear", "factor": 4}),
+              ("ntk", "mlm", {"type": "ntk", "factor": 8}),
+              ("dynamic_ntk", "clm", {"type": "dynamic_ntk", "factor": 4, "original_len": 8}),
+              ("yarn", "clm", {"type": "yarn", "factor": 16, "original_len": 256}),
+              ("yarn", "seq2seq", {"type": "yarn", "factor": 4, "original_len": 64}),
+              ("llama3", "clm", {"type": "llama3", "factor": 8, "original_len": 64})])],
         # RealFormer (attention.residual): scores carried layer to layer; T 80 / 70 span two
         # query blocks of the backward, so carried gradients cross block edges
         make_case("realformer_post_alibi.clm", "clm",

@@ -194,6 +194,34 @@ def all_cases():
                         "d_ff": 256, "vocab_size": 300}, 128, 7, pos="rope", seed=232))
     V.append(make_case("rope_far_offset.decoder", {"arch": "decoder"}, 48, 1000000, pos="rope",
                        seed=233))
+    # RoPE scalings (SPEC 3), the twin computing the frequencies from the formulas: D = 16,
+    # YaRN's ramp (L0 512: low 0, high 4) and llama3's bands (L0 1024: i <= 3 kept, 4 blended)
+    # inside the head; dynamic NTK past L0 = 32 (current length off + T = 72)
+    for sc_name, sc, arch in [
+            ("linear", {"type": "linear", "factor": 4}, "decoder"),
+            ("ntk", {"type": "ntk", "factor": 8}, "encoder"),
+            ("dynamic_ntk", {"type": "dynamic_ntk", "factor": 4, "original_len": 32}, "decoder"),
+            ("dynamic_ntk_below_L0", {"type": "dynamic_ntk", "factor": 4, "original_len": 128},
+             "decoder"),
+            ("yarn", {"type": "yarn", "factor": 16, "original_len": 512}, "decoder"),
+            ("yarn_betas", {"type": "yarn", "factor": 4, "original_len": 256, "beta_fast": 8,
+                            "beta_slow": 2}, "encoder_decoder"),
+            ("llama3", {"type": "llama3", "factor": 8, "original_len": 1024}, "decoder"),
+            ("llama3_factors", {"type": "llama3", "factor": 2, "original_len": 512,
+                                "low_freq_factor": 2, "high_freq_factor": 8}, "encoder")]:
+        V.append(make_case(f"rope_{sc_name}.{arch}",
+                           {"arch": arch, "position": {"type": "rope", "scaling": sc}},
+                           65, 7, 31 if arch == "encoder_decoder" else None, seed=240))
+    V.append(make_case("linear_rope_yarn.decoder",
+                       {"arch": "decoder", "attention": {"type": "linear_rope"},
+                        "position": {"type": "rope", "scaling": {"type": "yarn", "factor": 8,
+                                                                 "original_len": 512}}},
+                       65, 7, seed=242))
+    V.append(make_case("rope_half_dynamic_ntk_gqa2.decoder",
+                       {"arch": "decoder", "n_kv_heads": 2,
+                        "position": {"type": "rope", "layout": "half", "rotary_dim": 12,
+                                     "scaling": {"type": "dynamic_ntk", "factor": 2,
+                                                 "original_len": 40}}}, 70, 0, seed=241))
     V.append(make_case("sinusoidal_far_offset.encoder", {"arch": "encoder"}, 48, 100000,
                        pos="sinusoidal", seed=234))
     # embed_scale multiplies the token lookup only (not the absolute position, not the tied head)

@@ -230,12 +230,63 @@ def t5_bucket(rel: int, bidirectional: bool, num_buckets: int, max_distance: int
     return offset + min(b, nb - 1)
 
 
-def rope_rotate(x: torch.Tensor, pos: torch.Tensor, R: int, base: float, layout: str):
-    """x: [B, heads, T, D]; pos: [T]. Rotates the first R dims; dims >= R pass through."""
-    i = torch.arange(R // 2, dtype=DT)
-    theta = torch.pow(torch.tensor(float(base), dtype=DT), -2.0 * i / R)   # [R/2]
+SCALING_DEFAULTS = {"factor": 1.0, "original_len": 0, "beta_fast": 32.0, "beta_slow": 1.0,
+                    "low_freq_factor": 1.0, "high_freq_factor": 4.0}
+
+
+def rope_frequencies(R: int, base: float, scaling, cur_len: int):
+    """SPEC.md 3's RoPE scalings, written from the formulas: (theta [R/2] float64 list, mscale).
+    scaling: None or {"type", "factor", "original_len", ...}; cur_len: largest position + 1."""
+    sc = dict(SCALING_DEFAULTS)
+    sc.update(scaling or {})
+    kind, s, L0 = sc.get("type", "none"), float(sc["factor"]), int(sc["original_len"])
+    b = float(base)
+    if kind == "ntk":
+        b = b * s ** (R / (R - 2))
+    elif kind == "dynamic_ntk":
+        L = max(cur_len, L0)
+        s2 = s * L / L0 - (s - 1)
+        b = b * s2 ** (R / (R - 2))
+    theta = [b ** (-2.0 * i / R) for i in range(R // 2)]
+    mscale = 1.0
+    if kind == "linear":
+        theta = [t / s for t in theta]
+    elif kind == "yarn":
+        def corr(r):
+            return R * math.log(L0 / (2 * math.pi * r)) / (2 * math.log(b))
+        low, high = math.floor(corr(sc["beta_fast"])), math.ceil(corr(sc["beta_slow"]))
+        out = []
+        for i, t in enumerate(theta):
+            ramp = 1 - min(max((i - low) / max(0.001, high - low), 0.0), 1.0)
+            out.append((t / s) * (1 - ramp) + t * ramp)
+        theta = out
+        mscale = 1 + 0.1 * math.log(s)
+    elif kind == "llama3":
+        lo, hi = sc["low_freq_factor"], sc["high_freq_factor"]
+        out = []
+        for t in theta:
+            lam = 2 * math.pi / t
+            if lam < L0 / hi:
+                out.append(t)
+            elif lam > L0 / lo:
+                out.append(t / s)
+            else:
+                a = (L0 / lam - lo) / (hi - lo)
+                out.append((1 - a) * t / s + a * t)
+        theta = out
+    elif kind not in ("none", "ntk", "dynamic_ntk"):
+        raise ValueError(f"unknown rope scaling {kind}")
+    return theta, mscale
+
+
+def rope_rotate(x: torch.Tensor, pos: torch.Tensor, R: int, base: float, layout: str,
+                scaling=None, cur_len: int = 0):
+    """x: [B, heads, T, D]; pos: [T]. Rotates the first R dims; dims >= R pass through.
+    scaling (SPEC 3): frequencies of rope_frequencies at cur_len, cos and sin times mscale."""
+    th, mscale = rope_frequencies(R, base, scaling, cur_len)
+    theta = torch.tensor(th, dtype=DT)                                      # [R/2]
     ang = pos.to(DT)[:, None] * theta[None, :]                              # [T, R/2]
-    cos, sin = torch.cos(ang), torch.sin(ang)
+    cos, sin = mscale * torch.cos(ang), mscale * torch.sin(ang)
     y = x.clone()
     if layout == "interleaved":
         a, b = x[..., 0:R:2], x[..., 1:R:2]
@@ -334,8 +385,9 @@ def _attention(m: Model, S: str, L: str, kind: str, x: torch.Tensor, kv: torch.T
     pt = c.pos_type if is_self else "none"
     if pt == "rope" and c.attn_type != "linear_rope":
         R = c.pos["rotary_dim"] or D
-        q = rope_rotate(q, qpos, R, c.pos["base"], c.pos["layout"])
-        k = rope_rotate(k, kpos, R, c.pos["base"], c.pos["layout"])
+        sc, L = c.pos.get("scaling"), int(max(qpos.max(), kpos.max())) + 1  # current length
+        q = rope_rotate(q, qpos, R, c.pos["base"], c.pos["layout"], sc, L)
+        k = rope_rotate(k, kpos, R, c.pos["base"], c.pos["layout"], sc, L)
     # GQA: query head h reads kv head h // (H / Hkv)
     rep = H // Hkv
     k = k.repeat_interleave(rep, dim=1)              # [B, H, Tk, D]
@@ -353,7 +405,8 @@ def _attention(m: Model, S: str, L: str, kind: str, x: torch.Tensor, kv: torch.T
         rot = None
         if c.attn_type == "linear_rope" and pt == "rope":
             R = c.pos["rotary_dim"] or D
-            rot = lambda x, p: rope_rotate(x, p, R, c.pos["base"], c.pos["layout"])  # noqa: E731
+            sc = c.pos.get("scaling")  # never dynamic_ntk (refused with linear_rope)
+            rot = lambda x, p: rope_rotate(x, p, R, c.pos["base"], c.pos["layout"], sc)  # noqa: E731
         phi = phi_cos if c.attn_type == "linear_cos" else phi_elu1
         out = _linear_attention(q, k, v, (jj > ii) if causal else None, phi, rot, qpos, kpos)
         B, _, Tq, _ = out.shape

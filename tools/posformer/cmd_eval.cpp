@@ -19,6 +19,7 @@ Command add_eval(CLI::App& root) {
     int64_t max_windows = 64;
     int threads = 0;
     MemoryGuard mem;
+    RopeOverride rope;
   };
   auto o = std::make_shared<Opts>();
   app->add_option("DIR", o->dir, "model directory (with its tokenizer)")->required();
@@ -29,11 +30,12 @@ Command add_eval(CLI::App& root) {
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
   add_threads_option(app, o->threads);
   add_memory_options(app, o->mem);
+  add_rope_scaling_options(app, o->rope);
   return {app, [=]() {
             set_threads(o->threads);
             check_model_memory("eval", model_dir_config(o->dir), ModelUse::Load, o->mem,
                                o->dir + "/model.safetensors");
-            Transformer m = Transformer::load(o->dir);
+            Transformer m = load_model(o->dir, o->rope, "eval");
             auto tok = load_tokenizer(o->dir);
             PF_CHECK(m.config().vocab_size >= tok->vocab_size(), "[eval] tokenizer vocabulary (",
                      tok->vocab_size(), ") exceeds the model's vocab_size (", m.config().vocab_size,

@@ -18,6 +18,7 @@ Command add_generate(CLI::App& root) {
     bool stream = false, no_cache = false;
     int threads = 0;
     MemoryGuard mem;
+    RopeOverride rope;
   };
   auto o = std::make_shared<Opts>();
   o->s.temperature = 0.8;
@@ -40,9 +41,11 @@ Command add_generate(CLI::App& root) {
                 "recompute the whole sequence each step (slow; for checking)");
   add_threads_option(app, o->threads);
   add_memory_options(app, o->mem);
+  add_rope_scaling_options(app, o->rope);
   return {app, [=]() {
             set_threads(o->threads);
-            const ModelConfig c = model_dir_config(o->dir);
+            ModelConfig c = model_dir_config(o->dir);
+            apply_rope_override(c, o->rope, "generate");  // refused early, before loading
             auto tok = load_tokenizer(o->dir);
             SamplingConfig s = o->s;
             s.use_cache = !o->no_cache;
@@ -65,7 +68,7 @@ Command add_generate(CLI::App& root) {
             const uint64_t kv = s.use_cache ? kv_cache_bytes(c, positions, src.size()) : 0;
             check_model_memory("generate", c, ModelUse::Load, o->mem, o->dir + "/model.safetensors",
                                kv, str("the KV cache of ", positions, " positions"));
-            Transformer m = Transformer::load(o->dir);
+            Transformer m = load_model(o->dir, o->rope, "generate");
 
             // The prompt as typed, then the new tokens' bytes, through one UTF-8 decoder: a
             // character cut across tokens is held until it completes, malformed bytes become

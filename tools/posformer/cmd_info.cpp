@@ -29,6 +29,9 @@ Command add_info(CLI::App& root) {
                         c.norm_position.name(), c.norm.name(), c.activation.name(),
                         c.bias ? "yes" : "no", (long long)c.vocab_size, (long long)c.max_len);
             std::printf("position   %s", c.position.type.c_str());
+            if (const auto& sc = c.position.scaling; sc.type != ops::RopeScalingType::None)
+              std::printf(", scaling %s s=%g L0=%lld", ops::rope_scaling_name(sc.type), sc.factor,
+                          (long long)sc.original_len);
             if (c.embed_scale_sqrt_d || c.embed_scale != 1.0)
               std::printf(", token embeddings x %.4g%s", c.token_embed_scale(),
                           c.embed_scale_sqrt_d ? " (sqrt_d)" : "");

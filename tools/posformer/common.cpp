@@ -8,6 +8,7 @@
 
 #include "posformer/core/memory.h"
 #include "posformer/core/runtime.h"
+#include "posformer/model/safetensors.h"
 
 namespace posformer::cli {
 
@@ -160,6 +161,63 @@ void check_model_memory(const std::string& cmd, const ModelConfig& c, ModelUse u
                   format_bytes(static_cast<double>(avail->bytes)), " available (", avail->source,
                   "); use a smaller model", flag ? ", raise --memory-limit" : "",
                   ", or pass --force to try anyway"));
+}
+
+void add_rope_scaling_options(CLI::App* app, RopeOverride& o) {
+  o.opts = {
+      app->add_option("--rope-scaling", o.type,
+                      "RoPE scaling at inference (SPEC 3): none, linear, ntk, dynamic_ntk, yarn, "
+                      "llama3; replaces the model's position.scaling"),
+      app->add_option("--rope-factor", o.factor, "RoPE scaling factor s >= 1 (default 1)"),
+      app->add_option("--rope-original-len", o.original_len,
+                      "trained length L0 (dynamic_ntk, yarn, llama3; default: the model's own)"),
+      app->add_option("--rope-beta-fast", o.beta_fast, "yarn: low = floor(corr(beta_fast)) (32)"),
+      app->add_option("--rope-beta-slow", o.beta_slow, "yarn: high = ceil(corr(beta_slow)) (1)"),
+      app->add_option("--rope-low-freq-factor", o.low_freq_factor, "llama3: low_freq_factor (1)"),
+      app->add_option("--rope-high-freq-factor", o.high_freq_factor,
+                      "llama3: high_freq_factor (4)"),
+  };
+}
+
+bool apply_rope_override(ModelConfig& cfg, const RopeOverride& o, const std::string& cmd) {
+  bool any = false;
+  for (const CLI::Option* op : o.opts) any = any || op->count() > 0;
+  if (!any) return false;
+  PF_CHECK(o.opts[0]->count() > 0, "[", cmd,
+           "] --rope-factor / --rope-original-len / --rope-beta-* / --rope-*-freq-factor need "
+           "--rope-scaling TYPE");
+  PF_CHECK(cfg.position.type == "rope", "[", cmd,
+           "] --rope-scaling applies to RoPE models only; this model's position type is '",
+           cfg.position.type, "'");
+  ops::RopeScaling s;
+  s.type = ops::parse_rope_scaling_type(o.type, str("[", cmd, "] --rope-scaling"));
+  const bool yarn = s.type == ops::RopeScalingType::Yarn,
+             llama3 = s.type == ops::RopeScalingType::Llama3;
+  const char* own[] = {"--rope-beta-fast", "--rope-beta-slow", "--rope-low-freq-factor",
+                       "--rope-high-freq-factor"};
+  for (int i = 0; i < 4; ++i)
+    PF_CHECK(o.opts[3 + i]->count() == 0 || (i < 2 ? yarn : llama3), "[", cmd, "] ", own[i],
+             " applies to --rope-scaling ", i < 2 ? "yarn" : "llama3", ", not ", o.type);
+  s.factor = o.factor;
+  s.original_len = o.opts[2]->count() ? o.original_len : cfg.position.scaling.original_len;
+  s.beta_fast = o.beta_fast, s.beta_slow = o.beta_slow;
+  s.low_freq_factor = o.low_freq_factor, s.high_freq_factor = o.high_freq_factor;
+  cfg.position.scaling = s;
+  try {
+    validate_config(cfg);
+  } catch (const Error& e) {
+    throw Error(str("[", cmd, "] the --rope-* flags give a bad scaling: ", e.what()));
+  }
+  return true;
+}
+
+Transformer load_model(const std::string& dir, const RopeOverride& o, const std::string& cmd) {
+  ModelConfig cfg = model_dir_config(dir);
+  if (!apply_rope_override(cfg, o, cmd)) return Transformer::load(dir);
+  Transformer m(cfg);
+  const std::string wpath = dir + "/model.safetensors";
+  m.set_weights(load_safetensors(wpath).tensors, wpath);
+  return m;
 }
 
 }  // namespace posformer::cli

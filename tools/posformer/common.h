@@ -72,4 +72,22 @@ uint64_t kv_cache_bytes(const ModelConfig& c, int64_t positions, size_t src_posi
 // is not a directory; for the guard before Transformer::load(dir) allocates the weights.
 ModelConfig model_dir_config(const std::string& dir);
 
+// Eval/generate override of a RoPE model's position.scaling (SPEC.md 3): --rope-scaling TYPE
+// --rope-factor s --rope-original-len L0 [--rope-beta-fast --rope-beta-slow
+// --rope-low-freq-factor --rope-high-freq-factor]. The flags describe the whole scaling (unset
+// fields take their defaults; original_len defaults to the model's own when it has one).
+struct RopeOverride {
+  std::string type;
+  double factor = 1.0, beta_fast = 32.0, beta_slow = 1.0, low_freq_factor = 1.0,
+         high_freq_factor = 4.0;
+  int64_t original_len = 0;
+  std::vector<CLI::Option*> opts;  // [type, factor, original_len, beta_fast, ...]
+};
+void add_rope_scaling_options(CLI::App* app, RopeOverride& o);
+// Applies the flags given to cfg; refuses them for a model without RoPE and checks the result
+// (errors name the flag and the field). Returns whether a flag was given.
+bool apply_rope_override(ModelConfig& cfg, const RopeOverride& o, const std::string& cmd);
+// Transformer::load(dir) with the override applied to its config.
+Transformer load_model(const std::string& dir, const RopeOverride& o, const std::string& cmd);
+
 }  // namespace posformer::cli

@@ -62,12 +62,21 @@ struct AttnCost {
   double forward_flops = 0, backward_flops = 0;
 };
 
+// The cached keys of a decode state that keeps them as rows: row (b, t) of width `width` at
+// k + (b * stride + t) * width, t < length(). Null k: the state keeps no key rows (recurrent).
+struct KeyRowsView {
+  float* k = nullptr;
+  int64_t B = 0, stride = 0, width = 0;
+};
+
 // Per-layer state for incremental decoding; each variant defines its own.
 class AttnDecodeState {
  public:
   virtual ~AttnDecodeState() = default;
   virtual int64_t length() const = 0;  // positions held
   virtual size_t bytes() const = 0;    // memory held
+  // The key rows, for re-rotation when RoPE's frequencies change with the length (dynamic_ntk).
+  virtual KeyRowsView key_rows() { return {}; }
 };
 
 class Attention {

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "posformer/core/choice.h"
+#include "posformer/ops/rope.h"
 
 namespace posformer {
 
@@ -41,6 +42,7 @@ struct PositionConfig {
   std::string layout = "interleaved";  // interleaved | half
   int64_t rotary_dim = 0;              // 0 = head dim
   double base = 10000.0;
+  ops::RopeScaling scaling;  // position.scaling {type, factor, original_len, ...} (ops/rope.h)
   // t5
   int64_t num_buckets = 32;
   int64_t max_distance = 128;

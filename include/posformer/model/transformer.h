@@ -150,6 +150,7 @@ class Transformer {
   StackInput encoder_input(const TokenBatch& src, const ForwardOptions& opt) const;
   // The stack's parts (transformer.cpp) and their backward (transformer_backward.cpp).
   void residual_sublayer(const Stack& st, StackCall& c, int64_t l, int sub, float* x) const;
+  void rerotate_cached_keys(const Stack& st, AttnDecodeState& state, const Positions& pos) const;
   void attention_sublayer(const Stack& st, StackCall& c, int64_t l, bool self, const float* in,
                           float* out, SubTape* keep) const;
   void ffn_sublayer(const Stack& st, StackCall& c, int64_t l, const float* in, float* out,

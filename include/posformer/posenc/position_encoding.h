@@ -51,6 +51,13 @@ class PositionEncoding {
   // Backward of rotate: the inverse rotation (R^T = rotation with -sin), in place on gradients.
   virtual void rotate_backward(float* dx, int64_t n_heads, int64_t ld, const Positions& pos) const {
   }
+  // Rotary frequencies that change with the current length (RoPE with dynamic_ntk scaling; the
+  // current length of a call is its largest position + 1).
+  virtual bool length_dependent() const { return false; }
+  // Rows x rotated as by rotate() at current length from_len become rotated as at to_len, in
+  // place (decoding re-rotates the cached keys when the length changes the frequencies).
+  virtual void rerotate(float* x, int64_t n_heads, int64_t ld, const Positions& pos,
+                        int64_t from_len, int64_t to_len) const {}
   // Score terms read the descriptor's positions (AttnDesc::q_pos, k_pos).
   virtual std::unique_ptr<ScoreHook> prepare(const ParamStore& p, const AttnInputs& in) const {
     return nullptr;
