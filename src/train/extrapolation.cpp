@@ -65,7 +65,7 @@ json training_spec(const StudySpec& s, const ModelConfig& base) {
 // variant, e.g. a RoPE scaling, re-evaluates finished models without retraining them).
 json eval_spec(const StudySpec& s, const ModelConfig& cfg) {
   json names = json::array();
-  for (const EvalVariant& v : eval_variants(cfg)) names.push_back(v.name);
+  for (const EvalVariant& v : eval_variants(cfg, s.rope_scalings)) names.push_back(v.name);
   return json{{"eval_lens", s.eval_lens}, {"eval_tokens", s.eval_tokens}, {"variants", names}};
 }
 
@@ -154,6 +154,14 @@ void validate(const StudySpec& s) {
              "\" (known: ", type_names(attention_config_entries()), ")");
     PF_CHECK(seen.insert(a).second, "[extrapolate] --attention lists \"", a, "\" twice");
   }
+  seen.clear();
+  for (const auto& r : s.rope_scalings) {
+    PF_CHECK(r != "none",
+             "[extrapolate] --rope-scalings: \"none\" (the model as trained) is "
+             "always scored; give it alone for no scaling, or list scalings");
+    ops::parse_rope_scaling_type(r, "[extrapolate] --rope-scalings");
+    PF_CHECK(seen.insert(r).second, "[extrapolate] --rope-scalings lists \"", r, "\" twice");
+  }
   PF_CHECK(s.train_len >= 2 && s.train_len <= (1 << 20),
            "[extrapolate] --train-len must be in [2, 2^20], got ", s.train_len);
   PF_CHECK(!s.eval_lens.empty(), "[extrapolate] --eval-lens needs at least one length");
@@ -211,13 +219,29 @@ std::vector<StudyModel> study_models(const StudySpec& s, const ModelConfig& base
   return out;
 }
 
-std::vector<EvalVariant> eval_variants(const ModelConfig& trained) {
+std::vector<EvalVariant> eval_variants(const ModelConfig& trained,
+                                       const std::vector<std::string>& rope_scalings) {
   std::vector<EvalVariant> v;
   v.push_back({"none", [](const ModelConfig& c, int64_t, int64_t) { return c; }});
-  // RoPE scalings plug in here (issue 9 item 1): for a rotary model, one variant per scaling
-  // type, its config = trained with position.scaling = {type, factor max(1, L / train_len),
-  // original_len train_len}.
-  (void)trained;
+  if (trained.position.type != "rope" ||
+      trained.position.scaling.type != ops::RopeScalingType::None)
+    return v;
+  for (const std::string& name : rope_scalings) {
+    const ops::RopeScalingType t =
+        ops::parse_rope_scaling_type(name, "[extrapolate] --rope-scalings");
+    v.push_back(
+        {str("rope:", name),
+         [t](const ModelConfig& c, int64_t L, int64_t train_len) -> std::optional<ModelConfig> {
+           ModelConfig out = c;
+           out.position.scaling.type = t;
+           out.position.scaling.original_len = train_len;
+           out.position.scaling.factor =
+               t == ops::RopeScalingType::DynamicNtk
+                   ? 1.0
+                   : std::max(1.0, static_cast<double>(L) / static_cast<double>(train_len));
+           return out;
+         }});
+  }
   return v;
 }
 
@@ -365,7 +389,7 @@ StudyResult run_study(const StudySpec& s, const std::atomic<bool>* stop) {
     set_threads(s.threads);
     std::vector<StudyRow> rows;
     const auto te0 = std::chrono::steady_clock::now();
-    for (const EvalVariant& v : eval_variants(trained.config())) {
+    for (const EvalVariant& v : eval_variants(trained.config(), s.rope_scalings)) {
       for (int64_t L : s.eval_lens) {
         if (stop && stop->load()) break;
         StudyRow r = base_row(m, v.name, s.train_len, L);
@@ -388,9 +412,16 @@ StudyResult run_study(const StudySpec& s, const std::atomic<bool>* stop) {
           if (config_to_json(*vc) == config_to_json(trained.config())) {
             e = evaluate_windows(trained, Objective::Clm, ws, *tok);
           } else {
-            Transformer variant(*vc);
-            variant.set_weights(trained.params().all(), run_dir + " (" + v.name + ")");
-            e = evaluate_windows(variant, Objective::Clm, ws, *tok);
+            std::optional<Transformer> variant;
+            try {
+              variant.emplace(*vc);
+            } catch (const Error& err) {
+              r.status = str("n/a: ", err.what());
+              rows.push_back(r);
+              continue;
+            }
+            variant->set_weights(trained.params().all(), run_dir + " (" + v.name + ")");
+            e = evaluate_windows(*variant, Objective::Clm, ws, *tok);
           }
           r.loss = e.loss, r.ppl = e.ppl, r.bpb = e.bpb, r.tokens = e.tokens, r.windows = windows;
         }

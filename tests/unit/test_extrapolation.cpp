@@ -92,12 +92,52 @@ TEST(Extrapolation, ModelsNamesAndRefusals) {
 TEST(Extrapolation, EvalVariantsStartWithTheModelAsTrained) {
   ModelConfig c = base();
   c.position.type = "rope";
-  const std::vector<EvalVariant> v = eval_variants(c);
-  ASSERT_GE(v.size(), 1u);
+  const std::vector<EvalVariant> v = eval_variants(c, {});
+  ASSERT_EQ(v.size(), 1u);
   EXPECT_EQ(v[0].name, "none");
   const std::optional<ModelConfig> at = v[0].config(c, 1024, 16);
   ASSERT_TRUE(at.has_value());
   EXPECT_EQ(config_to_json(*at), config_to_json(c));
+}
+
+TEST(Extrapolation, RopeModelsAreScoredUnderEachScalingStretchedToTheLength) {
+  ModelConfig c = base();
+  c.position.type = "rope";
+  const std::vector<EvalVariant> v = eval_variants(c, {"linear", "yarn", "dynamic_ntk"});
+  ASSERT_EQ(v.size(), 4u);
+  EXPECT_EQ(v[1].name, "rope:linear");
+  EXPECT_EQ(v[2].name, "rope:yarn");
+  EXPECT_EQ(v[3].name, "rope:dynamic_ntk");
+  // factor L / train_len past the training length, 1 up to it; original length = train_len
+  std::optional<ModelConfig> at = v[1].config(c, 1024, 16);
+  ASSERT_TRUE(at.has_value());
+  EXPECT_EQ(at->position.scaling.type, ops::RopeScalingType::Linear);
+  EXPECT_DOUBLE_EQ(at->position.scaling.factor, 64.0);
+  EXPECT_EQ(at->position.scaling.original_len, 16);
+  at = v[2].config(c, 8, 16);
+  ASSERT_TRUE(at.has_value());
+  EXPECT_EQ(at->position.scaling.type, ops::RopeScalingType::Yarn);
+  EXPECT_DOUBLE_EQ(at->position.scaling.factor, 1.0);
+  validate_config(*at);
+  // dynamic NTK keeps factor 1: its frequencies follow the window length by themselves
+  at = v[3].config(c, 1024, 16);
+  ASSERT_TRUE(at.has_value());
+  EXPECT_DOUBLE_EQ(at->position.scaling.factor, 1.0);
+  validate_config(*at);
+  // other schemes, and a model trained with a scaling, are scored as trained only
+  ModelConfig alibi = base();
+  alibi.position.type = "alibi";
+  EXPECT_EQ(eval_variants(alibi, {"linear"}).size(), 1u);
+  ModelConfig scaled = c;
+  scaled.position.scaling.type = ops::RopeScalingType::Linear;
+  scaled.position.scaling.factor = 2;
+  EXPECT_EQ(eval_variants(scaled, {"linear"}).size(), 1u);
+  // bad names are refused naming the flag
+  StudySpec s = spec();
+  s.rope_scalings = {"bogus"};
+  expect_error([&] { validate(s); }, {"--rope-scalings", "bogus"});
+  s.rope_scalings = {"ntk", "ntk"};
+  expect_error([&] { validate(s); }, {"--rope-scalings", "twice"});
 }
 
 TEST(Extrapolation, CsvAndMarkdown) {

@@ -95,6 +95,11 @@ Command add_extrapolate(CLI::App& root) {
                   "attention types, comma-separated (default softmax); one model per position x "
                   "attention")
       ->delimiter(',');
+  app->add_option("--rope-scalings", s->rope_scalings,
+                  "RoPE models are also scored under these scalings, each stretched to the "
+                  "length scored (default linear,ntk,yarn,llama3; also dynamic_ntk; 'none': "
+                  "only as trained)")
+      ->delimiter(',');
   app->add_option("--train-len", s->train_len, "training sequence length");
   app->add_option("--eval-lens", s->eval_lens, "evaluation lengths, comma-separated, increasing")
       ->delimiter(',');
@@ -119,6 +124,7 @@ Command add_extrapolate(CLI::App& root) {
   add_memory_options(app, *mem);
   return {app, [=]() {
             s->progress = !*quiet;
+            if (s->rope_scalings == std::vector<std::string>{"none"}) s->rope_scalings.clear();
             validate(*s);
             for (const StudyModel& m : study_models(*s, load_config(s->config_path)))
               if (m.refused.empty())

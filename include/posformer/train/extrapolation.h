@@ -49,7 +49,9 @@ struct StudySpec {
   std::vector<std::string> data{"default"};
   double val_fraction = 0.05;
   int64_t eval_tokens = 16384;  // held-out tokens scored at every length
-  int64_t ckpt_every = 0;       // 0: steps / 10, clamped to [1, 100]
+  // RoPE models are also scored under each of these scalings (eval_variants); empty: none
+  std::vector<std::string> rope_scalings{"linear", "ntk", "yarn", "llama3"};
+  int64_t ckpt_every = 0;  // 0: steps / 10, clamped to [1, 100]
   int threads = 0;
   std::string out_dir;
   bool progress = true;
@@ -69,17 +71,19 @@ struct StudyModel {
 std::vector<StudyModel> study_models(const StudySpec& s, const ModelConfig& base);
 
 // Eval-time variants of a trained model, each evaluated at every length: "none" (the model as
-// trained) is always first. THE HOOK for eval-time RoPE scalings: a RoPE model gets one more
-// variant per scaling, whose `config` returns the trained config with position.scaling set for
-// length L (e.g. factor L / train_len, original length train_len); the weights are the trained
-// ones. `config` returns nullopt where the variant does not apply at L (then "n/a").
+// trained) is always first. A RoPE model trained without a scaling gets one more variant per
+// name in `rope_scalings` ("rope:yarn", ...): the trained weights under position.scaling =
+// {type, factor max(1, L / train_len), original_len train_len} at length L, i.e. each scaling
+// stretched to exactly the length scored (dynamic_ntk: factor 1, its frequencies follow the
+// window length). `config` returns nullopt where the variant does not apply at L (then "n/a").
 struct EvalVariant {
   std::string name;
   std::function<std::optional<ModelConfig>(const ModelConfig& trained, int64_t L,
                                            int64_t train_len)>
       config;
 };
-std::vector<EvalVariant> eval_variants(const ModelConfig& trained);
+std::vector<EvalVariant> eval_variants(const ModelConfig& trained,
+                                       const std::vector<std::string>& rope_scalings);
 
 // One result: a model under one eval variant at one length. status "ok", or "n/a: why"
 // (learned table too short, held-out data too short) or "skipped: why" (refused combination);
