@@ -237,6 +237,8 @@ Objective default_objective(Arch arch) {
       return Objective::Clm;
     case Arch::EncoderDecoder:
       return Objective::Seq2seq;
+    case Arch::Vit:
+      throw Error("[train] arch vit: image classification training is not in posformer train yet");
   }
   return Objective::Clm;
 }

@@ -28,6 +28,13 @@ Command add_info(CLI::App& root) {
             std::printf("block      %s-%s, %s, bias %s, vocab %lld, max_len %lld\n",
                         c.norm_position.name(), c.norm.name(), c.activation.name(),
                         c.bias ? "yes" : "no", (long long)c.vocab_size, (long long)c.max_len);
+            if (c.is_vit())
+              std::printf(
+                  "images     %lldx%lld, %lld channels, patch %lld (%lldx%lld grid), pool %s, "
+                  "%lld classes\n",
+                  (long long)c.image_h, (long long)c.image_w, (long long)c.channels,
+                  (long long)c.patch_size, (long long)c.grid_h(), (long long)c.grid_w(),
+                  c.pool.name(), (long long)c.num_classes);
             std::printf("position   %s", c.position.type.c_str());
             if (c.embed_scale_sqrt_d || c.embed_scale != 1.0)
               std::printf(", token embeddings x %.4g%s", c.token_embed_scale(),
