@@ -165,6 +165,64 @@ ImageSet read_png_dir(const std::string& dir, const std::string& labels_file, in
   return s;
 }
 
+const char* const kFashionMnistDir = "/usr/share/datasets/fashion-mnist";
+
+ImageSet load_image_data(const std::string& spec, int64_t channels, int64_t limit) {
+  const auto two = [&](const std::string& rest) {
+    const size_t c = rest.find(',');
+    PF_CHECK(c != std::string::npos && c > 0 && c + 1 < rest.size(), "[images] data spec \"", spec,
+             "\" needs two paths separated by a comma");
+    return std::pair<std::string, std::string>{rest.substr(0, c), rest.substr(c + 1)};
+  };
+  ImageSet s;
+  if (spec == "fashion-mnist" || spec == "default" || spec == "fashion-mnist-test") {
+    const std::string d = kFashionMnistDir, p = spec == "fashion-mnist-test" ? "t10k" : "train";
+    PF_CHECK(std::filesystem::is_directory(d), "[images] ", d,
+             " not found: install Debian's dataset-fashion-mnist (scripts/setup.sh)");
+    s = read_idx(d + "/" + p + "-images-idx3-ubyte.gz", d + "/" + p + "-labels-idx1-ubyte.gz",
+                 limit);
+  } else if (spec.rfind("idx:", 0) == 0) {
+    const auto [i, l] = two(spec.substr(4));
+    s = read_idx(i, l, limit);
+  } else if (spec.rfind("png:", 0) == 0) {
+    const auto [dir, l] = two(spec.substr(4));
+    s = read_png_dir(dir, l, channels);
+    if (limit > 0 && limit < s.n) {
+      s.n = limit;
+      s.pixels.resize(static_cast<size_t>(s.n * s.C * s.H * s.W));
+      s.labels.resize(static_cast<size_t>(s.n));
+    }
+  } else {
+    throw Error(str("[images] unknown data spec \"", spec,
+                    "\" (expected fashion-mnist, fashion-mnist-test, idx:IMAGES,LABELS or "
+                    "png:DIR,LABELS)"));
+  }
+  PF_CHECK(s.C == channels, "[images] ", spec, " has ", s.C, " channel(s), the model takes ",
+           channels);
+  return s;
+}
+
+ImageSet read_png_files(const std::vector<std::string>& files, int64_t channels) {
+  PF_CHECK(channels == 1 || channels == 3, "[png] channels must be 1 (gray) or 3 (RGB), got ",
+           channels);
+  PF_CHECK(!files.empty(), "[png] no image files given");
+  ImageSet s;
+  s.C = channels;
+  for (const std::string& f : files) {
+    int64_t H = 0, W = 0;
+    const std::vector<uint8_t> px = read_png(f, channels, H, W);
+    if (s.n == 0) s.H = H, s.W = W;
+    PF_CHECK(H == s.H && W == s.W, "[png] ", f, " is ", H, "x", W, ", the first image is ", s.H,
+             "x", s.W, " (all images must have one size)");
+    for (int64_t c = 0; c < channels; ++c)
+      for (int64_t i = 0; i < H * W; ++i)
+        s.pixels.push_back(static_cast<float>(px[i * channels + c]) / 255.0f);
+    s.labels.push_back(0);
+    ++s.n;
+  }
+  return s;
+}
+
 ImageSplit split_images(int64_t n, double val_fraction, uint64_t seed) {
   PF_CHECK(val_fraction >= 0 && val_fraction < 1, "[images] val_fraction must be in [0, 1), got ",
            val_fraction);

@@ -25,7 +25,7 @@ int main(int argc, char** argv) {
   std::vector<cli::Command> cmds = {
       cli::add_init(app), cli::add_info(app),     cli::add_forward(app), cli::add_train(app),
       cli::add_eval(app), cli::add_generate(app), cli::add_plot(app),    cli::add_tokenizer(app),
-      cli::add_grad(app), cli::add_bench(app)};
+      cli::add_grad(app), cli::add_bench(app),    cli::add_predict(app)};
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

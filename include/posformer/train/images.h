@@ -45,6 +45,12 @@ struct ImageSet {
 ImageSet read_idx(const std::string& images_path, const std::string& labels_path,
                   int64_t limit = 0);
 ImageSet read_png_dir(const std::string& dir, const std::string& labels_file, int64_t channels);
+// Listed PNG files (labels 0), for prediction.
+ImageSet read_png_files(const std::vector<std::string>& files, int64_t channels);
+// A data spec: "fashion-mnist" / "default" (the training set of Debian's dataset-fashion-mnist),
+// "fashion-mnist-test" (its test set), "idx:IMAGES,LABELS", "png:DIR,LABELS".
+ImageSet load_image_data(const std::string& spec, int64_t channels, int64_t limit = 0);
+extern const char* const kFashionMnistDir;  // /usr/share/datasets/fashion-mnist
 
 struct ImageSplit {
   std::vector<int64_t> train, val;  // indices into the set
