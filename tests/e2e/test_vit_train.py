@@ -12,6 +12,8 @@ Checks:
     random crop and flip augmentation on;
   - eval reports accuracy, per-class accuracy and a confusion matrix whose counts sum to the
     number of images, and writes the PNG; predict prints one label and probabilities per PNG;
+  - vit-resolution writes one CSV row per size (images resized), the markdown table and the
+    plot, and refuses a size that is not a multiple of the patch;
   - a malformed IDX file and a file that is not a PNG give clear errors.
 Prints PASS/FAIL lines and `N passed, M failed`; exit status 1 if any failed.
 """
@@ -126,6 +128,23 @@ def main():
                 ok = ok and parts[1].startswith("label ") and 0 < sum(probs) <= 1.0001 \
                     and probs == sorted(probs, reverse=True)
             check("predict", ok, out.strip().replace("\n", " | ")[:200] or err.strip()[-200:])
+        # 3b. resolution table: accuracy at resized image sizes into CSV, markdown, PNG
+        if os.path.isdir(run):
+            pre = os.path.join(tmp, "res")
+            rc, out, err = run_cli([cli, "vit-resolution", run, "--sizes", "28", "35",
+                                    "--max-images", "50", "--out", pre])
+            ok = rc == 0 and os.path.getsize(pre + ".png") > 1000
+            if ok:
+                with open(pre + ".csv") as f:
+                    csv_rows = f.read().strip().splitlines()[1:]
+                with open(pre + ".md") as f:
+                    md = f.read()
+                ok = len(csv_rows) == 2 and [r.split(",")[3] for r in csv_rows] == ["28", "35"] \
+                    and all(r.split(",")[6] == "50" for r in csv_rows) and "| 28 | 35 |" in md
+            check("vit_resolution", ok, (out + err).strip().replace("\n", " | ")[-200:])
+            rc, out, err = run_cli([cli, "vit-resolution", run, "--sizes", "30", "--out", pre])
+            check("vit_resolution_bad_size", rc != 0 and "30" in err and "patch_size 7" in err,
+                  err.strip()[-200:])
         # 4. bad inputs named
         bad = os.path.join(tmp, "bad-images")
         with open(bad, "wb") as f:

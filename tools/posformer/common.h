@@ -23,6 +23,7 @@ Command add_plot(CLI::App& root);
 Command add_grad(CLI::App& root);
 Command add_bench(CLI::App& root);
 Command add_predict(CLI::App& root);
+Command add_vit_resolution(CLI::App& root);
 // posformer eval on an arch vit model (cmd_predict.cpp): accuracy, per-class accuracy and the
 // confusion matrix (text, CSV and a matplotlib PNG).
 int eval_vit(const std::string& dir, const std::string& data, int64_t max_images,
