@@ -25,9 +25,14 @@ Command add_info(CLI::App& root) {
                 c.arch.name(), (long long)c.n_layers,
                 c.arch == Arch::EncoderDecoder ? " per stack" : "", (long long)c.d_model,
                 (long long)c.n_heads, (long long)c.kv_heads(), (long long)c.d_ff);
-            std::printf("block      %s-%s, %s, bias %s, vocab %lld, max_len %lld\n",
-                        c.norm_position.name(), c.norm.name(), c.activation.name(),
-                        c.bias ? "yes" : "no", (long long)c.vocab_size, (long long)c.max_len);
+            if (c.is_vit())  // no tokens: no vocabulary
+              std::printf("block      %s-%s, %s, bias %s, max_len %lld\n", c.norm_position.name(),
+                          c.norm.name(), c.activation.name(), c.bias ? "yes" : "no",
+                          (long long)c.max_len);
+            else
+              std::printf("block      %s-%s, %s, bias %s, vocab %lld, max_len %lld\n",
+                          c.norm_position.name(), c.norm.name(), c.activation.name(),
+                          c.bias ? "yes" : "no", (long long)c.vocab_size, (long long)c.max_len);
             if (c.is_vit())
               std::printf(
                   "images     %lldx%lld, %lld channels, patch %lld (%lldx%lld grid), pool %s, "
