@@ -18,10 +18,13 @@ done
 PKGS=(
   # build: compiler, CMake, and the libraries CMakeLists.txt finds (OpenMP comes with g++)
   cmake g++ make pkg-config libdnnl-dev libhwy-dev nlohmann-json3-dev libcli11-dev
-  libsentencepiece-dev libgtest-dev
+  libsentencepiece-dev libgtest-dev zlib1g-dev libpng-dev
   # demo: the default corpus (Debian's English fortunes and Tang/Song poems), python3 to read
   # metrics, matplotlib for `posformer plot` (its fonts: fonts-dejavu-core, a Depends)
   fortunes fortunes-zh python3 python3-matplotlib
+  # vision (arch vit, docs/vision.md): Fashion-MNIST, 70,000 28x28 images in IDX format, in
+  # /usr/share/datasets/fashion-mnist
+  dataset-fashion-mnist
   # tests: the PyTorch twins (oracle), numpy, the formatting check, and Google Benchmark so that
   # the test build compiles the benchmark program too
   python3-torch python3-numpy clang-format libbenchmark-dev

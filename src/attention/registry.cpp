@@ -240,6 +240,7 @@ std::unique_ptr<Attention> make_attention(const AttentionConfig& cfg, const Stac
   if (pe.adds_values() && !c.value_hooks) refuse("relative value terms");
   if (pe.rotary() && !c.rotary_outside && !c.rotary_inside)
     refuse("rotary positions applied to q and k");
+  if (pe.axes() != 1 && c.rotary_inside) refuse("2-D positions (it rotates inside, in 1-D)");
   if (cfg.residual && !c.residual_scores)
     throw Error(
         str("[config] attention.residual (RealFormer) needs a score matrix to carry; "

@@ -135,6 +135,16 @@ void validate_config(const ModelConfig& c) {
            ") must divide n_heads (", c.n_heads, ")");
   PF_CHECK(c.norm_eps > 0 && std::isfinite(c.norm_eps),
            "[config] field 'norm_eps' must be > 0, got ", c.norm_eps);
+  if (c.is_vit()) {
+    check_range(c.image_h, 1, 1 << 16, "image_size[0] (height)");
+    check_range(c.image_w, 1, 1 << 16, "image_size[1] (width)");
+    check_range(c.patch_size, 1, 1 << 12, "patch_size");
+    check_range(c.channels, 1, 64, "channels");
+    check_range(c.num_classes, 2, 1 << 20, "num_classes");
+    PF_CHECK(c.image_h % c.patch_size == 0 && c.image_w % c.patch_size == 0,
+             "[config] image_size [", c.image_h, ", ", c.image_w,
+             "] must be a multiple of patch_size ", c.patch_size, " in both dimensions");
+  }
   check_entry(position_config_entries(), c.position, "position.", c);
   if (!c.embed_scale_sqrt_d)
     PF_CHECK(std::isfinite(c.embed_scale) && c.embed_scale > 0,
@@ -151,13 +161,36 @@ void validate_config(const ModelConfig& c) {
 
 ModelConfig parse_config(const json& j) {
   PF_CHECK(j.is_object(), "[config] top level must be a JSON object, got ", j.type_name());
-  refuse_unknown(j,
-                 {"arch", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "activation",
-                  "norm", "norm_position", "norm_eps", "bias", "vocab_size", "max_len",
-                  "tie_embeddings", "embed_scale", "head", "position", "attention"},
-                 "");
+  refuse_unknown(
+      j, {"arch",       "d_model",        "n_layers",      "n_heads",  "n_kv_heads", "d_ff",
+          "activation", "norm",           "norm_position", "norm_eps", "bias",       "vocab_size",
+          "max_len",    "tie_embeddings", "embed_scale",   "head",     "position",   "attention",
+          "image_size", "patch_size",     "channels",      "pool",     "num_classes"},
+      "");
   ModelConfig c;
-  c.arch = get_choice(j, "arch", c.arch.name(), {"encoder", "decoder", "encoder_decoder"}, "");
+  c.arch =
+      get_choice(j, "arch", c.arch.name(), {"encoder", "decoder", "encoder_decoder", "vit"}, "");
+  // image fields belong to vit; token fields to the text archs
+  for (const char* k : {"image_size", "patch_size", "channels", "pool", "num_classes"})
+    PF_CHECK(c.is_vit() || !j.contains(k), "[config] field '", k,
+             "' applies to arch vit only, got arch ", c.arch);
+  for (const char* k : {"vocab_size", "tie_embeddings", "embed_scale", "head"})
+    PF_CHECK(!c.is_vit() || !j.contains(k), "[config] field '", k,
+             "' does not apply to arch vit (images are patch-embedded and classified)");
+  if (j.contains("image_size")) {  // [height, width] or one int for a square
+    const json& v = j.at("image_size");
+    const bool pair =
+        v.is_array() && v.size() == 2 && v[0].is_number_integer() && v[1].is_number_integer();
+    PF_CHECK(v.is_number_integer() || pair,
+             "[config] field 'image_size' must be an integer or [height, width], got ", v.dump());
+    c.image_h = pair ? v[0].get<int64_t>() : v.get<int64_t>();
+    c.image_w = pair ? v[1].get<int64_t>() : v.get<int64_t>();
+  }
+  c.patch_size = get_int(j, "patch_size", c.patch_size, "");
+  c.channels = get_int(j, "channels", c.channels, "");
+  c.pool = get_choice(j, "pool", c.pool.name(), {"cls", "mean"}, "");
+  c.num_classes = get_int(j, "num_classes", c.num_classes, "");
+  if (c.is_vit()) c.head = Head::None, c.tie_embeddings = false;
   c.d_model = get_int(j, "d_model", c.d_model, "");
   c.n_layers = get_int(j, "n_layers", c.n_layers, "");
   c.n_heads = get_int(j, "n_heads", c.n_heads, "");
@@ -234,6 +267,28 @@ json config_to_json(const ModelConfig& c) {
   json a = write_entry(attention_config_entries(), c.attention);
   if (c.attention.scale) a["scale"] = *c.attention.scale;
   if (c.attention.residual) a["residual"] = true;
+  if (c.is_vit()) {
+    json v = json{{"arch", c.arch.name()},
+                  {"image_size", {c.image_h, c.image_w}},
+                  {"patch_size", c.patch_size},
+                  {"channels", c.channels},
+                  {"pool", c.pool.name()},
+                  {"num_classes", c.num_classes},
+                  {"d_model", c.d_model},
+                  {"n_layers", c.n_layers},
+                  {"n_heads", c.n_heads},
+                  {"n_kv_heads", c.kv_heads()},
+                  {"d_ff", c.d_ff},
+                  {"activation", c.activation.name()},
+                  {"norm", c.norm.name()},
+                  {"norm_position", c.norm_position.name()},
+                  {"norm_eps", c.norm_eps},
+                  {"bias", c.bias},
+                  {"max_len", c.max_len},
+                  {"position", p},
+                  {"attention", a}};
+    return v;
+  }
   return json{{"arch", c.arch.name()},
               {"d_model", c.d_model},
               {"n_layers", c.n_layers},

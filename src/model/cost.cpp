@@ -27,6 +27,8 @@ std::vector<StackShape> stacks_of(const ModelConfig& c, int64_t T, int64_t Ts) {
       return {{true, T, 0, true}};
     case Arch::EncoderDecoder:
       return {{false, Ts, 0, false}, {true, T, Ts, true}};
+    case Arch::Vit:
+      return {{false, T, 0, false}};
   }
   return {};
 }

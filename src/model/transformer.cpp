@@ -38,10 +38,20 @@ void check_tokens(const TokenBatch& tokens, int64_t vocab, const std::string& wh
 Transformer::Transformer(const ModelConfig& cfg) : cfg_(cfg) {
   validate_config(cfg_);
   const int64_t d = cfg_.d_model, V = cfg_.vocab_size;
-  specs_.push_back({"embed.weight", {V, d}, Init::Normal, "embedding", true});
+  if (cfg_.is_vit()) {  // patch embedding (timm's Conv2d weight flattened) and CLS token
+    const int64_t p = cfg_.patch_size;
+    specs_.push_back(
+        {"patch_embed.weight", {d, cfg_.channels * p * p}, Init::Normal, "embedding", true});
+    if (cfg_.bias) specs_.push_back({"patch_embed.bias", {d}, Init::Zeros, "embedding", false});
+    if (cfg_.cls_token()) specs_.push_back({"cls_token", {d}, Init::Normal, "embedding", false});
+  } else {
+    specs_.push_back({"embed.weight", {V, d}, Init::Normal, "embedding", true});
+  }
   auto geom = [&](const std::string& prefix, bool causal) {
-    return StackGeom{prefix,          cfg_.n_layers, d,      cfg_.n_heads, cfg_.kv_heads(),
-                     cfg_.head_dim(), cfg_.max_len,  causal, cfg_.bias};
+    StackGeom g{prefix,          cfg_.n_layers, d,      cfg_.n_heads, cfg_.kv_heads(),
+                cfg_.head_dim(), cfg_.max_len,  causal, cfg_.bias};
+    if (cfg_.is_vit()) g.grid_h = cfg_.grid_h(), g.grid_w = cfg_.grid_w(), g.cls = cfg_.cls_token();
+    return g;
   };
   if (cfg_.has_encoder()) {
     const StackGeom eg = geom("encoder.", false);
@@ -55,7 +65,10 @@ Transformer::Transformer(const ModelConfig& cfg) : cfg_(cfg) {
     dec_attn_ = make_attention(stack_attention(cfg_.attention, cfg_.arch, true), dg, *dec_pe_);
     declare_stack("decoder.", cfg_.arch == Arch::EncoderDecoder, *dec_pe_, *dec_attn_);
   }
-  if (cfg_.head == Head::Lm && !cfg_.tie_embeddings)
+  if (cfg_.is_vit()) {
+    specs_.push_back({"head.weight", {cfg_.num_classes, d}, Init::Normal, "head", true});
+    if (cfg_.bias) specs_.push_back({"head.bias", {cfg_.num_classes}, Init::Zeros, "head", false});
+  } else if (cfg_.head == Head::Lm && !cfg_.tie_embeddings)
     specs_.push_back({"lm_head.weight", {V, d}, Init::Normal, "head", true});
 }
 
@@ -218,7 +231,7 @@ AttnDesc Transformer::attn_desc(const Stack& st, bool self, const StackInput& in
   // rows: a run starts at pos0 (decoding: the rows already cached); ids are positions only
   const int64_t row0 = in.pos.is_run() ? in.pos.pos0 : 0;
   desc.q_pos0 = row0, desc.k_pos0 = self ? row0 : 0;
-  if (self && !in.pos.is_run()) desc.q_ids = desc.k_ids = in.pos.ids;
+  if (self && !in.pos.is_run() && in.pos.axes == 1) desc.q_ids = desc.k_ids = in.pos.ids;
   desc.key_len = self ? in.len : in.enc_len;
   desc.self_attention = self;
   desc.params = &params_;
@@ -385,6 +398,7 @@ void Transformer::run_stack(const Stack& st, float* x, const StackInput& in, con
 }
 
 Tensor Transformer::encode(const TokenBatch& src, int64_t pos_offset) const {
+  PF_CHECK(!cfg_.is_vit(), "[model] an arch vit model takes images (classify), not tokens");
   PF_CHECK(cfg_.has_encoder(), "[model] this ", cfg_.arch, " model has no encoder");
   check_tokens(src, cfg_.vocab_size, "encoder tokens");
   PF_CHECK(pos_offset >= 0, "[input] position offset must be >= 0, got ", pos_offset);
@@ -538,6 +552,7 @@ StackInput Transformer::encoder_input(const TokenBatch& src, const ForwardOption
 }
 
 ForwardOutput Transformer::forward(const TokenBatch& tokens, const ForwardOptions& opt) const {
+  PF_CHECK(!cfg_.is_vit(), "[model] an arch vit model takes images (classify), not tokens");
   ForwardOutput out;
   PositionIds ids;
   if (cfg_.arch == Arch::Encoder) {

@@ -287,6 +287,7 @@ void check_targets(const TokenBatch& tokens, const TokenBatch& targets, int64_t 
 Transformer::Loss Transformer::loss_and_grad(const TokenBatch& tokens, const TokenBatch& targets,
                                              ParamStore& grads, const ForwardOptions& opt,
                                              float grad_scale) const {
+  PF_CHECK(!cfg_.is_vit(), "[train] an arch vit model trains on images (classify_loss_and_grad)");
   PF_CHECK(cfg_.head == Head::Lm, "[train] the model has no LM head (head: none)");
   check_tokens(tokens, cfg_.vocab_size,
                cfg_.arch == Arch::Encoder ? "encoder tokens" : "decoder tokens");

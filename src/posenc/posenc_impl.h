@@ -47,6 +47,11 @@ inline std::string layer_name(const StackGeom& g, int64_t l, const std::string& 
   return g.prefix + "layers." + std::to_string(l) + "." + rest;
 }
 
+// 2-D schemes for ViT patches (vision.cpp, posenc/vision.h).
+std::unique_ptr<PositionEncoding> make_rope_2d(const PositionConfig& c, const StackGeom& g);
+std::unique_ptr<PositionEncoding> make_sincos_2d(const StackGeom& g);
+std::unique_ptr<PositionEncoding> make_learned_2d(const PositionConfig& c, const StackGeom& g);
+
 class NoPosition final : public PositionEncoding {
  public:
   std::string name() const override { return "none"; }

@@ -75,6 +75,12 @@ ConfigField<PositionConfig> rope_scaling_field() {
   return f;
 }
 
+// 2-D schemes read patch (row, col) positions, which only arch vit gives.
+void needs_vit(const ModelConfig& c) {
+  PF_CHECK(c.is_vit(), "[config] position.type ", c.position.type,
+           " encodes 2-D patch positions and needs arch vit, got arch ", c.arch);
+}
+
 struct Scheme {
   ConfigEntry<PositionConfig> config;
   std::function<std::unique_ptr<PositionEncoding>(const PositionConfig&, const StackGeom&)> make;
@@ -122,6 +128,34 @@ const std::vector<Scheme>& schemes() {
        [](const P&, const StackGeom& g) { return std::make_unique<XlPosition>(g); }},
       {{"deberta", {int_field("span", &P::span, 1, 1 << 16)}, {}},
        [](const P& c, const StackGeom& g) { return std::make_unique<DebertaPosition>(c, g); }},
+      {{"rope_2d",
+        {choice_field("layout", &P::axial_layout, {"axial_split", "axial_interleaved"}),
+         choice_field("cls_position", &P::cls_position, {"origin", "none"}),
+         int_field("rotary_dim", &P::rotary_dim, 0, int64_t{1} << 20),
+         num_field("base", &P::base, 1.0)},
+        [](const ModelConfig& c) {
+          needs_vit(c);
+          const int64_t D = c.head_dim(), rd = c.position.rotary_dim, R = rd == 0 ? D : rd;
+          PF_CHECK(R > 0 && R % 4 == 0 && R <= D,
+                   "[config] position.rotary_dim of rope_2d must be a multiple of 4 (two axes of "
+                   "pairs) and <= the head dim (",
+                   D, "), got ", R, rd == 0 ? " (the head dim d_model/n_heads)" : "");
+        }},
+       [](const P& c, const StackGeom& g) { return make_rope_2d(c, g); }},
+      {{"sincos_2d",
+        {},
+        [](const ModelConfig& c) {
+          needs_vit(c);
+          PF_CHECK(c.d_model % 4 == 0,
+                   "[config] position.type sincos_2d needs d_model % 4 == 0 "
+                   "(sin and cos of two axes), got ",
+                   c.d_model);
+        }},
+       [](const P&, const StackGeom& g) { return make_sincos_2d(g); }},
+      {{"learned_2d",
+        {choice_field("interpolation", &P::interpolation, {"bicubic", "bilinear"})},
+        needs_vit},
+       [](const P& c, const StackGeom& g) { return make_learned_2d(c, g); }},
   };
   return s;
 }

@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 #include <utility>
 #include <vector>
@@ -20,6 +21,7 @@
 #include "posformer/model/transformer.h"
 #include "posformer/train/checkpoint.h"
 #include "posformer/train/data.h"
+#include "posformer/train/images.h"
 #include "posformer/train/optimizer.h"
 #include "posformer/train/schedule.h"
 #include "posformer/train/tokenizer.h"
@@ -54,7 +56,10 @@ json options_to_json(const TrainOptions& o) {
               {"keep_last", o.keep_last},
               {"val_fraction", o.val_fraction},
               {"on_nonfinite", o.on_nonfinite},
-              {"threads", o.threads}};
+              {"threads", o.threads},
+              {"max_images", o.max_images},
+              {"crop_pad", o.crop_pad},
+              {"flip", o.flip}};
 }
 
 TrainOptions options_from_json(const json& j) {
@@ -73,6 +78,8 @@ TrainOptions options_from_json(const json& j) {
     o.ckpt_every = j.at("ckpt_every"), o.keep_last = j.at("keep_last");
     o.val_fraction = j.at("val_fraction"), o.on_nonfinite = j.at("on_nonfinite");
     o.threads = j.at("threads");
+    o.max_images = j.value("max_images", int64_t{0}), o.crop_pad = j.value("crop_pad", int64_t{0});
+    o.flip = j.value("flip", false);
   } catch (const json::exception& e) {
     throw Error(str("[train] stored training options are malformed: ", e.what()));
   }
@@ -99,7 +106,8 @@ void validate(const TrainOptions& o) {
     try {
       Choice<Objective>::parse(o.objective);
     } catch (const Error&) {
-      throw Error(str("[train] --objective must be auto, clm, mlm or seq2seq, got ", o.objective));
+      throw Error(str("[train] --objective must be auto, clm, mlm, seq2seq or classify, got ",
+                      o.objective));
     }
   }
   ScheduleConfig s{o.lr, o.warmup, o.steps, o.decay, o.min_lr_ratio};
@@ -112,9 +120,10 @@ namespace {
 Choice<Objective> objective_for(const TrainOptions& o, const ModelConfig& c) {
   const Choice<Objective> obj =
       o.objective == "auto" ? default_objective(c.arch) : Choice<Objective>::parse(o.objective);
-  const Choice<Arch> need = obj == Objective::Mlm   ? Arch::Encoder
-                            : obj == Objective::Clm ? Arch::Decoder
-                                                    : Arch::EncoderDecoder;
+  const Choice<Arch> need = obj == Objective::Mlm        ? Arch::Encoder
+                            : obj == Objective::Clm      ? Arch::Decoder
+                            : obj == Objective::Classify ? Arch::Vit
+                                                         : Arch::EncoderDecoder;
   PF_CHECK(c.arch == need, "[train] objective ", obj, " needs an ", need, " model, the config has ",
            c.arch);
   return obj;
@@ -237,6 +246,8 @@ Objective default_objective(Arch arch) {
       return Objective::Clm;
     case Arch::EncoderDecoder:
       return Objective::Seq2seq;
+    case Arch::Vit:
+      return Objective::Classify;
   }
   return Objective::Clm;
 }
@@ -274,6 +285,40 @@ Evaluation evaluate_windows(
   return e;
 }
 
+ClassifyEval evaluate_images(const Transformer& model, const ImageSet& set,
+                             const std::vector<int64_t>& rows, int64_t batch) {
+  const int64_t K = model.config().num_classes;
+  ClassifyEval e;
+  e.confusion.assign(static_cast<size_t>(K * K), 0);
+  double nats = 0;
+  std::vector<int32_t> labels;
+  for (size_t i0 = 0; i0 < rows.size(); i0 += static_cast<size_t>(batch)) {
+    const std::vector<int64_t> part(rows.begin() + i0,
+                                    rows.begin() + std::min(rows.size(), i0 + batch));
+    const Tensor logits = model.classify(set.gather(part, &labels));
+    for (size_t b = 0; b < part.size(); ++b) {
+      const float* z = logits.data<float>() + b * K;
+      const int64_t pred = std::max_element(z, z + K) - z;
+      double m = z[pred], s = 0;
+      for (int64_t k = 0; k < K; ++k) s += std::exp(double(z[k]) - m);
+      nats += m + std::log(s) - z[labels[b]];
+      PF_CHECK(labels[b] >= 0 && labels[b] < K, "[eval] label ", labels[b], " outside [0, ", K,
+               ")");
+      ++e.confusion[labels[b] * K + pred];
+    }
+  }
+  e.count = static_cast<int64_t>(rows.size());
+  int64_t right = 0;
+  for (int64_t k = 0; k < K; ++k) {
+    int64_t n = 0;
+    for (int64_t p = 0; p < K; ++p) n += e.confusion[k * K + p];
+    right += e.confusion[k * K + k];
+    e.class_accuracy.push_back(n ? double(e.confusion[k * K + k]) / double(n) : 0.0);
+  }
+  if (e.count) e.loss = nats / double(e.count), e.accuracy = double(right) / double(e.count);
+  return e;
+}
+
 namespace {
 
 // Everything a run holds between steps: the model and its optimizer, the data and its sampler,
@@ -286,13 +331,50 @@ struct Run {
   Choice<Objective> obj;
   Transformer model;
   Corpus corpus;
-  WindowSampler sampler;
+  std::optional<WindowSampler> sampler;  // text objectives
   std::vector<std::pair<std::vector<int32_t>, std::vector<int32_t>>> val_windows;
   AdamW opt;
   MetricsLog metrics;
   uint64_t rng = 0;
-  int64_t step = 0, skipped = 0, tokens_seen = 0;
+  int64_t step = 0, skipped = 0, tokens_seen = 0;  // classify: tokens_seen counts images
+  // classify (arch vit): the images, their split, the training batcher
+  ImageSet images = {};
+  ImageSplit split = {};
+  std::unique_ptr<ImageBatcher> batcher = {};
+  bool vit() const { return obj == Objective::Classify; }
 };
+
+// A classify run: images (--data specs, all of the model's size), split, batcher.
+std::unique_ptr<Run> open_vit_run(const TrainOptions& o, const ModelConfig& cfg,
+                                  std::unique_ptr<Tokenizer> tok) {
+  PF_CHECK(o.data.size() == 1,
+           "[train] arch vit takes one --data spec (fashion-mnist, "
+           "idx:IMAGES,LABELS or png:DIR,LABELS), got ",
+           o.data.size());
+  ImageSet images = load_image_data(o.data[0], cfg.channels, o.max_images);
+  PF_CHECK(images.H == cfg.image_h && images.W == cfg.image_w, "[train] the images are ", images.H,
+           "x", images.W, ", the config's image_size is ", cfg.image_h, "x", cfg.image_w);
+  PF_CHECK(images.num_classes() <= cfg.num_classes, "[train] the data has label ",
+           images.num_classes() - 1, ", the config's num_classes is ", cfg.num_classes);
+  Transformer model = Transformer::random_init(cfg, o.seed);
+  AdamW opt(model.param_specs(), AdamWConfig{o.beta1, o.beta2, o.eps, o.weight_decay});
+  auto run = std::unique_ptr<Run>(new Run{o,
+                                          o.out_dir,
+                                          cfg,
+                                          std::move(tok),
+                                          Objective::Classify,
+                                          std::move(model),
+                                          {},
+                                          std::nullopt,
+                                          {},
+                                          std::move(opt),
+                                          MetricsLog(o.out_dir + "/metrics.jsonl")});
+  run->images = std::move(images);
+  run->split = split_images(run->images.n, o.val_fraction, o.seed);
+  run->batcher = std::make_unique<ImageBatcher>(run->images, run->split.train, o.seed,
+                                                Augment{o.crop_pad, o.flip});
+  return run;
+}
 
 // The config and tokenizer of a new run (from the options) or of the run being resumed; checks
 // that they fit each other and the objective's sequence length.
@@ -303,10 +385,11 @@ std::unique_ptr<Run> open_run(const TrainOptions& o, const std::string& resume_c
       resume_ckpt.empty() && !o.tokenizer_dir.empty()
           ? load_tokenizer(o.tokenizer_dir)
           : (resume_ckpt.empty() ? make_byte_tokenizer() : load_tokenizer(dir));
+  const Choice<Objective> obj = objective_for(o, cfg);
+  if (obj == Objective::Classify) return open_vit_run(o, cfg, std::move(tok));
   PF_CHECK(cfg.vocab_size >= tok->vocab_size(), "[train] the config's vocab_size (", cfg.vocab_size,
            ") is smaller than the tokenizer's vocabulary (", tok->vocab_size(), ")");
   PF_CHECK(cfg.head == Head::Lm, "[train] training needs an LM head (config head: lm)");
-  const Choice<Objective> obj = objective_for(o, cfg);
   const int64_t L = o.seq_len;
   Transformer model = Transformer::random_init(cfg, o.seed);
   // Windows hold L + 1 tokens, but the last one is only ever a target: count input positions.
@@ -362,7 +445,10 @@ void start_or_resume(Run& r, const std::string& resume_ckpt) {
   r.model.set_weights(ck.params, resume_ckpt + "/model.safetensors");
   r.opt.load_state(ck.optimizer, ck.optimizer_steps);
   r.step = ck.state.step;
-  r.sampler.set_state(ck.state.data_state);
+  if (r.vit())
+    r.batcher->set_state(ck.state.data_state);
+  else
+    r.sampler->set_state(ck.state.data_state);
   r.rng = std::stoull(ck.state.rng_state, nullptr, 16);
   r.skipped = ck.state.extra.value("skipped", int64_t{0});
   r.tokens_seen = ck.state.extra.value("tokens_seen", int64_t{0});
@@ -373,7 +459,7 @@ void save_run_checkpoint(Run& r) {
   TrainState st;
   st.step = r.step;
   st.rng_state = hex64(r.rng);
-  st.data_state = r.sampler.state();
+  st.data_state = r.vit() ? r.batcher->state() : r.sampler->state();
   st.extra = {
       {"skipped", r.skipped}, {"tokens_seen", r.tokens_seen}, {"options", options_to_json(r.o)}};
   std::vector<std::string> warnings;
@@ -387,8 +473,15 @@ double accumulate_gradients(Run& r, ParamStore& grads, std::vector<int32_t>& inp
                             std::vector<int32_t>& targets) {
   const TrainOptions& o = r.o;
   double loss_sum = 0;
-  for (int64_t a = 0; a < o.accum; ++a) {
-    r.sampler.next_batch(o.batch, inputs, targets);
+  for (int64_t a = 0; a < o.accum && r.vit(); ++a) {  // classify: a batch of images
+    Tensor images = r.batcher->next(o.batch, targets);
+    Transformer::Loss l =
+        r.model.classify_loss_and_grad(images, targets, grads, 1.0f / static_cast<float>(o.accum));
+    loss_sum += l.loss / static_cast<double>(o.accum);
+    r.tokens_seen += images.dim(0);
+  }
+  for (int64_t a = 0; a < o.accum && !r.vit(); ++a) {
+    r.sampler->next_batch(o.batch, inputs, targets);
     Batch b =
         make_batch(r.obj, inputs, targets, o.batch, o.seq_len, *r.tok, r.cfg.vocab_size, r.rng);
     ForwardOptions fo;
@@ -420,6 +513,20 @@ double apply_update(Run& r, ParamStore& grads, double loss, double lr) {
 
 // Validation loss, perplexity and bits per byte into the metrics (and on stderr).
 void evaluate_run(Run& r, TrainResult& res, bool tty) {
+  if (r.vit()) {
+    if (r.split.val.empty()) return;
+    const ClassifyEval e = evaluate_images(r.model, r.images, r.split.val, 64);
+    res.val_loss = e.loss;
+    r.metrics.append({{"step", r.step},
+                      {"val_loss", e.loss},
+                      {"val_acc", e.accuracy},
+                      {"val_class_acc", e.class_accuracy}});
+    if (r.o.progress)
+      std::fprintf(stderr, "%sstep %lld  val loss %.4f  accuracy %.2f%% (%lld images)\n",
+                   tty ? "\n" : "", (long long)r.step, e.loss, 100.0 * e.accuracy,
+                   (long long)e.count);
+    return;
+  }
   if (r.val_windows.empty()) return;
   Evaluation e = evaluate_windows(r.model, r.obj, r.val_windows, *r.tok);
   res.val_loss = e.loss;
@@ -444,11 +551,16 @@ TrainResult run_training(TrainOptions o, const std::string& resume_ckpt,
   if (o.progress)
     std::fprintf(
         stderr,
-        "train: %s %s model, %s objective, %lld train / %lld val tokens, batch %lld x %lld x "
-        "accum %lld, %d threads, steps %lld..%lld\n",
+        r.vit() ? "train: %s %s model, %s objective, %lld train / %lld val images, batch %lld "
+                  "(%lld px) x accum %lld, %d threads, steps %lld..%lld\n"
+                : "train: %s %s model, %s objective, %lld train / %lld val tokens, batch %lld x "
+                  "%lld x "
+                  "accum %lld, %d threads, steps %lld..%lld\n",
         r.cfg.arch.name(), r.cfg.position.type.c_str(), r.obj.name(),
-        (long long)r.corpus.train_tokens, (long long)r.corpus.val_tokens, (long long)o.batch,
-        (long long)L, (long long)o.accum, num_threads(), (long long)r.step, (long long)o.steps);
+        (long long)(r.vit() ? static_cast<int64_t>(r.split.train.size()) : r.corpus.train_tokens),
+        (long long)(r.vit() ? static_cast<int64_t>(r.split.val.size()) : r.corpus.val_tokens),
+        (long long)o.batch, (long long)(r.vit() ? r.cfg.image_h : L), (long long)o.accum,
+        num_threads(), (long long)r.step, (long long)o.steps);
 
   TrainResult res;
   std::vector<int32_t> inputs, targets;
@@ -471,11 +583,12 @@ TrainResult run_training(TrainOptions o, const std::string& resume_ckpt,
     if (grads_dirty)
       for (auto& [name, g] : grads.all()) std::memset(g.raw(), 0, g.nbytes());
     grads_dirty = true;
+    const int64_t before = r.tokens_seen;  // classify: images counted by accumulate_gradients
     const double loss = accumulate_gradients(r, grads, inputs, targets);
     const double gnorm = apply_update(r, grads, loss, lr);
-    const int64_t step_tokens = o.accum * o.batch * L;
+    const int64_t step_tokens = r.vit() ? r.tokens_seen - before : o.accum * o.batch * L;
     ++r.step;
-    r.tokens_seen += step_tokens;
+    if (!r.vit()) r.tokens_seen += step_tokens;
     tokens_this_run += step_tokens;
     const double elapsed =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
@@ -486,14 +599,14 @@ TrainResult run_training(TrainOptions o, const std::string& resume_ckpt,
                       {"loss", loss},  // NaN/inf are written as null
                       {"lr", lr},
                       {"grad_norm", gnorm},
-                      {"tokens_per_s", tps},
+                      {r.vit() ? "images_per_s" : "tokens_per_s", tps},
                       {"tokens", r.tokens_seen},
                       {"skipped", r.skipped}});
     if (o.progress && (tty || r.step % print_every == 0 || r.step == o.steps)) {
       const double eta = (o.steps - r.step) * (elapsed / std::max<int64_t>(1, r.step - first_step));
-      std::fprintf(stderr, "%sstep %lld/%lld  loss %.4f  lr %.2e  %.0f tok/s  ETA %s%s",
+      std::fprintf(stderr, "%sstep %lld/%lld  loss %.4f  lr %.2e  %.0f %s  ETA %s%s",
                    tty ? "\r" : "", (long long)r.step, (long long)o.steps, loss, lr, tps,
-                   fmt_duration(eta).c_str(), tty ? "   " : "\n");
+                   r.vit() ? "img/s" : "tok/s", fmt_duration(eta).c_str(), tty ? "   " : "\n");
       std::fflush(stderr);
     }
     const bool last = r.step == o.steps;

@@ -259,7 +259,10 @@ TEST(Config, SchemesAndVariantsOwnTheirFields) {
   expect_refused(with(base(), "position", {{"type", "rope"}, {"layout", "spiral"}}),
                  {"position.layout", "spiral", "half", "interleaved"});
   for (const auto& e : position_config_entries()) {
-    ModelConfig c = parse_config(with(base(), "position", {{"type", e.type}}));
+    json j = with(base(), "position", {{"type", e.type}});
+    if (e.type.size() > 3 && e.type.substr(e.type.size() - 3) == "_2d")  // patch positions
+      j["arch"] = "vit", j["image_size"] = 8, j["patch_size"] = 4, j.erase("vocab_size");
+    ModelConfig c = parse_config(j);
     const json back = config_to_json(c)["position"];
     EXPECT_EQ(back.size(), e.fields.size() + 1) << e.type << ": " << back.dump();
     EXPECT_EQ(config_to_json(parse_config(config_to_json(c))), config_to_json(c)) << e.type;
@@ -273,4 +276,56 @@ TEST(Config, SchemesAndVariantsOwnTheirFields) {
     EXPECT_EQ(config_to_json(parse_config(config_to_json(c))), config_to_json(c)) << e.type;
     Transformer m(c);  // the registry makes every type it parses
   }
+}
+
+// arch vit: image fields validated with their names; text fields refused; 2-D schemes need vit;
+// variants that cannot serve a scheme are refused naming both.
+TEST(Config, VitFields) {
+  const json vit = {
+      {"arch", "vit"},     {"image_size", {28, 28}}, {"patch_size", 7}, {"channels", 1},
+      {"num_classes", 10}, {"d_model", 64},          {"n_heads", 4},    {"d_ff", 128}};
+  ModelConfig c = parse_config(vit);
+  EXPECT_EQ(c.grid_h(), 4);
+  EXPECT_EQ(c.grid_w(), 4);
+  EXPECT_TRUE(c.cls_token());
+  EXPECT_EQ(config_to_json(parse_config(config_to_json(c))), config_to_json(c));
+  EXPECT_EQ(parse_config(with(vit, "image_size", 14)).image_w, 14);
+  expect_refused(with(vit, "patch_size", 5), {"image_size", "28", "multiple of patch_size 5"});
+  expect_refused(with(vit, "image_size", {28}), {"image_size", "[height, width]"});
+  expect_refused(with(vit, "num_classes", 1), {"num_classes", "[2,", "1"});
+  expect_refused(with(vit, "channels", 0), {"channels", "0"});
+  expect_refused(with(vit, "pool", "max"), {"pool", "max", "cls", "mean"});
+  expect_refused(with(vit, "vocab_size", 100), {"vocab_size", "does not apply to arch vit"});
+  expect_refused(with(base(), "patch_size", 4), {"patch_size", "arch vit only", "decoder"});
+  expect_refused(with(base(), "position", {{"type", "rope_2d"}}),
+                 {"rope_2d", "needs arch vit", "decoder"});
+  expect_refused(with(vit, "position", {{"type", "rope_2d"}, {"layout", "half"}}),
+                 {"position.layout", "half", "axial_interleaved", "axial_split"});
+  expect_refused(with(vit, "position", {{"type", "rope_2d"}, {"rotary_dim", 6}}),
+                 {"rotary_dim", "multiple of 4", "6"});
+  expect_refused(with(vit, "position", {{"type", "learned_2d"}, {"interpolation", "nearest"}}),
+                 {"interpolation", "nearest", "bicubic", "bilinear"});
+  expect_refused(
+      with(with(with(vit, "d_model", 66), "n_heads", 2), "position", {{"type", "sincos_2d"}}),
+      {"sincos_2d", "d_model % 4", "66"});
+  // a variant that cannot serve a scheme: refused when the model is built, naming both
+  json lr = with(vit, "position", {{"type", "rope_2d"}});
+  lr["attention"] = {{"type", "linear_rope"}};
+  try {
+    Transformer m(parse_config(lr));
+    ADD_FAILURE() << "linear_rope with rope_2d was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("linear_rope"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("rope_2d"), std::string::npos) << e.what();
+  }
+  for (const char* pos : {"rope_2d", "learned_2d", "sincos_2d", "none", "learned", "rope", "t5"})
+    for (const char* att : {"softmax", "linear", "linear_cos", "performer", "nystrom"}) {
+      json j = with(vit, "position", {{"type", pos}});
+      j["attention"] = {{"type", att}};
+      try {
+        Transformer m(parse_config(j));  // builds, or refuses naming the variant
+      } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find(att), std::string::npos) << e.what();
+      }
+    }
 }

@@ -20,6 +20,8 @@ Command add_eval(CLI::App& root) {
     int threads = 0;
     MemoryGuard mem;
     RopeOverride rope;
+    int64_t max_images = 0;
+    std::string confusion, python = "/usr/bin/python3";
   };
   auto o = std::make_shared<Opts>();
   app->add_option("DIR", o->dir, "model directory (with its tokenizer)")->required();
@@ -28,6 +30,10 @@ Command add_eval(CLI::App& root) {
                   "one or more sequence lengths, e.g. --seq-len 128 512 2048");
   app->add_option("--max-windows", o->max_windows, "windows evaluated per length")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
+  app->add_option("--max-images", o->max_images, "arch vit: the first N images (0 = all)");
+  app->add_option("--confusion", o->confusion,
+                  "arch vit: confusion matrix PNG (default DIR/confusion.png; CSV beside it)");
+  app->add_option("--python", o->python, "arch vit: python interpreter with matplotlib");
   add_threads_option(app, o->threads);
   add_memory_options(app, o->mem);
   add_rope_scaling_options(app, o->rope);
@@ -35,6 +41,13 @@ Command add_eval(CLI::App& root) {
             set_threads(o->threads);
             check_model_memory("eval", model_dir_config(o->dir), ModelUse::Load, o->mem,
                                o->dir + "/model.safetensors");
+            if (model_dir_config(o->dir).is_vit()) {
+              PF_CHECK(o->data.size() == 1, "[eval] arch vit takes one --data spec, got ",
+                       o->data.size());
+              return eval_vit(o->dir, o->data[0], o->max_images,
+                              o->confusion.empty() ? o->dir + "/confusion.png" : o->confusion,
+                              o->python);
+            }
             Transformer m = load_model(o->dir, o->rope, "eval");
             auto tok = load_tokenizer(o->dir);
             PF_CHECK(m.config().vocab_size >= tok->vocab_size(), "[eval] tokenizer vocabulary (",

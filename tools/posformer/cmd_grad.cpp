@@ -28,6 +28,34 @@ TokenBatch read_rows(const nlohmann::json& j, const char* key, const std::string
   }
   return b;
 }
+// images [B][C][H][W] (nested lists of numbers) -> float32 tensor
+Tensor read_images(const nlohmann::json& j, const std::string& path) {
+  PF_CHECK(j.contains("images") && j.at("images").is_array() && !j.at("images").empty(), "[grad] ",
+           path, ": field 'images' must be a non-empty list [B][C][H][W]");
+  const auto& im = j.at("images");
+  const auto dim = [&](const nlohmann::json& v, const char* what) {
+    PF_CHECK(v.is_array() && !v.empty(), "[grad] ", path, ": images ", what,
+             " must be a non-empty list");
+    return static_cast<int64_t>(v.size());
+  };
+  const int64_t B = dim(im, "[B]"), C = dim(im[0], "[C]"), H = dim(im[0][0], "[H]"),
+                W = dim(im[0][0][0], "[W]");
+  Tensor t({B, C, H, W});
+  float* p = t.data<float>();
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t h = 0; h < H; ++h) {
+        PF_CHECK(
+            dim(im[b], "[C]") == C && dim(im[b][c], "[H]") == H && dim(im[b][c][h], "[W]") == W,
+            "[grad] ", path, ": images are not all ", C, "x", H, "x", W);
+        for (int64_t w = 0; w < W; ++w) {
+          const auto& v = im[b][c][h][w];
+          PF_CHECK(v.is_number(), "[grad] ", path, ": image value ", v.dump(), " is not a number");
+          *p++ = v.get<float>();
+        }
+      }
+  return t;
+}
 }  // namespace
 
 Command add_grad(CLI::App& root) {
@@ -45,7 +73,8 @@ Command add_grad(CLI::App& root) {
   app->add_option("DIR", o->dir, "model directory")->required();
   app->add_option(
          "--batch", o->batch,
-         "JSON file {\"tokens\": [[...]], \"targets\": [[...]] (-1 = ignore), \"src\": [[...]]}")
+         "JSON file {\"tokens\": [[...]], \"targets\": [[...]] (-1 = ignore), \"src\": [[...]]}; "
+         "arch vit: {\"images\": [B][C][H][W], \"labels\": [B]} (also writes logits [B, K])")
       ->required();
   app->add_option("--out", o->out, "output: grad.<param> tensors and losses [steps] (F64)")
       ->required();
@@ -68,8 +97,23 @@ Command add_grad(CLI::App& root) {
             } catch (const nlohmann::json::exception& e) {
               throw Error(str("[grad] ", o->batch, " is not valid JSON: ", e.what()));
             }
-            TokenBatch tokens = read_rows(j, "tokens", o->batch),
-                       targets = read_rows(j, "targets", o->batch);
+            const bool vit = m.config().is_vit();
+            Tensor images;
+            std::vector<int32_t> labels;
+            TokenBatch tokens, targets;
+            if (vit) {  // {"images": [B][C][H][W], "labels": [B]}
+              images = read_images(j, o->batch);
+              PF_CHECK(j.contains("labels") && j.at("labels").is_array(), "[grad] ", o->batch,
+                       ": field 'labels' must be a list of class indices");
+              for (const auto& v : j.at("labels")) {
+                PF_CHECK(v.is_number_integer(), "[grad] ", o->batch, ": label ", v.dump(),
+                         " is not an integer");
+                labels.push_back(v.get<int32_t>());
+              }
+            } else {
+              tokens = read_rows(j, "tokens", o->batch);
+              targets = read_rows(j, "targets", o->batch);
+            }
             TokenBatch src;
             ForwardOptions fo;
             if (j.contains("src")) {
@@ -81,7 +125,10 @@ Command add_grad(CLI::App& root) {
             Tensor losses({o->steps}, DType::F64);
             for (int64_t s = 0; s < o->steps; ++s) {
               ParamStore g = m.zero_grads();
-              Transformer::Loss l = m.loss_and_grad(tokens, targets, g, fo);
+              Tensor logits;
+              Transformer::Loss l = vit ? m.classify_loss_and_grad(images, labels, g, 1.0f, &logits)
+                                        : m.loss_and_grad(tokens, targets, g, fo);
+              if (s == 0 && vit) out.emplace("logits", logits);
               losses.data<double>()[s] = l.loss;
               if (s == 0)
                 for (auto& [name, t] : g.all()) out.emplace("grad." + name, t);

@@ -25,9 +25,21 @@ Command add_info(CLI::App& root) {
                 c.arch.name(), (long long)c.n_layers,
                 c.arch == Arch::EncoderDecoder ? " per stack" : "", (long long)c.d_model,
                 (long long)c.n_heads, (long long)c.kv_heads(), (long long)c.d_ff);
-            std::printf("block      %s-%s, %s, bias %s, vocab %lld, max_len %lld\n",
-                        c.norm_position.name(), c.norm.name(), c.activation.name(),
-                        c.bias ? "yes" : "no", (long long)c.vocab_size, (long long)c.max_len);
+            if (c.is_vit())  // no tokens: no vocabulary
+              std::printf("block      %s-%s, %s, bias %s, max_len %lld\n", c.norm_position.name(),
+                          c.norm.name(), c.activation.name(), c.bias ? "yes" : "no",
+                          (long long)c.max_len);
+            else
+              std::printf("block      %s-%s, %s, bias %s, vocab %lld, max_len %lld\n",
+                          c.norm_position.name(), c.norm.name(), c.activation.name(),
+                          c.bias ? "yes" : "no", (long long)c.vocab_size, (long long)c.max_len);
+            if (c.is_vit())
+              std::printf(
+                  "images     %lldx%lld, %lld channels, patch %lld (%lldx%lld grid), pool %s, "
+                  "%lld classes\n",
+                  (long long)c.image_h, (long long)c.image_w, (long long)c.channels,
+                  (long long)c.patch_size, (long long)c.grid_h(), (long long)c.grid_w(),
+                  c.pool.name(), (long long)c.num_classes);
             std::printf("position   %s", c.position.type.c_str());
             if (const auto& sc = c.position.scaling; sc.type != ops::RopeScalingType::None)
               std::printf(", scaling %s s=%g L0=%lld", ops::rope_scaling_name(sc.type), sc.factor,

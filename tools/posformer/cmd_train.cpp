@@ -25,13 +25,19 @@ Command add_train(CLI::App& root) {
   auto mem = std::make_shared<MemoryGuard>();
   app->add_option("--config", o->config_path, "model config JSON (new runs)");
   app->add_option("--data", o->data,
-                  "training text files, or 'default' (Debian fortunes + Tang/Song poems)");
+                  "training text files, or 'default' (Debian fortunes + Tang/Song poems); arch "
+                  "vit: fashion-mnist | idx:IMAGES,LABELS | png:DIR,LABELS (docs/vision.md)");
+  app->add_option("--max-images", o->max_images, "arch vit: keep the first N images (0 = all)");
+  app->add_option("--crop-pad", o->crop_pad,
+                  "arch vit: random crop after padding N zero pixels per side (0 = off)");
+  app->add_flag("--flip", o->flip, "arch vit: random horizontal flips");
   app->add_option("--out", o->out_dir, "run directory (model, checkpoints, metrics.jsonl)");
   app->add_option("--resume", *resume_dir,
                   "continue the run in DIR from its newest complete checkpoint");
   app->add_option("--tokenizer", o->tokenizer_dir,
                   "use the tokenizer in DIR (default: byte-level)");
-  app->add_option("--objective", o->objective, "auto | clm | mlm | seq2seq (auto: from the arch)");
+  app->add_option("--objective", o->objective,
+                  "auto | clm | mlm | seq2seq | classify (auto: from the arch)");
   app->add_option("--steps", o->steps, "optimizer steps in total (with --resume: new total)");
   app->add_option("--batch", o->batch, "sequences per micro-batch");
   app->add_option("--seq-len", o->seq_len, "training sequence length");

@@ -24,6 +24,12 @@ Command add_grad(CLI::App& root);
 Command add_bench(CLI::App& root);
 Command add_cost(CLI::App& root);
 Command add_extrapolate(CLI::App& root);
+Command add_predict(CLI::App& root);
+Command add_vit_resolution(CLI::App& root);
+// posformer eval on an arch vit model (cmd_predict.cpp): accuracy, per-class accuracy and the
+// confusion matrix (text, CSV and a matplotlib PNG).
+int eval_vit(const std::string& dir, const std::string& data, int64_t max_images,
+             const std::string& confusion_png, const std::string& python);
 
 // "1 2 3" (spaces, commas or newlines) -> ids; throws Error naming the bad token.
 std::vector<int32_t> parse_token_list(const std::string& text, const std::string& what);

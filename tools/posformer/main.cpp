@@ -23,9 +23,11 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.set_version_flag("--version", "posformer 0.1.0");
   std::vector<cli::Command> cmds = {
-      cli::add_init(app), cli::add_info(app),     cli::add_forward(app), cli::add_train(app),
-      cli::add_eval(app), cli::add_generate(app), cli::add_plot(app),    cli::add_tokenizer(app),
-      cli::add_grad(app), cli::add_bench(app),    cli::add_cost(app),    cli::add_extrapolate(app)};
+      cli::add_init(app),    cli::add_info(app),          cli::add_forward(app),
+      cli::add_train(app),   cli::add_eval(app),          cli::add_generate(app),
+      cli::add_plot(app),    cli::add_tokenizer(app),     cli::add_grad(app),
+      cli::add_bench(app),   cli::add_cost(app),          cli::add_extrapolate(app),
+      cli::add_predict(app), cli::add_vit_resolution(app)};
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -14,9 +14,15 @@
 namespace posformer {
 
 // Closed sets of names, parsed once (core/choice.h); names in enumerator order.
-enum class Arch { Encoder, Decoder, EncoderDecoder };
+// Vit: an encoder over image patches with a classification head (docs/vision.md).
+enum class Arch { Encoder, Decoder, EncoderDecoder, Vit };
 constexpr auto choice_names(Arch) {
-  return std::array<const char*, 4>{"arch", "encoder", "decoder", "encoder_decoder"};
+  return std::array<const char*, 5>{"arch", "encoder", "decoder", "encoder_decoder", "vit"};
+}
+// ViT pooling of the final hidden states: the CLS token's row, or the mean of the patch rows.
+enum class Pool { Cls, Mean };
+constexpr auto choice_names(Pool) {
+  return std::array<const char*, 3>{"pool", "cls", "mean"};
 }
 enum class Activation { Relu, Gelu, GeluTanh, Swiglu };
 constexpr auto choice_names(Activation) {
@@ -49,6 +55,12 @@ struct PositionConfig {
   // shaw: relative distance clipped to [-clip, clip]; deberta: span k, distances in [-k, k-1]
   int64_t clip = 16;
   int64_t span = 64;
+  // rope_2d (SPEC.md 4): axial_split | axial_interleaved; the CLS token at (0,0) ("origin") or
+  // not rotated ("none"). rotary_dim and base as rope's (R must be a multiple of 4).
+  std::string axial_layout = "axial_split";
+  std::string cls_position = "origin";
+  // learned_2d: how the table is resized for another patch grid (bicubic | bilinear)
+  std::string interpolation = "bicubic";
 };
 
 struct AttentionConfig {
@@ -91,6 +103,13 @@ struct ModelConfig {
   Choice<Head> head = Head::Lm;
   PositionConfig position;
   AttentionConfig attention;
+  // arch vit only (docs/vision.md): images [channels, image_h, image_w] cut into patch_size^2
+  // patches, a grid of grid_h() x grid_w() tokens (+ a CLS token with pool cls)
+  int64_t image_h = 224, image_w = 224;
+  int64_t patch_size = 16;
+  int64_t channels = 3;
+  Choice<Pool> pool = Pool::Cls;
+  int64_t num_classes = 1000;
 
   int64_t head_dim() const { return d_model / n_heads; }
   double token_embed_scale() const {
@@ -98,7 +117,11 @@ struct ModelConfig {
   }
   int64_t kv_heads() const { return n_kv_heads > 0 ? n_kv_heads : n_heads; }
   bool has_encoder() const { return arch != Arch::Decoder; }
-  bool has_decoder() const { return arch != Arch::Encoder; }
+  bool has_decoder() const { return arch == Arch::Decoder || arch == Arch::EncoderDecoder; }
+  bool is_vit() const { return arch == Arch::Vit; }
+  int64_t grid_h() const { return image_h / patch_size; }
+  int64_t grid_w() const { return image_w / patch_size; }
+  bool cls_token() const { return is_vit() && pool == Pool::Cls; }
 };
 
 // Parse and validate. Unknown keys are refused (typos must not silently fall back to defaults).

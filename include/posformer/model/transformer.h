@@ -119,6 +119,20 @@ class Transformer {
   ParamStore zero_grads() const;
   // Encoder stack alone: [B, Ts, d].
   Tensor encode(const TokenBatch& src, int64_t pos_offset = 0) const;
+  // ---- arch vit (docs/vision.md): images [B, C, H, W] (float; H and W multiples of
+  // patch_size; a size other than image_size grows or shrinks the patch grid, which the 2-D
+  // schemes, sincos_2d and resized learned_2d, follow). Per image:
+  //   patches  P [N, C*p*p], row (r*gw + c) = pixels (ch, i, j) of patch (r, c), ch-major
+  //            (timm's Conv2d weight [d, C, p, p] flattened is the embedding weight)
+  //   x = [cls_token;] P W_pe^T + b_pe     (+ absolute position, 2-D or over the flat order)
+  //   encoder stack (non-causal), final norm for pre-LN;  pooled = x[CLS] or mean of patch rows
+  //   logits = pooled W_head^T + b_head                                      [num_classes]
+  Tensor classify(const Tensor& images) const;  // logits [B, num_classes]
+  // Mean cross-entropy of the logits against labels [B] (each in [0, num_classes)) and its
+  // backward: gradients ADDED into grads times grad_scale. logits (if given) receives [B, K].
+  Loss classify_loss_and_grad(const Tensor& images, const std::vector<int32_t>& labels,
+                              ParamStore& grads, float grad_scale = 1.0f,
+                              Tensor* logits = nullptr) const;
   // Encoder stack on given input embeddings x [B, T, d] (no token embedding, so no
   // embed_scale; absolute positions are added), in place.
   void encode_embeddings(Tensor& x, int64_t pos_offset = 0) const;
@@ -175,6 +189,11 @@ class Transformer {
   void lin_fwd(const std::string& n, const float* in, float* out, int64_t M, int64_t N,
                int64_t K) const;
   AttnDesc attn_desc(const Stack& st, bool self, const StackInput& in, int64_t Tk) const;
+  // vit: patch-embedded tokens [B, T, d] with positions added; fills ids (2-D schemes) and the
+  // flattened patches [B*N, C*p*p] (kept for the embedding's weight gradient).
+  Tensor vit_embed(const Tensor& images, PositionIds& ids, StackInput& in, Tensor& patches) const;
+  // vit: logits [B, K] from the final hidden states x [B, T, d] (pooled into `pooled` [B, d]).
+  void vit_head(const float* x, int64_t B, int64_t T, float* pooled, float* logits) const;
 
   ModelConfig cfg_;
   std::vector<ParamSpec> specs_;

@@ -27,6 +27,9 @@ struct StackGeom {
   int64_t n_layers, d_model, H, Hkv, D, max_len;
   bool causal;
   bool bias;  // linear layers carry biases
+  // arch vit: the patch grid of the configured image size, and whether a CLS token leads
+  int64_t grid_h = 0, grid_w = 0;
+  bool cls = false;
 };
 
 // Inputs a relative scheme may read when preparing a layer's hook.
@@ -68,6 +71,9 @@ class PositionEncoding {
   virtual bool adds_values() const { return false; }
   // Score scale when attention.scale is not set.
   virtual float default_scale(int64_t D) const;
+  // Coordinates per token it reads: 1 (a sequence) or 2 (ViT patches: (row, col), the CLS token
+  // at (-1, -1), see 2-D schemes in posenc/vision.cpp).
+  virtual int64_t axes() const { return 1; }
   // Largest position the scheme can encode (learned: max_len - 1), or -1 for unlimited.
   virtual int64_t max_position() const { return -1; }
 };

@@ -41,6 +41,12 @@ struct TrainOptions {
   int threads = 0;
   bool progress = true;     // live progress line on stderr
   int64_t stop_after = -1;  // testing: stop (as if interrupted) after this many steps
+  // arch vit (classify objective, docs/vision.md): data specs are "fashion-mnist" (Debian's
+  // dataset-fashion-mnist, training set; also "default"), "idx:IMAGES,LABELS",
+  // "png:DIR,LABELS"; max_images > 0 keeps the first N images; augmentation: random crop with
+  // crop_pad pixels of zero padding, random horizontal flip.
+  int64_t max_images = 0, crop_pad = 0;
+  bool flip = false;
 };
 
 class Transformer;
@@ -54,15 +60,29 @@ struct Evaluation {
 };
 // Training objectives: causal LM (decoder), masked LM (encoder), sequence to sequence
 // (encoder_decoder); TrainOptions::objective "auto" picks the arch's.
-enum class Objective { Clm, Mlm, Seq2seq };
+// classify (vit): cross-entropy of the image's class; evaluation reports accuracy and
+// per-class accuracy.
+enum class Objective { Clm, Mlm, Seq2seq, Classify };
 constexpr auto choice_names(Objective) {
-  return std::array<const char*, 4>{"objective", "clm", "mlm", "seq2seq"};
+  return std::array<const char*, 5>{"objective", "clm", "mlm", "seq2seq", "classify"};
 }
 Evaluation evaluate_windows(
     const Transformer& model, Objective objective,
     const std::vector<std::pair<std::vector<int32_t>, std::vector<int32_t>>>& windows,
     const Tokenizer& tok);
 Objective default_objective(Arch arch);
+
+// classify: mean cross-entropy, accuracy, per-class accuracy (recall) and the confusion matrix
+// [true class][predicted class] of `model` over images `rows` of `set`, `batch` at a time.
+struct ImageSet;
+struct ClassifyEval {
+  double loss = 0, accuracy = 0;
+  int64_t count = 0;
+  std::vector<double> class_accuracy;  // [K]; 0 for a class with no image
+  std::vector<int64_t> confusion;      // [K * K]
+};
+ClassifyEval evaluate_images(const Transformer& model, const ImageSet& set,
+                             const std::vector<int64_t>& rows, int64_t batch);
 
 nlohmann::json options_to_json(const TrainOptions& o);
 TrainOptions options_from_json(const nlohmann::json& j);
