@@ -88,6 +88,7 @@ const Transformer& bert_model() {
   if (!m) {
     init_once();
     m = std::make_unique<Transformer>(Transformer::random_init(bert_config(), 0));
+    m->pack_weights();  // as Transformer::load does (POSFORMER_PACKED=0: sgemm, for A/B)
   }
   return *m;
 }

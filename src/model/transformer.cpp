@@ -3,8 +3,10 @@
 #include <sys/stat.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <regex>
 
 #include "posformer/attention/attention.h"
 #include "posformer/core/io.h"
@@ -101,12 +103,14 @@ Transformer Transformer::random_init(const ModelConfig& cfg, uint64_t seed) {
 }
 
 void Transformer::redraw_buffers(uint64_t draw) {
+  packed_.clear();
   if (enc_attn_) enc_attn_->init_buffers(params_, draw);
   if (dec_attn_) dec_attn_->init_buffers(params_, draw);
 }
 
 void Transformer::set_weights(const std::map<std::string, Tensor>& tensors,
                               const std::string& what) {
+  packed_.clear();
   ParamStore store;
   for (const ParamSpec& s : specs_) {
     auto it = tensors.find(s.name);
@@ -139,6 +143,7 @@ Transformer Transformer::load(const std::string& dir) {
   const std::string wpath = dir + "/model.safetensors";
   SafetensorsFile f = load_safetensors(wpath);
   m.set_weights(f.tensors, wpath);
+  m.pack_weights();  // inference layout; the trainer repacks with the backward layout
   return m;
 }
 
@@ -205,7 +210,22 @@ void Transformer::norm_fwd(const std::string& n, const float* in, float* out, in
 
 void Transformer::lin_fwd(const std::string& n, const float* in, float* out, int64_t M, int64_t N,
                           int64_t K) const {
+  const auto it = packed_.find(n + ".weight");
+  if (it != packed_.end() && it->second.N() == N && it->second.K() == K)
+    return ops::linear_packed(in, it->second, params_.f32_or_null(n + ".bias"), out, M);
   ops::linear(in, params_.f32(n + ".weight"), params_.f32_or_null(n + ".bias"), out, M, N, K);
+}
+
+void Transformer::pack_weights(bool backward) {
+  packed_.clear();
+  const char* env = std::getenv("POSFORMER_PACKED");
+  if (env && env[0] == '0') return;
+  static const std::regex linear_weight(
+      R"(.*\.(attn|cross_attn)\.(q|k|v|o)\.weight|.*\.ffn\.w[123]\.weight)");
+  for (const ParamSpec& s : specs_) {
+    if (s.buffer || s.shape.size() != 2 || !std::regex_match(s.name, linear_weight)) continue;
+    packed_[s.name].pack(params_.f32(s.name), s.shape[0], s.shape[1], backward);
+  }
 }
 
 AttnDesc Transformer::attn_desc(const Stack& st, bool self, const StackInput& in,
@@ -301,8 +321,7 @@ void Transformer::ffn_sublayer(const Stack& st, StackCall& c, int64_t l, const f
   const std::string w1 = lname(st.prefix, l, "ffn.w1"), w3 = lname(st.prefix, l, "ffn.w3");
   float* f1 = c.buf(&SubTape::f1, keep, {BT, g.F});
   float* fa = keep ? c.buf(&SubTape::fa, keep, {BT, g.F}) : f1;  // in place when inferring
-  ops::linear(in, params_.f32(w1 + ".weight"), nullptr, f1, BT, g.F, d);
-  ops::bias_act(ops::Act::Identity, f1, params_.f32_or_null(w1 + ".bias"), BT, g.F);
+  lin_fwd(w1, in, f1, BT, g.F, d);
   if (g.swiglu) {
     float* f3 = c.buf(&SubTape::f3, keep, {BT, g.F});
     lin_fwd(w3, in, f3, BT, g.F, d);

@@ -10,6 +10,7 @@
 // Weights live in a ParamStore under the names of docs/checkpoint-format.md.
 #pragma once
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -17,6 +18,7 @@
 #include "posformer/attention/variant.h"
 #include "posformer/model/config.h"
 #include "posformer/model/params.h"
+#include "posformer/ops/packed_linear.h"
 #include "posformer/posenc/position_encoding.h"
 
 namespace posformer {
@@ -82,7 +84,18 @@ class Transformer {
 
   const ModelConfig& config() const { return cfg_; }
   const std::vector<ParamSpec>& param_specs() const { return specs_; }
-  ParamStore& params() { return params_; }
+  // Non-const access may change weights, so it drops the packed copies (pack_weights).
+  ParamStore& params() {
+    packed_.clear();
+    return params_;
+  }
+  // Linear weights packed once for the GEMM kernel (ops/packed_linear.h): every attention and
+  // FFN linear (q, k, v, o, w1, w2, w3), with `backward` also in the layout of dx = dy W. The
+  // forward, decoding and loss_and_grad paths then use them. They are snapshots: params(),
+  // set_weights and redraw_buffers drop them, so pack again after changing weights (the trainer
+  // packs before each step, i.e. after each optimizer update). POSFORMER_PACKED=0 disables.
+  void pack_weights(bool backward = false);
+  bool weights_packed() const { return !packed_.empty(); }
   // Redraws the attention variants' non-trainable buffers (ParamSpec::buffer: performer's random
   // features) from their config seed and `draw` (0 = the draw of random_init; the trainer passes
   // the step at attention.redraw_every).
@@ -178,6 +191,7 @@ class Transformer {
   ModelConfig cfg_;
   std::vector<ParamSpec> specs_;
   ParamStore params_;
+  std::map<std::string, ops::PackedWeight> packed_;  // by weight name (pack_weights)
   std::unique_ptr<PositionEncoding> enc_pe_, dec_pe_;
   std::unique_ptr<Attention> enc_attn_, dec_attn_;
 };
