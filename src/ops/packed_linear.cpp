@@ -60,11 +60,34 @@ struct Key {
   int64_t M, rows, cols, lda, ldc;
   bool bias;
   float beta;
+  int act;
   bool operator<(const Key& o) const {
-    return std::tie(M, rows, cols, lda, ldc, bias, beta) <
-           std::tie(o.M, o.rows, o.cols, o.lda, o.ldc, o.bias, o.beta);
+    return std::tie(M, rows, cols, lda, ldc, bias, beta, act) <
+           std::tie(o.M, o.rows, o.cols, o.lda, o.ldc, o.bias, o.beta, o.act);
   }
 };
+
+// oneDNN's eltwise algorithm for an activation (Identity: none).
+bool eltwise_of(Act act, dnnl::algorithm* alg, float* alpha) {
+  *alpha = 0.0f;
+  switch (act) {
+    case Act::Identity:
+      return false;
+    case Act::Relu:
+      *alg = dnnl::algorithm::eltwise_relu;
+      return true;
+    case Act::Gelu:
+      *alg = dnnl::algorithm::eltwise_gelu_erf;
+      return true;
+    case Act::GeluTanh:
+      *alg = dnnl::algorithm::eltwise_gelu_tanh;
+      return true;
+    case Act::Silu:
+      *alg = dnnl::algorithm::eltwise_swish, *alpha = 1.0f;
+      return true;
+  }
+  return false;
+}
 
 struct Prim {
   dnnl::matmul prim;
@@ -75,7 +98,7 @@ struct Prim {
 // Fallback where no fast kernel takes the packed layout (padded row strides: oneDNN 2.6 has only
 // its reference matmul for those): B reordered back to plain [rows, cols], dnnl_sgemm, the bias.
 void run_unpacked(const PackedWeight::Impl& w, const float* A, int64_t lda, const float* bias,
-                  float beta, float* C, int64_t ldc, int64_t M) {
+                  float beta, Act act, float* C, int64_t ldc, int64_t M) {
   std::vector<float> B(static_cast<size_t>(w.rows * w.cols));
   memory plain({{w.rows, w.cols}, dt::f32, tag::ab}, engine(), B.data());
   dnnl::reorder(w.mem, plain).execute(stream(), const_cast<memory&>(w.mem), plain);
@@ -86,25 +109,28 @@ void run_unpacked(const PackedWeight::Impl& w, const float* A, int64_t lda, cons
   if (bias)
     for (int64_t i = 0; i < M; ++i)
       for (int64_t j = 0; j < w.cols; ++j) C[i * ldc + j] += bias[j];
+  if (act != Act::Identity)
+    for (int64_t i = 0; i < M; ++i) activation(act, C + i * ldc, C + i * ldc, w.cols);
 }
 
 // C[M, cols] (+)= A[M, rows] B (+ bias); B in w's packed layout.
 void run(const PackedWeight::Impl& w, const float* A, int64_t lda, const float* bias, float beta,
-         float* C, int64_t ldc, int64_t M) {
+         Act act, float* C, int64_t ldc, int64_t M) {
   if (M == 0 || w.cols == 0) return;
   thread_local std::map<Key, Prim> cache;
-  const Key key{M, w.rows, w.cols, lda, ldc, bias != nullptr, beta};
+  const Key key{M, w.rows, w.cols, lda, ldc, bias != nullptr, beta, static_cast<int>(act)};
   auto it = cache.find(key);
   if (it == cache.end() || it->second.weights != w.desc) {
     const memory::desc a({M, w.rows}, dt::f32, memory::dims{lda, 1});
     const memory::desc c({M, w.cols}, dt::f32, memory::dims{ldc, 1});
     const memory::desc bd({1, w.cols}, dt::f32, tag::ab);
     dnnl::primitive_attr attr;
-    if (beta != 0.0f) {
-      dnnl::post_ops po;
-      po.append_sum(beta);
-      attr.set_post_ops(po);
-    }
+    dnnl::post_ops po;
+    if (beta != 0.0f) po.append_sum(beta);
+    dnnl::algorithm alg;
+    float alpha = 0.0f;
+    if (eltwise_of(act, &alg, &alpha)) po.append_eltwise(1.0f, alg, alpha, 0.0f);
+    attr.set_post_ops(po);
     const dnnl::matmul::desc md =
         bias ? dnnl::matmul::desc(a, w.desc, bd, c) : dnnl::matmul::desc(a, w.desc, c);
     try {
@@ -115,7 +141,7 @@ void run(const PackedWeight::Impl& w, const float* A, int64_t lda, const float* 
       it = cache.insert_or_assign(key, Prim{dnnl::matmul(), w.desc, true}).first;
     }
   }
-  if (it->second.slow) return run_unpacked(w, A, lda, bias, beta, C, ldc, M);
+  if (it->second.slow) return run_unpacked(w, A, lda, bias, beta, act, C, ldc, M);
   const memory::desc a({M, w.rows}, dt::f32, memory::dims{lda, 1});
   const memory::desc c({M, w.cols}, dt::f32, memory::dims{ldc, 1});
   memory am(a, engine(), const_cast<float*>(A)), cm(c, engine(), C);
@@ -141,11 +167,14 @@ void PackedWeight::pack(const float* W, int64_t N, int64_t K, bool backward) {
   bwd_ = backward ? pack_b(W, N, K, tag::ab) : nullptr;  // B = W [N, K]
 }
 
-void linear_packed(const float* x, const PackedWeight& W, const float* b, float* y, int64_t M) {
+void linear_packed(const float* x, const PackedWeight& W, const float* b, float* y, int64_t M,
+                   LinearEpilogue ep) {
   PF_CHECK(W.has_forward(), "[linear_packed] weight is not packed");
   PF_CHECK(M >= 0, "[linear_packed] M must be >= 0, got ", M);
   PF_CHECK(M == 0 || (x && y), "[linear_packed] x or y is null");
-  run(*W.fwd_, x, W.K(), b, 0.0f, y, W.N(), M);
+  PF_CHECK(!ep.accumulate || ep.act == Act::Identity,
+           "[linear_packed] accumulate takes no activation, got ", act_name(ep.act));
+  run(*W.fwd_, x, W.K(), b, ep.accumulate ? 1.0f : 0.0f, ep.act, y, W.N(), M);
 }
 
 void linear_dx_packed(const float* dy, int64_t lddy, const PackedWeight& W, float beta, float* dx,
@@ -156,7 +185,7 @@ void linear_dx_packed(const float* dy, int64_t lddy, const PackedWeight& W, floa
   PF_CHECK(lddy >= W.N() && lddx >= W.K(), "[linear_dx_packed] row strides lddy ", lddy,
            " (>= ", W.N(), ") or lddx ", lddx, " (>= ", W.K(), ") too small");
   PF_CHECK(M == 0 || (dy && dx), "[linear_dx_packed] dy or dx is null");
-  run(*W.bwd_, dy, lddy, nullptr, beta, dx, lddx, M);
+  run(*W.bwd_, dy, lddy, nullptr, beta, Act::Identity, dx, lddx, M);
 }
 
 }  // namespace posformer::ops

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "posformer/core/error.h"
+#include "posformer/ops/activation.h"
 #include "posformer/ops/matmul.h"
 #include "posformer/ops/packed_linear.h"
 
@@ -128,6 +129,39 @@ TEST(PackedLinear, RepackAfterTheWeightChanges) {
   EXPECT_LE(rel_diff(got, want, scale, M, N, N, "repacked"), 1e-6);
 }
 
+// Fused epilogues: act(x W^T + b) against ops::linear then ops::activation (the erf / exp of
+// oneDNN's post-ops: <= 2e-6 absolute on outputs of size ~1-3), and y += x W^T + b.
+TEST(PackedLinear, FusedActivationAndAccumulate) {
+  const int64_t M = 37, N = 96, K = 80;
+  const auto W = randu(size_t(N * K), 11), b = randu(size_t(N), 12), x = randu(size_t(M * K), 13);
+  PackedWeight pw;
+  pw.pack(W.data(), N, K, false);
+  std::vector<float> scale(size_t(M * N));
+  const auto ab = absv(b);
+  ref::linear(absv(x).data(), absv(W).data(), ab.data(), scale.data(), M, N, K);
+  for (Act act : {Act::Relu, Act::Gelu, Act::GeluTanh, Act::Silu}) {
+    std::vector<float> want(size_t(M * N)), got(size_t(M * N), std::nanf(""));
+    linear(x.data(), W.data(), b.data(), want.data(), M, N, K);
+    activation(act, want.data(), want.data(), M * N);
+    linear_packed(x.data(), pw, b.data(), got.data(), M, {act, false});
+    double worst = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+      ASSERT_TRUE(std::isfinite(got[i])) << act_name(act) << " " << i;
+      worst = std::max(worst, std::abs(double(got[i]) - want[i]) / std::max(1.0, double(scale[i])));
+    }
+    EXPECT_LE(worst, 2e-6) << act_name(act);
+  }
+  const auto y0 = randu(size_t(M * N), 14);
+  std::vector<float> want(size_t(M * N)), got = y0;
+  linear(x.data(), W.data(), b.data(), want.data(), M, N, K);
+  for (size_t i = 0; i < want.size(); ++i) want[i] += y0[i];
+  linear_packed(x.data(), pw, b.data(), got.data(), M, {Act::Identity, true});
+  const auto s2 = absv(y0);
+  std::vector<float> sc = scale;
+  for (size_t i = 0; i < sc.size(); ++i) sc[i] += s2[i];
+  EXPECT_LE(rel_diff(got, want, sc, M, N, N, "accumulate"), 1e-6);
+}
+
 TEST(PackedLinear, BadArgumentsAreNamed) {
   PackedWeight pw;
   float v = 0;
@@ -143,6 +177,11 @@ TEST(PackedLinear, BadArgumentsAreNamed) {
   expect_error([&] { pw.pack(&v, 0, 1, false); }, "N=0");
   pw.pack(&v, 1, 1, false);
   expect_error([&] { linear_dx_packed(&v, 1, pw, 0.0f, &v, 1, 1); }, "not packed for the backward");
+  expect_error(
+      [&] {
+        linear_packed(&v, pw, nullptr, &v, 1, {Act::Gelu, true});
+      },
+      "accumulate takes no activation");
 }
 
 }  // namespace

@@ -163,10 +163,11 @@ class Transformer {
   StackInput encoder_input(const TokenBatch& src, const ForwardOptions& opt) const;
   // The stack's parts (transformer.cpp) and their backward (transformer_backward.cpp).
   void residual_sublayer(const Stack& st, StackCall& c, int64_t l, int sub, float* x) const;
+  // acc: out += f(in) (the residual add fused into the last linear) instead of out = f(in)
   void attention_sublayer(const Stack& st, StackCall& c, int64_t l, bool self, const float* in,
-                          float* out, SubTape* keep) const;
+                          float* out, SubTape* keep, bool acc = false) const;
   void ffn_sublayer(const Stack& st, StackCall& c, int64_t l, const float* in, float* out,
-                    SubTape* keep) const;
+                    SubTape* keep, bool acc = false) const;
   void residual_sublayer_backward(const Stack& st, StackGradCall& c, int64_t l, int sub,
                                   float* dx) const;
   void attention_sublayer_backward(const Stack& st, StackGradCall& c, int64_t l, bool self,
@@ -184,8 +185,9 @@ class Transformer {
   void embed_backward(const Stack& st, const TokenBatch& tokens, const Positions& pos,
                       const float* dx, ParamStore& grads) const;
   void norm_fwd(const std::string& n, const float* in, float* out, int64_t rows) const;
-  void lin_fwd(const std::string& n, const float* in, float* out, int64_t M, int64_t N,
-               int64_t K) const;
+  // out = in W^T + b, with an epilogue (act, or out += ...) fused when the weight is packed
+  void lin_fwd(const std::string& n, const float* in, float* out, int64_t M, int64_t N, int64_t K,
+               ops::LinearEpilogue ep = {}) const;
   AttnDesc attn_desc(const Stack& st, bool self, const StackInput& in, int64_t Tk) const;
 
   ModelConfig cfg_;
