@@ -141,8 +141,10 @@ Transformer Transformer::load(const std::string& dir) {
   PF_CHECK(std::filesystem::is_directory(dir), "[model] ", dir, " is not a model directory");
   Transformer m(load_config(cfg_path));
   const std::string wpath = dir + "/model.safetensors";
-  SafetensorsFile f = load_safetensors(wpath);
-  m.set_weights(f.tensors, wpath);
+  {
+    SafetensorsFile f = load_safetensors(wpath);
+    m.set_weights(f.tensors, wpath);
+  }                  // the file image is freed before the packed copies are made
   m.pack_weights();  // inference layout; the trainer repacks with the backward layout
   return m;
 }
@@ -224,16 +226,18 @@ void Transformer::lin_fwd(const std::string& n, const float* in, float* out, int
   if (ep.act != ops::Act::Identity) ops::activation(ep.act, out, out, M * N);
 }
 
+bool Transformer::packs(const ParamSpec& s) {
+  static const std::regex linear_weight(
+      R"(.*\.(attn|cross_attn)\.(q|k|v|o)\.weight|.*\.ffn\.w[123]\.weight)");
+  return !s.buffer && s.shape.size() == 2 && std::regex_match(s.name, linear_weight);
+}
+
 void Transformer::pack_weights(bool backward) {
   packed_.clear();
   const char* env = std::getenv("POSFORMER_PACKED");
   if (env && env[0] == '0') return;
-  static const std::regex linear_weight(
-      R"(.*\.(attn|cross_attn)\.(q|k|v|o)\.weight|.*\.ffn\.w[123]\.weight)");
-  for (const ParamSpec& s : specs_) {
-    if (s.buffer || s.shape.size() != 2 || !std::regex_match(s.name, linear_weight)) continue;
-    packed_[s.name].pack(params_.f32(s.name), s.shape[0], s.shape[1], backward);
-  }
+  for (const ParamSpec& s : specs_)
+    if (packs(s)) packed_[s.name].pack(params_.f32(s.name), s.shape[0], s.shape[1], backward);
 }
 
 AttnDesc Transformer::attn_desc(const Stack& st, bool self, const StackInput& in,

@@ -95,6 +95,7 @@ class Transformer {
   // set_weights and redraw_buffers drop them, so pack again after changing weights (the trainer
   // packs before each step, i.e. after each optimizer update). POSFORMER_PACKED=0 disables.
   void pack_weights(bool backward = false);
+  static bool packs(const ParamSpec& s);  // whether pack_weights packs this parameter
   bool weights_packed() const { return !packed_.empty(); }
   // Redraws the attention variants' non-trainable buffers (ParamSpec::buffer: performer's random
   // features) from their config seed and `draw` (0 = the draw of random_init; the trainer passes
