@@ -9,6 +9,9 @@
 //   BM_Sgemm/M/N/K               dnnl_sgemm('N','T') = nn.Linear shape y[M,N] = x[M,K] W[N,K]^T
 //                                (the layer's shapes, and 2048^3 as the machine's ceiling)
 //   BM_Linear/M/N/K              ops::linear (sgemm + bias) on the same shapes
+//   BM_LinearPacked/M/N/K        ops::linear_packed (weights packed once, bias fused), same shapes
+//   BM_TrainLinear/M/N/K/p/dx    the training benchmark's forward (dx 0) and dx = dy W (dx 1)
+//                                gemms, sgemm (p 0) or packed (p 1)
 //   BM_Gelu, BM_LayerNorm, BM_AddBias, BM_Residual, BM_Attention: one layer's non-matmul work
 #include <benchmark/benchmark.h>
 #include <oneapi/dnnl/dnnl.h>
@@ -32,6 +35,7 @@
 #include "posformer/ops/activation.h"
 #include "posformer/ops/matmul.h"
 #include "posformer/ops/norm.h"
+#include "posformer/ops/packed_linear.h"
 
 namespace {
 using namespace posformer;
@@ -88,6 +92,7 @@ const Transformer& bert_model() {
   if (!m) {
     init_once();
     m = std::make_unique<Transformer>(Transformer::random_init(bert_config(), 0));
+    m->pack_weights();  // as Transformer::load does (POSFORMER_PACKED=0: sgemm, for A/B)
   }
   return *m;
 }
@@ -176,13 +181,57 @@ void BM_Linear(benchmark::State& state) {
       benchmark::Counter(2.0 * M * N * K * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// ops::linear_packed (weights packed once, bias fused) on the same shapes.
+void BM_LinearPacked(benchmark::State& state) {
+  init_once();
+  const int64_t M = state.range(0), N = state.range(1), K = state.range(2);
+  const std::vector<float> x = randn(M * K, 2), W = randn(N * K, 3, 0.02f), b = randn(N, 4);
+  std::vector<float> y(static_cast<size_t>(M * N));
+  ops::PackedWeight pw;
+  pw.pack(W.data(), N, K, false);
+  for (auto _ : state) {
+    ops::linear_packed(x.data(), pw, b.data(), y.data(), M);
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(2.0 * M * N * K * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// The training benchmark's gemms (bench/train_bench.sh: d 256, d_ff 1024, B*T 2048, V 260):
+// forward y = x W^T and dx = dy W, sgemm (arg 3 = 0) or packed (1).
+void BM_TrainLinear(benchmark::State& state) {
+  init_once();
+  const int64_t M = state.range(0), N = state.range(1), K = state.range(2);
+  const bool packed = state.range(3) != 0, dx = state.range(4) != 0;
+  const std::vector<float> x = randn(M * (dx ? N : K), 2), W = randn(N * K, 3, 0.02f);
+  std::vector<float> y(static_cast<size_t>(M * (dx ? K : N)));
+  ops::PackedWeight pw;
+  pw.pack(W.data(), N, K, true);
+  for (auto _ : state) {
+    if (dx && packed) ops::linear_dx_packed(x.data(), N, pw, 0.0f, y.data(), K, M);
+    if (dx && !packed)
+      ops::gemm(false, false, M, K, N, 1.0f, x.data(), N, W.data(), K, 0.0f, y.data(), K);
+    if (!dx && packed) ops::linear_packed(x.data(), pw, nullptr, y.data(), M);
+    if (!dx && !packed) ops::linear(x.data(), W.data(), nullptr, y.data(), M, N, K);
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(2.0 * M * N * K * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
 // ---- one layer's non-matmul work (what the encoder does between its matmuls)
-void BM_Gelu(benchmark::State& state) {  // exact GELU over the FFN activations [T, 3072]
+// Exact GELU over the FFN activations [T, 3072], out of place from fixed N(0, 1) inputs. (Applied
+// in place, repeated calls shrink the negative half towards 0 until it is denormal, ~12x slower
+// per element on x86: the 1978 us of issue 11 was that artefact, not the kernel.)
+void BM_Gelu(benchmark::State& state) {
   init_once();
   const int64_t n = state.range(0) * kFF;
-  std::vector<float> x = randn(n, 5);
+  const std::vector<float> x = randn(n, 5);
+  std::vector<float> y(static_cast<size_t>(n));
   for (auto _ : state) {
-    ops::activation(ops::Act::Gelu, x.data(), x.data(), n);
+    ops::activation(ops::Act::Gelu, x.data(), y.data(), n);
     benchmark::ClobberMemory();
   }
 }
@@ -270,6 +319,17 @@ BENCHMARK(BM_Linear)
     ->Unit(benchmark::kMicrosecond)
     ->UseRealTime()
     ->MeasureProcessCPUTime();
+BENCHMARK(BM_LinearPacked)
+    ->Apply(linear_shapes)
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime()
+    ->MeasureProcessCPUTime();
+BENCHMARK(BM_TrainLinear)
+    ->ArgsProduct({{2048}, {768, 256, 1024}, {256}, {0, 1}, {0, 1}})
+    ->ArgsProduct({{2048}, {256}, {1024}, {0, 1}, {0, 1}})
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime()
+    ->MeasureProcessCPUTime();
 BENCHMARK(BM_Attention)
     ->Arg(128)
     ->Arg(512)
@@ -306,14 +366,9 @@ BENCHMARK(BM_Residual)
 }  // namespace
 
 int main(int argc, char** argv) {
-  // Same OpenMP wait policy as the posformer CLI (tools/posformer/main.cpp): libgomp reads it
-  // once at load time, so set PASSIVE and re-execute once unless the user chose a policy.
+  // Same OpenMP wait policy as the posformer CLI (tools/posformer/main.cpp, core/runtime.h).
   // POSFORMER_NO_REEXEC=1 with OMP_WAIT_POLICY unset times libgomp's default (spin, then sleep).
-  if (!std::getenv("OMP_WAIT_POLICY") && !std::getenv("POSFORMER_NO_REEXEC")) {
-    setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
-    setenv("POSFORMER_NO_REEXEC", "1", 1);
-    execv("/proc/self/exe", argv);  // on failure, carry on with the default policy
-  }
+  if (set_wait_policy_env()) execv("/proc/self/exe", argv);  // on failure, carry on
   init_once();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
@@ -321,6 +376,7 @@ int main(int argc, char** argv) {
   benchmark::AddCustomContext("cpu_features", cpu_features());
   const char* wp = std::getenv("OMP_WAIT_POLICY");
   benchmark::AddCustomContext("OMP_WAIT_POLICY", wp ? wp : "(libgomp default)");
+  benchmark::AddCustomContext("wait_policy", wait_policy_description());
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

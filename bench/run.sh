@@ -224,23 +224,27 @@ if any("BM_EncoderProfiled/128/real_time" in s for s in pos):
               f"({g('attn_mm_GFLOPs'):.0f}) | {g('mm_share_%'):.1f}% | {g('non_mm_ms'):.1f} ({100 - g('mm_share_%'):.1f}%) |")
 if mm:
     print("\ndnnl_sgemm vs ops::linear on one layer's linear shapes, y[M,N] = x[M,K] W[N,K]^T: median GFLOP/s")
-    print("| M = T | N | K | calls per layer | dnnl_sgemm | ops::linear (sgemm + bias) |")
-    print("|---|---|---|---|---|---|")
+    print("| M = T | N | K | calls per layer | dnnl_sgemm | ops::linear (sgemm + bias) | ops::linear_packed (packed W, bias fused) |")
+    print("|---|---|---|---|---|---|---|")
     for n in (128, 512):
         tot_fl = tot_s = 0.0
         for (N, K, calls) in ((2304, 768, 0), (768, 768, 4), (3072, 768, 1), (768, 3072, 1)):
             sg = med(series(mm, f"BM_Sgemm/{n}/{N}/{K}/real_time", "GFLOP/s"))
             li = med(series(mm, f"BM_Linear/{n}/{N}/{K}/real_time", "GFLOP/s"))
+            lp_s = series(mm, f"BM_LinearPacked/{n}/{N}/{K}/real_time", "GFLOP/s")
+            lp = f"{med(lp_s):.0f}" if lp_s else "-"
             fl = 2.0 * n * N * K
             tot_fl += calls * fl
             tot_s += calls * fl / (sg * 1e9)
             c = {0: "0 (torch's fused qkv)", 4: "4 (q, k, v, o)", 1: "1"}[calls]
-            print(f"| {n} | {N} | {K} | {c} | {sg:.0f} | {li:.0f} |")
+            print(f"| {n} | {N} | {K} | {c} | {sg:.0f} | {li:.0f} | {lp} |")
         print(f"| {n} | | | the layer's mix | {tot_fl / tot_s / 1e9:.0f} | |")
     ceil = series(mm, "BM_Sgemm/2048/2048/2048/real_time", "GFLOP/s")
     if ceil:
         print(f"| 2048 | 2048 | 2048 | the ceiling (large square) | {med(ceil):.0f} | |")
-    print("\none layer's non-matmul pieces, median us (x12 layers per forward)")
+    print("\none layer's non-matmul pieces, median us (x12 layers per forward); on packed weights (the default)")
+    print("the bias adds, the GELU and the residual adds run fused in the gemms' epilogues, so these are the")
+    print("separate passes that the unpacked path (POSFORMER_PACKED=0) pays")
     comp = [("attention core (QK^T, softmax, PV; 12 heads)", "BM_Attention/{n}/real_time", 1),
             ("exact GELU [T, 3072]", "BM_Gelu/{n}/real_time", 1),
             ("bias add [T, 768] x5 (q, k, v, o, w2)", "BM_AddBias/{n}/768/real_time", 5),

@@ -12,8 +12,9 @@
 # (256 bytes + its 4 special tokens), PyTorch's 256.
 #
 # Each round runs, one after the other: `posformer train` (learned), `posformer train` (rope),
-# `torch_bench.py --only train` (both models), and the fp32 peak (an AVX2 FMA loop on THREADS
-# threads, and a 2048^3 dnnl_sgemm; the peak used for MFU is the best round, the closest to the
+# `torch_bench.py --only train` (both models), and the fp32 peak (`posformer bench peak`: 12
+# independent FMA chains per thread on the widest vectors the CPU has, AVX-512 where present,
+# on THREADS threads; and a 2048^3 dnnl_sgemm; the peak used for MFU is the best round, the closest to the
 # hardware's when other jobs share the machine). posformer's rate is tokens / wall time over steps
 # WARM+1..STEPS of the training loop as logged in metrics.jsonl (data sampling, forward, backward,
 # gradient clipping, AdamW, logging: everything between two steps); PyTorch's is torch_bench's
@@ -54,41 +55,6 @@ EOF
 done
 
 # ---- fp32 peak programs
-cat > "$WORK/fma_peak.cpp" <<'EOF'
-// fp32 FMA peak: every thread runs 10 independent 8-lane FMA chains (AVX2); best of 5.
-#include <immintrin.h>
-#include <omp.h>
-#include <chrono>
-#include <cstdio>
-#include <cstdlib>
-int main(int argc, char** argv) {
-  const int threads = argc > 1 ? std::atoi(argv[1]) : 2;
-  const long iters = 200000000L;
-  double best = 0;
-  for (int rep = 0; rep < 5; ++rep) {
-    float sink = 0;
-    const auto t0 = std::chrono::steady_clock::now();
-#pragma omp parallel num_threads(threads) reduction(+ : sink)
-    {
-      __m256 a[10];
-      for (auto& x : a) x = _mm256_set1_ps(1.0f);
-      const __m256 m = _mm256_set1_ps(0.999999f), c = _mm256_set1_ps(1e-7f);
-      for (long i = 0; i < iters / 10; ++i)
-#pragma GCC unroll 10
-        for (int j = 0; j < 10; ++j) a[j] = _mm256_fmadd_ps(a[j], m, c);
-      float buf[8];
-      for (int j = 1; j < 10; ++j) a[0] = _mm256_add_ps(a[0], a[j]);
-      _mm256_storeu_ps(buf, a[0]);
-      for (float x : buf) sink += x;
-    }
-    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    const double gf = 2.0 * 8.0 * double(iters) * threads / dt / 1e9;
-    if (gf > best) best = gf;
-    if (sink == 12345.0f) std::printf(" ");
-  }
-  std::printf("%.2f\n", best);
-}
-EOF
 cat > "$WORK/sgemm_peak.cpp" <<'EOF'
 // 2048^3 fp32 dnnl_sgemm on the OpenMP threads given by OMP_NUM_THREADS; best of 4 after 1 warm-up.
 #include <oneapi/dnnl/dnnl.h>
@@ -108,7 +74,6 @@ int main() {
   std::printf("%.2f\n", 2.0 * n * n * double(n) / best / 1e9);
 }
 EOF
-g++ -O2 -mavx2 -mfma -fopenmp "$WORK/fma_peak.cpp" -o "$WORK/fma_peak"
 HAVE_SGEMM=1
 g++ -O2 "$WORK/sgemm_peak.cpp" -ldnnl -o "$WORK/sgemm_peak" 2>/dev/null || HAVE_SGEMM=0
 
@@ -173,8 +138,8 @@ for row in json.load(open(sys.argv[1]))["rows"]:
 EOF
     tail -n2 "$RES"
   fi
-  fma=$(OMP_WAIT_POLICY=PASSIVE "$WORK/fma_peak" "$THREADS")
-  echo "{\"who\": \"peak_fma\", \"round\": $r, \"gflops\": $fma}" | tee -a "$RES"
+  fma=$("$POSFORMER" bench peak --threads "$THREADS" --json)
+  echo "$fma" | "$PY" -c 'import json, sys; p = json.loads(sys.stdin.read()); print(json.dumps({"who": "peak_fma", "round": int(sys.argv[1]), "gflops": p["gflops"], "isa": p["isa"]}))' "$r" | tee -a "$RES"
   if ((HAVE_SGEMM)); then
     sg=$(OMP_NUM_THREADS=$THREADS OMP_WAIT_POLICY=PASSIVE "$WORK/sgemm_peak")
     echo "{\"who\": \"peak_sgemm\", \"round\": $r, \"gflops\": $sg}" | tee -a "$RES"
@@ -194,7 +159,8 @@ fmas = [r["gflops"] for r in rows if r["who"] == "peak_fma"]
 sgs = [r["gflops"] for r in rows if r["who"] == "peak_sgemm"]
 fma, sg = max(fmas), max(sgs) if sgs else float("nan")
 print()
-print(f"fp32 peak, best of {len(fmas)} rounds (median): FMA loop {fma:.1f} ({med(fmas):.1f}) GFLOP/s, "
+isa = next((r.get("isa", "?") for r in rows if r["who"] == "peak_fma"), "?")
+print(f"fp32 peak, best of {len(fmas)} rounds (median): FMA loop ({isa}) {fma:.1f} ({med(fmas):.1f}) GFLOP/s, "
       f"dnnl_sgemm 2048^3 {sg:.1f} ({med(sgs):.1f}) GFLOP/s")
 print(f"model FLOPs per token (3 x forward, causal attention): posformer (V 260) "
       f"{flops_per_token(260) / 1e6:.2f} M, torch (V 256) {flops_per_token(256) / 1e6:.2f} M")

@@ -3,6 +3,8 @@
 #include <malloc.h>
 #include <omp.h>
 
+#include <cstdlib>
+#include <string>
 #include <thread>
 
 #include "posformer/core/error.h"
@@ -15,6 +17,45 @@ void init_runtime() {
   done = true;
   mallopt(M_MMAP_MAX, 0);
   mallopt(M_TRIM_THRESHOLD, 0x7fffffff);
+}
+
+const char* const kDefaultWaitPolicy = "passive";
+
+bool set_wait_policy_env() {
+  if (std::getenv("POSFORMER_NO_REEXEC") || std::getenv("OMP_WAIT_POLICY") ||
+      std::getenv("GOMP_SPINCOUNT"))
+    return false;
+  const char* e = std::getenv("POSFORMER_WAIT_POLICY");
+  const std::string v = e ? e : kDefaultWaitPolicy;
+  const char *name = nullptr, *value = nullptr;
+  std::string spins;
+  if (v == "passive") {
+    name = "OMP_WAIT_POLICY", value = "PASSIVE";
+  } else if (v == "active") {
+    name = "OMP_WAIT_POLICY", value = "ACTIVE";
+  } else if (v == "default") {
+    return false;
+  } else if (v.rfind("spin=", 0) == 0 && v.size() > 5 && v.size() <= 16 &&
+             v.find_first_not_of("0123456789", 5) == std::string::npos) {
+    spins = v.substr(5);
+    name = "GOMP_SPINCOUNT", value = spins.c_str();
+  } else {
+    throw Error(str("[runtime] POSFORMER_WAIT_POLICY must be passive, active, default or spin=N ",
+                    "(N a count of spins), got '", v, "'"));
+  }
+  setenv(name, value, 1);
+  setenv("POSFORMER_NO_REEXEC", "1", 1);
+  return true;
+}
+
+std::string wait_policy_description() {
+  const char* w = std::getenv("OMP_WAIT_POLICY");
+  const char* s = std::getenv("GOMP_SPINCOUNT");
+  if (!w && !s) return "libgomp default (spin 300000, then sleep)";
+  std::string d;
+  if (w) d += str("OMP_WAIT_POLICY=", w);
+  if (s) d += str(d.empty() ? "" : " ", "GOMP_SPINCOUNT=", s);
+  return d;
 }
 
 void set_threads(int n) {

@@ -3,8 +3,10 @@
 #include <sys/stat.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <regex>
 
 #include "posformer/attention/attention.h"
 #include "posformer/core/io.h"
@@ -114,12 +116,14 @@ Transformer Transformer::random_init(const ModelConfig& cfg, uint64_t seed) {
 }
 
 void Transformer::redraw_buffers(uint64_t draw) {
+  packed_.clear();
   if (enc_attn_) enc_attn_->init_buffers(params_, draw);
   if (dec_attn_) dec_attn_->init_buffers(params_, draw);
 }
 
 void Transformer::set_weights(const std::map<std::string, Tensor>& tensors,
                               const std::string& what) {
+  packed_.clear();
   ParamStore store;
   for (const ParamSpec& s : specs_) {
     auto it = tensors.find(s.name);
@@ -150,8 +154,11 @@ Transformer Transformer::load(const std::string& dir) {
   PF_CHECK(std::filesystem::is_directory(dir), "[model] ", dir, " is not a model directory");
   Transformer m(load_config(cfg_path));
   const std::string wpath = dir + "/model.safetensors";
-  SafetensorsFile f = load_safetensors(wpath);
-  m.set_weights(f.tensors, wpath);
+  {
+    SafetensorsFile f = load_safetensors(wpath);
+    m.set_weights(f.tensors, wpath);
+  }                  // the file image is freed before the packed copies are made
+  m.pack_weights();  // inference layout; the trainer repacks with the backward layout
   return m;
 }
 
@@ -217,8 +224,33 @@ void Transformer::norm_fwd(const std::string& n, const float* in, float* out, in
 }
 
 void Transformer::lin_fwd(const std::string& n, const float* in, float* out, int64_t M, int64_t N,
-                          int64_t K) const {
-  ops::linear(in, params_.f32(n + ".weight"), params_.f32_or_null(n + ".bias"), out, M, N, K);
+                          int64_t K, ops::LinearEpilogue ep) const {
+  const float* b = params_.f32_or_null(n + ".bias");
+  const auto it = packed_.find(n + ".weight");
+  if (it != packed_.end() && it->second.N() == N && it->second.K() == K)
+    return ops::linear_packed(in, it->second, b, out, M, ep);
+  const float* W = params_.f32(n + ".weight");
+  if (ep.accumulate) {
+    ops::gemm(false, true, M, N, K, 1.0f, in, K, W, K, 1.0f, out, N);
+    if (b) ops::bias_act(ops::Act::Identity, out, b, M, N);
+    return;
+  }
+  ops::linear(in, W, b, out, M, N, K);
+  if (ep.act != ops::Act::Identity) ops::activation(ep.act, out, out, M * N);
+}
+
+bool Transformer::packs(const ParamSpec& s) {
+  static const std::regex linear_weight(
+      R"(.*\.(attn|cross_attn)\.(q|k|v|o)\.weight|.*\.ffn\.w[123]\.weight)");
+  return !s.buffer && s.shape.size() == 2 && std::regex_match(s.name, linear_weight);
+}
+
+void Transformer::pack_weights(bool backward) {
+  packed_.clear();
+  const char* env = std::getenv("POSFORMER_PACKED");
+  if (env && env[0] == '0') return;
+  for (const ParamSpec& s : specs_)
+    if (packs(s)) packed_[s.name].pack(params_.f32(s.name), s.shape[0], s.shape[1], backward);
 }
 
 AttnDesc Transformer::attn_desc(const Stack& st, bool self, const StackInput& in,
@@ -251,7 +283,7 @@ float* StackCall::buf(Tensor SubTape::*field, SubTape* keep, const Shape& shape)
 // relative positions, causal in a decoder, the decode state when decoding) or cross-attention
 // (keys from the encoder output, computed once per decode cache).
 void Transformer::attention_sublayer(const Stack& st, StackCall& c, int64_t l, bool self,
-                                     const float* in, float* out, SubTape* keep) const {
+                                     const float* in, float* out, SubTape* keep, bool acc) const {
   const Geometry g = geometry();
   const int64_t B = c.B, T = c.T, Ts = c.Ts, d = g.d, BT = B * T, Tkv = std::max(T, Ts);
   const std::string a = lname(st.prefix, l, self ? "attn" : "cross_attn");
@@ -305,7 +337,7 @@ void Transformer::attention_sublayer(const Stack& st, StackCall& c, int64_t l, b
     desc.hook = hook.get();
     st.attn->forward(desc, keep ? &keep->saved : nullptr);
   }
-  lin_fwd(a + ".o", att, out, BT, d, g.HD);
+  lin_fwd(a + ".o", att, out, BT, d, g.HD, {ops::Act::Identity, acc});
 }
 
 // Dynamic NTK: the frequencies follow the current length, so the keys cached at an earlier
@@ -323,22 +355,23 @@ void Transformer::rerotate_cached_keys(const Stack& st, AttnDecodeState& state,
 
 // out[BT, d] = W2 act(W1 in + b1) + b2, or W2 (silu(W1 in + b1) * (W3 in + b3)) + b2 (SwiGLU).
 void Transformer::ffn_sublayer(const Stack& st, StackCall& c, int64_t l, const float* in,
-                               float* out, SubTape* keep) const {
+                               float* out, SubTape* keep, bool acc) const {
   const Geometry g = geometry();
   const int64_t BT = c.B * c.T, d = g.d;
   const std::string w1 = lname(st.prefix, l, "ffn.w1"), w3 = lname(st.prefix, l, "ffn.w3");
   float* f1 = c.buf(&SubTape::f1, keep, {BT, g.F});
   float* fa = keep ? c.buf(&SubTape::fa, keep, {BT, g.F}) : f1;  // in place when inferring
-  ops::linear(in, params_.f32(w1 + ".weight"), nullptr, f1, BT, g.F, d);
-  ops::bias_act(ops::Act::Identity, f1, params_.f32_or_null(w1 + ".bias"), BT, g.F);
+  // inference on packed weights: bias + activation in the W1 gemm's epilogue
+  const bool fuse_act = !keep && !g.swiglu && weights_packed();
+  lin_fwd(w1, in, f1, BT, g.F, d, {fuse_act ? g.act : ops::Act::Identity, false});
   if (g.swiglu) {
     float* f3 = c.buf(&SubTape::f3, keep, {BT, g.F});
     lin_fwd(w3, in, f3, BT, g.F, d);
     ops::swiglu(f1, f3, fa, BT * g.F);
-  } else {
+  } else if (!fuse_act) {
     ops::activation(g.act, f1, fa, BT * g.F);
   }
-  lin_fwd(lname(st.prefix, l, "ffn.w2"), fa, out, BT, d, g.F);
+  lin_fwd(lname(st.prefix, l, "ffn.w2"), fa, out, BT, d, g.F, {ops::Act::Identity, acc});
 }
 
 // One residual sublayer of layer l in place on x [BT, d]: pre-LN x = x + f(N(x)), post-LN
@@ -350,22 +383,25 @@ void Transformer::residual_sublayer(const Stack& st, StackCall& c, int64_t l, in
   SubTape* keep = c.tape ? &c.tape->layers[l][sub] : nullptr;
   const std::string nn = lname(st.prefix, l, kSublayerNorms[sub]);
   float* h = c.buf(&SubTape::h, keep, {BT, d});
-  float* out = c.buf(&SubTape::out, keep, {BT, d});
+  // inference on packed weights: the residual add fused into the sublayer's last gemm (x += ...;
+  // its input is never x itself, so reading x earlier in f is safe)
+  const bool acc = !keep && weights_packed();
+  float* out = acc ? x : c.buf(&SubTape::out, keep, {BT, d});
   auto f = [&](const float* in) {
     if (sub == 2)
-      ffn_sublayer(st, c, l, in, out, keep);
+      ffn_sublayer(st, c, l, in, out, keep, acc);
     else
-      attention_sublayer(st, c, l, sub == 0, in, out, keep);
+      attention_sublayer(st, c, l, sub == 0, in, out, keep, acc);
   };
   if (g.pre) {  // x = x + f(N(x))
     if (keep) std::copy_n(x, BT * d, c.buf(&SubTape::norm_in, keep, {BT, d}));
     norm_fwd(nn, x, h, BT);
     f(h);
-    ops::add_inplace(x, out, BT * d);
+    if (!acc) ops::add_inplace(x, out, BT * d);
   } else {  // x = N(x + f(x))
     if (keep) std::copy_n(x, BT * d, h);
     f(x);
-    ops::add_inplace(x, out, BT * d);
+    if (!acc) ops::add_inplace(x, out, BT * d);
     if (keep) std::copy_n(x, BT * d, c.buf(&SubTape::norm_in, keep, {BT, d}));
     norm_fwd(nn, x, x, BT);
   }

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <map>
 #include <utility>
 #include <vector>
 
@@ -104,16 +105,24 @@ bool split_linear_backward(int64_t M, int64_t N, int64_t K) {
 
 // y[M, N] = x[M, K] W^T + b:  dW += dy^T x,  db += colsum dy,  dx = dy W (beta 0: overwrite,
 // 1: add). ldx, lddy, lddx: row strides of x, dy, dx.
-void linear_backward(const ParamStore& params, ParamStore& grads, const std::string& n,
-                     const float* x, int64_t ldx, const float* dy, int64_t lddy, float* dx,
-                     int64_t lddx, int64_t M, int64_t N, int64_t K, float beta) {
+void linear_backward(const ParamStore& params,
+                     const std::map<std::string, ops::PackedWeight>& packed, ParamStore& grads,
+                     const std::string& n, const float* x, int64_t ldx, const float* dy,
+                     int64_t lddy, float* dx, int64_t lddx, int64_t M, int64_t N, int64_t K,
+                     float beta) {
   float* dW = grads.f32(n + ".weight");
   float* db = grads.has(n + ".bias") ? grads.f32(n + ".bias") : nullptr;
   const float* W = params.f32(n + ".weight");
+  // dx = dy W from the packed weight (dense strides only: oneDNN 2.6 is slow on padded ones)
+  const auto pit = packed.find(n + ".weight");
+  const ops::PackedWeight* pw =
+      pit != packed.end() && pit->second.has_backward() && lddy == N && lddx == K ? &pit->second
+                                                                                  : nullptr;
   concurrently(
       dx && split_linear_backward(M, N, K), [&] { weight_grad(dy, lddy, x, ldx, dW, M, N, K); },
       [&] {
-        if (dx) ops::gemm(false, false, M, K, N, 1.0f, dy, lddy, W, K, beta, dx, lddx);
+        if (dx && pw) ops::linear_dx_packed(dy, lddy, *pw, beta, dx, lddx, M);
+        if (dx && !pw) ops::gemm(false, false, M, K, N, 1.0f, dy, lddy, W, K, beta, dx, lddx);
         if (db) kernels::cpu::bias_grad(dy, lddy, db, M, N);  // here: weight_grad has more to do
       });
 }
@@ -144,8 +153,8 @@ void Transformer::attention_sublayer_backward(const Stack& st, StackGradCall& c,
   const std::string a = lname(st.prefix, l, self ? "attn" : "cross_attn");
   ParamStore& grads = c.grads;
   // out = att Wo^T + bo
-  linear_backward(params_, grads, a + ".o", sp.att.data<float>(), g.HD, dout, d, c.datt, g.HD, BT,
-                  d, g.HD, 0.0f);
+  linear_backward(params_, packed_, grads, a + ".o", sp.att.data<float>(), g.HD, dout, d, c.datt,
+                  g.HD, BT, d, g.HD, 0.0f);
   AttnDesc desc = attn_desc(st, self, c.tape.in, Tk);
   desc.q = sp.q.data<float>(), desc.k = sp.k.data<float>(), desc.v = sp.v.data<float>();
   desc.params = &params_, desc.param_prefix = a + ".";
@@ -174,10 +183,12 @@ void Transformer::attention_sublayer_backward(const Stack& st, StackGradCall& c,
   }
   const float* kv_in = self ? sp.h.data<float>() : c.enc;
   float* dkv_in = self ? dhin : c.d_enc;
-  linear_backward(params_, grads, a + ".q", sp.h.data<float>(), d, c.dq, g.HD, dhin, d, BT, g.HD, d,
-                  0.0f);
-  linear_backward(params_, grads, a + ".k", kv_in, d, c.dk, g.KD, dkv_in, d, B * Tk, g.KD, d, 1.0f);
-  linear_backward(params_, grads, a + ".v", kv_in, d, c.dv, g.KD, dkv_in, d, B * Tk, g.KD, d, 1.0f);
+  linear_backward(params_, packed_, grads, a + ".q", sp.h.data<float>(), d, c.dq, g.HD, dhin, d, BT,
+                  g.HD, d, 0.0f);
+  linear_backward(params_, packed_, grads, a + ".k", kv_in, d, c.dk, g.KD, dkv_in, d, B * Tk, g.KD,
+                  d, 1.0f);
+  linear_backward(params_, packed_, grads, a + ".v", kv_in, d, c.dv, g.KD, dkv_in, d, B * Tk, g.KD,
+                  d, 1.0f);
 }
 
 // Backward of ffn_sublayer: dout [BT, d] -> dhin [BT, d] (overwrite).
@@ -188,19 +199,19 @@ void Transformer::ffn_sublayer_backward(const Stack& st, StackGradCall& c, int64
   const std::string w1 = lname(st.prefix, l, "ffn.w1"), w3 = lname(st.prefix, l, "ffn.w3");
   float *df1 = c.df1, *df3 = c.df3;
   // out = fa W2^T + b2
-  linear_backward(params_, c.grads, lname(st.prefix, l, "ffn.w2"), sp.fa.data<float>(), g.F, dout,
-                  d, df1, ldf, BT, d, g.F, 0.0f);
+  linear_backward(params_, packed_, c.grads, lname(st.prefix, l, "ffn.w2"), sp.fa.data<float>(),
+                  g.F, dout, d, df1, ldf, BT, d, g.F, 0.0f);
   if (g.swiglu) {  // fa = silu(f1) * f3
     kernels::cpu::swiglu_backward_rows(sp.f1.data<float>(), sp.f3.data<float>(), g.F, df1, df1, ldf,
                                        df3, ldf, BT, g.F);
-    linear_backward(params_, c.grads, w3, sp.h.data<float>(), d, df3, ldf, dhin, d, BT, g.F, d,
-                    0.0f);
-    linear_backward(params_, c.grads, w1, sp.h.data<float>(), d, df1, ldf, dhin, d, BT, g.F, d,
-                    1.0f);
+    linear_backward(params_, packed_, c.grads, w3, sp.h.data<float>(), d, df3, ldf, dhin, d, BT,
+                    g.F, d, 0.0f);
+    linear_backward(params_, packed_, c.grads, w1, sp.h.data<float>(), d, df1, ldf, dhin, d, BT,
+                    g.F, d, 1.0f);
   } else {  // fa = act(f1)
     kernels::cpu::act_backward_rows(g.act, sp.f1.data<float>(), g.F, df1, ldf, df1, ldf, BT, g.F);
-    linear_backward(params_, c.grads, w1, sp.h.data<float>(), d, df1, ldf, dhin, d, BT, g.F, d,
-                    0.0f);
+    linear_backward(params_, packed_, c.grads, w1, sp.h.data<float>(), d, df1, ldf, dhin, d, BT,
+                    g.F, d, 0.0f);
   }
 }
 

@@ -9,6 +9,7 @@
 #include <chrono>
 
 #include "../kernels/cpu/kernels.h"
+#include "matmul_profile.h"
 #include "posformer/core/error.h"
 
 namespace posformer::ops {
@@ -51,13 +52,8 @@ double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-// Runs f() (a dnnl_sgemm call); when profiling, records its time and 2*M*N*K FLOPs.
-template <class F>
-dnnl_status_t timed_sgemm(int64_t M, int64_t N, int64_t K, const F& f) {
-  if (!g_prof_on.load(std::memory_order_relaxed)) return f();
-  const double t0 = now_s();
-  const dnnl_status_t st = f();
-  const double dt = now_s() - t0, fl = 2.0 * double(M) * double(N) * double(K);
+void record(int64_t M, int64_t N, int64_t K, double dt) {
+  const double fl = 2.0 * double(M) * double(N) * double(K);
   if (omp_in_parallel()) {
     g_inner_calls.fetch_add(1, std::memory_order_relaxed);
     g_inner_flops.fetch_add(fl, std::memory_order_relaxed);
@@ -67,10 +63,31 @@ dnnl_status_t timed_sgemm(int64_t M, int64_t N, int64_t K, const F& f) {
     g_flops.fetch_add(fl, std::memory_order_relaxed);
     g_seconds.fetch_add(dt, std::memory_order_relaxed);
   }
+}
+
+// Runs f() (a dnnl_sgemm call); when profiling, records its time and 2*M*N*K FLOPs.
+template <class F>
+dnnl_status_t timed_sgemm(int64_t M, int64_t N, int64_t K, const F& f) {
+  if (!g_prof_on.load(std::memory_order_relaxed)) return f();
+  const double t0 = now_s();
+  const dnnl_status_t st = f();
+  record(M, N, K, now_s() - t0);
   return st;
 }
 
 }  // namespace
+
+namespace detail {
+bool matmul_profiling() {
+  return g_prof_on.load(std::memory_order_relaxed);
+}
+void matmul_profile_record(int64_t M, int64_t N, int64_t K, double seconds) {
+  record(M, N, K, seconds);
+}
+double matmul_now_s() {
+  return now_s();
+}
+}  // namespace detail
 
 void matmul_profile_enable(bool on) {
   g_prof_on.store(on, std::memory_order_relaxed);

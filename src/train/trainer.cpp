@@ -472,6 +472,8 @@ void save_run_checkpoint(Run& r) {
 double accumulate_gradients(Run& r, ParamStore& grads, std::vector<int32_t>& inputs,
                             std::vector<int32_t>& targets) {
   const TrainOptions& o = r.o;
+  // weights packed for the gemms (forward and dx); params() after the last update dropped them
+  if (!r.model.weights_packed()) r.model.pack_weights(true);
   double loss_sum = 0;
   for (int64_t a = 0; a < o.accum && r.vit(); ++a) {  // classify: a batch of images
     Tensor images = r.batcher->next(o.batch, targets);

@@ -22,6 +22,7 @@
 
 #include "common.h"
 #include "posformer/attention/variant.h"
+#include "posformer/core/peak.h"
 #include "posformer/core/runtime.h"
 #include "posformer/model/config.h"
 
@@ -334,6 +335,38 @@ int run_error(const std::vector<std::string>& series, const std::vector<int64_t>
   return 0;
 }
 
+// `bench peak`: the fp32 FMA peak on the widest vectors the CPU has (posformer/core/peak.h).
+Command add_peak(CLI::App* bench) {
+  auto* app = bench->add_subcommand(
+      "peak", "fp32 FMA peak, GFLOP/s, on the widest vector ISA the CPU has (runtime dispatch)");
+  struct PeakOpts {
+    int threads = 0, reps = 5;
+    bool json = false;
+  };
+  auto o = std::make_shared<PeakOpts>();
+  add_threads_option(app, o->threads);
+  app->add_option("--reps", o->reps, "timed runs, best reported (default 5)")
+      ->check(CLI::Range(1, 1000));
+  app->add_flag("--json", o->json, "one JSON object instead of the line");
+  return {app, [o] {
+            set_threads(o->threads);
+            const Fp32Peak p = measure_fp32_peak(num_threads(), o->reps);
+            if (o->json) {
+              std::cout << nlohmann::json{{"gflops", p.gflops},
+                                          {"isa", p.isa},
+                                          {"lanes", p.lanes},
+                                          {"chains", p.chains},
+                                          {"threads", p.threads}}
+                               .dump()
+                        << std::endl;
+            } else {
+              std::printf("%.2f %s (%d fp32 lanes x %d FMA chains x %d threads)\n", p.gflops,
+                          p.isa.c_str(), p.lanes, p.chains, p.threads);
+            }
+            return 0;
+          }};
+}
+
 }  // namespace
 
 Command add_bench(CLI::App& root) {
@@ -353,6 +386,7 @@ Command add_bench(CLI::App& root) {
     int threads = 0;
   };
   auto o = std::make_shared<Opts>();
+  const Command peak = add_peak(bench);
   app->add_option("--variants", o->variants, "comma-separated attention types (default softmax)");
   app->add_option("--heads", o->c.H, "query heads (default 12)")->check(CLI::Range(1, 4096));
   app->add_option("--kv-heads", o->c.Hkv, "key/value heads (default: --heads)")
@@ -380,7 +414,8 @@ Command add_bench(CLI::App& root) {
   app->add_option("--one-T", o->one_T, "")->group("");
   app->add_flag("--one-causal", o->c.causal, "")->group("");
   return {
-      app, [=]() {
+      bench, [=]() {
+        if (peak.app->parsed()) return peak.run();
         set_threads(o->threads);
         if (o->one) {
           CaseOpts c = o->c;

@@ -143,13 +143,17 @@ void check_model_memory(const std::string& cmd, const ModelConfig& c, ModelUse u
                  " for the model file, read whole");
       break;
     }
-    case ModelUse::Train:
-      need = 16 * static_cast<double>(n);
+    case ModelUse::Train: {
+      int64_t packed = 0;  // Transformer::pack_weights(true): two packed copies of each linear
+      for (const auto& s : shape_only.param_specs())
+        if (Transformer::packs(s)) packed += shape_numel(s.shape);
+      need = 16 * static_cast<double>(n) + 8 * static_cast<double>(packed);
       lead = "needs at least";
-      what = str(n,
-                 " parameters x 16 bytes for fp32 weights, gradients and two AdamW moments; "
-                 "activations come on top");
+      what = str(n, " parameters x 16 bytes for fp32 weights, gradients and two AdamW moments + ",
+                 format_bytes(8.0 * static_cast<double>(packed)),
+                 " for the packed copies of the linear weights; activations come on top");
       break;
+    }
   }
   if (extra > 0) {
     need += static_cast<double>(extra);

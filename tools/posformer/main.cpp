@@ -10,13 +10,14 @@
 using namespace posformer;
 
 int main(int argc, char** argv) {
-  // OpenMP workers that spin after each parallel region starve each other (and oneDNN) on
-  // few cores (shared/peers/README.md: ~2x on this machine). libgomp reads the policy once at
-  // load time, so set it and re-execute once, unless the user chose a policy.
-  if (!std::getenv("OMP_WAIT_POLICY") && !std::getenv("POSFORMER_NO_REEXEC")) {
-    setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
-    setenv("POSFORMER_NO_REEXEC", "1", 1);
-    execv("/proc/self/exe", argv);  // on failure, carry on with the default policy
+  // OpenMP wait policy (posformer/core/runtime.h: POSFORMER_WAIT_POLICY, else the measured
+  // default). libgomp reads it once at load time, so set it and re-execute once, unless the
+  // user chose a policy through OMP_WAIT_POLICY / GOMP_SPINCOUNT.
+  try {
+    if (set_wait_policy_env()) execv("/proc/self/exe", argv);  // on failure, carry on
+  } catch (const std::exception& e) {
+    std::cerr << "posformer: error: " << e.what() << "\n";
+    return 1;
   }
   init_runtime();
   CLI::App app{"posformer: Transformer engine for position encodings and attention variants"};

@@ -10,6 +10,7 @@
 // Weights live in a ParamStore under the names of docs/checkpoint-format.md.
 #pragma once
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -17,6 +18,7 @@
 #include "posformer/attention/variant.h"
 #include "posformer/model/config.h"
 #include "posformer/model/params.h"
+#include "posformer/ops/packed_linear.h"
 #include "posformer/posenc/position_encoding.h"
 
 namespace posformer {
@@ -82,7 +84,19 @@ class Transformer {
 
   const ModelConfig& config() const { return cfg_; }
   const std::vector<ParamSpec>& param_specs() const { return specs_; }
-  ParamStore& params() { return params_; }
+  // Non-const access may change weights, so it drops the packed copies (pack_weights).
+  ParamStore& params() {
+    packed_.clear();
+    return params_;
+  }
+  // Linear weights packed once for the GEMM kernel (ops/packed_linear.h): every attention and
+  // FFN linear (q, k, v, o, w1, w2, w3), with `backward` also in the layout of dx = dy W. The
+  // forward, decoding and loss_and_grad paths then use them. They are snapshots: params(),
+  // set_weights and redraw_buffers drop them, so pack again after changing weights (the trainer
+  // packs before each step, i.e. after each optimizer update). POSFORMER_PACKED=0 disables.
+  void pack_weights(bool backward = false);
+  static bool packs(const ParamSpec& s);  // whether pack_weights packs this parameter
+  bool weights_packed() const { return !packed_.empty(); }
   // Redraws the attention variants' non-trainable buffers (ParamSpec::buffer: performer's random
   // features) from their config seed and `draw` (0 = the draw of random_init; the trainer passes
   // the step at attention.redraw_every).
@@ -165,10 +179,11 @@ class Transformer {
   // The stack's parts (transformer.cpp) and their backward (transformer_backward.cpp).
   void residual_sublayer(const Stack& st, StackCall& c, int64_t l, int sub, float* x) const;
   void rerotate_cached_keys(const Stack& st, AttnDecodeState& state, const Positions& pos) const;
+  // acc: out += f(in) (the residual add fused into the last linear) instead of out = f(in)
   void attention_sublayer(const Stack& st, StackCall& c, int64_t l, bool self, const float* in,
-                          float* out, SubTape* keep) const;
+                          float* out, SubTape* keep, bool acc = false) const;
   void ffn_sublayer(const Stack& st, StackCall& c, int64_t l, const float* in, float* out,
-                    SubTape* keep) const;
+                    SubTape* keep, bool acc = false) const;
   void residual_sublayer_backward(const Stack& st, StackGradCall& c, int64_t l, int sub,
                                   float* dx) const;
   void attention_sublayer_backward(const Stack& st, StackGradCall& c, int64_t l, bool self,
@@ -186,8 +201,9 @@ class Transformer {
   void embed_backward(const Stack& st, const TokenBatch& tokens, const Positions& pos,
                       const float* dx, ParamStore& grads) const;
   void norm_fwd(const std::string& n, const float* in, float* out, int64_t rows) const;
-  void lin_fwd(const std::string& n, const float* in, float* out, int64_t M, int64_t N,
-               int64_t K) const;
+  // out = in W^T + b, with an epilogue (act, or out += ...) fused when the weight is packed
+  void lin_fwd(const std::string& n, const float* in, float* out, int64_t M, int64_t N, int64_t K,
+               ops::LinearEpilogue ep = {}) const;
   AttnDesc attn_desc(const Stack& st, bool self, const StackInput& in, int64_t Tk) const;
   // vit: patch-embedded tokens [B, T, d] with positions added; fills ids (2-D schemes) and the
   // flattened patches [B*N, C*p*p] (kept for the embedding's weight gradient).
@@ -198,6 +214,7 @@ class Transformer {
   ModelConfig cfg_;
   std::vector<ParamSpec> specs_;
   ParamStore params_;
+  std::map<std::string, ops::PackedWeight> packed_;  // by weight name (pack_weights)
   std::unique_ptr<PositionEncoding> enc_pe_, dec_pe_;
   std::unique_ptr<Attention> enc_attn_, dec_attn_;
 };

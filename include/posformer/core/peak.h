@@ -1,0 +1,21 @@
+// fp32 peak of this CPU, measured: every thread runs kChains independent FMA chains on the
+// widest vectors Highway's runtime dispatch picks (AVX-512 where the CPU has it, else AVX2, ...).
+// FLOPs = 2 x lanes x chains x iterations x threads; the best of `reps` timed runs is reported.
+// Utilisation (MFU) figures divide by this (bench/train_bench.sh, bench/attention_bench.sh).
+#pragma once
+#include <string>
+
+namespace posformer {
+
+struct Fp32Peak {
+  double gflops = 0;  // best of the timed runs
+  std::string isa;    // Highway target that ran, e.g. "AVX3" (AVX-512) or "AVX2"
+  int lanes = 0;      // fp32 lanes per vector on that target
+  int chains = 0;     // independent FMA chains per thread
+  int threads = 0;
+};
+
+// threads <= 0: the OpenMP default (num_threads()). Runs ~0.2 s per rep on a 2-core machine.
+Fp32Peak measure_fp32_peak(int threads = 0, int reps = 5);
+
+}  // namespace posformer

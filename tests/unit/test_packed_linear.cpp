@@ -1,0 +1,187 @@
+// Packed-weight linears (ops/packed_linear.h) against the unpacked fast path and the double
+// reference, forward and dx, over a grid of shapes; outputs poisoned (NaN) before each call.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "posformer/core/error.h"
+#include "posformer/ops/activation.h"
+#include "posformer/ops/matmul.h"
+#include "posformer/ops/packed_linear.h"
+
+namespace {
+
+using namespace posformer;
+using namespace posformer::ops;
+
+std::vector<float> randu(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::vector<float> v(n);
+  for (float& x : v) x = u(rng);
+  return v;
+}
+
+// max |got - want| / scale over the M x cols block of row stride ld, scale[i, j] = the sum of
+// |products| of that dot product (+ |bias| + |beta C|): the relative error of a dot product
+// whatever its cancellation. Every entry must be finite (written).
+double rel_diff(const std::vector<float>& got, const std::vector<float>& want,
+                const std::vector<float>& scale, int64_t M, int64_t cols, int64_t ld,
+                const std::string& what) {
+  double worst = 0;
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t j = 0; j < cols; ++j) {
+      const size_t k = size_t(i * ld + j);
+      EXPECT_TRUE(std::isfinite(got[k])) << what << " (" << i << ", " << j << ") unwritten";
+      worst =
+          std::max(worst, std::abs(double(got[k]) - want[k]) / std::max(1e-30, double(scale[k])));
+    }
+  return worst;
+}
+std::vector<float> absv(std::vector<float> v) {
+  for (float& x : v) x = std::abs(x);
+  return v;
+}
+
+TEST(PackedLinear, ForwardMatchesUnpackedOnAGrid) {
+  for (int64_t N : {1, 17, 100, 768})
+    for (int64_t K : {1, 31, 257, 768}) {
+      if (N * K > 768 * 257 && !(N == 768 && K == 768)) continue;
+      const auto W = randu(size_t(N * K), uint32_t(N * 7 + K));
+      const auto b = randu(size_t(N), uint32_t(N + 1));
+      PackedWeight pw;
+      pw.pack(W.data(), N, K, false);
+      EXPECT_TRUE(pw.has_forward());
+      EXPECT_FALSE(pw.has_backward());
+      for (int64_t M : {1, 3, 17, 130}) {
+        const auto x = randu(size_t(M * K), uint32_t(M + 3 * K));
+        std::vector<float> scale(size_t(M * N));
+        const auto ab = absv(b);
+        ref::linear(absv(x).data(), absv(W).data(), ab.data(), scale.data(), M, N, K);
+        for (const float* bp : {b.data(), static_cast<const float*>(nullptr)}) {
+          const std::string what = "M " + std::to_string(M) + " N " + std::to_string(N) + " K " +
+                                   std::to_string(K) + (bp ? " bias" : "");
+          std::vector<float> want(size_t(M * N), std::nanf("")), got = want, ref = want;
+          linear(x.data(), W.data(), bp, want.data(), M, N, K);
+          linear_packed(x.data(), pw, bp, got.data(), M);
+          ref::linear(x.data(), W.data(), bp, ref.data(), M, N, K);
+          EXPECT_LE(rel_diff(got, want, scale, M, N, N, what), 1e-6) << what;
+          EXPECT_LE(rel_diff(got, ref, scale, M, N, N, what), 1e-6) << what << " vs double";
+        }
+      }
+    }
+}
+
+TEST(PackedLinear, DxMatchesUnpackedGemmWithStridesAndBeta) {
+  for (auto [N, K] : std::vector<std::pair<int64_t, int64_t>>{
+           {1, 1}, {17, 31}, {100, 257}, {3072, 64}, {64, 3072}}) {
+    const auto W = randu(size_t(N * K), uint32_t(N + 5 * K));
+    PackedWeight pw;
+    pw.pack(W.data(), N, K, true);
+    ASSERT_TRUE(pw.has_backward());
+    for (int64_t M : {1, 5, 129})
+      for (float beta : {0.0f, 1.0f})
+        for (int64_t pad : {0, 3}) {
+          const int64_t lddy = N + pad, lddx = K + 2 * pad;
+          const auto dy = randu(size_t(M * lddy), uint32_t(M + N));
+          const auto dx0 = randu(size_t(M * lddx), uint32_t(M + K));
+          std::vector<float> want = dx0, got = dx0;
+          if (beta == 0.0f)
+            for (int64_t i = 0; i < M; ++i)
+              for (int64_t j = 0; j < K; ++j) got[size_t(i * lddx + j)] = std::nanf("");
+          gemm(false, false, M, K, N, 1.0f, dy.data(), lddy, W.data(), K, beta, want.data(), lddx);
+          std::vector<float> scale = absv(dx0);
+          ref::gemm(false, false, M, K, N, 1.0f, absv(dy).data(), lddy, absv(W).data(), K, beta,
+                    scale.data(), lddx);
+          linear_dx_packed(dy.data(), lddy, pw, beta, got.data(), lddx, M);
+          const std::string what = "M " + std::to_string(M) + " N " + std::to_string(N) + " K " +
+                                   std::to_string(K) + " beta " + std::to_string(beta) + " pad " +
+                                   std::to_string(pad);
+          EXPECT_LE(rel_diff(got, want, scale, M, K, lddx, what), 1e-6) << what;
+          for (int64_t i = 0; i < M; ++i)  // padding between rows untouched
+            for (int64_t j = K; j < lddx; ++j)
+              ASSERT_EQ(got[size_t(i * lddx + j)], dx0[size_t(i * lddx + j)]) << what;
+        }
+  }
+}
+
+TEST(PackedLinear, RepackAfterTheWeightChanges) {
+  const int64_t M = 9, N = 33, K = 65;
+  auto W = randu(size_t(N * K), 1);
+  const auto x = randu(size_t(M * K), 2);
+  PackedWeight pw;
+  pw.pack(W.data(), N, K, true);
+  for (float& w : W) w = 0.5f * w + 0.01f;  // an "optimizer step"
+  std::vector<float> want(size_t(M * N)), got(size_t(M * N), std::nanf(""));
+  linear(x.data(), W.data(), nullptr, want.data(), M, N, K);
+  linear_packed(x.data(), pw, nullptr, got.data(), M);
+  std::vector<float> scale(size_t(M * N));
+  ref::linear(absv(x).data(), absv(W).data(), nullptr, scale.data(), M, N, K);
+  EXPECT_GT(rel_diff(got, want, scale, M, N, N, "stale"), 1e-2);  // the snapshot: the old weight
+  pw.pack(W.data(), N, K, true);
+  linear_packed(x.data(), pw, nullptr, got.data(), M);
+  EXPECT_LE(rel_diff(got, want, scale, M, N, N, "repacked"), 1e-6);
+}
+
+// Fused epilogues: act(x W^T + b) against ops::linear then ops::activation (the erf / exp of
+// oneDNN's post-ops: <= 2e-6 absolute on outputs of size ~1-3), and y += x W^T + b.
+TEST(PackedLinear, FusedActivationAndAccumulate) {
+  const int64_t M = 37, N = 96, K = 80;
+  const auto W = randu(size_t(N * K), 11), b = randu(size_t(N), 12), x = randu(size_t(M * K), 13);
+  PackedWeight pw;
+  pw.pack(W.data(), N, K, false);
+  std::vector<float> scale(size_t(M * N));
+  const auto ab = absv(b);
+  ref::linear(absv(x).data(), absv(W).data(), ab.data(), scale.data(), M, N, K);
+  for (Act act : {Act::Relu, Act::Gelu, Act::GeluTanh, Act::Silu}) {
+    std::vector<float> want(size_t(M * N)), got(size_t(M * N), std::nanf(""));
+    linear(x.data(), W.data(), b.data(), want.data(), M, N, K);
+    activation(act, want.data(), want.data(), M * N);
+    linear_packed(x.data(), pw, b.data(), got.data(), M, {act, false});
+    double worst = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+      ASSERT_TRUE(std::isfinite(got[i])) << act_name(act) << " " << i;
+      worst = std::max(worst, std::abs(double(got[i]) - want[i]) / std::max(1.0, double(scale[i])));
+    }
+    EXPECT_LE(worst, 2e-6) << act_name(act);
+  }
+  const auto y0 = randu(size_t(M * N), 14);
+  std::vector<float> want(size_t(M * N)), got = y0;
+  linear(x.data(), W.data(), b.data(), want.data(), M, N, K);
+  for (size_t i = 0; i < want.size(); ++i) want[i] += y0[i];
+  linear_packed(x.data(), pw, b.data(), got.data(), M, {Act::Identity, true});
+  const auto s2 = absv(y0);
+  std::vector<float> sc = scale;
+  for (size_t i = 0; i < sc.size(); ++i) sc[i] += s2[i];
+  EXPECT_LE(rel_diff(got, want, sc, M, N, N, "accumulate"), 1e-6);
+}
+
+TEST(PackedLinear, BadArgumentsAreNamed) {
+  PackedWeight pw;
+  float v = 0;
+  auto expect_error = [](const auto& f, const std::string& needle) {
+    try {
+      f();
+      ADD_FAILURE() << "no throw, expected " << needle;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  expect_error([&] { linear_packed(&v, pw, nullptr, &v, 1); }, "not packed");
+  expect_error([&] { pw.pack(&v, 0, 1, false); }, "N=0");
+  pw.pack(&v, 1, 1, false);
+  expect_error([&] { linear_dx_packed(&v, 1, pw, 0.0f, &v, 1, 1); }, "not packed for the backward");
+  expect_error(
+      [&] {
+        linear_packed(&v, pw, nullptr, &v, 1, {Act::Gelu, true});
+      },
+      "accumulate takes no activation");
+}
+
+}  // namespace
