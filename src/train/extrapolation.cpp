@@ -96,7 +96,13 @@ void check_study_dir(const std::string& dir, const json& spec) {
     atomic_write_file(path, spec.dump(2) + "\n");
     return;
   }
-  const json old = read_json(path);
+  json old = read_json(path);
+  // The base config as this build writes it back: a field added to the config format since
+  // (with its default) is not a change of settings.
+  if (old.contains("base_config")) try {
+      old["base_config"] = config_to_json(parse_config(old["base_config"]));
+    } catch (const Error&) {
+    }
   if (old == spec) return;
   std::string diff;
   for (const auto& [k, v] : spec.items()) {
