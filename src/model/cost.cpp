@@ -140,7 +140,7 @@ Flops step_flops(const ModelConfig& c, const Transformer& m, int64_t B, int64_t 
     }
     f.fwd.rest += L * rest + (pre ? N * d * norm_el : 0);
     // embeddings: scaled lookup, absolute positions added
-    if (c.token_embed_scale() != 1.0) f.fwd.embed_head += N * d;
+    if (!c.is_vit() && c.token_embed_scale() != 1.0) f.fwd.embed_head += N * d;
     if (adds_to_embedding(pe.name())) f.fwd.embed_head += N * d;
   }
   const double Nm = double(main_rows);

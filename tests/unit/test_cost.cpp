@@ -94,7 +94,7 @@ TEST(Cost, ParameterCountsEqualAllocatedTensorsForEveryArchPositionAndAttention)
   EXPECT_GT(checked, 150);  // most of the 3 x 10 x 6 x 4 combinations are valid
   EXPECT_GT(vit_checked, 40);
   for (const char* k : {"rope_2d", "learned_2d", "sincos_2d", "learned", "rope", "none", "softmax",
-                        "linear", "performer", "nystrom"})
+                        "linear", "linear_cos", "linear_rope", "performer", "nystrom"})
     EXPECT_TRUE(vit_kinds.count(k)) << "vit never ran with " << k;
 }
 
