@@ -30,6 +30,7 @@ ap.add_argument("--out", default="/tmp/posformer_cost_validate.json")
 ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the timing cases")
 ap.add_argument("--only", choices=["memory", "time"], help="run one of the two parts")
 ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
+ap.add_argument("--match", default="", help="only the memory cases whose name contains this")
 args = ap.parse_args()
 PF = os.path.abspath(args.posformer)
 W = tempfile.mkdtemp(prefix="posformer_costval_")
@@ -50,6 +51,15 @@ MEMORY_CASES = [  # name, config, T, B
                                             "n_heads": 12, "d_ff": 3072, "norm_position": "post",
                                             "vocab_size": 30522, "max_len": 512,
                                             "position": {"type": "learned"}}, 128, 4),
+    # arch vit: T is the patch count (+ CLS) of the config's image_size, B images
+    ("vit rope_2d softmax, 224x224 / 16, CLS", {"arch": "vit", "d_model": 256, "n_layers": 4,
+                                                "n_heads": 4, "d_ff": 1024, "num_classes": 1000,
+                                                "position": {"type": "rope_2d"}}, None, 16),
+    ("vit learned_2d softmax, 64x64 / 4, mean pool", {"arch": "vit", "d_model": 256, "n_layers": 4,
+                                                      "n_heads": 4, "d_ff": 1024,
+                                                      "image_size": 64, "patch_size": 4,
+                                                      "num_classes": 10, "pool": "mean",
+                                                      "position": {"type": "learned_2d"}}, None, 4),
 ]
 TIME_T = [256, 512, 1024, 2048, 4096]
 TOKENS = 4096  # per step at every T (B = TOKENS / T)
@@ -58,13 +68,16 @@ TIME_BASE = {"arch": "decoder", "d_model": 256, "n_layers": 2, "n_heads": 4, "d_
 if args.quick:
     MEMORY_CASES = [(n, dict(c, n_layers=1), max(64, T // 8), B) for n, c, T, B in MEMORY_CASES[:3]]
     TIME_T, TOKENS = [128, 256, 512], 512
+MEMORY_CASES = [m for m in MEMORY_CASES if args.match in m[0]]
 
 
 def cost(cfg, T, B, measure):
     path = os.path.join(W, "cfg.json")
     with open(path, "w") as f:
         json.dump(cfg, f)
-    argv = [PF, "cost", "--config", path, "--seq-len", str(T), "--batch", str(B), "--json"]
+    argv = [PF, "cost", "--config", path, "--batch", str(B), "--json"]
+    if T is not None:  # None: a ViT, whose T is its patch count
+        argv += ["--seq-len", str(T)]
     if measure:
         argv += ["--measure", str(measure), "--threads", str(args.threads)]
     p = subprocess.run(argv, capture_output=True, text=True, timeout=3600)
@@ -101,7 +114,7 @@ if args.only != "time":
         state = m["weights"] + m["gradients"] + m["adamw_moments"] + m["master_copy"]
         got = meas["peak_rss_growth_bytes"]
         err = f"{100 * (m['total'] - got) / got:+.1f}%" if got else "n/a"
-        print(f"| {name} | {T} x {B} | {j['parameters']['total'] / 1e6:.2f} M | {mib(state)} / "
+        print(f"| {name} | {j['seq_len']} x {B} | {j['parameters']['total'] / 1e6:.2f} M | {mib(state)} / "
               f"{mib(m['activations'])} / {mib(m['workspace'])} / **{mib(m['total'])}** | "
               f"{mib(got) if got else 'n/a'} | {err} |", flush=True)
         raw["memory"].append({"name": name, "T": T, "B": B, "cost": j})

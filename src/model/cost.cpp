@@ -41,7 +41,17 @@ double score_term_flops(const std::string& position, int64_t D) {
   return 0;
 }
 bool adds_to_embedding(const std::string& position) {
-  return position == "learned" || position == "sinusoidal" || position == "sinusoidal_half";
+  return position == "learned" || position == "sinusoidal" || position == "sinusoidal_half" ||
+         position == "learned_2d" || position == "sincos_2d";
+}
+
+// A ViT's step in images: Np patches of K = C p p pixels per image (cost.h).
+struct VitShape {
+  int64_t Np = 0, K = 0, cls = 0;
+};
+VitShape vit_shape(const ModelConfig& c, int64_t T) {
+  const int64_t cls = c.cls_token() ? 1 : 0;
+  return {T - cls, c.channels * c.patch_size * c.patch_size, cls};
 }
 
 // The backward's padded row stride of FFN-width buffers (transformer_backward.cpp padded_ld).
@@ -130,16 +140,26 @@ Flops step_flops(const ModelConfig& c, const Transformer& m, int64_t B, int64_t 
     }
     f.fwd.rest += L * rest + (pre ? N * d * norm_el : 0);
     // embeddings: scaled lookup, absolute positions added
-    if (c.token_embed_scale() != 1.0) f.fwd.embed_head += N * d;
+    if (!c.is_vit() && c.token_embed_scale() != 1.0) f.fwd.embed_head += N * d;
     if (adds_to_embedding(pe.name())) f.fwd.embed_head += N * d;
   }
   const double Nm = double(main_rows);
-  const double head = 2 * Nm * d * V;
-  f.fwd.embed_head += c.head == Head::Lm ? head : 0;
   // backward: matmuls 2x the forward, elementwise 2x; cross-entropy 5 per logit
   f.bwd.projections = 2 * f.fwd.projections;
   f.bwd.ffn = 2 * f.fwd.ffn;
   f.bwd.rest = 2 * f.fwd.rest;
+  if (c.is_vit()) {  // patch embedding, mean pooling, classification head (cost.h)
+    const VitShape v = vit_shape(c, T);
+    const double Np = double(B * v.Np), n = double(c.num_classes), Bi = double(B);
+    const double patch = 2 * Np * double(v.K) * d;
+    double elem = (c.bias ? Np * d + Bi * n : 0) + (v.cls ? 0 : Nm * d);
+    f.fwd.embed_head += patch + 2 * Bi * d * n + elem;
+    // the pixels need no gradient: the patch matmul's backward is its dW alone
+    f.bwd.embed_head = 2 * f.fwd.embed_head - patch + 5 * Bi * n;
+    return f;
+  }
+  const double head = 2 * Nm * d * V;
+  f.fwd.embed_head += c.head == Head::Lm ? head : 0;
   f.bwd.embed_head = 2 * f.fwd.embed_head + (c.head == Head::Lm ? 5 * Nm * V : 0);
   return f;
 }
@@ -204,7 +224,13 @@ ActMemory activation_memory(const ModelConfig& c, const Transformer& m, int64_t 
   // embeddings of the main stack [N, d] (and the encoder output and its gradient)
   a.work_elems += Nm * d;
   if (c.arch == Arch::EncoderDecoder) a.work_elems += 2 * double(B * Ts) * d;
-  if (c.head == Head::Lm) {  // logits [N, V] and their input gradient [N, d]
+  if (c.is_vit()) {
+    // classify_loss_and_grad: the image batch and its patches [B Np, K], the stack input's
+    // gradient [B T, d], pooled and its gradient [B, d], the logits [B, n]
+    const VitShape v = vit_shape(c, T);
+    a.work_elems += 2 * double(B * v.Np) * double(v.K) + Nm * d + 2 * double(B) * d +
+                    double(B) * double(c.num_classes);
+  } else if (c.head == Head::Lm) {  // logits [N, V] and their input gradient [N, d]
     a.work_elems += Nm * V + Nm * d;
     const bool v_pad = padded_ld(c.vocab_size) != c.vocab_size;
     weight_grad(Nm, V, d, false, v_pad);
@@ -249,18 +275,38 @@ ModelCost model_cost(const ModelConfig& cfg, const CostOptions& opt) {
   PF_CHECK(opt.src_len >= 0, "[cost] --src-len must be >= 1, got ", opt.src_len);
   PF_CHECK(opt.src_len == 0 || cfg.arch == Arch::EncoderDecoder,
            "[cost] --src-len is only for encoder_decoder models (this one is ", cfg.arch, ")");
+  PF_CHECK((opt.image_h == 0 && opt.image_w == 0) || cfg.is_vit(),
+           "[cost] --image-size is only for arch vit (this one is ", cfg.arch, ")");
+  PF_CHECK(opt.seq_len == 0 || !cfg.is_vit(),
+           "[cost] --seq-len does not apply to arch vit: its length is the patch count of the "
+           "image (+1 CLS token); give --image-size instead (default the config's image_size ",
+           cfg.image_h, "x", cfg.image_w, ")");
   ModelCost r;
   r.config = cfg;
   r.options = opt;
-  const int64_t T = opt.seq_len > 0 ? opt.seq_len : cfg.max_len;
+  int64_t T = opt.seq_len > 0 ? opt.seq_len : cfg.max_len;
+  if (cfg.is_vit()) {
+    const int64_t h = opt.image_h > 0 ? opt.image_h : cfg.image_h,
+                  w = opt.image_w > 0 ? opt.image_w : cfg.image_w, p = cfg.patch_size;
+    PF_CHECK(opt.image_h >= 0 && opt.image_w >= 0 && h % p == 0 && w % p == 0,
+             "[cost] --image-size ", h, "x", w, " must be a positive multiple of patch_size ", p,
+             " in both dimensions");
+    r.options.image_h = h, r.options.image_w = w;
+    T = (cfg.cls_token() ? 1 : 0) + (h / p) * (w / p);
+  }
   const int64_t Ts = opt.src_len > 0 ? opt.src_len : T;
   r.options.seq_len = T, r.options.src_len = cfg.arch == Arch::EncoderDecoder ? Ts : 0;
   const int64_t B = opt.batch;
   const Transformer m(cfg);  // declares its parameters and makes its stacks; allocates nothing
   for (const StackShape& s : stacks_of(cfg, T, Ts)) {
     const int64_t mp = m.position(s.decoder)->max_position();
-    PF_CHECK(mp < 0 || s.T <= mp + 1, "[cost] --", s.decoder ? "seq-len " : "src-len ", s.T,
-             " exceeds the learned position table (max_len ", mp + 1, ")");
+    if (cfg.is_vit())
+      PF_CHECK(mp < 0 || s.T <= mp + 1, "[cost] --image-size ", r.options.image_h, "x",
+               r.options.image_w, ": ", s.T, " tokens exceed the learned position table (max_len ",
+               mp + 1, ")");
+    else
+      PF_CHECK(mp < 0 || s.T <= mp + 1, "[cost] --", s.decoder ? "seq-len " : "src-len ", s.T,
+               " exceeds the learned position table (max_len ", mp + 1, ")");
   }
   r.attention = m.attention(cfg.has_decoder())->name();
   if (cfg.arch == Arch::EncoderDecoder && m.attention(false)->name() != r.attention)
@@ -273,8 +319,15 @@ ModelCost model_cost(const ModelConfig& cfg, const CostOptions& opt) {
   const int64_t HD = cfg.n_heads * cfg.head_dim(), KD = cfg.kv_heads() * cfg.head_dim();
   const int64_t nrm = cfg.norm == Norm::LayerNorm ? 2 * d : d;
   const int64_t bias = cfg.bias ? 1 : 0;
-  p.embedding = V * d;
-  if (cfg.head == Head::Lm && !cfg.tie_embeddings) p.head = V * d;
+  if (cfg.is_vit()) {  // patch embedding (+ bias), CLS token; classification head (+ bias)
+    const int64_t n = cfg.num_classes;
+    p.embedding =
+        d * cfg.channels * cfg.patch_size * cfg.patch_size + bias * d + (cfg.cls_token() ? d : 0);
+    p.head = n * d + bias * n;
+  } else {
+    p.embedding = V * d;
+    if (cfg.head == Head::Lm && !cfg.tie_embeddings) p.head = V * d;
+  }
   for (const StackShape& s : stacks_of(cfg, T, Ts)) {
     const int64_t subs = s.Ts > 0 ? 2 : 1;
     p.attention += L * subs * (2 * d * HD + 2 * d * KD + bias * (HD + 2 * KD + d));
@@ -359,6 +412,10 @@ nlohmann::json cost_to_json(const ModelCost& c) {
   j["seq_len"] = c.options.seq_len;
   if (c.config.arch == Arch::EncoderDecoder) j["src_len"] = c.options.src_len;
   j["batch"] = c.options.batch;
+  if (c.config.is_vit()) {
+    j["images"] = c.options.batch;
+    j["image_size"] = {c.options.image_h, c.options.image_w};
+  }
   j["precision"] = c.options.precision.name();
   j["optimizer"] = c.options.optimizer;
   j["attention"] = c.attention;
@@ -374,9 +431,14 @@ nlohmann::json cost_to_json(const ModelCost& c) {
       {"weights", m.weights},    {"gradients", m.gradients},     {"adamw_moments", m.moments},
       {"master_copy", m.master}, {"activations", m.activations}, {"workspace", m.workspace},
       {"total", m.total()}};
-  j["decode"] = {{"kv_cache_bytes_per_token", c.kv_bytes_per_token},
-                 {"recurrent_state_bytes", c.recurrent_state_bytes},
-                 {"cross_kv_bytes_per_source_token", c.cross_kv_bytes_per_src_token}};
+  if (c.config.is_vit())
+    j["decode"] = {{"applicable", false},
+                   {"why", "arch vit classifies images; it does not generate"}};
+  else
+    j["decode"] = {{"applicable", c.config.has_decoder()},
+                   {"kv_cache_bytes_per_token", c.kv_bytes_per_token},
+                   {"recurrent_state_bytes", c.recurrent_state_bytes},
+                   {"cross_kv_bytes_per_source_token", c.cross_kv_bytes_per_src_token}};
   auto opt = [](const std::optional<int64_t>& v) { return v ? json(*v) : json(nullptr); };
   j["attention_overtakes"] = {{"layer_matmuls_at_T", opt(c.crossover_T)},
                               {"everything_else_at_T", opt(c.crossover_all_T)}};

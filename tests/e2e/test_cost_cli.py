@@ -55,6 +55,9 @@ CONFIGS = {
                                       attention={"type": "performer", "n_features": 16}),
     "encdec_t5_gqa_swiglu": dict(BASE, arch="encoder_decoder", n_kv_heads=2, activation="swiglu",
                                  tie_embeddings=False, position={"type": "t5"}),
+    "vit_learned_2d": {"arch": "vit", "d_model": 32, "n_layers": 2, "n_heads": 4, "d_ff": 64,
+                       "image_size": [16, 12], "patch_size": 4, "channels": 3, "num_classes": 7,
+                       "position": {"type": "learned_2d"}},
 }
 
 
@@ -65,12 +68,13 @@ def t_equals_info():
         run("init", "--config", path, "--out", md)
         info = run("info", md).out
         total = int(re.search(r"^total\s+(\d+)", info, re.M).group(1))
-        j = json.loads(run("cost", "--config", path, "--seq-len", 32, "--json").out)
+        T = [] if cfg["arch"] == "vit" else ["--seq-len", 32]  # a ViT's T is its patch count
+        j = json.loads(run("cost", "--config", path, *T, "--json").out)
         assert j["parameters"]["total"] == total, (name, j["parameters"], total)
         for comp in ("embedding", "position", "attention", "ffn", "norm", "head"):
             m = re.search(rf"^{comp}\s+(\d+)", info, re.M)
             assert j["parameters"][comp] == (int(m.group(1)) if m else 0), (name, comp, info)
-        table = run("cost", "--config", path, "--seq-len", 32).out
+        table = run("cost", "--config", path, *T).out
         assert re.search(rf"^\s+total\s+{total}$", table, re.M), table
 
 
@@ -127,7 +131,34 @@ def t_measure_reports():
     assert re.search(r"measured\s+2 training steps", table), table
 
 
+def t_vit():
+    path = write("v.json", CONFIGS["vit_learned_2d"])
+    j = json.loads(run("cost", "--config", path, "--batch", 3, "--json").out)
+    # 4x3 patches + CLS = 13 tokens per image, 3 images
+    assert j["seq_len"] == 13 and j["images"] == 3 and j["tokens_per_step"] == 39, j
+    assert j["image_size"] == [16, 12] and j["decode"]["applicable"] is False, j
+    j2 = json.loads(run("cost", "--config", path, "--image-size", "32x24", "--json").out)
+    assert j2["seq_len"] == 8 * 6 + 1 and j2["parameters"] == j["parameters"], j2
+    table = run("cost", "--config", path, "--image-size", 8).out
+    assert "1 images of 8x8 (2x2 patches + CLS = 5 tokens)" in table, table
+    assert "not applicable (arch vit classifies images" in table, table
+    m = json.loads(run("cost", "--config", path, "--batch", 2, "--measure", 2, "--threads", 1,
+                       "--json").out)["measured"]
+    assert m["steps"] == 2 and m["step_seconds_median"] > 0, m
+    assert m["peak_rss_growth_bytes"] is None or m["peak_rss_growth_bytes"] > 0, m
+    dec = write("d3.json", CONFIGS["decoder_rope"])
+    for argv, words in [
+        (["--config", path, "--seq-len", 8], "--seq-len does not apply to arch vit"),
+        (["--config", path, "--image-size", "18x12"], "must be a positive multiple of patch_size 4"),
+        (["--config", path, "--image-size", "16x"], "--image-size must be HxW"),
+        (["--config", dec, "--image-size", 16], "--image-size is only for arch vit"),
+    ]:
+        p = run("cost", *argv, ok=False)
+        assert p.returncode != 0 and words in p.err, (argv, words, p.err)
+
+
 check("--measure runs training steps and reports time and peak memory", t_measure_reports)
+check("vit: T from the image size, decode not applicable, --measure, refusals", t_vit)
 check("bad flags and configs are refused naming what is wrong", t_bad_flags_refused)
 passed = sum(results)
 print(f"{passed} passed, {len(results) - passed} failed")

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <map>
+#include <set>
 
 #include "posformer/model/config_fields.h"
 #include "posformer/model/cost.h"
@@ -22,6 +23,8 @@ ModelConfig small(Arch arch) {
   c.position.clip = 3, c.position.span = 4, c.position.num_buckets = 8,
   c.position.max_distance = 16;
   c.attention.n_features = 5, c.attention.n_landmarks = 4;
+  // vit: 12x8 two-channel images in 4x4 patches: a 3x2 grid, 6 patches (+ CLS = 7 tokens)
+  c.image_h = 12, c.image_w = 8, c.patch_size = 4, c.channels = 2, c.num_classes = 5;
   return c;
 }
 
@@ -43,7 +46,8 @@ std::map<std::string, int64_t> allocated(const ModelConfig& c) {
 }  // namespace
 
 TEST(Cost, ParameterCountsEqualAllocatedTensorsForEveryArchPositionAndAttention) {
-  int checked = 0;
+  int checked = 0, vit_checked = 0;
+  std::set<std::string> vit_kinds;  // position schemes and attention variants a vit ran with
   for (size_t ai = 0; ai + 1 < choice_names(Arch{}).size(); ++ai)  // every arch, new ones too
     for (const auto& pos : position_config_entries())
       for (const auto& att : attention_config_entries())
@@ -55,6 +59,7 @@ TEST(Cost, ParameterCountsEqualAllocatedTensorsForEveryArchPositionAndAttention)
           c.bias = variant != 1;
           if (variant == 1) c.activation = Activation::Swiglu, c.norm = Norm::RmsNorm;
           if (variant == 2) c.norm_position = NormPosition::Post, c.tie_embeddings = false;
+          if (variant == 2) c.pool = Pool::Mean;  // vit: no CLS token
           if (variant == 3) c.n_kv_heads = 4, c.attention.conv_kernel = 3;
           if (variant == 3 && att.type == "softmax") c.attention.residual = true;
           try {
@@ -65,7 +70,8 @@ TEST(Cost, ParameterCountsEqualAllocatedTensorsForEveryArchPositionAndAttention)
           SCOPED_TRACE(std::string(c.arch.name()) + " " + pos.type + " " + att.type + " #" +
                        std::to_string(variant));
           CostOptions o;
-          o.seq_len = 8;
+          o.seq_len = c.is_vit() ? 0 : 8;  // a ViT's length is its patch count
+          if (c.is_vit()) ++vit_checked, vit_kinds.insert(pos.type), vit_kinds.insert(att.type);
           const ModelCost mc = model_cost(c, o);
           std::map<std::string, int64_t> got = allocated(c);
           EXPECT_EQ(mc.params.total(), got["total"]);
@@ -86,6 +92,10 @@ TEST(Cost, ParameterCountsEqualAllocatedTensorsForEveryArchPositionAndAttention)
           ++checked;
         }
   EXPECT_GT(checked, 150);  // most of the 3 x 10 x 6 x 4 combinations are valid
+  EXPECT_GT(vit_checked, 40);
+  for (const char* k : {"rope_2d", "learned_2d", "sincos_2d", "learned", "rope", "none", "softmax",
+                        "linear", "linear_cos", "linear_rope", "performer", "nystrom"})
+    EXPECT_TRUE(vit_kinds.count(k)) << "vit never ran with " << k;
 }
 
 // Config A: decoder, pre-LN LayerNorm, GELU, biases, RoPE, causal softmax, B = 2, T = 32.
@@ -163,6 +173,80 @@ TEST(Cost, FlopsEqualHandCountEncoderDecoderLinearGqa) {
   EXPECT_FALSE(mc.crossover_T.has_value());  // linear attention never overtakes
 }
 
+// Config C: vit, pre-LN LayerNorm, GELU, biases, sincos_2d, softmax, pool cls; 2 images of
+// 3 x 16 x 8 in 4x4 patches: 4x2 = 8 patches of K = 48 pixels, T = 9 with the CLS token.
+TEST(Cost, FlopsEqualHandCountVit) {
+  ModelConfig c;
+  c.arch = Arch::Vit;
+  c.d_model = 32, c.n_layers = 2, c.n_heads = 4, c.d_ff = 64, c.max_len = 64;
+  c.image_h = 16, c.image_w = 8, c.patch_size = 4, c.channels = 3, c.num_classes = 10;
+  c.position.type = "sincos_2d";
+  CostOptions o;
+  o.batch = 2;
+  const ModelCost mc = model_cost(c, o);
+  // N = 18 rows (16 patch rows + 2 CLS), d = 32, H = Hkv = 4, D = 8, F = 64, n = 10, L = 2
+  const double N = 18, Np = 16, L = 2;
+  EXPECT_EQ(mc.options.seq_len, 9);
+  EXPECT_EQ(mc.tokens, 18);
+  EXPECT_EQ(mc.params.embedding, 32 * 48 + 32 + 32);  // patch W, b, CLS
+  EXPECT_EQ(mc.params.head, 10 * 32 + 10);
+  EXPECT_EQ(mc.params.position, 0);  // sincos_2d is fixed
+  const double proj = L * 2 * N * 32 * (4 * 32);
+  const double ffn = L * 2 * N * 32 * 64 * 2;
+  const double pairs = 2 * 9.0 * 9;  // non-causal, per image x 2
+  const double att_f = L * pairs * 4 * 32, att_b = L * pairs * 8 * 32;
+  const double patch = 2 * Np * 48 * 32;
+  const double embed_head = patch + Np * 32              // patch embedding and its bias
+                            + N * 32                     // sincos_2d added
+                            + 2 * 2 * 32 * 10 + 2 * 10;  // head on the 2 pooled CLS rows, bias
+  const double rest = L * (2 * N * 32 * 8 + N * (32 * 4 + 64 + 32) + N * 64 * 8) + N * 32 * 7;
+  EXPECT_DOUBLE_EQ(mc.forward.projections, proj);
+  EXPECT_DOUBLE_EQ(mc.forward.ffn, ffn);
+  EXPECT_DOUBLE_EQ(mc.forward.attention, att_f);
+  EXPECT_DOUBLE_EQ(mc.forward.embed_head, embed_head);
+  EXPECT_DOUBLE_EQ(mc.forward.rest, rest);
+  EXPECT_DOUBLE_EQ(mc.training.attention, att_f + att_b);
+  // backward: 2x, but the patch matmul only its dW (pixels need no gradient); cross-entropy
+  EXPECT_DOUBLE_EQ(mc.training.embed_head, 3 * embed_head - patch + 5 * 2 * 10);
+  EXPECT_DOUBLE_EQ(mc.training.rest, 3 * rest);
+  EXPECT_EQ(mc.kv_bytes_per_token, 0);
+  EXPECT_EQ(mc.recurrent_state_bytes, 0);
+  // pool mean: no CLS row (T = 8), the mean adds 1 per element of [B T, d], no CLS parameter
+  c.pool = Pool::Mean;
+  const ModelCost mm = model_cost(c, o);
+  const double Nm = 16;
+  EXPECT_EQ(mm.options.seq_len, 8);
+  EXPECT_EQ(mm.params.embedding, 32 * 48 + 32);
+  EXPECT_DOUBLE_EQ(mm.forward.embed_head,
+                   patch + Np * 32 + Nm * 32 + Nm * 32 + 2 * 2 * 32 * 10 + 2 * 10);
+  // --image-size 8x8 (2x2 patches, T = 4) replaces the config's
+  o.image_h = 8, o.image_w = 8;
+  const ModelCost ms = model_cost(c, o);
+  EXPECT_EQ(ms.options.seq_len, 4);
+  EXPECT_EQ(ms.tokens, 8);
+  EXPECT_DOUBLE_EQ(ms.forward.projections, L * 2 * 8 * 32 * (4 * 32));
+}
+
+// A ViT runs the encoder stack: its tape equals an encoder's at the same T; its workspace holds
+// the images and patches, the stack input's gradient, pooled (and gradient) and the logits where
+// a head-less encoder holds only its embeddings.
+TEST(Cost, VitMemoryIsTheEncoderStackPlusTheImagePath) {
+  ModelConfig v = small(Arch::Vit);
+  v.position.type = "none";
+  CostOptions o;
+  o.batch = 3;
+  const ModelCost mv = model_cost(v, o);  // T = 7
+  ModelConfig e = v;
+  e.arch = Arch::Encoder, e.head = Head::None;
+  CostOptions oe = o;
+  oe.seq_len = 7;
+  const ModelCost me = model_cost(e, oe);
+  EXPECT_DOUBLE_EQ(mv.memory.activations, me.memory.activations);
+  const double B = 3, T = 7, Np = 6, K = 2 * 4 * 4, d = 16, n = 5;
+  EXPECT_DOUBLE_EQ(mv.memory.workspace - me.memory.workspace,
+                   4 * (2 * B * Np * K + B * T * d + 2 * B * d + B * n));
+}
+
 // SPEC.md 7: 4 T d (scores and weighted sum per token) > 24 d^2 (the layer's matmuls at
 // d_ff = 4d, no biases): T > 6d non-causal; causal sees (T+1)/2 keys on average: T >= 12d.
 TEST(Cost, QuadraticPartOvertakesAtSixD) {
@@ -210,6 +294,23 @@ TEST(Cost, RefusesBadOptionsNamingThem) {
   o = {};
   o.src_len = 8;
   pf_test::expect_error([&] { model_cost(c, o); }, {"--src-len is only for encoder_decoder"});
+  o = {};
+  o.image_h = 8;
+  pf_test::expect_error([&] { model_cost(c, o); }, {"--image-size is only for arch vit"});
+  ModelConfig v = small(Arch::Vit);
+  o = {};
+  o.seq_len = 8;
+  pf_test::expect_error([&] { model_cost(v, o); },
+                        {"--seq-len does not apply to arch vit", "--image-size", "12x8"});
+  o = {};
+  o.image_h = 10, o.image_w = 8;
+  pf_test::expect_error([&] { model_cost(v, o); },
+                        {"--image-size 10x8 must be a positive multiple of patch_size 4"});
+  v.position.type = "learned";  // 1-D table of max_len 32: 64x12 images are 48 + 1 tokens
+  o = {};
+  o.image_h = 64, o.image_w = 12;
+  pf_test::expect_error([&] { model_cost(v, o); },
+                        {"--image-size 64x12: 49 tokens exceed the learned position table"});
   c.d_model = 15;  // not divisible by the heads: the config's own check
   pf_test::expect_error([&] { model_cost(c, CostOptions{}); }, {"d_model"});
 }

@@ -1,6 +1,7 @@
 // posformer cost: parameters, FLOPs, training memory and decode state of a config
 // (model/cost.h, docs/cost.md). --measure N runs N real training steps (loss_and_grad and an
-// AdamW step, as the trainer's step loop) and reports the measured peak memory growth and the
+// AdamW step, as the trainer's step loop; arch vit: classify_loss_and_grad on random images) and
+// reports the measured peak memory growth and the
 // median step time next to the prediction.
 #include <algorithm>
 #include <chrono>
@@ -19,7 +20,7 @@ namespace posformer::cli {
 namespace {
 
 struct CostArgs {
-  std::string config, precision = "fp32";
+  std::string config, precision = "fp32", image_size;
   CostOptions opt;
   bool json = false;
   int64_t measure = 0;
@@ -45,8 +46,16 @@ void print_table(const ModelCost& c, const std::string& path) {
               m.activation.name());
   std::printf("           position %s, attention %s%s\n", m.position.type.c_str(),
               c.attention.c_str(), m.attention.residual ? " (residual)" : "");
-  std::printf("step       batch %lld x seq-len %lld", (long long)c.options.batch,
-              (long long)c.options.seq_len);
+  if (m.is_vit()) {
+    const int64_t p = m.patch_size, gh = c.options.image_h / p, gw = c.options.image_w / p;
+    std::printf("step       batch %lld images of %lldx%lld (%lldx%lld patches%s = %lld tokens)",
+                (long long)c.options.batch, (long long)c.options.image_h,
+                (long long)c.options.image_w, (long long)gh, (long long)gw,
+                m.cls_token() ? " + CLS" : "", (long long)c.options.seq_len);
+  } else {
+    std::printf("step       batch %lld x seq-len %lld", (long long)c.options.batch,
+                (long long)c.options.seq_len);
+  }
   if (m.arch == Arch::EncoderDecoder)
     std::printf(" (encoder src-len %lld)", (long long)c.options.src_len);
   std::printf(", %s, %s\n", c.options.precision.name(), c.options.optimizer.c_str());
@@ -100,7 +109,9 @@ void print_table(const ModelCost& c, const std::string& path) {
               (mm.weights + mm.gradients + mm.moments + mm.master) / P);
 
   std::printf("\ndecoding\n");
-  if (!m.has_decoder())
+  if (m.is_vit())
+    std::printf("  not applicable (arch vit classifies images; it does not generate)\n");
+  else if (!m.has_decoder())
     std::printf("  no decoder (encoder models do not generate)\n");
   else if (c.kv_bytes_per_token > 0)
     std::printf("  KV cache             %14s per token and sequence\n",
@@ -123,10 +134,59 @@ void print_table(const ModelCost& c, const std::string& path) {
   std::printf("  everything else                          at %s\n", at(c.crossover_all_T).c_str());
 }
 
+nlohmann::json finish_measure(const ModelCost& c, int64_t steps, std::vector<double> secs,
+                              bool reset, double rss0);
+
+// A ViT's steps: classify_loss_and_grad on random images (made after the baseline: the
+// prediction counts the image batch) and an AdamW step.
+std::vector<double> measure_vit(const ModelCost& c, int64_t steps, Transformer& m,
+                                ParamStore& grads, AdamW& opt) {
+  const ModelConfig& cfg = c.config;
+  std::mt19937 rng(1234);
+  std::uniform_real_distribution<float> px(0.0f, 1.0f);
+  std::uniform_int_distribution<int32_t> cls(0, static_cast<int32_t>(cfg.num_classes - 1));
+  Tensor images({c.options.batch, cfg.channels, c.options.image_h, c.options.image_w});
+  std::generate_n(images.data<float>(), images.numel(), [&] { return px(rng); });
+  std::vector<int32_t> labels(static_cast<size_t>(c.options.batch));
+  for (auto& l : labels) l = cls(rng);
+  std::vector<double> secs;
+  for (int64_t s = 0; s < steps; ++s) {
+    const auto t0 = std::chrono::steady_clock::now();
+    for (auto& [name, g] : grads.all()) std::fill_n(g.data<float>(), g.numel(), 0.0f);
+    m.classify_loss_and_grad(images, labels, grads);
+    opt.step(m.params(), grads, 1e-4);
+    secs.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  return secs;
+}
+
+// Warms up oneDNN and the thread pool on a tiny ViT (two by two patches), as `bench` does.
+void warm_up_vit(const ModelConfig& cfg) {
+  ModelConfig tiny = cfg;
+  tiny.d_model = tiny.n_heads * 4, tiny.n_layers = 1, tiny.d_ff = 4, tiny.max_len = 8;
+  tiny.image_h = tiny.image_w = 2 * cfg.patch_size, tiny.position.rotary_dim = 0;
+  tiny.attention.n_features = 2, tiny.attention.n_landmarks = 2;
+  const Transformer t = Transformer::random_init(tiny, 0);
+  ParamStore g = t.zero_grads();
+  Tensor img({1, tiny.channels, tiny.image_h, tiny.image_w});
+  std::fill_n(img.data<float>(), img.numel(), 0.5f);
+  t.classify_loss_and_grad(img, {0}, g);
+}
+
 // Median and fastest seconds per step and peak memory growth of `steps` training steps on random
-// tokens.
+// tokens (arch vit: random images).
 nlohmann::json measure(const ModelCost& c, int64_t steps) {
   const ModelConfig& cfg = c.config;
+  if (cfg.is_vit()) {
+    warm_up_vit(cfg);
+    const bool reset = reset_peak_rss();
+    const double rss0 = proc_status_bytes("VmRSS");
+    Transformer m = Transformer::random_init(cfg, 0);
+    ParamStore grads = m.zero_grads();
+    AdamW opt(m.param_specs(), AdamWConfig{});
+    std::vector<double> secs = measure_vit(c, steps, m, grads, opt);
+    return finish_measure(c, steps, secs, reset, rss0);
+  }
   const int64_t B = c.options.batch, T = c.options.seq_len, Ts = c.options.src_len;
   std::mt19937 rng(1234);
   std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(cfg.vocab_size - 1));
@@ -164,6 +224,11 @@ nlohmann::json measure(const ModelCost& c, int64_t steps) {
     opt.step(m.params(), grads, 1e-4);
     secs.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
+  return finish_measure(c, steps, secs, reset, rss0);
+}
+
+nlohmann::json finish_measure(const ModelCost& c, int64_t steps, std::vector<double> secs,
+                              bool reset, double rss0) {
   const double hwm = proc_status_bytes("VmHWM");
   nlohmann::json r;
   if (secs.size() > 1) secs.erase(secs.begin());  // the first step allocates
@@ -178,6 +243,25 @@ nlohmann::json measure(const ModelCost& c, int64_t steps) {
   return r;
 }
 
+// --image-size HxW or N (a square).
+void parse_image_size(const std::string& v, CostOptions& o) {
+  const size_t x = v.find('x');
+  auto num = [&](const std::string& t) {
+    size_t used = 0;
+    int64_t n = 0;
+    try {
+      n = std::stoll(t, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    PF_CHECK(used > 0 && used == t.size() && n >= 1 && n <= (1 << 16),
+             "[cost] --image-size must be HxW or one number in [1, 65536], got \"", v, "\"");
+    return n;
+  };
+  o.image_h = num(v.substr(0, x));
+  o.image_w = x == std::string::npos ? o.image_h : num(v.substr(x + 1));
+}
+
 }  // namespace
 
 Command add_cost(CLI::App& root) {
@@ -188,10 +272,13 @@ Command add_cost(CLI::App& root) {
   app->add_option("--config", a->config, "model config JSON")->required();
   app->add_option("--seq-len", a->opt.seq_len, "tokens per sequence T (default: max_len)")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 24));
+  app->add_option("--image-size", a->image_size,
+                  "arch vit: image size HxW or one number for a square (default: the config's "
+                  "image_size); T is its patch count (+1 CLS)");
   app->add_option("--src-len", a->opt.src_len,
                   "encoder tokens per sequence of an encoder_decoder (default: --seq-len)")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 24));
-  app->add_option("--batch", a->opt.batch, "sequences per step (default 1)")
+  app->add_option("--batch", a->opt.batch, "sequences (arch vit: images) per step (default 1)")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
   app->add_option("--precision", a->precision,
                   "fp32 (16 bytes per parameter) or bf16 (mixed precision, 20)");
@@ -204,13 +291,14 @@ Command add_cost(CLI::App& root) {
   add_threads_option(app, a->threads);
   return {app, [a]() {
             a->opt.precision = Choice<Precision>(a->precision);
+            if (!a->image_size.empty()) parse_image_size(a->image_size, a->opt);
             const ModelCost c = model_cost(load_config(a->config), a->opt);
             nlohmann::json meas;
             if (a->measure > 0) {
               PF_CHECK(c.options.precision == Precision::Fp32,
                        "[cost] --measure trains in fp32 (posformer has no bf16 training); drop "
                        "--precision bf16");
-              PF_CHECK(c.config.head == Head::Lm,
+              PF_CHECK(c.config.head == Head::Lm || c.config.is_vit(),
                        "[cost] --measure trains: the model needs an LM head");
               set_threads(a->threads);
               meas = measure(c, a->measure);

@@ -32,6 +32,18 @@
 // [N, F]; the final norm's input [N, d] (pre-LN). Workspace: what a training step holds besides
 // (embeddings [N, d], logits [N, V], the backward's gradient buffers, the weight-gradient scratch,
 // RealFormer's carried score gradients 2 [B, H, T, T]). Peak = the sum (all live in backward).
+//
+// arch vit (docs/vision.md): B images of C x Hi x Wi, patch p: Np = (Hi/p)(Wi/p) patches, K = C p
+// p, T = Np (+1 CLS with pool cls) rows of the one non-causal encoder stack (the config's
+// image_size unless CostOptions overrides it; there is no --seq-len), n = num_classes. Parameters:
+// the patch embedding d K (+ d bias) and CLS token d under "embedding", the 2-D schemes' own tables
+// under "position" (their registry declare), the classification head n d (+ n) under "head"; no
+// token embedding or LM head. embed/head FLOPs: patch embedding 2 B Np K d (+ B Np d bias),
+// absolute position add 1 per element, mean pooling 1 per element of [B T, d], head 2 B d n (+ B
+// n); its backward: 2x that, less the patch embedding's input gradient (the pixels need none: dW
+// only, 1x), plus cross-entropy 5 per logit. Workspace adds what classify_loss_and_grad holds: the
+// image batch and its patch matrix [B Np, K] (each B Np K), the embeddings and their gradient [B T,
+// d], pooled and its gradient [B, d], the logits [B, n]. No decode state: a ViT does not generate.
 #pragma once
 #include <array>
 #include <cstdint>
@@ -52,7 +64,9 @@ constexpr auto choice_names(Precision) {
 struct CostOptions {
   int64_t seq_len = 0;  // T (0 = the config's max_len)
   int64_t src_len = 0;  // encoder length of an encoder_decoder (0 = seq_len)
-  int64_t batch = 1;
+  int64_t batch = 1;    // sequences (arch vit: images)
+  int64_t image_h = 0;  // arch vit: image size (0 = the config's image_size)
+  int64_t image_w = 0;
   Choice<Precision> precision = Precision::Fp32;
   std::string optimizer = "adamw";  // the only one posformer trains with
 };
@@ -78,15 +92,16 @@ struct MemorySplit {
 
 struct ModelCost {
   ModelConfig config;
-  CostOptions options;    // with seq_len / src_len resolved
+  CostOptions options;    // with seq_len / src_len (vit: seq_len = T, image size) resolved
   std::string attention;  // the variant's name (encoder_decoder nystrom: both stacks')
   ParamCounts params;
   int64_t tokens = 0;  // B T of the main stack: per-token figures divide by it
   FlopSplit forward, training;
   MemorySplit memory;
-  // Decoding (decoder models): bytes per position of the self-attention key/value rows
-  // (softmax: 2 L Hkv D 4), or the fixed recurrent state per sequence (linear family); the
-  // cross-attention keys/values per source position (encoder_decoder).
+  // Decoding (decoder models; not applicable to arch vit, which classifies): bytes per position of
+  // the self-attention key/value rows (softmax: 2 L Hkv D 4), or the fixed recurrent state per
+  // sequence (linear family); the cross-attention keys/values per source position
+  // (encoder_decoder).
   double kv_bytes_per_token = 0, recurrent_state_bytes = 0, cross_kv_bytes_per_src_token = 0;
   // Smallest T (B = 1) where the attention part of the forward exceeds the layers' matmuls
   // (projections + FFN; SPEC.md 7's T > 6d at d_ff = 4d non-causal), and where it exceeds every
@@ -94,7 +109,8 @@ struct ModelCost {
   std::optional<int64_t> crossover_T, crossover_all_T;
 };
 
-// Throws Error naming the bad option (seq_len beyond a learned table, batch < 1, optimizer).
+// Throws Error naming the bad option (seq_len beyond a learned table, batch < 1, optimizer,
+// --seq-len for a vit, an image size that is not a multiple of the patch).
 ModelCost model_cost(const ModelConfig& cfg, const CostOptions& opt);
 nlohmann::json cost_to_json(const ModelCost& c);
 
