@@ -83,8 +83,17 @@ def t_tiny_study():
     want = ["model", "position", "attention", "variant", "train_len", "eval_len", "status", "loss",
             "ppl", "bits_per_byte", "windows", "tokens"]
     assert list(rows[0].keys()) == want, rows[0].keys()
-    assert [(r["model"], int(r["eval_len"])) for r in rows] == \
-        [(m, L) for m in ("learned", "rope") for L in LENS], [(r["model"], r["eval_len"]) for r in rows]
+    # the RoPE model is also scored under each default scaling (rope:TYPE), stretched to L
+    variants = ["none", "rope:linear", "rope:ntk", "rope:yarn", "rope:llama3"]
+    assert [(r["model"], r["variant"], int(r["eval_len"])) for r in rows] == \
+        [("learned", "none", L) for L in LENS] + [("rope", v, L) for v in variants for L in LENS], \
+        [(r["model"], r["variant"], r["eval_len"]) for r in rows]
+    # at the training length every scaling has factor 1: the model as trained, to rounding
+    at_train = [float(r["loss"]) for r in rows if r["model"] == "rope" and r["eval_len"] == "16"]
+    assert max(at_train) - min(at_train) < 1e-5, at_train
+    # past it they differ from the model as trained (the scaling is applied)
+    at64 = {r["variant"]: float(r["loss"]) for r in rows if r["model"] == "rope" and r["eval_len"] == "64"}
+    assert all(abs(at64[v] - at64["none"]) > 1e-6 for v in variants[1:]), at64
     for r in rows:
         L = int(r["eval_len"])
         if r["model"] == "learned" and L > 32:  # past the learned table: n/a, not a crash
@@ -97,7 +106,8 @@ def t_tiny_study():
         # every length scores the same 512 held-out tokens: 512 / L whole windows of L targets
         assert int(r["windows"]) == 512 // L and int(r["tokens"]) == (512 // L) * L, r
     md = open(os.path.join(FULL, "results.md")).read()
-    assert "| model | 16 (train) | 32 | 64 |" in md, md
+    assert "| model | eval variant | 16 (train) | 32 | 64 |" in md, md
+    assert "| rope | rope:yarn |" in md, md
     table = [ln for ln in md.splitlines() if ln.startswith("| learned |")]
     assert len(table) == 2 and table[0].endswith("| n/a |"), table
     png = open(os.path.join(FULL, "extrapolation.png"), "rb").read()
@@ -164,7 +174,7 @@ def t_changed_eval_reevaluates():
     assert "training" not in p.stderr, p.stderr[-1000:]
     assert os.stat(os.path.join(FULL, "models", "rope", "model.safetensors")).st_mtime_ns == mt
     rows = read_csv(os.path.join(FULL, "results.csv"))
-    assert [int(r["eval_len"]) for r in rows] == [16, 32, 16, 32], rows
+    assert [int(r["eval_len"]) for r in rows] == [16, 32] * 6, rows
 
 
 def t_refused_combination_skipped():
@@ -175,7 +185,7 @@ def t_refused_combination_skipped():
     skipped = [r for r in rows if r["model"] == "alibi+linear_rope"]
     assert len(skipped) == 1 and skipped[0]["status"].startswith(
         "skipped: [config] attention 'linear_rope' cannot serve position 'alibi'"), skipped
-    assert [r["status"] for r in rows if r["model"] == "rope+linear_rope"] == ["ok"] * 3, rows
+    assert [r["status"] for r in rows if r["model"] == "rope+linear_rope"] == ["ok"] * 15, rows
     assert "alibi+linear_rope: skipped, [config] attention 'linear_rope'" in p.stdout, p.stdout
 
 
