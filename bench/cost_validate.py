@@ -105,7 +105,7 @@ print(f"CPU: {raw['cpu']}, {raw['cores']} cores, {args.threads} threads, {args.s
       f", load average {os.getloadavg()[0]:.1f} at the start\n")
 
 if args.only != "time":
-    print("| config | T x B | params | predicted: state / activations / workspace / total (MiB) "
+    print("| config | T x B | params | predicted: state / activations / workspace / packed weights / total (MiB) "
           "| measured peak growth (MiB) | error |")
     print("|---|---|---|---|---|---|")
     for name, cfg, T, B in MEMORY_CASES:
@@ -115,7 +115,7 @@ if args.only != "time":
         got = meas["peak_rss_growth_bytes"]
         err = f"{100 * (m['total'] - got) / got:+.1f}%" if got else "n/a"
         print(f"| {name} | {j['seq_len']} x {B} | {j['parameters']['total'] / 1e6:.2f} M | {mib(state)} / "
-              f"{mib(m['activations'])} / {mib(m['workspace'])} / **{mib(m['total'])}** | "
+              f"{mib(m['activations'])} / {mib(m['workspace'])} / {mib(m['packed_weights'])} / **{mib(m['total'])}** | "
               f"{mib(got) if got else 'n/a'} | {err} |", flush=True)
         raw["memory"].append({"name": name, "T": T, "B": B, "cost": j})
     print()

@@ -3,6 +3,7 @@
 #include "posformer/model/cost.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <nlohmann/json.hpp>
 
 #include "posformer/core/error.h"
@@ -369,6 +370,9 @@ ModelCost model_cost(const ModelConfig& cfg, const CostOptions& opt) {
   const double el = bf16 ? 2 : 4;
   mem.activations = el * act.tape_elems + act.saved_bytes * (el / 4);
   mem.workspace = el * act.work_elems;
+  if (const char* env = std::getenv("POSFORMER_PACKED"); !env || env[0] != '0')
+    for (const ParamSpec& s : m.param_specs())
+      if (Transformer::packs(s)) mem.packed += 8.0 * double(shape_numel(s.shape));
 
   // ---- decoding
   if (cfg.has_decoder()) {
@@ -427,10 +431,10 @@ nlohmann::json cost_to_json(const ModelCost& c) {
   j["forward_flops"] = flops(c.forward);
   j["training_flops"] = flops(c.training);
   const MemorySplit& m = c.memory;
-  j["training_memory_bytes"] = {
-      {"weights", m.weights},    {"gradients", m.gradients},     {"adamw_moments", m.moments},
-      {"master_copy", m.master}, {"activations", m.activations}, {"workspace", m.workspace},
-      {"total", m.total()}};
+  j["training_memory_bytes"] = {{"weights", m.weights},         {"gradients", m.gradients},
+                                {"adamw_moments", m.moments},   {"master_copy", m.master},
+                                {"activations", m.activations}, {"workspace", m.workspace},
+                                {"packed_weights", m.packed},   {"total", m.total()}};
   if (c.config.is_vit())
     j["decode"] = {{"applicable", false},
                    {"why", "arch vit classifies images; it does not generate"}};

@@ -90,6 +90,9 @@ def t_json_well_formed():
     mem = j["training_memory_bytes"]
     P = j["parameters"]["total"]
     assert mem["weights"] + mem["gradients"] + mem["adamw_moments"] == 16 * P, mem
+    parts_sum = sum(mem[k] for k in ("weights", "gradients", "adamw_moments", "master_copy",
+                                     "activations", "workspace", "packed_weights"))
+    assert abs(parts_sum - mem["total"]) <= 1e-9 * mem["total"], mem
     jb = json.loads(run("cost", "--config", path, "--precision", "bf16", "--json").out)
     mb = jb["training_memory_bytes"]
     assert mb["weights"] + mb["gradients"] + mb["adamw_moments"] + mb["master_copy"] == 20 * P, mb

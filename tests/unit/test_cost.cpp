@@ -249,6 +249,24 @@ TEST(Cost, VitMemoryIsTheEncoderStackPlusTheImagePath) {
 
 // SPEC.md 7: 4 T d (scores and weighted sum per token) > 24 d^2 (the layer's matmuls at
 // d_ff = 4d, no biases): T > 6d non-causal; causal sees (T+1)/2 keys on average: T >= 12d.
+// Training keeps every attention / FFN linear weight packed twice (forward and dx layouts):
+// 8 bytes per weight of q, k, v, o (self and cross) and w1, w2, w3; not the embedding or head.
+TEST(Cost, PackedWeightCopiesAreEightBytesPerLinearWeight) {
+  ModelConfig c;
+  c.arch = Arch::EncoderDecoder;
+  c.d_model = 32, c.n_layers = 3, c.n_heads = 4, c.n_kv_heads = 2, c.d_ff = 48;
+  c.vocab_size = 50, c.max_len = 64, c.activation = Activation::Swiglu;
+  CostOptions o;
+  o.seq_len = 16;
+  const ModelCost mc = model_cost(c, o);
+  // per layer: q, o 32x32; k, v 16x32; w1, w3 48x32, w2 32x48; the decoder has cross-attention
+  const double attn = 2 * 32 * 32 + 2 * 16 * 32, ffn = 3 * 48 * 32;
+  EXPECT_DOUBLE_EQ(mc.memory.packed, 8 * (3 * (attn + ffn) + 3 * (2 * attn + ffn)));
+  const MemorySplit& m = mc.memory;
+  EXPECT_DOUBLE_EQ(m.total(), m.weights + m.gradients + m.moments + m.master + m.activations +
+                                  m.workspace + m.packed);
+}
+
 TEST(Cost, QuadraticPartOvertakesAtSixD) {
   ModelConfig c = small(Arch::Encoder);
   c.d_model = 64, c.n_heads = 4, c.n_kv_heads = 0, c.d_ff = 256, c.position.type = "none";

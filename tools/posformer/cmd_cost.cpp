@@ -96,9 +96,12 @@ void print_table(const ModelCost& c, const std::string& path) {
                                                 {"adamw moments", mm.moments},
                                                 {"master copy (fp32)", mm.master},
                                                 {"activations (tape)", mm.activations},
-                                                {"workspace", mm.workspace}};
+                                                {"workspace", mm.workspace},
+                                                {"packed weights", mm.packed}};
   for (const auto& [k, v] : mem) {
-    if (v == 0 && std::string(k).rfind("master", 0) == 0) continue;
+    if (v == 0 &&
+        (std::string(k).rfind("master", 0) == 0 || std::string(k).rfind("packed", 0) == 0))
+      continue;
     std::printf("  %-20s %14s", k, format_bytes(v).c_str());
     if (std::string(k) != "activations (tape)" && std::string(k) != "workspace")
       std::printf(" %12.1f", v / P);
@@ -153,6 +156,7 @@ std::vector<double> measure_vit(const ModelCost& c, int64_t steps, Transformer& 
   for (int64_t s = 0; s < steps; ++s) {
     const auto t0 = std::chrono::steady_clock::now();
     for (auto& [name, g] : grads.all()) std::fill_n(g.data<float>(), g.numel(), 0.0f);
+    if (!m.weights_packed()) m.pack_weights(true);  // as the trainer does before each step
     m.classify_loss_and_grad(images, labels, grads);
     opt.step(m.params(), grads, 1e-4);
     secs.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
@@ -220,6 +224,7 @@ nlohmann::json measure(const ModelCost& c, int64_t steps) {
   for (int64_t s = 0; s < steps; ++s) {
     const auto t0 = std::chrono::steady_clock::now();
     for (auto& [name, g] : grads.all()) std::fill_n(g.data<float>(), g.numel(), 0.0f);
+    if (!m.weights_packed()) m.pack_weights(true);  // as the trainer does before each step
     m.loss_and_grad(in, tgt, grads, fo);
     opt.step(m.params(), grads, 1e-4);
     secs.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());

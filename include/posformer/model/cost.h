@@ -85,9 +85,16 @@ struct ParamCounts {
 };
 
 // Training memory in bytes.
+// `packed`: the fp32 copies of the attention / FFN linear weights that training keeps in the GEMM
+// kernel's layout (Transformer::pack_weights(true): a forward and a dx layout, 8 bytes per
+// linear weight; 0 with POSFORMER_PACKED=0); SPEC.md 7's 16 / 20 bytes per parameter are the
+// parameter state without them.
 struct MemorySplit {
-  double weights = 0, gradients = 0, moments = 0, master = 0, activations = 0, workspace = 0;
-  double total() const { return weights + gradients + moments + master + activations + workspace; }
+  double weights = 0, gradients = 0, moments = 0, master = 0, activations = 0, workspace = 0,
+         packed = 0;
+  double total() const {
+    return weights + gradients + moments + master + activations + workspace + packed;
+  }
 };
 
 struct ModelCost {
