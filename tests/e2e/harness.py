@@ -127,11 +127,12 @@ class Harness:
         return os.path.join(self.dir, name)
 
     def write(self, name, obj):
-        """Writes obj (a str as it is, anything else as JSON) to `name` in the scratch directory
-        (an absolute name stands as it is); returns the path."""
+        """Writes obj (str or bytes as it is, anything else as JSON) to `name` in the scratch
+        directory (an absolute name stands as it is); returns the path."""
         path = os.path.join(self.dir, name)
-        with open(path, "w") as f:
-            f.write(obj if isinstance(obj, str) else json.dumps(obj))
+        binary = isinstance(obj, (bytes, bytearray))
+        with open(path, "wb" if binary else "w") as f:
+            f.write(obj if binary or isinstance(obj, str) else json.dumps(obj))
         return path
 
     def finish(self):
