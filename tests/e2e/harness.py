@@ -123,6 +123,11 @@ class Harness:
             self.results.append(False)
             print(f"FAIL  {name}: {e}", flush=True)
 
+    def expect(self, ok, what):
+        """Records a condition already evaluated: `PASS  what` or `FAIL  what`."""
+        print(("PASS  " if ok else "FAIL  ") + what, flush=True)
+        self.results.append(bool(ok))
+
     def path(self, name):
         return os.path.join(self.dir, name)
 
