@@ -79,7 +79,8 @@ class Report:
 class Harness:
     """Parses --posformer PATH [--keep] (plus --only TEXT with only=True: run only the checks
     whose name contains TEXT), makes the scratch directory `dir` (removed by finish() unless
-    --keep) and counts the checks."""
+    --keep) and counts the checks. env: variables set for every run on top of os.environ as it
+    is at the time of the run; timeout: run()'s default in seconds."""
 
     def __init__(self, prefix, description=None, timeout=600, env=None, only=False):
         ap = argparse.ArgumentParser(description=description,
@@ -91,7 +92,11 @@ class Harness:
         self.args = ap.parse_args()
         self.pf = os.path.abspath(self.args.posformer)
         self.dir = tempfile.mkdtemp(prefix=prefix)
-        self.timeout, self.env, self.results = timeout, env, []
+        self.timeout, self.env, self.results = timeout, dict(env or {}), []
+
+    def environ(self):
+        """The CLI's environment: this process's, with the `env` given to the harness on top."""
+        return dict(os.environ, **self.env)
 
     def run(self, *a, ok=True, timeout=None, binary=False):
         """`posformer A...` (each argument str()-ed). p.out, p.err: the output decoded (UTF-8,
@@ -99,7 +104,7 @@ class Harness:
         With ok, a nonzero exit status raises, showing the end of stderr."""
         a = [str(x) for x in a]
         t0 = time.time()
-        p = subprocess.run([self.pf, *a], capture_output=True, env=self.env,
+        p = subprocess.run([self.pf, *a], capture_output=True, env=self.environ(),
                            timeout=self.timeout if timeout is None else timeout)
         p.seconds = time.time() - t0
         p.out, p.err = p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import time
 
-h = harness.Harness("posformer_extrap_", __doc__, env=dict(os.environ, OMP_NUM_THREADS="2"))
+h = harness.Harness("posformer_extrap_", __doc__, env={"OMP_NUM_THREADS": "2"})
 PF, W, run, check, write = h.pf, h.dir, h.run, h.check, h.write
 
 
@@ -90,7 +90,7 @@ def _interrupt_after_first_model(out, sig):
     status and the first model's weight file mtime then."""
     man = os.path.join(out, "manifest.json")
     proc = subprocess.Popen([PF, *study_args(out, steps=200)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=h.env)
+                            stderr=subprocess.PIPE, env=h.environ())
     t0 = time.time()
     while not os.path.exists(man):
         assert proc.poll() is None, "the study ended before its first model was in the manifest"
