@@ -3,9 +3,10 @@
 that follows the saved state (the fused softmax keeps B*H*T floats; the unfused one,
 POSFORMER_ATTN_UNFUSED=1, keeps P: B*H*T*T floats), clear errors.
 Usage: test_bench_cli.py --posformer PATH [--keep]"""
-import harness
 import json
 import os
+
+import harness
 
 h = harness.Harness("posformer_bench_", __doc__, timeout=300, env={"OMP_NUM_THREADS": "2"})
 check = h.check

@@ -4,11 +4,12 @@ that cannot fit is refused before anything large is allocated, naming both figur
 ahead; --memory-limit parsing), generate's output is valid UTF-8, streamed or not, and forward
 --batch-file (sequences of different lengths in one padded batch) equals one forward each.
 Usage: test_cli_guards.py --posformer PATH [--keep]"""
-import harness
 import json
 import os
 import re
 import subprocess
+
+import harness
 
 h = harness.Harness("posformer_guards_", __doc__)
 PF, W, run, check, write = h.pf, h.dir, h.run, h.check, h.write

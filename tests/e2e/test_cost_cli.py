@@ -3,14 +3,14 @@
 initialised model of the same config (every arch), --json is well-formed and agrees with the
 table, and bad flags and configs are refused naming what is wrong.
 Usage: test_cost_cli.py --posformer PATH [--keep]"""
-import harness
 import json
 import os
 import re
 
+import harness
+
 h = harness.Harness("posformer_cost_", __doc__, timeout=120)
 PF, W, run, check, write = h.pf, h.dir, h.run, h.check, h.write
-
 
 
 BASE = {"d_model": 32, "n_layers": 2, "n_heads": 4, "d_ff": 64, "vocab_size": 260, "max_len": 64}

@@ -17,10 +17,11 @@ shows that the scale, not the sinusoids themselves, was the problem. Seeds 1..4 
 
 Usage: test_embed_scale.py --posformer PATH [--keep]
 """
-import harness
 import json
 import os
 import time
+
+import harness
 
 h = harness.Harness("posformer_embed_scale_", __doc__)
 

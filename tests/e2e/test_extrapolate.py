@@ -4,7 +4,6 @@ writes a well-formed results.csv, results.md and PNG; killed (SIGKILL) or interr
 after its first model, a rerun does not retrain that model and ends with results identical to an
 uninterrupted study; changed settings are refused; bad flags get clear messages.
 Usage: test_extrapolate.py --posformer PATH [--keep]"""
-import harness
 import csv
 import json
 import math
@@ -13,6 +12,8 @@ import random
 import signal
 import subprocess
 import time
+
+import harness
 
 h = harness.Harness("posformer_extrap_", __doc__, env={"OMP_NUM_THREADS": "2"})
 PF, W, run, check, write = h.pf, h.dir, h.run, h.check, h.write

@@ -4,7 +4,6 @@
 model's config, greedy KV-cache decoding with dynamic NTK past L0 equals --no-cache for a one-layer
 model (cached keys re-rotated), and bad flags are refused with messages naming them.
 Usage: test_rope_scaling_cli.py --posformer PATH [--keep]"""
-import harness
 import json
 import os
 import shutil
@@ -14,12 +13,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "reference"))
 sys.path.insert(0, HERE)
 import e2e_util  # noqa: E402
+import harness  # noqa: E402
 import safetensors_io  # noqa: E402
 import twin  # noqa: E402
 
 h = harness.Harness("posformer_rope_cli_", __doc__, timeout=300)
 PF, W, run, check, write = h.pf, h.dir, h.run, h.check, h.write
-
 
 
 def model(name, n_layers=2, position=None):

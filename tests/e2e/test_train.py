@@ -1,7 +1,6 @@
 #!/usr/bin/python3
 """End-to-end training checks through the CLI: exact resume, kill -9 crash safety, bad inputs,
 evaluation, generation and plotting. Usage: test_train.py --posformer PATH [--keep]"""
-import harness
 import json
 import os
 import random
@@ -9,9 +8,10 @@ import signal
 import subprocess
 import time
 
+import harness
+
 h = harness.Harness("posformer_train_", __doc__, only=True)
 PF, W, run, check, write = h.pf, h.dir, h.run, h.check, h.write
-
 
 
 def losses(run_dir):
