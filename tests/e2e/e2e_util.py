@@ -1,37 +1,17 @@
-"""Shared pieces of the twin tests (test_twin.py, test_grad_twin.py): running the CLI, random
-weights with controlled scales, and the PASS/FAIL report with its exit status."""
+"""Shared pieces of the twin tests (test_twin.py, test_grad_twin.py): random weights with
+controlled scales; running the CLI and the PASS/FAIL report come from the torch-free harness.py
+(re-exported here)."""
 import math
 import os
 import re
-import subprocess
 import sys
-import traceback
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import Failure, Report, require_cli, run_cli, shell_quote  # noqa: E402
 
-class Failure(Exception):
-    pass
-
-
-def run_cli(args, timeout=300):
-    p = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout,
-                       env=dict(os.environ, OMP_NUM_THREADS="2"))
-    return p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
-
-
-def shell_quote(x):
-    return "'" + str(x).replace("'", "'\\''") + "'"
-
-
-def require_cli(path):
-    """Absolute path of the posformer CLI, or a failed run when it is not there."""
-    cli = os.path.abspath(path)
-    if not os.access(cli, os.X_OK):
-        print(f"posformer CLI not found or not executable: {cli}")
-        print("0 passed, 1 failed")
-        sys.exit(1)
-    return cli
+__all__ = ["Failure", "Report", "require_cli", "run_cli", "shell_quote", "random_tensors"]
 
 
 def random_tensors(shapes: dict, seed: int, embed_std: float = 1.0) -> dict:
@@ -75,37 +55,3 @@ def random_tensors(shapes: dict, seed: int, embed_std: float = 1.0) -> dict:
             raise ValueError(f"no random rule for tensor {name} {shp}")
         out[name] = t.float()
     return out
-
-
-class Report:
-    """One `PASS|FAIL  name  text` line per check; finish() prints the totals and exits 1 when
-    anything failed."""
-
-    def __init__(self, width):
-        self.width, self.passed, self.failed, self.failures = width, 0, 0, []
-
-    def __call__(self, name, ok, text):
-        print(f"{'PASS' if ok else 'FAIL'}  {name:{self.width}s} {text}", flush=True)
-        if ok:
-            self.passed += 1
-        else:
-            self.failed += 1
-            self.failures.append(name)
-
-    def selfchecks(self, checks):
-        """checks: (name, fn) with fn() -> (error, ok)."""
-        for name, fn in checks:
-            try:
-                err, ok = fn()
-                self(name, ok, f"err {err:.2e}")
-            except Exception as e:  # noqa: BLE001
-                traceback.print_exc()
-                self(name, False, f"exception {e}")
-
-    def finish(self, footer=None):
-        if self.failures:
-            print("failed:", " ".join(self.failures))
-        if footer:
-            print(footer)
-        print(f"{self.passed} passed, {self.failed} failed")
-        sys.exit(1 if self.failed else 0)

@@ -2,39 +2,18 @@
 """posformer bench attention: rows per case, GFLOP/s from the variant's cost, peak extra memory
 that follows the saved state (the fused softmax keeps B*H*T floats; the unfused one,
 POSFORMER_ATTN_UNFUSED=1, keeps P: B*H*T*T floats), clear errors.
-Usage: test_bench_cli.py --posformer PATH"""
-import argparse
+Usage: test_bench_cli.py --posformer PATH [--keep]"""
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import e2e_util  # noqa: E402
+import harness
 
-ap = argparse.ArgumentParser()
-ap.add_argument("--posformer", required=True)
-PF = os.path.abspath(ap.parse_args().posformer)
-fails = runs = 0
-
-
-def check(name, fn):
-    global fails, runs
-    runs += 1
-    try:
-        fn()
-        print(f"PASS  {name}", flush=True)
-    except AssertionError as e:
-        fails += 1
-        print(f"FAIL  {name}: {e}", flush=True)
-
-
-class Result:
-    def __init__(self, rc, out, err):
-        self.returncode, self.stdout, self.stderr = rc, out, err
+h = harness.Harness("posformer_bench_", __doc__, timeout=300, env={"OMP_NUM_THREADS": "2"})
+check = h.check
 
 
 def bench(*args):
-    return Result(*e2e_util.run_cli([PF, "bench", "attention", *map(str, args)], timeout=300))
+    return h.run("bench", "attention", *args, ok=False)
 
 
 def rows_by_case(unfused):
@@ -125,5 +104,4 @@ check("bench attention: table names the CPU; bad variant / lengths / heads named
 check("bench attention --error: nystrom vs softmax, CSV, refusals", t_error_mode)
 check("bench attention: performer's error falls with features; no causal form is n/a",
       t_performer_error_and_no_causal_form)
-print(f"{runs - fails} passed, {fails} failed")
-sys.exit(1 if fails else 0)
+h.finish()

@@ -4,55 +4,19 @@ that cannot fit is refused before anything large is allocated, naming both figur
 ahead; --memory-limit parsing), generate's output is valid UTF-8, streamed or not, and forward
 --batch-file (sequences of different lengths in one padded batch) equals one forward each.
 Usage: test_cli_guards.py --posformer PATH [--keep]"""
-import argparse
 import json
 import os
 import re
-import shutil
-import sys
-import tempfile
-import time
 import subprocess
 
-ap = argparse.ArgumentParser()
-ap.add_argument("--posformer", required=True)
-ap.add_argument("--keep", action="store_true")
-args = ap.parse_args()
-PF = os.path.abspath(args.posformer)
-W = tempfile.mkdtemp(prefix="posformer_guards_")
-results = []
+import harness
+
+h = harness.Harness("posformer_guards_", __doc__)
+PF, W, run, check, write = h.pf, h.dir, h.run, h.check, h.write
 
 # A refusal does no more than read the config and count parameters: well under a second on any
 # machine, also under ASan. Allocating the huge model instead takes a minute or more.
 QUICK_S = 20
-
-
-def run(*a, ok=True, timeout=600):
-    t0 = time.time()
-    p = subprocess.run([PF, *a], capture_output=True, timeout=timeout)
-    p.seconds = time.time() - t0
-    p.out, p.err = p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
-    if ok and p.returncode != 0:
-        raise AssertionError(f"posformer {' '.join(map(str, a))} failed ({p.returncode}):\n{p.err[-2000:]}")
-    return p
-
-
-def check(name, fn):
-    t0 = time.time()
-    try:
-        fn()
-        results.append(True)
-        print(f"PASS  {name}  ({time.time() - t0:.1f}s)", flush=True)
-    except Exception as e:  # noqa: BLE001 - report every failure
-        results.append(False)
-        print(f"FAIL  {name}: {e}", flush=True)
-
-
-def write(name, text):
-    path = os.path.join(W, name)
-    with open(path, "w") as f:
-        f.write(text)
-    return path
 
 
 HUGE = write("huge.json", json.dumps({  # about 40e9 parameters, 160 GB of fp32 weights
@@ -193,8 +157,8 @@ def t_generate_valid_utf8():
     m = os.path.join(W, "tiny")
     for prompt in ("《", "The ", "\u5e8a\u524d"):
         for opts in (["--temperature", "1.5", "--seed", "3"], ["--temperature", "0"]):
-            a = run("generate", m, "--prompt", prompt, "--max-new-tokens", "200", *opts).stdout
-            b = run("generate", m, "--prompt", prompt, "--max-new-tokens", "200", "--stream", *opts).stdout
+            a = run("generate", m, "--prompt", prompt, "--max-new-tokens", "200", *opts, binary=True).stdout
+            b = run("generate", m, "--prompt", prompt, "--max-new-tokens", "200", "--stream", *opts, binary=True).stdout
             assert a == b, f"stream differs for {prompt!r} {opts}:\n{a!r}\n{b!r}"
             text = a.decode("utf-8")  # strict: raises on invalid UTF-8
             assert text.startswith(prompt) and text.endswith("\n"), text
@@ -268,8 +232,4 @@ check("bad --memory-limit values are named", t_bad_limits_named)
 check("--help documents --memory-limit and --force", t_help_documents_the_options)
 check("generate prints valid UTF-8, the same streamed or not", t_generate_valid_utf8)
 check("forward --batch-file: each padded sequence equals its own forward", t_forward_batch_file)
-passed = sum(results)
-print(f"{passed} passed, {len(results) - passed} failed")
-if not args.keep:
-    shutil.rmtree(W, ignore_errors=True)
-sys.exit(0 if passed == len(results) else 1)
+h.finish()

@@ -3,49 +3,14 @@
 initialised model of the same config (every arch), --json is well-formed and agrees with the
 table, and bad flags and configs are refused naming what is wrong.
 Usage: test_cost_cli.py --posformer PATH [--keep]"""
-import argparse
 import json
 import os
 import re
-import shutil
-import subprocess
-import sys
-import tempfile
-import time
 
-ap = argparse.ArgumentParser()
-ap.add_argument("--posformer", required=True)
-ap.add_argument("--keep", action="store_true")
-args = ap.parse_args()
-PF = os.path.abspath(args.posformer)
-W = tempfile.mkdtemp(prefix="posformer_cost_")
-results = []
+import harness
 
-
-def run(*a, ok=True):
-    p = subprocess.run([PF, *map(str, a)], capture_output=True, timeout=120)
-    p.out, p.err = p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
-    if ok and p.returncode != 0:
-        raise AssertionError(f"posformer {' '.join(map(str, a))} failed ({p.returncode}):\n{p.err[-2000:]}")
-    return p
-
-
-def check(name, fn):
-    t0 = time.time()
-    try:
-        fn()
-        results.append(True)
-        print(f"PASS  {name}  ({time.time() - t0:.1f}s)", flush=True)
-    except Exception as e:  # noqa: BLE001 - report every failure
-        results.append(False)
-        print(f"FAIL  {name}: {e}", flush=True)
-
-
-def write(name, obj):
-    path = os.path.join(W, name)
-    with open(path, "w") as f:
-        f.write(json.dumps(obj) if not isinstance(obj, str) else obj)
-    return path
+h = harness.Harness("posformer_cost_", __doc__, timeout=120)
+PF, W, run, check, write = h.pf, h.dir, h.run, h.check, h.write
 
 
 BASE = {"d_model": 32, "n_layers": 2, "n_heads": 4, "d_ff": 64, "vocab_size": 260, "max_len": 64}
@@ -163,8 +128,4 @@ def t_vit():
 check("--measure runs training steps and reports time and peak memory", t_measure_reports)
 check("vit: T from the image size, decode not applicable, --measure, refusals", t_vit)
 check("bad flags and configs are refused naming what is wrong", t_bad_flags_refused)
-passed = sum(results)
-print(f"{passed} passed, {len(results) - passed} failed")
-if not args.keep:
-    shutil.rmtree(W, ignore_errors=True)
-sys.exit(0 if passed == len(results) else 1)
+h.finish()

@@ -17,21 +17,13 @@ shows that the scale, not the sinusoids themselves, was the problem. Seeds 1..4 
 
 Usage: test_embed_scale.py --posformer PATH [--keep]
 """
-import argparse
 import json
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
 
-ap = argparse.ArgumentParser()
-ap.add_argument("--posformer", required=True)
-ap.add_argument("--keep", action="store_true")
-args = ap.parse_args()
-PF = os.path.abspath(args.posformer)
-W = tempfile.mkdtemp(prefix="posformer_embed_scale_")
+import harness
+
+h = harness.Harness("posformer_embed_scale_", __doc__)
 
 MODEL = {"arch": "decoder", "d_model": 128, "n_layers": 2, "n_heads": 4, "d_ff": 512}
 TRAIN = ["--data", "default", "--steps", 800, "--batch", 8, "--seq-len", 16, "--lr", 3e-4,
@@ -44,13 +36,10 @@ MIN_GAP_FACTOR = 3.0   # the unscaled gap is at least this many times the scaled
 
 def train(name, pos, scale):
     cfg = dict(MODEL, position={"type": pos}, embed_scale=scale)
-    cfg_path = os.path.join(W, name + ".json")
-    with open(cfg_path, "w") as f:
-        json.dump(cfg, f)
-    out = os.path.join(W, name)
+    cfg_path = h.write(name + ".json", cfg)
+    out = h.path(name)
     t0 = time.time()
-    p = subprocess.run([PF, "train", "--config", cfg_path, "--out", out, *map(str, TRAIN)],
-                       capture_output=True, text=True, timeout=600)
+    p = h.run("train", "--config", cfg_path, "--out", out, *TRAIN, ok=False)
     if p.returncode != 0:
         raise AssertionError(f"training {name} failed ({p.returncode}): {p.stderr[-2000:]}")
     val = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))
@@ -64,31 +53,19 @@ def train(name, pos, scale):
     return loss
 
 
-ok = True
 try:
     rope = train("rope", "rope", 1.0)
     sin_scaled = train("sin_sqrt_d", "sinusoidal", "sqrt_d")
     sin_plain = train("sin_unscaled", "sinusoidal", 1.0)
     r_scaled, r_plain = sin_scaled / rope, sin_plain / rope
     gap_factor = (sin_plain - rope) / max(sin_scaled - rope, 1e-9)
-    checks = [
-        (f"sinusoidal with embed_scale sqrt_d within 10% of RoPE: ratio {r_scaled:.3f} <= "
-         f"{MAX_RATIO}", r_scaled <= MAX_RATIO),
-        (f"sinusoidal without the scale much worse: ratio {r_plain:.3f} >= {MIN_RATIO_UNSCALED}",
-         r_plain >= MIN_RATIO_UNSCALED),
-        (f"the scale closes the gap: unscaled gap {sin_plain - rope:.3f} = {gap_factor:.1f}x the "
-         f"scaled gap {sin_scaled - rope:.3f} (>= {MIN_GAP_FACTOR}x)", gap_factor >= MIN_GAP_FACTOR),
-    ]
-    for text, good in checks:
-        print(f"{'PASS' if good else 'FAIL'}  {text}", flush=True)
-        ok = ok and good
+    h.expect(r_scaled <= MAX_RATIO, f"sinusoidal with embed_scale sqrt_d within 10% of RoPE: ratio "
+             f"{r_scaled:.3f} <= {MAX_RATIO}")
+    h.expect(r_plain >= MIN_RATIO_UNSCALED, f"sinusoidal without the scale much worse: ratio "
+             f"{r_plain:.3f} >= {MIN_RATIO_UNSCALED}")
+    h.expect(gap_factor >= MIN_GAP_FACTOR, f"the scale closes the gap: unscaled gap "
+             f"{sin_plain - rope:.3f} = {gap_factor:.1f}x the scaled gap {sin_scaled - rope:.3f} "
+             f"(>= {MIN_GAP_FACTOR}x)")
 except Exception as e:  # noqa: BLE001 - report the failure
-    print(f"FAIL  {e}", flush=True)
-    ok = False
-
-if not args.keep:
-    shutil.rmtree(W, ignore_errors=True)
-else:
-    print("kept", W)
-print("passed" if ok else "failed")
-sys.exit(0 if ok else 1)
+    h.expect(False, str(e))
+h.finish()

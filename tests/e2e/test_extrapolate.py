@@ -4,69 +4,37 @@ writes a well-formed results.csv, results.md and PNG; killed (SIGKILL) or interr
 after its first model, a rerun does not retrain that model and ends with results identical to an
 uninterrupted study; changed settings are refused; bad flags get clear messages.
 Usage: test_extrapolate.py --posformer PATH [--keep]"""
-import argparse
 import csv
 import json
 import math
 import os
 import random
-import shutil
 import signal
 import subprocess
-import sys
-import tempfile
 import time
 
-ap = argparse.ArgumentParser()
-ap.add_argument("--posformer", required=True)
-ap.add_argument("--keep", action="store_true")
-args = ap.parse_args()
-PF = os.path.abspath(args.posformer)
-W = tempfile.mkdtemp(prefix="posformer_extrap_")
-results = []
-ENV = dict(os.environ, OMP_NUM_THREADS="2")
+import harness
 
-
-def check(name, fn):
-    t0 = time.time()
-    try:
-        fn()
-        results.append(True)
-        print(f"PASS  {name}  ({time.time() - t0:.1f}s)", flush=True)
-    except Exception as e:  # noqa: BLE001 - report every failure
-        results.append(False)
-        print(f"FAIL  {name}: {e}", flush=True)
-
-
-def write(path, text):
-    with open(path, "w") as f:
-        f.write(text)
-    return path
+h = harness.Harness("posformer_extrap_", __doc__, env={"OMP_NUM_THREADS": "2"})
+PF, W, run, check, write = h.pf, h.dir, h.run, h.check, h.write
 
 
 # A small corpus of blank-line separated documents (enough held-out text for 2 windows of 64).
 rng = random.Random(7)
 WORDS = "the a of to in is on at by it as an or be we he she they you this that with from".split()
-DATA = write(os.path.join(W, "data.txt"), "\n\n".join(
+DATA = write("data.txt", "\n\n".join(
     " ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 40))) for _ in range(600)) + "\n")
-CFG = write(os.path.join(W, "tiny.json"), json.dumps({
+CFG = write("tiny.json", json.dumps({
     "arch": "decoder", "d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64,
     "vocab_size": 260, "max_len": 32, "position": {"type": "rope"}}))
 LENS = [16, 32, 64]
 
 
 def study_args(out, steps=40, lens=LENS, positions="learned,rope", extra=()):
-    return [PF, "extrapolate", "--config", CFG, "--positions", positions, "--train-len", "16",
+    return ["extrapolate", "--config", CFG, "--positions", positions, "--train-len", "16",
             "--eval-lens", ",".join(map(str, lens)), "--steps", str(steps), "--batch", "4",
             "--lr", "3e-3", "--data", DATA, "--val-fraction", "0.2", "--eval-tokens", "512",
             "--ckpt-every", "5", "--threads", "2", "--out", out, *extra]
-
-
-def run(a, ok=True):
-    p = subprocess.run(a, capture_output=True, text=True, timeout=600, env=ENV)
-    if ok and p.returncode != 0:
-        raise AssertionError(f"{' '.join(a)} failed ({p.returncode}):\n{p.stderr[-2000:]}")
-    return p
 
 
 def read_csv(path):
@@ -78,7 +46,7 @@ FULL = os.path.join(W, "full")
 
 
 def t_tiny_study():
-    p = run(study_args(FULL))
+    p = run(*study_args(FULL))
     rows = read_csv(os.path.join(FULL, "results.csv"))
     want = ["model", "position", "attention", "variant", "train_len", "eval_len", "status", "loss",
             "ppl", "bits_per_byte", "windows", "tokens"]
@@ -122,8 +90,8 @@ def _interrupt_after_first_model(out, sig):
     """Starts the study, sends `sig` once the first model is in the manifest, returns the exit
     status and the first model's weight file mtime then."""
     man = os.path.join(out, "manifest.json")
-    proc = subprocess.Popen(study_args(out, steps=200), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=ENV)
+    proc = subprocess.Popen([PF, *study_args(out, steps=200)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=h.environ())
     t0 = time.time()
     while not os.path.exists(man):
         assert proc.poll() is None, "the study ended before its first model was in the manifest"
@@ -138,12 +106,12 @@ def _interrupt_after_first_model(out, sig):
 def _resume_matches_uninterrupted(out, sig, want_rc):
     full = os.path.join(W, "full400")
     if not os.path.exists(os.path.join(full, "results.csv")):
-        run(study_args(full, steps=200))
+        run(*study_args(full, steps=200))
     rc, err, mtime = _interrupt_after_first_model(out, sig)
     assert rc == want_rc, (rc, err[-1500:])
     manifest = json.load(open(os.path.join(out, "manifest.json")))
     assert list(manifest["models"]) == ["learned"], manifest["models"].keys()
-    p = run(study_args(out, steps=200))
+    p = run(*study_args(out, steps=200))
     assert "[1/2] learned: finished earlier (manifest), not retrained" in p.stderr, p.stderr[-1500:]
     assert "[1/2] learned: training" not in p.stderr, p.stderr[-1500:]
     assert os.stat(os.path.join(out, "models", "learned", "model.safetensors")).st_mtime_ns == mtime
@@ -162,14 +130,14 @@ def t_sigint_resumes():
 
 
 def t_changed_spec_refused():
-    p = run(study_args(FULL, steps=41), ok=False)
+    p = run(*study_args(FULL, steps=41), ok=False)
     assert p.returncode != 0, p.stdout
     assert "holds a study trained with other settings (steps: 40 there, 41 now)" in p.stderr, p.stderr
 
 
 def t_changed_eval_reevaluates():
     mt = os.stat(os.path.join(FULL, "models", "rope", "model.safetensors")).st_mtime_ns
-    p = run(study_args(FULL, lens=[16, 32]))
+    p = run(*study_args(FULL, lens=[16, 32]))
     assert "rope: evaluated again" in p.stdout, p.stdout
     assert "training" not in p.stderr, p.stderr[-1000:]
     assert os.stat(os.path.join(FULL, "models", "rope", "model.safetensors")).st_mtime_ns == mt
@@ -179,7 +147,7 @@ def t_changed_eval_reevaluates():
 
 def t_refused_combination_skipped():
     out = os.path.join(W, "combo")
-    p = run(study_args(out, steps=3, positions="rope,alibi",
+    p = run(*study_args(out, steps=3, positions="rope,alibi",
                        extra=["--attention", "linear_rope"]))
     rows = read_csv(os.path.join(out, "results.csv"))
     skipped = [r for r in rows if r["model"] == "alibi+linear_rope"]
@@ -211,11 +179,11 @@ def t_bad_flags():
                 a[a.index(extra[i]) + 1] = extra[i + 1]
             else:
                 a += extra[i:i + 2]
-        p = run(a, ok=False)
+        p = run(*a, ok=False)
         assert p.returncode != 0 and msg in p.stderr, (extra, p.returncode, p.stderr[-800:])
     assert not os.path.exists(os.path.join(W, "bad", "manifest.json"))
     # a missing required flag is refused by the parser
-    p = run([PF, "extrapolate", "--config", CFG, "--data", DATA, "--out", W + "/bad2"], ok=False)
+    p = run("extrapolate", "--config", CFG, "--data", DATA, "--out", W + "/bad2", ok=False)
     assert p.returncode != 0 and "--positions is required" in p.stderr, p.stderr
 
 
@@ -227,9 +195,4 @@ check("Ctrl-C after the first model: rc 130, resumes, identical results", t_sigi
 check("a combination the registry refuses is skipped with its message", t_refused_combination_skipped)
 check("bad flags are refused clearly", t_bad_flags)
 
-print(f"{sum(results)} passed, {len(results) - sum(results)} failed")
-if not args.keep:
-    shutil.rmtree(W, ignore_errors=True)
-else:
-    print("kept", W)
-sys.exit(0 if all(results) else 1)
+h.finish()

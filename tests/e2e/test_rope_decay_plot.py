@@ -4,34 +4,18 @@ computation of SPEC 3's decay bound f(m) = (2/d) sum_{j=1..d/2} |sum_{i<j} exp(1
 (frequencies from the twin's rope_frequencies, written from SPEC's formulas; each partial sum
 recomputed in Python complex arithmetic), the PNG is a PNG, --out takes a file or a directory,
 and `plot RUN_DIR` keeps its meaning. Usage: test_rope_decay_plot.py --posformer PATH [--keep]"""
-import argparse
 import cmath
 import csv
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "reference"))
+import harness  # noqa: E402
 import twin  # noqa: E402
 
-ap = argparse.ArgumentParser()
-ap.add_argument("--posformer", required=True)
-ap.add_argument("--keep", action="store_true")
-args = ap.parse_args()
-PF = os.path.abspath(args.posformer)
-W = tempfile.mkdtemp(prefix="posformer_rope_decay_")
-checks = []
-
-
-def run(*a, ok=True):
-    p = subprocess.run([PF, *a], capture_output=True, timeout=120)
-    p.out, p.err = p.stdout.decode(), p.stderr.decode()
-    if ok and p.returncode != 0:
-        raise AssertionError(f"posformer {' '.join(a)} failed:\n{p.err[-2000:]}")
-    return p
+h = harness.Harness("posformer_rope_decay_", __doc__, timeout=120)
+W, run, expect = h.dir, h.run, h.expect
 
 
 def bound(theta, m):
@@ -40,11 +24,6 @@ def bound(theta, m):
     for j in range(1, len(theta) + 1):
         total += abs(sum(cmath.exp(1j * m * theta[i]) for i in range(j)))
     return total / len(theta)
-
-
-def expect(cond, what):
-    print(("PASS  " if cond else "FAIL  ") + what, flush=True)
-    checks.append(bool(cond))
 
 
 # a small case: d = 12, distances 0..40, base 500, s = 2, L0 = 16 (dynamic_ntk at length 41)
@@ -83,8 +62,4 @@ p = run("plot", os.path.join(W, "no_run"), ok=False)
 expect(p.returncode != 0 and "metrics.jsonl not found" in p.err, "plot RUN_DIR: missing run named")
 p = run("plot", "--help")
 expect("rope-decay" in p.out and "DIR" in p.out, "plot --help lists DIR and rope-decay")
-passed = sum(checks)
-print(f"{passed} passed, {len(checks) - passed} failed")
-if not args.keep:
-    shutil.rmtree(W, ignore_errors=True)
-sys.exit(0 if all(checks) else 1)
+h.finish()

@@ -4,55 +4,21 @@
 model's config, greedy KV-cache decoding with dynamic NTK past L0 equals --no-cache for a one-layer
 model (cached keys re-rotated), and bad flags are refused with messages naming them.
 Usage: test_rope_scaling_cli.py --posformer PATH [--keep]"""
-import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
-import tempfile
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "reference"))
 sys.path.insert(0, HERE)
 import e2e_util  # noqa: E402
+import harness  # noqa: E402
 import safetensors_io  # noqa: E402
 import twin  # noqa: E402
 
-ap = argparse.ArgumentParser()
-ap.add_argument("--posformer", required=True)
-ap.add_argument("--keep", action="store_true")
-args = ap.parse_args()
-PF = os.path.abspath(args.posformer)
-W = tempfile.mkdtemp(prefix="posformer_rope_cli_")
-results = []
-
-
-def run(*a, ok=True):
-    p = subprocess.run([PF, *a], capture_output=True, timeout=300)
-    p.out, p.err = p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
-    if ok and p.returncode != 0:
-        raise AssertionError(f"posformer {' '.join(a)} failed ({p.returncode}):\n{p.err[-2000:]}")
-    return p
-
-
-def check(name, fn):
-    t0 = time.time()
-    try:
-        fn()
-        results.append(True)
-        print(f"PASS  {name}  ({time.time() - t0:.1f}s)", flush=True)
-    except Exception as e:  # noqa: BLE001 - report every failure
-        results.append(False)
-        print(f"FAIL  {name}: {e}", flush=True)
-
-
-def write(name, text):
-    path = os.path.join(W, name)
-    with open(path, "w") as f:
-        f.write(text)
-    return path
+h = harness.Harness("posformer_rope_cli_", __doc__, timeout=300)
+PF, W, run, check, write = h.pf, h.dir, h.run, h.check, h.write
 
 
 def model(name, n_layers=2, position=None):
@@ -147,8 +113,4 @@ check("generate: dynamic NTK past L0 cached equals --no-cache (one layer)",
       t_generate_dynamic_ntk_cache_equals_recompute)
 check("bad --rope-* flags and non-RoPE models are refused, naming the flag",
       t_refusals_name_the_flag)
-passed = sum(results)
-print(f"{passed} passed, {len(results) - passed} failed")
-if not args.keep:
-    shutil.rmtree(W, ignore_errors=True)
-sys.exit(0 if passed == len(results) else 1)
+h.finish()

@@ -1,51 +1,17 @@
 #!/usr/bin/python3
 """End-to-end training checks through the CLI: exact resume, kill -9 crash safety, bad inputs,
 evaluation, generation and plotting. Usage: test_train.py --posformer PATH [--keep]"""
-import argparse
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
-import sys
-import tempfile
 import time
 
-ap = argparse.ArgumentParser()
-ap.add_argument("--posformer", required=True)
-ap.add_argument("--keep", action="store_true")
-ap.add_argument("--only", help="run only the checks whose name contains this text (stress runs)")
-args = ap.parse_args()
-PF = os.path.abspath(args.posformer)
-W = tempfile.mkdtemp(prefix="posformer_train_")
-results = []
+import harness
 
-
-def run(*a, ok=True, timeout=600, binary=False):
-    p = subprocess.run([PF, *map(str, a)], capture_output=True, text=not binary, timeout=timeout)
-    if ok and p.returncode != 0:
-        raise AssertionError(f"posformer {' '.join(map(str, a))} failed ({p.returncode}):\n{p.stderr[-2000:]!r}")
-    return p
-
-
-def check(name, fn):
-    if args.only and args.only not in name:
-        return
-    t0 = time.time()
-    try:
-        fn()
-        results.append(True)
-        print(f"PASS  {name}  ({time.time() - t0:.1f}s)", flush=True)
-    except Exception as e:  # noqa: BLE001 - report every failure
-        results.append(False)
-        print(f"FAIL  {name}: {e}", flush=True)
-
-
-def write(path, text, mode="w"):
-    with open(path, mode) as f:
-        f.write(text)
-    return path
+h = harness.Harness("posformer_train_", __doc__, only=True)
+PF, W, run, check, write = h.pf, h.dir, h.run, h.check, h.write
 
 
 def losses(run_dir):
@@ -165,7 +131,7 @@ def t_bad_inputs():
             "--steps", 2, ok=False)
     assert p.returncode != 0 and "missing.txt" in p.stderr, p.stderr
     # non-UTF-8 bytes are fine for the byte tokenizer
-    binf = write(os.path.join(W, "bin.txt"), bytes(range(256)) * 20 + "\u4e2d\u6587".encode() * 50, "wb")
+    binf = write(os.path.join(W, "bin.txt"), bytes(range(256)) * 20 + "\u4e2d\u6587".encode() * 50)
     run("train", "--config", CFG, "--data", binf, "--out", os.path.join(W, "b3"), "--steps", 2, "--batch", 2,
         "--seq-len", 16, "--quiet")
     # sequence length past a learned table: the inputs count, not the window's last token (a target only)
@@ -298,8 +264,4 @@ check("kill -9 at random moments (also mid-checkpoint), resume, same losses", t_
 check("bad inputs give clear errors", t_bad_inputs)
 check("eval per length, generate (cache == no cache == stream), plot", t_eval_generate_plot)
 check("mlm and seq2seq objectives train", t_objectives)
-passed = sum(results)
-print(f"{passed} passed, {len(results) - passed} failed")
-if not args.keep:
-    shutil.rmtree(W, ignore_errors=True)
-sys.exit(0 if passed == len(results) else 1)
+h.finish()

@@ -22,13 +22,10 @@ import json
 import os
 import shutil
 import struct
-import sys
 import tempfile
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "reference"))
-import e2e_util  # noqa: E402
-from e2e_util import run_cli  # noqa: E402
+import harness
+from harness import run_cli
 
 CFG = {"arch": "vit", "image_size": 28, "patch_size": 7, "channels": 1, "num_classes": 10,
        "d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64, "position": {"type": "rope_2d"}}
@@ -53,13 +50,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--posformer", required=True)
     args = ap.parse_args()
-    cli = e2e_util.require_cli(args.posformer)
+    cli = harness.require_cli(args.posformer)
     tmp = tempfile.mkdtemp(prefix="vit_train_")
-    results = []
-
-    def check(name, ok, text):
-        print(f"{'PASS' if ok else 'FAIL'}  {name:28s} {text}", flush=True)
-        results.append(ok)
+    check = harness.Report(28)
 
     try:
         cfg = os.path.join(tmp, "cfg.json")
@@ -165,9 +158,7 @@ def main():
                   err.strip()[-200:])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    passed = sum(results)
-    print(f"{passed} passed, {len(results) - passed} failed")
-    sys.exit(0 if results and all(results) else 1)
+    check.finish()
 
 
 if __name__ == "__main__":
