@@ -10,6 +10,7 @@
 # Environment: BUILD_DIR (default build), PEERS (default ../shared/peers).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+source "$ROOT/bench/common.sh"
 PEERS=${PEERS:-$(cd "$ROOT/../shared/peers" && pwd)}
 BUILD_DIR=${BUILD_DIR:-$ROOT/build}
 W=/tmp/peers-work
@@ -38,16 +39,7 @@ PF=$BUILD_DIR/posformer
 [ -d "$W/node_modules/onnxruntime-node" ] || bash "$PEERS/setup.sh" "$W" >&2
 [ -f "$W/mha.onnx" ] || $PY "$PEERS/ort_attention_export.py" --workdir "$W" >&2
 [ -f "$W/mha_causal.onnx" ] || $PY "$PEERS/ort_attention_export.py" --workdir "$W" --causal >&2
-PEER_LD=""
-if ! readlink -f /usr/lib/x86_64-linux-gnu/libblas.so.3 | grep -q openblas; then
-  OB=$W/openblas/usr/lib/x86_64-linux-gnu/openblas-pthread
-  if [ ! -f "$OB/libblas.so.3" ]; then
-    (cd "$W" && rm -f libopenblas0-pthread_*.deb && apt-get download libopenblas0-pthread >&2 &&
-       dpkg -x libopenblas0-pthread_*.deb "$W/openblas")
-  fi
-  PEER_LD=$OB
-fi
-peer_env() { if [ -n "$PEER_LD" ]; then env LD_LIBRARY_PATH="$PEER_LD${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "$@"; else "$@"; fi; }
+peer_blas_setup "$W" || exit 1
 
 # ---- FMA peak: 2 threads x 10 independent FMA chains, widest vectors the CPU has; best of 5
 cat >"$OUT/fma_peak.cpp" <<'EOF'

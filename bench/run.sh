@@ -13,6 +13,7 @@
 # Environment: BUILD_DIR (default build-bench).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+source "$ROOT/bench/common.sh"
 PEERS=$(cd "$ROOT/../shared/peers" && pwd)
 BUILD_DIR=${BUILD_DIR:-$ROOT/build-bench}
 W=/tmp/peers-work
@@ -44,21 +45,8 @@ BENCH=$BUILD_DIR/posformer_bench
 
 # ---------------------------------------------------------------- peers setup
 [ -d "$W/node_modules/onnxruntime-node" ] || bash "$PEERS/setup.sh" "$W" >&2
-# torch 1.13 calls sgemm from libblas.so.3. The peers' figures assume Debian's OpenBLAS; where
-# the alternative is netlib's reference BLAS (no libopenblas0 installed, ~0.5 GFLOP/s), the
-# OpenBLAS package is unpacked into the work dir and put first on the peers' library path
-# (this machine's alternatives are left alone).
-PEER_LD=""
-if ! readlink -f /usr/lib/x86_64-linux-gnu/libblas.so.3 | grep -q openblas; then
-  OB=$W/openblas/usr/lib/x86_64-linux-gnu/openblas-pthread
-  if [ ! -f "$OB/libblas.so.3" ]; then
-    log "system libblas.so.3 is the reference BLAS; unpacking libopenblas0-pthread into $W/openblas"
-    (cd "$W" && rm -f libopenblas0-pthread_*.deb && apt-get download libopenblas0-pthread >&2 &&
-       dpkg -x libopenblas0-pthread_*.deb "$W/openblas")
-  fi
-  PEER_LD=$OB
-fi
-peer_env() { if [ -n "$PEER_LD" ]; then env LD_LIBRARY_PATH="$PEER_LD${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "$@"; else "$@"; fi; }
+# PyTorch's BLAS: Debian's OpenBLAS, unpacked into the work dir if needed (bench/common.sh)
+peer_blas_setup "$W" || exit 1
 if [ ! -f "$W/bert12.onnx" ]; then
   log "exporting the 12-layer encoder to ONNX"
   peer_env $PY -W ignore "$PEERS/onnx_export.py" --workdir "$W" --reps 3 >&2

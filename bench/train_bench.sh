@@ -26,6 +26,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+source "$ROOT/bench/common.sh"
 POSFORMER=$(realpath "${1:-$ROOT/build/posformer}")
 ROUNDS=${ROUNDS:-3}
 STEPS=${STEPS:-30}
@@ -77,23 +78,10 @@ EOF
 HAVE_SGEMM=1
 g++ -O2 "$WORK/sgemm_peak.cpp" -ldnnl -o "$WORK/sgemm_peak" 2>/dev/null || HAVE_SGEMM=0
 
-# ---- PyTorch's BLAS: Debian's torch calls libblas.so.3. Without OpenBLAS installed that is the
-# netlib reference BLAS (~1 GFLOP/s, ~25 tokens/s here), which would make the comparison
-# meaningless, so fetch Debian's OpenBLAS package and point torch at it (nothing is installed).
-TORCH_ENV=()
+# ---- PyTorch's BLAS: Debian's OpenBLAS (bench/common.sh; the reference BLAS gives ~25 tokens/s)
 if [[ -z "${NO_TORCH:-}" ]]; then
   [[ -f "$PEERS/torch_bench.py" ]] || { echo "train_bench: no torch_bench.py in $PEERS (set PEERS or NO_TORCH=1)" >&2; exit 1; }
-  if ! ldconfig -p | grep -q 'libopenblas'; then
-    OB="$WORK/openblas/usr/lib/x86_64-linux-gnu/openblas-pthread"
-    if [[ ! -f "$OB/libblas.so.3" ]]; then
-      echo "train_bench: OpenBLAS is not installed; fetching Debian's libopenblas0-pthread into $WORK/openblas" >&2
-      (cd "$WORK" && rm -f libopenblas0-pthread_*.deb && apt-get download libopenblas0-pthread >/dev/null 2>&1 &&
-         dpkg -x libopenblas0-pthread_*.deb "$WORK/openblas") ||
-        { echo "train_bench: could not fetch OpenBLAS; PyTorch would run on the reference BLAS" >&2; exit 1; }
-    fi
-    TORCH_ENV=(env "LD_LIBRARY_PATH=$OB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}")
-    echo "torch BLAS: Debian OpenBLAS 0.3.21 from $OB (LD_LIBRARY_PATH)"
-  fi
+  peer_blas_setup "$WORK" || exit 1
 fi
 
 echo "posformer: $POSFORMER ($("$POSFORMER" --version 2>/dev/null || echo '?')); rounds $ROUNDS, steps $STEPS (warm-up $WARM), threads $THREADS"
@@ -126,7 +114,7 @@ for ((r = 1; r <= ROUNDS; ++r)); do
     run_posformer "$r" rope "$(realpath "$BASELINE")" baseline
   fi
   if [[ -z "${NO_TORCH:-}" ]]; then
-    "${TORCH_ENV[@]}" "$PY" "$PEERS/torch_bench.py" --only train --workdir "$WORK/torch" > "$WORK/torch-$r.log" 2>&1 ||
+    peer_env "$PY" "$PEERS/torch_bench.py" --only train --workdir "$WORK/torch" > "$WORK/torch-$r.log" 2>&1 ||
       { cat "$WORK/torch-$r.log" >&2; exit 1; }
     "$PY" - "$WORK/torch/torch_bench.json" "$r" "$(cut -d' ' -f1 /proc/loadavg)" >> "$RES" <<'EOF'
 import json, sys

@@ -23,6 +23,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+source "$ROOT/bench/common.sh"
 POSFORMER=$(realpath "${1:-$ROOT/build/posformer}")
 ROUNDS=${ROUNDS:-3}
 STEPS=${STEPS:-30}
@@ -46,20 +47,8 @@ for pos in $POSITIONS; do
 json.dump(c, open(sys.argv[3], "w"))' "$CONFIG" "$pos" "$WORK/$pos.json"
 done
 
-# Debian's torch calls libblas.so.3; without OpenBLAS installed that is the netlib reference BLAS,
-# which would make the comparison meaningless: fetch Debian's OpenBLAS package (nothing installed).
-TORCH_ENV=()
-if ! ldconfig -p | grep -q 'libopenblas'; then
-  OB="$WORK/openblas/usr/lib/x86_64-linux-gnu/openblas-pthread"
-  if [[ ! -f "$OB/libblas.so.3" ]]; then
-    echo "vit_bench: OpenBLAS is not installed; fetching Debian's libopenblas0-pthread into $WORK/openblas" >&2
-    (cd "$WORK" && rm -f libopenblas0-pthread_*.deb && apt-get download libopenblas0-pthread >/dev/null 2>&1 &&
-       dpkg -x libopenblas0-pthread_*.deb "$WORK/openblas") ||
-      { echo "vit_bench: could not fetch OpenBLAS; PyTorch would run on the reference BLAS" >&2; exit 1; }
-  fi
-  TORCH_ENV=(env "LD_LIBRARY_PATH=$OB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}")
-  echo "torch BLAS: Debian OpenBLAS from $OB (LD_LIBRARY_PATH)"
-fi
+# PyTorch's BLAS: Debian's OpenBLAS (bench/common.sh)
+peer_blas_setup "$WORK" || exit 1
 
 # the same model: parameter counts, and the peer's logits against the float64 twin
 for pos in $POSITIONS; do
@@ -73,9 +62,9 @@ h = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
 print(sum(math.prod(v["shape"]) for k, v in h.items() if k != "__metadata__"))
 EOF
 )
-  tp=$("${TORCH_ENV[@]}" "$PY" "$ROOT/bench/vit_bench.py" --config "$WORK/$pos.json" --count-params |
+  tp=$(peer_env "$PY" "$ROOT/bench/vit_bench.py" --config "$WORK/$pos.json" --count-params |
        "$PY" -c 'import json, sys; print(json.load(sys.stdin)["params"])')
-  chk=$("${TORCH_ENV[@]}" "$PY" "$ROOT/bench/vit_bench.py" --config "$WORK/$pos.json" --check)
+  chk=$(peer_env "$PY" "$ROOT/bench/vit_bench.py" --config "$WORK/$pos.json" --check)
   echo "$pos: parameters posformer $pp, PyTorch $tp; peer $chk"
   [[ "$pp" == "$tp" ]] || { echo "vit_bench: parameter counts differ for $pos" >&2; exit 1; }
 done
@@ -99,7 +88,7 @@ print(json.dumps({"who": "posformer", "pos": sys.argv[3], "round": int(sys.argv[
                   "img_s": (b["tokens"] - a["tokens"]) / (el[-1] - el[warm - 1]), "load": float(sys.argv[5])}))
 EOF
     tail -n1 "$RES"
-    "${TORCH_ENV[@]}" "$PY" "$ROOT/bench/vit_bench.py" --config "$WORK/$pos.json" --batch "$BATCH" \
+    peer_env "$PY" "$ROOT/bench/vit_bench.py" --config "$WORK/$pos.json" --batch "$BATCH" \
       --steps "$STEPS" --warm "$WARM" --threads "$THREADS" > "$WORK/torch-$pos-$r.json"
     "$PY" - "$WORK/torch-$pos-$r.json" "$pos" "$r" "$(cut -d' ' -f1 /proc/loadavg)" >> "$RES" <<'EOF'
 import json, sys

@@ -267,46 +267,34 @@ json config_to_json(const ModelConfig& c) {
   json a = write_entry(attention_config_entries(), c.attention);
   if (c.attention.scale) a["scale"] = *c.attention.scale;
   if (c.attention.residual) a["residual"] = true;
+  // nlohmann::json objects are key-sorted, so the order of insertion does not matter
+  json j{{"arch", c.arch.name()},
+         {"d_model", c.d_model},
+         {"n_layers", c.n_layers},
+         {"n_heads", c.n_heads},
+         {"n_kv_heads", c.kv_heads()},
+         {"d_ff", c.d_ff},
+         {"activation", c.activation.name()},
+         {"norm", c.norm.name()},
+         {"norm_position", c.norm_position.name()},
+         {"norm_eps", c.norm_eps},
+         {"bias", c.bias},
+         {"max_len", c.max_len},
+         {"position", p},
+         {"attention", a}};
   if (c.is_vit()) {
-    json v = json{{"arch", c.arch.name()},
-                  {"image_size", {c.image_h, c.image_w}},
-                  {"patch_size", c.patch_size},
-                  {"channels", c.channels},
-                  {"pool", c.pool.name()},
-                  {"num_classes", c.num_classes},
-                  {"d_model", c.d_model},
-                  {"n_layers", c.n_layers},
-                  {"n_heads", c.n_heads},
-                  {"n_kv_heads", c.kv_heads()},
-                  {"d_ff", c.d_ff},
-                  {"activation", c.activation.name()},
-                  {"norm", c.norm.name()},
-                  {"norm_position", c.norm_position.name()},
-                  {"norm_eps", c.norm_eps},
-                  {"bias", c.bias},
-                  {"max_len", c.max_len},
-                  {"position", p},
-                  {"attention", a}};
-    return v;
+    j["image_size"] = {c.image_h, c.image_w};
+    j["patch_size"] = c.patch_size;
+    j["channels"] = c.channels;
+    j["pool"] = c.pool.name();
+    j["num_classes"] = c.num_classes;
+  } else {
+    j["vocab_size"] = c.vocab_size;
+    j["tie_embeddings"] = c.tie_embeddings;
+    j["embed_scale"] = c.embed_scale_sqrt_d ? json("sqrt_d") : json(c.embed_scale);
+    j["head"] = c.head.name();
   }
-  return json{{"arch", c.arch.name()},
-              {"d_model", c.d_model},
-              {"n_layers", c.n_layers},
-              {"n_heads", c.n_heads},
-              {"n_kv_heads", c.kv_heads()},
-              {"d_ff", c.d_ff},
-              {"activation", c.activation.name()},
-              {"norm", c.norm.name()},
-              {"norm_position", c.norm_position.name()},
-              {"norm_eps", c.norm_eps},
-              {"bias", c.bias},
-              {"vocab_size", c.vocab_size},
-              {"max_len", c.max_len},
-              {"tie_embeddings", c.tie_embeddings},
-              {"embed_scale", c.embed_scale_sqrt_d ? json("sqrt_d") : json(c.embed_scale)},
-              {"head", c.head.name()},
-              {"position", p},
-              {"attention", a}};
+  return j;
 }
 
 }  // namespace posformer
