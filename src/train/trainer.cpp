@@ -597,6 +597,7 @@ TrainResult run_training(TrainOptions o, const std::string& resume_ckpt,
     const double tps = tokens_this_run / std::max(elapsed, 1e-9);
     res.last_loss = loss;
     res.tokens_per_s = tps;
+    res.images = r.vit();
     r.metrics.append({{"step", r.step},
                       {"loss", loss},  // NaN/inf are written as null
                       {"lr", lr},

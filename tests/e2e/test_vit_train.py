@@ -72,6 +72,9 @@ def main():
             check("val_metrics", len(acc) == 6 and all(0 <= a <= 1 for a in acc)
                   and all(len(r["val_class_acc"]) == 10 for r in losses(run) if "val_acc" in r),
                   f"val_acc {acc}")
+            summary = [ln for ln in out.splitlines() if ln.startswith("steps 60,")]
+            check("summary_counts_images", len(summary) == 1 and " images/s, " in summary[0],
+                  f"final line {summary}")
         # 2. bit-exact resume with augmentation
         aug = ["--crop-pad", "2", "--flip"]
         a, b = os.path.join(tmp, "a"), os.path.join(tmp, "b")

@@ -86,11 +86,11 @@ Command add_train(CLI::App& root) {
               if (!app->count("--warmup")) o->warmup = std::min<int64_t>(100, o->steps / 10);
               r = train(*o, &g_stop);
             }
-            std::printf(
-                "steps %lld, last loss %.4f, validation loss %s, %.0f tokens/s, %lld skipped%s\n",
-                (long long)r.steps_done, r.last_loss,
-                r.val_loss >= 0 ? std::to_string(r.val_loss).c_str() : "n/a", r.tokens_per_s,
-                (long long)r.skipped, r.interrupted ? " (interrupted; checkpoint saved)" : "");
+            std::printf("steps %lld, last loss %.4f, validation loss %s, %.0f %s, %lld skipped%s\n",
+                        (long long)r.steps_done, r.last_loss,
+                        r.val_loss >= 0 ? std::to_string(r.val_loss).c_str() : "n/a",
+                        r.tokens_per_s, r.images ? "images/s" : "tokens/s", (long long)r.skipped,
+                        r.interrupted ? " (interrupted; checkpoint saved)" : "");
             return r.interrupted && g_stop.load() ? 130 : 0;
           }};
 }

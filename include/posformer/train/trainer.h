@@ -90,8 +90,9 @@ void validate(const TrainOptions& o);
 
 struct TrainResult {
   int64_t steps_done = 0, skipped = 0;
-  double last_loss = 0, val_loss = -1, tokens_per_s = 0;
+  double last_loss = 0, val_loss = -1, tokens_per_s = 0;  // arch vit: images per second
   bool interrupted = false;
+  bool images = false;  // arch vit: tokens_per_s counts images
 };
 
 // New run (resume_dir empty) or exact continuation of RUN_DIR's newest complete checkpoint
