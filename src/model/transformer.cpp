@@ -6,7 +6,6 @@
 #include <cstdlib>
 #include <filesystem>
 #include <nlohmann/json.hpp>
-#include <regex>
 
 #include "posformer/attention/attention.h"
 #include "posformer/core/io.h"
@@ -240,9 +239,19 @@ void Transformer::lin_fwd(const std::string& n, const float* in, float* out, int
 }
 
 bool Transformer::packs(const ParamSpec& s) {
-  static const std::regex linear_weight(
-      R"(.*\.(attn|cross_attn)\.(q|k|v|o)\.weight|.*\.ffn\.w[123]\.weight)");
-  return !s.buffer && s.shape.size() == 2 && std::regex_match(s.name, linear_weight);
+  // names *.attn.{q,k,v,o}.weight, *.cross_attn.{q,k,v,o}.weight, *.ffn.w{1,2,3}.weight (plain
+  // string tests: GCC 12 warns inside <regex> under ASan, and this runs per parameter)
+  if (s.buffer || s.shape.size() != 2) return false;
+  const std::string& n = s.name;
+  auto ends = [&](const std::string& tail) {
+    return n.size() > tail.size() && n.compare(n.size() - tail.size(), tail.size(), tail) == 0;
+  };
+  for (const char* sub : {".attn.", ".cross_attn."})
+    for (const char* w : {"q", "k", "v", "o"})
+      if (ends(std::string(sub) + w + ".weight")) return true;
+  for (const char* w : {"w1", "w2", "w3"})
+    if (ends(std::string(".ffn.") + w + ".weight")) return true;
+  return false;
 }
 
 void Transformer::pack_weights(bool backward) {
