@@ -69,16 +69,6 @@ json eval_spec(const StudySpec& s, const ModelConfig& cfg) {
   return json{{"eval_lens", s.eval_lens}, {"eval_tokens", s.eval_tokens}, {"variants", names}};
 }
 
-std::string fmt_seconds(double t) {
-  char buf[32];
-  const long v = static_cast<long>(t + 0.5);
-  if (v >= 3600)
-    std::snprintf(buf, sizeof buf, "%ldh%02ldm", v / 3600, (v / 60) % 60);
-  else
-    std::snprintf(buf, sizeof buf, "%ldm%02lds", v / 60, v % 60);
-  return buf;
-}
-
 json read_json(const std::string& path) {
   const std::string text = read_file(path, size_t{1} << 28);
   try {
@@ -347,11 +337,12 @@ StudyResult run_study(const StudySpec& s, const std::atomic<bool>* stop) {
         const double el =
             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         std::string eta;
-        if (n_trained > 0) eta = "  study ETA ~" + fmt_seconds(train_seconds / n_trained * (n - k));
+        if (n_trained > 0)
+          eta = "  study ETA ~" + fmt_duration(train_seconds / n_trained * (n - k));
         std::fprintf(
             stderr, "[%lld/%lld] %s: training %lld steps (batch %lld x %lld)  elapsed %s%s\n",
             (long long)k + 1, (long long)n, m.name.c_str(), (long long)s.steps, (long long)s.batch,
-            (long long)s.train_len, fmt_seconds(el).c_str(), eta.c_str());
+            (long long)s.train_len, fmt_duration(el).c_str(), eta.c_str());
       }
       const auto tm0 = std::chrono::steady_clock::now();
       const std::string cfg_path = dir + "/configs/" + m.name + ".json";
@@ -447,7 +438,8 @@ StudyResult run_study(const StudySpec& s, const std::atomic<bool>* stop) {
       std::fprintf(
           stderr, "%s[%lld/%lld] %s: perplexity%s  (eval %s)\n", tty ? "\r" : "", (long long)k + 1,
           (long long)n, m.name.c_str(), line.c_str(),
-          fmt_seconds(std::chrono::duration<double>(std::chrono::steady_clock::now() - te0).count())
+          fmt_duration(
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - te0).count())
               .c_str());
     }
     json jr = json::array();

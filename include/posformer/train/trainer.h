@@ -98,6 +98,9 @@ struct TrainResult {
 // New run (resume_dir empty) or exact continuation of RUN_DIR's newest complete checkpoint
 // (`steps_override` > 0 changes the total). `stop` is polled each step (Ctrl-C / SIGTERM):
 // the run saves a checkpoint and returns with interrupted = true.
+// A duration for progress lines: "4m05s", "1h02m"; "?" when negative or not finite.
+std::string fmt_duration(double seconds);
+
 TrainResult train(const TrainOptions& opts, const std::atomic<bool>* stop = nullptr);
 TrainResult resume(const std::string& run_dir, int64_t steps_override, int threads, bool progress,
                    const std::atomic<bool>* stop = nullptr, int64_t stop_after = -1);
