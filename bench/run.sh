@@ -9,6 +9,8 @@
 #   --reps R     repetitions per case (google-benchmark repetitions / peer timed runs; default 7)
 #   --workdir    peers' work dir (npm install, ONNX export, OpenBLAS; default /tmp/peers-work)
 #   --quick      encoder only (skips the sgemm / linear / component families and attention)
+# BASELINE_BENCH=<another posformer_bench> is timed in every posformer slot too (an A/B of two
+# commits in one session, e.g. one built from an older checkout); its row says which binary.
 # Unless --quick, it ends with bench/attention_bench.sh (the attention table, RESULTS.md sec. 3).
 # Environment: BUILD_DIR (default build-bench).
 set -euo pipefail
@@ -110,6 +112,11 @@ run_posformer() {
   env -u OMP_WAIT_POLICY POSFORMER_NO_REEXEC=1 "$BENCH" --benchmark_filter='BM_Encoder/' \
     "${BM_ARGS[@]}" --benchmark_out="$OUT/posdefault_$1.json" >"$OUT/posdefault_$1.txt" 2>&1
   sed 's/^BM_/default wait policy: BM_/' "$OUT/posdefault_$1.txt" | grep -E '_median' >&2 || true
+  if [ -n "${BASELINE_BENCH:-}" ]; then
+    env -u OMP_WAIT_POLICY -u POSFORMER_NO_REEXEC "$BASELINE_BENCH" --benchmark_filter='BM_Encoder/' \
+      "${BM_ARGS[@]}" --benchmark_out="$OUT/posbase_$1.json" >"$OUT/posbase_$1.txt" 2>&1
+    sed 's/^BM_/baseline: BM_/' "$OUT/posbase_$1.txt" | grep -E '_median' >&2 || true
+  fi
 }
 # dnnl_sgemm / ops::linear on the layer's shapes and one layer's non-matmul pieces
 run_matmul() {
@@ -160,6 +167,7 @@ def slots(prefix):
     return res, ctx
 pos, ctx = slots("posformer")
 posdef, _ = slots("posdefault")
+posbase, _ = slots("posbase")
 mm, _ = slots("matmul")
 torch = [json.load(open(f)) for f in sorted(glob.glob(f"{out}/torch_*.json"))]
 ort = [json.load(open(f)) for f in sorted(glob.glob(f"{out}/ort_*.json"))]
@@ -183,6 +191,9 @@ rows = [("posformer", {n: series(pos, f"BM_Encoder/{n}/real_time") for n in (128
         ("PyTorch tuned, nn.TransformerEncoder fastpath", {n: [t["fast_ms"][str(n)] for t in torch] for n in (128, 512)}),
         ("ONNX Runtime 1.30 (onnxruntime-node)", {n: [o["ms"][str(n)] for o in ort] for n in (128, 512)}),
         ("posformer, libgomp default wait policy (ref.)", {n: series(posdef, f"BM_Encoder/{n}/real_time") for n in (128, 512)})]
+if posbase:
+    rows.append((f"baseline {os.environ.get('BASELINE_BENCH', '')}"[-48:],
+                 {n: series(posbase, f"BM_Encoder/{n}/real_time") for n in (128, 512)}))
 summary = {}
 for name, v in rows:
     m = {n: med(v[n]) for n in (128, 512)}
