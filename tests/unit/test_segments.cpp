@@ -454,14 +454,17 @@ TEST(Segments, LeftPaddedCachedDecodingEqualsEachSequenceAlone) {
 TEST(Segments, BatchedGenerationEqualsEachPromptAlone) {
   Transformer m = make_model({"decoder", "rope"});
   const std::vector<std::vector<int32_t>> prompts = {{3, 4, 5, 6, 7, 1}, {8}, {9, 10, 11}};
-  for (double temp : {0.0, 0.9}) {
-    SamplingConfig s;
-    s.max_new_tokens = 6, s.temperature = temp, s.seed = 11;
-    const auto batch = generate_batch(m, prompts, s);
-    ASSERT_EQ(batch.size(), prompts.size());
-    for (size_t i = 0; i < prompts.size(); ++i)
-      EXPECT_EQ(batch[i], generate(m, prompts[i], s)) << "prompt " << i << " temperature " << temp;
-  }
+  for (double temp : {0.0, 0.9})
+    for (bool cache : {true, false}) {
+      SamplingConfig s;
+      s.max_new_tokens = 6, s.temperature = temp, s.seed = 11, s.use_cache = cache;
+      s.stop_ids = {2};  // a sequence may stop early while the others go on
+      const auto batch = generate_batch(m, prompts, s);
+      ASSERT_EQ(batch.size(), prompts.size());
+      for (size_t i = 0; i < prompts.size(); ++i)
+        EXPECT_EQ(batch[i], generate(m, prompts[i], s))
+            << "prompt " << i << " temperature " << temp << " cache " << cache;
+    }
 }
 
 TEST(Segments, BadInputIsRefused) {
