@@ -23,6 +23,7 @@
 #include "posformer/model/generate.h"
 #include "posformer/model/transformer.h"
 #include "posformer/posenc/position_encoding.h"
+#include "posformer/train/trainer.h"
 #include "test_util.h"
 
 using namespace posformer;
@@ -465,6 +466,14 @@ TEST(Segments, BatchedGenerationEqualsEachPromptAlone) {
         EXPECT_EQ(batch[i], generate(m, prompts[i], s))
             << "prompt " << i << " temperature " << temp << " cache " << cache;
     }
+}
+
+// Training windows: a new document starts after each <eos> (the <eos> ends its own).
+TEST(Segments, DocumentSegmentsOfTrainingWindows) {
+  const int32_t eos = 2;
+  const TokenBatch in{{5, 2, 7, 7, 2, 2, 9}, {2, 4, 4}, {4, 4, 4}};
+  const TokenBatch want{{0, 0, 1, 1, 1, 2, 3}, {0, 1, 1}, {0, 0, 0}};
+  EXPECT_EQ(document_segments(in, eos), want);
 }
 
 TEST(Segments, BadInputIsRefused) {
