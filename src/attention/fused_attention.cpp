@@ -1,8 +1,10 @@
 // Fused ("flash") exact softmax attention, forward and backward (attention.h): tiles of the
 // score matrix are made, used and dropped; only the row log-sum-exp L is kept for backward.
-//   forward  per (b, h, block of kBr query rows), over key blocks of kBc keys up to the keys the
-//            block can see: S = scale Q K^T (gemm), hook terms, online softmax (running max m,
-//            sum l, O rescaled), O += P V (gemm); out = O / l, L = m + log l.
+//   forward  per (b, h, block of kBr query rows), over key blocks of kBc keys from the block's
+//            first row's first key (key window) up to the keys its last row sees (tiles outside
+//            every row's window are skipped): S = scale Q K^T (gemm), hook terms, entries outside
+//            the row's window -inf, online softmax (running max m, sum l, O rescaled),
+//            O += P V (gemm); out = O / l, L = m + log l.
 //   backward per (b, kv head) in parallel, its heads and blocks in a fixed order (results do not
 //            depend on the thread count): Di = dO . O, P = exp(S - L), dV += P^T dO,
 //            dS = P (dO V^T - Di), hook, dQ += scale dS K, dK += scale dS^T Q.
@@ -25,11 +27,16 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 // O accumulator stay in L2 while K and V stream through.
 constexpr int64_t kBr = 128, kBc = 512;
 
-// vis[r]: keys of tile [s0, s0 + cols) that query row t0 + r sees.
+// vis[r]: keys of tile [s0, s0 + cols) that query row t0 + r sees; with a key window, the
+// tile's keys before the row's first key are set to -inf in S (row stride ld): the softmax
+// kernels give them probability 0 (a row with nothing visible yet keeps m = -inf, no NaN).
 void tile_visible(const AttnDesc& a, int64_t b, int64_t t0, int64_t rows, int64_t s0, int64_t cols,
-                  int64_t* vis) {
-  for (int64_t r = 0; r < rows; ++r)
+                  int64_t* vis, float* S, int64_t ld) {
+  for (int64_t r = 0; r < rows; ++r) {
     vis[r] = std::clamp<int64_t>(a.visible_keys(b, t0 + r) - s0, 0, cols);
+    if (a.key_lo)
+      std::fill_n(S + r * ld, std::clamp<int64_t>(a.first_key(b, t0 + r) - s0, 0, vis[r]), kNegInf);
+  }
 }
 }  // namespace
 
@@ -57,16 +64,17 @@ void fused_attention_forward(const AttnDesc& a, float* lse) {
       const float* v = a.v + b * a.kv_rows() * a.ldv + g * D;
       float* o = a.out + (b * a.Tq + t0) * a.ldo + h * D;
       float* L = lse ? lse + bh * a.Tq + t0 : nullptr;
-      const int64_t kn = a.visible_keys(b, t0 + rows - 1);  // the block's last row sees most
+      // keys the block can see: from its first row's first key to its last row's end
+      const int64_t kn = a.visible_keys(b, t0 + rows - 1), k0 = a.first_key(b, t0);
       std::fill_n(m.data(), rows, kNegInf);
       std::fill_n(l.data(), rows, 0.0f);
       std::fill_n(O.data(), rows * D, 0.0f);
-      for (int64_t s0 = 0; s0 < kn; s0 += kBc) {
+      for (int64_t s0 = k0; s0 < kn; s0 += kBc) {
         const int64_t cols = std::min(kBc, kn - s0);
         ops::gemm(false, true, rows, cols, D, a.scale, q, a.ldq, k + s0 * a.ldk, a.ldk, 0.0f,
                   S.data(), cols);
         if (a.hook) a.hook->add_scores(b, h, ScoreTile{t0, rows, s0, cols}, S.data(), cols);
-        tile_visible(a, b, t0, rows, s0, cols, vis.data());
+        tile_visible(a, b, t0, rows, s0, cols, vis.data(), S.data(), cols);
         kernels::cpu::flash_online_softmax(S.data(), cols, rows, cols, vis.data(), m.data(),
                                            l.data(), O.data(), D, D);
         ops::gemm(false, false, rows, D, cols, 1.0f, S.data(), cols, v + s0 * a.ldv, a.ldv, 1.0f,
@@ -123,11 +131,11 @@ void fused_attention_backward(const AttnDesc& a, const float* lse, const AttnGra
         float* dq = g.dq + b * a.Tq * a.ldq + h * D;
         for (int64_t t0 = 0; t0 < a.Tq; t0 += br) {
           const int64_t rows = std::min(br, a.Tq - t0);
-          const int64_t e = a.visible_keys(b, t0 + rows - 1);
+          const int64_t e = a.visible_keys(b, t0 + rows - 1), k0 = a.first_key(b, t0);
           for (int64_t t = t0; t < t0 + rows; ++t) std::fill_n(dq + t * a.ldq, D, 0.0f);
-          if (e == 0) continue;  // no visible key: P rows are 0, so is dq
+          if (e <= k0) continue;  // no visible key: P rows are 0, so is dq
           kernels::cpu::rowdot(dO + t0 * g.lddo, g.lddo, o + t0 * a.ldo, a.ldo, rows, D, Di.data());
-          for (int64_t s0 = 0; s0 < e; s0 += kBc) {
+          for (int64_t s0 = k0; s0 < e; s0 += kBc) {
             const int64_t cols = std::min(kBc, e - s0);
             const ScoreTile tile{t0, rows, s0, cols};
             ops::gemm(false, true, rows, cols, D, a.scale, q + t0 * a.ldq, a.ldq, k + s0 * a.ldk,
@@ -135,7 +143,7 @@ void fused_attention_backward(const AttnDesc& a, const float* lse, const AttnGra
             if (hook) hook->add_scores(b, h, tile, S.data(), cols);
             ops::gemm(false, true, rows, cols, D, 1.0f, dO + t0 * g.lddo, g.lddo, v + s0 * a.ldv,
                       a.ldv, 0.0f, dP.data(), cols);
-            tile_visible(a, b, t0, rows, s0, cols, vis.data());
+            tile_visible(a, b, t0, rows, s0, cols, vis.data(), S.data(), cols);
             kernels::cpu::flash_dscores(S.data(), cols, dP.data(), cols, rows, cols, vis.data(),
                                         L + t0, Di.data());  // S -> P, dP -> dS
             ops::gemm(true, false, cols, D, rows, 1.0f, S.data(), cols, dO + t0 * g.lddo, g.lddo,

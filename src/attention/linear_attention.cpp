@@ -470,6 +470,9 @@ class LinearFamilyAttention final : public Attention {
     c.rotary_inside = rope_ != nullptr;
     c.decode = DecodeKind::Recurrent;
     c.residual_scores = false;  // no score matrix to carry (RealFormer)
+    // a window needs the state restarted at each document start inside the chunked causal form
+    // (and one state per window for the non-causal sums): not implemented, refused
+    c.key_window = false;
     return c;
   }
 
@@ -566,6 +569,8 @@ class LinearFamilyAttention final : public Attention {
     check_attn_desc(a);
     PF_CHECK(!a.hook && !hook, "[attention] ", name_,
              " attention takes no score hook (relative positions)");
+    PF_CHECK(!a.has_window(), "[attention] ", name_,
+             " attention takes no key window (segment masks of packed documents or left padding)");
   }
 
   std::string name_;

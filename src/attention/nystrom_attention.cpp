@@ -188,6 +188,7 @@ void check_nystrom_desc(const AttnDesc& a, const Opts& o) {
   PF_CHECK(!a.hook, "[attention] nystrom attention takes no score hook (relative positions)");
   PF_CHECK(!a.causal, "[attention] nystrom attention cannot be causal");
   PF_CHECK(!a.key_len, "[attention] nystrom attention takes no key padding");
+  PF_CHECK(!a.has_window(), "[attention] nystrom attention takes no key window (segment masks)");
   if (o.kernel > 0) {
     PF_CHECK(a.Tq == a.Tk,
              "[attention] nystrom's convolution over V needs Tq == Tk (self-attention)",
@@ -344,6 +345,7 @@ class NystromAttention final : public Attention {
     c.score_hooks = c.value_hooks = false;  // no T x T score matrix for relative terms
     c.rotary_outside = true;                // RoPE rotates q, k before: landmarks of rotated rows
     c.residual_scores = false;
+    c.key_window = false;  // landmarks mix every row, across documents
     return c;
   }
 

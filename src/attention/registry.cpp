@@ -102,7 +102,8 @@ class SoftmaxAttention final : public Attention {
   AttnCost cost(const AttnDesc& a) const override {
     double pairs = 0;
     for (int64_t b = 0; b < a.B; ++b)
-      for (int64_t t = 0; t < a.Tq; ++t) pairs += static_cast<double>(a.visible_keys(b, t));
+      for (int64_t t = 0; t < a.Tq; ++t)
+        pairs += static_cast<double>(a.visible_keys(b, t) - a.first_key(b, t));
     const double per = 2.0 * static_cast<double>(a.H * a.D) * pairs;
     return {2 * per, 4 * per};
   }

@@ -24,17 +24,27 @@ void check_attn_desc(const AttnDesc& a) {
   PF_CHECK(a.ldq >= a.H * a.D && a.ldo >= a.H * a.D, "[attention] q/out row stride too small");
   PF_CHECK(a.ldk >= a.Hkv * a.D && a.ldv >= a.Hkv * a.D, "[attention] k/v row stride too small");
   PF_CHECK(std::isfinite(a.scale), "[attention] scale must be finite");
+  // the kernels bound a block of rows by its first row's lo and last row's end
+  for (const int32_t* w : {a.key_lo, a.key_hi})
+    if (w)
+      for (int64_t b = 0; b < a.B; ++b)
+        for (int64_t t = 1; t < a.Tq; ++t)
+          PF_CHECK(w[b * a.Tq + t] >= w[b * a.Tq + t - 1], "[attention] key window ",
+                   w == a.key_lo ? "key_lo" : "key_hi", " decreases at (", b, ", ", t,
+                   "): ", w[b * a.Tq + t - 1], " then ", w[b * a.Tq + t]);
 }
 
 namespace {
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-// Mask keys that query row t must not see: causal (key position after the query) and padding.
-// S holds query rows t0 .. t0+rows-1 and key columns 0 .. kn-1 (row stride kn).
+// Mask keys that query row t must not see: causal (key position after the query), padding and
+// the key window. S holds query rows t0 .. t0+rows-1 and key columns 0 .. kn-1 (row stride kn).
 void apply_mask(const AttnDesc& a, int64_t b, int64_t t0, int64_t rows, int64_t kn, float* S) {
   for (int64_t t = 0; t < rows; ++t) {
     float* row = S + t * kn;
-    for (int64_t s = std::min(a.visible_keys(b, t0 + t), kn); s < kn; ++s) row[s] = kNegInf;
+    const int64_t end = std::min(a.visible_keys(b, t0 + t), kn);
+    std::fill(row, row + std::min(a.first_key(b, t0 + t), end), kNegInf);
+    for (int64_t s = end; s < kn; ++s) row[s] = kNegInf;
   }
 }
 void apply_mask(const AttnDesc& a, int64_t b, float* S) {

@@ -2,8 +2,8 @@
 //   dV_g += P^T dO_h;  dP = dO_h V_g^T (+ hook value term);  dS = P * (dP - rowsum(dP * P))
 //   dQ_h = scale dS K_g (+ hook);  dK_g += scale dS^T Q_h (+ hook)
 // The work is done per block of query rows over only the keys the block can see (causal mask,
-// key padding): P is exactly 0 elsewhere, so dS is too and those keys contribute nothing. A
-// hook (relative schemes) gets each block as a tile.
+// key padding, key window): P is exactly 0 elsewhere, so dS is too and those keys contribute
+// nothing. A hook (relative schemes) gets each block as a tile.
 #include <omp.h>
 
 #include <algorithm>
@@ -60,24 +60,28 @@ void attention_backward(const AttnDesc& a, const float* probs, const AttnGrads& 
         float* dq = g.dq + b * a.Tq * a.ldq + h * a.D;
         for (int64_t t0 = 0; t0 < a.Tq; t0 += qb) {
           const int64_t n = std::min(qb, a.Tq - t0);
-          const int64_t e = a.visible_keys(b, t0 + n - 1);  // keys the block's last row sees
-          const float* Pb = P + t0 * a.Tk;
-          if (e == 0) {  // no visible key: P rows are 0, so is dq
+          // keys the block sees: from its first row's first key (key window) to its last row's
+          // end; P is 0 outside, so the tile [k0, k0 + e) covers every nonzero term
+          const int64_t k0 = a.first_key(b, t0), e = a.visible_keys(b, t0 + n - 1) - k0;
+          const float* Pb = P + t0 * a.Tk + k0;
+          if (e <= 0) {  // no visible key: P rows are 0, so is dq
             for (int64_t t = t0; t < t0 + n; ++t) std::fill_n(dq + t * a.ldq, a.D, 0.0f);
             continue;
           }
-          const ScoreTile tile{t0, n, 0, e};
-          ops::gemm(true, false, e, a.D, n, 1.0f, Pb, a.Tk, dO + t0 * g.lddo, g.lddo, 1.0f, dv,
+          const ScoreTile tile{t0, n, k0, e};
+          const float *kb = k + k0 * a.ldk, *vb = v + k0 * a.ldv;
+          float *dkb = dk + k0 * a.ldk, *dvb = dv + k0 * a.ldv;
+          ops::gemm(true, false, e, a.D, n, 1.0f, Pb, a.Tk, dO + t0 * g.lddo, g.lddo, 1.0f, dvb,
                     a.ldv);
-          ops::gemm(false, true, n, e, a.D, 1.0f, dO + t0 * g.lddo, g.lddo, v, a.ldv, 0.0f,
+          ops::gemm(false, true, n, e, a.D, 1.0f, dO + t0 * g.lddo, g.lddo, vb, a.ldv, 0.0f,
                     dP.data(), e);
           if (hook && hook->has_value_terms())
             hook->backward_values(b, h, tile, Pb, a.Tk, dO, g.lddo, dP.data(), e);
           kernels::cpu::softmax_backward_rows(Pb, a.Tk, dP.data(), e, n, e);  // dP -> dS
           if (hook) hook->adjust_dscores(b, h, tile, dP.data(), e);
-          ops::gemm(false, false, n, a.D, e, a.scale, dP.data(), e, k, a.ldk, 0.0f, dq + t0 * a.ldq,
-                    a.ldq);
-          ops::gemm(true, false, e, a.D, n, a.scale, dP.data(), e, q + t0 * a.ldq, a.ldq, 1.0f, dk,
+          ops::gemm(false, false, n, a.D, e, a.scale, dP.data(), e, kb, a.ldk, 0.0f,
+                    dq + t0 * a.ldq, a.ldq);
+          ops::gemm(true, false, e, a.D, n, a.scale, dP.data(), e, q + t0 * a.ldq, a.ldq, 1.0f, dkb,
                     a.ldk);
           if (hook) hook->backward_scores(b, h, tile, dP.data(), e, dq, a.ldq, dk, a.ldk);
         }

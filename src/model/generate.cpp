@@ -104,4 +104,76 @@ std::vector<int32_t> generate(const Transformer& model, const std::vector<int32_
   return out;
 }
 
+std::vector<std::vector<int32_t>> generate_batch(const Transformer& model,
+                                                 const std::vector<std::vector<int32_t>>& prompts,
+                                                 const SamplingConfig& s) {
+  validate_sampling(s);
+  PF_CHECK(!prompts.empty(), "[generate] no prompts given");
+  const ModelConfig& c = model.config();
+  PF_CHECK(c.head == Head::Lm, "[generate] the model has no LM head (head: none)");
+  PF_CHECK(c.arch == Arch::Decoder, "[generate] batched prompts are for decoder models; this is ",
+           c.arch, " (generate its prompts one by one)");
+  const int64_t B = static_cast<int64_t>(prompts.size()), V = c.vocab_size;
+  int64_t P = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    PF_CHECK(!prompts[b].empty(), "[generate] prompt ", b, " is empty (give at least one token)");
+    P = std::max<int64_t>(P, static_cast<int64_t>(prompts[b].size()));
+  }
+  // each sequence's positions run to len_b + max_new_tokens - 1 <= P + max_new_tokens - 1
+  if (const int64_t mp = model.position(true)->max_position(); mp >= 0)
+    PF_CHECK(P + s.max_new_tokens <= mp + 1, "[generate] the longest prompt (", P, " tokens) + ",
+             s.max_new_tokens, " new tokens = ", P + s.max_new_tokens,
+             " positions, past the learned position table (max_len ", mp + 1,
+             "); use fewer tokens");
+  const AttentionCaps caps = model.attention(true)->caps();
+  PF_CHECK(caps.key_window, "[generate] attention '", model.attention(true)->name(),
+           "' takes no key window: a left-padded batch is refused (generate its prompts one by "
+           "one, or use softmax)");
+  std::vector<int32_t> start(static_cast<size_t>(B));
+  TokenBatch rows(static_cast<size_t>(B), std::vector<int32_t>(static_cast<size_t>(P), 0));
+  TokenBatch seg(static_cast<size_t>(B), std::vector<int32_t>(static_cast<size_t>(P), 1));
+  for (int64_t b = 0; b < B; ++b) {
+    start[b] = static_cast<int32_t>(P - static_cast<int64_t>(prompts[b].size()));
+    std::copy(prompts[b].begin(), prompts[b].end(), rows[b].begin() + start[b]);
+    std::fill_n(seg[b].begin(), start[b], 0);  // the pad segment, masked from the prompt
+  }
+  std::vector<uint64_t> rng(static_cast<size_t>(B), s.seed * 0x2545f4914f6cdd1dull +
+                                                        0x632be59bd9b4e019ull);  // as generate()
+  std::vector<std::vector<int32_t>> hist = prompts, out(static_cast<size_t>(B));
+  std::vector<bool> done(static_cast<size_t>(B), false);
+  KVCache cache;
+  if (s.use_cache) {
+    cache = model.start_cache(B, std::max<int64_t>(P + s.max_new_tokens, 1));
+    cache.start = start;
+  }
+  TokenBatch pending = rows;
+  for (int64_t step = 0; step < s.max_new_tokens; ++step) {
+    ForwardOutput r;
+    if (s.use_cache) {
+      r = model.forward_cached(pending, cache);
+    } else {
+      ForwardOptions fo;
+      fo.segments = &seg;  // positions restart at each sequence's first real token
+      r = model.forward(rows, fo);
+    }
+    const int64_t T = r.logits.dim(1);
+    bool all_done = true;
+    for (int64_t b = 0; b < B; ++b) {
+      int32_t tok = hist[b].back();  // a finished sequence is fed its last token (ignored)
+      if (!done[b]) {
+        float* last = r.logits.data<float>() + (b * T + T - 1) * V;
+        tok = sample_token(last, V, hist[b], s, rng[b]);
+        hist[b].push_back(tok), out[b].push_back(tok);
+        if (std::find(s.stop_ids.begin(), s.stop_ids.end(), tok) != s.stop_ids.end())
+          done[b] = true;
+      }
+      all_done = all_done && done[b];
+      pending[b] = {tok};
+      rows[b].push_back(tok), seg[b].push_back(1);
+    }
+    if (all_done) break;
+  }
+  return out;
+}
+
 }  // namespace posformer

@@ -21,6 +21,39 @@ namespace {
 std::string lname(const std::string& prefix, int64_t l, const std::string& rest) {
   return prefix + "layers." + std::to_string(l) + "." + rest;
 }
+// Segment ids [B][T] -> each row's document [lo, hi) (the key window); with `restart`, position
+// ids t - lo (each document from 0) into pos.
+void segment_windows(const TokenBatch* seg, int64_t B, int64_t T, bool restart, StackIds& ids,
+                     StackInput& in, const char* what) {
+  if (!seg) return;
+  PF_CHECK(static_cast<int64_t>(seg->size()) == B, "[input] ", seg->size(), " rows of ", what,
+           " for ", B, " sequences");
+  ids.lo.resize(static_cast<size_t>(B * T)), ids.hi.resize(static_cast<size_t>(B * T));
+  if (restart) {
+    ids.pos.B = B, ids.pos.T = T, ids.pos.axes = 1;
+    ids.pos.ids.resize(static_cast<size_t>(B * T));
+  }
+  for (int64_t b = 0; b < B; ++b) {
+    const std::vector<int32_t>& s = (*seg)[b];
+    PF_CHECK(static_cast<int64_t>(s.size()) == T, "[input] ", what, " row ", b, " has ", s.size(),
+             " entries for ", T, " tokens");
+    int64_t t0 = 0;
+    for (int64_t t = 1; t <= T; ++t) {
+      if (t < T) {
+        PF_CHECK(s[t] >= s[t - 1], "[input] ", what, " must not decrease along a row (a document ",
+                 "is one run of equal ids): ", s[t - 1], " then ", s[t], " at (", b, ", ", t, ")");
+        if (s[t] == s[t - 1]) continue;
+      }
+      for (int64_t r = t0; r < t; ++r) {
+        ids.lo[b * T + r] = static_cast<int32_t>(t0), ids.hi[b * T + r] = static_cast<int32_t>(t);
+        if (restart) ids.pos.ids[b * T + r] = static_cast<int32_t>(r - t0);
+      }
+      t0 = t;
+    }
+  }
+  in.key_lo = ids.lo.data(), in.key_hi = ids.hi.data();
+  if (restart) in.pos = ids.pos.view();
+}
 }  // namespace
 
 void check_tokens(const TokenBatch& tokens, int64_t vocab, const std::string& what) {
@@ -270,10 +303,12 @@ AttnDesc Transformer::attn_desc(const Stack& st, bool self, const StackInput& in
   desc.ldq = g.HD, desc.ldk = g.KD, desc.ldv = g.KD, desc.ldo = g.HD;
   desc.causal = self && st.causal;
   // rows: a run starts at pos0 (decoding: the rows already cached); ids are positions only
-  const int64_t row0 = in.pos.is_run() ? in.pos.pos0 : 0;
+  const int64_t row0 = in.pos.is_run() ? in.pos.pos0 : in.row0;
   desc.q_pos0 = row0, desc.k_pos0 = self ? row0 : 0;
-  if (self && !in.pos.is_run() && in.pos.axes == 1) desc.q_ids = desc.k_ids = in.pos.ids;
+  if (self && !in.pos.is_run() && in.pos.axes == 1 && !in.shifted_ids)
+    desc.q_ids = desc.k_ids = in.pos.ids;
   desc.key_len = self ? in.len : in.enc_len;
+  if (self) desc.key_lo = in.key_lo, desc.key_hi = in.key_hi;  // documents; left padding
   desc.self_attention = self;
   desc.params = &params_;
   const float default_scale =
@@ -421,6 +456,9 @@ void Transformer::run_stack(const Stack& st, float* x, const StackInput& in, con
   const int64_t B = in.pos.B, T = in.pos.T;
   PF_CHECK(!(in.len || (st.cross && in.enc_len)) || st.attn->caps().key_padding,
            "[input] attention '", st.attn->name(), "' takes no key padding (sequence lengths)");
+  PF_CHECK(!(in.key_lo || in.key_hi) || st.attn->caps().key_window, "[input] attention '",
+           st.attn->name(),
+           "' takes no segment mask (packed documents, left-padded batches): use softmax");
   // Inference reuses one workspace for every layer; training keeps each layer's activations.
   // A tape's tensors are reused when their shapes match (loss_and_grad passes the same tape on
   // every step): every kept buffer is fully overwritten before it is read.
@@ -442,13 +480,18 @@ void Transformer::run_stack(const Stack& st, float* x, const StackInput& in, con
   }
 }
 
-Tensor Transformer::encode(const TokenBatch& src, int64_t pos_offset) const {
+Tensor Transformer::encode(const TokenBatch& src, int64_t pos_offset,
+                           const TokenBatch* segments) const {
   PF_CHECK(!cfg_.is_vit(), "[model] an arch vit model takes images (classify), not tokens");
   PF_CHECK(cfg_.has_encoder(), "[model] this ", cfg_.arch, " model has no encoder");
   check_tokens(src, cfg_.vocab_size, "encoder tokens");
   PF_CHECK(pos_offset >= 0, "[input] position offset must be >= 0, got ", pos_offset);
+  PF_CHECK(!segments || pos_offset == 0,
+           "[input] segments restart each document's positions at 0: give no position offset");
   const Stack st = encoder_stack();
-  const StackInput in{Positions::run(src.size(), src[0].size(), pos_offset)};
+  StackInput in{Positions::run(src.size(), src[0].size(), pos_offset)};
+  StackIds ids;
+  segment_windows(segments, in.pos.B, in.pos.T, true, ids, in, "segment ids");
   Tensor x = embed(st, src, in.pos);
   run_stack(st, x.data<float>(), in, nullptr, 0, nullptr);
   return x;
@@ -523,7 +566,32 @@ ForwardOutput Transformer::forward_cached(const TokenBatch& tokens, KVCache& cac
   PF_CHECK(cache.len + T <= cache.capacity, "[generate] the KV cache holds ", cache.capacity,
            " positions; ", cache.len, " used, ", T, " more requested");
   const Stack st = decoder_stack();
-  const StackInput in{Positions::run(B, T, cache.len)};
+  StackInput in{Positions::run(B, T, cache.len)};
+  StackIds ids;
+  if (!cache.start.empty()) {  // left-padded batch: positions from each first real row
+    PF_CHECK(static_cast<int64_t>(cache.start.size()) == B, "[generate] ", cache.start.size(),
+             " sequence starts for a cache of ", B);
+    PF_CHECK(!st.pe->length_dependent(),
+             "[generate] position.scaling dynamic_ntk re-rotates the "
+             "cached keys by one length for every sequence: a left-padded batch is refused "
+             "(generate its prompts one by one)");
+    PF_CHECK(st.attn->caps().key_window, "[generate] attention '", st.attn->name(),
+             "' takes no key window: a left-padded batch is refused (generate its prompts one by "
+             "one, or use softmax)");
+    ids.pos.B = B, ids.pos.T = T, ids.pos.axes = 1;
+    ids.pos.ids.resize(static_cast<size_t>(B * T)), ids.lo.resize(static_cast<size_t>(B * T));
+    for (int64_t b = 0; b < B; ++b) {
+      PF_CHECK(cache.start[b] >= 0 && cache.start[b] < cache.capacity, "[generate] start[", b,
+               "] = ", cache.start[b], " outside [0, ", cache.capacity, ")");
+      for (int64_t t = 0; t < T; ++t) {
+        ids.pos.ids[b * T + t] =
+            static_cast<int32_t>(std::max<int64_t>(cache.len + t - cache.start[b], 0));
+        ids.lo[b * T + t] = cache.start[b];
+      }
+    }
+    in.pos = ids.pos.view(), in.key_lo = ids.lo.data();
+    in.shifted_ids = true, in.row0 = cache.len;
+  }
   Tensor x = embed(st, tokens, in.pos);
   run_stack(st, x.data<float>(), in, cache.Ts ? cache.enc.data<float>() : nullptr, cache.Ts,
             nullptr, &cache);
@@ -559,10 +627,16 @@ const int32_t* checked_lengths(const std::vector<int32_t>* len, int64_t B, int64
 }  // namespace
 
 StackInput Transformer::main_input(const TokenBatch& tokens, const ForwardOptions& opt,
-                                   PositionIds& ids) const {
+                                   StackIds& sid) const {
   PF_CHECK(opt.pos_offset >= 0, "[input] position offset must be >= 0, got ", opt.pos_offset);
   const int64_t B = tokens.size(), T = tokens[0].size();
   StackInput in{Positions::run(B, T, opt.pos_offset)};
+  PositionIds& ids = sid.pos;
+  if (opt.segments)
+    PF_CHECK(opt.positions || opt.pos_offset == 0,
+             "[input] segments restart each document's positions at 0: give no position offset "
+             "(or explicit position ids)");
+  segment_windows(opt.segments, B, T, !opt.positions, sid, in, "segment ids");
   if (opt.positions) {
     PF_CHECK(opt.pos_offset == 0, "[input] give position ids or a position offset, not both");
     const TokenBatch& p = *opt.positions;
@@ -589,17 +663,21 @@ StackInput Transformer::main_input(const TokenBatch& tokens, const ForwardOption
   return in;
 }
 
-StackInput Transformer::encoder_input(const TokenBatch& src, const ForwardOptions& opt) const {
+StackInput Transformer::encoder_input(const TokenBatch& src, const ForwardOptions& opt,
+                                      StackIds& ids) const {
   const int64_t B = src.size(), Ts = src[0].size();
   StackInput in{Positions::run(B, Ts, 0)};
   in.len = checked_lengths(opt.src_lengths, B, Ts, "source lengths");
+  segment_windows(opt.src_segments, B, Ts, true, ids, in, "source segment ids");
   return in;
 }
 
 ForwardOutput Transformer::forward(const TokenBatch& tokens, const ForwardOptions& opt) const {
   PF_CHECK(!cfg_.is_vit(), "[model] an arch vit model takes images (classify), not tokens");
   ForwardOutput out;
-  PositionIds ids;
+  StackIds ids, src_ids;
+  PF_CHECK(!opt.src_segments || cfg_.arch == Arch::EncoderDecoder,
+           "[input] source segment ids are only for encoder_decoder models");
   if (cfg_.arch == Arch::Encoder) {
     PF_CHECK(opt.src == nullptr, "[input] --src is only for encoder_decoder models");
     PF_CHECK(cfg_.has_encoder(), "[model] this ", cfg_.arch, " model has no encoder");
@@ -619,7 +697,7 @@ ForwardOutput Transformer::forward(const TokenBatch& tokens, const ForwardOption
                " source sequences for ", B, " target sequences");
       check_tokens(*opt.src, cfg_.vocab_size, "encoder tokens");
       const Stack es = encoder_stack();
-      const StackInput ein = encoder_input(*opt.src, opt);
+      const StackInput ein = encoder_input(*opt.src, opt, src_ids);
       enc = embed(es, *opt.src, ein.pos);
       run_stack(es, enc.data<float>(), ein, nullptr, 0, nullptr);
       Ts = enc.dim(1);

@@ -315,13 +315,16 @@ Transformer::Loss Transformer::loss_and_grad(const TokenBatch& tokens, const Tok
   int64_t Ts = 0;
   const TokenBatch* src = opt.src;
   StackInput enc_in;
+  StackIds src_ids;
+  PF_CHECK(!opt.src_segments || encdec,
+           "[input] source segment ids are only for encoder_decoder models");
   if (encdec) {
     PF_CHECK(src != nullptr, "[input] an encoder_decoder model needs source tokens");
     PF_CHECK(static_cast<int64_t>(src->size()) == B, "[input] ", src->size(),
              " source sequences for ", B, " target sequences");
     check_tokens(*src, cfg_.vocab_size, "encoder tokens");
     Ts = (*src)[0].size();
-    enc_in = encoder_input(*src, opt);
+    enc_in = encoder_input(*src, opt, src_ids);
     enc_out = embed(enc_st, *src, enc_in.pos);
     run_stack(enc_st, enc_out.data<float>(), enc_in, nullptr, 0, &enc_tape);
   } else {
@@ -329,7 +332,7 @@ Transformer::Loss Transformer::loss_and_grad(const TokenBatch& tokens, const Tok
   }
   const Stack& main_st = cfg_.arch == Arch::Encoder ? enc_st : dec_st;
   StackTape& main_tape = cfg_.arch == Arch::Encoder ? enc_tape : dec_tape;
-  PositionIds ids;
+  StackIds ids;
   const StackInput in = main_input(tokens, opt, ids);
   x = embed(main_st, tokens, in.pos);
   run_stack(main_st, x.data<float>(), in, encdec ? enc_out.data<float>() : nullptr, Ts, &main_tape);

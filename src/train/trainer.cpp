@@ -59,7 +59,8 @@ json options_to_json(const TrainOptions& o) {
               {"threads", o.threads},
               {"max_images", o.max_images},
               {"crop_pad", o.crop_pad},
-              {"flip", o.flip}};
+              {"flip", o.flip},
+              {"pack_documents", o.pack_documents}};
 }
 
 TrainOptions options_from_json(const json& j) {
@@ -80,6 +81,7 @@ TrainOptions options_from_json(const json& j) {
     o.threads = j.at("threads");
     o.max_images = j.value("max_images", int64_t{0}), o.crop_pad = j.value("crop_pad", int64_t{0});
     o.flip = j.value("flip", false);
+    o.pack_documents = j.value("pack_documents", false);  // runs from before the option: off
   } catch (const json::exception& e) {
     throw Error(str("[train] stored training options are malformed: ", e.what()));
   }
@@ -238,6 +240,20 @@ std::string fmt_duration(double s) {
   return buf;
 }
 
+std::vector<std::vector<int32_t>> document_segments(const std::vector<std::vector<int32_t>>& in,
+                                                    int32_t eos) {
+  std::vector<std::vector<int32_t>> seg;
+  for (const auto& row : in) {
+    seg.emplace_back(row.size());
+    int32_t id = 0;
+    for (size_t t = 0; t < row.size(); ++t) {
+      seg.back()[t] = id;
+      if (row[t] == eos) ++id;
+    }
+  }
+  return seg;
+}
+
 Objective default_objective(Arch arch) {
   switch (arch) {
     case Arch::Encoder:
@@ -256,7 +272,10 @@ Objective default_objective(Arch arch) {
 Evaluation evaluate_windows(
     const Transformer& model, Objective obj,
     const std::vector<std::pair<std::vector<int32_t>, std::vector<int32_t>>>& windows,
-    const Tokenizer& tok) {
+    const Tokenizer& tok, bool pack_documents) {
+  PF_CHECK(!pack_documents || obj == Objective::Clm || obj == Objective::Mlm,
+           "[train] --pack-documents is for the clm and mlm objectives, not ",
+           Choice<Objective>(obj).name());
   std::vector<double> bytes_of(static_cast<size_t>(tok.vocab_size()));
   for (int64_t t = 0; t < tok.vocab_size(); ++t)
     bytes_of[t] = static_cast<double>(tok.decode({static_cast<int32_t>(t)}).size());
@@ -269,6 +288,9 @@ Evaluation evaluate_windows(
     Batch b = make_batch(obj, in, tg, 1, L, tok, model.config().vocab_size, rng);
     ForwardOptions fo;
     if (obj == Objective::Seq2seq) fo.src = &b.src;
+    const TokenBatch seg =
+        pack_documents ? document_segments(TokenBatch{in}, tok.eos_id()) : TokenBatch{};
+    if (pack_documents) fo.segments = &seg;  // from the unmasked window (mlm masks <eos> too)
     Transformer::Loss l = model.loss(b.in, b.tgt, fo);
     nats += l.loss * static_cast<double>(l.count);
     count += l.count;
@@ -392,6 +414,14 @@ std::unique_ptr<Run> open_run(const TrainOptions& o, const std::string& resume_c
   PF_CHECK(cfg.head == Head::Lm, "[train] training needs an LM head (config head: lm)");
   const int64_t L = o.seq_len;
   Transformer model = Transformer::random_init(cfg, o.seed);
+  if (o.pack_documents) {  // refused before any data is read
+    PF_CHECK(obj == Objective::Clm || obj == Objective::Mlm,
+             "[train] --pack-documents is for the clm and mlm objectives, not ", obj,
+             " (its windows are split between encoder and decoder)");
+    const Attention& at = *model.attention(obj == Objective::Clm);
+    PF_CHECK(at.caps().key_window, "[train] --pack-documents masks attention across documents; ",
+             "attention '", at.name(), "' takes no segment mask (use softmax)");
+  }
   // Windows hold L + 1 tokens, but the last one is only ever a target: count input positions.
   for (const auto& [stack, n] : input_positions(obj, L)) {
     const int64_t mp = model.position(stack == "decoder")->max_position();
@@ -488,6 +518,14 @@ double accumulate_gradients(Run& r, ParamStore& grads, std::vector<int32_t>& inp
         make_batch(r.obj, inputs, targets, o.batch, o.seq_len, *r.tok, r.cfg.vocab_size, r.rng);
     ForwardOptions fo;
     if (r.obj == Objective::Seq2seq) fo.src = &b.src;
+    TokenBatch seg;
+    if (o.pack_documents) {  // documents end at <eos> in the unmasked windows
+      TokenBatch raw;
+      for (int64_t i = 0; i < o.batch; ++i)
+        raw.emplace_back(inputs.begin() + i * o.seq_len, inputs.begin() + (i + 1) * o.seq_len);
+      seg = document_segments(raw, r.tok->eos_id());
+      fo.segments = &seg;
+    }
     Transformer::Loss l =
         r.model.loss_and_grad(b.in, b.tgt, grads, fo, 1.0f / static_cast<float>(o.accum));
     loss_sum += l.loss / static_cast<double>(o.accum);
@@ -530,7 +568,7 @@ void evaluate_run(Run& r, TrainResult& res, bool tty) {
     return;
   }
   if (r.val_windows.empty()) return;
-  Evaluation e = evaluate_windows(r.model, r.obj, r.val_windows, *r.tok);
+  Evaluation e = evaluate_windows(r.model, r.obj, r.val_windows, *r.tok, r.o.pack_documents);
   res.val_loss = e.loss;
   r.metrics.append(
       {{"step", r.step}, {"val_loss", e.loss}, {"val_ppl", e.ppl}, {"val_bpb", e.bpb}});
@@ -637,7 +675,7 @@ TrainResult train(const TrainOptions& opts, const std::atomic<bool>* stop) {
 }
 
 TrainResult resume(const std::string& run_dir, int64_t steps_override, int threads, bool progress,
-                   const std::atomic<bool>* stop, int64_t stop_after) {
+                   const std::atomic<bool>* stop, int64_t stop_after, int pack_documents) {
   std::vector<std::string> warnings;
   remove_scratch(run_dir, &warnings);
   for (const auto& w : warnings) std::fprintf(stderr, "resume: %s\n", w.c_str());
@@ -651,6 +689,10 @@ TrainResult resume(const std::string& run_dir, int64_t steps_override, int threa
            " has no training options");
   TrainOptions o = options_from_json(lc.state.extra.at("options"));
   o.out_dir = run_dir;
+  PF_CHECK(pack_documents < 0 || (pack_documents != 0) == o.pack_documents,
+           "[train] --pack-documents ", pack_documents ? "on" : "off", " differs from the run in ",
+           run_dir, " (started with it ", o.pack_documents ? "on" : "off",
+           "); a run keeps its setting: drop --pack-documents or start a new run");
   if (steps_override > 0) o.steps = steps_override;
   if (threads > 0) o.threads = threads;
   o.progress = progress;

@@ -81,7 +81,8 @@ ADAM = {"steps": 5, "lr": 1e-3, "wd": 0.1, "beta1": 0.9, "beta2": 0.95, "eps": 1
 ADAM_DECAY = {"steps": 3, "lr": 1e-2, "wd": 5.0, "beta1": 0.9, "beta2": 0.95, "eps": 1e-8}
 
 
-def make_case(name, objective, cfg_over=None, pos=None, seed=1, T=None, S=None):
+def make_case(name, objective, cfg_over=None, pos=None, seed=1, T=None, S=None, docs=None):
+    """docs: per batch row, the lengths of the documents packed into its T tokens (clm, mlm)."""
     cfg = copy.deepcopy(BASE)
     cfg["arch"] = OBJECTIVES[objective]
     if pos is not None:
@@ -91,7 +92,8 @@ def make_case(name, objective, cfg_over=None, pos=None, seed=1, T=None, S=None):
     cfg.update(cfg_over or {})
     T = T or {"clm": 16, "mlm": 12, "seq2seq": 10}[objective]
     S = S or (13 if objective == "seq2seq" else None)
-    return {"name": name, "objective": objective, "cfg": cfg, "T": T, "S": S, "seed": seed}
+    return {"name": name, "objective": objective, "cfg": cfg, "T": T, "S": S, "seed": seed,
+            "docs": docs}
 
 
 def all_cases():
@@ -234,6 +236,16 @@ def all_cases():
                   dict(nys(n_landmarks=6, conv_kernel=1), n_kv_heads=1, norm_position="post",
                        **rsw), pos="learned", seed=455),
     ]
+    # sequence packing: each row holds several documents (segment ids), each from position 0
+    # and attending only to itself; 1-token documents included
+    packed = [[5, 7, 4], [9, 1, 6]]
+    for i, (pos, obj) in enumerate([("alibi", "clm"), ("rope", "clm"), ("t5", "mlm"),
+                                    ("deberta", "clm"), ("learned", "mlm"), ("shaw", "clm"),
+                                    ("xl", "mlm")]):
+        cases.append(make_case(f"packed_{pos}.{obj}", obj, pos=pos, seed=470 + i, T=16,
+                               docs=packed))
+    cases.append(make_case("packed_gqa2_rope.mlm", "mlm", {"n_kv_heads": 2}, pos="rope", seed=478,
+                           T=16, docs=packed))
     return cases
 
 
@@ -252,6 +264,15 @@ def random_tensors(shapes: dict, seed: int) -> dict:
 
 
 def make_batch(case):
+    batch = make_plain_batch(case)
+    if case.get("docs"):
+        batch["segments"] = [[i for i, n in enumerate(row) for _ in range(n)]
+                             for row in case["docs"]]
+        assert all(len(s) == case["T"] for s in batch["segments"]), case["name"]
+    return batch
+
+
+def make_plain_batch(case):
     g = torch.Generator().manual_seed(case["seed"] * 31 + 7)
     T, B = case["T"], 2
     obj = case["objective"]

@@ -83,14 +83,19 @@ SPECIAL_T = {
 }
 
 
-def make_case(name, cfg_over, T, off=0, src=None, pos=None, seed=1):
+def make_case(name, cfg_over, T, off=0, src=None, pos=None, seed=1, docs=None):
+    """docs: lengths of the documents packed into the T tokens (segment ids 0, 1, ...)."""
     cfg = copy.deepcopy(BASE)
     cfg.update(cfg_over)
     if pos is not None:
         p = {"type": pos}
         p.update(POS_PARAMS.get(pos, {}))
         cfg["position"] = p
-    return {"name": name, "cfg": cfg, "T": T, "off": off, "src": src, "seed": seed}
+    seg = None
+    if docs is not None:
+        assert sum(docs) == T, (name, docs, T)
+        seg = [i for i, n in enumerate(docs) for _ in range(n)]
+    return {"name": name, "cfg": cfg, "T": T, "off": off, "src": src, "seed": seed, "seg": seg}
 
 
 def all_cases():
@@ -323,6 +328,25 @@ def all_cases():
                        dict(rsw, arch="encoder", norm_position="post", n_kv_heads=1,
                             attention=nys(n_landmarks=9, conv_kernel=1)), 70, 0, pos="none",
                        seed=286))
+    # sequence packing: several documents in one row, each from position 0, masked from the
+    # others (the twin's own [T, T] document mask); rows across the fused kernel's 128-row blocks
+    V.append(make_case("packed_alibi.decoder", {"arch": "decoder"}, 53, pos="alibi", seed=290,
+                       docs=[5, 17, 1, 30]))
+    V.append(make_case("packed_rope_gqa2.decoder", {"arch": "decoder", "n_kv_heads": 2}, 150,
+                       pos="rope", seed=291, docs=[60, 1, 70, 19]))
+    V.append(make_case("packed_t5.encoder", {"arch": "encoder"}, 40, pos="t5", seed=292,
+                       docs=[12, 25, 3]))
+    V.append(make_case("packed_deberta.encoder", {"arch": "encoder"}, 32, pos="deberta", seed=293,
+                       docs=[9, 9, 14]))
+    V.append(make_case("packed_shaw.decoder", {"arch": "decoder"}, 30, pos="shaw", seed=294,
+                       docs=[3, 20, 7]))
+    V.append(make_case("packed_xl.encoder_decoder", {"arch": "encoder_decoder"}, 24, 0, 17,
+                       pos="xl", seed=295, docs=[10, 14]))
+    V.append(make_case("packed_learned.encoder", {"arch": "encoder"}, 40, pos="learned", seed=296,
+                       docs=[30, 10]))
+    V.append(make_case("packed_realformer_alibi.decoder",
+                       {"arch": "decoder", "attention": {"type": "softmax", "residual": True}}, 45,
+                       pos="alibi", seed=297, docs=[20, 25]))
     return cases + V
 
 
@@ -387,6 +411,8 @@ def run_case(cli, case, work, tol):
         args += ["--src", tok_str(src)]
     if case["off"]:
         args += ["--pos-offset", str(case["off"])]
+    if case["seg"] is not None:
+        args += ["--segments", tok_str(case["seg"])]
     args += ["--out", out_path, "--threads", "2"]
     with open(os.path.join(d, "repro.sh"), "w") as f:   # to re-run one case by hand
         f.write(" ".join(_q(x) for x in args) + "\n")
@@ -399,7 +425,7 @@ def run_case(cli, case, work, tol):
     if rc != 0:
         raise Failure(f"forward failed rc={rc}: {(out + err).strip()[-400:]}")
     model = twin.build(cfg, tensors)
-    res, problems = compare_model(model, out_path, tokens, src, case["off"])
+    res, problems = compare_model(model, out_path, tokens, src, case["off"], case["seg"])
     if problems:
         raise Failure("; ".join(problems))
     return res
@@ -879,6 +905,29 @@ def selfcheck_nystrom():
     return worst, worst < 1e-10
 
 
+def selfcheck_packed():
+    """The twin's segment mask: a packed row of 3 documents equals each document run alone
+    (positions from 0), for relative, rotary and absolute schemes in both self-attention
+    directions."""
+    g = torch.Generator().manual_seed(11)
+    worst = 0.0
+    seg = [0, 0, 0, 1, 1, 1, 1, 2, 2, 2]
+    for arch, pos in (("decoder", "t5"), ("encoder", "alibi"), ("decoder", "rope"),
+                      ("encoder", "deberta"), ("decoder", "learned"), ("encoder", "xl"),
+                      ("decoder", "shaw")):
+        p = {"type": pos}
+        p.update(POS_PARAMS.get(pos, {}))
+        cfg = dict(BASE, arch=arch, position=p)
+        m = twin.build(cfg, {k: 0.3 * torch.randn(s, generator=g, dtype=torch.float64)
+                             for k, s in twin.expected_shapes(cfg).items()})
+        tok = torch.randint(0, cfg["vocab_size"], (1, 10), generator=g)
+        h, _ = twin.forward(m, tok, segments=seg)
+        for a, b in ((0, 3), (3, 7), (7, 10)):
+            ha, _ = twin.forward(m, tok[:, a:b])
+            worst = max(worst, (h[0, a:b] - ha[0]).abs().max().item())
+    return worst, worst < 1e-12
+
+
 def selfcheck_rope_t5():
     """RoPE relative identity <R_m q, R_n k> = <q, R_(n-m) k>; half layout = row-permuted
     interleaved; T5 buckets against the HF T5 code path (vectorised torch, float64)."""
@@ -948,6 +997,7 @@ def main():
             ("selfcheck.embed_scale_is_the_lookup_only", selfcheck_embed_scale),
             ("selfcheck.twin_linear_vs_prefix_sums", selfcheck_linear),
             ("selfcheck.twin_nystrom_identities", selfcheck_nystrom),
+            ("selfcheck.twin_packed_row_equals_documents_alone", selfcheck_packed),
         ])
 
     work = a.keep or tempfile.mkdtemp(prefix="posformer_twin_")

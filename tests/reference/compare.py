@@ -40,10 +40,11 @@ def compare_dir(model_dir, out_path, tokens, src=None, pos_offset=0):
     return compare_model(model, out_path, tokens, src, pos_offset)
 
 
-def compare_model(model, out_path, tokens, src=None, pos_offset=0):
+def compare_model(model, out_path, tokens, src=None, pos_offset=0, segments=None):
     h, logits = twin.forward(model, torch.tensor(tokens)[None],
                              pos_offset=pos_offset,
-                             src=None if src is None else torch.tensor(src)[None])
+                             src=None if src is None else torch.tensor(src)[None],
+                             segments=segments)
     eng = safetensors_io.load_tensors(out_path)
     res, problems = {}, []
     want = {"hidden": h[0]}

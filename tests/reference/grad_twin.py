@@ -7,7 +7,8 @@
                           betas=(0.9, 0.95), eps=1e-8)
 
 batch: dict {"tokens": [[...]] (B x T), "targets": [[...]] (B x T, -1 = ignored),
-             "src": [[...]] (encoder_decoder only)}, the same JSON the engine's `grad` reads.
+             "src": [[...]] (encoder_decoder only), "segments": [[...]] (B x T document ids,
+             optional: packed documents, twin.py)}, the same JSON the engine's `grad` reads.
 
 Loss: logits = twin.forward(model, tokens, pos_offset=0, src) (which applies the config's
 embed_scale to the token lookup, so autograd gives embed.weight the lookup's gradient times the
@@ -83,7 +84,13 @@ def _batch_tensors(batch: dict):
 def loss_of(model, batch: dict) -> torch.Tensor:
     """Mean cross-entropy over targets >= 0 (a 0-dim float64 tensor, differentiable)."""
     tokens, targets, src = _batch_tensors(batch)
-    _, logits = twin.forward(model, tokens, pos_offset=0, src=src)
+    if "segments" in batch:  # packed documents: the twin takes one row of segment ids at a time
+        rows = [twin.forward(model, tokens[b:b + 1], pos_offset=0,
+                             src=None if src is None else src[b:b + 1],
+                             segments=batch["segments"][b])[1] for b in range(tokens.shape[0])]
+        logits = None if rows[0] is None else torch.cat(rows, dim=0)
+    else:
+        _, logits = twin.forward(model, tokens, pos_offset=0, src=src)
     if logits is None:
         raise ValueError("the loss needs an LM head (head: lm)")
     V = logits.shape[-1]

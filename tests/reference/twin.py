@@ -8,12 +8,18 @@ softmaxes, the pseudo-inverse iterations, and the paper's depthwise torch conv2d
 encoder only: an encoder_decoder's decoder runs softmax).
 
     model = build(config_dict, tensors)          # tensors: name -> torch.Tensor
-    hidden, logits = forward(model, tokens, pos_offset=0, src=None)
+    hidden, logits = forward(model, tokens, pos_offset=0, src=None, segments=None)
 
 tokens: LongTensor [B, T] (or [T]); for arch encoder_decoder `tokens` are the decoder's
 tokens (positions pos_offset ..) and `src` the encoder's (positions 0 ..). For an encoder or
 a decoder model the positions of `tokens` are pos_offset .. pos_offset+T-1.
 hidden: [B, T, d] (after the final norm for pre-LN); logits: [B, T, V] or None (head none).
+
+segments (sequence packing, docs/architecture.md): document ids [T] of a one-row batch of
+`tokens` (decoder or encoder-only tokens; the encoder_decoder's source is one document). A
+document is a run of equal ids. Each document's positions restart at 0 at its first token, and
+in self-attention a query may only attend to keys of its own document: the score matrix gets
+-inf wherever seg[i] != seg[j] (on top of the causal mask). Softmax attention only.
 """
 import math
 
@@ -371,11 +377,15 @@ def _split(x, heads, D):  # [B, T, heads*D] -> [B, heads, T, D]
 
 
 def _attention(m: Model, S: str, L: str, kind: str, x: torch.Tensor, kv: torch.Tensor,
-               qpos: torch.Tensor, kpos: torch.Tensor, causal: bool, carried=None) -> torch.Tensor:
+               qpos: torch.Tensor, kpos: torch.Tensor, causal: bool, carried=None,
+               other_doc=None) -> torch.Tensor:
     """kind: 'attn' (self-attention with the position scheme) or 'cross_attn' (no position terms,
     no mask). qpos [Tq], kpos [Tk]: absolute positions. carried: a dict holding the previous
-    layer's pre-softmax scores under "S" (RealFormer), replaced by this layer's."""
+    layer's pre-softmax scores under "S" (RealFormer), replaced by this layer's. other_doc:
+    [Tq, Tk] bool, True where query and key belong to different documents (masked)."""
     c = m.c
+    if other_doc is not None and (c.attn_type != "softmax" or c.stack_attention(S) != "softmax"):
+        raise ValueError(f"segments need softmax attention, not {c.attn_type}")
     H, Hkv, D = c.H, c.Hkv, c.D
     P = L + kind + "."
     q = _split(_lin(m, P + "q", x), H, D)           # [B, H, Tq, D]
@@ -483,6 +493,8 @@ def _attention(m: Model, S: str, L: str, kind: str, x: torch.Tensor, kv: torch.T
         carried["S"] = scores
     if causal:
         scores = scores.masked_fill((jj > ii)[None, None], float("-inf"))
+    if other_doc is not None:  # sequence packing: keys of other documents are invisible
+        scores = scores.masked_fill(other_doc[None, None], float("-inf"))
     p = torch.softmax(scores, dim=-1)
     out = p @ v                                      # [B, H, Tq, D]
     if vextra is not None:
@@ -561,15 +573,24 @@ def nystrom_attention(q, k, v, scale, n_landmarks, iters, conv=None):
     return out
 
 
-def _stack(m: Model, S: str, tokens: torch.Tensor, pos0: int, causal: bool, enc=None):
+def _stack(m: Model, S: str, tokens: torch.Tensor, pos0: int, causal: bool, enc=None,
+           segments=None):
     c = m.c
     B, T = tokens.shape
     if int(tokens.min()) < 0 or int(tokens.max()) >= c.vocab_size:
         raise ValueError(f"token id out of range [0, {c.vocab_size})")
     pos = torch.arange(pos0, pos0 + T)
+    other_doc = None
+    if segments is not None:  # packed documents: positions from each document's first token
+        seg = [int(s) for s in segments]
+        if B != 1 or len(seg) != T or pos0 != 0:
+            raise ValueError("segments: one row of T ids, no position offset")
+        pos = torch.tensor([i - seg.index(seg[i]) for i in range(T)])
+        segt = torch.tensor(seg)
+        other_doc = segt[:, None] != segt[None, :]
     x = m.w["embed.weight"][tokens] * c.token_scale()  # [B, T, d]
     if c.pos_type == "learned":
-        if pos0 < 0 or pos0 + T > c.max_len:
+        if pos0 < 0 or int(pos.max()) + 1 > c.max_len:
             raise ValueError(f"positions {pos0}..{pos0 + T - 1} exceed max_len {c.max_len}")
         x = x + m.w[S + "pos_emb.weight"][pos][None]
     elif c.pos_type == "sinusoidal":
@@ -584,14 +605,14 @@ def _stack(m: Model, S: str, tokens: torch.Tensor, pos0: int, causal: bool, enc=
         L = f"{S}layers.{i}."
         if pre:
             x = x + _attention(m, S, L, "attn", _norm(m, L + "attn_norm", x),
-                               _norm(m, L + "attn_norm", x), pos, pos, causal, carried)
+                               _norm(m, L + "attn_norm", x), pos, pos, causal, carried, other_doc)
             if cross:
                 x = x + _attention(m, S, L, "cross_attn", _norm(m, L + "cross_norm", x), enc,
                                    pos, epos, False)
             x = x + _ffn(m, L, _norm(m, L + "ffn_norm", x))
         else:
             x = _norm(m, L + "attn_norm",
-                      x + _attention(m, S, L, "attn", x, x, pos, pos, causal, carried))
+                      x + _attention(m, S, L, "attn", x, x, pos, pos, causal, carried, other_doc))
             if cross:
                 x = _norm(m, L + "cross_norm",
                           x + _attention(m, S, L, "cross_attn", x, enc, pos, epos, False))
@@ -601,15 +622,15 @@ def _stack(m: Model, S: str, tokens: torch.Tensor, pos0: int, causal: bool, enc=
     return x
 
 
-def forward(model: Model, tokens, pos_offset: int = 0, src=None):
+def forward(model: Model, tokens, pos_offset: int = 0, src=None, segments=None):
     c = model.c
     tokens = torch.as_tensor(tokens, dtype=torch.long)
     if tokens.dim() == 1:
         tokens = tokens[None]
     if c.arch == "encoder":
-        h = _stack(model, "encoder.", tokens, pos_offset, causal=False)
+        h = _stack(model, "encoder.", tokens, pos_offset, causal=False, segments=segments)
     elif c.arch == "decoder":
-        h = _stack(model, "decoder.", tokens, pos_offset, causal=True)
+        h = _stack(model, "decoder.", tokens, pos_offset, causal=True, segments=segments)
     elif c.arch == "encoder_decoder":
         if src is None:
             raise ValueError("encoder_decoder needs src tokens")
@@ -617,7 +638,7 @@ def forward(model: Model, tokens, pos_offset: int = 0, src=None):
         if src.dim() == 1:
             src = src[None]
         enc = _stack(model, "encoder.", src, 0, causal=False)
-        h = _stack(model, "decoder.", tokens, pos_offset, causal=True, enc=enc)
+        h = _stack(model, "decoder.", tokens, pos_offset, causal=True, enc=enc, segments=segments)
     else:
         raise ValueError(f"unknown arch {c.arch}")
     logits = None

@@ -22,6 +22,7 @@ Command add_eval(CLI::App& root) {
     RopeOverride rope;
     int64_t max_images = 0;
     std::string confusion, python = "/usr/bin/python3";
+    bool pack = false;
   };
   auto o = std::make_shared<Opts>();
   app->add_option("DIR", o->dir, "model directory (with its tokenizer)")->required();
@@ -34,6 +35,9 @@ Command add_eval(CLI::App& root) {
   app->add_option("--confusion", o->confusion,
                   "arch vit: confusion matrix PNG (default DIR/confusion.png; CSV beside it)");
   app->add_option("--python", o->python, "arch vit: python interpreter with matplotlib");
+  app->add_flag("--pack-documents", o->pack,
+                "each document in a window restarts its positions at 0 and attends only to "
+                "itself (as train --pack-documents)");
   add_threads_option(app, o->threads);
   add_memory_options(app, o->mem);
   add_rope_scaling_options(app, o->rope);
@@ -49,6 +53,9 @@ Command add_eval(CLI::App& root) {
                               o->python);
             }
             Transformer m = load_model(o->dir, o->rope, "eval");
+            const Attention& at = *m.attention(m.config().has_decoder());
+            PF_CHECK(!o->pack || at.caps().key_window, "[eval] --pack-documents masks attention ",
+                     "across documents; attention '", at.name(), "' takes no segment mask");
             auto tok = load_tokenizer(o->dir);
             PF_CHECK(m.config().vocab_size >= tok->vocab_size(), "[eval] tokenizer vocabulary (",
                      tok->vocab_size(), ") exceeds the model's vocab_size (", m.config().vocab_size,
@@ -69,7 +76,7 @@ Command add_eval(CLI::App& root) {
                 continue;
               }
               auto windows = eval_windows(c.train_docs, L, o->max_windows);
-              Evaluation e = evaluate_windows(m, obj, windows, *tok);
+              Evaluation e = evaluate_windows(m, obj, windows, *tok, o->pack);
               std::printf("%-10lld %10.4f %12.3f %10.4f %10lld\n", (long long)L, e.loss, e.ppl,
                           e.bpb, (long long)e.tokens);
             }

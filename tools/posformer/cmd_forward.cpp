@@ -19,7 +19,7 @@ Command add_forward(CLI::App& root) {
       "run a forward pass; write `hidden` [T, d] and `logits` [T, vocab] to safetensors "
       "(--batch-file: [B, T, d], [B, T, vocab] and `lengths` [B])");
   struct Opts {
-    std::string dir, tokens, tokens_file, batch_file, src, src_file, out;
+    std::string dir, tokens, tokens_file, batch_file, src, src_file, out, segments;
     int64_t pos_offset = 0;
     int threads = 0;
     MemoryGuard mem;
@@ -37,6 +37,9 @@ Command add_forward(CLI::App& root) {
   t3->excludes(t1)->excludes(t2);
   app->add_option("--src", o->src, "encoder token ids (encoder_decoder models)");
   app->add_option("--src-file", o->src_file, "file of encoder token ids");
+  app->add_option("--segments", o->segments,
+                  "document ids of the tokens (--tokens / --tokens-file), e.g. \"0 0 0 1 1\": "
+                  "packed documents, each from position 0 and attending only to itself");
   app->add_option("--pos-offset", o->pos_offset, "position of the first token (default 0)")
       ->check(CLI::Range(int64_t{0}, int64_t{1} << 40));
   app->add_option("--out", o->out, "output .safetensors file")->required();
@@ -62,8 +65,13 @@ Command add_forward(CLI::App& root) {
               std::string text = inline_tokens ? o->tokens : read_file(o->tokens_file, 1 << 28);
               toks.push_back(parse_token_list(text, inline_tokens ? "--tokens" : "--tokens-file"));
             }
-            TokenBatch src;
+            TokenBatch src, seg;
             fo.pos_offset = o->pos_offset;
+            if (!o->segments.empty()) {
+              PF_CHECK(!batch, "[forward] --segments goes with --tokens or --tokens-file");
+              seg.push_back(parse_token_list(o->segments, "--segments"));
+              fo.segments = &seg;
+            }
             if (!o->src.empty() || !o->src_file.empty()) {
               PF_CHECK(!batch, "[forward] --batch-file takes no --src (one source for a batch)");
               std::string s = o->src.empty() ? read_file(o->src_file, 1 << 28) : o->src;

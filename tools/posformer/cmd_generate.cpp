@@ -1,6 +1,8 @@
-// posformer generate: sample text from a model with a KV cache.
+// posformer generate: sample text from a model with a KV cache; several prompts
+// (--prompts-file) as one left-padded batch.
 #include <algorithm>
 #include <cstdio>
+#include <fstream>
 
 #include "common.h"
 #include "posformer/core/runtime.h"
@@ -10,10 +12,59 @@
 
 namespace posformer::cli {
 
+namespace {
+// --prompts-file: one left-padded batch (generate_batch); prints, prompt by prompt, what
+// --prompt would print.
+int generate_prompts_file(const std::string& dir, const std::string& file, const ModelConfig& c,
+                          const Tokenizer& tok, const SamplingConfig& s, const MemoryGuard& mem,
+                          const RopeOverride& rope) {
+  PF_CHECK(c.arch == Arch::Decoder, "[generate] --prompts-file is for decoder models; ", dir,
+           " is ", c.arch);
+  std::ifstream f(file, std::ios::binary);
+  PF_CHECK(f, "[generate] cannot read --prompts-file ", file);
+  std::vector<std::string> texts;
+  for (std::string line; std::getline(f, line);) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (!line.empty()) texts.push_back(line);
+  }
+  PF_CHECK(!texts.empty(), "[generate] --prompts-file ", file, " holds no prompts (one per line)");
+  std::vector<std::vector<int32_t>> prompts;
+  int64_t longest = 0;
+  for (const std::string& t : texts) {
+    prompts.push_back(tok.encode(t));
+    for (int32_t id : prompts.back())
+      PF_CHECK(id < c.vocab_size, "[generate] prompt token ", id,
+               " outside the model's vocabulary");
+    longest = std::max<int64_t>(longest, prompts.back().size());
+  }
+  const int64_t positions = longest + s.max_new_tokens;
+  const uint64_t kv = s.use_cache ? kv_cache_bytes(c, positions, 0) * prompts.size() : 0;
+  check_model_memory("generate", c, ModelUse::Load, mem, dir + "/model.safetensors", kv,
+                     str("the KV cache of ", prompts.size(), " x ", positions, " positions"));
+  Transformer m = load_model(dir, rope, "generate");
+  const auto outs = generate_batch(m, prompts, s);
+  for (size_t i = 0; i < prompts.size(); ++i) {  // as the --prompt path decodes its text
+    std::vector<int32_t> seq = prompts[i];
+    const size_t fed = tok.decode_bytes(seq).size();
+    seq.insert(seq.end(), outs[i].begin(), outs[i].end());
+    Utf8StreamDecoder utf8;
+    std::string text;
+    utf8.feed(texts[i], text);
+    const std::string bytes = tok.decode_bytes(seq);
+    if (bytes.size() > fed) utf8.feed(std::string_view(bytes).substr(fed), text);
+    utf8.finish(text);
+    text += "\n";
+    std::fwrite(text.data(), 1, text.size(), stdout);
+  }
+  std::fflush(stdout);
+  return 0;
+}
+}  // namespace
+
 Command add_generate(CLI::App& root) {
   auto* app = root.add_subcommand("generate", "generate text after a prompt (KV-cache decoding)");
   struct Opts {
-    std::string dir, prompt, src;
+    std::string dir, prompt, src, prompts_file;
     SamplingConfig s;
     bool stream = false, no_cache = false;
     int threads = 0;
@@ -25,6 +76,9 @@ Command add_generate(CLI::App& root) {
   app->add_option("DIR", o->dir, "model directory (with its tokenizer)")->required();
   app->add_option("--prompt", o->prompt, "text to continue (empty: start from <bos>)");
   app->add_option("--src", o->src, "source text for encoder_decoder models");
+  app->add_option("--prompts-file", o->prompts_file,
+                  "decoder models: one prompt per line (empty lines skipped), decoded as one "
+                  "left-padded batch; prints, prompt by prompt, what --prompt would print");
   app->add_option("--max-new-tokens", o->s.max_new_tokens,
                   "tokens to generate (stops early at <eos>)");
   app->add_option("--temperature", o->s.temperature,
@@ -51,6 +105,11 @@ Command add_generate(CLI::App& root) {
             s.use_cache = !o->no_cache;
             s.stop_ids = {tok->eos_id()};
             validate_sampling(s);
+            if (!o->prompts_file.empty()) {
+              PF_CHECK(o->prompt.empty() && o->src.empty() && !o->stream,
+                       "[generate] --prompts-file takes no --prompt, --src or --stream");
+              return generate_prompts_file(o->dir, o->prompts_file, c, *tok, s, o->mem, o->rope);
+            }
             std::vector<int32_t> prompt = tok->encode(o->prompt);
             if (prompt.empty()) prompt = {tok->bos_id()};
             std::vector<int32_t> src;

@@ -114,11 +114,15 @@ Command add_grad(CLI::App& root) {
               tokens = read_rows(j, "tokens", o->batch);
               targets = read_rows(j, "targets", o->batch);
             }
-            TokenBatch src;
+            TokenBatch src, seg;
             ForwardOptions fo;
             if (j.contains("src")) {
               src = read_rows(j, "src", o->batch);
               fo.src = &src;
+            }
+            if (j.contains("segments")) {  // packed documents: [B][T] ids, equal runs
+              seg = read_rows(j, "segments", o->batch);
+              fo.segments = &seg;
             }
             AdamW opt(m.param_specs(), o->adam);
             std::map<std::string, Tensor> out;

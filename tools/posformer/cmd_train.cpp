@@ -31,6 +31,9 @@ Command add_train(CLI::App& root) {
   app->add_option("--crop-pad", o->crop_pad,
                   "arch vit: random crop after padding N zero pixels per side (0 = off)");
   app->add_flag("--flip", o->flip, "arch vit: random horizontal flips");
+  app->add_flag("--pack-documents", o->pack_documents,
+                "clm, mlm: each document in a window restarts its positions at 0 and attends only "
+                "to itself (documents end at <eos>); validation the same way");
   app->add_option("--out", o->out_dir, "run directory (model, checkpoints, metrics.jsonl)");
   app->add_option("--resume", *resume_dir,
                   "continue the run in DIR from its newest complete checkpoint");
@@ -78,7 +81,8 @@ Command add_train(CLI::App& root) {
               if (std::filesystem::is_regular_file(cfg))
                 check_model_memory("train", load_config(cfg), ModelUse::Train, *mem);
               r = resume(*resume_dir, app->count("--steps") ? o->steps : 0, o->threads, o->progress,
-                         &g_stop, o->stop_after);
+                         &g_stop, o->stop_after,
+                         app->count("--pack-documents") ? int(o->pack_documents) : -1);
             } else {
               PF_CHECK(!o->config_path.empty(),
                        "[train] a new run needs --config CFG (or --resume DIR)");

@@ -7,7 +7,8 @@
 //   out[(b*Tq + t)*ldo + h*D + 0..D)
 //
 //   S[t, s] = scale * q_t . k_s  (+ hook->add_scores: ALiBi, T5, Shaw, XL, DeBERTa terms)
-//   S[t, s] = -inf where masked: causal (k_pos0 + s > q_pos0 + t) or s >= key_len[b]
+//   S[t, s] = -inf where masked: causal (k_pos0 + s > q_pos0 + t) or s >= key_len[b], or s
+//             outside the row's key window [key_lo[b, t], key_hi[b, t]) when one is given
 //   P = softmax_rows(S);   out_t = sum_s P[t, s] v_s  (+ hook->add_values: Shaw's aV term)
 //
 // Row order: query row t and key row s are rows q_pos0 + t and k_pos0 + s of the sequence
@@ -129,12 +130,32 @@ struct AttnDesc {
   const int32_t* key_len = nullptr;  // [B] valid keys per sequence (key padding); null = all Tk
   int64_t kv_batch_rows = 0;         // rows between batches in k/v (a KV cache's capacity); 0 = Tk
   int64_t kv_rows() const { return kv_batch_rows ? kv_batch_rows : Tk; }
-  // The mask: query row t of batch b sees keys [0, visible_keys(b, t)) (key padding, and with
-  // `causal` keys at positions <= its own); the result is in [0, Tk] and never decreases in t.
+  // Key window per query row (segment masks): row t of batch b sees only keys s with
+  // key_lo[b*Tq + t] <= s < key_hi[b*Tq + t], on top of the causal mask and key padding; null =
+  // no bound on that side. Uses:
+  //   packed documents  a row holds documents [s_0, s_1), [s_1, s_2), ...; a query in [s_i,
+  //                     s_(i+1)) gets lo = s_i and hi = s_(i+1) (causal: hi may be left null);
+  //                     each document then attends exactly as it would alone.
+  //   left padding      sequence b's first real row p_b: lo = p_b for every row (pad rows then
+  //                     see no key: causal end t+1 <= p_b; their output is 0 and means nothing).
+  // Both bounds must be non-decreasing in t (true for the two uses above): kernels take a block
+  // of rows' key range from its first row's lo and its last row's end, and skip key tiles
+  // outside it. Variants that cannot honour a window (caps().key_window false) refuse it.
+  const int32_t* key_lo = nullptr;  // [B, Tq]
+  const int32_t* key_hi = nullptr;  // [B, Tq]
+  bool has_window() const { return key_lo || key_hi; }
+  // The mask: query row t of batch b sees keys [first_key(b, t), visible_keys(b, t)) (key
+  // padding, with `causal` keys at positions <= its own, and the key window); visible_keys is in
+  // [0, Tk] and never decreases in t; first_key is in [0, visible_keys] and never decreases in t
+  // when key_lo does not.
   int64_t visible_keys(int64_t b, int64_t t) const {
     int64_t end = key_len ? std::clamp<int64_t>(key_len[b], 0, Tk) : Tk;
     if (causal) end = std::min(end, std::max<int64_t>(q_pos0 + t - k_pos0 + 1, 0));
+    if (key_hi) end = std::min(end, std::max<int64_t>(key_hi[b * Tq + t], 0));
     return end;
+  }
+  int64_t first_key(int64_t b, int64_t t) const {
+    return key_lo ? std::clamp<int64_t>(key_lo[b * Tq + t], 0, visible_keys(b, t)) : 0;
   }
   // Position ids of the rows, for score terms (relative schemes): q_ids [B, Tq], k_ids
   // [B, kv_rows()]; null = the row numbers q_pos0 + t, k_pos0 + s.

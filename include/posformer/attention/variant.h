@@ -37,6 +37,7 @@ enum class DecodeKind {
 struct AttentionCaps {
   bool causal = true;          // causal masks (decoder self-attention)
   bool key_padding = true;     // AttnDesc::key_len
+  bool key_window = true;      // AttnDesc::key_lo / key_hi (packed documents, left padding)
   bool score_hooks = true;     // relative schemes adding score terms (ALiBi, T5, Shaw, XL, DeBERTa)
   bool value_hooks = true;     // Shaw's value term
   bool rotary_outside = true;  // RoPE rotates q and k before attention

@@ -36,4 +36,15 @@ std::vector<int32_t> generate(const Transformer& model, const std::vector<int32_
                               const SamplingConfig& s, const std::vector<int32_t>* src = nullptr,
                               const std::function<void(int32_t)>& on_token = nullptr);
 
+// Generates after several prompts as one batch (decoder models; each prompt non-empty): the
+// prompts are left-padded to the longest, P = max length, so sequence b's first real row is
+// p_b = P - len_b. Its positions start at 0 there and its queries see keys from p_b on only
+// (KVCache::start; without the cache, a pad segment first, ForwardOptions::segments). Each
+// sequence samples with its own generator seeded as generate() seeds it, and stops at its own
+// stop id (the others go on). So each returned row equals generate(prompt_b) alone, greedy or
+// sampled, up to fp32 rounding of the batched arithmetic (which can only flip a near-tie).
+std::vector<std::vector<int32_t>> generate_batch(const Transformer& model,
+                                                 const std::vector<std::vector<int32_t>>& prompts,
+                                                 const SamplingConfig& s);
+
 }  // namespace posformer

@@ -36,6 +36,22 @@ struct StackInput {
   Positions pos;
   const int32_t* len = nullptr;
   const int32_t* enc_len = nullptr;
+  // Self-attention key windows [B, T] (AttnDesc::key_lo / key_hi): row t of sequence b sees keys
+  // [key_lo, key_hi) only (packed documents; left padding). Null = no window.
+  const int32_t* key_lo = nullptr;
+  const int32_t* key_hi = nullptr;
+  // Decoding a left-padded batch: pos holds ids that are per-sequence shifts of the rows
+  // (id = row - first real row, clamped at 0 on pad rows), row0 is the row of the first token
+  // (the cache length). Relative score terms then read rows (k_id - q_id = k_row - q_row on
+  // every unmasked pair); embed and rotate read the ids.
+  bool shifted_ids = false;
+  int64_t row0 = 0;
+};
+
+// Storage behind a StackInput's ids and windows.
+struct StackIds {
+  PositionIds pos;
+  std::vector<int32_t> lo, hi;
 };
 
 struct ForwardOptions {
@@ -52,6 +68,14 @@ struct ForwardOptions {
   // past the length are computed but mean nothing (give them target -1). Null = all T valid.
   const std::vector<int32_t>* lengths = nullptr;
   const std::vector<int32_t>* src_lengths = nullptr;  // the same for `src` (encoder_decoder)
+  // Segment ids [B][T] (sequence packing, docs/architecture.md): a document is a run of equal
+  // ids, and ids never decrease along a row. Every self-attention (encoder, decoder; not
+  // cross-attention) lets a token see only the keys of its own document (a key window,
+  // AttnDesc::key_lo / key_hi), so each document's rows equal running it alone. Without
+  // `positions` (pos_offset 0) each document's positions restart at 0 at its first token.
+  // Left padding is a row whose pad tokens form the first segment. Null = one document per row.
+  const TokenBatch* segments = nullptr;
+  const TokenBatch* src_segments = nullptr;  // the same for `src` (encoder_decoder's encoder)
 };
 
 struct ForwardOutput {
@@ -64,7 +88,10 @@ struct ForwardOutput {
 // capacity * 4 bytes per sequence, SPEC.md 7), and the cross-attention keys/values of the
 // encoder output (computed once).
 struct KVCache {
-  int64_t B = 0, capacity = 0, len = 0;                // len = positions already decoded
+  int64_t B = 0, capacity = 0, len = 0;  // len = positions already decoded
+  // Left-padded batch (batched generation): start[b] = sequence b's first real row; its keys
+  // before it are masked (a key window) and its positions are row - start[b]. Empty = all 0.
+  std::vector<int32_t> start;
   std::vector<std::unique_ptr<AttnDecodeState>> self;  // per layer
   std::vector<Tensor> ck, cv;                          // per layer [B, Ts, Hkv*D] (encoder_decoder)
   Tensor enc;                                          // encoder output [B, Ts, d]
@@ -131,8 +158,9 @@ class Transformer {
   Loss loss(const TokenBatch& tokens, const TokenBatch& targets,
             const ForwardOptions& opt = {}) const;
   ParamStore zero_grads() const;
-  // Encoder stack alone: [B, Ts, d].
-  Tensor encode(const TokenBatch& src, int64_t pos_offset = 0) const;
+  // Encoder stack alone: [B, Ts, d]; segments as ForwardOptions::segments (packed sources).
+  Tensor encode(const TokenBatch& src, int64_t pos_offset = 0,
+                const TokenBatch* segments = nullptr) const;
   // ---- arch vit (docs/vision.md): images [B, C, H, W] (float; H and W multiples of
   // patch_size; a size other than image_size grows or shrinks the patch grid, which the 2-D
   // schemes, sincos_2d and resized learned_2d, follow). Per image:
@@ -173,9 +201,8 @@ class Transformer {
                  StackTape* tape, KVCache* cache = nullptr) const;
   // The stack input of a forward's main stack (decoder, or encoder-only) / encoder, from the
   // options; position ids are converted into `ids`.
-  StackInput main_input(const TokenBatch& tokens, const ForwardOptions& opt,
-                        PositionIds& ids) const;
-  StackInput encoder_input(const TokenBatch& src, const ForwardOptions& opt) const;
+  StackInput main_input(const TokenBatch& tokens, const ForwardOptions& opt, StackIds& ids) const;
+  StackInput encoder_input(const TokenBatch& src, const ForwardOptions& opt, StackIds& ids) const;
   // The stack's parts (transformer.cpp) and their backward (transformer_backward.cpp).
   void residual_sublayer(const Stack& st, StackCall& c, int64_t l, int sub, float* x) const;
   void rerotate_cached_keys(const Stack& st, AttnDecodeState& state, const Positions& pos) const;

@@ -47,7 +47,18 @@ struct TrainOptions {
   // crop_pad pixels of zero padding, random horizontal flip.
   int64_t max_images = 0, crop_pad = 0;
   bool flip = false;
+  // Sequence packing (clm, mlm): a window holds pieces of several documents (each ends with
+  // <eos>); with this on, each document's positions restart at 0 at its first token (the token
+  // after an <eos>) and its tokens attend only to its own (document_segments,
+  // ForwardOptions::segments). Validation windows are cut the same way. Part of the run: a
+  // resume keeps it and refuses a different setting.
+  bool pack_documents = false;
 };
+
+// Segment ids of training windows: seg[b][t] = the number of `eos` tokens in in[b][0..t), so a
+// new document starts after each <eos> (which belongs to the document it ends).
+std::vector<std::vector<int32_t>> document_segments(const std::vector<std::vector<int32_t>>& in,
+                                                    int32_t eos);
 
 class Transformer;
 class Tokenizer;
@@ -66,10 +77,11 @@ enum class Objective { Clm, Mlm, Seq2seq, Classify };
 constexpr auto choice_names(Objective) {
   return std::array<const char*, 5>{"objective", "clm", "mlm", "seq2seq", "classify"};
 }
+// pack_documents: as TrainOptions::pack_documents (clm, mlm).
 Evaluation evaluate_windows(
     const Transformer& model, Objective objective,
     const std::vector<std::pair<std::vector<int32_t>, std::vector<int32_t>>>& windows,
-    const Tokenizer& tok);
+    const Tokenizer& tok, bool pack_documents = false);
 Objective default_objective(Arch arch);
 
 // classify: mean cross-entropy, accuracy, per-class accuracy (recall) and the confusion matrix
@@ -102,7 +114,10 @@ struct TrainResult {
 std::string fmt_duration(double seconds);
 
 TrainResult train(const TrainOptions& opts, const std::atomic<bool>* stop = nullptr);
+// pack_documents: -1 = as the run was started; 0 / 1 = what the caller asks for, refused (naming
+// --pack-documents) when the run was started otherwise.
 TrainResult resume(const std::string& run_dir, int64_t steps_override, int threads, bool progress,
-                   const std::atomic<bool>* stop = nullptr, int64_t stop_after = -1);
+                   const std::atomic<bool>* stop = nullptr, int64_t stop_after = -1,
+                   int pack_documents = -1);
 
 }  // namespace posformer
