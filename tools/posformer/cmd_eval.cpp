@@ -21,7 +21,7 @@ Command add_eval(CLI::App& root) {
     MemoryGuard mem;
     RopeOverride rope;
     int64_t max_images = 0;
-    std::string confusion, python = "/usr/bin/python3";
+    std::string confusion, python = "/usr/bin/python3", image_size;
   };
   auto o = std::make_shared<Opts>();
   app->add_option("DIR", o->dir, "model directory (with its tokenizer)")->required();
@@ -34,6 +34,8 @@ Command add_eval(CLI::App& root) {
   app->add_option("--confusion", o->confusion,
                   "arch vit: confusion matrix PNG (default DIR/confusion.png; CSV beside it)");
   app->add_option("--python", o->python, "arch vit: python interpreter with matplotlib");
+  app->add_option("--image-size", o->image_size,
+                  "arch vit: resize the images to HxW or N x N (bilinear) before scoring");
   add_threads_option(app, o->threads);
   add_memory_options(app, o->mem);
   add_rope_scaling_options(app, o->rope);
@@ -46,8 +48,9 @@ Command add_eval(CLI::App& root) {
                        o->data.size());
               return eval_vit(o->dir, o->data[0], o->max_images,
                               o->confusion.empty() ? o->dir + "/confusion.png" : o->confusion,
-                              o->python);
+                              o->python, o->image_size, o->rope);
             }
+            PF_CHECK(o->image_size.empty(), "[eval] --image-size applies to arch vit models");
             Transformer m = load_model(o->dir, o->rope, "eval");
             auto tok = load_tokenizer(o->dir);
             PF_CHECK(m.config().vocab_size >= tok->vocab_size(), "[eval] tokenizer vocabulary (",
