@@ -6,6 +6,7 @@
     equals --rope-factor 2 (new / trained grid), and the override equals the same scaling
     written in the model's config;
   - predict under --rope-scaling equals predict of the model with the scaling in its config;
+    info shows a per-axis factor;
   - vit-resolution adds one row per --rope-scalings type for the rope_2d model only (scaling
     column; at the trained size every row equals the unscaled one);
   - refusals name the flag: --rope-original-len for rope_2d, any --rope-* flag for a vit model
@@ -16,6 +17,8 @@ import json
 import os
 import shutil
 import sys
+
+import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "reference"))
@@ -38,7 +41,11 @@ def model(name, position):
     # larger random weights than init's, so that positions (and their scaling) change the output
     st = os.path.join(d, "model.safetensors")
     shapes = {n: list(t.shape) for n, t in safetensors_io.load_tensors(st).items()}
-    safetensors_io.save(st, e2e_util.random_tensors(shapes, 23, embed_std=0.5))
+    cls = shapes.pop("cls_token")  # not among random_tensors' rules (as test_vit_twin.py)
+    w = e2e_util.random_tensors(shapes, 23, embed_std=0.5)
+    w["cls_token"] = (torch.randn(cls, generator=torch.Generator().manual_seed(24),
+                                  dtype=torch.float64) * 0.5).float()
+    safetensors_io.save(st, w)
     return d
 
 
@@ -107,6 +114,8 @@ def t_predict():
     conf = run("predict", with_scaling(ROPE, "rope_lin", {"type": "linear"}), "--images", png,
                "--top", "10").out
     assert over == conf and over != plain, f"override {over!r} config {conf!r} plain {plain!r}"
+    info = run("info", with_scaling(ROPE, "rope_pair", {"type": "yarn", "factor": [2, 1.5]})).out
+    assert "rope_2d, scaling yarn s=2x1.5" in info, info
 
 
 def t_vit_resolution_rows():
@@ -154,7 +163,7 @@ def t_refusals():
 
 check("every scaling at the trained size = unscaled", t_trained_size_unscaled)
 check("56x56: linear changes it, auto factor = 2, override = config", t_larger_images)
-check("predict --rope-scaling = the scaling in the config", t_predict)
+check("predict --rope-scaling = the scaling in the config; info", t_predict)
 check("vit-resolution --rope-scalings rows", t_vit_resolution_rows)
 check("refusals name the flag", t_refusals)
 h.finish()
