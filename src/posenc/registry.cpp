@@ -137,7 +137,7 @@ void check_rope_2d_scaling(const ModelConfig& c, int64_t R) {
   const int64_t L0[2] = {c.grid_h(), c.grid_w()};
   for (int a = 0; a < 2; ++a) {
     ops::RopeScaling s = p.scaling;
-    s.factor = p.axis_factor[a] > 0 ? p.axis_factor[a] : 1.0;
+    s.factor = p.axis_factor[a] != 0 ? p.axis_factor[a] : 1.0;  // 0 = from the grid
     s.original_len = std::max<int64_t>(L0[a], 1);
     ops::check_rope_scaling(s, R / 2, "position.scaling.");
   }

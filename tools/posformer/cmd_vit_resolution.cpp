@@ -20,21 +20,24 @@ namespace posformer::cli {
 
 namespace {
 const char* kResolutionPlot = R"PY(
-import csv, sys
+import csv, os, sys
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 src, out = sys.argv[1], sys.argv[2]
 rows = list(csv.DictReader(open(src)))
-fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
-for key in dict.fromkeys((r["model"], r["scaling"]) for r in rows):
-    rs = [r for r in rows if (r["model"], r["scaling"]) == key]
+keys = list(dict.fromkeys((r["model"], r.get("scaling", "none")) for r in rows))
+fig, ax = plt.subplots(figsize=(10, 4.6), dpi=120)
+colors = plt.get_cmap("tab20" if len(keys) > 10 else "tab10")
+for n, key in enumerate(keys):
+    rs = [r for r in rows if (r["model"], r.get("scaling", "none")) == key]
     sc = "" if key[1] == "none" else ", " + key[1]
     ax.plot([int(r["size"]) for r in rs], [100 * float(r["accuracy"]) for r in rs],
-            "o-" if key[1] == "none" else "s--",
-            label="%s%s (%s)" % (rs[0]["position"], sc, key[0]))
+            "o-" if key[1] == "none" else "s--", color=colors(n),
+            label="%s%s (%s)" % (rs[0]["position"], sc, os.path.basename(key[0].rstrip("/"))))
 ax.set_xlabel("image size at evaluation (trained at %s)" % rows[0]["trained_size"])
-ax.set_ylabel("test accuracy (%)"); ax.grid(alpha=0.3); ax.legend(fontsize=7)
+ax.set_ylabel("test accuracy (%)"); ax.grid(alpha=0.3)
+ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
 fig.tight_layout(); fig.savefig(out)
 print("wrote", out)
 )PY";
