@@ -3,9 +3,14 @@
 # small ViT per 2-D position scheme at 28 x 28 (Fashion-MNIST, patch 7: a 4 x 4 grid), all with
 # the same data, seed and budget, then scores each on the test images resized up (bilinear) to
 # larger sizes, so the patch grid grows (42: 6 x 6, 56: 8 x 8) and the model meets positions it
-# never trained on. Writes OUT/resolution.{csv,md,png} (posformer vit-resolution).
+# never trained on. The rope_2d models are also scored under RoPE scalings applied per axis at
+# evaluation (ROPE_SCALINGS, factor per axis = new / trained grid; the same trained weights, no
+# retraining). Models already trained in OUT (OUT/models/NAME/done) are re-used, so changing
+# SIZES or ROPE_SCALINGS only re-scores. Writes OUT/resolution.{csv,md,png} (posformer
+# vit-resolution).
 #   usage: bench/vit_resolution.sh [POSFORMER]   env: STEPS=600 SIZES="28 42 56" MAX_IMAGES=2000
 #                                                     OUT=runs/vit-resolution THREADS=2
+#                                                     ROPE_SCALINGS=linear,ntk,yarn ("" = none)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PF=$(realpath "${1:-$ROOT/build/posformer}")
@@ -14,6 +19,7 @@ SIZES=${SIZES:-28 42 56}
 MAX_IMAGES=${MAX_IMAGES:-2000}
 OUT=${OUT:-$ROOT/runs/vit-resolution}
 THREADS=${THREADS:-2}
+ROPE_SCALINGS=${ROPE_SCALINGS-linear,ntk,yarn}
 PY=/usr/bin/python3
 mkdir -p "$OUT"
 # name -> position object (the rest of configs/vit-fashion-mnist.json is shared)
@@ -43,7 +49,9 @@ json.dump(c, open(sys.argv[3], "w"))' "$ROOT/configs/vit-fashion-mnist.json" "${
   fi
   models+=("$run")
 done
+scalings=()
+[[ -n "$ROPE_SCALINGS" ]] && scalings=(--rope-scalings "$ROPE_SCALINGS")
 # shellcheck disable=SC2086
 "$PF" vit-resolution "${models[@]}" --sizes $SIZES --max-images "$MAX_IMAGES" \
-  --out "$OUT/resolution" --threads "$THREADS"
+  --out "$OUT/resolution" --threads "$THREADS" "${scalings[@]}"
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"

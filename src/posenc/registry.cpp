@@ -1,3 +1,5 @@
+#include <algorithm>
+#include <array>
 #include <cmath>
 #include <functional>
 
@@ -75,6 +77,72 @@ ConfigField<PositionConfig> rope_scaling_field() {
   return f;
 }
 
+// rope_2d's position.scaling: as rope's, applied per axis (posenc/vision.h), with "factor" one
+// number (both axes), [row, col] or "auto" (the default: current over trained grid per axis);
+// "original_len" is refused (each axis's L0 is the config's patch grid). Written back with the
+// factor as "auto", one number, or [row, col].
+ConfigField<PositionConfig> rope_2d_scaling_field() {
+  ConfigField<PositionConfig> f = rope_scaling_field();
+  const auto parse_1d = f.parse;
+  f.parse = [parse_1d](const nlohmann::json& v, const std::string& where, PositionConfig& c) {
+    const std::string w = where + "scaling.";
+    PF_CHECK(!v.is_object() || !v.contains("original_len"), "[config] field '", w,
+             "original_len' does not apply to rope_2d: each axis's trained length is the "
+             "config's patch grid (image_h/patch_size rows, image_w/patch_size columns)");
+    nlohmann::json one = v;
+    std::array<double, 2> fa = {0.0, 0.0};
+    if (v.is_object() && v.contains("factor")) {
+      const nlohmann::json& fv = v.at("factor");
+      const bool pair = fv.is_array() && fv.size() == 2 && fv[0].is_number() && fv[1].is_number();
+      PF_CHECK(fv.is_number() || pair || fv == "auto", "[config] field '", w,
+               "factor' of rope_2d must be a number (both axes), [row, col] or \"auto\", got ",
+               fv.dump());
+      if (fv.is_number()) fa = {fv.get<double>(), fv.get<double>()};
+      if (pair) fa = {fv[0].get<double>(), fv[1].get<double>()};
+      for (double x : fa)
+        PF_CHECK(fv == "auto" || (std::isfinite(x) && x >= 1.0), "[config] field '", w,
+                 "factor' must be >= 1 on each axis, got ", fv.dump());
+      one.erase("factor");
+    }
+    parse_1d(one, where, c);
+    c.axis_factor = fa;
+  };
+  f.write = [](const PositionConfig& c) {
+    nlohmann::json j = {{"type", ops::rope_scaling_name(c.scaling.type)}};
+    if (c.scaling.type == ops::RopeScalingType::None) return j;
+    const auto& fa = c.axis_factor;
+    j["factor"] = fa[0] == 0 && fa[1] == 0 ? nlohmann::json("auto")
+                  : fa[0] == fa[1]         ? nlohmann::json(fa[0])
+                                           : nlohmann::json::array({fa[0], fa[1]});
+    const ops::RopeScaling& s = c.scaling;
+    if (s.type == ops::RopeScalingType::Yarn)
+      j["beta_fast"] = s.beta_fast, j["beta_slow"] = s.beta_slow;
+    if (s.type == ops::RopeScalingType::Llama3)
+      j["low_freq_factor"] = s.low_freq_factor, j["high_freq_factor"] = s.high_freq_factor;
+    return j;
+  };
+  return f;
+}
+
+// rope_2d's scaling per axis: the type's fields checked at the rotary width of one axis (R/2)
+// with that axis's trained grid as L0.
+void check_rope_2d_scaling(const ModelConfig& c, int64_t R) {
+  const PositionConfig& p = c.position;
+  if (p.scaling.type == ops::RopeScalingType::None) return;
+  const char* name = ops::rope_scaling_name(p.scaling.type);
+  const bool ntk = p.scaling.type == ops::RopeScalingType::Ntk ||
+                   p.scaling.type == ops::RopeScalingType::DynamicNtk;
+  PF_CHECK(!ntk || R / 2 > 2, "[config] position.scaling type \"", name,
+           "\" of rope_2d needs a rotary width per axis (rotary_dim/2) > 2, got ", R / 2);
+  const int64_t L0[2] = {c.grid_h(), c.grid_w()};
+  for (int a = 0; a < 2; ++a) {
+    ops::RopeScaling s = p.scaling;
+    s.factor = p.axis_factor[a] != 0 ? p.axis_factor[a] : 1.0;  // 0 = from the grid
+    s.original_len = std::max<int64_t>(L0[a], 1);
+    ops::check_rope_scaling(s, R / 2, "position.scaling.");
+  }
+}
+
 // 2-D schemes read patch (row, col) positions, which only arch vit gives.
 void needs_vit(const ModelConfig& c) {
   PF_CHECK(c.is_vit(), "[config] position.type ", c.position.type,
@@ -132,7 +200,7 @@ const std::vector<Scheme>& schemes() {
         {choice_field("layout", &P::axial_layout, {"axial_split", "axial_interleaved"}),
          choice_field("cls_position", &P::cls_position, {"origin", "none"}),
          int_field("rotary_dim", &P::rotary_dim, 0, int64_t{1} << 20),
-         num_field("base", &P::base, 1.0)},
+         num_field("base", &P::base, 1.0), rope_2d_scaling_field()},
         [](const ModelConfig& c) {
           needs_vit(c);
           const int64_t D = c.head_dim(), rd = c.position.rotary_dim, R = rd == 0 ? D : rd;
@@ -140,6 +208,7 @@ const std::vector<Scheme>& schemes() {
                    "[config] position.rotary_dim of rope_2d must be a multiple of 4 (two axes of "
                    "pairs) and <= the head dim (",
                    D, "), got ", R, rd == 0 ? " (the head dim d_model/n_heads)" : "");
+          check_rope_2d_scaling(c, R);
         }},
        [](const P& c, const StackGeom& g) { return make_rope_2d(c, g); }},
       {{"sincos_2d",

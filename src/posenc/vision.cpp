@@ -21,6 +21,41 @@ std::vector<double> rope_2d_angles(int64_t R, double base, bool interleaved, dou
   return a;
 }
 
+Rope2dFreqs rope_2d_frequencies(int64_t R, double base, const ops::RopeScaling& s,
+                                std::array<double, 2> factor, std::array<int64_t, 2> L0,
+                                std::array<int64_t, 2> cur) {
+  PF_CHECK(R > 0 && R % 4 == 0, "[rope_2d] rotary dim must be a multiple of 4, got ", R);
+  Rope2dFreqs f;
+  double* used[2] = {&f.factor_y, &f.factor_x};
+  ops::RopeFreqs* out[2] = {&f.y, &f.x};
+  for (int a = 0; a < 2; ++a) {
+    ops::RopeScaling sa = s;
+    if (s.type != ops::RopeScalingType::None) {
+      PF_CHECK(L0[a] >= 1, "[rope_2d] the trained grid must be >= 1 on each axis, got ", L0[a]);
+      const double grid = std::max(1.0, static_cast<double>(cur[a]) / static_cast<double>(L0[a]));
+      const bool dynamic = s.type == ops::RopeScalingType::DynamicNtk;
+      sa.factor = factor[a] > 0 ? factor[a] : dynamic ? 1.0 : grid;
+      sa.original_len = L0[a];
+    }
+    *used[a] = sa.type == ops::RopeScalingType::None ? 1.0 : sa.factor;
+    *out[a] = ops::rope_frequencies(R / 2, base, sa, cur[a]);
+  }
+  return f;
+}
+
+void rope_2d_table_row(bool interleaved, const Rope2dFreqs& f, double x, double y, float* cos,
+                       float* sin) {
+  const size_t q = f.x.theta.size();
+  for (size_t i = 0; i < q; ++i) {
+    const double ax = x * f.x.theta[i], ay = y * f.y.theta[i];
+    const size_t jx = interleaved ? 2 * i : i, jy = interleaved ? 2 * i + 1 : q + i;
+    cos[jx] = static_cast<float>(f.x.mscale * std::cos(ax));
+    sin[jx] = static_cast<float>(f.x.mscale * std::sin(ax));
+    cos[jy] = static_cast<float>(f.y.mscale * std::cos(ay));
+    sin[jy] = static_cast<float>(f.y.mscale * std::sin(ay));
+  }
+}
+
 void sincos_2d_row(int64_t d, double x, double y, float* out) {
   const int64_t n = d / 4;
   for (int64_t i = 0; i < n; ++i) {
@@ -121,7 +156,10 @@ class Rope2dPosition final : public PositionEncoding {
       : g_(g),
         R_(c.rotary_dim == 0 ? g.D : c.rotary_dim),
         base_(c.base),
-        interleaved_(c.axial_layout == "axial_interleaved") {
+        interleaved_(c.axial_layout == "axial_interleaved"),
+        cls_rotated_(c.cls_position != "none"),
+        scaling_(c.scaling),
+        factor_(c.axis_factor) {
     PF_CHECK(R_ > 0 && R_ % 4 == 0 && R_ <= g.D,
              "[rope_2d] rotary dim must be a multiple of 4 and <= head dim ", g.D, ", got ", R_);
   }
@@ -133,24 +171,29 @@ class Rope2dPosition final : public PositionEncoding {
   }
   void rotate_backward(float* dx, int64_t n_heads, int64_t ld,
                        const Positions& pos) const override {
-    apply(dx, n_heads, ld, pos, -1.0f);  // R^T
+    apply(dx, n_heads, ld, pos, -1.0f);  // (mscale R)^T = mscale R with -sin
   }
 
  private:
-  // One cos/sin row per token (CLS: angle 0, the identity, for both cls_position choices).
+  // One cos/sin row per token; the frequencies follow from the call's grid (scalings per axis):
+  // every call holds whole images (the stacks rotate q and k of the batch at once; linear_rope,
+  // which rotates block by block, refuses 2-D positions), so the grid is the image's.
   void apply(float* x, int64_t n_heads, int64_t ld, const Positions& pos, float sign) const {
     const int64_t BT = pos.B * pos.T, P = R_ / 2;
     if (BT == 0) return;
-    grid_of(pos, "rope_2d");
+    const Grid grid = grid_of(pos, "rope_2d");
+    const Rope2dFreqs f = rope_2d_frequencies(R_, base_, scaling_, factor_, {g_.grid_h, g_.grid_w},
+                                              {grid.gh, grid.gw});
     std::vector<float> cs(static_cast<size_t>(BT * P)), sn(cs.size());
     for (int64_t i = 0; i < BT; ++i) {
       const int64_t r = pos.ids[2 * i], c = pos.ids[2 * i + 1];
-      const bool cls = r < 0;
-      const std::vector<double> a =
-          rope_2d_angles(R_, base_, interleaved_, cls ? 0.0 : double(c), cls ? 0.0 : double(r));
-      for (int64_t j = 0; j < P; ++j)
-        cs[i * P + j] = static_cast<float>(std::cos(a[j])),
-                   sn[i * P + j] = static_cast<float>(std::sin(a[j]));
+      if (r >= 0 || cls_rotated_) {  // CLS "origin": what patch (0, 0) gets
+        rope_2d_table_row(interleaved_, f, r < 0 ? 0.0 : double(c), r < 0 ? 0.0 : double(r),
+                          &cs[i * P], &sn[i * P]);
+      } else {  // CLS "none": the identity
+        std::fill_n(&cs[i * P], P, 1.0f);
+        std::fill_n(&sn[i * P], P, 0.0f);
+      }
     }
     ops::rope_apply(x, BT, n_heads, g_.D, ld, R_, ops::RopeLayout::Interleaved, cs.data(),
                     sn.data(), sign);
@@ -158,7 +201,9 @@ class Rope2dPosition final : public PositionEncoding {
   StackGeom g_;
   int64_t R_;
   double base_;
-  bool interleaved_;
+  bool interleaved_, cls_rotated_;
+  ops::RopeScaling scaling_;
+  std::array<double, 2> factor_;
 };
 
 class Sincos2dPosition final : public PositionEncoding {

@@ -6,7 +6,8 @@ float64 PyTorch twin tests/reference/vit_twin.py.
 
 For each case: `posformer init`, weights replaced by larger random ones (so every term
 matters), `posformer grad` on a batch of random images and labels (sometimes at another image
-size than the config's: the patch grid grows or shrinks, learned_2d is resized); checks
+size than the config's: the patch grid grows or shrinks, learned_2d is resized, rope_2d under
+a RoPE scaling per axis computed by the twin on its own); checks
   - logits and loss within 1e-4 (relative to the largest logit / the loss);
   - every parameter's gradient within 1e-4 of autograd's (relative to its largest entry, or to
     1e-3 of the largest gradient of all for one that is zero in exact arithmetic: attn.k.bias
@@ -54,6 +55,28 @@ CASES = [
     case("rope_2d_cls_none", pos={"type": "rope_2d", "cls_position": "none"}),
     case("rope_2d_larger_images", pos={"type": "rope_2d", "layout": "axial_interleaved"},
          size=(12, 16)),
+    # RoPE scalings per axis (trained grid 2 x 3; factors default to new / trained grid per axis)
+    case("rope_2d_linear_auto_up", pos={"type": "rope_2d", "scaling": {"type": "linear"}},
+         size=(16, 20)),
+    case("rope_2d_ntk_interleaved_mean", {"pool": "mean"},
+         {"type": "rope_2d", "layout": "axial_interleaved", "scaling": {"type": "ntk"}},
+         size=(12, 16)),
+    case("rope_2d_dynamic_ntk_given_factors",
+         pos={"type": "rope_2d", "scaling": {"type": "dynamic_ntk", "factor": [2, 1.5]}},
+         size=(16, 16)),
+    case("rope_2d_yarn_ramp_cls_origin",
+         pos={"type": "rope_2d", "base": 10000.0,
+              "scaling": {"type": "yarn", "beta_fast": 2.0, "beta_slow": 0.25}},
+         size=(16, 24)),
+    case("rope_2d_yarn_cls_none_interleaved",
+         pos={"type": "rope_2d", "layout": "axial_interleaved", "cls_position": "none",
+              "scaling": {"type": "yarn", "factor": 3}}, size=(12, 20)),
+    case("rope_2d_llama3_blend", pos={"type": "rope_2d", "base": 100.0, "scaling": {
+        "type": "llama3", "factor": [2, 1.5], "low_freq_factor": 0.05, "high_freq_factor": 0.5}},
+         size=(12, 20)),
+    case("rope_2d_linear_partial_gqa", {"n_kv_heads": 1},
+         {"type": "rope_2d", "layout": "axial_interleaved", "rotary_dim": 4,
+          "scaling": {"type": "linear"}}, size=(12, 16)),
     case("learned_2d_bicubic_same", pos={"type": "learned_2d"}),
     case("learned_2d_bicubic_up", pos={"type": "learned_2d"}, size=(16, 20)),
     case("learned_2d_bilinear_up_mean", {"pool": "mean"},

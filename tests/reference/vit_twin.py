@@ -58,11 +58,41 @@ def sinusoid(pos, d, half):
     return torch.stack([torch.sin(ang), torch.cos(ang)], dim=2).reshape(len(pos), d)
 
 
-def rotate_pairs(x, ang):
-    """x [..., T, 2P] as P complex pairs (x[2j] + i x[2j+1]) times exp(i ang[T, P])."""
+def rotate_pairs(x, ang, mag=None):
+    """x [..., T, 2P] as P complex pairs (x[2j] + i x[2j+1]) times mag exp(i ang[T, P])."""
     z = torch.view_as_complex(x.reshape(*x.shape[:-1], -1, 2).contiguous())
-    z = z * torch.polar(torch.ones_like(ang), ang)
+    z = z * torch.polar(torch.ones_like(ang) if mag is None else mag, ang)
     return torch.view_as_real(z).reshape(x.shape)
+
+
+def scaled_freqs(Ra, base, sc, s, L0, L):
+    """SPEC 3's scalings for one axis of rotary width Ra (frequencies theta_i = base^(-2i/Ra)),
+    scale s, trained length L0, current length L -> (theta [Ra/2], mscale)."""
+    kind = sc.get("type", "none")
+    i = torch.arange(Ra // 2, dtype=DT)
+    th = base ** (-2.0 * i / Ra)
+    if kind == "none":
+        return th, 1.0
+    if kind == "linear":
+        return th / s, 1.0
+    if kind in ("ntk", "dynamic_ntk"):
+        if kind == "dynamic_ntk":
+            s = s * max(L, L0) / L0 - (s - 1)
+        return (base * s ** (Ra / (Ra - 2))) ** (-2.0 * i / Ra), 1.0
+    if kind == "yarn":
+        def corr(r):
+            return Ra * math.log(L0 / (2 * math.pi * r)) / (2 * math.log(base))
+        low = math.floor(corr(sc.get("beta_fast", 32.0)))
+        high = math.ceil(corr(sc.get("beta_slow", 1.0)))
+        ramp = 1 - torch.clamp((i - low) / max(0.001, high - low), 0, 1)
+        return th / s * (1 - ramp) + th * ramp, 1 + 0.1 * math.log(s)
+    if kind == "llama3":
+        lo, hi = sc.get("low_freq_factor", 1.0), sc.get("high_freq_factor", 4.0)
+        lam = 2 * math.pi / th
+        a = (L0 / lam - lo) / (hi - lo)
+        mid = (1 - a) * th / s + a * th
+        return torch.where(lam < L0 / hi, th, torch.where(lam > L0 / lo, th / s, mid)), 1.0
+    raise ValueError(kind)
 
 
 def rope_1d(x, pos, R, base, layout):
@@ -78,17 +108,38 @@ def rope_1d(x, pos, R, base, layout):
     return y
 
 
-def rope_2d(x, rows, cols, R, base, layout):
-    """SPEC 4: theta_i = base^(-2i/(R/2)); x = column, y = row; CLS rows (-1) unrotated."""
-    th = base ** (-2.0 * torch.arange(R // 4, dtype=DT) / (R // 2))
-    cx = torch.where(cols < 0, 0, cols).to(DT)[:, None] * th[None]   # [T, R/4]
-    cy = torch.where(rows < 0, 0, rows).to(DT)[:, None] * th[None]
+def rope_2d(x, rows, cols, R, base, layout, scaling=None, trained=None, cls_position="origin"):
+    """SPEC 4: theta_i = base^(-2i/(R/2)); x = column, y = row. Under a scaling each axis gets
+    SPEC 3's frequencies at width R/2 with its trained grid length (trained = (gh0, gw0)), the
+    current grid length and its factor (default: current / trained, at least 1; dynamic_ntk 1).
+    CLS rows (-1): "origin" as patch (0, 0), "none" untouched."""
+    sc = scaling or {"type": "none"}
+    f = sc.get("factor", "auto")
+    f = [f, f] if not isinstance(f, list) else f
+    cur = (int(rows.max()) + 1, int(cols.max()) + 1)
+    axis = []
+    for a in range(2):  # 0 = rows (y), 1 = cols (x)
+        if sc.get("type", "none") == "none":
+            axis.append(scaled_freqs(R // 2, base, sc, 1.0, 1, 1))
+            continue
+        s = f[a] if f[a] != "auto" else \
+            (1.0 if sc["type"] == "dynamic_ntk" else max(1.0, cur[a] / trained[a]))
+        axis.append(scaled_freqs(R // 2, base, sc, float(s), trained[a], cur[a]))
+    (thy, my), (thx, mx) = axis
+    cx = torch.where(cols < 0, 0, cols).to(DT)[:, None] * thx[None]   # [T, R/4]
+    cy = torch.where(rows < 0, 0, rows).to(DT)[:, None] * thy[None]
+    q = R // 4
+    mag_x, mag_y = torch.full((len(rows), q), float(mx), dtype=DT), \
+        torch.full((len(rows), q), float(my), dtype=DT)
     if layout == "axial_split":
-        ang = torch.cat([cx, cy], dim=1)
+        ang, mag = torch.cat([cx, cy], dim=1), torch.cat([mag_x, mag_y], dim=1)
     else:  # axial_interleaved: 4-dim blocks [x-pair, y-pair]
         ang = torch.stack([cx, cy], dim=2).reshape(len(rows), R // 2)
+        mag = torch.stack([mag_x, mag_y], dim=2).reshape(len(rows), R // 2)
+    if cls_position == "none":  # CLS untouched
+        mag = torch.where((rows < 0)[:, None], torch.ones_like(mag), mag)
     y = x.clone()
-    y[..., :R] = rotate_pairs(x[..., :R], ang)
+    y[..., :R] = rotate_pairs(x[..., :R], ang, mag)
     return y
 
 
@@ -166,9 +217,11 @@ def forward(cfg, w, images):
             k = rope_1d(k, torch.arange(T), R, pos.get("base", 10000.0),
                         pos.get("layout", "interleaved"))
         elif pt == "rope_2d":
-            lay = pos.get("layout", "axial_split")
-            q = rope_2d(q, rows, cols, R, pos.get("base", 10000.0), lay)
-            k = rope_2d(k, rows, cols, R, pos.get("base", 10000.0), lay)
+            lay, b = pos.get("layout", "axial_split"), pos.get("base", 10000.0)
+            extra = dict(scaling=pos.get("scaling"), trained=(gh0, gw0),
+                         cls_position=pos.get("cls_position", "origin"))
+            q = rope_2d(q, rows, cols, R, b, lay, **extra)
+            k = rope_2d(k, rows, cols, R, b, lay, **extra)
         k = k.repeat_interleave(H // Hkv, dim=1)
         v = v.repeat_interleave(H // Hkv, dim=1)
         s = (q @ k.transpose(-1, -2)) / math.sqrt(D)

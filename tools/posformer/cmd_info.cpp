@@ -41,9 +41,8 @@ Command add_info(CLI::App& root) {
                   (long long)c.patch_size, (long long)c.grid_h(), (long long)c.grid_w(),
                   c.pool.name(), (long long)c.num_classes);
             std::printf("position   %s", c.position.type.c_str());
-            if (const auto& sc = c.position.scaling; sc.type != ops::RopeScalingType::None)
-              std::printf(", scaling %s s=%g L0=%lld", ops::rope_scaling_name(sc.type), sc.factor,
-                          (long long)sc.original_len);
+            if (c.position.scaling.type != ops::RopeScalingType::None)
+              std::printf(", scaling %s", rope_scaling_label(c).c_str());
             if (c.embed_scale_sqrt_d || c.embed_scale != 1.0)
               std::printf(", token embeddings x %.4g%s", c.token_embed_scale(),
                           c.embed_scale_sqrt_d ? " (sqrt_d)" : "");

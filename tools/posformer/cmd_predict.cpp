@@ -61,19 +61,29 @@ void run_python(const std::string& python, const std::string& script,
 }  // namespace
 
 int eval_vit(const std::string& dir, const std::string& data, int64_t max_images,
-             const std::string& confusion_png, const std::string& python) {
-  const Transformer m = Transformer::load(dir);
+             const std::string& confusion_png, const std::string& python,
+             const std::string& image_size, const RopeOverride& rope) {
+  const Transformer m = load_model(dir, rope, "eval");
   const ModelConfig& c = m.config();
-  const ImageSet set = load_image_data(data, c.channels, max_images);
+  ImageSet set = load_image_data(data, c.channels, max_images);
+  if (!image_size.empty()) {
+    const auto [h, w] = parse_image_size(image_size, "eval");
+    PF_CHECK(h % c.patch_size == 0 && w % c.patch_size == 0, "[eval] --image-size ", h, "x", w,
+             " is not a multiple of the patch_size ", c.patch_size);
+    set = resize_images(set, h, w);
+  }
   PF_CHECK(set.num_classes() <= c.num_classes, "[eval] the data has label ", set.num_classes() - 1,
            ", the model has ", c.num_classes, " classes");
   std::vector<int64_t> rows(static_cast<size_t>(set.n));
   for (int64_t i = 0; i < set.n; ++i) rows[i] = i;
   const ClassifyEval e = evaluate_images(m, set, rows, 64);
   const int64_t K = c.num_classes;
-  std::printf("%s on %s: %lld images (%lldx%lld), loss %.4f, accuracy %.2f%%\n", dir.c_str(),
+  std::printf("%s on %s: %lld images (%lldx%lld), loss %.4f, accuracy %.2f%%", dir.c_str(),
               data.c_str(), (long long)e.count, (long long)set.H, (long long)set.W, e.loss,
               100.0 * e.accuracy);
+  if (c.position.scaling.type != ops::RopeScalingType::None)
+    std::printf(" (rope scaling %s)", rope_scaling_label(c).c_str());
+  std::printf("\n");
   std::printf("per-class accuracy:");
   for (int64_t k = 0; k < K; ++k)
     std::printf(" %lld:%.1f%%", (long long)k, 100 * e.class_accuracy[k]);
@@ -105,6 +115,7 @@ Command add_predict(CLI::App& root) {
     std::vector<std::string> images;
     int64_t top = 3;
     int threads = 0;
+    RopeOverride rope;
   };
   auto o = std::make_shared<Opts>();
   app->add_option("MODEL", o->dir, "model directory (arch vit)")->required();
@@ -113,9 +124,13 @@ Command add_predict(CLI::App& root) {
   app->add_option("--top", o->top, "classes listed per image, most probable first")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
   add_threads_option(app, o->threads);
+  add_rope_scaling_options(app, o->rope);
   return {app, [=]() {
             set_threads(o->threads);
-            const Transformer m = Transformer::load(o->dir);
+            PF_CHECK(model_dir_config(o->dir).is_vit(), "[predict] ", o->dir, " is an arch ",
+                     model_dir_config(o->dir).arch,
+                     " model; predict classifies images with arch vit");
+            const Transformer m = load_model(o->dir, o->rope, "predict");
             PF_CHECK(m.config().is_vit(), "[predict] ", o->dir, " is an arch ", m.config().arch,
                      " model; predict classifies images with arch vit");
             const ImageSet set = read_png_files(o->images, m.config().channels);

@@ -1,6 +1,7 @@
 #include "common.h"
 
 #include <cerrno>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -9,6 +10,7 @@
 #include "posformer/core/memory.h"
 #include "posformer/core/runtime.h"
 #include "posformer/model/safetensors.h"
+#include "posformer/posenc/vision.h"
 
 namespace posformer::cli {
 
@@ -190,9 +192,18 @@ bool apply_rope_override(ModelConfig& cfg, const RopeOverride& o, const std::str
   PF_CHECK(o.opts[0]->count() > 0, "[", cmd,
            "] --rope-factor / --rope-original-len / --rope-beta-* / --rope-*-freq-factor need "
            "--rope-scaling TYPE");
-  PF_CHECK(cfg.position.type == "rope", "[", cmd,
+  const bool rope_2d = cfg.position.type == "rope_2d";
+  PF_CHECK(!cfg.is_vit() || rope_2d, "[", cmd,
+           "] --rope-scaling applies to arch vit models with position rope_2d only (scaled per "
+           "axis); this model's position type is '",
+           cfg.position.type, "'");
+  PF_CHECK(cfg.position.type == "rope" || rope_2d, "[", cmd,
            "] --rope-scaling applies to RoPE models only; this model's position type is '",
            cfg.position.type, "'");
+  PF_CHECK(!rope_2d || o.opts[2]->count() == 0, "[", cmd,
+           "] --rope-original-len does not apply to rope_2d: each axis's trained length is the "
+           "model's patch grid (",
+           cfg.grid_h(), " x ", cfg.grid_w(), ")");
   ops::RopeScaling s;
   s.type = ops::parse_rope_scaling_type(o.type, str("[", cmd, "] --rope-scaling"));
   const bool yarn = s.type == ops::RopeScalingType::Yarn,
@@ -202,10 +213,17 @@ bool apply_rope_override(ModelConfig& cfg, const RopeOverride& o, const std::str
   for (int i = 0; i < 4; ++i)
     PF_CHECK(o.opts[3 + i]->count() == 0 || (i < 2 ? yarn : llama3), "[", cmd, "] ", own[i],
              " applies to --rope-scaling ", i < 2 ? "yarn" : "llama3", ", not ", o.type);
-  s.factor = o.factor;
-  s.original_len = o.opts[2]->count() ? o.original_len : cfg.position.scaling.original_len;
   s.beta_fast = o.beta_fast, s.beta_slow = o.beta_slow;
   s.low_freq_factor = o.low_freq_factor, s.high_freq_factor = o.high_freq_factor;
+  if (rope_2d) {  // factor on both axes; default: new over trained grid per axis
+    const double f = o.opts[1]->count() ? o.factor : 0.0;
+    PF_CHECK(!o.opts[1]->count() || (std::isfinite(f) && f >= 1.0), "[", cmd,
+             "] --rope-factor must be >= 1, got ", f);
+    cfg.position.axis_factor = {f, f};
+  } else {
+    s.factor = o.factor;
+    s.original_len = o.opts[2]->count() ? o.original_len : cfg.position.scaling.original_len;
+  }
   cfg.position.scaling = s;
   try {
     validate_config(cfg);
@@ -213,6 +231,45 @@ bool apply_rope_override(ModelConfig& cfg, const RopeOverride& o, const std::str
     throw Error(str("[", cmd, "] the --rope-* flags give a bad scaling: ", e.what()));
   }
   return true;
+}
+
+std::string rope_scaling_label(const ModelConfig& c) {
+  const PositionConfig& p = c.position;
+  if (p.scaling.type == ops::RopeScalingType::None) return "none";
+  std::string s = ops::rope_scaling_name(p.scaling.type);
+  if (p.type != "rope_2d") return str(s, " s=", p.scaling.factor, " L0=", p.scaling.original_len);
+  const auto& f = p.axis_factor;
+  if (f[0] == 0 && f[1] == 0) return s + " s=auto";
+  return f[0] == f[1] ? str(s, " s=", f[0]) : str(s, " s=", f[0], "x", f[1]);
+}
+
+std::pair<int64_t, int64_t> parse_image_size(const std::string& v, const std::string& cmd) {
+  const size_t x = v.find('x');
+  auto num = [&](const std::string& t) {
+    size_t used = 0;
+    int64_t n = 0;
+    try {
+      n = std::stoll(t, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    PF_CHECK(used > 0 && used == t.size() && n >= 1 && n <= (1 << 16), "[", cmd,
+             "] --image-size must be HxW or one number in [1, 65536], got \"", v, "\"");
+    return n;
+  };
+  const int64_t h = num(v.substr(0, x));
+  return {h, x == std::string::npos ? h : num(v.substr(x + 1))};
+}
+
+ImageSet resize_images(const ImageSet& set, int64_t h, int64_t w) {
+  if (h == set.H && w == set.W) return set;
+  ImageSet out = set;
+  out.H = h, out.W = w;
+  out.pixels.assign(static_cast<size_t>(set.n * set.C * h * w), 0.0f);
+  for (int64_t i = 0; i < set.n * set.C; ++i)
+    resize_grid(set.pixels.data() + i * set.H * set.W, set.H, set.W, 1, h, w, false,
+                out.pixels.data() + i * h * w);
+  return out;
 }
 
 Transformer load_model(const std::string& dir, const RopeOverride& o, const std::string& cmd) {

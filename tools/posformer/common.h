@@ -4,6 +4,7 @@
 #include <string>
 
 #include "posformer/model/transformer.h"
+#include "posformer/train/images.h"
 
 namespace posformer::cli {
 
@@ -26,10 +27,6 @@ Command add_cost(CLI::App& root);
 Command add_extrapolate(CLI::App& root);
 Command add_predict(CLI::App& root);
 Command add_vit_resolution(CLI::App& root);
-// posformer eval on an arch vit model (cmd_predict.cpp): accuracy, per-class accuracy and the
-// confusion matrix (text, CSV and a matplotlib PNG).
-int eval_vit(const std::string& dir, const std::string& data, int64_t max_images,
-             const std::string& confusion_png, const std::string& python);
 
 // "1 2 3" (spaces, commas or newlines) -> ids; throws Error naming the bad token.
 std::vector<int32_t> parse_token_list(const std::string& text, const std::string& what);
@@ -92,8 +89,27 @@ struct RopeOverride {
 void add_rope_scaling_options(CLI::App* app, RopeOverride& o);
 // Applies the flags given to cfg; refuses them for a model without RoPE and checks the result
 // (errors name the flag and the field). Returns whether a flag was given.
+// arch vit with position rope_2d: --rope-scaling TYPE scales each axis (posenc/vision.h); the
+// factor is --rope-factor on both axes, by default the new grid over the trained one per axis;
+// --rope-original-len is refused (L0 per axis = the trained patch grid). Other arch vit models
+// refuse the flags.
 bool apply_rope_override(ModelConfig& cfg, const RopeOverride& o, const std::string& cmd);
+// "yarn s=2 L0=64" (rope), "yarn s=auto" / "yarn s=2" / "yarn s=2x1.5" (rope_2d), "none".
+std::string rope_scaling_label(const ModelConfig& c);
+// --image-size HxW or N (a square) -> {H, W}; errors name `cmd` and the text.
+std::pair<int64_t, int64_t> parse_image_size(const std::string& v, const std::string& cmd);
+// Every image of `set` resized to h x w, bilinear with align_corners=False (as
+// torch.nn.functional.interpolate), one channel plane at a time.
+ImageSet resize_images(const ImageSet& set, int64_t h, int64_t w);
 // Transformer::load(dir) with the override applied to its config.
 Transformer load_model(const std::string& dir, const RopeOverride& o, const std::string& cmd);
+
+// posformer eval on an arch vit model (cmd_predict.cpp): accuracy, per-class accuracy and the
+// confusion matrix (text, CSV and a matplotlib PNG).
+// image_size: "" (the data's own) or --image-size HxW / N (images resized, bilinear); rope: the
+// --rope-* override (rope_2d models only).
+int eval_vit(const std::string& dir, const std::string& data, int64_t max_images,
+             const std::string& confusion_png, const std::string& python,
+             const std::string& image_size, const RopeOverride& rope);
 
 }  // namespace posformer::cli

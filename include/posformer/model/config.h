@@ -59,6 +59,11 @@ struct PositionConfig {
   // not rotated ("none"). rotary_dim and base as rope's (R must be a multiple of 4).
   std::string axial_layout = "axial_split";
   std::string cls_position = "origin";
+  // rope_2d's position.scaling applies per axis (posenc/vision.h): `scaling` holds the type and
+  // its own fields (scaling.factor and scaling.original_len are unused), axis_factor the factor
+  // per axis {row, col}; 0 = from the grid (current over trained grid on that axis, at least 1;
+  // dynamic_ntk: 1)
+  std::array<double, 2> axis_factor = {0.0, 0.0};
   // learned_2d: how the table is resized for another patch grid (bicubic | bilinear)
   std::string interpolation = "bicubic";
 };

@@ -16,6 +16,29 @@
 // The CLS token: cls_position "origin" rotates it by (0,0), "none" leaves it unrotated; as
 // R_(0,0) = I the two are the same rotation (kept as a named choice, docs/vision.md).
 //
+// position.scaling (ops/rope.h's RoPE scalings, SPEC.md 3) applies per axis a in {y (row),
+// x (col)}: each axis has its trained grid length L0_a (the config's grid_h / grid_w), its current
+// grid length G_a (largest position on that axis + 1, over the call) and its own factor s_a:
+// given (position.scaling.factor: one number for both axes, or [row, col]) or by default
+// s_a = max(1, G_a / L0_a). The R/4 frequencies of the axis and its table scale are
+//
+//   theta_a, mscale_a = ops::rope_frequencies(R/2, base, {type, s_a, L0_a, type's fields}, G_a)
+//
+// (R/2: the axis's rotary width, as theta_i = base^(-2i/(R/2)) above), and the pairs of axis a
+// (its half in axial_split, its pair of each 4-dim block in axial_interleaved) use
+// mscale_a cos(p_a theta_a,i), mscale_a sin(p_a theta_a,i). So
+//   linear       theta_a / s_a: position interpolation per axis, R_(x,y) -> R_(x/s_x, y/s_y)
+//   ntk, yarn, llama3 per axis with L0_a; yarn's mscale per axis (logits of the x pairs scaled by
+//                mscale_x^2, of the y pairs by mscale_y^2)
+//   dynamic_ntk  s'_a = s_a G_a/L0_a - (s_a - 1) when G_a > L0_a (plain up to L0_a), with s_a = 1
+//                by default (the grid already enters through G_a; a default of G_a/L0_a would
+//                count it twice). A ViT sees its whole grid in one call (no cache), so at the
+//                default factor dynamic_ntk equals ntk at the default factor; they differ for a
+//                given factor.
+// The score still depends on (x2-x1, y2-y1) only: the frequencies are constants of the call,
+// the positions are data (backward: the same tables with -sin). The CLS token: "origin" gets
+// what patch (0, 0) gets (angle 0: under yarn the scale mscale_a), "none" is left untouched.
+//
 // sincos_2d (MAE / timm): n = d/4, w_i = 10000^(-i/n);
 //   P[(y,x)] = [sin(x w_0..n-1) | cos(x w_0..n-1) | sin(y w_0..n-1) | cos(y w_0..n-1)]
 // (column first, as MAE's meshgrid(w, h)); the CLS token gets zeros.
@@ -26,13 +49,31 @@
 // torch.nn.functional.interpolate / timm's resample_abs_pos_embed (for upsizing; no antialias
 // when downsizing); the CLS row is kept as is. Gradients flow back through the resize.
 #pragma once
+#include <array>
 #include <cstdint>
 #include <vector>
 
+#include "posformer/ops/rope.h"
+
 namespace posformer {
 
-// Angles a_j (j < R/2) of rope_2d at (x, y).
+// Angles a_j (j < R/2) of rope_2d at (x, y), unscaled.
 std::vector<double> rope_2d_angles(int64_t R, double base, bool interleaved, double x, double y);
+
+// The frequencies of rope_2d's two axes under a scaling (above): R/4 each, with their table
+// scales and the factors used. factor: {row, col}, 0 = the default; L0: trained grid {gh, gw};
+// cur: current grid {gh, gw}.
+struct Rope2dFreqs {
+  ops::RopeFreqs y, x;
+  double factor_y = 1.0, factor_x = 1.0;
+};
+Rope2dFreqs rope_2d_frequencies(int64_t R, double base, const ops::RopeScaling& s,
+                                std::array<double, 2> factor, std::array<int64_t, 2> L0,
+                                std::array<int64_t, 2> cur);
+// One table row (R/2 pairs, rope_apply's interleaved pair order) at (x, y) with per-axis
+// frequencies: cos[j] = mscale cos(a_j), sin[j] = mscale sin(a_j), a_j as rope_2d_angles.
+void rope_2d_table_row(bool interleaved, const Rope2dFreqs& f, double x, double y, float* cos,
+                       float* sin);
 
 // One sincos_2d row (width d, d % 4 == 0) at (x, y).
 void sincos_2d_row(int64_t d, double x, double y, float* out);
