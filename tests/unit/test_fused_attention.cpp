@@ -4,6 +4,7 @@
 // (ALiBi, T5, XL, DeBERTa, RealFormer's carried scores). Outputs and gradients are NaN-poisoned
 // before every run, so a row the kernel forgets to write fails.
 #include <gtest/gtest.h>
+#include <hwy/targets.h>
 #include <omp.h>
 
 #include <array>
@@ -210,6 +211,29 @@ TEST(FusedAttention, MatchesUnfusedOverGrid) {
       }
       check_fused_vs_unfused(c, seed++);
     }
+}
+
+// The tile products (kernels/cpu/flash_gemm.h) on every compiled Highway target this CPU
+// supports (AVX-512, AVX2, SSE4 ...): head dims that are and are not multiples of the vector
+// width, GQA, masks, hooks, row counts off the register blocks.
+TEST(FusedAttention, EveryTargetMatchesUnfused) {
+  const auto targets = hwy::SupportedAndGeneratedTargets();
+  ASSERT_FALSE(targets.empty());
+  for (int64_t t : targets) {
+    SCOPED_TRACE(hwy::TargetName(t));
+    hwy::SetSupportedTargetsForTest(t);
+    uint32_t seed = 900;
+    int i = 0;
+    for (int64_t D : {20, 32, 64, 80, 96, 128}) {
+      FCase c;
+      c.B = 2, c.H = 4, c.Hkv = i % 2 ? 2 : 4, c.D = D, c.Tq = c.Tk = 30 + 29 * i;
+      c.causal = i % 3 != 1, c.padding = i % 2 == 0;
+      c.hook = i % 3 == 0 ? "none" : i % 3 == 1 ? "alibi" : "t5";
+      check_fused_vs_unfused(c, seed++);
+      ++i;
+    }
+  }
+  hwy::SetSupportedTargetsForTest(0);
 }
 
 // Every hook x causal x padding x GQA at a size with several query blocks and key tiles.
