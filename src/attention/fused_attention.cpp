@@ -1,8 +1,10 @@
 // Fused ("flash") exact softmax attention, forward and backward (attention.h): tiles of the
 // score matrix are made, used and dropped; only the row log-sum-exp L is kept for backward.
 //   forward  per (b, h, block of kBr query rows), over key blocks of kBc keys up to the keys the
-//            block can see: S = scale Q K^T (gemm), hook terms, online softmax (running max m,
-//            sum l, O rescaled), O += P V (gemm); out = O / l, L = m + log l.
+//            block can see: S = scale Q K^T, hook terms, online softmax (running max m, sum l,
+//            O rescaled), O += P V; out = O / l, L = m + log l.
+// The tile products are the Highway micro-kernels of kernels/cpu/flash_gemm.h on K and V packed
+// once per (b, kv head), or oneDNN sgemm (POSFORMER_FLASH_GEMM=0, and decoding-sized blocks).
 //   backward per (b, kv head) in parallel, its heads and blocks in a fixed order (results do not
 //            depend on the thread count): Di = dO . O, P = exp(S - L), dV += P^T dO,
 //            dS = P (dO V^T - Di), hook, dQ += scale dS K, dK += scale dS^T Q.
@@ -157,7 +159,7 @@ void fused_attention_backward(const AttnDesc& a, const float* lse, const AttnGra
   const bool fast = flash_gemm_on() && a.Tq * group >= kMinPackRows;
   // fast: per thread, this (b, kv head)'s K and V in panels (S = Q K^T, dP = dO V^T), and K,
   // the block's Q and dO as rows padded to Dp (the acc products' B) unless D is already padded
-  const int64_t Dp = kernels::cpu::flash_round_up(D), kp_size = Dp == D ? 0 : a.Tk * Dp;
+  const int64_t Dp = kernels::cpu::flash_round_up(D), kr_size = Dp == D ? 0 : a.Tk * Dp;
   const int64_t kpan = fast ? kernels::cpu::flash_round_up(a.Tk) * D : 0;
 #pragma omp parallel if (BG > 1 && omp_get_max_threads() > 1 && !omp_in_parallel())
   {
@@ -165,7 +167,7 @@ void fused_attention_backward(const AttnDesc& a, const float* lse, const AttnGra
     std::vector<float> Di(static_cast<size_t>(br));
     std::vector<int64_t> vis(static_cast<size_t>(br)), klo(static_cast<size_t>(kBc));
     std::vector<float> Kp(static_cast<size_t>(kpan)), Vp(static_cast<size_t>(kpan));
-    std::vector<float> Kr(fast ? static_cast<size_t>(kp_size) : 0);
+    std::vector<float> Kr(fast ? static_cast<size_t>(kr_size) : 0);
     std::vector<float> Qr(fast && Dp != D ? static_cast<size_t>(br * Dp) : 0), dOr(Qr.size());
 #pragma omp for schedule(static, 1)  // static: per-thread hook gradient sums are reproducible
     for (int64_t bg = 0; bg < BG; ++bg) {
