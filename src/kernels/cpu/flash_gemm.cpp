@@ -135,13 +135,40 @@ HWY_NOINLINE void acc_block(DF d, int64_t k0, int64_t k1, float alpha, const flo
   }
 }
 
+// Rows m0 .. m0 + mvalid (<= MR) over all D columns, terms [k0, k1).
+template <int MR>
+HWY_INLINE void acc_rows(DF d, int64_t m0, int64_t mvalid, int64_t M, int64_t D, int64_t k0,
+                         int64_t k1, float alpha, const float* A, int64_t a_rs, int64_t a_ks,
+                         const float* B, int64_t ldb, float* C, int64_t ldc) {
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  const int64_t nvec = (D + N - 1) / N;
+  const size_t last = static_cast<size_t>(D - (nvec - 1) * N);  // lanes of a row's last vector
+  const float* ap[MR];  // rows past M repeat the last one; their results are not stored
+  float* cc[MR];
+  for (int64_t v0 = 0; v0 < nvec; v0 += kAccNV) {
+    for (int64_t i = 0; i < MR; ++i) {
+      const int64_t m = std::min(m0 + i, M - 1);
+      ap[i] = A + m * a_rs;
+      cc[i] = C + m * ldc + v0 * N;
+    }
+    const int64_t nv = std::min<int64_t>(kAccNV, nvec - v0);
+    const size_t tail = v0 + nv == nvec ? last : static_cast<size_t>(N);
+    const float* b = B + v0 * N;
+    if (nv == kAccNV)
+      acc_block<MR, kAccNV>(d, k0, k1, alpha, ap, a_ks, b, ldb, cc, mvalid, tail);
+    else if (nv == 3)
+      acc_block<MR, 3>(d, k0, k1, alpha, ap, a_ks, b, ldb, cc, mvalid, tail);
+    else if (nv == 2)
+      acc_block<MR, 2>(d, k0, k1, alpha, ap, a_ks, b, ldb, cc, mvalid, tail);
+    else
+      acc_block<MR, 1>(d, k0, k1, alpha, ap, a_ks, b, ldb, cc, mvalid, tail);
+  }
+}
+
 void flash_gemm_acc_kernel(int64_t M, int64_t D, int64_t K, float alpha, const float* A,
                            int64_t a_rs, int64_t a_ks, const float* B, int64_t ldb, float* C,
                            int64_t ldc, const int64_t* k_lo, const int64_t* k_hi) {
   const DF d;
-  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
-  const int64_t nvec = (D + N - 1) / N;
-  const size_t last = static_cast<size_t>(D - (nvec - 1) * N);  // lanes of a row's last vector
   for (int64_t m0 = 0; m0 < M; m0 += kAccMR) {
     const int64_t mvalid = std::min<int64_t>(kAccMR, M - m0);
     int64_t k0 = K, k1 = 0;
@@ -151,28 +178,10 @@ void flash_gemm_acc_kernel(int64_t M, int64_t D, int64_t K, float alpha, const f
     }
     k1 = std::min(k1, K);
     if (k0 >= k1) continue;
-    const float* ap[kAccMR];  // rows past M repeat the last one; their results are not stored
-    float* ci[kAccMR];
-    for (int64_t i = 0; i < kAccMR; ++i) {
-      const int64_t m = std::min(m0 + i, M - 1);
-      ap[i] = A + m * a_rs;
-      ci[i] = C + m * ldc;
-    }
-    for (int64_t v0 = 0; v0 < nvec; v0 += kAccNV) {
-      const int64_t nv = std::min<int64_t>(kAccNV, nvec - v0);
-      const size_t tail = v0 + nv == nvec ? last : static_cast<size_t>(N);
-      const float* b = B + v0 * N;
-      float* cc[kAccMR];
-      for (int64_t i = 0; i < kAccMR; ++i) cc[i] = ci[i] + v0 * N;
-      if (nv == kAccNV)
-        acc_block<kAccMR, kAccNV>(d, k0, k1, alpha, ap, a_ks, b, ldb, cc, mvalid, tail);
-      else if (nv == 3)
-        acc_block<kAccMR, 3>(d, k0, k1, alpha, ap, a_ks, b, ldb, cc, mvalid, tail);
-      else if (nv == 2)
-        acc_block<kAccMR, 2>(d, k0, k1, alpha, ap, a_ks, b, ldb, cc, mvalid, tail);
-      else
-        acc_block<kAccMR, 1>(d, k0, k1, alpha, ap, a_ks, b, ldb, cc, mvalid, tail);
-    }
+    if (mvalid <= 2)  // a short last block (128 = 21 x 6 + 2) at its own size
+      acc_rows<2>(d, m0, mvalid, M, D, k0, k1, alpha, A, a_rs, a_ks, B, ldb, C, ldc);
+    else
+      acc_rows<kAccMR>(d, m0, mvalid, M, D, k0, k1, alpha, A, a_rs, a_ks, B, ldb, C, ldc);
   }
 }
 
