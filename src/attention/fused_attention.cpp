@@ -37,15 +37,15 @@ void tile_visible(const AttnDesc& a, int64_t b, int64_t t0, int64_t rows, int64_
     vis[r] = std::clamp<int64_t>(a.visible_keys(b, t0 + r) - s0, 0, cols);
 }
 
-// POSFORMER_FLASH_GEMM=0 keeps the tile products on oneDNN sgemm (the earlier kernel; the
-// benchmark compares both). Blocks of fewer query rows (decoding) than kMinPackRows per kv head
-// also use sgemm: packing K and V would cost about as much as the products.
-bool flash_gemm_on() {
-  static const bool on = [] {
-    const char* e = std::getenv("POSFORMER_FLASH_GEMM");
-    return !(e && std::strcmp(e, "0") == 0);
-  }();
-  return on;
+// Which tile products run on the Highway micro-kernels (the rest on oneDNN sgemm, the earlier
+// kernel): POSFORMER_FLASH_GEMM=0 none, 1 (default) the forward's, 2 forward and backward. The
+// backward's stay on sgemm by default: in the one (loaded) session measured, its micro-kernel
+// path was 6-20% slower (docs/attention.md). Read at each call (tests switch it). Blocks of
+// fewer query rows (decoding) than kMinPackRows per kv head use sgemm: packing K and V would
+// cost about as much as the products.
+int flash_gemm_mode() {
+  const char* e = std::getenv("POSFORMER_FLASH_GEMM");
+  return !e || !*e ? 1 : std::atoi(e);
 }
 constexpr int64_t kMinPackRows = 16;
 }  // namespace
@@ -57,7 +57,7 @@ void fused_attention_forward(const AttnDesc& a, float* lse) {
   if (a.B == 0 || a.Tq == 0) return;
   const int64_t group = a.H / a.Hkv, BG = a.B * a.Hkv, D = a.D;
   const int64_t br = std::min(kBr, a.Tq), nblk = (a.Tq + br - 1) / br, per_bg = group * nblk;
-  const bool fast = flash_gemm_on() && a.Tq * group >= kMinPackRows;
+  const bool fast = flash_gemm_mode() >= 1 && a.Tq * group >= kMinPackRows;
   const int64_t Dp = fast ? kernels::cpu::flash_round_up(D) : D;  // O accumulator row stride
   const bool par = BG * per_bg > 1 && omp_get_max_threads() > 1 && !omp_in_parallel();
   // fast: K (panels) and V (rows padded to Dp) packed once per (b, kv head) for all its heads and
@@ -156,7 +156,7 @@ void fused_attention_backward(const AttnDesc& a, const float* lse, const AttnGra
   }
   if (hook) hook->begin_backward();
   const int64_t br = std::min(kBr, a.Tq);
-  const bool fast = flash_gemm_on() && a.Tq * group >= kMinPackRows;
+  const bool fast = flash_gemm_mode() >= 2 && a.Tq * group >= kMinPackRows;
   // fast: per thread, this (b, kv head)'s K and V in panels (S = Q K^T, dP = dO V^T), and K,
   // the block's Q and dO as rows padded to Dp (the acc products' B) unless D is already padded
   const int64_t Dp = kernels::cpu::flash_round_up(D), kr_size = Dp == D ? 0 : a.Tk * Dp;
