@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Attention benchmark (issue 8, Part 2.1), one session on one machine, 2 threads, fp32,
 # 12 heads x D 64, batch 1, interleaved rounds:
-#   posformer fused, posformer unfused (POSFORMER_ATTN_UNFUSED=1), PyTorch (torch_bench.py
+#   posformer fused, posformer unfused (POSFORMER_ATTN_UNFUSED=1), posformer fused with oneDNN
+#   sgemm tile products (POSFORMER_FLASH_GEMM=0, the earlier kernel) and with micro-kernels in
+#   the backward too (POSFORMER_FLASH_GEMM=2), PyTorch (torch_bench.py
 #   --only attn), ONNX Runtime MultiHeadAttention (non-causal, causal), ...
 # then the T = 16384 training memory of the fused kernel, the AVX-512 / AVX2 FMA peak on 2
 # threads, and a markdown table of medians (bench/RESULTS.md section 3).
@@ -131,6 +133,8 @@ pf_case() {  # $1 tag, rest: env; posformer json lines -> $OUT/pf_<tag>_<round>.
 for r in $(seq 1 "$ROUNDS"); do
   log "round $r: posformer fused";   pf_case fused "$r" POSFORMER_ATTN_UNFUSED=0
   log "round $r: posformer unfused"; pf_case unfused "$r" POSFORMER_ATTN_UNFUSED=1
+  log "round $r: posformer fused, sgemm tiles"; pf_case sgemm "$r" POSFORMER_FLASH_GEMM=0
+  log "round $r: posformer fused, backward micro-kernels"; pf_case mk2 "$r" POSFORMER_FLASH_GEMM=2
   log "round $r: torch";   peer_env $PY "$PEERS/torch_bench.py" --only attn --reps "$REPS" \
     --workdir "$OUT" >"$OUT/torch_$r.txt" 2>&1
   log "round $r: torch backward"; peer_env $PY "$OUT/torch_backward.py" --reps "$REPS" \
@@ -154,7 +158,7 @@ isa = open(f"{out}/peak_0.txt").read().split()[1]
 peak = max(peaks)
 cpu = [l.split(":", 1)[1].strip() for l in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines() if l.startswith("Model name")][0]
 pf = {}
-for tag in ("fused", "unfused"):
+for tag in ("fused", "unfused", "sgemm", "mk2"):
     for f in glob.glob(f"{out}/pf_{tag}_*.jsonl"):
         for l in open(f):
             j = json.loads(l)
@@ -196,6 +200,18 @@ for c in (False, True):
         mem = f"{med([j['extra_mib'] for j in F]):.1f} / {med([j['extra_mib'] for j in U]):.0f}"
         print(f"| {'causal' if c else 'full'} | {T} | {ff:.1f} ({g:.0f}, {100 * g / peak:.0f}%) | {uf:.1f} | {tb[0]:.1f} ({tb[1].strip('()')}) | {o:.1f} | "
               f"{o / ff:.2f}x | {tb[0] / ff:.2f}x | {fb:.1f} ({gb:.0f}, {100 * gb / peak:.0f}%) | {ub:.1f} | {bb[0]:.1f} ({bb[1].strip('()')}) | {mem} |")
+print()
+print("The fused kernel's tile products: Highway micro-kernels vs oneDNN sgemm (`POSFORMER_FLASH_GEMM=0`, the earlier kernel), same run; forward: the default (`=1`), backward: `=2` (the default backward is sgemm):")
+print()
+print("| mask | T | fwd ms micro-kernels / sgemm | speed-up | bwd ms micro-kernels (=2) / sgemm | speed-up |")
+print("|---|---|---|---|---|---|")
+for c in (False, True):
+    for T in (512, 1024, 2048, 4096):
+        F = pf.get(("fused", T, c), []); G = pf.get(("sgemm", T, c), []); M2 = pf.get(("mk2", T, c), [])
+        if not F or not G or not M2: continue
+        ff, gf = med([j["forward_ms"] for j in F]), med([j["forward_ms"] for j in G])
+        fb, gb = med([j["backward_ms"] for j in M2]), med([j["backward_ms"] for j in G])
+        print(f"| {'causal' if c else 'full'} | {T} | {ff:.1f} / {gf:.1f} | {gf / ff:.2f}x | {fb:.1f} / {gb:.1f} | {gb / fb:.2f}x |")
 for l in open(f"{out}/pf_16k.jsonl"):
     j = json.loads(l)
     if "extra_mib" in j:

@@ -1,10 +1,12 @@
 // Fused ("flash") exact softmax attention, forward and backward (attention.h): tiles of the
 // score matrix are made, used and dropped; only the row log-sum-exp L is kept for backward.
-//   forward  per (b, h, block of kBr query rows), over key blocks of kBc keys from the block's
-//            first row's first key (key window) up to the keys its last row sees (tiles outside
-//            every row's window are skipped): S = scale Q K^T (gemm), hook terms, entries outside
-//            the row's window -inf, online softmax (running max m, sum l, O rescaled),
-//            O += P V (gemm); out = O / l, L = m + log l.
+//   forward  per (b, h, block of kBr query rows), over key blocks of kBc keys from the tile
+//            holding the block's first row's first key (key window; tiles outside every row's
+//            window are skipped) up to the keys its last row sees: S = scale Q K^T, hook terms,
+//            entries before a row's first key -inf, online softmax (running max m, sum l,
+//            O rescaled), O += P V; out = O / l, L = m + log l.
+// The tile products are the Highway micro-kernels of kernels/cpu/flash_gemm.h on K and V packed
+// once per (b, kv head), or oneDNN sgemm (POSFORMER_FLASH_GEMM=0, and decoding-sized blocks).
 //   backward per (b, kv head) in parallel, its heads and blocks in a fixed order (results do not
 //            depend on the thread count): Di = dO . O, P = exp(S - L), dV += P^T dO,
 //            dS = P (dO V^T - Di), hook, dQ += scale dS K, dK += scale dS^T Q.
@@ -12,10 +14,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <vector>
 
 #include "../kernels/cpu/attention_kernels.h"
+#include "../kernels/cpu/flash_gemm.h"
 #include "posformer/attention/attention.h"
 #include "posformer/core/error.h"
 #include "posformer/ops/matmul.h"
@@ -27,17 +32,34 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 // O accumulator stay in L2 while K and V stream through.
 constexpr int64_t kBr = 128, kBc = 512;
 
-// vis[r]: keys of tile [s0, s0 + cols) that query row t0 + r sees; with a key window, the
-// tile's keys before the row's first key are set to -inf in S (row stride ld): the softmax
-// kernels give them probability 0 (a row with nothing visible yet keeps m = -inf, no NaN).
+// vis[r]: keys of tile [s0, s0 + cols) that query row t0 + r sees.
 void tile_visible(const AttnDesc& a, int64_t b, int64_t t0, int64_t rows, int64_t s0, int64_t cols,
-                  int64_t* vis, float* S, int64_t ld) {
-  for (int64_t r = 0; r < rows; ++r) {
+                  int64_t* vis) {
+  for (int64_t r = 0; r < rows; ++r)
     vis[r] = std::clamp<int64_t>(a.visible_keys(b, t0 + r) - s0, 0, cols);
-    if (a.key_lo)
-      std::fill_n(S + r * ld, std::clamp<int64_t>(a.first_key(b, t0 + r) - s0, 0, vis[r]), kNegInf);
-  }
 }
+
+// Key window (packed documents, left padding): the tile's keys before row t0 + r's first key
+// are set to -inf in S (row stride ld; vis from tile_visible): the softmax kernels give them
+// probability 0 (a row with nothing visible yet keeps m = -inf, no NaN).
+void mask_window(const AttnDesc& a, int64_t b, int64_t t0, int64_t rows, int64_t s0,
+                 const int64_t* vis, float* S, int64_t ld) {
+  if (!a.key_lo) return;
+  for (int64_t r = 0; r < rows; ++r)
+    std::fill_n(S + r * ld, std::clamp<int64_t>(a.first_key(b, t0 + r) - s0, 0, vis[r]), kNegInf);
+}
+
+// Which tile products run on the Highway micro-kernels (the rest on oneDNN sgemm, the earlier
+// kernel): POSFORMER_FLASH_GEMM=0 none, 1 (default) the forward's, 2 forward and backward. The
+// backward's stay on sgemm by default: in the one (loaded) session measured, its micro-kernel
+// path was 6-20% slower (docs/attention.md). Read at each call (tests switch it). Blocks of
+// fewer query rows (decoding) than kMinPackRows per kv head use sgemm: packing K and V would
+// cost about as much as the products.
+int flash_gemm_mode() {
+  const char* e = std::getenv("POSFORMER_FLASH_GEMM");
+  return !e || !*e ? 1 : std::atoi(e);
+}
+constexpr int64_t kMinPackRows = 16;
 }  // namespace
 
 void fused_attention_forward(const AttnDesc& a, float* lse) {
@@ -45,45 +67,87 @@ void fused_attention_forward(const AttnDesc& a, float* lse) {
   PF_CHECK(!(a.hook && a.hook->has_value_terms()),
            "[attention] the fused kernel has no value terms (Shaw); use attention_forward");
   if (a.B == 0 || a.Tq == 0) return;
-  const int64_t group = a.H / a.Hkv, BH = a.B * a.H;
-  const int64_t br = std::min(kBr, a.Tq), nblk = (a.Tq + br - 1) / br, tasks = BH * nblk;
-  const int64_t D = a.D;
-#pragma omp parallel if (tasks > 1 && omp_get_max_threads() > 1 && !omp_in_parallel())
+  const int64_t group = a.H / a.Hkv, BG = a.B * a.Hkv, D = a.D;
+  const int64_t br = std::min(kBr, a.Tq), nblk = (a.Tq + br - 1) / br, per_bg = group * nblk;
+  const bool fast = flash_gemm_mode() >= 1 && a.Tq * group >= kMinPackRows;
+  const int64_t Dp = fast ? kernels::cpu::flash_round_up(D) : D;  // O accumulator row stride
+  const bool par = BG * per_bg > 1 && omp_get_max_threads() > 1 && !omp_in_parallel();
+  // fast: K (panels) and V (rows padded to Dp) packed once per (b, kv head) for all its heads and
+  // query blocks; enough pairs per round to give every thread work
+  const int64_t nthr = par ? omp_get_max_threads() : 1;
+  const int64_t round = fast ? std::min(BG, (4 * nthr + per_bg - 1) / per_bg) : BG;
+  const int64_t kp_size = kernels::cpu::flash_round_up(a.Tk) * D, vp_size = a.Tk * Dp;
+  std::vector<float> Kp(fast ? static_cast<size_t>(round * kp_size) : 0);
+  std::vector<float> Vp(fast ? static_cast<size_t>(round * vp_size) : 0);
+  constexpr int64_t kPackChunk = 256;  // keys per packing task
+  const int64_t pack_chunks = (a.Tk + kPackChunk - 1) / kPackChunk;
+#pragma omp parallel if (par)
   {
-    std::vector<float> S(static_cast<size_t>(br * kBc)), O(static_cast<size_t>(br * D));
+    std::vector<float> S(static_cast<size_t>(br * kBc)), O(static_cast<size_t>(br * Dp));
     std::vector<float> m(static_cast<size_t>(br)), l(static_cast<size_t>(br));
     std::vector<int64_t> vis(static_cast<size_t>(br));
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t task = 0; task < tasks; ++task) {
-      // causal: the last blocks of a head see the most keys; run them first
-      const int64_t bh = task / nblk, blk = nblk - 1 - task % nblk, t0 = blk * br;
-      const int64_t rows = std::min(br, a.Tq - t0);
-      const int64_t b = bh / a.H, h = bh % a.H, g = h / group;
-      const float* q = a.q + (b * a.Tq + t0) * a.ldq + h * D;
-      const float* k = a.k + b * a.kv_rows() * a.ldk + g * D;
-      const float* v = a.v + b * a.kv_rows() * a.ldv + g * D;
-      float* o = a.out + (b * a.Tq + t0) * a.ldo + h * D;
-      float* L = lse ? lse + bh * a.Tq + t0 : nullptr;
-      // keys the block can see: from its first row's first key to its last row's end
-      const int64_t kn = a.visible_keys(b, t0 + rows - 1), k0 = a.first_key(b, t0);
-      std::fill_n(m.data(), rows, kNegInf);
-      std::fill_n(l.data(), rows, 0.0f);
-      std::fill_n(O.data(), rows * D, 0.0f);
-      for (int64_t s0 = k0; s0 < kn; s0 += kBc) {
-        const int64_t cols = std::min(kBc, kn - s0);
-        ops::gemm(false, true, rows, cols, D, a.scale, q, a.ldq, k + s0 * a.ldk, a.ldk, 0.0f,
-                  S.data(), cols);
-        if (a.hook) a.hook->add_scores(b, h, ScoreTile{t0, rows, s0, cols}, S.data(), cols);
-        tile_visible(a, b, t0, rows, s0, cols, vis.data(), S.data(), cols);
-        kernels::cpu::flash_online_softmax(S.data(), cols, rows, cols, vis.data(), m.data(),
-                                           l.data(), O.data(), D, D);
-        ops::gemm(false, false, rows, D, cols, 1.0f, S.data(), cols, v + s0 * a.ldv, a.ldv, 1.0f,
-                  O.data(), D);
+    for (int64_t bg0 = 0; bg0 < BG; bg0 += round) {
+      const int64_t nr = std::min(round, BG - bg0);
+      if (fast) {
+#pragma omp for schedule(static)
+        for (int64_t j = 0; j < nr * pack_chunks; ++j) {
+          const int64_t bg = bg0 + j / pack_chunks, b = bg / a.Hkv, g = bg % a.Hkv;
+          const int64_t c0 = j % pack_chunks * kPackChunk;
+          const int64_t n = std::min(kPackChunk, a.visible_keys(b, a.Tq - 1) - c0);
+          if (n <= 0) continue;
+          const int64_t row = b * a.kv_rows() + c0;
+          kernels::cpu::flash_pack_panels(a.k + row * a.ldk + g * D, a.ldk, n, D,
+                                          Kp.data() + (j / pack_chunks) * kp_size + c0 * D);
+          kernels::cpu::flash_pack_rows(a.v + row * a.ldv + g * D, a.ldv, n, D, Dp,
+                                        Vp.data() + (j / pack_chunks) * vp_size + c0 * Dp);
+        }
       }
-      for (int64_t r = 0; r < rows; ++r) {  // rows that see no key output 0, L = -inf
-        const float inv = l[r] > 0 ? 1.0f / l[r] : 0.0f;
-        for (int64_t c = 0; c < D; ++c) o[r * a.ldo + c] = O[r * D + c] * inv;
-        if (L) L[r] = l[r] > 0 ? m[r] + std::log(l[r]) : kNegInf;
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t task = 0; task < nr * per_bg; ++task) {
+        // causal: the last blocks of a head see the most keys; run them first
+        const int64_t slot = task / per_bg, bg = bg0 + slot, hb = task % per_bg;
+        const int64_t blk = nblk - 1 - hb % nblk, t0 = blk * br, rows = std::min(br, a.Tq - t0);
+        const int64_t b = bg / a.Hkv, g = bg % a.Hkv, h = g * group + hb / nblk, bh = b * a.H + h;
+        const float* q = a.q + (b * a.Tq + t0) * a.ldq + h * D;
+        const float* k = a.k + b * a.kv_rows() * a.ldk + g * D;
+        const float* v = a.v + b * a.kv_rows() * a.ldv + g * D;
+        const float* kp = fast ? Kp.data() + slot * kp_size : nullptr;
+        const float* vp = fast ? Vp.data() + slot * vp_size : nullptr;
+        float* o = a.out + (b * a.Tq + t0) * a.ldo + h * D;
+        float* L = lse ? lse + bh * a.Tq + t0 : nullptr;
+        // keys the block can see: from its first row's first key to its last row's end; tiles
+        // stay on the kBc grid (the packed K panels are indexed by key)
+        const int64_t kn = a.visible_keys(b, t0 + rows - 1), k0 = a.first_key(b, t0);
+        std::fill_n(m.data(), rows, kNegInf);
+        std::fill_n(l.data(), rows, 0.0f);
+        std::fill_n(O.data(), rows * Dp, 0.0f);
+        for (int64_t s0 = k0 - k0 % kBc; s0 < kn; s0 += kBc) {
+          const int64_t cols = std::min(kBc, kn - s0);
+          const int64_t ldS = fast ? kernels::cpu::flash_round_up(cols) : cols;
+          // the mask first: without hooks the products skip what rows cannot see
+          tile_visible(a, b, t0, rows, s0, cols, vis.data());
+          if (fast)
+            kernels::cpu::flash_gemm_nt(rows, cols, D, a.scale, q, a.ldq, kp + s0 * D, S.data(),
+                                        ldS, a.hook ? nullptr : vis.data());
+          else
+            ops::gemm(false, true, rows, cols, D, a.scale, q, a.ldq, k + s0 * a.ldk, a.ldk, 0.0f,
+                      S.data(), ldS);
+          if (a.hook) a.hook->add_scores(b, h, ScoreTile{t0, rows, s0, cols}, S.data(), ldS);
+          mask_window(a, b, t0, rows, s0, vis.data(), S.data(), ldS);
+          kernels::cpu::flash_online_softmax(S.data(), ldS, rows, cols, vis.data(), m.data(),
+                                             l.data(), O.data(), Dp, D);
+          if (fast)
+            kernels::cpu::flash_gemm_acc(rows, D, cols, 1.0f, S.data(), ldS, 1, vp + s0 * Dp, Dp,
+                                         O.data(), Dp, nullptr, vis.data());
+          else
+            ops::gemm(false, false, rows, D, cols, 1.0f, S.data(), ldS, v + s0 * a.ldv, a.ldv, 1.0f,
+                      O.data(), Dp);
+        }
+        for (int64_t r = 0; r < rows; ++r) {  // rows that see no key output 0, L = -inf
+          const float inv = l[r] > 0 ? 1.0f / l[r] : 0.0f;
+          for (int64_t c = 0; c < D; ++c) o[r * a.ldo + c] = O[r * Dp + c] * inv;
+          if (L) L[r] = l[r] > 0 ? m[r] + std::log(l[r]) : kNegInf;
+        }
       }
     }
   }
@@ -107,11 +171,19 @@ void fused_attention_backward(const AttnDesc& a, const float* lse, const AttnGra
   }
   if (hook) hook->begin_backward();
   const int64_t br = std::min(kBr, a.Tq);
+  const bool fast = flash_gemm_mode() >= 2 && a.Tq * group >= kMinPackRows;
+  // fast: per thread, this (b, kv head)'s K and V in panels (S = Q K^T, dP = dO V^T), and K,
+  // the block's Q and dO as rows padded to Dp (the acc products' B) unless D is already padded
+  const int64_t Dp = kernels::cpu::flash_round_up(D), kr_size = Dp == D ? 0 : a.Tk * Dp;
+  const int64_t kpan = fast ? kernels::cpu::flash_round_up(a.Tk) * D : 0;
 #pragma omp parallel if (BG > 1 && omp_get_max_threads() > 1 && !omp_in_parallel())
   {
     std::vector<float> S(static_cast<size_t>(br * kBc)), dP(static_cast<size_t>(br * kBc));
     std::vector<float> Di(static_cast<size_t>(br));
-    std::vector<int64_t> vis(static_cast<size_t>(br));
+    std::vector<int64_t> vis(static_cast<size_t>(br)), klo(static_cast<size_t>(kBc));
+    std::vector<float> Kp(static_cast<size_t>(kpan)), Vp(static_cast<size_t>(kpan));
+    std::vector<float> Kr(fast ? static_cast<size_t>(kr_size) : 0);
+    std::vector<float> Qr(fast && Dp != D ? static_cast<size_t>(br * Dp) : 0), dOr(Qr.size());
 #pragma omp for schedule(static, 1)  // static: per-thread hook gradient sums are reproducible
     for (int64_t bg = 0; bg < BG; ++bg) {
       const int64_t b = bg / a.Hkv, kvh = bg % a.Hkv;
@@ -122,6 +194,18 @@ void fused_attention_backward(const AttnDesc& a, const float* lse, const AttnGra
       for (int64_t s = 0; s < a.Tk; ++s) {  // this (b, kv head)'s slices belong to it alone
         std::fill_n(dk + s * a.ldk, D, 0.0f);
         std::fill_n(dv + s * a.ldv, D, 0.0f);
+      }
+      const float* kr = k;  // K rows for dQ += dS K, and their stride
+      int64_t ldkr = a.ldk;
+      if (fast) {
+        const int64_t n = a.visible_keys(b, a.Tq - 1);
+        kernels::cpu::flash_pack_panels(k, a.ldk, n, D, Kp.data());
+        kernels::cpu::flash_pack_panels(v, a.ldv, n, D, Vp.data());
+        if (Dp != D) {
+          kernels::cpu::flash_pack_rows(k, a.ldk, n, D, Dp, Kr.data());
+          kr = Kr.data();
+          ldkr = Dp;
+        }
       }
       for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h) {
         const float* q = a.q + b * a.Tq * a.ldq + h * D;
@@ -135,25 +219,66 @@ void fused_attention_backward(const AttnDesc& a, const float* lse, const AttnGra
           for (int64_t t = t0; t < t0 + rows; ++t) std::fill_n(dq + t * a.ldq, D, 0.0f);
           if (e <= k0) continue;  // no visible key: P rows are 0, so is dq
           kernels::cpu::rowdot(dO + t0 * g.lddo, g.lddo, o + t0 * a.ldo, a.ldo, rows, D, Di.data());
-          for (int64_t s0 = k0; s0 < e; s0 += kBc) {
+          const float* qb = q + t0 * a.ldq;  // the block's Q and dO rows as the acc products' B
+          const float* dob = dO + t0 * g.lddo;
+          int64_t ldqb = a.ldq, lddob = g.lddo;
+          if (fast && Dp != D) {
+            kernels::cpu::flash_pack_rows(qb, a.ldq, rows, D, Dp, Qr.data());
+            kernels::cpu::flash_pack_rows(dob, g.lddo, rows, D, Dp, dOr.data());
+            qb = Qr.data();
+            dob = dOr.data();
+            ldqb = lddob = Dp;
+          }
+          for (int64_t s0 = k0 - k0 % kBc; s0 < e; s0 += kBc) {
             const int64_t cols = std::min(kBc, e - s0);
+            const int64_t ldS = fast ? kernels::cpu::flash_round_up(cols) : cols;
             const ScoreTile tile{t0, rows, s0, cols};
-            ops::gemm(false, true, rows, cols, D, a.scale, q + t0 * a.ldq, a.ldq, k + s0 * a.ldk,
-                      a.ldk, 0.0f, S.data(), cols);
-            if (hook) hook->add_scores(b, h, tile, S.data(), cols);
-            ops::gemm(false, true, rows, cols, D, 1.0f, dO + t0 * g.lddo, g.lddo, v + s0 * a.ldv,
-                      a.ldv, 0.0f, dP.data(), cols);
-            tile_visible(a, b, t0, rows, s0, cols, vis.data(), S.data(), cols);
-            kernels::cpu::flash_dscores(S.data(), cols, dP.data(), cols, rows, cols, vis.data(),
+            // the mask first: the products skip what rows cannot see (P, dS are 0 there) unless a
+            // hook reads or changes those entries
+            tile_visible(a, b, t0, rows, s0, cols, vis.data());
+            const int64_t* lim = hook ? nullptr : vis.data();
+            if (fast)
+              kernels::cpu::flash_gemm_nt(rows, cols, D, a.scale, q + t0 * a.ldq, a.ldq,
+                                          Kp.data() + s0 * D, S.data(), ldS, lim);
+            else
+              ops::gemm(false, true, rows, cols, D, a.scale, q + t0 * a.ldq, a.ldq, k + s0 * a.ldk,
+                        a.ldk, 0.0f, S.data(), ldS);
+            if (hook) hook->add_scores(b, h, tile, S.data(), ldS);
+            if (fast)
+              kernels::cpu::flash_gemm_nt(rows, cols, D, 1.0f, dO + t0 * g.lddo, g.lddo,
+                                          Vp.data() + s0 * D, dP.data(), ldS, vis.data());
+            else
+              ops::gemm(false, true, rows, cols, D, 1.0f, dO + t0 * g.lddo, g.lddo, v + s0 * a.ldv,
+                        a.ldv, 0.0f, dP.data(), ldS);
+            mask_window(a, b, t0, rows, s0, vis.data(), S.data(), ldS);
+            kernels::cpu::flash_dscores(S.data(), ldS, dP.data(), ldS, rows, cols, vis.data(),
                                         L + t0, Di.data());  // S -> P, dP -> dS
-            ops::gemm(true, false, cols, D, rows, 1.0f, S.data(), cols, dO + t0 * g.lddo, g.lddo,
-                      1.0f, dv + s0 * a.ldv, a.ldv);
-            if (hook) hook->adjust_dscores(b, h, tile, dP.data(), cols);
-            ops::gemm(false, false, rows, D, cols, a.scale, dP.data(), cols, k + s0 * a.ldk, a.ldk,
-                      1.0f, dq + t0 * a.ldq, a.ldq);
-            ops::gemm(true, false, cols, D, rows, a.scale, dP.data(), cols, q + t0 * a.ldq, a.ldq,
-                      1.0f, dk + s0 * a.ldk, a.ldk);
-            if (hook) hook->backward_scores(b, h, tile, dP.data(), cols, dq, a.ldq, dk, a.ldk);
+            if (fast) {  // klo[c]: the first row that sees key c (rows: none)
+              int64_t c = 0;
+              for (int64_t r = 0; r < rows; ++r)
+                for (; c < vis[r]; ++c) klo[c] = r;
+              for (; c < cols; ++c) klo[c] = rows;
+              kernels::cpu::flash_gemm_acc(cols, D, rows, 1.0f, S.data(), 1, ldS, dob, lddob,
+                                           dv + s0 * a.ldv, a.ldv, klo.data(), nullptr);
+            } else {
+              ops::gemm(true, false, cols, D, rows, 1.0f, S.data(), ldS, dO + t0 * g.lddo, g.lddo,
+                        1.0f, dv + s0 * a.ldv, a.ldv);
+            }
+            if (hook) hook->adjust_dscores(b, h, tile, dP.data(), ldS);
+            if (fast) {
+              kernels::cpu::flash_gemm_acc(rows, D, cols, a.scale, dP.data(), ldS, 1,
+                                           kr + s0 * ldkr, ldkr, dq + t0 * a.ldq, a.ldq, nullptr,
+                                           lim);
+              kernels::cpu::flash_gemm_acc(cols, D, rows, a.scale, dP.data(), 1, ldS, qb, ldqb,
+                                           dk + s0 * a.ldk, a.ldk, hook ? nullptr : klo.data(),
+                                           nullptr);
+            } else {
+              ops::gemm(false, false, rows, D, cols, a.scale, dP.data(), ldS, k + s0 * a.ldk, a.ldk,
+                        1.0f, dq + t0 * a.ldq, a.ldq);
+              ops::gemm(true, false, cols, D, rows, a.scale, dP.data(), ldS, q + t0 * a.ldq, a.ldq,
+                        1.0f, dk + s0 * a.ldk, a.ldk);
+            }
+            if (hook) hook->backward_scores(b, h, tile, dP.data(), ldS, dq, a.ldq, dk, a.ldk);
           }
         }
       }

@@ -4,10 +4,12 @@
 // (ALiBi, T5, XL, DeBERTa, RealFormer's carried scores). Outputs and gradients are NaN-poisoned
 // before every run, so a row the kernel forgets to write fails.
 #include <gtest/gtest.h>
+#include <hwy/targets.h>
 #include <omp.h>
 
 #include <array>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <memory>
 #include <string>
@@ -210,6 +212,59 @@ TEST(FusedAttention, MatchesUnfusedOverGrid) {
       }
       check_fused_vs_unfused(c, seed++);
     }
+}
+
+// POSFORMER_FLASH_GEMM for one scope (the fused kernel reads it at each call).
+struct FlashGemmMode {
+  explicit FlashGemmMode(const char* mode) { setenv("POSFORMER_FLASH_GEMM", mode, 1); }
+  ~FlashGemmMode() { unsetenv("POSFORMER_FLASH_GEMM"); }
+};
+
+// The tile products (kernels/cpu/flash_gemm.h) on every compiled Highway target this CPU
+// supports (AVX-512, AVX2, SSE4 ...): head dims that are and are not multiples of the vector
+// width, GQA, masks, hooks, row counts off the register blocks.
+TEST(FusedAttention, EveryTargetMatchesUnfused) {
+  const auto targets = hwy::SupportedAndGeneratedTargets();
+  ASSERT_FALSE(targets.empty());
+  for (int64_t t : targets) {
+    SCOPED_TRACE(hwy::TargetName(t));
+    hwy::SetSupportedTargetsForTest(t);
+    FlashGemmMode m("2");  // the backward's micro-kernels too
+    uint32_t seed = 900;
+    int i = 0;
+    for (int64_t D : {20, 32, 64, 80, 96, 128}) {
+      FCase c;
+      c.B = 2, c.H = 4, c.Hkv = i % 2 ? 2 : 4, c.D = D, c.Tq = c.Tk = 30 + 29 * i;
+      c.causal = i % 3 != 1, c.padding = i % 2 == 0;
+      c.hook = i % 3 == 0 ? "none" : i % 3 == 1 ? "alibi" : "t5";
+      check_fused_vs_unfused(c, seed++);
+      ++i;
+    }
+  }
+  hwy::SetSupportedTargetsForTest(0);
+}
+
+// The backward's micro-kernel path (POSFORMER_FLASH_GEMM=2; sgemm by default) and the all-sgemm
+// path (0): every hook, masks, GQA, head dims off the vector width, several blocks and tiles.
+TEST(FusedAttention, MicroKernelBackwardAndSgemmPaths) {
+  for (const char* mode : {"2", "0"}) {
+    SCOPED_TRACE(std::string("POSFORMER_FLASH_GEMM=") + mode);
+    FlashGemmMode m(mode);
+    uint32_t seed = 1000;
+    int i = 0;
+    for (const char* hook : {"none", "alibi", "t5", "xl", "deberta", "residual"})
+      for (bool causal : {false, true}) {
+        FCase c;
+        c.B = 2, c.H = 4, c.Hkv = i % 2 ? 2 : 4, c.D = i % 3 == 0 ? 20 : i % 3 == 1 ? 32 : 80;
+        c.Tq = c.Tk = 150 + 29 * (i % 3), c.causal = causal, c.padding = i % 4 < 2;
+        c.hook = hook;
+        check_fused_vs_unfused(c, seed++);
+        ++i;
+      }
+    FCase c;  // two query blocks x two key tiles
+    c.B = 1, c.H = 2, c.Hkv = 1, c.D = 64, c.Tq = c.Tk = 700, c.causal = true;
+    check_fused_vs_unfused(c, seed++);
+  }
 }
 
 // Every hook x causal x padding x GQA at a size with several query blocks and key tiles.

@@ -386,7 +386,12 @@ TEST_P(SegmentModel, GradientsEqualEachDocumentAlone) {
       gmax = std::max(gmax, std::fabs(double(t.data<float>()[i])));
   for (const auto& [name, t] : g_all.all()) {
     const Tensor& s = g_sep.all().at(name);
-    EXPECT_LT(rel_err(t.data<float>(), s.data<float>(), t.numel(), 1e-3 * gmax), 1e-4) << name;
+    // without rotation q . b_k shifts a whole score row, which softmax ignores: b_k's exact
+    // gradient is 0 there and both sides are rounding noise, so it gets a larger floor
+    const bool kbias = name.size() > 7 && name.compare(name.size() - 7, 7, ".k.bias") == 0;
+    EXPECT_LT(rel_err(t.data<float>(), s.data<float>(), t.numel(), (kbias ? 1e-2 : 1e-3) * gmax),
+              1e-4)
+        << name;
   }
 }
 
