@@ -9,6 +9,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <tuple>
 
 #include "common.h"
 #include "posformer/core/memory.h"
@@ -248,25 +249,6 @@ nlohmann::json finish_measure(const ModelCost& c, int64_t steps, std::vector<dou
   return r;
 }
 
-// --image-size HxW or N (a square).
-void parse_image_size(const std::string& v, CostOptions& o) {
-  const size_t x = v.find('x');
-  auto num = [&](const std::string& t) {
-    size_t used = 0;
-    int64_t n = 0;
-    try {
-      n = std::stoll(t, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    PF_CHECK(used > 0 && used == t.size() && n >= 1 && n <= (1 << 16),
-             "[cost] --image-size must be HxW or one number in [1, 65536], got \"", v, "\"");
-    return n;
-  };
-  o.image_h = num(v.substr(0, x));
-  o.image_w = x == std::string::npos ? o.image_h : num(v.substr(x + 1));
-}
-
 }  // namespace
 
 Command add_cost(CLI::App& root) {
@@ -296,7 +278,8 @@ Command add_cost(CLI::App& root) {
   add_threads_option(app, a->threads);
   return {app, [a]() {
             a->opt.precision = Choice<Precision>(a->precision);
-            if (!a->image_size.empty()) parse_image_size(a->image_size, a->opt);
+            if (!a->image_size.empty())
+              std::tie(a->opt.image_h, a->opt.image_w) = parse_image_size(a->image_size, "cost");
             const ModelCost c = model_cost(load_config(a->config), a->opt);
             nlohmann::json meas;
             if (a->measure > 0) {
