@@ -41,6 +41,17 @@ def require_cli(path):
     return cli
 
 
+def metrics(run_dir):
+    """The records of a run's metrics.jsonl, in order."""
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def train_losses(run_dir):
+    """(step, loss) of every training-step record of a run."""
+    return [(r["step"], r["loss"]) for r in metrics(run_dir) if "loss" in r]
+
+
 class Report:
     """One `PASS|FAIL  name  text` line per check; finish() prints the totals and exits 1 when
     anything failed."""

@@ -15,19 +15,11 @@ h = harness.Harness("posformer_pack_", __doc__, only=True)
 W, run, check, write = h.dir, h.run, h.check, h.write
 
 
-def losses(run_dir):
-    out = []
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        for line in f:
-            r = json.loads(line)
-            if "loss" in r:
-                out.append((r["step"], r["loss"]))
-    return out
+losses = harness.train_losses
 
 
 def val_losses(run_dir):
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        return [json.loads(x)["val_loss"] for x in f if '"val_loss"' in x]
+    return [r["val_loss"] for r in harness.metrics(run_dir) if "val_loss" in r]
 
 
 TINY = {"arch": "decoder", "d_model": 32, "n_layers": 2, "n_heads": 4, "d_ff": 64,

@@ -14,14 +14,7 @@ h = harness.Harness("posformer_train_", __doc__, only=True)
 PF, W, run, check, write = h.pf, h.dir, h.run, h.check, h.write
 
 
-def losses(run_dir):
-    out = []
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        for line in f:
-            r = json.loads(line)
-            if "loss" in r:
-                out.append((r["step"], r["loss"]))
-    return out
+losses = harness.train_losses
 
 
 CFG = write(os.path.join(W, "tiny.json"), json.dumps({

@@ -34,12 +34,7 @@ TRAIN = ["--data", "fashion-mnist", "--max-images", "400", "--batch", "16", "--l
          "--seed", "3", "--quiet"]
 
 
-def losses(run):
-    out = []
-    with open(os.path.join(run, "metrics.jsonl")) as f:
-        for line in f:
-            out.append(json.loads(line))
-    return out
+losses = harness.metrics  # every record (training steps and evaluations)
 
 
 def strip_speed(rows):

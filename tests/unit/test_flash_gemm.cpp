@@ -16,23 +16,14 @@
 #include <vector>
 
 #include "../../src/kernels/cpu/flash_gemm.h"
+#include "hwy_targets.h"
 
 namespace {
 
 using namespace posformer::kernels::cpu;
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
-template <class F>
-void for_each_target(const F& fn) {
-  const auto targets = hwy::SupportedAndGeneratedTargets();
-  ASSERT_FALSE(targets.empty());
-  for (int64_t t : targets) {
-    SCOPED_TRACE(hwy::TargetName(t));
-    hwy::SetSupportedTargetsForTest(t);
-    fn();
-  }
-  hwy::SetSupportedTargetsForTest(0);
-}
+using pf_test::for_each_target;
 
 std::vector<float> randv(size_t n, std::mt19937& g) {
   std::normal_distribution<float> nd;

@@ -4,7 +4,6 @@
 // (ALiBi, T5, XL, DeBERTa, RealFormer's carried scores). Outputs and gradients are NaN-poisoned
 // before every run, so a row the kernel forgets to write fails.
 #include <gtest/gtest.h>
-#include <hwy/targets.h>
 #include <omp.h>
 
 #include <array>
@@ -15,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "hwy_targets.h"
 #include "posformer/attention/attention.h"
 #include "posformer/attention/variant.h"
 #include "posformer/model/config.h"
@@ -224,11 +224,7 @@ struct FlashGemmMode {
 // supports (AVX-512, AVX2, SSE4 ...): head dims that are and are not multiples of the vector
 // width, GQA, masks, hooks, row counts off the register blocks.
 TEST(FusedAttention, EveryTargetMatchesUnfused) {
-  const auto targets = hwy::SupportedAndGeneratedTargets();
-  ASSERT_FALSE(targets.empty());
-  for (int64_t t : targets) {
-    SCOPED_TRACE(hwy::TargetName(t));
-    hwy::SetSupportedTargetsForTest(t);
+  pf_test::for_each_target([] {
     FlashGemmMode m("2");  // the backward's micro-kernels too
     uint32_t seed = 900;
     int i = 0;
@@ -240,8 +236,7 @@ TEST(FusedAttention, EveryTargetMatchesUnfused) {
       check_fused_vs_unfused(c, seed++);
       ++i;
     }
-  }
-  hwy::SetSupportedTargetsForTest(0);
+  });
 }
 
 // The backward's micro-kernel path (POSFORMER_FLASH_GEMM=2; sgemm by default) and the all-sgemm

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "hwy_targets.h"
 #include "posformer/core/peak.h"
 #include "posformer/ops/activation.h"
 #include "posformer/ops/norm.h"
@@ -22,18 +23,7 @@ namespace {
 using namespace posformer;
 using namespace posformer::ops;
 
-// Runs fn(target name) once per compiled Highway target the CPU supports.
-template <class F>
-void for_each_target(const F& fn) {
-  const auto targets = hwy::SupportedAndGeneratedTargets();
-  ASSERT_FALSE(targets.empty());
-  for (int64_t t : targets) {
-    SCOPED_TRACE(hwy::TargetName(t));
-    hwy::SetSupportedTargetsForTest(t);
-    fn(std::string(hwy::TargetName(t)));
-  }
-  hwy::SetSupportedTargetsForTest(0);
-}
+using pf_test::for_each_target;
 
 // Error of got in float ulps of the exact (double) value w.
 double ulps(float got, double w) {

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "../../src/kernels/cpu/kernels.h"
+#include "hwy_targets.h"
 #include "posformer/core/error.h"
 #include "posformer/ops/activation.h"
 #include "posformer/ops/matmul.h"
@@ -225,18 +226,7 @@ void check_rope() {
     }
 }
 
-// Runs `fn` once per compiled Highway target the CPU supports, restoring dispatch afterwards.
-template <class F>
-void for_each_target(const F& fn) {
-  const auto targets = hwy::SupportedAndGeneratedTargets();
-  ASSERT_FALSE(targets.empty());
-  for (int64_t t : targets) {
-    SCOPED_TRACE(hwy::TargetName(t));
-    hwy::SetSupportedTargetsForTest(t);
-    fn();
-  }
-  hwy::SetSupportedTargetsForTest(0);
-}
+using pf_test::for_each_target;
 
 // ---------------------------------------------------------------- references vs known values
 
