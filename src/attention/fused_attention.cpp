@@ -57,7 +57,10 @@ void mask_window(const AttnDesc& a, int64_t b, int64_t t0, int64_t rows, int64_t
 // cost about as much as the products.
 int flash_gemm_mode() {
   const char* e = std::getenv("POSFORMER_FLASH_GEMM");
-  return !e || !*e ? 1 : std::atoi(e);
+  if (!e || !*e) return 1;
+  PF_CHECK((e[0] == '0' || e[0] == '1' || e[0] == '2') && e[1] == 0,
+           "[attention] POSFORMER_FLASH_GEMM must be 0, 1 or 2, got '", e, "'");
+  return e[0] - '0';
 }
 constexpr int64_t kMinPackRows = 16;
 }  // namespace

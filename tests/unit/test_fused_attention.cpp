@@ -239,6 +239,23 @@ TEST(FusedAttention, EveryTargetMatchesUnfused) {
   });
 }
 
+// A bad POSFORMER_FLASH_GEMM is refused, naming the variable and the value.
+TEST(FusedAttention, BadFlashGemmModeIsNamed) {
+  for (const char* bad : {"3", "x", "12", "-1", "1 "}) {
+    FlashGemmMode m(bad);
+    FCase c;
+    c.B = 1, c.H = 2, c.Hkv = 2, c.D = 16, c.Tq = c.Tk = 40;
+    try {
+      check_fused_vs_unfused(c, 7);
+      ADD_FAILURE() << bad << ": no throw";
+    } catch (const posformer::Error& e) {
+      EXPECT_NE(std::string(e.what()).find("POSFORMER_FLASH_GEMM"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find(std::string("'") + bad + "'"), std::string::npos)
+          << e.what();
+    }
+  }
+}
+
 // The backward's micro-kernel path (POSFORMER_FLASH_GEMM=2; sgemm by default) and the all-sgemm
 // path (0): every hook, masks, GQA, head dims off the vector width, several blocks and tiles.
 TEST(FusedAttention, MicroKernelBackwardAndSgemmPaths) {
