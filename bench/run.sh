@@ -32,6 +32,9 @@ while [ $# -gt 0 ]; do
     *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
+if [ -n "${BASELINE_BENCH:-}" ] && [ ! -x "$BASELINE_BENCH" ]; then
+  echo "run.sh: BASELINE_BENCH=$BASELINE_BENCH is not an executable posformer_bench" >&2; exit 2
+fi
 PY=/usr/bin/python3
 OUT=$W/bench-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$OUT"
