@@ -133,6 +133,8 @@ void validate_config(const ModelConfig& c) {
            c.d_model, ")");
   PF_CHECK(c.n_heads % c.kv_heads() == 0, "[config] n_kv_heads (", c.kv_heads(),
            ") must divide n_heads (", c.n_heads, ")");
+  PF_CHECK(c.dropout >= 0 && c.dropout < 1, "[config] field 'dropout' must be in [0, 1), got ",
+           c.dropout);
   PF_CHECK(c.norm_eps > 0 && std::isfinite(c.norm_eps),
            "[config] field 'norm_eps' must be > 0, got ", c.norm_eps);
   if (c.is_vit()) {
@@ -164,6 +166,7 @@ ModelConfig parse_config(const json& j) {
   refuse_unknown(
       j, {"arch",       "d_model",        "n_layers",      "n_heads",  "n_kv_heads", "d_ff",
           "activation", "norm",           "norm_position", "norm_eps", "bias",       "vocab_size",
+          "dropout",
           "max_len",    "tie_embeddings", "embed_scale",   "head",     "position",   "attention",
           "image_size", "patch_size",     "channels",      "pool",     "num_classes"},
       "");
@@ -201,6 +204,7 @@ ModelConfig parse_config(const json& j) {
   c.norm = get_choice(j, "norm", c.norm.name(), {"layernorm", "rmsnorm"}, "");
   c.norm_position = get_choice(j, "norm_position", c.norm_position.name(), {"pre", "post"}, "");
   c.norm_eps = get_num(j, "norm_eps", c.norm_eps, "");
+  c.dropout = get_num(j, "dropout", c.dropout, "");
   c.bias = get_bool(j, "bias", c.bias, "");
   c.vocab_size = get_int(j, "vocab_size", c.vocab_size, "");
   c.max_len = get_int(j, "max_len", c.max_len, "");
@@ -282,6 +286,7 @@ json config_to_json(const ModelConfig& c) {
          {"max_len", c.max_len},
          {"position", p},
          {"attention", a}};
+  if (c.dropout > 0) j["dropout"] = c.dropout;  // written only when used (older files stay equal)
   if (c.is_vit()) {
     j["image_size"] = {c.image_h, c.image_w};
     j["patch_size"] = c.patch_size;

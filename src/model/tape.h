@@ -2,12 +2,21 @@
 #pragma once
 #include <array>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "posformer/model/transformer.h"
 #include "posformer/ops/activation.h"
+#include "posformer/ops/dropout.h"
 
 namespace posformer {
+
+// The dropout key of one site of a stack's training forward (ModelConfig::dropout): layer l's
+// sublayer sub (0 self-attention, 1 cross-attention, 2 FFN), or sub 3 = the input embeddings.
+inline uint64_t dropout_key(const std::string& prefix, uint64_t seed, int64_t l, int sub) {
+  const uint64_t stack = prefix == "encoder." ? 0 : 1;
+  return ops::dropout_key(seed, (stack << 32 | static_cast<uint64_t>(l)) * 4 + static_cast<uint64_t>(sub));
+}
 
 // One sublayer (self-attention, cross-attention or FFN); also the inference workspace.
 struct SubTape {
@@ -57,7 +66,7 @@ struct StackTape {
 
 // Gradient buffers of a stack's backward (kept per thread between steps).
 struct BackwardBuffers {
-  Tensor dh, dy, dq, datt, dk, dv, df1, df3;
+  Tensor dh, dy, dq, datt, dk, dv, df1, df3, ddrop;
   static float* get(Tensor& t, const Shape& shape) {
     if (t.shape() != shape) t = Tensor(shape);
     return t.data<float>();
@@ -76,6 +85,7 @@ struct StackGradCall {
   float *dk = nullptr, *dv = nullptr;    // [B*max(T, Ts), KD]
   float *df1 = nullptr, *df3 = nullptr;  // [BT, ldf]
   int64_t ldf = 0;                       // FFN gradients' row stride (padded)
+  float* ddrop = nullptr;                // [BT, d] a sublayer's output gradient under dropout
   Tensor dcarried[2] = {};  // attention.residual: dL/dS of layers l+1 and l [B, H, T, T]
 };
 

@@ -437,14 +437,23 @@ void Transformer::residual_sublayer(const Stack& st, StackCall& c, int64_t l, in
     else
       attention_sublayer(st, c, l, sub == 0, in, out, keep, acc);
   };
+  // training with dropout: f's output is dropped before the residual add (the tape keeps the
+  // undropped `out`; nothing reads it back)
+  auto drop = [&] {
+    if (keep && cfg_.dropout > 0)
+      ops::dropout(out, BT * d, static_cast<float>(cfg_.dropout),
+                   dropout_key(st.prefix, c.in.dropout_seed, l, sub));
+  };
   if (g.pre) {  // x = x + f(N(x))
     if (keep) std::copy_n(x, BT * d, c.buf(&SubTape::norm_in, keep, {BT, d}));
     norm_fwd(nn, x, h, BT);
     f(h);
+    drop();
     if (!acc) ops::add_inplace(x, out, BT * d);
   } else {  // x = N(x + f(x))
     if (keep) std::copy_n(x, BT * d, h);
     f(x);
+    drop();
     if (!acc) ops::add_inplace(x, out, BT * d);
     if (keep) std::copy_n(x, BT * d, c.buf(&SubTape::norm_in, keep, {BT, d}));
     norm_fwd(nn, x, x, BT);
@@ -466,6 +475,9 @@ void Transformer::run_stack(const Stack& st, float* x, const StackInput& in, con
   if (tape) {
     tape->layers.resize(static_cast<size_t>(cfg_.n_layers));
     tape->B = B, tape->T = T, tape->Ts = Ts, tape->in = in;
+    if (cfg_.dropout > 0)  // training: the input embeddings (token + position) are dropped
+      ops::dropout(x, B * T * cfg_.d_model, static_cast<float>(cfg_.dropout),
+                   dropout_key(st.prefix, in.dropout_seed, 0, 3));
   }
   for (int64_t l = 0; l < cfg_.n_layers; ++l)
     for (int sub = 0; sub < 3; ++sub)  // 0 self-attention, 1 cross-attention, 2 FFN

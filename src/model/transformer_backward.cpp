@@ -227,13 +227,21 @@ void Transformer::residual_sublayer_backward(const Stack& st, StackGradCall& c, 
     else
       attention_sublayer_backward(st, c, l, sub == 0, sp, dout, dhin);
   };
+  // dropout on f's output (training, ModelConfig::dropout): its gradient gets the same mask
+  const float p = static_cast<float>(cfg_.dropout);
+  auto masked = [&](const float* g) -> const float* {
+    if (p == 0.0f) return g;
+    std::copy_n(g, BT * d, c.ddrop);
+    ops::dropout(c.ddrop, BT * d, p, dropout_key(st.prefix, c.tape.in.dropout_seed, l, sub));
+    return c.ddrop;
+  };
   if (geometry().pre) {  // x_out = x + f(N(x)):  dx += N'^T f'^T dx_out
-    f_back(dx, c.dh);
+    f_back(masked(dx), c.dh);
     norm_backward(c, nn, sp.norm_in.data<float>(), c.dh, c.dy);
     ops::add_inplace(dx, c.dy, BT * d);
   } else {  // x_out = N(x + f(x)):  dy = N'^T dx_out;  dx = dy + f'^T dy
     norm_backward(c, nn, sp.norm_in.data<float>(), dx, c.dy);
-    f_back(c.dy, c.dh);
+    f_back(masked(c.dy), c.dh);
     std::copy_n(c.dy, BT * d, dx);
     ops::add_inplace(dx, c.dh, BT * d);
   }
@@ -255,6 +263,7 @@ void Transformer::backward_stack(const Stack& st, const StackTape& tape, float* 
   c.ldf = padded_ld(g.F);
   c.df1 = wb.get(wb.df1, {BT, c.ldf});
   c.df3 = wb.get(wb.df3, {g.swiglu ? BT : 0, c.ldf});
+  c.ddrop = wb.get(wb.ddrop, {cfg_.dropout > 0 ? BT : 0, d});
   if (g.pre) {  // x_final = N(x_L)
     std::copy_n(dx, BT * d, c.dy);
     norm_backward(c, st.prefix + "final_norm", tape.final_in.data<float>(), c.dy, dx);
@@ -262,6 +271,9 @@ void Transformer::backward_stack(const Stack& st, const StackTape& tape, float* 
   for (int64_t l = cfg_.n_layers - 1; l >= 0; --l)
     for (int sub = 2; sub >= 0; --sub)
       if (sub != 1 || st.cross) residual_sublayer_backward(st, c, l, sub, dx);
+  if (cfg_.dropout > 0)  // the input embeddings' dropout (run_stack)
+    ops::dropout(dx, BT * d, static_cast<float>(cfg_.dropout),
+                 dropout_key(st.prefix, tape.in.dropout_seed, 0, 3));
 }
 
 void Transformer::embed_backward(const Stack& st, const TokenBatch& tokens, const Positions& pos,
@@ -325,6 +337,7 @@ Transformer::Loss Transformer::loss_and_grad(const TokenBatch& tokens, const Tok
     check_tokens(*src, cfg_.vocab_size, "encoder tokens");
     Ts = (*src)[0].size();
     enc_in = encoder_input(*src, opt, src_ids);
+    enc_in.dropout_seed = opt.dropout_seed;
     enc_out = embed(enc_st, *src, enc_in.pos);
     run_stack(enc_st, enc_out.data<float>(), enc_in, nullptr, 0, &enc_tape);
   } else {
@@ -333,7 +346,8 @@ Transformer::Loss Transformer::loss_and_grad(const TokenBatch& tokens, const Tok
   const Stack& main_st = cfg_.arch == Arch::Encoder ? enc_st : dec_st;
   StackTape& main_tape = cfg_.arch == Arch::Encoder ? enc_tape : dec_tape;
   StackIds ids;
-  const StackInput in = main_input(tokens, opt, ids);
+  StackInput in = main_input(tokens, opt, ids);
+  in.dropout_seed = opt.dropout_seed;
   x = embed(main_st, tokens, in.pos);
   run_stack(main_st, x.data<float>(), in, encdec ? enc_out.data<float>() : nullptr, Ts, &main_tape);
   // ---- logits and loss: z = h W^T
@@ -345,7 +359,7 @@ Transformer::Loss Transformer::loss_and_grad(const TokenBatch& tokens, const Tok
   for (int64_t b = 0; b < B; ++b)
     std::copy(targets[b].begin(), targets[b].end(), flat.begin() + b * T);
   ops::CrossEntropy ce = ops::cross_entropy(logits.data<float>(), flat.data(), B * T, V,
-                                            logits.data<float>(), grad_scale);
+                                            logits.data<float>(), grad_scale, opt.label_smoothing);
   // ---- backward: dh = dz W, dW += dz^T h
   Tensor& dx = head_bufs.dy;  // [B*T, d], overwritten by the gemm
   BackwardBuffers::get(dx, {B * T, d});
@@ -379,7 +393,8 @@ Transformer::Loss Transformer::loss(const TokenBatch& tokens, const TokenBatch& 
   for (int64_t b = 0; b < B; ++b)
     std::copy(targets[b].begin(), targets[b].end(), flat.begin() + b * T);
   ops::CrossEntropy ce =
-      ops::cross_entropy(out.logits.data<float>(), flat.data(), B * T, cfg_.vocab_size, nullptr);
+      ops::cross_entropy(out.logits.data<float>(), flat.data(), B * T, cfg_.vocab_size, nullptr,
+                         1.0f, opt.label_smoothing);
   return {ce.loss, ce.count};
 }
 

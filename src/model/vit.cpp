@@ -108,7 +108,8 @@ Tensor Transformer::classify(const Tensor& images) const {
 Transformer::Loss Transformer::classify_loss_and_grad(const Tensor& images,
                                                       const std::vector<int32_t>& labels,
                                                       ParamStore& grads, float grad_scale,
-                                                      Tensor* logits_out) const {
+                                                      Tensor* logits_out,
+                                                      const ForwardOptions& opt) const {
   const ImageGeom ig = check_images(cfg_, images);
   const int64_t B = ig.B, K = cfg_.num_classes, d = cfg_.d_model;
   PF_CHECK(static_cast<int64_t>(labels.size()) == B, "[loss] ", labels.size(), " labels for ", B,
@@ -122,6 +123,7 @@ Transformer::Loss Transformer::classify_loss_and_grad(const Tensor& images,
   StackInput in;
   const Stack st = encoder_stack();
   Tensor x = vit_embed(images, ids, in, patches);
+  in.dropout_seed = opt.dropout_seed;
   const int64_t T = x.dim(1), cls = cfg_.cls_token() ? 1 : 0;
   run_stack(st, x.data<float>(), in, nullptr, 0, &tape);
   Tensor pooled({B, d}), logits({B, K});
@@ -131,7 +133,7 @@ Transformer::Loss Transformer::classify_loss_and_grad(const Tensor& images,
     std::copy_n(logits.data<float>(), B * K, logits_out->data<float>());
   }
   ops::CrossEntropy ce = ops::cross_entropy(logits.data<float>(), labels.data(), B, K,
-                                            logits.data<float>(), grad_scale);
+                                            logits.data<float>(), grad_scale, opt.label_smoothing);
   const float* dz = logits.data<float>();  // [B, K]
   // logits = pooled W^T + b:  dW += dz^T pooled, db += sum_b dz, dpooled = dz W
   ops::gemm(true, false, K, d, B, 1.0f, dz, K, pooled.data<float>(), d, 1.0f,

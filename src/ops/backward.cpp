@@ -36,7 +36,9 @@ void bias_grad(const float* dy, float* db, int64_t rows, int64_t cols) {
 }
 
 CrossEntropy cross_entropy(const float* logits, const int32_t* targets, int64_t rows, int64_t vocab,
-                           float* dlogits, float grad_scale) {
+                           float* dlogits, float grad_scale, float label_smoothing) {
+  PF_CHECK(label_smoothing >= 0.0f && label_smoothing < 1.0f,
+           "[cross_entropy] label smoothing must be in [0, 1), got ", label_smoothing);
   CrossEntropy ce;
   for (int64_t r = 0; r < rows; ++r) {
     PF_CHECK(targets[r] < vocab, "[cross_entropy] target ", targets[r], " at row ", r,
@@ -46,7 +48,7 @@ CrossEntropy cross_entropy(const float* logits, const int32_t* targets, int64_t 
   const double inv = ce.count ? 1.0 / static_cast<double>(ce.count) : 0.0;
   std::vector<double> row_loss(static_cast<size_t>(rows));
   kernels::cpu::cross_entropy_rows(logits, targets, rows, vocab, dlogits, grad_scale * inv,
-                                   row_loss.data());
+                                   row_loss.data(), label_smoothing);
   double total = 0;  // in row order: independent of the thread count
   for (double l : row_loss) total += l;
   ce.loss = total * inv;

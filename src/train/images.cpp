@@ -5,6 +5,7 @@
 #include <zlib.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -244,6 +245,8 @@ ImageBatcher::ImageBatcher(const ImageSet& set, std::vector<int64_t> rows, uint6
   PF_CHECK(!rows_.empty(), "[images] no images to draw batches from");
   PF_CHECK(aug.crop_pad >= 0 && aug.crop_pad <= std::min(set.H, set.W), "[images] crop padding ",
            aug.crop_pad, " outside [0, ", std::min(set.H, set.W), "]");
+  PF_CHECK(aug.erase >= 0 && aug.erase <= 1, "[images] erasing probability ", aug.erase,
+           " outside [0, 1]");
   start_epoch();
 }
 
@@ -278,6 +281,30 @@ Tensor ImageBatcher::next(int64_t batch, std::vector<int32_t>& labels) {
                 sy >= 0 && sy < H && sx >= 0 && sx < W ? img[(c * H + sy) * W + sx] : 0.0f;
           }
       std::copy(tmp.begin(), tmp.end(), img);
+    }
+  }
+  if (aug_.erase > 0) {
+    const int64_t C = set_.C, H = set_.H, W = set_.W;
+    auto unit = [](uint64_t& s) { return static_cast<double>(splitmix64(s) >> 11) * 0x1.0p-53; };
+    for (int64_t i = 0; i < n; ++i) {  // its own stream per (epoch, image slot)
+      uint64_t st = seed_ ^ (0x589965cc75374cc3ull * static_cast<uint64_t>(epoch_ + 1)) ^
+                    (0x1d8e4e27c47d124full * static_cast<uint64_t>(pos_ + i + 1));
+      if (unit(st) >= aug_.erase) continue;
+      for (int attempt = 0; attempt < 10; ++attempt) {  // a rectangle that fits
+        const double area = (0.02 + 0.38 * unit(st)) * static_cast<double>(H * W);
+        const double ratio = std::exp(std::log(0.3) + (std::log(1 / 0.3) - std::log(0.3)) * unit(st));
+        const auto h = static_cast<int64_t>(std::lround(std::sqrt(area * ratio)));
+        const auto w = static_cast<int64_t>(std::lround(std::sqrt(area / ratio)));
+        if (h < 1 || w < 1 || h > H || w > W) continue;
+        const auto y0 = static_cast<int64_t>(splitmix64(st) % static_cast<uint64_t>(H - h + 1));
+        const auto x0 = static_cast<int64_t>(splitmix64(st) % static_cast<uint64_t>(W - w + 1));
+        float* img = t.data<float>() + i * C * H * W;
+        for (int64_t c = 0; c < C; ++c)
+          for (int64_t y = y0; y < y0 + h; ++y)
+            for (int64_t x = x0; x < x0 + w; ++x)
+              img[(c * H + y) * W + x] = static_cast<float>(unit(st));
+        break;
+      }
     }
   }
   pos_ += n;

@@ -60,6 +60,8 @@ json options_to_json(const TrainOptions& o) {
               {"max_images", o.max_images},
               {"crop_pad", o.crop_pad},
               {"flip", o.flip},
+              {"erase", o.erase},
+              {"label_smoothing", o.label_smoothing},
               {"pack_documents", o.pack_documents}};
 }
 
@@ -81,6 +83,7 @@ TrainOptions options_from_json(const json& j) {
     o.threads = j.at("threads");
     o.max_images = j.value("max_images", int64_t{0}), o.crop_pad = j.value("crop_pad", int64_t{0});
     o.flip = j.value("flip", false);
+    o.erase = j.value("erase", 0.0), o.label_smoothing = j.value("label_smoothing", 0.0);
     o.pack_documents = j.value("pack_documents", false);  // runs from before the option: off
   } catch (const json::exception& e) {
     throw Error(str("[train] stored training options are malformed: ", e.what()));
@@ -96,6 +99,9 @@ void validate(const TrainOptions& o) {
   PF_CHECK(o.seq_len >= 2 && o.seq_len <= (1 << 20), "[train] --seq-len must be in [2, 2^20], got ",
            o.seq_len);
   PF_CHECK(o.accum >= 1, "[train] --accum must be >= 1, got ", o.accum);
+  PF_CHECK(o.label_smoothing >= 0 && o.label_smoothing < 1,
+           "[train] --label-smoothing must be in [0, 1), got ", o.label_smoothing);
+  PF_CHECK(o.erase >= 0 && o.erase <= 1, "[train] --erase must be in [0, 1], got ", o.erase);
   PF_CHECK(o.clip >= 0 && std::isfinite(o.clip), "[train] --clip must be >= 0 (0 = off), got ",
            o.clip);
   PF_CHECK(o.eval_every >= 0 && o.ckpt_every >= 0,
@@ -394,7 +400,7 @@ std::unique_ptr<Run> open_vit_run(const TrainOptions& o, const ModelConfig& cfg,
   run->images = std::move(images);
   run->split = split_images(run->images.n, o.val_fraction, o.seed);
   run->batcher = std::make_unique<ImageBatcher>(run->images, run->split.train, o.seed,
-                                                Augment{o.crop_pad, o.flip});
+                                                Augment{o.crop_pad, o.flip, o.erase});
   return run;
 }
 
@@ -505,10 +511,20 @@ double accumulate_gradients(Run& r, ParamStore& grads, std::vector<int32_t>& inp
   // weights packed for the gemms (forward and dx); params() after the last update dropped them
   if (!r.model.weights_packed()) r.model.pack_weights(true);
   double loss_sum = 0;
+  // dropout masks keyed by (seed, step, micro-batch): a resumed run draws the same ones
+  auto regularise = [&](ForwardOptions& fo, int64_t a) {
+    uint64_t s = o.seed ^ 0x6a09e667f3bcc909ull ^
+                 (static_cast<uint64_t>(r.step) * static_cast<uint64_t>(o.accum) +
+                  static_cast<uint64_t>(a)) * 0x9e3779b97f4a7c15ull;
+    fo.dropout_seed = splitmix64(s);
+    fo.label_smoothing = static_cast<float>(o.label_smoothing);
+  };
   for (int64_t a = 0; a < o.accum && r.vit(); ++a) {  // classify: a batch of images
     Tensor images = r.batcher->next(o.batch, targets);
-    Transformer::Loss l =
-        r.model.classify_loss_and_grad(images, targets, grads, 1.0f / static_cast<float>(o.accum));
+    ForwardOptions fo;
+    regularise(fo, a);
+    Transformer::Loss l = r.model.classify_loss_and_grad(
+        images, targets, grads, 1.0f / static_cast<float>(o.accum), nullptr, fo);
     loss_sum += l.loss / static_cast<double>(o.accum);
     r.tokens_seen += images.dim(0);
   }
@@ -517,6 +533,7 @@ double accumulate_gradients(Run& r, ParamStore& grads, std::vector<int32_t>& inp
     Batch b =
         make_batch(r.obj, inputs, targets, o.batch, o.seq_len, *r.tok, r.cfg.vocab_size, r.rng);
     ForwardOptions fo;
+    regularise(fo, a);
     if (r.obj == Objective::Seq2seq) fo.src = &b.src;
     TokenBatch seg;
     if (o.pack_documents) {  // documents end at <eos> in the unmasked windows

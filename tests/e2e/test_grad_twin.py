@@ -81,8 +81,11 @@ ADAM = {"steps": 5, "lr": 1e-3, "wd": 0.1, "beta1": 0.9, "beta2": 0.95, "eps": 1
 ADAM_DECAY = {"steps": 3, "lr": 1e-2, "wd": 5.0, "beta1": 0.9, "beta2": 0.95, "eps": 1e-8}
 
 
-def make_case(name, objective, cfg_over=None, pos=None, seed=1, T=None, S=None, docs=None):
-    """docs: per batch row, the lengths of the documents packed into its T tokens (clm, mlm)."""
+def make_case(name, objective, cfg_over=None, pos=None, seed=1, T=None, S=None, docs=None,
+              train=None):
+    """docs: per batch row, the lengths of the documents packed into its T tokens (clm, mlm).
+    train: {"dropout_seed": s, "label_smoothing": e}, the training forward's options (the
+    config's "dropout" > 0 needs a seed), put into the batch for both sides."""
     cfg = copy.deepcopy(BASE)
     cfg["arch"] = OBJECTIVES[objective]
     if pos is not None:
@@ -93,7 +96,7 @@ def make_case(name, objective, cfg_over=None, pos=None, seed=1, T=None, S=None, 
     T = T or {"clm": 16, "mlm": 12, "seq2seq": 10}[objective]
     S = S or (13 if objective == "seq2seq" else None)
     return {"name": name, "objective": objective, "cfg": cfg, "T": T, "S": S, "seed": seed,
-            "docs": docs}
+            "docs": docs, "train": train or {}}
 
 
 def all_cases():
@@ -126,6 +129,16 @@ def all_cases():
         make_case("rms_swiglu_nobias_untied_xl.seq2seq", "seq2seq", rsw, pos="xl", seed=412),
         make_case("swiglu_bias_t5.mlm", "mlm", {"activation": "swiglu"}, pos="t5", seed=413),
         make_case("gqa2_rope.clm", "clm", {"n_kv_heads": 2}, pos="rope", seed=414),
+        # regularisation (docs/training.md): residual + embedding dropout with the engine's
+        # counter-based masks (dropout_ref.py), label smoothing; every arch, pre- and post-LN
+        make_case("dropout_smooth_rope.clm", "clm", {"dropout": 0.25}, pos="rope", seed=430,
+                  train={"dropout_seed": 12345, "label_smoothing": 0.1}),
+        make_case("dropout_post_ln_learned.mlm", "mlm", {"dropout": 0.4, "norm_position": "post"},
+                  pos="learned", seed=431, train={"dropout_seed": 2 ** 63 + 77}),
+        make_case("dropout_smooth_t5.seq2seq", "seq2seq", {"dropout": 0.1}, pos="t5", seed=432,
+                  train={"dropout_seed": 9, "label_smoothing": 0.2}),
+        make_case("smooth_alibi.clm", "clm", pos="alibi", seed=433,
+                  train={"label_smoothing": 0.3}),
         # RoPE scalings (SPEC 3): D = 8; dynamic NTK past L0 = 8 at T = 16; YaRN's mscale
         *[make_case(f"rope_{n}.{obj}", obj, {"position": {"type": "rope", "scaling": sc}},
                     seed=450 + i)
@@ -265,6 +278,7 @@ def random_tensors(shapes: dict, seed: int) -> dict:
 
 def make_batch(case):
     batch = make_plain_batch(case)
+    batch.update(case.get("train", {}))
     if case.get("docs"):
         batch["segments"] = [[i for i, n in enumerate(row) for _ in range(n)]
                              for row in case["docs"]]
@@ -319,6 +333,12 @@ def engine_grad(cli, mdir, batch_path, out_path, adam):
             "--steps", str(adam["steps"]), "--lr", repr(adam["lr"]),
             "--weight-decay", repr(adam["wd"]), "--beta1", repr(adam["beta1"]),
             "--beta2", repr(adam["beta2"]), "--eps", repr(adam["eps"]), "--threads", "2"]
+    with open(batch_path) as f:  # training-forward options travel in the batch (make_case)
+        b = json.load(f)
+    if "dropout_seed" in b:
+        args += ["--dropout-seed", str(b["dropout_seed"])]
+    if "label_smoothing" in b:
+        args += ["--label-smoothing", repr(b["label_smoothing"])]
     rc, out, err = run_cli(args)
     if rc != 0:
         raise Failure(f"grad failed rc={rc}: {(out + err).strip()[-400:]}")

@@ -9,7 +9,8 @@ Checks:
     (mean of the last 10 steps below the mean of the first 5 by at least 0.15 nats);
   - resume is bit-exact: a run stopped at step 15 and resumed gives the same losses (every
     metrics line) and the same final weights, byte for byte, as an uninterrupted run, with
-    random crop and flip augmentation on;
+    random crop, flip and erasing, label smoothing and the config's dropout on (the run keeps
+    those settings in train.json);
   - eval reports accuracy, per-class accuracy and a confusion matrix whose counts sum to the
     number of images, and writes the PNG; predict prints one label and probabilities per PNG;
   - vit-resolution writes one CSV row per size (images resized), the markdown table and the
@@ -47,7 +48,7 @@ def main():
     args = ap.parse_args()
     cli = harness.require_cli(args.posformer)
     tmp = tempfile.mkdtemp(prefix="vit_train_")
-    check = harness.Report(28)
+    check = harness.Report(30)
 
     try:
         cfg = os.path.join(tmp, "cfg.json")
@@ -70,12 +71,15 @@ def main():
             summary = [ln for ln in out.splitlines() if ln.startswith("steps 60,")]
             check("summary_counts_images", len(summary) == 1 and " images/s, " in summary[0],
                   f"final line {summary}")
-        # 2. bit-exact resume with augmentation
-        aug = ["--crop-pad", "2", "--flip"]
+        # 2. bit-exact resume with augmentation and regularisation
+        aug = ["--crop-pad", "2", "--flip", "--erase", "0.5", "--label-smoothing", "0.1"]
+        cfg_drop = os.path.join(tmp, "cfg_drop.json")
+        with open(cfg_drop, "w") as f:
+            json.dump(dict(CFG, dropout=0.1), f)
         a, b = os.path.join(tmp, "a"), os.path.join(tmp, "b")
-        rc1, _, e1 = run_cli([cli, "train", "--config", cfg, "--out", a, "--steps", "30"]
+        rc1, _, e1 = run_cli([cli, "train", "--config", cfg_drop, "--out", a, "--steps", "30"]
                              + TRAIN + aug)
-        rc2, _, e2 = run_cli([cli, "train", "--config", cfg, "--out", b, "--steps", "30",
+        rc2, _, e2 = run_cli([cli, "train", "--config", cfg_drop, "--out", b, "--steps", "30",
                               "--stop-after", "15"] + TRAIN + aug)
         rc3, _, e3 = run_cli([cli, "train", "--resume", b, "--quiet"])
         if rc1 or rc2 or rc3:
@@ -88,6 +92,15 @@ def main():
                 wb = f.read()
             check("resume_bit_exact", la == lb and wa == wb and len(la) > 30,
                   f"{len(la)} metrics lines equal: {la == lb}, weights equal: {wa == wb}")
+            with open(os.path.join(b, "train.json")) as f:
+                kept = json.load(f)
+            with open(os.path.join(b, "config.json")) as f:
+                kept_cfg = json.load(f)
+            check("regularisation_kept_with_run",
+                  kept.get("erase") == 0.5 and kept.get("label_smoothing") == 0.1
+                  and kept_cfg.get("dropout") == 0.1,
+                  f"erase {kept.get('erase')}, label_smoothing {kept.get('label_smoothing')}, "
+                  f"dropout {kept_cfg.get('dropout')}")
         # 3. eval and predict
         if rc == 0:
             png = os.path.join(tmp, "conf.png")

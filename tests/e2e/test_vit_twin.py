@@ -41,11 +41,13 @@ BASE = {"arch": "vit", "image_size": [8, 12], "patch_size": 4, "channels": 2, "n
         "d_model": 16, "n_layers": 2, "n_heads": 2, "d_ff": 24}
 
 
-def case(name, over=None, pos=None, size=None, B=3):
+def case(name, over=None, pos=None, size=None, B=3, train=None):
+    """train: the training forward's options ({"dropout_seed", "label_smoothing"}), passed to
+    `posformer grad` and to the twin."""
     cfg = dict(BASE)
     cfg.update(over or {})
     cfg["position"] = pos or {"type": "none"}
-    return name, cfg, size, B
+    return name, cfg, size, B, train or {}
 
 
 CASES = [
@@ -91,6 +93,11 @@ CASES = [
     case("learned_1d", {"max_len": 40}, {"type": "learned"}),
     case("sinusoidal_1d", {"channels": 3, "patch_size": 2, "image_size": 6},
          {"type": "sinusoidal"}),
+    # (appended: each case's seed is its index) regularisation (docs/training.md): dropout (embeddings + every sublayer), label smoothing
+    case("dropout_smooth_rope_2d", {"dropout": 0.3}, {"type": "rope_2d"}, B=4,
+         train={"dropout_seed": 424242, "label_smoothing": 0.1}),
+    case("dropout_postln_learned_2d_mean", {"dropout": 0.2, "norm_position": "post", "pool": "mean"},
+         {"type": "learned_2d"}, size=(12, 16), train={"dropout_seed": 5}),
 ]
 
 
@@ -108,7 +115,7 @@ def rel(a, b, floor=1e-12):
     return float((a - b).abs().max()) / max(float(b.abs().max()), floor)
 
 
-def run_case(cli, tmp, name, cfg, size, B, seed):
+def run_case(cli, tmp, name, cfg, size, B, seed, train):
     d = os.path.join(tmp, name)
     os.makedirs(d)
     with open(os.path.join(d, "config.json.in"), "w") as f:
@@ -131,14 +138,19 @@ def run_case(cli, tmp, name, cfg, size, B, seed):
         json.dump({"images": images.tolist(), "labels": labels.tolist()}, f)
     rc, out, err = run_cli([cli, "grad", os.path.join(d, "m"), "--batch",
                             os.path.join(d, "batch.json"), "--out", os.path.join(d, "g.st"),
-                            "--steps", "1"])
+                            "--steps", "1"] +
+                           (["--dropout-seed", str(train["dropout_seed"])]
+                            if "dropout_seed" in train else []) +
+                           (["--label-smoothing", repr(train["label_smoothing"])]
+                            if "label_smoothing" in train else []))
     if rc != 0:
         return False, f"grad failed: {err.strip()}"
     eng = safetensors_io.load_tensors(os.path.join(d, "g.st"))
     w = {n: t.to(torch.float64).clone().requires_grad_(True) for n, t in w32.items()}
     x = images.to(torch.float64)
-    logits = vit_twin.forward(full, w, x)
-    loss = torch.nn.functional.cross_entropy(logits, labels)
+    logits = vit_twin.forward(full, w, x, dropout_seed=train.get("dropout_seed"))
+    loss = torch.nn.functional.cross_entropy(logits, labels,
+                                             label_smoothing=train.get("label_smoothing", 0.0))
     loss.backward()
     errs = {"logits": rel(eng["logits"].double(), logits.detach()),
             "loss": abs(float(eng["losses"][0]) - float(loss)) / abs(float(loss))}
@@ -176,11 +188,11 @@ def main():
     os.makedirs(tmp, exist_ok=True)
     passed = failed = 0
     try:
-        for i, (name, cfg, size, B) in enumerate(CASES):
+        for i, (name, cfg, size, B, train) in enumerate(CASES):
             if args.only and not re.search(args.only, name):
                 continue
             try:
-                ok, text = run_case(cli, tmp, name, cfg, size, B, seed=11 + i)
+                ok, text = run_case(cli, tmp, name, cfg, size, B, seed=11 + i, train=train)
             except Exception as e:  # noqa: BLE001 - report and go on
                 ok, text = False, f"{type(e).__name__}: {e}"
             print(f"{'PASS' if ok else 'FAIL'}  {name:42s} {text}", flush=True)

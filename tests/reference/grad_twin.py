@@ -90,14 +90,15 @@ def loss_of(model, batch: dict) -> torch.Tensor:
                              segments=batch["segments"][b])[1] for b in range(tokens.shape[0])]
         logits = None if rows[0] is None else torch.cat(rows, dim=0)
     else:
-        _, logits = twin.forward(model, tokens, pos_offset=0, src=src)
+        _, logits = twin.forward(model, tokens, pos_offset=0, src=src,
+                                 dropout_seed=batch.get("dropout_seed"))
     if logits is None:
         raise ValueError("the loss needs an LM head (head: lm)")
     V = logits.shape[-1]
     if int((targets >= 0).sum()) == 0:
         raise ValueError("batch has no counted targets")
     return F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1), ignore_index=-1,
-                           reduction="mean")
+                           reduction="mean", label_smoothing=float(batch.get("label_smoothing", 0)))
 
 
 def loss_and_grads(model, batch: dict):

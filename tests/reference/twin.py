@@ -8,7 +8,8 @@ softmaxes, the pseudo-inverse iterations, and the paper's depthwise torch conv2d
 encoder only: an encoder_decoder's decoder runs softmax).
 
     model = build(config_dict, tensors)          # tensors: name -> torch.Tensor
-    hidden, logits = forward(model, tokens, pos_offset=0, src=None, segments=None)
+    hidden, logits = forward(model, tokens, pos_offset=0, src=None, segments=None,
+                             dropout_seed=None)
 
 tokens: LongTensor [B, T] (or [T]); for arch encoder_decoder `tokens` are the decoder's
 tokens (positions pos_offset ..) and `src` the encoder's (positions 0 ..). For an encoder or
@@ -20,11 +21,17 @@ segments (sequence packing, docs/architecture.md): document ids [T] of a one-row
 document is a run of equal ids. Each document's positions restart at 0 at its first token, and
 in self-attention a query may only attend to keys of its own document: the score matrix gets
 -inf wherever seg[i] != seg[j] (on top of the causal mask). Softmax attention only.
+
+dropout_seed (training forward, config "dropout" > 0; docs/training.md): each sublayer's output
+before its residual add and each stack's input embeddings are dropped with the engine's masks
+(dropout_ref.py); None = no dropout (evaluation).
 """
 import math
 
 import torch
 import torch.nn.functional as F
+
+import dropout_ref
 
 DT = torch.float64
 
@@ -36,7 +43,7 @@ DEFAULTS = {
     "arch": "decoder", "d_model": 256, "n_layers": 4, "n_heads": 4, "n_kv_heads": 0,
     "d_ff": 1024, "activation": "gelu", "norm": "layernorm", "norm_position": "pre",
     "norm_eps": 1e-5, "bias": True, "vocab_size": 259, "max_len": 1024,
-    "tie_embeddings": True, "head": "lm", "embed_scale": 1.0,
+    "tie_embeddings": True, "head": "lm", "embed_scale": 1.0, "dropout": 0.0,
 }
 POS_DEFAULTS = {
     "rope": {"layout": "interleaved", "rotary_dim": 0, "base": 10000.0},
@@ -574,8 +581,14 @@ def nystrom_attention(q, k, v, scale, n_landmarks, iters, conv=None):
 
 
 def _stack(m: Model, S: str, tokens: torch.Tensor, pos0: int, causal: bool, enc=None,
-           segments=None):
+           segments=None, dropout_seed=None):
     c = m.c
+
+    def drop(y, layer, sub):  # residual dropout at one site (identity without a seed)
+        if dropout_seed is None or not c.dropout:
+            return y
+        return dropout_ref.apply(y, float(c.dropout), int(dropout_seed), S, layer, sub)
+
     B, T = tokens.shape
     if int(tokens.min()) < 0 or int(tokens.max()) >= c.vocab_size:
         raise ValueError(f"token id out of range [0, {c.vocab_size})")
@@ -601,44 +614,52 @@ def _stack(m: Model, S: str, tokens: torch.Tensor, pos0: int, causal: bool, enc=
     cross = enc is not None
     epos = torch.arange(enc.shape[1]) if cross else None
     carried = {} if c.residual else None
+    x = drop(x, 0, 3)
     for i in range(c.n_layers):
         L = f"{S}layers.{i}."
         if pre:
-            x = x + _attention(m, S, L, "attn", _norm(m, L + "attn_norm", x),
-                               _norm(m, L + "attn_norm", x), pos, pos, causal, carried, other_doc)
+            x = x + drop(_attention(m, S, L, "attn", _norm(m, L + "attn_norm", x),
+                                    _norm(m, L + "attn_norm", x), pos, pos, causal, carried,
+                                    other_doc), i, 0)
             if cross:
-                x = x + _attention(m, S, L, "cross_attn", _norm(m, L + "cross_norm", x), enc,
-                                   pos, epos, False)
-            x = x + _ffn(m, L, _norm(m, L + "ffn_norm", x))
+                x = x + drop(_attention(m, S, L, "cross_attn", _norm(m, L + "cross_norm", x), enc,
+                                        pos, epos, False), i, 1)
+            x = x + drop(_ffn(m, L, _norm(m, L + "ffn_norm", x)), i, 2)
         else:
             x = _norm(m, L + "attn_norm",
-                      x + _attention(m, S, L, "attn", x, x, pos, pos, causal, carried, other_doc))
+                      x + drop(_attention(m, S, L, "attn", x, x, pos, pos, causal, carried,
+                                          other_doc), i, 0))
             if cross:
                 x = _norm(m, L + "cross_norm",
-                          x + _attention(m, S, L, "cross_attn", x, enc, pos, epos, False))
-            x = _norm(m, L + "ffn_norm", x + _ffn(m, L, x))
+                          x + drop(_attention(m, S, L, "cross_attn", x, enc, pos, epos, False),
+                                   i, 1))
+            x = _norm(m, L + "ffn_norm", x + drop(_ffn(m, L, x), i, 2))
     if pre:
         x = _norm(m, S + "final_norm", x)
     return x
 
 
-def forward(model: Model, tokens, pos_offset: int = 0, src=None, segments=None):
+def forward(model: Model, tokens, pos_offset: int = 0, src=None, segments=None,
+            dropout_seed=None):
     c = model.c
     tokens = torch.as_tensor(tokens, dtype=torch.long)
     if tokens.dim() == 1:
         tokens = tokens[None]
     if c.arch == "encoder":
-        h = _stack(model, "encoder.", tokens, pos_offset, causal=False, segments=segments)
+        h = _stack(model, "encoder.", tokens, pos_offset, causal=False, segments=segments,
+                   dropout_seed=dropout_seed)
     elif c.arch == "decoder":
-        h = _stack(model, "decoder.", tokens, pos_offset, causal=True, segments=segments)
+        h = _stack(model, "decoder.", tokens, pos_offset, causal=True, segments=segments,
+                   dropout_seed=dropout_seed)
     elif c.arch == "encoder_decoder":
         if src is None:
             raise ValueError("encoder_decoder needs src tokens")
         src = torch.as_tensor(src, dtype=torch.long)
         if src.dim() == 1:
             src = src[None]
-        enc = _stack(model, "encoder.", src, 0, causal=False)
-        h = _stack(model, "decoder.", tokens, pos_offset, causal=True, enc=enc, segments=segments)
+        enc = _stack(model, "encoder.", src, 0, causal=False, dropout_seed=dropout_seed)
+        h = _stack(model, "decoder.", tokens, pos_offset, causal=True, enc=enc, segments=segments,
+                   dropout_seed=dropout_seed)
     else:
         raise ValueError(f"unknown arch {c.arch}")
     logits = None

@@ -14,6 +14,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+import dropout_ref
+
 DT = torch.float64
 
 
@@ -169,7 +171,16 @@ def _ffn(cfg, w, L, x):
     return _lin(w, L + "ffn.w2", h)
 
 
-def forward(cfg, w, images):
+def forward(cfg, w, images, dropout_seed=None):
+    """dropout_seed: training forward with the config's "dropout" (the engine's masks,
+    dropout_ref.py: the encoder's input embeddings and every sublayer's output); None = none."""
+    p_drop = float(cfg.get("dropout", 0.0))
+
+    def drop(y, layer, sub):
+        if dropout_seed is None or p_drop == 0:
+            return y
+        return dropout_ref.apply(y, p_drop, int(dropout_seed), "encoder.", layer, sub)
+
     d, H = cfg["d_model"], cfg["n_heads"]
     Hkv = cfg.get("n_kv_heads") or H
     D = d // H
@@ -228,14 +239,15 @@ def forward(cfg, w, images):
         o = torch.softmax(s, dim=-1) @ v
         return _lin(w, L + "attn.o", o.transpose(1, 2).reshape(B, T, H * D))
 
+    x = drop(x, 0, 3)
     for i in range(cfg.get("n_layers", 4)):
         L = f"encoder.layers.{i}."
         if pre:
-            x = x + attn(L, _norm(cfg, w, L + "attn_norm", x))
-            x = x + _ffn(cfg, w, L, _norm(cfg, w, L + "ffn_norm", x))
+            x = x + drop(attn(L, _norm(cfg, w, L + "attn_norm", x)), i, 0)
+            x = x + drop(_ffn(cfg, w, L, _norm(cfg, w, L + "ffn_norm", x)), i, 2)
         else:
-            x = _norm(cfg, w, L + "attn_norm", x + attn(L, x))
-            x = _norm(cfg, w, L + "ffn_norm", x + _ffn(cfg, w, L, x))
+            x = _norm(cfg, w, L + "attn_norm", x + drop(attn(L, x), i, 0))
+            x = _norm(cfg, w, L + "ffn_norm", x + drop(_ffn(cfg, w, L, x), i, 2))
     if pre:
         x = _norm(cfg, w, "encoder.final_norm", x)
     pooled = x[:, 0] if cls else x.mean(dim=1)

@@ -65,6 +65,8 @@ Command add_grad(CLI::App& root) {
     std::string dir, batch, out;
     int64_t steps = 1;
     double lr = 1e-3;
+    uint64_t dropout_seed = 0;
+    float label_smoothing = 0.0f;
     AdamWConfig adam;
     int threads = 0;
     MemoryGuard mem;
@@ -85,6 +87,10 @@ Command add_grad(CLI::App& root) {
   app->add_option("--beta1", o->adam.beta1, "AdamW beta1");
   app->add_option("--beta2", o->adam.beta2, "AdamW beta2");
   app->add_option("--eps", o->adam.eps, "AdamW epsilon");
+  app->add_option("--dropout-seed", o->dropout_seed,
+                  "seed of the dropout masks when the config has 'dropout' > 0 (the same masks "
+                  "on every step; docs/training.md)");
+  app->add_option("--label-smoothing", o->label_smoothing, "label smoothing of the loss, in [0, 1)");
   add_threads_option(app, o->threads);
   add_memory_options(app, o->mem);
   return {app, [=]() {
@@ -116,6 +122,7 @@ Command add_grad(CLI::App& root) {
             }
             TokenBatch src, seg;
             ForwardOptions fo;
+            fo.dropout_seed = o->dropout_seed, fo.label_smoothing = o->label_smoothing;
             if (j.contains("src")) {
               src = read_rows(j, "src", o->batch);
               fo.src = &src;
@@ -130,7 +137,7 @@ Command add_grad(CLI::App& root) {
             for (int64_t s = 0; s < o->steps; ++s) {
               ParamStore g = m.zero_grads();
               Tensor logits;
-              Transformer::Loss l = vit ? m.classify_loss_and_grad(images, labels, g, 1.0f, &logits)
+              Transformer::Loss l = vit ? m.classify_loss_and_grad(images, labels, g, 1.0f, &logits, fo)
                                         : m.loss_and_grad(tokens, targets, g, fo);
               if (s == 0 && vit) out.emplace("logits", logits);
               losses.data<double>()[s] = l.loss;

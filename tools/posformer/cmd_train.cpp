@@ -31,6 +31,11 @@ Command add_train(CLI::App& root) {
   app->add_option("--crop-pad", o->crop_pad,
                   "arch vit: random crop after padding N zero pixels per side (0 = off)");
   app->add_flag("--flip", o->flip, "arch vit: random horizontal flips");
+  app->add_option("--erase", o->erase,
+                  "arch vit: random erasing probability (a random rectangle of noise; 0 = off)");
+  app->add_option("--label-smoothing", o->label_smoothing,
+                  "label smoothing of the training loss, in [0, 1) (validation is reported "
+                  "without it); dropout is the model config's 'dropout'");
   app->add_flag("--pack-documents", o->pack_documents,
                 "clm, mlm: each document in a window restarts its positions at 0 and attends only "
                 "to itself (documents end at <eos>); validation the same way");

@@ -96,6 +96,10 @@ struct ModelConfig {
   Choice<Norm> norm = Norm::LayerNorm;
   Choice<NormPosition> norm_position = NormPosition::Pre;
   double norm_eps = 1e-5;
+  // Residual dropout (training only; docs/training.md "Regularisation"): each sublayer's output
+  // (attention after its output projection, the FFN after w2) and the stack's input embeddings
+  // are dropped with this probability in loss_and_grad / classify_loss_and_grad. 0 = none.
+  double dropout = 0.0;
   bool bias = true;
   int64_t vocab_size = 260;
   int64_t max_len = 1024;

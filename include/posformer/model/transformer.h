@@ -46,6 +46,8 @@ struct StackInput {
   // every unmasked pair); embed and rotate read the ids.
   bool shifted_ids = false;
   int64_t row0 = 0;
+  // Training with ModelConfig::dropout > 0: the step's dropout seed (ForwardOptions).
+  uint64_t dropout_seed = 0;
 };
 
 // Storage behind a StackInput's ids and windows.
@@ -76,6 +78,11 @@ struct ForwardOptions {
   // Left padding is a row whose pad tokens form the first segment. Null = one document per row.
   const TokenBatch* segments = nullptr;
   const TokenBatch* src_segments = nullptr;  // the same for `src` (encoder_decoder's encoder)
+  // Training only (loss_and_grad, classify_loss_and_grad; docs/training.md "Regularisation"):
+  // the seed of this step's dropout masks (ModelConfig::dropout > 0; ops/dropout.h) and the
+  // label smoothing of the loss (ops/loss.h; 0 = one-hot targets).
+  uint64_t dropout_seed = 0;
+  float label_smoothing = 0.0f;
 };
 
 struct ForwardOutput {
@@ -174,7 +181,7 @@ class Transformer {
   // backward: gradients ADDED into grads times grad_scale. logits (if given) receives [B, K].
   Loss classify_loss_and_grad(const Tensor& images, const std::vector<int32_t>& labels,
                               ParamStore& grads, float grad_scale = 1.0f,
-                              Tensor* logits = nullptr) const;
+                              Tensor* logits = nullptr, const ForwardOptions& opt = {}) const;
   // Encoder stack on given input embeddings x [B, T, d] (no token embedding, so no
   // embed_scale; absolute positions are added), in place.
   void encode_embeddings(Tensor& x, int64_t pos_offset = 0) const;

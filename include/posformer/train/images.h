@@ -60,6 +60,10 @@ ImageSplit split_images(int64_t n, double val_fraction, uint64_t seed);
 struct Augment {
   int64_t crop_pad = 0;  // 0 = no random crop
   bool flip = false;     // random horizontal flip
+  // Random erasing (Zhong et al. 2017), after crop and flip: with this probability a rectangle
+  // of area 2%-40% of the image and aspect ratio in [0.3, 3.3] (log-uniform) at a random place
+  // is filled with uniform random values in [0, 1) (every channel). 0 = off.
+  double erase = 0.0;
 };
 
 class ImageBatcher {

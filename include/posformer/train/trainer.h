@@ -47,6 +47,11 @@ struct TrainOptions {
   // crop_pad pixels of zero padding, random horizontal flip.
   int64_t max_images = 0, crop_pad = 0;
   bool flip = false;
+  double erase = 0;  // arch vit: random erasing probability (Augment::erase)
+  // Regularisation (docs/training.md): label smoothing of the training loss (validation is
+  // reported without it). Dropout is the model config's `dropout`; its masks are keyed by
+  // (seed, step, micro-batch), so a resumed run draws the same ones.
+  double label_smoothing = 0;
   // Sequence packing (clm, mlm): a window holds pieces of several documents (each ends with
   // <eos>); with this on, each document's positions restart at 0 at its first token (the token
   // after an <eos>) and its tokens attend only to its own (document_segments,

@@ -236,7 +236,7 @@ void col_sum_kernel(const float* dy, size_t ld, float* out, size_t rows, size_t 
 }
 
 void cross_entropy_kernel(const float* z, const int32_t* targets, size_t rows, size_t cols,
-                          float* dz, double k, double* loss) {
+                          float* dz, double k, double* loss, double eps) {
   const hn::ScalableTag<float> d;
   const size_t N = hn::Lanes(d);
   const float ninf = -HUGE_VALF;
@@ -266,15 +266,24 @@ void cross_entropy_kernel(const float* z, const int32_t* targets, size_t rows, s
     const double sum = hn::GetLane(hn::SumOfLanes(d, hn::Add(s0, s1)));
     const double lse = double(mx) + std::log(sum);
     const double zt = zr[t];
-    loss[r] = lse - zt;
+    if (eps == 0.0) {
+      loss[r] = lse - zt;
+    } else {  // target q = (1 - eps) onehot(t) + eps / cols: lse - (1 - eps) z_t - eps mean(z)
+      double zsum = 0;
+      for (size_t c = 0; c < cols; ++c) zsum += zr[c];
+      loss[r] = lse - (1.0 - eps) * zt - eps * zsum / static_cast<double>(cols);
+    }
     if (!dzr) continue;
+    const float ueps = static_cast<float>(k * eps / static_cast<double>(cols));
     const auto vl = hn::Set(d, static_cast<float>(lse));
     const auto vk = hn::Set(d, static_cast<float>(k));
     for (i = 0; i < cols; i += N) {
       const size_t c = cols - i < N ? cols - i : N;
       store_n(d, hn::Mul(vk, exp_vec(d, hn::Sub(load_n(d, zr + i, c, ninf), vl))), dzr + i, c);
     }
-    dzr[t] = static_cast<float>(k * (std::exp(zt - lse) - 1.0));
+    if (eps != 0.0)  // dz = k (softmax - q)
+      for (size_t c = 0; c < cols; ++c) dzr[c] -= ueps;
+    dzr[t] = static_cast<float>(k * (std::exp(zt - lse) - (1.0 - eps) - eps / double(cols)));
   }
 }
 
@@ -429,12 +438,12 @@ void copy_rows(const float* src, int64_t lds, float* dst, int64_t ldd, int64_t r
 }
 
 void cross_entropy_rows(const float* z, const int32_t* targets, int64_t rows, int64_t cols,
-                        float* dz, double k, double* loss) {
+                        float* dz, double k, double* loss, double eps) {
   if (rows <= 0 || cols <= 0) return;
   parallel_range(rows, 1, use_omp(rows * cols, kRowThreshold), [&](int64_t lo, int64_t hi) {
     HWY_DYNAMIC_DISPATCH(cross_entropy_kernel)
     (z + lo * cols, targets + lo, size_t(hi - lo), size_t(cols), dz ? dz + lo * cols : nullptr, k,
-     loss + lo);
+     loss + lo, eps);
   });
 }
 

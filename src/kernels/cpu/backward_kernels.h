@@ -32,11 +32,13 @@ void rmsnorm_backward(const float* x, const float* g, const float* dy, float* dx
 void bias_grad(const float* dy, int64_t ld, float* db, int64_t rows, int64_t cols);
 // dst rows = src rows (cols floats each), OpenMP over rows for large copies.
 void copy_rows(const float* src, int64_t lds, float* dst, int64_t ldd, int64_t rows, int64_t cols);
-// Per row r with target t = targets[r] >= 0: loss[r] = logsumexp(z_r) - z_r[t] and, when
-// dz is not null, dz_r = (softmax(z_r) - onehot(t)) * k; rows with t < 0: loss 0, dz_r = 0.
-// dz may alias z. Targets must be < cols (checked by the caller).
+// Per row r with target t = targets[r] >= 0 and the smoothed target distribution
+// q = (1 - eps) onehot(t) + eps / cols (eps = 0: one-hot):
+//   loss[r] = logsumexp(z_r) - sum_c q_c z_r[c],  dz_r = (softmax(z_r) - q) * k  (dz not null);
+// rows with t < 0: loss 0, dz_r = 0. dz may alias z. Targets must be < cols (checked by the
+// caller).
 void cross_entropy_rows(const float* z, const int32_t* targets, int64_t rows, int64_t cols,
-                        float* dz, double k, double* loss);
+                        float* dz, double k, double* loss, double eps = 0.0);
 // Softmax backward in place for attention, rows of a [rows, cols] block with row stride ld:
 // dP[t, s] = P[t, s] * (dP[t, s] - sum_s' P[t, s'] dP[t, s']) over s < cols. Single-threaded.
 void softmax_backward_rows(const float* P, int64_t ldp, float* dP, int64_t lddp, int64_t rows,

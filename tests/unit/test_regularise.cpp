@@ -1,0 +1,249 @@
+// Regularisation (docs/training.md "Regularisation"): the counter-based dropout op, label
+// smoothing in the cross-entropy kernel (every Highway target, against double), the model's
+// dropout (training forward only, masks keyed by the seed) and random erasing of image batches.
+// The model's dropout and label smoothing are also checked against the PyTorch twins
+// (test_grad_twin.py, test_vit_twin.py cases dropout_* / smooth_*).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <nlohmann/json.hpp>
+#include <vector>
+
+#include "hwy_targets.h"
+#include "posformer/core/random.h"
+#include "posformer/model/config.h"
+#include "posformer/model/transformer.h"
+#include "posformer/ops/dropout.h"
+#include "posformer/ops/loss.h"
+#include "posformer/train/images.h"
+#include "posformer/train/trainer.h"
+#include "test_util.h"
+
+using namespace posformer;
+
+namespace {
+
+TEST(Dropout, MaskRateScaleAndDeterminism) {
+  const int64_t n = 1 << 20;
+  const std::vector<float> x = pf_test::randn(n, 3);
+  for (float p : {0.1f, 0.25f, 0.5f, 0.9f}) {
+    SCOPED_TRACE(p);
+    std::vector<float> a = x, b = x, c = x;
+    ops::dropout(a.data(), n, p, 77);
+    ops::dropout(b.data(), n, p, 77);
+    ops::dropout(c.data(), n, p, 78);
+    EXPECT_EQ(a, b);  // a pure function of (key, i)
+    int64_t zeros = 0, same_as_c = 0;
+    const float scale = 1.0f / (1.0f - p);
+    for (int64_t i = 0; i < n; ++i) {
+      if (a[i] == 0.0f) {
+        ++zeros;
+      } else {
+        ASSERT_EQ(a[i], x[i] * scale) << i;  // kept: scaled by 1/(1-p)
+      }
+      same_as_c += (a[i] == 0.0f) == (c[i] == 0.0f);
+    }
+    // dropped fraction within 5 standard deviations of p
+    const double sd = std::sqrt(double(p) * (1 - p) / double(n));
+    EXPECT_NEAR(double(zeros) / double(n), p, 5 * sd);
+    // another key draws an independent mask: agreement p^2 + (1-p)^2
+    const double agree = double(p) * p + (1.0 - p) * (1.0 - p);
+    EXPECT_NEAR(double(same_as_c) / double(n), agree, 0.01);
+  }
+  std::vector<float> y = x;
+  ops::dropout(y.data(), n, 0.0f, 5);
+  EXPECT_EQ(y, x);  // p = 0: untouched
+  pf_test::expect_error([&] { ops::dropout(y.data(), n, 1.0f, 5); }, {"dropout", "[0, 1)", "1"});
+  pf_test::expect_error([&] { ops::dropout(y.data(), n, -0.1f, 5); }, {"[0, 1)"});
+  EXPECT_NE(ops::dropout_key(1, 0), ops::dropout_key(1, 1));
+  EXPECT_NE(ops::dropout_key(1, 0), ops::dropout_key(2, 0));
+}
+
+// The i-th element's mask is the i-th draw of one splitmix64 stream (the documented formula),
+// independent of where the call starts: a prefix call sees the same mask.
+TEST(Dropout, MatchesDocumentedStream) {
+  const uint64_t key = 0x1234567890abcdefull;
+  const float p = 0.3f;
+  std::vector<float> ones(1000, 1.0f), prefix(100, 1.0f);
+  ops::dropout(ones.data(), 1000, p, key);
+  ops::dropout(prefix.data(), 100, p, key);
+  uint64_t s = key;
+  const uint64_t thr = std::llround(0.3 * 16777216.0);
+  for (int i = 0; i < 1000; ++i) {
+    const bool keep = (splitmix64(s) >> 40) >= thr;
+    ASSERT_EQ(ones[i] != 0.0f, keep) << i;
+    if (i < 100) {
+      ASSERT_EQ(prefix[i], ones[i]) << i;
+    }
+  }
+}
+
+// loss = lse - (1-eps) z_t - eps mean(z), dz = k (softmax - q), against double, every target,
+// with ignored rows and vector tails.
+TEST(LabelSmoothing, CrossEntropyAgainstDouble) {
+  pf_test::for_each_target([] {
+    for (int64_t V : {3, 17, 100}) {
+      const int64_t rows = 9;
+      std::vector<float> z = pf_test::randn(rows * V, uint32_t(V), 3.0f);
+      std::vector<int32_t> tg(rows);
+      for (int64_t r = 0; r < rows; ++r) tg[r] = r == 4 ? -1 : int32_t((r * 7) % V);
+      for (float eps : {0.0f, 0.1f, 0.5f}) {
+        SCOPED_TRACE(V * 10 + eps);
+        double loss = 0;
+        int64_t count = 0;
+        std::vector<double> rdz(z.size(), 0.0);
+        for (int64_t r = 0; r < rows; ++r) {
+          if (tg[r] < 0) continue;
+          ++count;
+          double mx = -1e300, sum = 0, zsum = 0;
+          for (int64_t c = 0; c < V; ++c) mx = std::max(mx, double(z[r * V + c]));
+          for (int64_t c = 0; c < V; ++c) sum += std::exp(z[r * V + c] - mx), zsum += z[r * V + c];
+          const double lse = mx + std::log(sum);
+          loss += lse - (1 - eps) * z[r * V + tg[r]] - eps * zsum / double(V);
+          for (int64_t c = 0; c < V; ++c)
+            rdz[r * V + c] = std::exp(z[r * V + c] - lse) - eps / double(V) -
+                             (c == tg[r] ? 1.0 - eps : 0.0);
+        }
+        for (double& v : rdz) v *= 0.5 / double(count);
+        std::vector<float> dz = z;  // in place
+        ops::CrossEntropy ce =
+            ops::cross_entropy(z.data(), tg.data(), rows, V, dz.data(), 0.5f, eps);
+        EXPECT_EQ(ce.count, count);
+        EXPECT_NEAR(ce.loss, loss / double(count), 1e-6 * std::abs(loss / double(count)));
+        double err = 0, mag = 1e-3;
+        for (size_t i = 0; i < z.size(); ++i)
+          err = std::max(err, std::abs(dz[i] - rdz[i])), mag = std::max(mag, std::abs(rdz[i]));
+        EXPECT_LT(err / mag, 2e-6);
+        // each row's gradient sums to 0 (softmax and q are both distributions)
+        for (int64_t r = 0; r < rows; ++r) {
+          double s = 0;
+          for (int64_t c = 0; c < V; ++c) s += dz[r * V + c];
+          EXPECT_NEAR(s, 0.0, 1e-6);
+        }
+      }
+    }
+  });
+  std::vector<float> z(4, 0.0f);
+  std::vector<int32_t> t{1};
+  pf_test::expect_error([&] { ops::cross_entropy(z.data(), t.data(), 1, 4, nullptr, 1.0f, 1.0f); },
+                        {"label smoothing", "[0, 1)"});
+}
+
+nlohmann::json tiny(double dropout) {
+  nlohmann::json j = {{"arch", "decoder"}, {"d_model", 16}, {"n_layers", 2}, {"n_heads", 2},
+                      {"d_ff", 24},        {"vocab_size", 40}, {"max_len", 32},
+                      {"position", {{"type", "rope"}}}};
+  if (dropout > 0) j["dropout"] = dropout;
+  return j;
+}
+
+// Dropout acts in the training forward only, keyed by the seed; evaluation and generation see
+// the model without it; p = 0 changes nothing; the config field round-trips and bad values
+// are refused naming it.
+TEST(Dropout, ModelTrainingForwardOnly) {
+  const Transformer plain = Transformer::random_init(parse_config(tiny(0)), 3);
+  const Transformer drop = Transformer::random_init(parse_config(tiny(0.3)), 3);
+  const TokenBatch tok{{1, 5, 9, 2, 7, 3}, {4, 4, 8, 1, 0, 6}};
+  const TokenBatch tgt{{5, 9, 2, 7, 3, 1}, {4, 8, 1, 0, 6, -1}};
+  auto train = [&](const Transformer& m, uint64_t seed, float eps = 0.0f) {
+    ParamStore g = m.zero_grads();
+    ForwardOptions fo;
+    fo.dropout_seed = seed, fo.label_smoothing = eps;
+    const double l = m.loss_and_grad(tok, tgt, g, fo).loss;
+    return std::make_pair(l, g.f32("decoder.layers.0.ffn.w1.weight")[3]);
+  };
+  const auto p0 = train(plain, 1), p1 = train(plain, 2);
+  EXPECT_EQ(p0, p1);  // no dropout: the seed is irrelevant
+  const auto d1 = train(drop, 1), d1b = train(drop, 1), d2 = train(drop, 2);
+  EXPECT_EQ(d1, d1b);  // same seed, same masks
+  EXPECT_NE(d1.first, d2.first);
+  EXPECT_NE(d1.first, p0.first);
+  // evaluation: no dropout
+  EXPECT_EQ(drop.loss(tok, tgt).loss, plain.loss(tok, tgt).loss);
+  const ForwardOutput a = drop.forward(tok), b = plain.forward(tok);
+  EXPECT_TRUE(pf_test::bit_equal(a.logits, b.logits));
+  // label smoothing raises the loss of a confident-or-not model by eps (mean(-log p) - nll)
+  EXPECT_NE(train(plain, 1, 0.2f).first, p0.first);
+  // config round trip and refusals
+  const ModelConfig c = parse_config(tiny(0.3));
+  EXPECT_DOUBLE_EQ(c.dropout, 0.3);
+  EXPECT_DOUBLE_EQ(parse_config(config_to_json(c)).dropout, 0.3);
+  EXPECT_FALSE(config_to_json(parse_config(tiny(0))).contains("dropout"));
+  for (double bad : {-0.1, 1.0, 2.0}) {
+    nlohmann::json j = tiny(0);
+    j["dropout"] = bad;
+    pf_test::expect_error([&] { parse_config(j); }, {"dropout", "[0, 1)"});
+  }
+}
+
+// Random erasing: off = identity; on = a rectangle of values in [0, 1) per erased image, some
+// images untouched at p = 0.5; resumable from state(); bad probability refused.
+TEST(ImageBatcher, RandomErasing) {
+  ImageSet s;
+  s.n = 40, s.C = 2, s.H = 10, s.W = 12;
+  const int64_t px = s.C * s.H * s.W;
+  for (int64_t i = 0; i < s.n * px; ++i) s.pixels.push_back(-1.0f - float(i % 7));  // < 0
+  for (int64_t i = 0; i < s.n; ++i) s.labels.push_back(int32_t(i % 3));
+  std::vector<int64_t> rows(s.n);
+  for (int64_t i = 0; i < s.n; ++i) rows[i] = i;
+  ImageBatcher b(s, rows, 4, Augment{0, false, 0.5});
+  std::vector<int32_t> lab;
+  int erased = 0, kept = 0;
+  for (int batch = 0; batch < 4; ++batch) {
+    Tensor t = b.next(10, lab);
+    for (int64_t i = 0; i < 10; ++i) {
+      const float* img = t.data<float>() + i * px;
+      // the erased pixels (>= 0) form one rectangle, the same in every channel
+      int64_t y0 = s.H, y1 = -1, x0 = s.W, x1 = -1, n = 0;
+      for (int64_t y = 0; y < s.H; ++y)
+        for (int64_t x = 0; x < s.W; ++x)
+          if (img[y * s.W + x] >= 0.0f) {
+            ++n, y0 = std::min(y0, y), y1 = std::max(y1, y), x0 = std::min(x0, x),
+                 x1 = std::max(x1, x);
+            ASSERT_LT(img[y * s.W + x], 1.0f);
+            ASSERT_GE(img[(s.H + y) * s.W + x], 0.0f);  // channel 1 too
+          }
+      if (n == 0) {
+        ++kept;
+        continue;
+      }
+      ++erased;
+      EXPECT_EQ(n, (y1 - y0 + 1) * (x1 - x0 + 1));
+      const double frac = double(n) / double(s.H * s.W);
+      EXPECT_GE(frac, 0.01);  // 2%-40% of the area, up to rounding of the sides
+      EXPECT_LE(frac, 0.55);
+    }
+  }
+  EXPECT_GT(erased, 8);
+  EXPECT_GT(kept, 8);
+  ImageBatcher r(s, rows, 4, Augment{0, false, 0.5});
+  r.set_state(b.state());
+  for (int i = 0; i < 3; ++i) {
+    std::vector<int32_t> la, lb;
+    EXPECT_TRUE(pf_test::bit_equal(b.next(7, la), r.next(7, lb)));
+  }
+  ImageBatcher off(s, rows, 4, Augment{});
+  Tensor t = off.next(5, lab);
+  for (int64_t i = 0; i < 5 * px; ++i) ASSERT_LT(t.data<float>()[i], 0.0f);
+  pf_test::expect_error([&] { ImageBatcher(s, rows, 4, Augment{0, false, 1.5}); },
+                        {"erasing", "[0, 1]"});
+}
+
+// The trainer's flags: out-of-range values are refused naming the flag; the run's options
+// round-trip through train.json (a resume keeps them).
+TEST(TrainOptions, RegularisationFlags) {
+  TrainOptions o;
+  o.data = {"default"}, o.out_dir = "x";
+  validate(o);
+  o.label_smoothing = 1.0;
+  pf_test::expect_error([&] { validate(o); }, {"--label-smoothing", "[0, 1)"});
+  o.label_smoothing = 0.1, o.erase = 1.5;
+  pf_test::expect_error([&] { validate(o); }, {"--erase", "[0, 1]"});
+  o.erase = 0.25;
+  validate(o);
+  const TrainOptions r = options_from_json(options_to_json(o));
+  EXPECT_EQ(r.label_smoothing, 0.1);
+  EXPECT_EQ(r.erase, 0.25);
+}
+
+}  // namespace
