@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
+#include <mutex>
 
 #include "posenc_impl.h"
 
@@ -175,29 +177,56 @@ class Rope2dPosition final : public PositionEncoding {
   }
 
  private:
-  // One cos/sin row per token; the frequencies follow from the call's grid (scalings per axis):
-  // every call holds whole images (the stacks rotate q and k of the batch at once; linear_rope,
-  // which rotates block by block, refuses 2-D positions), so the grid is the image's.
+  // The cos/sin rows of one patch grid: row 0 the CLS token, row 1 + r*gw + c patch (r, c).
+  struct GridTable {
+    int64_t gh = -1, gw = -1;
+    std::vector<float> cs, sn;  // [1 + gh*gw, R/2]
+  };
+  // The frequencies follow from the grid (scalings per axis), so the table is a function of the
+  // grid alone: built once per grid size and kept (every layer's q and k, forward and backward,
+  // of every step at that size reuse it; this was ~10% of a small ViT's training step).
+  std::shared_ptr<const GridTable> table_for(const Grid& grid) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (cache_ && cache_->gh == grid.gh && cache_->gw == grid.gw) return cache_;
+    const Rope2dFreqs f = rope_2d_frequencies(R_, base_, scaling_, factor_, {g_.grid_h, g_.grid_w},
+                                              {grid.gh, grid.gw});
+    auto t = std::make_shared<GridTable>();
+    const int64_t P = R_ / 2, rows = 1 + grid.gh * grid.gw;
+    t->gh = grid.gh, t->gw = grid.gw;
+    t->cs.resize(static_cast<size_t>(rows * P)), t->sn.resize(t->cs.size());
+    for (int64_t i = 0; i < rows; ++i) {
+      const int64_t r = i == 0 ? -1 : (i - 1) / grid.gw, c = i == 0 ? -1 : (i - 1) % grid.gw;
+      if (r >= 0 || cls_rotated_) {  // CLS "origin": what patch (0, 0) gets
+        rope_2d_table_row(interleaved_, f, r < 0 ? 0.0 : double(c), r < 0 ? 0.0 : double(r),
+                          &t->cs[i * P], &t->sn[i * P]);
+      } else {  // CLS "none": the identity
+        std::fill_n(&t->cs[i * P], P, 1.0f);
+        std::fill_n(&t->sn[i * P], P, 0.0f);
+      }
+    }
+    cache_ = t;
+    return t;
+  }
+  // One cos/sin row per token, gathered from the grid's table: every call holds whole images
+  // (the stacks rotate q and k of the batch at once; linear_rope, which rotates block by block,
+  // refuses 2-D positions), so the grid is the image's.
   void apply(float* x, int64_t n_heads, int64_t ld, const Positions& pos, float sign) const {
     const int64_t BT = pos.B * pos.T, P = R_ / 2;
     if (BT == 0) return;
     const Grid grid = grid_of(pos, "rope_2d");
-    const Rope2dFreqs f = rope_2d_frequencies(R_, base_, scaling_, factor_, {g_.grid_h, g_.grid_w},
-                                              {grid.gh, grid.gw});
+    const std::shared_ptr<const GridTable> t = table_for(grid);
     std::vector<float> cs(static_cast<size_t>(BT * P)), sn(cs.size());
     for (int64_t i = 0; i < BT; ++i) {
       const int64_t r = pos.ids[2 * i], c = pos.ids[2 * i + 1];
-      if (r >= 0 || cls_rotated_) {  // CLS "origin": what patch (0, 0) gets
-        rope_2d_table_row(interleaved_, f, r < 0 ? 0.0 : double(c), r < 0 ? 0.0 : double(r),
-                          &cs[i * P], &sn[i * P]);
-      } else {  // CLS "none": the identity
-        std::fill_n(&cs[i * P], P, 1.0f);
-        std::fill_n(&sn[i * P], P, 0.0f);
-      }
+      const int64_t row = r < 0 ? 0 : 1 + r * grid.gw + c;
+      std::copy_n(&t->cs[row * P], P, &cs[i * P]);
+      std::copy_n(&t->sn[row * P], P, &sn[i * P]);
     }
     ops::rope_apply(x, BT, n_heads, g_.D, ld, R_, ops::RopeLayout::Interleaved, cs.data(),
                     sn.data(), sign);
   }
+  mutable std::mutex mu_;
+  mutable std::shared_ptr<const GridTable> cache_;
   StackGeom g_;
   int64_t R_;
   double base_;
