@@ -155,9 +155,11 @@ def run_case(cli, tmp, name, cfg, size, B, seed, train):
     errs = {"logits": rel(eng["logits"].double(), logits.detach()),
             "loss": abs(float(eng["losses"][0]) - float(loss)) / abs(float(loss))}
     # a gradient that is zero in exact arithmetic (the k bias under a softmax without rotation:
-    # a shift of every score of a row) is compared against 1e-3 of the largest gradient
-    floor = 1e-3 * max(float(t.grad.abs().max()) for t in w.values())
+    # a shift of every score of a row) is rounding noise on both sides: the k biases are compared
+    # against 1e-2 of the largest gradient (they measured up to 1.4e-4 of it), the rest 1e-3
+    gmax = max(float(t.grad.abs().max()) for t in w.values())
     for n, t in w.items():
+        floor = (1e-2 if n.endswith("attn.k.bias") else 1e-3) * gmax
         errs["grad." + n] = rel(eng["grad." + n].double(), t.grad, floor)
     # timm-style Conv2d module = the twin's functional patch embedding = the engine's layout
     conv = vit_twin.patch_embed_conv(full, {n: t.detach() for n, t in w.items()})
