@@ -78,7 +78,9 @@ void fused_attention_forward(const AttnDesc& a, float* lse) {
   // fast: K (panels) and V (rows padded to Dp) packed once per (b, kv head) for all its heads and
   // query blocks; enough pairs per round to give every thread work
   const int64_t nthr = par ? omp_get_max_threads() : 1;
-  const int64_t round = fast ? std::min(BG, (4 * nthr + per_bg - 1) / per_bg) : BG;
+  // (32 tasks per thread per round: a causal head's blocks differ up to nblk-fold in cost, and
+  // each round ends in a barrier, so few tasks per round left threads idle at T = 1024)
+  const int64_t round = fast ? std::min(BG, (32 * nthr + per_bg - 1) / per_bg) : BG;
   const int64_t kp_size = kernels::cpu::flash_round_up(a.Tk) * D, vp_size = a.Tk * Dp;
   std::vector<float> Kp(fast ? static_cast<size_t>(round * kp_size) : 0);
   std::vector<float> Vp(fast ? static_cast<size_t>(round * vp_size) : 0);
