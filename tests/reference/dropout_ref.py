@@ -1,6 +1,7 @@
-"""posformer's dropout masks, written from docs/training.md ("Regularisation") with numpy, for
-the twins: element i of a site keyed `key` is kept iff the top 24 bits of the i-th output of a
-splitmix64 stream started at `key` are >= round(p 2^24); kept elements are scaled by 1/(1-p).
+"""posformer's dropout masks, written from docs/training.md ("Regularisation") and
+include/posformer/ops/dropout.h with numpy, for the twins: element i of a site keyed `key` is
+kept iff bits 8..31 of a murmur3-finaliser hash of (i, key) are >= round(p 2^24); kept elements
+are scaled by 1/(1-p).
 A site's key mixes the step's seed with (stack, layer, sublayer): sublayer 0 self-attention,
 1 cross-attention, 2 FFN, 3 the stack's input embeddings; stack 0 = encoder, 1 = decoder."""
 import numpy as np
@@ -23,15 +24,20 @@ def site_key(seed: int, stack: str, layer: int, sub: int) -> int:
 
 
 def mask(key: int, n: int, p: float) -> torch.Tensor:
-    """[n] float64: 0 (dropped) or 1/(1-p) (kept)."""
+    """[n] float64: 0 (dropped) or 1/(1-p) (kept). k1, k2 = the key's low and high 32 bits;
+    u_i = fmix32(fmix32(i * 0x9e3779b9 ^ k1) ^ k2) >> 8, kept iff u_i >= round(p 2^24)."""
+    def fmix32(h):
+        h = h ^ (h >> np.uint32(16))
+        h = h * np.uint32(0x85EBCA6B)
+        h = h ^ (h >> np.uint32(13))
+        h = h * np.uint32(0xC2B2AE35)
+        return h ^ (h >> np.uint32(16))
+
+    k1, k2 = np.uint32(key & 0xFFFFFFFF), np.uint32(key >> 32)
     with np.errstate(over="ignore"):
-        i = np.arange(1, n + 1, dtype=np.uint64)
-        z = np.uint64(key) + i * np.uint64(GOLDEN)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-    u = z >> np.uint64(40)
-    keep = u >= np.uint64(round(p * 16777216.0))
+        i = np.arange(n, dtype=np.uint32)
+        h = fmix32(fmix32((i * np.uint32(0x9E3779B9)) ^ k1) ^ k2)
+    keep = (h >> np.uint32(8)) >= np.uint32(round(p * 16777216.0))
     return torch.from_numpy(keep.astype(np.float64)) / (1.0 - p)
 
 

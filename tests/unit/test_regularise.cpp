@@ -10,7 +10,6 @@
 #include <vector>
 
 #include "hwy_targets.h"
-#include "posformer/core/random.h"
 #include "posformer/model/config.h"
 #include "posformer/model/transformer.h"
 #include "posformer/ops/dropout.h"
@@ -59,23 +58,27 @@ TEST(Dropout, MaskRateScaleAndDeterminism) {
   EXPECT_NE(ops::dropout_key(1, 0), ops::dropout_key(2, 0));
 }
 
-// The i-th element's mask is the i-th draw of one splitmix64 stream (the documented formula),
-// independent of where the call starts: a prefix call sees the same mask.
-TEST(Dropout, MatchesDocumentedStream) {
+// The i-th element's mask is the documented hash of (i, key) (ops/dropout.h), on every SIMD
+// target and in every tail, independent of where the call starts: a prefix sees the same mask.
+TEST(Dropout, MatchesDocumentedHash) {
   const uint64_t key = 0x1234567890abcdefull;
   const float p = 0.3f;
-  std::vector<float> ones(1000, 1.0f), prefix(100, 1.0f);
-  ops::dropout(ones.data(), 1000, p, key);
-  ops::dropout(prefix.data(), 100, p, key);
-  uint64_t s = key;
-  const uint64_t thr = std::llround(0.3 * 16777216.0);
-  for (int i = 0; i < 1000; ++i) {
-    const bool keep = (splitmix64(s) >> 40) >= thr;
-    ASSERT_EQ(ones[i] != 0.0f, keep) << i;
-    if (i < 100) {
-      ASSERT_EQ(prefix[i], ones[i]) << i;
+  const auto fmix = [](uint32_t h) {
+    h ^= h >> 16, h *= 0x85ebca6bu, h ^= h >> 13, h *= 0xc2b2ae35u;
+    return h ^ (h >> 16);
+  };
+  const uint32_t thr = static_cast<uint32_t>(std::llround(0.3 * 16777216.0));
+  pf_test::for_each_target([&] {
+    for (int64_t n : {1, 7, 100, 1001, 200000}) {
+      SCOPED_TRACE(n);
+      std::vector<float> ones(n, 1.0f);
+      ops::dropout(ones.data(), n, p, key);
+      for (int64_t i = 0; i < n; ++i) {
+        const uint32_t h = fmix(fmix(uint32_t(i) * 0x9e3779b9u ^ uint32_t(key)) ^ uint32_t(key >> 32));
+        ASSERT_EQ(ones[i] != 0.0f, (h >> 8) >= thr) << i;
+      }
     }
-  }
+  });
 }
 
 // loss = lse - (1-eps) z_t - eps mean(z), dz = k (softmax - q), against double, every target,

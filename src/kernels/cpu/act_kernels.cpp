@@ -129,6 +129,42 @@ HWY_INLINE void map_binary(const Op& op, const float* a, const float* b, float* 
   }
 }
 
+// Dropout (ops/dropout.h): element i0 + j of x kept iff bits 8..31 of
+// h = fmix32(fmix32((i0 + j) * 0x9e3779b9 ^ k1) ^ k2) are >= thr; kept ones scaled.
+void dropout_kernel(float* x, size_t n, uint32_t i0, uint32_t k1, uint32_t k2, uint32_t thr,
+                    float scale) {
+  const hn::ScalableTag<float> df;
+  const hn::RebindToUnsigned<decltype(df)> du;
+  const hn::RebindToSigned<decltype(df)> di;
+  const size_t N = hn::Lanes(df);
+  const auto fmix = [&](hn::Vec<decltype(du)> h) {
+    h = hn::Xor(h, hn::ShiftRight<16>(h));
+    h = hn::Mul(h, hn::Set(du, 0x85ebca6bu));
+    h = hn::Xor(h, hn::ShiftRight<13>(h));
+    h = hn::Mul(h, hn::Set(du, 0xc2b2ae35u));
+    return hn::Xor(h, hn::ShiftRight<16>(h));
+  };
+  const auto golden = hn::Set(du, 0x9e3779b9u), vk1 = hn::Set(du, k1), vk2 = hn::Set(du, k2);
+  const auto vthr = hn::Set(di, static_cast<int32_t>(thr));  // bits 8..31 fit an int32
+  const auto vscale = hn::Set(df, scale);
+  auto idx = hn::Iota(du, i0);
+  const auto step = hn::Set(du, static_cast<uint32_t>(N));
+  size_t i = 0;
+  for (; i + N <= n; i += N, idx = hn::Add(idx, step)) {
+    const auto h = fmix(hn::Xor(fmix(hn::Xor(hn::Mul(idx, golden), vk1)), vk2));
+    const auto drop = hn::RebindMask(df, hn::Lt(hn::BitCast(di, hn::ShiftRight<8>(h)), vthr));
+    hn::StoreU(hn::IfThenZeroElse(drop, hn::Mul(hn::LoadU(df, x + i), vscale)), df, x + i);
+  }
+  for (; i < n; ++i) {  // tail: the same hash, scalar
+    const auto f = [](uint32_t h) {
+      h ^= h >> 16, h *= 0x85ebca6bu, h ^= h >> 13, h *= 0xc2b2ae35u;
+      return h ^ (h >> 16);
+    };
+    const uint32_t h = f(f((i0 + static_cast<uint32_t>(i)) * 0x9e3779b9u ^ k1) ^ k2);
+    x[i] = (h >> 8) >= thr ? x[i] * scale : 0.0f;
+  }
+}
+
 // op 0: y = silu(a) * b; op 1: y = a + b.
 void binary_kernel(int op, const float* a, const float* b, float* y, size_t n) {
   if (op == 0) return map_binary(SwigluOp(), a, b, y, n);
@@ -143,6 +179,7 @@ namespace posformer::kernels::cpu {
 
 HWY_EXPORT(act_rows_kernel);
 HWY_EXPORT(binary_kernel);
+HWY_EXPORT(dropout_kernel);
 
 namespace {
 // Floats per call below which an OpenMP team costs more than it saves. Memory-bound ops
@@ -204,6 +241,14 @@ void add_inplace(float* y, const float* x, int64_t n) {
 
 void erf(const float* x, float* y, int64_t n) {
   act_dispatch(5, x, nullptr, y, 1, n);
+}
+
+void dropout(float* x, int64_t n, uint32_t k1, uint32_t k2, uint32_t thr, float scale) {
+  // an integer hash and a multiply per element: a team pays off from 64K elements
+  parallel_range(n, 16, use_omp(n, int64_t{1} << 16), [&](int64_t lo, int64_t hi) {
+    HWY_DYNAMIC_DISPATCH(dropout_kernel)
+    (x + lo, size_t(hi - lo), static_cast<uint32_t>(lo), k1, k2, thr, scale);
+  });
 }
 
 }  // namespace posformer::kernels::cpu

@@ -14,6 +14,9 @@ void swiglu(const float* a, const float* b, float* y, int64_t n);
 void add_inplace(float* y, const float* x, int64_t n);
 // Vectorised erf (max abs error ~1e-7); exposed for tests, GELU uses erfc directly.
 void erf(const float* x, float* y, int64_t n);
+// Dropout masks of ops/dropout.h in place on x[0, n) (n < 2^32): element i kept (times scale)
+// iff bits 8..31 of fmix32(fmix32(i * 0x9e3779b9 ^ k1) ^ k2) are >= thr.
+void dropout(float* x, int64_t n, uint32_t k1, uint32_t k2, uint32_t thr, float scale);
 
 void softmax_rows(float* x, int64_t rows, int64_t cols, int64_t ld);
 
