@@ -209,9 +209,9 @@ ActMemory activation_memory(const ModelConfig& c, const Transformer& m, int64_t 
     a.tape_elems += L * (3 * N * d + N * F * (swiglu ? 3 : 2));
     if (pre) a.tape_elems += N * d;  // final norm input
     // backward buffers kept per stack: dh, dy [N, d], dq, datt [N, HD], dk, dv [Nkv, KD],
-    // df1 (, df3) [N, ldf]
-    a.work_elems +=
-        2 * N * d + 2 * N * HD + 2 * Nkv * KD + N * double(padded_ld(c.d_ff)) * (swiglu ? 2 : 1);
+    // df1 (, df3) [N, ldf]; with dropout a sublayer's masked output gradient [N, d]
+    a.work_elems += (c.dropout > 0 ? 3 : 2) * N * d + 2 * N * HD + 2 * Nkv * KD +
+                    N * double(padded_ld(c.d_ff)) * (swiglu ? 2 : 1);
     // RealFormer: the carried score gradients of two layers [B, H, T, T] in backward
     if (c.attention.residual) a.work_elems += 2 * double(B * c.n_heads) * double(s.T) * double(s.T);
     // weight gradients of the stack's linears (M rows, N outputs, K inputs)
