@@ -103,9 +103,10 @@ EOF
 # interleaving), so load that drifts during the call spreads over all of them.
 BM_ARGS=(--benchmark_repetitions="$REPS" --benchmark_report_aggregates_only=true
          --benchmark_enable_random_interleaving=true --benchmark_out_format=json)
-# posformer_bench, like the posformer CLI, runs OpenMP with the PASSIVE wait policy (the same
-# setting tuned PyTorch gets): idle workers sleep instead of spinning. libgomp's default
-# (spin, then sleep) is timed beside it with POSFORMER_NO_REEXEC=1 and no OMP_WAIT_POLICY.
+# posformer_bench, like the posformer CLI, chooses its OpenMP wait policy (POSFORMER_WAIT_POLICY,
+# default auto: GOMP_SPINCOUNT=100000 when no other task is runnable, else PASSIVE, the setting
+# tuned PyTorch gets). libgomp's default (spin 300000, then sleep) is timed beside it with
+# POSFORMER_NO_REEXEC=1 and no OMP_WAIT_POLICY.
 run_posformer() {
   log "posformer slot $1 (load $(load))"
   echo "$(load)" >"$OUT/load_posformer_$1.txt"
@@ -182,7 +183,7 @@ def fmt(v): return " / ".join(f"{x:.0f}" for x in v)
 cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
 model = re.search(r"Model name:\s*(.*)", cpu).group(1).strip()
 print(f"\nmachine: {model}, {os.cpu_count()} cores; posformer threads {ctx.get('posformer_threads')}, "
-      f"features {ctx.get('cpu_features')}, OMP_WAIT_POLICY {ctx.get('OMP_WAIT_POLICY')}")
+      f"features {ctx.get('cpu_features')}, wait policy {ctx.get('wait_policy')}")
 print(f"session: {start} -> {end}; {rounds} peer rounds, {rounds + 1} posformer slots, {reps} reps each")
 print(f"torch {torch[0]['torch']}: {torch[0]['settings']}; BLAS {torch[0]['blas']}")
 print("load average (1 min) at each slot: " + "; ".join(f"{k} {', '.join(v)}" for k, v in loads.items() if v) + "\n")

@@ -3,7 +3,12 @@
 #include <malloc.h>
 #include <omp.h>
 
+#include <unistd.h>
+
+#include <chrono>
 #include <cstdlib>
+#include <fstream>
+#include <sstream>
 #include <string>
 #include <thread>
 
@@ -19,14 +24,62 @@ void init_runtime() {
   mallopt(M_TRIM_THRESHOLD, 0x7fffffff);
 }
 
-const char* const kDefaultWaitPolicy = "passive";
+const char* const kDefaultWaitPolicy = "auto";
+const char* const kAutoSpin = "spin=100000";
+
+int procs_running(const std::string& proc_stat) {
+  std::istringstream in(proc_stat);
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("procs_running ", 0) == 0) {
+      try {
+        return std::stoi(line.substr(14));
+      } catch (const std::exception&) {
+        return -1;
+      }
+    }
+  return -1;
+}
+
+std::string auto_wait_policy(double others_running, int cpus, int threads) {
+  if (others_running < 0 || cpus <= 0) return "passive";  // unknown: the safe choice
+  return others_running + threads <= cpus + 0.25 ? kAutoSpin : "passive";
+}
+
+namespace {
+// Other runnable tasks right now: procs_running of /proc/stat (this process counts 1), the mean
+// of 5 samples 1 ms apart; -1 when /proc/stat cannot be read.
+double others_running_now() {
+  double sum = 0;
+  for (int i = 0; i < 5; ++i) {
+    std::ifstream f("/proc/stat");
+    std::stringstream ss;
+    ss << f.rdbuf();
+    const int n = procs_running(ss.str());
+    if (n < 1) return -1;
+    sum += n - 1;
+    if (i < 4) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return sum / 5;
+}
+}  // namespace
 
 bool set_wait_policy_env() {
   if (std::getenv("POSFORMER_NO_REEXEC") || std::getenv("OMP_WAIT_POLICY") ||
       std::getenv("GOMP_SPINCOUNT"))
     return false;
   const char* e = std::getenv("POSFORMER_WAIT_POLICY");
-  const std::string v = e ? e : kDefaultWaitPolicy;
+  std::string v = e ? e : kDefaultWaitPolicy;
+  if (v == "auto") {  // spin briefly only when the cores are free for this process's threads
+    const double others = others_running_now();
+    const int cpus = static_cast<int>(std::thread::hardware_concurrency());
+    v = auto_wait_policy(others, cpus, cpus);
+    setenv("POSFORMER_WAIT_AUTO",
+           str("auto: ", v, " (", others < 0 ? std::string("load unknown") : str(others, " other runnable tasks"),
+               ", ", cpus, " CPUs)")
+               .c_str(),
+           1);
+  }
   const char *name = nullptr, *value = nullptr;
   std::string spins;
   if (v == "passive") {
@@ -40,8 +93,8 @@ bool set_wait_policy_env() {
     spins = v.substr(5);
     name = "GOMP_SPINCOUNT", value = spins.c_str();
   } else {
-    throw Error(str("[runtime] POSFORMER_WAIT_POLICY must be passive, active, default or spin=N ",
-                    "(N a count of spins), got '", v, "'"));
+    throw Error(str("[runtime] POSFORMER_WAIT_POLICY must be auto, passive, active, default or ",
+                    "spin=N (N a count of spins), got '", v, "'"));
   }
   setenv(name, value, 1);
   setenv("POSFORMER_NO_REEXEC", "1", 1);
@@ -51,10 +104,12 @@ bool set_wait_policy_env() {
 std::string wait_policy_description() {
   const char* w = std::getenv("OMP_WAIT_POLICY");
   const char* s = std::getenv("GOMP_SPINCOUNT");
+  const char* a = std::getenv("POSFORMER_WAIT_AUTO");
   if (!w && !s) return "libgomp default (spin 300000, then sleep)";
   std::string d;
   if (w) d += str("OMP_WAIT_POLICY=", w);
   if (s) d += str(d.empty() ? "" : " ", "GOMP_SPINCOUNT=", s);
+  if (a) d += str(" [", a, "]");
   return d;
 }
 

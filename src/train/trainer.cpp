@@ -314,24 +314,40 @@ Evaluation evaluate_windows(
 }
 
 ClassifyEval evaluate_images(const Transformer& model, const ImageSet& set,
-                             const std::vector<int64_t>& rows, int64_t batch) {
+                             const std::vector<int64_t>& rows, int64_t batch, bool flip_tta) {
   const int64_t K = model.config().num_classes;
   ClassifyEval e;
   e.confusion.assign(static_cast<size_t>(K * K), 0);
   double nats = 0;
   std::vector<int32_t> labels;
+  std::vector<double> prob(static_cast<size_t>(K));
+  // softmax of a logits row, added into prob with weight w
+  const auto add_softmax = [&](const float* z, double w) {
+    const double m = *std::max_element(z, z + K);
+    double s = 0;
+    for (int64_t k = 0; k < K; ++k) s += std::exp(double(z[k]) - m);
+    for (int64_t k = 0; k < K; ++k) prob[k] += w * std::exp(double(z[k]) - m) / s;
+  };
   for (size_t i0 = 0; i0 < rows.size(); i0 += static_cast<size_t>(batch)) {
     const std::vector<int64_t> part(rows.begin() + i0,
                                     rows.begin() + std::min(rows.size(), i0 + batch));
-    const Tensor logits = model.classify(set.gather(part, &labels));
+    Tensor images = set.gather(part, &labels);
+    const Tensor logits = model.classify(images);
+    Tensor flipped_logits;
+    if (flip_tta) {  // the same images mirrored left-right
+      const int64_t C = images.dim(1), H = images.dim(2), W = images.dim(3);
+      float* p = images.data<float>();
+      for (int64_t r = 0; r < images.dim(0) * C * H; ++r) std::reverse(p + r * W, p + (r + 1) * W);
+      flipped_logits = model.classify(images);
+    }
     for (size_t b = 0; b < part.size(); ++b) {
-      const float* z = logits.data<float>() + b * K;
-      const int64_t pred = std::max_element(z, z + K) - z;
-      double m = z[pred], s = 0;
-      for (int64_t k = 0; k < K; ++k) s += std::exp(double(z[k]) - m);
-      nats += m + std::log(s) - z[labels[b]];
       PF_CHECK(labels[b] >= 0 && labels[b] < K, "[eval] label ", labels[b], " outside [0, ", K,
                ")");
+      std::fill(prob.begin(), prob.end(), 0.0);
+      add_softmax(logits.data<float>() + b * K, flip_tta ? 0.5 : 1.0);
+      if (flip_tta) add_softmax(flipped_logits.data<float>() + b * K, 0.5);
+      const int64_t pred = std::max_element(prob.begin(), prob.end()) - prob.begin();
+      nats -= std::log(std::max(prob[labels[b]], 1e-300));
       ++e.confusion[labels[b] * K + pred];
     }
   }

@@ -2,6 +2,8 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <fstream>
+#include <sstream>
 #include <string>
 
 #include "posformer/core/error.h"
@@ -13,12 +15,12 @@ using namespace posformer;
 
 // Clears the variables the policy reads or writes; restores them at scope exit.
 struct EnvGuard {
-  const char* names[4] = {"POSFORMER_WAIT_POLICY", "POSFORMER_NO_REEXEC", "OMP_WAIT_POLICY",
-                          "GOMP_SPINCOUNT"};
-  std::string saved[4];
-  bool had[4] = {};
+  const char* names[5] = {"POSFORMER_WAIT_POLICY", "POSFORMER_NO_REEXEC", "OMP_WAIT_POLICY",
+                          "GOMP_SPINCOUNT", "POSFORMER_WAIT_AUTO"};
+  std::string saved[5];
+  bool had[5] = {};
   EnvGuard() {
-    for (int i = 0; i < 4; ++i) {
+    for (int i = 0; i < 5; ++i) {
       const char* v = std::getenv(names[i]);
       had[i] = v != nullptr;
       if (v) saved[i] = v;
@@ -26,7 +28,7 @@ struct EnvGuard {
     }
   }
   ~EnvGuard() {
-    for (int i = 0; i < 4; ++i) {
+    for (int i = 0; i < 5; ++i) {
       if (had[i])
         setenv(names[i], saved[i].c_str(), 1);
       else
@@ -43,11 +45,23 @@ std::string env(const char* n) {
 TEST(WaitPolicy, MapsEachValueOnce) {
   {
     EnvGuard g;
-    EXPECT_TRUE(set_wait_policy_env());  // unset: the default
-    EXPECT_EQ(env("OMP_WAIT_POLICY"),
-              std::string(kDefaultWaitPolicy) == "passive" ? "PASSIVE" : env("OMP_WAIT_POLICY"));
+    EXPECT_TRUE(set_wait_policy_env());  // unset: the default, auto
+    EXPECT_EQ(std::string(kDefaultWaitPolicy), "auto");
+    // auto picked one of its two policies and says which and why
+    const bool spin = env("GOMP_SPINCOUNT") == "100000", passive = env("OMP_WAIT_POLICY") == "PASSIVE";
+    EXPECT_NE(spin, passive);
+    EXPECT_NE(env("POSFORMER_WAIT_AUTO").find(spin ? "auto: spin=100000" : "auto: passive"),
+              std::string::npos);
+    EXPECT_NE(wait_policy_description().find("[auto: "), std::string::npos);
     EXPECT_EQ(env("POSFORMER_NO_REEXEC"), "1");
     EXPECT_FALSE(set_wait_policy_env());  // the re-executed process changes nothing
+  }
+  {
+    EnvGuard g;
+    setenv("POSFORMER_WAIT_POLICY", "passive", 1);
+    EXPECT_TRUE(set_wait_policy_env());
+    EXPECT_EQ(env("OMP_WAIT_POLICY"), "PASSIVE");
+    EXPECT_EQ(env("POSFORMER_WAIT_AUTO"), "(unset)");
   }
   {
     EnvGuard g;
@@ -93,6 +107,24 @@ TEST(WaitPolicy, BadValuesAreNamed) {
     }
     EXPECT_EQ(env("POSFORMER_NO_REEXEC"), "(unset)") << bad;
   }
+}
+
+// auto's rule: spin only when the other runnable tasks leave a CPU for each thread.
+TEST(WaitPolicy, AutoRuleAndProcStat) {
+  EXPECT_EQ(auto_wait_policy(0, 2, 2), "spin=100000");
+  EXPECT_EQ(auto_wait_policy(0.2, 2, 2), "spin=100000");  // a blip in 1 of 5 samples
+  EXPECT_EQ(auto_wait_policy(0.4, 2, 2), "passive");
+  EXPECT_EQ(auto_wait_policy(1, 2, 2), "passive");  // a compile job on the other CPU
+  EXPECT_EQ(auto_wait_policy(6, 16, 8), "spin=100000");
+  EXPECT_EQ(auto_wait_policy(9, 16, 8), "passive");
+  EXPECT_EQ(auto_wait_policy(-1, 2, 2), "passive");  // /proc/stat unreadable
+  EXPECT_EQ(procs_running("cpu  1 2 3\nctxt 5\nprocs_running 3\nprocs_blocked 0\n"), 3);
+  EXPECT_EQ(procs_running("cpu  1 2 3\n"), -1);
+  EXPECT_EQ(procs_running("procs_running x\n"), -1);
+  std::ifstream f("/proc/stat");
+  std::stringstream ss;
+  ss << f.rdbuf();
+  EXPECT_GE(procs_running(ss.str()), 1);  // this process is running
 }
 
 }  // namespace

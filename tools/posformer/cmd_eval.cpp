@@ -21,7 +21,7 @@ Command add_eval(CLI::App& root) {
     MemoryGuard mem;
     RopeOverride rope;
     int64_t max_images = 0;
-    std::string confusion, python = "/usr/bin/python3", image_size;
+    std::string confusion, python = "/usr/bin/python3", image_size, tta = "none";
     bool pack = false;
   };
   auto o = std::make_shared<Opts>();
@@ -40,6 +40,10 @@ Command add_eval(CLI::App& root) {
                 "itself (as train --pack-documents)");
   app->add_option("--image-size", o->image_size,
                   "arch vit: resize the images to HxW or N x N (bilinear) before scoring");
+  app->add_option("--tta", o->tta,
+                  "arch vit: test-time augmentation: none, or flip (mean of the softmax of each "
+                  "image and its left-right mirror)")
+      ->check(CLI::IsMember({"none", "flip"}));
   add_threads_option(app, o->threads);
   add_memory_options(app, o->mem);
   add_rope_scaling_options(app, o->rope);
@@ -52,9 +56,10 @@ Command add_eval(CLI::App& root) {
                        o->data.size());
               return eval_vit(o->dir, o->data[0], o->max_images,
                               o->confusion.empty() ? o->dir + "/confusion.png" : o->confusion,
-                              o->python, o->image_size, o->rope);
+                              o->python, o->image_size, o->rope, o->tta == "flip");
             }
             PF_CHECK(o->image_size.empty(), "[eval] --image-size applies to arch vit models");
+            PF_CHECK(o->tta == "none", "[eval] --tta applies to arch vit models");
             Transformer m = load_model(o->dir, o->rope, "eval");
             const Attention& at = *m.attention(m.config().has_decoder());
             PF_CHECK(!o->pack || at.caps().key_window, "[eval] --pack-documents masks attention ",

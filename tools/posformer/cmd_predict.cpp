@@ -62,7 +62,7 @@ void run_python(const std::string& python, const std::string& script,
 
 int eval_vit(const std::string& dir, const std::string& data, int64_t max_images,
              const std::string& confusion_png, const std::string& python,
-             const std::string& image_size, const RopeOverride& rope) {
+             const std::string& image_size, const RopeOverride& rope, bool flip_tta) {
   const Transformer m = load_model(dir, rope, "eval");
   const ModelConfig& c = m.config();
   ImageSet set = load_image_data(data, c.channels, max_images);
@@ -76,11 +76,12 @@ int eval_vit(const std::string& dir, const std::string& data, int64_t max_images
            ", the model has ", c.num_classes, " classes");
   std::vector<int64_t> rows(static_cast<size_t>(set.n));
   for (int64_t i = 0; i < set.n; ++i) rows[i] = i;
-  const ClassifyEval e = evaluate_images(m, set, rows, 64);
+  const ClassifyEval e = evaluate_images(m, set, rows, 64, flip_tta);
   const int64_t K = c.num_classes;
   std::printf("%s on %s: %lld images (%lldx%lld), loss %.4f, accuracy %.2f%%", dir.c_str(),
               data.c_str(), (long long)e.count, (long long)set.H, (long long)set.W, e.loss,
               100.0 * e.accuracy);
+  if (flip_tta) std::printf(" (test-time augmentation: flip)");
   if (c.position.scaling.type != ops::RopeScalingType::None)
     std::printf(" (rope scaling %s)", rope_scaling_label(c).c_str());
   std::printf("\n");

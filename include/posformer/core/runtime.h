@@ -14,12 +14,21 @@ void init_runtime();
 // programs call this and, when it returns true, re-execute themselves so libgomp sees it:
 //   POSFORMER_WAIT_POLICY = passive (OMP_WAIT_POLICY=PASSIVE: idle workers sleep at once),
 //     active (spin), spin=N (GOMP_SPINCOUNT=N: spin N iterations, then sleep), default
-//     (libgomp's own: spin 300000, then sleep); unset: kDefaultWaitPolicy.
+//     (libgomp's own: spin 300000, then sleep), auto; unset: kDefaultWaitPolicy ("auto").
+//   auto: spin=100000 when the CPUs are free for this process's threads (other runnable tasks,
+//     /proc/stat procs_running minus this process, mean of 5 samples 1 ms apart, + threads
+//     <= CPUs + 0.25), else passive: spinning pays 4-18% on an idle machine and costs 1.5-4.8x
+//     when other jobs want the CPUs (bench/RESULTS.md section 4). The choice and its reason are
+//     in POSFORMER_WAIT_AUTO and wait_policy_description().
 // Nothing is changed (false) when the user set OMP_WAIT_POLICY or GOMP_SPINCOUNT, when
 // POSFORMER_NO_REEXEC is set (the re-executed process), or for `default`. Throws Error naming a
 // bad value. bench/wait_policy.sh measures the policies; bench/RESULTS.md has the numbers.
 extern const char* const kDefaultWaitPolicy;
 bool set_wait_policy_env();
+// auto's rule: the policy for `others_running` other runnable tasks (< 0: unknown -> passive).
+std::string auto_wait_policy(double others_running, int cpus, int threads);
+// procs_running from the text of /proc/stat (-1 when absent or malformed).
+int procs_running(const std::string& proc_stat);
 std::string wait_policy_description();  // e.g. "OMP_WAIT_POLICY=PASSIVE" as this process runs
 void set_threads(int n);                // n <= 0: all cores
 int num_threads();

@@ -91,6 +91,8 @@ Objective default_objective(Arch arch);
 
 // classify: mean cross-entropy, accuracy, per-class accuracy (recall) and the confusion matrix
 // [true class][predicted class] of `model` over images `rows` of `set`, `batch` at a time.
+// flip_tta: test-time augmentation, the prediction is the mean of the softmax of each image and
+// of its left-right mirror (loss: -log of that mean at the label).
 struct ImageSet;
 struct ClassifyEval {
   double loss = 0, accuracy = 0;
@@ -99,7 +101,8 @@ struct ClassifyEval {
   std::vector<int64_t> confusion;      // [K * K]
 };
 ClassifyEval evaluate_images(const Transformer& model, const ImageSet& set,
-                             const std::vector<int64_t>& rows, int64_t batch);
+                             const std::vector<int64_t>& rows, int64_t batch,
+                             bool flip_tta = false);
 
 nlohmann::json options_to_json(const TrainOptions& o);
 TrainOptions options_from_json(const nlohmann::json& j);
