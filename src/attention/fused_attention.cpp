@@ -21,6 +21,7 @@
 
 #include "../kernels/cpu/attention_kernels.h"
 #include "../kernels/cpu/flash_gemm.h"
+#include "../ops/matmul_profile.h"
 #include "posformer/attention/attention.h"
 #include "posformer/core/error.h"
 #include "posformer/ops/matmul.h"
@@ -131,22 +132,31 @@ void fused_attention_forward(const AttnDesc& a, float* lse) {
           const int64_t ldS = fast ? kernels::cpu::flash_round_up(cols) : cols;
           // the mask first: without hooks the products skip what rows cannot see
           tile_visible(a, b, t0, rows, s0, cols, vis.data());
+          // the matmul profiler (ops/matmul.h) counts the micro-kernel products as the inner
+          // (per-thread) gemms oneDNN's would have been, at their nominal rows x cols x D
+          const bool prof = fast && ops::detail::matmul_profiling();
+          double tp = prof ? ops::detail::matmul_now_s() : 0.0;
           if (fast)
             kernels::cpu::flash_gemm_nt(rows, cols, D, a.scale, q, a.ldq, kp + s0 * D, S.data(),
                                         ldS, a.hook ? nullptr : vis.data());
           else
             ops::gemm(false, true, rows, cols, D, a.scale, q, a.ldq, k + s0 * a.ldk, a.ldk, 0.0f,
                       S.data(), ldS);
+          if (prof)
+            ops::detail::matmul_profile_record(rows, cols, D, ops::detail::matmul_now_s() - tp);
           if (a.hook) a.hook->add_scores(b, h, ScoreTile{t0, rows, s0, cols}, S.data(), ldS);
           mask_window(a, b, t0, rows, s0, vis.data(), S.data(), ldS);
           kernels::cpu::flash_online_softmax(S.data(), ldS, rows, cols, vis.data(), m.data(),
                                              l.data(), O.data(), Dp, D);
+          if (prof) tp = ops::detail::matmul_now_s();
           if (fast)
             kernels::cpu::flash_gemm_acc(rows, D, cols, 1.0f, S.data(), ldS, 1, vp + s0 * Dp, Dp,
                                          O.data(), Dp, nullptr, vis.data());
           else
             ops::gemm(false, false, rows, D, cols, 1.0f, S.data(), ldS, v + s0 * a.ldv, a.ldv, 1.0f,
                       O.data(), Dp);
+          if (prof)
+            ops::detail::matmul_profile_record(rows, D, cols, ops::detail::matmul_now_s() - tp);
         }
         for (int64_t r = 0; r < rows; ++r) {  // rows that see no key output 0, L = -inf
           const float inv = l[r] > 0 ? 1.0f / l[r] : 0.0f;
