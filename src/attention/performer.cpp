@@ -28,7 +28,7 @@ struct Normals {
       return spare;
     }
     const double u1 = (static_cast<double>(splitmix64(state) >> 11) + 1.0) * 0x1.0p-53;
-    const double u2 = static_cast<double>(splitmix64(state) >> 11) * 0x1.0p-53;
+    const double u2 = uniform01(state);
     const double r = std::sqrt(-2.0 * std::log(u1)), a = 6.283185307179586 * u2;
     spare = r * std::sin(a), have = true;
     return r * std::cos(a);

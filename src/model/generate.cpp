@@ -52,7 +52,7 @@ int32_t sample_token(float* z, int64_t V, const std::vector<int32_t>& history,
     sum = 0;
     for (int64_t i = 0; i < keep; ++i) sum += p[i];
   }
-  const double u = static_cast<double>(splitmix64(rng) >> 11) * 0x1.0p-53 * sum;
+  const double u = uniform01(rng) * sum;
   double acc = 0;
   for (int64_t i = 0; i < keep; ++i) {
     acc += p[i];

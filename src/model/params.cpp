@@ -49,7 +49,7 @@ Tensor init_param(const ParamSpec& spec, uint64_t seed, float std) {
   const double two_pi = 6.283185307179586;
   for (int64_t i = 0; i < n; i += 2) {  // Box-Muller, two normals per pair of uniforms
     double u1 = (static_cast<double>(splitmix64(state) >> 11) + 1.0) * 0x1.0p-53;
-    double u2 = static_cast<double>(splitmix64(state) >> 11) * 0x1.0p-53;
+    double u2 = uniform01(state);
     double r = std::sqrt(-2.0 * std::log(u1));
     p[i] = static_cast<float>(std * r * std::cos(two_pi * u2));
     if (i + 1 < n) p[i + 1] = static_cast<float>(std * r * std::sin(two_pi * u2));

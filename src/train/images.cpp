@@ -230,7 +230,7 @@ ImageSplit split_images(int64_t n, double val_fraction, uint64_t seed) {
   ImageSplit sp;
   for (int64_t i = 0; i < n; ++i) {
     uint64_t st = seed * 0x9e3779b97f4a7c15ull ^ static_cast<uint64_t>(i);
-    const double u = static_cast<double>(splitmix64(st) >> 11) * 0x1.0p-53;
+    const double u = uniform01(st);
     (u < val_fraction ? sp.val : sp.train).push_back(i);
   }
   if (n >= 2 && val_fraction > 0 && sp.val.empty())
@@ -285,14 +285,14 @@ Tensor ImageBatcher::next(int64_t batch, std::vector<int32_t>& labels) {
   }
   if (aug_.erase > 0) {
     const int64_t C = set_.C, H = set_.H, W = set_.W;
-    auto unit = [](uint64_t& s) { return static_cast<double>(splitmix64(s) >> 11) * 0x1.0p-53; };
     for (int64_t i = 0; i < n; ++i) {  // its own stream per (epoch, image slot)
       uint64_t st = seed_ ^ (0x589965cc75374cc3ull * static_cast<uint64_t>(epoch_ + 1)) ^
                     (0x1d8e4e27c47d124full * static_cast<uint64_t>(pos_ + i + 1));
-      if (unit(st) >= aug_.erase) continue;
+      if (uniform01(st) >= aug_.erase) continue;
       for (int attempt = 0; attempt < 10; ++attempt) {  // a rectangle that fits
-        const double area = (0.02 + 0.38 * unit(st)) * static_cast<double>(H * W);
-        const double ratio = std::exp(std::log(0.3) + (std::log(1 / 0.3) - std::log(0.3)) * unit(st));
+        const double area = (0.02 + 0.38 * uniform01(st)) * static_cast<double>(H * W);
+        const double ratio =
+            std::exp(std::log(0.3) + (std::log(1 / 0.3) - std::log(0.3)) * uniform01(st));
         const auto h = static_cast<int64_t>(std::lround(std::sqrt(area * ratio)));
         const auto w = static_cast<int64_t>(std::lround(std::sqrt(area / ratio)));
         if (h < 1 || w < 1 || h > H || w > W) continue;
@@ -302,7 +302,7 @@ Tensor ImageBatcher::next(int64_t batch, std::vector<int32_t>& labels) {
         for (int64_t c = 0; c < C; ++c)
           for (int64_t y = y0; y < y0 + h; ++y)
             for (int64_t x = x0; x < x0 + w; ++x)
-              img[(c * H + y) * W + x] = static_cast<float>(unit(st));
+              img[(c * H + y) * W + x] = static_cast<float>(uniform01(st));
         break;
       }
     }

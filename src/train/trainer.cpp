@@ -155,10 +155,10 @@ Batch make_batch(Objective obj, const std::vector<int32_t>& inputs,
     } else if (obj == Objective::Mlm) {  // BERT masking: 15% chosen; 80% mask, 10% random, 10% keep
       std::vector<int32_t> t(static_cast<size_t>(L), -1);
       for (int64_t i = 0; i < L; ++i) {
-        const double u = (splitmix64(rng) >> 11) * 0x1.0p-53;
+        const double u = uniform01(rng);
         if (u >= 0.15) continue;
         t[i] = in[i];
-        const double v = (splitmix64(rng) >> 11) * 0x1.0p-53;
+        const double v = uniform01(rng);
         if (v < 0.8)
           in[i] = tok.mask_id();
         else if (v < 0.9)

@@ -15,7 +15,9 @@ Checks:
     number of images, and writes the PNG; predict prints one label and probabilities per PNG;
   - vit-resolution writes one CSV row per size (images resized), the markdown table and the
     plot, and refuses a size that is not a multiple of the patch;
-  - a malformed IDX file and a file that is not a PNG give clear errors.
+  - eval --tta flip runs and says so, a bad --tta value is refused naming the flag;
+  - a malformed IDX file, a file that is not a PNG, --label-smoothing / --erase out of range and
+    a config 'dropout' of 1 give clear errors naming what is wrong.
 Prints PASS/FAIL lines and `N passed, M failed`; exit status 1 if any failed.
 """
 import argparse
@@ -111,6 +113,14 @@ def main():
             total = sum(int(v) for r in rows for v in r) if rows else 0
             check("eval_confusion", rc == 0 and "accuracy" in out and total == 200
                   and os.path.getsize(png) > 1000, f"rc {rc}, matrix sum {total}; {err.strip()[-200:]}")
+            # test-time augmentation: flip runs and says so; a bad value is refused naming the flag
+            rc2, out2, err2 = run_cli([cli, "eval", run, "--data", "fashion-mnist-test",
+                                       "--max-images", "64", "--confusion", png, "--tta", "flip"])
+            rc3, _, err3 = run_cli([cli, "eval", run, "--data", "fashion-mnist-test",
+                                    "--tta", "rotate"])
+            check("eval_tta", rc2 == 0 and "test-time augmentation: flip" in out2
+                  and rc3 != 0 and "--tta" in err3 and "rotate" in err3,
+                  f"flip rc {rc2}; bad value: {err3.strip()[-160:]}")
             import matplotlib
             matplotlib.use("Agg")
             import matplotlib.pyplot as plt
@@ -167,6 +177,17 @@ def main():
             rc, out, err = run_cli([cli, "predict", run, "--images", notpng])
             check("bad_png_named", rc != 0 and "not.png" in err and "PNG" in err,
                   err.strip()[-200:])
+        # regularisation flags out of range are refused naming the flag
+        for flag, bad in (("--label-smoothing", "1.5"), ("--erase", "-0.1")):
+            rc, _, err = run_cli([cli, "train", "--config", cfg, "--out", os.path.join(tmp, "r"),
+                                  "--steps", "2", flag, bad] + TRAIN)
+            check(f"bad{flag.replace('-', '_')}", rc != 0 and flag in err, err.strip()[-200:])
+        with open(os.path.join(tmp, "bad_drop.json"), "w") as f:
+            json.dump(dict(CFG, dropout=1.0), f)
+        rc, _, err = run_cli([cli, "train", "--config", os.path.join(tmp, "bad_drop.json"),
+                              "--out", os.path.join(tmp, "r2"), "--steps", "2"] + TRAIN)
+        check("bad_dropout_named", rc != 0 and "dropout" in err and "[0, 1)" in err,
+              err.strip()[-200:])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     check.finish()

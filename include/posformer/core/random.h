@@ -14,4 +14,9 @@ inline uint64_t splitmix64(uint64_t& s) {
   return z ^ (z >> 31);
 }
 
+// The next draw of s as a double uniform in [0, 1): its top 53 bits times 2^-53.
+inline double uniform01(uint64_t& s) {
+  return static_cast<double>(splitmix64(s) >> 11) * 0x1.0p-53;
+}
+
 }  // namespace posformer
