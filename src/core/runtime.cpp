@@ -2,7 +2,6 @@
 
 #include <malloc.h>
 #include <omp.h>
-
 #include <unistd.h>
 
 #include <chrono>
@@ -75,7 +74,8 @@ bool set_wait_policy_env() {
     const int cpus = static_cast<int>(std::thread::hardware_concurrency());
     v = auto_wait_policy(others, cpus, cpus);
     setenv("POSFORMER_WAIT_AUTO",
-           str("auto: ", v, " (", others < 0 ? std::string("load unknown") : str(others, " other runnable tasks"),
+           str("auto: ", v, " (",
+               others < 0 ? std::string("load unknown") : str(others, " other runnable tasks"),
                ", ", cpus, " CPUs)")
                .c_str(),
            1);

@@ -164,11 +164,10 @@ void validate_config(const ModelConfig& c) {
 ModelConfig parse_config(const json& j) {
   PF_CHECK(j.is_object(), "[config] top level must be a JSON object, got ", j.type_name());
   refuse_unknown(
-      j, {"arch",       "d_model",        "n_layers",      "n_heads",  "n_kv_heads", "d_ff",
-          "activation", "norm",           "norm_position", "norm_eps", "bias",       "vocab_size",
-          "dropout",
-          "max_len",    "tie_embeddings", "embed_scale",   "head",     "position",   "attention",
-          "image_size", "patch_size",     "channels",      "pool",     "num_classes"},
+      j, {"arch",       "d_model",    "n_layers",       "n_heads",     "n_kv_heads", "d_ff",
+          "activation", "norm",       "norm_position",  "norm_eps",    "bias",       "vocab_size",
+          "dropout",    "max_len",    "tie_embeddings", "embed_scale", "head",       "position",
+          "attention",  "image_size", "patch_size",     "channels",    "pool",       "num_classes"},
       "");
   ModelConfig c;
   c.arch =

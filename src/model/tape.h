@@ -15,7 +15,8 @@ namespace posformer {
 // sublayer sub (0 self-attention, 1 cross-attention, 2 FFN), or sub 3 = the input embeddings.
 inline uint64_t dropout_key(const std::string& prefix, uint64_t seed, int64_t l, int sub) {
   const uint64_t stack = prefix == "encoder." ? 0 : 1;
-  return ops::dropout_key(seed, (stack << 32 | static_cast<uint64_t>(l)) * 4 + static_cast<uint64_t>(sub));
+  return ops::dropout_key(
+      seed, (stack << 32 | static_cast<uint64_t>(l)) * 4 + static_cast<uint64_t>(sub));
 }
 
 // One sublayer (self-attention, cross-attention or FFN); also the inference workspace.

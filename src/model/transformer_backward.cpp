@@ -392,9 +392,8 @@ Transformer::Loss Transformer::loss(const TokenBatch& tokens, const TokenBatch& 
   std::vector<int32_t> flat(static_cast<size_t>(B * T));
   for (int64_t b = 0; b < B; ++b)
     std::copy(targets[b].begin(), targets[b].end(), flat.begin() + b * T);
-  ops::CrossEntropy ce =
-      ops::cross_entropy(out.logits.data<float>(), flat.data(), B * T, cfg_.vocab_size, nullptr,
-                         1.0f, opt.label_smoothing);
+  ops::CrossEntropy ce = ops::cross_entropy(out.logits.data<float>(), flat.data(), B * T,
+                                            cfg_.vocab_size, nullptr, 1.0f, opt.label_smoothing);
   return {ce.loss, ce.count};
 }
 

@@ -531,7 +531,8 @@ double accumulate_gradients(Run& r, ParamStore& grads, std::vector<int32_t>& inp
   auto regularise = [&](ForwardOptions& fo, int64_t a) {
     uint64_t s = o.seed ^ 0x6a09e667f3bcc909ull ^
                  (static_cast<uint64_t>(r.step) * static_cast<uint64_t>(o.accum) +
-                  static_cast<uint64_t>(a)) * 0x9e3779b97f4a7c15ull;
+                  static_cast<uint64_t>(a)) *
+                     0x9e3779b97f4a7c15ull;
     fo.dropout_seed = splitmix64(s);
     fo.label_smoothing = static_cast<float>(o.label_smoothing);
   };

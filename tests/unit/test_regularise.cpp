@@ -75,7 +75,8 @@ TEST(Dropout, MatchesDocumentedHash) {
       std::vector<float> ones(n, 1.0f);
       ops::dropout(ones.data(), n, p, key);
       for (int64_t i = 0; i < n; ++i) {
-        const uint32_t h = fmix(fmix(uint32_t(i) * 0x9e3779b9u ^ uint32_t(key)) ^ uint32_t(key >> 32));
+        const uint32_t h =
+            fmix(fmix(uint32_t(i) * 0x9e3779b9u ^ uint32_t(key)) ^ uint32_t(key >> 32));
         ASSERT_EQ(ones[i] != 0.0f, (h >> 8) >= thr) << i;
       }
     }
@@ -105,8 +106,8 @@ TEST(LabelSmoothing, CrossEntropyAgainstDouble) {
           const double lse = mx + std::log(sum);
           loss += lse - (1 - eps) * z[r * V + tg[r]] - eps * zsum / double(V);
           for (int64_t c = 0; c < V; ++c)
-            rdz[r * V + c] = std::exp(z[r * V + c] - lse) - eps / double(V) -
-                             (c == tg[r] ? 1.0 - eps : 0.0);
+            rdz[r * V + c] =
+                std::exp(z[r * V + c] - lse) - eps / double(V) - (c == tg[r] ? 1.0 - eps : 0.0);
         }
         for (double& v : rdz) v *= 0.5 / double(count);
         std::vector<float> dz = z;  // in place
@@ -134,9 +135,9 @@ TEST(LabelSmoothing, CrossEntropyAgainstDouble) {
 }
 
 nlohmann::json tiny(double dropout) {
-  nlohmann::json j = {{"arch", "decoder"}, {"d_model", 16}, {"n_layers", 2}, {"n_heads", 2},
-                      {"d_ff", 24},        {"vocab_size", 40}, {"max_len", 32},
-                      {"position", {{"type", "rope"}}}};
+  nlohmann::json j = {
+      {"arch", "decoder"}, {"d_model", 16},    {"n_layers", 2}, {"n_heads", 2},
+      {"d_ff", 24},        {"vocab_size", 40}, {"max_len", 32}, {"position", {{"type", "rope"}}}};
   if (dropout > 0) j["dropout"] = dropout;
   return j;
 }
@@ -229,8 +230,11 @@ TEST(ImageBatcher, RandomErasing) {
   ImageBatcher off(s, rows, 4, Augment{});
   Tensor t = off.next(5, lab);
   for (int64_t i = 0; i < 5 * px; ++i) ASSERT_LT(t.data<float>()[i], 0.0f);
-  pf_test::expect_error([&] { ImageBatcher(s, rows, 4, Augment{0, false, 1.5}); },
-                        {"erasing", "[0, 1]"});
+  pf_test::expect_error(
+      [&] {
+        ImageBatcher(s, rows, 4, Augment{0, false, 1.5});
+      },
+      {"erasing", "[0, 1]"});
 }
 
 // The trainer's flags: out-of-range values are refused naming the flag; the run's options
@@ -259,10 +263,11 @@ TEST(TrainOptions, RegularisationFlags) {
 // (checked against the two classify() calls written out here); left-right symmetric images
 // score exactly as without it.
 TEST(Evaluate, FlipTestTimeAugmentation) {
-  const nlohmann::json j = {{"arch", "vit"},      {"image_size", {4, 6}}, {"patch_size", 2},
-                            {"channels", 2},      {"num_classes", 3},     {"d_model", 16},
-                            {"n_layers", 1},      {"n_heads", 2},         {"d_ff", 16},
-                            {"position", {{"type", "rope_2d"}}}};
+  const nlohmann::json j = {{"arch", "vit"},    {"image_size", {4, 6}},
+                            {"patch_size", 2},  {"channels", 2},
+                            {"num_classes", 3}, {"d_model", 16},
+                            {"n_layers", 1},    {"n_heads", 2},
+                            {"d_ff", 16},       {"position", {{"type", "rope_2d"}}}};
   const Transformer m = Transformer::random_init(parse_config(j), 7);
   ImageSet s;
   s.n = 9, s.C = 2, s.H = 4, s.W = 6;
@@ -271,7 +276,8 @@ TEST(Evaluate, FlipTestTimeAugmentation) {
   for (int64_t i = 0; i < s.n; ++i) s.labels.push_back(int32_t(i % 3));
   std::vector<int64_t> rows(s.n);
   for (int64_t i = 0; i < s.n; ++i) rows[i] = i;
-  const ClassifyEval plain = evaluate_images(m, s, rows, 4), tta = evaluate_images(m, s, rows, 4, true);
+  const ClassifyEval plain = evaluate_images(m, s, rows, 4),
+                     tta = evaluate_images(m, s, rows, 4, true);
   // by hand: both views, softmax averaged
   std::vector<int32_t> lab;
   Tensor a = s.gather(rows, &lab), b = s.gather(rows, &lab);

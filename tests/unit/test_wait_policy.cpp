@@ -48,7 +48,8 @@ TEST(WaitPolicy, MapsEachValueOnce) {
     EXPECT_TRUE(set_wait_policy_env());  // unset: the default, auto
     EXPECT_EQ(std::string(kDefaultWaitPolicy), "auto");
     // auto picked one of its two policies and says which and why
-    const bool spin = env("GOMP_SPINCOUNT") == "100000", passive = env("OMP_WAIT_POLICY") == "PASSIVE";
+    const bool spin = env("GOMP_SPINCOUNT") == "100000",
+               passive = env("OMP_WAIT_POLICY") == "PASSIVE";
     EXPECT_NE(spin, passive);
     EXPECT_NE(env("POSFORMER_WAIT_AUTO").find(spin ? "auto: spin=100000" : "auto: passive"),
               std::string::npos);

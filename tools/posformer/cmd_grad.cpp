@@ -90,7 +90,8 @@ Command add_grad(CLI::App& root) {
   app->add_option("--dropout-seed", o->dropout_seed,
                   "seed of the dropout masks when the config has 'dropout' > 0 (the same masks "
                   "on every step; docs/training.md)");
-  app->add_option("--label-smoothing", o->label_smoothing, "label smoothing of the loss, in [0, 1)");
+  app->add_option("--label-smoothing", o->label_smoothing,
+                  "label smoothing of the loss, in [0, 1)");
   add_threads_option(app, o->threads);
   add_memory_options(app, o->mem);
   return {app, [=]() {
@@ -137,8 +138,9 @@ Command add_grad(CLI::App& root) {
             for (int64_t s = 0; s < o->steps; ++s) {
               ParamStore g = m.zero_grads();
               Tensor logits;
-              Transformer::Loss l = vit ? m.classify_loss_and_grad(images, labels, g, 1.0f, &logits, fo)
-                                        : m.loss_and_grad(tokens, targets, g, fo);
+              Transformer::Loss l =
+                  vit ? m.classify_loss_and_grad(images, labels, g, 1.0f, &logits, fo)
+                      : m.loss_and_grad(tokens, targets, g, fo);
               if (s == 0 && vit) out.emplace("logits", logits);
               losses.data<double>()[s] = l.loss;
               if (s == 0)

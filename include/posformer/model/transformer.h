@@ -180,8 +180,8 @@ class Transformer {
   // Mean cross-entropy of the logits against labels [B] (each in [0, num_classes)) and its
   // backward: gradients ADDED into grads times grad_scale. logits (if given) receives [B, K].
   Loss classify_loss_and_grad(const Tensor& images, const std::vector<int32_t>& labels,
-                              ParamStore& grads, float grad_scale = 1.0f,
-                              Tensor* logits = nullptr, const ForwardOptions& opt = {}) const;
+                              ParamStore& grads, float grad_scale = 1.0f, Tensor* logits = nullptr,
+                              const ForwardOptions& opt = {}) const;
   // Encoder stack on given input embeddings x [B, T, d] (no token embedding, so no
   // embed_scale; absolute positions are added), in place.
   void encode_embeddings(Tensor& x, int64_t pos_offset = 0) const;
