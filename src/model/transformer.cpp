@@ -255,12 +255,21 @@ void Transformer::norm_fwd(const std::string& n, const float* in, float* out, in
                  static_cast<float>(cfg_.norm_eps));
 }
 
+const ops::Bf16Rows* Transformer::shared_bf16_input(const std::string& n, const float* in,
+                                                    int64_t M, int64_t K) const {
+  const auto it = packed_.find(n + ".weight");
+  if (it == packed_.end() || it->second.precision() != ops::Precision::BF16) return nullptr;
+  thread_local ops::Bf16Rows rows;
+  rows.round(in, K, M, K);
+  return &rows;
+}
+
 void Transformer::lin_fwd(const std::string& n, const float* in, float* out, int64_t M, int64_t N,
-                          int64_t K, ops::LinearEpilogue ep) const {
+                          int64_t K, ops::LinearEpilogue ep, const ops::Bf16Rows* xb) const {
   const float* b = params_.f32_or_null(n + ".bias");
   const auto it = packed_.find(n + ".weight");
   if (it != packed_.end() && it->second.N() == N && it->second.K() == K)
-    return ops::linear_packed(in, it->second, b, out, M, ep);
+    return ops::linear_packed(in, it->second, b, out, M, ep, xb);
   const float* W = params_.f32(n + ".weight");
   if (ep.accumulate) {
     ops::gemm(false, true, M, N, K, 1.0f, in, K, W, K, 1.0f, out, N);
@@ -290,9 +299,10 @@ bool Transformer::packs(const ParamSpec& s) {
 void Transformer::pack_weights(bool backward) {
   packed_.clear();
   const char* env = std::getenv("POSFORMER_PACKED");
-  if (env && env[0] == '0') return;
+  if (env && env[0] == '0' && precision_ == ops::Precision::F32) return;
   for (const ParamSpec& s : specs_)
-    if (packs(s)) packed_[s.name].pack(params_.f32(s.name), s.shape[0], s.shape[1], backward);
+    if (packs(s))
+      packed_[s.name].pack(params_.f32(s.name), s.shape[0], s.shape[1], backward, precision_);
 }
 
 AttnDesc Transformer::attn_desc(const Stack& st, bool self, const StackInput& in,
@@ -338,11 +348,12 @@ void Transformer::attention_sublayer(const Stack& st, StackCall& c, int64_t l, b
   float* v = c.buf(&SubTape::v, keep, {B * Tkv, g.KD});
   float* att = c.buf(&SubTape::att, keep, {BT, g.HD});
   KVCache* cache = c.cache;
-  lin_fwd(a + ".q", in, q, BT, g.HD, d);
+  const ops::Bf16Rows* inb = shared_bf16_input(a + ".q", in, BT, d);  // q, k, v read `in`
+  lin_fwd(a + ".q", in, q, BT, g.HD, d, {}, inb);
   const bool cached_cross = cache && !self && cache->ck[l].numel() > 0;
   if (!cached_cross) {
-    lin_fwd(a + ".k", kv_in, k, B * Tk, g.KD, d);
-    lin_fwd(a + ".v", kv_in, v, B * Tk, g.KD, d);
+    lin_fwd(a + ".k", kv_in, k, B * Tk, g.KD, d, {}, inb);
+    lin_fwd(a + ".v", kv_in, v, B * Tk, g.KD, d, {}, inb);
   }
   if (self && st.pe->rotary() && !st.attn->caps().rotary_inside) {
     st.pe->rotate(q, g.H, g.HD, c.in.pos);
@@ -407,10 +418,11 @@ void Transformer::ffn_sublayer(const Stack& st, StackCall& c, int64_t l, const f
   float* fa = keep ? c.buf(&SubTape::fa, keep, {BT, g.F}) : f1;  // in place when inferring
   // inference on packed weights: bias + activation in the W1 gemm's epilogue
   const bool fuse_act = !keep && !g.swiglu && weights_packed();
-  lin_fwd(w1, in, f1, BT, g.F, d, {fuse_act ? g.act : ops::Act::Identity, false});
+  const ops::Bf16Rows* inb = g.swiglu ? shared_bf16_input(w1, in, BT, d) : nullptr;  // w1, w3
+  lin_fwd(w1, in, f1, BT, g.F, d, {fuse_act ? g.act : ops::Act::Identity, false}, inb);
   if (g.swiglu) {
     float* f3 = c.buf(&SubTape::f3, keep, {BT, g.F});
-    lin_fwd(w3, in, f3, BT, g.F, d);
+    lin_fwd(w3, in, f3, BT, g.F, d, {}, inb);
     ops::swiglu(f1, f3, fa, BT * g.F);
   } else if (!fuse_act) {
     ops::activation(g.act, f1, fa, BT * g.F);

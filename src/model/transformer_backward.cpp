@@ -109,19 +109,35 @@ void linear_backward(const ParamStore& params,
                      const std::map<std::string, ops::PackedWeight>& packed, ParamStore& grads,
                      const std::string& n, const float* x, int64_t ldx, const float* dy,
                      int64_t lddy, float* dx, int64_t lddx, int64_t M, int64_t N, int64_t K,
-                     float beta) {
+                     float beta, const ops::Bf16Rows* xb = nullptr) {
   float* dW = grads.f32(n + ".weight");
   float* db = grads.has(n + ".bias") ? grads.f32(n + ".bias") : nullptr;
   const float* W = params.f32(n + ".weight");
-  // dx = dy W from the packed weight (dense strides only: oneDNN 2.6 is slow on padded ones)
+  // dx = dy W from the packed weight (dense strides only: oneDNN 2.6 is slow on padded ones;
+  // always with bf16 weights, whose rounding every path must share)
   const auto pit = packed.find(n + ".weight");
+  const ops::PackedWeight* pk = pit != packed.end() ? &pit->second : nullptr;
+  const bool bf16 = pk && pk->precision() == ops::Precision::BF16;
   const ops::PackedWeight* pw =
-      pit != packed.end() && pit->second.has_backward() && lddy == N && lddx == K ? &pit->second
-                                                                                  : nullptr;
+      pk && pk->has_backward() && ((lddy == N && lddx == K) || bf16) ? pk : nullptr;
+  PF_CHECK(!bf16 || pw, "[linear backward] ", n, ": bf16 weights packed without the backward");
+  // bf16: dy rounded once for dW and dx, x once unless the caller did (both threads here)
+  // (addresses taken here: inside the lambdas a thread_local names the running thread's copy)
+  thread_local ops::Bf16Rows dyr, xr;
+  const ops::Bf16Rows* dyb = nullptr;
+  if (bf16) {
+    dyr.round(dy, lddy, M, N), dyb = &dyr;
+    if (!xb || !xb->holds(x, ldx, M, K)) xr.round(x, ldx, M, K), xb = &xr;
+  }
   concurrently(
-      dx && split_linear_backward(M, N, K), [&] { weight_grad(dy, lddy, x, ldx, dW, M, N, K); },
+      dx && split_linear_backward(M, N, K),
       [&] {
-        if (dx && pw) ops::linear_dx_packed(dy, lddy, *pw, beta, dx, lddx, M);
+        if (bf16)
+          return ops::linear_dw(dy, lddy, x, ldx, 1.0f, dW, M, N, K, ops::Precision::BF16, dyb, xb);
+        weight_grad(dy, lddy, x, ldx, dW, M, N, K);
+      },
+      [&] {
+        if (dx && pw) ops::linear_dx_packed(dy, lddy, *pw, beta, dx, lddx, M, dyb);
         if (dx && !pw) ops::gemm(false, false, M, K, N, 1.0f, dy, lddy, W, K, beta, dx, lddx);
         if (db) kernels::cpu::bias_grad(dy, lddy, db, M, N);  // here: weight_grad has more to do
       });
@@ -183,12 +199,14 @@ void Transformer::attention_sublayer_backward(const Stack& st, StackGradCall& c,
   }
   const float* kv_in = self ? sp.h.data<float>() : c.enc;
   float* dkv_in = self ? dhin : c.d_enc;
+  // q, k, v read h (self): rounded to bf16 once for their three weight gradients
+  const ops::Bf16Rows* hb = shared_bf16_input(a + ".q", sp.h.data<float>(), BT, d);
   linear_backward(params_, packed_, grads, a + ".q", sp.h.data<float>(), d, c.dq, g.HD, dhin, d, BT,
-                  g.HD, d, 0.0f);
+                  g.HD, d, 0.0f, hb);
   linear_backward(params_, packed_, grads, a + ".k", kv_in, d, c.dk, g.KD, dkv_in, d, B * Tk, g.KD,
-                  d, 1.0f);
+                  d, 1.0f, hb);
   linear_backward(params_, packed_, grads, a + ".v", kv_in, d, c.dv, g.KD, dkv_in, d, B * Tk, g.KD,
-                  d, 1.0f);
+                  d, 1.0f, hb);
 }
 
 // Backward of ffn_sublayer: dout [BT, d] -> dhin [BT, d] (overwrite).
@@ -204,10 +222,11 @@ void Transformer::ffn_sublayer_backward(const Stack& st, StackGradCall& c, int64
   if (g.swiglu) {  // fa = silu(f1) * f3
     kernels::cpu::swiglu_backward_rows(sp.f1.data<float>(), sp.f3.data<float>(), g.F, df1, df1, ldf,
                                        df3, ldf, BT, g.F);
+    const ops::Bf16Rows* hb = shared_bf16_input(w1, sp.h.data<float>(), BT, d);  // w1, w3 read h
     linear_backward(params_, packed_, c.grads, w3, sp.h.data<float>(), d, df3, ldf, dhin, d, BT,
-                    g.F, d, 0.0f);
+                    g.F, d, 0.0f, hb);
     linear_backward(params_, packed_, c.grads, w1, sp.h.data<float>(), d, df1, ldf, dhin, d, BT,
-                    g.F, d, 1.0f);
+                    g.F, d, 1.0f, hb);
   } else {  // fa = act(f1)
     kernels::cpu::act_backward_rows(g.act, sp.f1.data<float>(), g.F, df1, ldf, df1, ldf, BT, g.F);
     linear_backward(params_, packed_, c.grads, w1, sp.h.data<float>(), d, df1, ldf, dhin, d, BT,

@@ -9,8 +9,10 @@
 #include <unordered_map>
 #include <vector>
 
+#include "../kernels/cpu/kernels.h"
 #include "matmul_profile.h"
 #include "posformer/core/error.h"
+#include "posformer/ops/matmul.h"
 
 namespace posformer::ops {
 
@@ -23,6 +25,7 @@ struct PackedWeight::Impl {
   memory::desc desc;
   memory mem;
   int64_t rows = 0, cols = 0;
+  dt wdt = dt::f32;  // f32, or bf16 (Precision::BF16: inputs rounded to bf16 too)
 };
 
 namespace {
@@ -40,18 +43,49 @@ dnnl::stream& stream() {  // streams are not shared between threads
 // for each M with the packed layout given explicitly).
 constexpr int64_t kRefM = 128;
 
+// rows x cols floats (row stride ld) rounded to bfloat16 into a thread-local dense buffer.
+const uint16_t* round_bf16(const float* A, int64_t ld, int64_t rows, int64_t cols, int slot) {
+  thread_local std::vector<uint16_t> buf[3];
+  std::vector<uint16_t>& b = buf[slot];
+  if (b.size() < static_cast<size_t>(rows * cols)) b.resize(static_cast<size_t>(rows * cols));
+  kernels::cpu::to_bf16(A, ld, rows, cols, b.data());
+  return b.data();
+}
+
+// dense bfloat16 [rows, cols] widened to float32 (exact) into a thread-local buffer.
+const float* widen_bf16(const uint16_t* A, int64_t rows, int64_t cols, int slot) {
+  thread_local std::vector<float> buf[2];
+  std::vector<float>& b = buf[slot];
+  if (b.size() < static_cast<size_t>(rows * cols)) b.resize(static_cast<size_t>(rows * cols));
+  for (int64_t i = 0; i < rows * cols; ++i) b[static_cast<size_t>(i)] = bf16_bits_to_float(A[i]);
+  return b.data();
+}
+
 std::shared_ptr<const PackedWeight::Impl> pack_b(const float* W, int64_t rows, int64_t cols,
-                                                 tag plain_tag) {
-  const memory::desc plain({rows, cols}, dt::f32, plain_tag);
-  const memory::desc a({kRefM, rows}, dt::f32, tag::ab), c({kRefM, cols}, dt::f32, tag::ab);
-  const memory::desc any({rows, cols}, dt::f32, tag::any);
-  const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a, any, c), engine());
+                                                 tag plain_tag, dt wdt) {
+  const memory::desc a({kRefM, rows}, wdt, tag::ab), c({kRefM, cols}, dt::f32, tag::ab);
+  const memory::desc any({rows, cols}, wdt, tag::any);
   auto impl = std::make_shared<PackedWeight::Impl>();
-  impl->desc = pd.weights_desc();
+  try {
+    const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a, any, c), engine());
+    impl->desc = pd.weights_desc();
+  } catch (const dnnl::error&) {  // no bf16 matmul on this CPU: plain layout, emulated in run()
+    impl->desc = memory::desc({rows, cols}, wdt, tag::ab);
+  }
   impl->mem = memory(impl->desc, engine());
-  impl->rows = rows, impl->cols = cols;
-  memory src(plain, engine(), const_cast<float*>(W));
-  dnnl::reorder(src, impl->mem).execute(stream(), src, impl->mem);
+  impl->rows = rows, impl->cols = cols, impl->wdt = wdt;
+  if (wdt == dt::f32) {
+    memory src({{rows, cols}, dt::f32, plain_tag}, engine(), const_cast<float*>(W));
+    dnnl::reorder(src, impl->mem).execute(stream(), src, impl->mem);
+  } else {  // rounded by posformer's own kernel (the documented rounding), then laid out
+    // W's memory is [N, K] row-major; plain_tag ba reads it as its transpose [K, N]
+    const int64_t wr = plain_tag == tag::ab ? rows : cols, wc = plain_tag == tag::ab ? cols : rows;
+    std::vector<uint16_t> wb(static_cast<size_t>(rows * cols));
+    kernels::cpu::to_bf16(W, wc, wr, wc, wb.data());
+    memory src({{rows, cols}, dt::bf16, plain_tag}, engine(), wb.data());
+    dnnl::reorder(src, impl->mem).execute(stream(), src, impl->mem);
+    stream().wait();
+  }
   stream().wait();
   return impl;
 }
@@ -60,10 +94,10 @@ struct Key {
   int64_t M, rows, cols, lda, ldc;
   bool bias;
   float beta;
-  int act;
+  int act, wdt;
   bool operator<(const Key& o) const {
-    return std::tie(M, rows, cols, lda, ldc, bias, beta, act) <
-           std::tie(o.M, o.rows, o.cols, o.lda, o.ldc, o.bias, o.beta, o.act);
+    return std::tie(M, rows, cols, lda, ldc, bias, beta, act, wdt) <
+           std::tie(o.M, o.rows, o.cols, o.lda, o.ldc, o.bias, o.beta, o.act, o.wdt);
   }
 };
 
@@ -113,15 +147,25 @@ void run_unpacked(const PackedWeight::Impl& w, const float* A, int64_t lda, cons
     for (int64_t i = 0; i < M; ++i) activation(act, C + i * ldc, C + i * ldc, w.cols);
 }
 
-// C[M, cols] (+)= A[M, rows] B (+ bias); B in w's packed layout.
-void run(const PackedWeight::Impl& w, const float* A, int64_t lda, const float* bias, float beta,
-         Act act, float* C, int64_t ldc, int64_t M) {
+// C[M, cols] (+)= A[M, rows] B (+ bias); B in w's packed layout. With bf16 weights, A is
+// rounded to bf16 first (dense rows) and the products summed in f32.
+void run(const PackedWeight::Impl& w, const float* A_f32, int64_t lda_f32, const float* bias,
+         float beta, Act act, float* C, int64_t ldc, int64_t M, const Bf16Rows* ab) {
   if (M == 0 || w.cols == 0) return;
+  const bool bf = w.wdt == dt::bf16;
+  const void* A = A_f32;
+  int64_t lda = lda_f32;
+  if (bf) {
+    const bool have = ab && ab->holds(A_f32, lda_f32, M, w.rows);
+    A = have ? ab->bits.data() : round_bf16(A_f32, lda_f32, M, w.rows, 0);
+    lda = w.rows;
+  }
   thread_local std::map<Key, Prim> cache;
-  const Key key{M, w.rows, w.cols, lda, ldc, bias != nullptr, beta, static_cast<int>(act)};
+  const Key key{M,         w.rows, w.cols, lda, ldc, bias != nullptr, beta, static_cast<int>(act),
+                bf ? 1 : 0};
   auto it = cache.find(key);
   if (it == cache.end() || it->second.weights != w.desc) {
-    const memory::desc a({M, w.rows}, dt::f32, memory::dims{lda, 1});
+    const memory::desc a({M, w.rows}, w.wdt, memory::dims{lda, 1});
     const memory::desc c({M, w.cols}, dt::f32, memory::dims{ldc, 1});
     const memory::desc bd({1, w.cols}, dt::f32, tag::ab);
     dnnl::primitive_attr attr;
@@ -141,10 +185,15 @@ void run(const PackedWeight::Impl& w, const float* A, int64_t lda, const float* 
       it = cache.insert_or_assign(key, Prim{dnnl::matmul(), w.desc, true}).first;
     }
   }
-  if (it->second.slow) return run_unpacked(w, A, lda, bias, beta, act, C, ldc, M);
-  const memory::desc a({M, w.rows}, dt::f32, memory::dims{lda, 1});
+  if (it->second.slow) {
+    if (bf)  // the rounded operands through the fp32 gemm: the same products, no bf16 units
+      return run_unpacked(w, widen_bf16(static_cast<const uint16_t*>(A), M, w.rows, 0), w.rows,
+                          bias, beta, act, C, ldc, M);
+    return run_unpacked(w, A_f32, lda_f32, bias, beta, act, C, ldc, M);
+  }
+  const memory::desc a({M, w.rows}, w.wdt, memory::dims{lda, 1});
   const memory::desc c({M, w.cols}, dt::f32, memory::dims{ldc, 1});
-  memory am(a, engine(), const_cast<float*>(A)), cm(c, engine(), C);
+  memory am(a, engine(), const_cast<void*>(A)), cm(c, engine(), C);
   std::unordered_map<int, memory> args = {
       {DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, w.mem}, {DNNL_ARG_DST, cm}};
   if (bias)
@@ -159,33 +208,130 @@ void run(const PackedWeight::Impl& w, const float* A, int64_t lda, const float* 
 
 }  // namespace
 
-void PackedWeight::pack(const float* W, int64_t N, int64_t K, bool backward) {
+const char* precision_name(Precision p) {
+  return p == Precision::BF16 ? "bf16" : "f32";
+}
+
+Precision parse_precision(const std::string& s, const std::string& what) {
+  if (s == "f32" || s == "fp32") return Precision::F32;
+  if (s == "bf16") return Precision::BF16;
+  throw Error(str(what, " must be f32 or bf16, got '", s, "'"));
+}
+
+bool bf16_matmul_native(std::string* impl) {
+  static const std::string name = [] {
+    try {
+      const memory::desc a({128, 128}, dt::bf16, tag::ab), b({128, 128}, dt::bf16, tag::any),
+          c({128, 128}, dt::f32, tag::ab);
+      return std::string(
+          dnnl::matmul::primitive_desc(dnnl::matmul::desc(a, b, c), engine()).impl_info_str());
+    } catch (const dnnl::error&) {
+      return std::string("none");
+    }
+  }();
+  if (impl) *impl = name;
+  return name != "none" && name.find("ref") == std::string::npos;
+}
+
+namespace {
+struct DwKey {
+  int64_t M, N, K;
+  float beta;
+  bool operator<(const DwKey& o) const {
+    return std::tie(M, N, K, beta) < std::tie(o.M, o.N, o.K, o.beta);
+  }
+};
+}  // namespace
+
+void linear_dw(const float* dy, int64_t lddy, const float* x, int64_t ldx, float beta, float* dW,
+               int64_t M, int64_t N, int64_t K, Precision p, const Bf16Rows* dyr,
+               const Bf16Rows* xr) {
+  PF_CHECK(M >= 0 && N >= 1 && K >= 1, "[linear_dw] bad sizes M=", M, " N=", N, " K=", K);
+  PF_CHECK(beta == 0.0f || beta == 1.0f, "[linear_dw] beta must be 0 or 1, got ", beta);
+  PF_CHECK(lddy >= N && ldx >= K, "[linear_dw] row strides lddy ", lddy, " (>= ", N, ") or ldx ",
+           ldx, " (>= ", K, ") too small");
+  if (p == Precision::F32 || M == 0) {
+    if (M == 0) {
+      if (beta == 0.0f) std::fill(dW, dW + N * K, 0.0f);
+      return;
+    }
+    return gemm(true, false, N, K, M, 1.0f, dy, lddy, x, ldx, beta, dW, K);
+  }
+  const uint16_t* dyb =
+      dyr && dyr->holds(dy, lddy, M, N) ? dyr->bits.data() : round_bf16(dy, lddy, M, N, 1);
+  const uint16_t* xb =
+      xr && xr->holds(x, ldx, M, K) ? xr->bits.data() : round_bf16(x, ldx, M, K, 2);
+  thread_local std::map<DwKey, Prim> cache;
+  const DwKey key{M, N, K, beta};
+  auto it = cache.find(key);
+  if (it == cache.end()) {
+    // src dy^T [N, M] read through dy's dense [M, N] rows; weights x [M, K]; dst dW [N, K]
+    const memory::desc a({N, M}, dt::bf16, memory::dims{1, N});
+    const memory::desc b({M, K}, dt::bf16, memory::dims{K, 1});
+    const memory::desc c({N, K}, dt::f32, memory::dims{K, 1});
+    dnnl::primitive_attr attr;
+    dnnl::post_ops po;
+    if (beta != 0.0f) po.append_sum(beta);
+    attr.set_post_ops(po);
+    try {
+      const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a, b, c), attr, engine());
+      const bool slow = std::string(pd.impl_info_str()).find("ref") != std::string::npos;
+      it = cache.insert_or_assign(key, Prim{dnnl::matmul(pd), b, slow}).first;
+    } catch (const dnnl::error&) {
+      it = cache.insert_or_assign(key, Prim{dnnl::matmul(), b, true}).first;
+    }
+  }
+  if (it->second.slow)  // the rounded operands through the fp32 gemm (no bf16 kernel)
+    return gemm(true, false, N, K, M, 1.0f, widen_bf16(dyb, M, N, 0), N, widen_bf16(xb, M, K, 1), K,
+                beta, dW, K);
+  memory am({{N, M}, dt::bf16, memory::dims{1, N}}, engine(), const_cast<uint16_t*>(dyb));
+  memory bm({{M, K}, dt::bf16, memory::dims{K, 1}}, engine(), const_cast<uint16_t*>(xb));
+  memory cm({{N, K}, dt::f32, memory::dims{K, 1}}, engine(), dW);
+  const bool prof = detail::matmul_profiling();
+  const double t0 = prof ? detail::matmul_now_s() : 0.0;
+  it->second.prim.execute(stream(),
+                          {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
+  stream().wait();
+  if (prof) detail::matmul_profile_record(N, K, M, detail::matmul_now_s() - t0);
+}
+
+void PackedWeight::pack(const float* W, int64_t N, int64_t K, bool backward, Precision p) {
   PF_CHECK(N >= 1 && K >= 1, "[packed_linear] weight sizes must be >= 1, got N=", N, " K=", K);
   PF_CHECK(W, "[packed_linear] W is null");
-  N_ = N, K_ = K;
-  fwd_ = pack_b(W, K, N, tag::ba);  // B = W^T [K, N]: W [N, K] row-major read transposed
-  bwd_ = backward ? pack_b(W, N, K, tag::ab) : nullptr;  // B = W [N, K]
+  N_ = N, K_ = K, prec_ = p;
+  const dt wdt = p == Precision::BF16 ? dt::bf16 : dt::f32;
+  fwd_ = pack_b(W, K, N, tag::ba, wdt);  // B = W^T [K, N]: W [N, K] row-major read transposed
+  bwd_ = backward ? pack_b(W, N, K, tag::ab, wdt) : nullptr;  // B = W [N, K]
+}
+
+void Bf16Rows::round(const float* A, int64_t ld_, int64_t rows_, int64_t cols_) {
+  PF_CHECK(rows_ >= 0 && cols_ >= 0 && ld_ >= cols_, "[bf16] bad sizes rows=", rows_,
+           " cols=", cols_, " ld=", ld_);
+  if (bits.size() < static_cast<size_t>(rows_ * cols_))
+    bits.resize(static_cast<size_t>(rows_ * cols_));
+  if (rows_ * cols_ > 0) kernels::cpu::to_bf16(A, ld_, rows_, cols_, bits.data());
+  src = A, ld = ld_, rows = rows_, cols = cols_;
 }
 
 void linear_packed(const float* x, const PackedWeight& W, const float* b, float* y, int64_t M,
-                   LinearEpilogue ep) {
+                   LinearEpilogue ep, const Bf16Rows* xb) {
   PF_CHECK(W.has_forward(), "[linear_packed] weight is not packed");
   PF_CHECK(M >= 0, "[linear_packed] M must be >= 0, got ", M);
   PF_CHECK(M == 0 || (x && y), "[linear_packed] x or y is null");
   PF_CHECK(!ep.accumulate || ep.act == Act::Identity,
            "[linear_packed] accumulate takes no activation, got ", act_name(ep.act));
-  run(*W.fwd_, x, W.K(), b, ep.accumulate ? 1.0f : 0.0f, ep.act, y, W.N(), M);
+  run(*W.fwd_, x, W.K(), b, ep.accumulate ? 1.0f : 0.0f, ep.act, y, W.N(), M, xb);
 }
 
 void linear_dx_packed(const float* dy, int64_t lddy, const PackedWeight& W, float beta, float* dx,
-                      int64_t lddx, int64_t M) {
+                      int64_t lddx, int64_t M, const Bf16Rows* dyb) {
   PF_CHECK(W.has_backward(), "[linear_dx_packed] weight is not packed for the backward");
   PF_CHECK(M >= 0, "[linear_dx_packed] M must be >= 0, got ", M);
   PF_CHECK(beta == 0.0f || beta == 1.0f, "[linear_dx_packed] beta must be 0 or 1, got ", beta);
   PF_CHECK(lddy >= W.N() && lddx >= W.K(), "[linear_dx_packed] row strides lddy ", lddy,
            " (>= ", W.N(), ") or lddx ", lddx, " (>= ", W.K(), ") too small");
   PF_CHECK(M == 0 || (dy && dx), "[linear_dx_packed] dy or dx is null");
-  run(*W.bwd_, dy, lddy, nullptr, beta, Act::Identity, dx, lddx, M);
+  run(*W.bwd_, dy, lddy, nullptr, beta, Act::Identity, dx, lddx, M, dyb);
 }
 
 }  // namespace posformer::ops

@@ -62,7 +62,8 @@ json options_to_json(const TrainOptions& o) {
               {"flip", o.flip},
               {"erase", o.erase},
               {"label_smoothing", o.label_smoothing},
-              {"pack_documents", o.pack_documents}};
+              {"pack_documents", o.pack_documents},
+              {"precision", o.precision}};
 }
 
 TrainOptions options_from_json(const json& j) {
@@ -85,6 +86,7 @@ TrainOptions options_from_json(const json& j) {
     o.flip = j.value("flip", false);
     o.erase = j.value("erase", 0.0), o.label_smoothing = j.value("label_smoothing", 0.0);
     o.pack_documents = j.value("pack_documents", false);  // runs from before the option: off
+    o.precision = j.value("precision", std::string("f32"));
   } catch (const json::exception& e) {
     throw Error(str("[train] stored training options are malformed: ", e.what()));
   }
@@ -101,6 +103,7 @@ void validate(const TrainOptions& o) {
   PF_CHECK(o.accum >= 1, "[train] --accum must be >= 1, got ", o.accum);
   PF_CHECK(o.label_smoothing >= 0 && o.label_smoothing < 1,
            "[train] --label-smoothing must be in [0, 1), got ", o.label_smoothing);
+  ops::parse_precision(o.precision, "[train] --precision");
   PF_CHECK(o.erase >= 0 && o.erase <= 1, "[train] --erase must be in [0, 1], got ", o.erase);
   PF_CHECK(o.clip >= 0 && std::isfinite(o.clip), "[train] --clip must be >= 0 (0 = off), got ",
            o.clip);
@@ -618,6 +621,7 @@ TrainResult run_training(TrainOptions o, const std::string& resume_ckpt,
   std::unique_ptr<Run> run = open_run(o, resume_ckpt);
   Run& r = *run;
   start_or_resume(r, resume_ckpt);
+  r.model.set_matmul_precision(ops::parse_precision(o.precision, "[train] --precision"));
   const int64_t L = o.seq_len;
   const ScheduleConfig sched{o.lr, o.warmup, o.steps, o.decay, o.min_lr_ratio};
   const bool tty = o.progress && isatty(STDERR_FILENO);
@@ -626,15 +630,19 @@ TrainResult run_training(TrainOptions o, const std::string& resume_ckpt,
     std::fprintf(
         stderr,
         r.vit() ? "train: %s %s model, %s objective, %lld train / %lld val images, batch %lld "
-                  "(%lld px) x accum %lld, %d threads, steps %lld..%lld\n"
+                  "(%lld px) x accum %lld, %d threads, %s matmuls, steps %lld..%lld\n"
                 : "train: %s %s model, %s objective, %lld train / %lld val tokens, batch %lld x "
                   "%lld x "
-                  "accum %lld, %d threads, steps %lld..%lld\n",
+                  "accum %lld, %d threads, %s matmuls, steps %lld..%lld\n",
         r.cfg.arch.name(), r.cfg.position.type.c_str(), r.obj.name(),
         (long long)(r.vit() ? static_cast<int64_t>(r.split.train.size()) : r.corpus.train_tokens),
         (long long)(r.vit() ? static_cast<int64_t>(r.split.val.size()) : r.corpus.val_tokens),
         (long long)o.batch, (long long)(r.vit() ? r.cfg.image_h : L), (long long)o.accum,
-        num_threads(), (long long)r.step, (long long)o.steps);
+        num_threads(), o.precision.c_str(), (long long)r.step, (long long)o.steps);
+  if (o.progress && o.precision == "bf16" && !ops::bf16_matmul_native())
+    std::fprintf(stderr,
+                 "train: note: oneDNN has no bf16 matmul kernel on this CPU; the bf16 products go "
+                 "through the fp32 gemm (same results, no speed-up)\n");
 
   TrainResult res;
   std::vector<int32_t> inputs, targets;
@@ -709,7 +717,8 @@ TrainResult train(const TrainOptions& opts, const std::atomic<bool>* stop) {
 }
 
 TrainResult resume(const std::string& run_dir, int64_t steps_override, int threads, bool progress,
-                   const std::atomic<bool>* stop, int64_t stop_after, int pack_documents) {
+                   const std::atomic<bool>* stop, int64_t stop_after, int pack_documents,
+                   const std::string& precision) {
   std::vector<std::string> warnings;
   remove_scratch(run_dir, &warnings);
   for (const auto& w : warnings) std::fprintf(stderr, "resume: %s\n", w.c_str());
@@ -727,6 +736,9 @@ TrainResult resume(const std::string& run_dir, int64_t steps_override, int threa
            "[train] --pack-documents ", pack_documents ? "on" : "off", " differs from the run in ",
            run_dir, " (started with it ", o.pack_documents ? "on" : "off",
            "); a run keeps its setting: drop --pack-documents or start a new run");
+  PF_CHECK(precision.empty() || precision == o.precision, "[train] --precision ", precision,
+           " differs from the run in ", run_dir, " (started with ", o.precision,
+           "); a run keeps its precision: drop --precision or start a new run");
   if (steps_override > 0) o.steps = steps_override;
   if (threads > 0) o.threads = threads;
   o.progress = progress;

@@ -11,6 +11,9 @@ Checks:
     metrics line) and the same final weights, byte for byte, as an uninterrupted run, with
     random crop, flip and erasing, label smoothing and the config's dropout on (the run keeps
     those settings in train.json);
+  - the same with --precision bf16 (bf16 matmuls): bit-exact resume, the precision kept in
+    train.json, its first loss within 2% of float32's but not equal, a resume asking for f32
+    and --precision fp16 refused naming the flag;
   - eval reports accuracy, per-class accuracy and a confusion matrix whose counts sum to the
     number of images, and writes the PNG; predict prints one label and probabilities per PNG;
   - vit-resolution writes one CSV row per size (images resized), the markdown table and the
@@ -103,6 +106,41 @@ def main():
                   and kept_cfg.get("dropout") == 0.1,
                   f"erase {kept.get('erase')}, label_smoothing {kept.get('label_smoothing')}, "
                   f"dropout {kept_cfg.get('dropout')}")
+        # 2b. bf16 matmuls (--precision bf16): resume bit-exact, kept with the run, a different
+        # precision on resume and a bad value refused naming the flag
+        c, d = os.path.join(tmp, "c"), os.path.join(tmp, "d")
+        bf = ["--precision", "bf16"]
+        rc1, _, e1 = run_cli([cli, "train", "--config", cfg_drop, "--out", c, "--steps", "20"]
+                             + TRAIN + aug + bf)
+        rc2, _, e2 = run_cli([cli, "train", "--config", cfg_drop, "--out", d, "--steps", "20",
+                              "--stop-after", "10"] + TRAIN + aug + bf)
+        rc4, _, e4 = run_cli([cli, "train", "--resume", d, "--quiet", "--precision", "f32"])
+        rc3, _, e3 = run_cli([cli, "train", "--resume", d, "--quiet"])
+        rc5, _, e5 = run_cli([cli, "train", "--config", cfg, "--out", os.path.join(tmp, "e"),
+                              "--steps", "2", "--precision", "fp16"] + TRAIN)
+        if rc1 or rc2 or rc3:
+            check("bf16_resume", False, (e1 + e2 + e3).strip()[-300:])
+        else:
+            lc, ld = strip_speed(losses(c)), strip_speed(losses(d))
+            with open(os.path.join(c, "model.safetensors"), "rb") as f:
+                wc = f.read()
+            with open(os.path.join(d, "model.safetensors"), "rb") as f:
+                wd = f.read()
+            with open(os.path.join(d, "train.json")) as f:
+                kept = json.load(f)
+            check("bf16_resume_bit_exact", lc == ld and wc == wd and len(lc) > 20
+                  and kept.get("precision") == "bf16",
+                  f"{len(lc)} metrics lines equal: {lc == ld}, weights equal: {wc == wd}, "
+                  f"kept precision {kept.get('precision')}")
+            # the first step's loss is the initial model's (same data, dropout masks and init
+            # as run a): bf16 moves it, but only by bf16's rounding
+            x = [r["loss"] for r in lc if "loss" in r][0]
+            y = [r["loss"] for r in strip_speed(losses(a)) if "loss" in r][0]
+            check("bf16_first_loss_near_f32", x != y and abs(x - y) < 0.02 * abs(y),
+                  f"bf16 {x:.6f} vs f32 {y:.6f}")
+        check("bf16_precision_refused", rc4 != 0 and "--precision" in e4 and "bf16" in e4
+              and rc5 != 0 and "--precision" in e5 and "fp16" in e5,
+              f"resume f32: {e4.strip()[-160:]}; fp16: {e5.strip()[-160:]}")
         # 3. eval and predict
         if rc == 0:
             png = os.path.join(tmp, "conf.png")

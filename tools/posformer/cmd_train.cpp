@@ -39,6 +39,9 @@ Command add_train(CLI::App& root) {
   app->add_flag("--pack-documents", o->pack_documents,
                 "clm, mlm: each document in a window restarts its positions at 0 and attends only "
                 "to itself (documents end at <eos>); validation the same way");
+  app->add_option("--precision", o->precision,
+                  "f32 | bf16: matmuls of the attention and FFN linears in bfloat16 with float32 "
+                  "sums (AMX / AVX512-BF16 units; weights, gradients, optimizer stay float32)");
   app->add_option("--out", o->out_dir, "run directory (model, checkpoints, metrics.jsonl)");
   app->add_option("--resume", *resume_dir,
                   "continue the run in DIR from its newest complete checkpoint");
@@ -87,7 +90,8 @@ Command add_train(CLI::App& root) {
                 check_model_memory("train", load_config(cfg), ModelUse::Train, *mem);
               r = resume(*resume_dir, app->count("--steps") ? o->steps : 0, o->threads, o->progress,
                          &g_stop, o->stop_after,
-                         app->count("--pack-documents") ? int(o->pack_documents) : -1);
+                         app->count("--pack-documents") ? int(o->pack_documents) : -1,
+                         app->count("--precision") ? o->precision : std::string());
             } else {
               PF_CHECK(!o->config_path.empty(),
                        "[train] a new run needs --config CFG (or --resume DIR)");

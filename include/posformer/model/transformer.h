@@ -129,6 +129,14 @@ class Transformer {
   // set_weights and redraw_buffers drop them, so pack again after changing weights (the trainer
   // packs before each step, i.e. after each optimizer update). POSFORMER_PACKED=0 disables.
   void pack_weights(bool backward = false);
+  // Precision of the packed linears (ops/packed_linear.h): BF16 rounds their weights and inputs
+  // to bfloat16 and sums in float32 (forward, dx and dW; `train --precision bf16`); it packs
+  // even under POSFORMER_PACKED=0. Takes effect at the next pack_weights.
+  void set_matmul_precision(ops::Precision p) {
+    precision_ = p;
+    packed_.clear();
+  }
+  ops::Precision matmul_precision() const { return precision_; }
   static bool packs(const ParamSpec& s);  // whether pack_weights packs this parameter
   bool weights_packed() const { return !packed_.empty(); }
   // Redraws the attention variants' non-trainable buffers (ParamSpec::buffer: performer's random
@@ -236,8 +244,13 @@ class Transformer {
                       const float* dx, ParamStore& grads) const;
   void norm_fwd(const std::string& n, const float* in, float* out, int64_t rows) const;
   // out = in W^T + b, with an epilogue (act, or out += ...) fused when the weight is packed
+  // (xb: `in` already rounded to bf16, for bf16 weights; see shared_bf16_input)
   void lin_fwd(const std::string& n, const float* in, float* out, int64_t M, int64_t N, int64_t K,
-               ops::LinearEpilogue ep = {}) const;
+               ops::LinearEpilogue ep = {}, const ops::Bf16Rows* xb = nullptr) const;
+  // When weight n is packed in bf16: `in` [M, K] rounded once (a per-thread buffer, valid until
+  // the next call on this thread) for the linears that share it; else null.
+  const ops::Bf16Rows* shared_bf16_input(const std::string& n, const float* in, int64_t M,
+                                         int64_t K) const;
   AttnDesc attn_desc(const Stack& st, bool self, const StackInput& in, int64_t Tk) const;
   // vit: patch-embedded tokens [B, T, d] with positions added; fills ids (2-D schemes) and the
   // flattened patches [B*N, C*p*p] (kept for the embedding's weight gradient).
@@ -249,6 +262,7 @@ class Transformer {
   std::vector<ParamSpec> specs_;
   ParamStore params_;
   std::map<std::string, ops::PackedWeight> packed_;  // by weight name (pack_weights)
+  ops::Precision precision_ = ops::Precision::F32;
   std::unique_ptr<PositionEncoding> enc_pe_, dec_pe_;
   std::unique_ptr<Attention> enc_attn_, dec_attn_;
 };

@@ -58,6 +58,11 @@ struct TrainOptions {
   // ForwardOptions::segments). Validation windows are cut the same way. Part of the run: a
   // resume keeps it and refuses a different setting.
   bool pack_documents = false;
+  // Precision of the attention and FFN matmuls (ops/packed_linear.h): "f32", or "bf16" (weights
+  // and inputs rounded to bfloat16, float32 sums; AMX / AVX512-BF16 units where the CPU has
+  // them; master weights, gradients, optimizer and everything else stay float32). Part of the
+  // run: a resume keeps it and refuses a different setting.
+  std::string precision = "f32";
 };
 
 // Segment ids of training windows: seg[b][t] = the number of `eos` tokens in in[b][0..t), so a
@@ -124,8 +129,9 @@ std::string fmt_duration(double seconds);
 TrainResult train(const TrainOptions& opts, const std::atomic<bool>* stop = nullptr);
 // pack_documents: -1 = as the run was started; 0 / 1 = what the caller asks for, refused (naming
 // --pack-documents) when the run was started otherwise.
+// precision: "" keeps the run's, anything else must equal it.
 TrainResult resume(const std::string& run_dir, int64_t steps_override, int threads, bool progress,
                    const std::atomic<bool>* stop = nullptr, int64_t stop_after = -1,
-                   int pack_documents = -1);
+                   int pack_documents = -1, const std::string& precision = "");
 
 }  // namespace posformer

@@ -165,6 +165,33 @@ void dropout_kernel(float* x, size_t n, uint32_t i0, uint32_t k1, uint32_t k2, u
   }
 }
 
+// bfloat16 bits of x[0, n) into y: round to nearest even, NaN kept quiet (ops::to_bf16_bits).
+void to_bf16_kernel(const float* x, uint16_t* y, size_t n) {
+  const hn::ScalableTag<float> df;
+  const hn::RebindToUnsigned<decltype(df)> du;
+  const hn::RebindToSigned<decltype(df)> di;
+  const hn::Rebind<uint16_t, decltype(di)> d16;
+  const size_t N = hn::Lanes(df);
+  const auto one = hn::Set(du, 1u), half = hn::Set(du, 0x7fffu), quiet = hn::Set(du, 0x40u);
+  const auto abs_mask = hn::Set(du, 0x7fffffffu), inf = hn::Set(du, 0x7f800000u);
+  size_t i = 0;
+  for (; i + N <= n; i += N) {
+    const auto u = hn::BitCast(du, hn::LoadU(df, x + i));
+    const auto hi = hn::ShiftRight<16>(u);
+    const auto rounded = hn::ShiftRight<16>(hn::Add(u, hn::Add(half, hn::And(hi, one))));
+    const auto nan = hn::Gt(hn::BitCast(di, hn::And(u, abs_mask)), hn::BitCast(di, inf));
+    const auto r = hn::IfThenElse(hn::RebindMask(du, nan), hn::Or(hi, quiet), rounded);
+    hn::StoreU(hn::DemoteTo(d16, hn::BitCast(di, r)), d16, y + i);
+  }
+  for (; i < n; ++i) {
+    uint32_t u;
+    std::memcpy(&u, x + i, 4);
+    y[i] = (u & 0x7fffffffu) > 0x7f800000u
+               ? static_cast<uint16_t>((u >> 16) | 0x40u)
+               : static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+  }
+}
+
 // op 0: y = silu(a) * b; op 1: y = a + b.
 void binary_kernel(int op, const float* a, const float* b, float* y, size_t n) {
   if (op == 0) return map_binary(SwigluOp(), a, b, y, n);
@@ -180,6 +207,7 @@ namespace posformer::kernels::cpu {
 HWY_EXPORT(act_rows_kernel);
 HWY_EXPORT(binary_kernel);
 HWY_EXPORT(dropout_kernel);
+HWY_EXPORT(to_bf16_kernel);
 
 namespace {
 // Floats per call below which an OpenMP team costs more than it saves. Memory-bound ops
@@ -248,6 +276,18 @@ void dropout(float* x, int64_t n, uint32_t k1, uint32_t k2, uint32_t thr, float 
   parallel_range(n, 16, use_omp(n, int64_t{1} << 16), [&](int64_t lo, int64_t hi) {
     HWY_DYNAMIC_DISPATCH(dropout_kernel)
     (x + lo, size_t(hi - lo), static_cast<uint32_t>(lo), k1, k2, thr, scale);
+  });
+}
+
+void to_bf16(const float* x, int64_t ldx, int64_t rows, int64_t cols, uint16_t* y) {
+  const auto f = [](const float* a, uint16_t* b, size_t n) {
+    HWY_DYNAMIC_DISPATCH(to_bf16_kernel)(a, b, n);
+  };
+  if (ldx == cols)  // dense: one flat range
+    return parallel_range(rows * cols, 32, use_omp(rows * cols, kMemBoundThreshold),
+                          [&](int64_t lo, int64_t hi) { f(x + lo, y + lo, size_t(hi - lo)); });
+  parallel_range(rows, 1, use_omp(rows * cols, kMemBoundThreshold), [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r) f(x + r * ldx, y + r * cols, size_t(cols));
   });
 }
 

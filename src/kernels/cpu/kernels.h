@@ -18,6 +18,10 @@ void erf(const float* x, float* y, int64_t n);
 // iff bits 8..31 of fmix32(fmix32(i * 0x9e3779b9 ^ k1) ^ k2) are >= thr.
 void dropout(float* x, int64_t n, uint32_t k1, uint32_t k2, uint32_t thr, float scale);
 
+// rows x cols of x (row stride ldx) as bfloat16 bits into dense y [rows, cols]: round to nearest
+// even, NaN kept (ops::to_bf16_bits); every SIMD target.
+void to_bf16(const float* x, int64_t ldx, int64_t rows, int64_t cols, uint16_t* y);
+
 void softmax_rows(float* x, int64_t rows, int64_t cols, int64_t ld);
 
 void layernorm(const float* x, const float* g, const float* b, float* y, int64_t rows, int64_t cols,

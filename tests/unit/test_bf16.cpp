@@ -1,0 +1,277 @@
+// bf16 mixed-precision matmuls (ops/packed_linear.h, `train --precision bf16`):
+//  - the rounding kernel against the scalar definition (round to nearest even, NaN kept) on
+//    every SIMD target, special values included;
+//  - forward, dx and dW against a double-precision reference computed from the bf16-rounded
+//    operands, with a bound of K * 2^-24 * sum|products| (float32 sums of K terms); the same
+//    results must be *far* from the unrounded reference somewhere, so a path that silently
+//    stayed float32 fails;
+//  - rounded rows shared between calls (Bf16Rows) change nothing;
+//  - a model's loss and gradients in bf16 stay close to float32 and are deterministic.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "../../src/kernels/cpu/kernels.h"
+#include "hwy_targets.h"
+#include "posformer/core/error.h"
+#include "posformer/model/config.h"
+#include "posformer/model/transformer.h"
+#include "posformer/ops/packed_linear.h"
+#include "test_util.h"
+
+namespace {
+
+using namespace posformer;
+using namespace posformer::ops;
+
+float bits_to_float(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+std::vector<float> randu(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::vector<float> v(n);
+  for (float& x : v) x = u(rng);
+  return v;
+}
+
+// round to bf16 and back (the scalar definition)
+float rb(float x) {
+  return bf16_bits_to_float(to_bf16_bits(x));
+}
+
+TEST(Bf16, ScalarRoundingIsNearestEven) {
+  EXPECT_EQ(to_bf16_bits(1.0f), 0x3f80);
+  EXPECT_EQ(to_bf16_bits(bits_to_float(0x3f808000u)), 0x3f80);  // tie, even stays
+  EXPECT_EQ(to_bf16_bits(bits_to_float(0x3f818000u)), 0x3f82);  // tie, odd rounds up
+  EXPECT_EQ(to_bf16_bits(bits_to_float(0x3f808001u)), 0x3f81);  // above the tie
+  EXPECT_EQ(to_bf16_bits(bits_to_float(0x3f807fffu)), 0x3f80);  // below the tie
+  EXPECT_EQ(to_bf16_bits(-0.0f), 0x8000);
+  EXPECT_EQ(to_bf16_bits(std::numeric_limits<float>::infinity()), 0x7f80);
+  EXPECT_EQ(to_bf16_bits(std::numeric_limits<float>::max()), 0x7f80);  // overflows to inf
+  EXPECT_EQ(to_bf16_bits(bits_to_float(0x7f800001u)), 0x7fc0);  // signalling NaN -> quiet NaN
+  EXPECT_TRUE(std::isnan(rb(std::nanf(""))));
+  EXPECT_EQ(to_bf16_bits(bits_to_float(0x00000001u)), 0x0000);  // smallest denormal -> 0
+  EXPECT_EQ(to_bf16_bits(bits_to_float(0x00018000u)), 0x0002);  // denormal tie to even
+  EXPECT_EQ(rb(3.140625f), 3.140625f);                          // representable: exact
+}
+
+TEST(Bf16, KernelMatchesScalarOnEveryTarget) {
+  std::vector<float> x = randu(1000, 3);
+  for (float& v : x) v *= 1e3f;
+  const uint32_t special[] = {0x3f808000u, 0x3f818000u, 0x7f800000u, 0xff800000u,
+                              0x7f800001u, 0xffc00000u, 0x00000001u, 0x00018000u,
+                              0x80000000u, 0x7f7fffffu, 0x7f7f8000u, 0x3f807fffu};
+  for (size_t i = 0; i < std::size(special); ++i) x[i * 37] = bits_to_float(special[i]);
+  pf_test::for_each_target([&] {
+    for (int64_t cols : {1, 7, 16, 33, 100}) {  // tails of every length, strided rows
+      const int64_t rows = 9, ld = cols + 3;
+      std::vector<uint16_t> y(size_t(rows * cols), 0xdead);
+      kernels::cpu::to_bf16(x.data(), ld, rows, cols, y.data());
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < cols; ++c)
+          ASSERT_EQ(y[size_t(r * cols + c)], to_bf16_bits(x[size_t(r * ld + c)]))
+              << "row " << r << " col " << c << " cols " << cols;
+    }
+    std::vector<uint16_t> y(x.size());  // dense: one flat range
+    kernels::cpu::to_bf16(x.data(), 10, 100, 10, y.data());
+    for (size_t i = 0; i < x.size(); ++i) ASSERT_EQ(y[i], to_bf16_bits(x[i])) << i;
+  });
+}
+
+// Reference C[i, j] = sum_k A(i, k) B(k, j) in double from the given (already rounded or not)
+// operands, and the scale sum |A(i, k) B(k, j)|.
+struct Ref {
+  std::vector<double> c, scale;
+};
+template <class FA, class FB>
+Ref reference(int64_t M, int64_t N, int64_t K, const FA& A, const FB& B) {
+  Ref r{std::vector<double>(size_t(M * N)), std::vector<double>(size_t(M * N))};
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t j = 0; j < N; ++j) {
+      double s = 0, a = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        const double p = double(A(i, k)) * double(B(k, j));
+        s += p, a += std::abs(p);
+      }
+      r.c[size_t(i * N + j)] = s, r.scale[size_t(i * N + j)] = a;
+    }
+  return r;
+}
+
+// max over entries of |got - want| / scale (got at row stride ld)
+double worst(const float* got, int64_t ld, const Ref& want, int64_t M, int64_t N) {
+  double w = 0;
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t j = 0; j < N; ++j) {
+      const double g = got[i * ld + j];
+      EXPECT_TRUE(std::isfinite(g)) << "(" << i << ", " << j << ") unwritten";
+      const size_t k = size_t(i * N + j);
+      w = std::max(w, std::abs(g - want.c[k]) / std::max(1e-30, want.scale[k]));
+    }
+  return w;
+}
+
+double bound(int64_t K) {
+  return double(K + 2) * std::ldexp(1.0, -24);
+}
+
+TEST(Bf16, LinearForwardDxAndDwMatchRoundedReference) {
+  const std::string impl_note = [] {
+    std::string s;
+    const bool native = bf16_matmul_native(&s);
+    return std::string(native ? "native " : "emulated ") + s;
+  }();
+  SCOPED_TRACE(impl_note);
+  for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{37, 48, 64},
+                         {128, 96, 128},
+                         {5, 130, 33},
+                         {300, 64, 512}}) {
+    SCOPED_TRACE(testing::Message() << "M " << M << " N " << N << " K " << K);
+    const auto W = randu(size_t(N * K), uint32_t(N + K));  // [N, K]
+    const auto b = randu(size_t(N), 9);
+    PackedWeight pw;
+    pw.pack(W.data(), N, K, true, Precision::BF16);
+    EXPECT_EQ(pw.precision(), Precision::BF16);
+    // forward y = x W^T + b, x with a padded row stride
+    const int64_t ldx = K + 5;
+    const auto x = randu(size_t(M * ldx), uint32_t(M));
+    // linear_packed reads dense rows of K: give it a dense copy, keep the strided one for dW
+    std::vector<float> xd(size_t(M * K));
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t k = 0; k < K; ++k) xd[size_t(i * K + k)] = x[size_t(i * ldx + k)];
+    std::vector<float> y(size_t(M * N), std::nanf(""));
+    linear_packed(xd.data(), pw, b.data(), y.data(), M);
+    Ref want = reference(
+        M, N, K, [&](int64_t i, int64_t k) { return rb(xd[size_t(i * K + k)]); },
+        [&](int64_t k, int64_t j) { return rb(W[size_t(j * K + k)]); });
+    const Ref exact = reference(
+        M, N, K, [&](int64_t i, int64_t k) { return xd[size_t(i * K + k)]; },
+        [&](int64_t k, int64_t j) { return W[size_t(j * K + k)]; });
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t j = 0; j < N; ++j) {
+        want.c[size_t(i * N + j)] += b[size_t(j)];
+        want.scale[size_t(i * N + j)] += std::abs(b[size_t(j)]);
+      }
+    Ref exact_b = exact;
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t j = 0; j < N; ++j) exact_b.c[size_t(i * N + j)] += b[size_t(j)];
+    EXPECT_LE(worst(y.data(), N, want, M, N), bound(K)) << "forward";
+    // rounding happened: far from the unrounded products (bf16 keeps 8 bits)
+    EXPECT_GT(worst(y.data(), N, exact_b, M, N), 1e-4) << "forward ran unrounded";
+
+    // shared rounded rows give the same bits
+    Bf16Rows xb;
+    xb.round(xd.data(), K, M, K);
+    std::vector<float> y2(size_t(M * N), std::nanf(""));
+    linear_packed(xd.data(), pw, b.data(), y2.data(), M, {}, &xb);
+    EXPECT_EQ(std::memcmp(y.data(), y2.data(), y.size() * 4), 0);
+
+    // dx = dy W, beta 0 and 1, padded dx stride
+    const auto dy = randu(size_t(M * N), uint32_t(M * 3 + 1));
+    const int64_t lddx = K + 3;
+    std::vector<float> dx(size_t(M * lddx), std::nanf(""));
+    linear_dx_packed(dy.data(), N, pw, 0.0f, dx.data(), lddx, M);
+    const Ref wdx = reference(
+        M, K, N, [&](int64_t i, int64_t j) { return rb(dy[size_t(i * N + j)]); },
+        [&](int64_t j, int64_t k) { return rb(W[size_t(j * K + k)]); });
+    EXPECT_LE(worst(dx.data(), lddx, wdx, M, K), bound(N)) << "dx";
+    std::vector<float> dx1 = dx;
+    linear_dx_packed(dy.data(), N, pw, 1.0f, dx1.data(), lddx, M);  // dx1 = 2 dy W
+    Ref wdx2 = wdx;
+    for (double& v : wdx2.c) v *= 2;
+    for (double& v : wdx2.scale) v *= 2;
+    EXPECT_LE(worst(dx1.data(), lddx, wdx2, M, K), bound(N)) << "dx beta 1";
+
+    // dW = dy^T x (strided x), beta 0 then 1
+    std::vector<float> dW(size_t(N * K), std::nanf(""));
+    linear_dw(dy.data(), N, x.data(), ldx, 0.0f, dW.data(), M, N, K, Precision::BF16);
+    const Ref wdw = reference(
+        N, K, M, [&](int64_t j, int64_t i) { return rb(dy[size_t(i * N + j)]); },
+        [&](int64_t i, int64_t k) { return rb(x[size_t(i * ldx + k)]); });
+    const Ref edw = reference(
+        N, K, M, [&](int64_t j, int64_t i) { return dy[size_t(i * N + j)]; },
+        [&](int64_t i, int64_t k) { return x[size_t(i * ldx + k)]; });
+    EXPECT_LE(worst(dW.data(), K, wdw, N, K), bound(M)) << "dW";
+    EXPECT_GT(worst(dW.data(), K, edw, N, K), 1e-4) << "dW ran unrounded";
+    std::vector<float> dW1 = dW;
+    linear_dw(dy.data(), N, x.data(), ldx, 1.0f, dW1.data(), M, N, K, Precision::BF16);
+    Ref wdw2 = wdw;
+    for (double& v : wdw2.c) v *= 2;
+    for (double& v : wdw2.scale) v *= 2;
+    EXPECT_LE(worst(dW1.data(), K, wdw2, N, K), bound(M)) << "dW beta 1";
+    // F32 dW: the unrounded reference
+    std::vector<float> dWf(size_t(N * K), std::nanf(""));
+    linear_dw(dy.data(), N, x.data(), ldx, 0.0f, dWf.data(), M, N, K, Precision::F32);
+    EXPECT_LE(worst(dWf.data(), K, edw, N, K), bound(M)) << "dW f32";
+  }
+}
+
+TEST(Bf16, BadInputsAreRefusedByName) {
+  pf_test::expect_error([] { parse_precision("fp16", "[train] --precision"); },
+                        {"--precision", "f32 or bf16", "fp16"});
+  EXPECT_EQ(parse_precision("bf16", "x"), Precision::BF16);
+  EXPECT_EQ(parse_precision("f32", "x"), Precision::F32);
+  std::vector<float> a(16), w(16);
+  pf_test::expect_error(
+      [&] { linear_dw(a.data(), 2, w.data(), 4, 0.5f, w.data(), 2, 4, 4, Precision::BF16); },
+      {"linear_dw", "beta"});
+  pf_test::expect_error(
+      [&] { linear_dw(a.data(), 2, w.data(), 4, 0.0f, w.data(), 2, 4, 4, Precision::BF16); },
+      {"linear_dw", "lddy"});
+}
+
+// A model with bf16 matmuls: deterministic, loss and gradients within bf16's reach of float32
+// (relative 2e-2), and not equal to them (the rounding is in effect in forward and backward).
+TEST(Bf16, ModelLossAndGradientsNearFloat32) {
+  const nlohmann::json j = {
+      {"arch", "decoder"}, {"d_model", 64},    {"n_layers", 2}, {"n_heads", 4},
+      {"d_ff", 128},       {"vocab_size", 50}, {"max_len", 32}, {"position", {{"type", "rope"}}}};
+  Transformer m = Transformer::random_init(parse_config(j), 11);
+  TokenBatch tok, tgt;
+  std::mt19937 rng(5);
+  for (int b = 0; b < 3; ++b) {
+    std::vector<int32_t> t(17);
+    for (auto& v : t) v = int32_t(rng() % 50);
+    tok.push_back(std::vector<int32_t>(t.begin(), t.end() - 1));
+    tgt.push_back(std::vector<int32_t>(t.begin() + 1, t.end()));
+  }
+  auto run = [&](Precision p) {
+    m.set_matmul_precision(p);
+    m.pack_weights(true);
+    ParamStore g = m.zero_grads();
+    const double l = m.loss_and_grad(tok, tgt, g).loss;
+    return std::make_pair(l, g);
+  };
+  const auto [lf, gf] = run(Precision::F32);
+  const auto [lb, gb] = run(Precision::BF16);
+  const auto [lb2, gb2] = run(Precision::BF16);
+  EXPECT_EQ(lb, lb2);
+  EXPECT_NE(lb, lf);
+  EXPECT_NEAR(lb, lf, 2e-2 * std::abs(lf));
+  for (const char* n : {"decoder.layers.0.attn.q.weight", "decoder.layers.1.ffn.w1.weight",
+                        "decoder.layers.0.ffn.w2.weight", "embed.weight"}) {
+    SCOPED_TRACE(n);
+    const Tensor &a = gf.get(n), &b = gb.get(n), &b2 = gb2.get(n);
+    EXPECT_TRUE(pf_test::bit_equal(b, b2));
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < a.numel(); ++i) {
+      const double d = double(b.data<float>()[i]) - a.data<float>()[i];
+      num += d * d, den += double(a.data<float>()[i]) * a.data<float>()[i];
+    }
+    EXPECT_GT(num, 0.0);
+    EXPECT_LT(std::sqrt(num / den), 2e-2);
+  }
+}
+
+}  // namespace
