@@ -19,7 +19,9 @@ ap = argparse.ArgumentParser()
 ap.add_argument("run")
 ap.add_argument("out")
 ap.add_argument("--batch", type=int, default=128)
-ap.add_argument("--test-acc", type=float, default=None, help="final test accuracy to mark")
+ap.add_argument("--test-acc", type=float, default=None, help="final test accuracy (%%) to mark")
+ap.add_argument("--tta-acc", type=float, default=None,
+                help="final test accuracy (%%) with eval --tta flip, to mark")
 ap.add_argument("--machine", default="2 threads, 2-core machine",
                 help="what the run ran on, for the x axis label")
 a = ap.parse_args()
@@ -39,6 +41,9 @@ ax.plot([t / 60 for _, t, _, _ in rows], [100 * acc for _, _, acc, _ in rows], "
         label="posformer ViT (validation)")
 if a.test_acc:
     ax.plot([rows[-1][1] / 60], [a.test_acc], "s", color="#d94801", label="test set, end")
+if a.tta_acc:
+    ax.plot([rows[-1][1] / 60], [a.tta_acc], "^", color="#6a51a3",
+            label="test set, end, flip test-time augmentation")
 for name, v in [("MLP 88.3", 88.3), ("XGBoost 89.8", 89.8), ("2-conv TF tutorial 91.6", 91.6),
                 ("HOG+SVM 92.6", 92.6)]:
     ax.axhline(v, color="#969696", lw=0.8, ls="--")

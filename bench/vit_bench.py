@@ -1,4 +1,5 @@
-"""The PyTorch peer of posformer's ViT training (bench/vit_bench.sh): the same model, fp32.
+"""The PyTorch peer of posformer's ViT training (bench/vit_bench.sh): the same model, fp32
+(or with --autocast bf16, PyTorch's CPU mixed precision, against posformer's --precision bf16).
 
     python3 vit_bench.py --config configs/vit-fashion-mnist.json --batch 128 --steps 30 --warm 5
 
@@ -33,6 +34,9 @@ p.add_argument("--batch", type=int, default=128)
 p.add_argument("--steps", type=int, default=30, help="steps in all, warm-up included")
 p.add_argument("--warm", type=int, default=5)
 p.add_argument("--threads", type=int, default=2)
+p.add_argument("--autocast", choices=["none", "bf16"], default="none",
+               help="bf16: forward and loss under torch.autocast('cpu', bfloat16), PyTorch's mixed "
+                    "precision (the peer of posformer's train --precision bf16)")
 p.add_argument("--data", default="/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz",
                help="IDX images (gz); 'random' for uniform noise")
 p.add_argument("--count-params", action="store_true", help="print the parameter count and exit")
@@ -203,7 +207,8 @@ for step in range(args.steps):
     t = time.perf_counter()
     idx = torch.randint(0, images.shape[0], (args.batch,), generator=gen)
     x = images[idx].float() * (1.0 / 255) if images.dtype == torch.uint8 else images[idx]
-    loss = F.cross_entropy(model(x), labels[idx])
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.autocast == "bf16"):
+        loss = F.cross_entropy(model(x), labels[idx])
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -212,4 +217,4 @@ for step in range(args.steps):
 wall = time.perf_counter() - t_all
 timed = args.steps - args.warm
 print(json.dumps({"img_s": timed * args.batch / wall, "img_s_median_step": args.batch / statistics.median(ts[args.warm:]),
-                  "params": n_params, "loss": loss.item(), "settings": SETTINGS, "torch": torch.__version__}))
+                  "params": n_params, "loss": loss.item(), "settings": SETTINGS, "torch": torch.__version__, "autocast": args.autocast}))

@@ -4,6 +4,8 @@
 #
 #   bash bench/vit_bench.sh [POSFORMER_BINARY]      (default: build/posformer)
 #   env: ROUNDS=3 STEPS=30 WARM=5 BATCH=128 THREADS=2 POSITIONS="rope_2d learned_2d"
+#        PRECISION=f32 (bf16: posformer --precision bf16 against PyTorch under
+#        torch.autocast("cpu", bfloat16), both mixed precision)
 #        CONFIG=configs/vit-fashion-mnist.json WORK=/tmp/posformer-vit-bench
 #
 # Model: CONFIG (Fashion-MNIST 28x28 gray, patch 7 = 16 patches + CLS, d 128, 4 layers, 4 heads,
@@ -30,6 +32,12 @@ STEPS=${STEPS:-30}
 WARM=${WARM:-5}
 BATCH=${BATCH:-128}
 THREADS=${THREADS:-2}
+PRECISION=${PRECISION:-f32}
+case "$PRECISION" in
+  f32) AUTOCAST=none ;;
+  bf16) AUTOCAST=bf16 ;;
+  *) echo "vit_bench: PRECISION must be f32 or bf16, got '$PRECISION'" >&2; exit 1 ;;
+esac
 POSITIONS=${POSITIONS:-rope_2d learned_2d}
 CONFIG=$(realpath "${CONFIG:-$ROOT/configs/vit-fashion-mnist.json}")
 WORK=${WORK:-/tmp/posformer-vit-bench}
@@ -69,7 +77,7 @@ EOF
   [[ "$pp" == "$tp" ]] || { echo "vit_bench: parameter counts differ for $pos" >&2; exit 1; }
 done
 
-echo "posformer: $POSFORMER; config $CONFIG; rounds $ROUNDS, steps $STEPS (warm-up $WARM), batch $BATCH, threads $THREADS"
+echo "posformer: $POSFORMER; config $CONFIG; rounds $ROUNDS, steps $STEPS (warm-up $WARM), batch $BATCH, threads $THREADS, precision $PRECISION (PyTorch autocast: $AUTOCAST)"
 echo "machine: $(lscpu | grep -m1 'Model name' | cut -d: -f2 | xargs), $(nproc) CPUs; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 for ((r = 1; r <= ROUNDS; ++r)); do
@@ -77,7 +85,8 @@ for ((r = 1; r <= ROUNDS; ++r)); do
     out="$WORK/run-$pos-$r"
     rm -rf "$out"
     "$POSFORMER" train --config "$WORK/$pos.json" --data fashion-mnist --out "$out" --steps "$STEPS" \
-      --batch "$BATCH" --eval-every 0 --ckpt-every 0 --val-fraction 0 --threads "$THREADS" --quiet >/dev/null
+      --batch "$BATCH" --eval-every 0 --ckpt-every 0 --val-fraction 0 --threads "$THREADS" \
+      --precision "$PRECISION" --quiet >/dev/null
     "$PY" - "$out/metrics.jsonl" "$WARM" "$pos" "$r" "$(cut -d' ' -f1 /proc/loadavg)" >> "$RES" <<'EOF'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if '"images_per_s"' in l]
@@ -89,7 +98,7 @@ print(json.dumps({"who": "posformer", "pos": sys.argv[3], "round": int(sys.argv[
 EOF
     tail -n1 "$RES"
     peer_env "$PY" "$ROOT/bench/vit_bench.py" --config "$WORK/$pos.json" --batch "$BATCH" \
-      --steps "$STEPS" --warm "$WARM" --threads "$THREADS" > "$WORK/torch-$pos-$r.json"
+      --steps "$STEPS" --warm "$WARM" --threads "$THREADS" --autocast "$AUTOCAST" > "$WORK/torch-$pos-$r.json"
     "$PY" - "$WORK/torch-$pos-$r.json" "$pos" "$r" "$(cut -d' ' -f1 /proc/loadavg)" >> "$RES" <<'EOF'
 import json, sys
 t = json.load(open(sys.argv[1]))
