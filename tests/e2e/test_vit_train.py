@@ -47,6 +47,16 @@ def strip_speed(rows):
     return [{k: v for k, v in r.items() if k != "images_per_s"} for r in rows]
 
 
+def same_run(x, y):
+    """(metrics lines of x, whether y's equal them, whether the weight files are byte-equal)"""
+    lx, ly = strip_speed(losses(x)), strip_speed(losses(y))
+    with open(os.path.join(x, "model.safetensors"), "rb") as f:
+        wx = f.read()
+    with open(os.path.join(y, "model.safetensors"), "rb") as f:
+        wy = f.read()
+    return lx, lx == ly, wx == wy
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--posformer", required=True)
@@ -90,13 +100,9 @@ def main():
         if rc1 or rc2 or rc3:
             check("resume", False, (e1 + e2 + e3).strip()[-300:])
         else:
-            la, lb = strip_speed(losses(a)), strip_speed(losses(b))
-            with open(os.path.join(a, "model.safetensors"), "rb") as f:
-                wa = f.read()
-            with open(os.path.join(b, "model.safetensors"), "rb") as f:
-                wb = f.read()
-            check("resume_bit_exact", la == lb and wa == wb and len(la) > 30,
-                  f"{len(la)} metrics lines equal: {la == lb}, weights equal: {wa == wb}")
+            la, eq, weq = same_run(a, b)
+            check("resume_bit_exact", eq and weq and len(la) > 30,
+                  f"{len(la)} metrics lines equal: {eq}, weights equal: {weq}")
             with open(os.path.join(b, "train.json")) as f:
                 kept = json.load(f)
             with open(os.path.join(b, "config.json")) as f:
@@ -121,16 +127,12 @@ def main():
         if rc1 or rc2 or rc3:
             check("bf16_resume", False, (e1 + e2 + e3).strip()[-300:])
         else:
-            lc, ld = strip_speed(losses(c)), strip_speed(losses(d))
-            with open(os.path.join(c, "model.safetensors"), "rb") as f:
-                wc = f.read()
-            with open(os.path.join(d, "model.safetensors"), "rb") as f:
-                wd = f.read()
+            lc, eq, weq = same_run(c, d)
             with open(os.path.join(d, "train.json")) as f:
                 kept = json.load(f)
-            check("bf16_resume_bit_exact", lc == ld and wc == wd and len(lc) > 20
+            check("bf16_resume_bit_exact", eq and weq and len(lc) > 20
                   and kept.get("precision") == "bf16",
-                  f"{len(lc)} metrics lines equal: {lc == ld}, weights equal: {wc == wd}, "
+                  f"{len(lc)} metrics lines equal: {eq}, weights equal: {weq}, "
                   f"kept precision {kept.get('precision')}")
             # the first step's loss is the initial model's (same data, dropout masks and init
             # as run a): bf16 moves it, but only by bf16's rounding

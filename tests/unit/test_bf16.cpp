@@ -37,14 +37,6 @@ float bits_to_float(uint32_t u) {
   return f;
 }
 
-std::vector<float> randu(size_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-  std::vector<float> v(n);
-  for (float& x : v) x = u(rng);
-  return v;
-}
-
 // round to bf16 and back (the scalar definition)
 float rb(float x) {
   return bf16_bits_to_float(to_bf16_bits(x));
@@ -67,7 +59,7 @@ TEST(Bf16, ScalarRoundingIsNearestEven) {
 }
 
 TEST(Bf16, KernelMatchesScalarOnEveryTarget) {
-  std::vector<float> x = randu(1000, 3);
+  std::vector<float> x = pf_test::randn(1000, 3);
   for (float& v : x) v *= 1e3f;
   const uint32_t special[] = {0x3f808000u, 0x3f818000u, 0x7f800000u, 0xff800000u,
                               0x7f800001u, 0xffc00000u, 0x00000001u, 0x00018000u,
@@ -109,6 +101,13 @@ Ref reference(int64_t M, int64_t N, int64_t K, const FA& A, const FB& B) {
   return r;
 }
 
+// the reference of beta = 1 applied to a result that already holds the product: twice it
+Ref doubled(Ref r) {
+  for (double& v : r.c) v *= 2;
+  for (double& v : r.scale) v *= 2;
+  return r;
+}
+
 // max over entries of |got - want| / scale (got at row stride ld)
 double worst(const float* got, int64_t ld, const Ref& want, int64_t M, int64_t N) {
   double w = 0;
@@ -138,14 +137,14 @@ TEST(Bf16, LinearForwardDxAndDwMatchRoundedReference) {
                          {5, 130, 33},
                          {300, 64, 512}}) {
     SCOPED_TRACE(testing::Message() << "M " << M << " N " << N << " K " << K);
-    const auto W = randu(size_t(N * K), uint32_t(N + K));  // [N, K]
-    const auto b = randu(size_t(N), 9);
+    const auto W = pf_test::randn(size_t(N * K), uint32_t(N + K));  // [N, K]
+    const auto b = pf_test::randn(size_t(N), 9);
     PackedWeight pw;
     pw.pack(W.data(), N, K, true, Precision::BF16);
     EXPECT_EQ(pw.precision(), Precision::BF16);
     // forward y = x W^T + b, x with a padded row stride
     const int64_t ldx = K + 5;
-    const auto x = randu(size_t(M * ldx), uint32_t(M));
+    const auto x = pf_test::randn(size_t(M * ldx), uint32_t(M));
     // linear_packed reads dense rows of K: give it a dense copy, keep the strided one for dW
     std::vector<float> xd(size_t(M * K));
     for (int64_t i = 0; i < M; ++i)
@@ -178,7 +177,7 @@ TEST(Bf16, LinearForwardDxAndDwMatchRoundedReference) {
     EXPECT_EQ(std::memcmp(y.data(), y2.data(), y.size() * 4), 0);
 
     // dx = dy W, beta 0 and 1, padded dx stride
-    const auto dy = randu(size_t(M * N), uint32_t(M * 3 + 1));
+    const auto dy = pf_test::randn(size_t(M * N), uint32_t(M * 3 + 1));
     const int64_t lddx = K + 3;
     std::vector<float> dx(size_t(M * lddx), std::nanf(""));
     linear_dx_packed(dy.data(), N, pw, 0.0f, dx.data(), lddx, M);
@@ -188,10 +187,7 @@ TEST(Bf16, LinearForwardDxAndDwMatchRoundedReference) {
     EXPECT_LE(worst(dx.data(), lddx, wdx, M, K), bound(N)) << "dx";
     std::vector<float> dx1 = dx;
     linear_dx_packed(dy.data(), N, pw, 1.0f, dx1.data(), lddx, M);  // dx1 = 2 dy W
-    Ref wdx2 = wdx;
-    for (double& v : wdx2.c) v *= 2;
-    for (double& v : wdx2.scale) v *= 2;
-    EXPECT_LE(worst(dx1.data(), lddx, wdx2, M, K), bound(N)) << "dx beta 1";
+    EXPECT_LE(worst(dx1.data(), lddx, doubled(wdx), M, K), bound(N)) << "dx beta 1";
 
     // dW = dy^T x (strided x), beta 0 then 1
     std::vector<float> dW(size_t(N * K), std::nanf(""));
@@ -206,10 +202,7 @@ TEST(Bf16, LinearForwardDxAndDwMatchRoundedReference) {
     EXPECT_GT(worst(dW.data(), K, edw, N, K), 1e-4) << "dW ran unrounded";
     std::vector<float> dW1 = dW;
     linear_dw(dy.data(), N, x.data(), ldx, 1.0f, dW1.data(), M, N, K, Precision::BF16);
-    Ref wdw2 = wdw;
-    for (double& v : wdw2.c) v *= 2;
-    for (double& v : wdw2.scale) v *= 2;
-    EXPECT_LE(worst(dW1.data(), K, wdw2, N, K), bound(M)) << "dW beta 1";
+    EXPECT_LE(worst(dW1.data(), K, doubled(wdw), N, K), bound(M)) << "dW beta 1";
     // F32 dW: the unrounded reference
     std::vector<float> dWf(size_t(N * K), std::nanf(""));
     linear_dw(dy.data(), N, x.data(), ldx, 0.0f, dWf.data(), M, N, K, Precision::F32);
