@@ -77,7 +77,7 @@ def t_bad_flags_refused():
         (["--config", learned, "--seq-len", 65], "exceeds the learned position table (max_len 64)"),
         (["--config", os.path.join(W, "missing.json")], "missing.json"),
         (["--config", write("bad.json", dict(BASE, arch="decoder", n_heads=5))], "n_heads"),
-        (["--config", path, "--precision", "bf16", "--measure", 1], "--measure trains in fp32"),
+        (["--config", path, "--precision", "bf16", "--measure", 1], "--measure trains with fp32 storage"),
     ]
     for argv, words in cases:
         p = run("cost", *argv, ok=False)

@@ -284,8 +284,9 @@ Command add_cost(CLI::App& root) {
             nlohmann::json meas;
             if (a->measure > 0) {
               PF_CHECK(c.options.precision == Precision::Fp32,
-                       "[cost] --measure trains in fp32 (posformer has no bf16 training); drop "
-                       "--precision bf16");
+                       "[cost] --measure trains with fp32 storage (train --precision bf16 rounds "
+                       "only the matmul operands; cost's bf16 is SPEC 7's full-bf16 formula); "
+                       "drop --precision bf16");
               PF_CHECK(c.config.head == Head::Lm || c.config.is_vit(),
                        "[cost] --measure trains: the model needs an LM head");
               set_threads(a->threads);
