@@ -226,44 +226,62 @@ TEST(Bf16, BadInputsAreRefusedByName) {
 
 // A model with bf16 matmuls: deterministic, loss and gradients within bf16's reach of float32
 // (relative 2e-2), and not equal to them (the rounding is in effect in forward and backward).
+// Two models: a GELU decoder (q, k, v sharing one rounded input) and a SwiGLU encoder-decoder
+// (w1 and w3 sharing one; cross-attention's k, v reading the encoder output instead).
 TEST(Bf16, ModelLossAndGradientsNearFloat32) {
-  const nlohmann::json j = {
+  const nlohmann::json dec = {
       {"arch", "decoder"}, {"d_model", 64},    {"n_layers", 2}, {"n_heads", 4},
       {"d_ff", 128},       {"vocab_size", 50}, {"max_len", 32}, {"position", {{"type", "rope"}}}};
-  Transformer m = Transformer::random_init(parse_config(j), 11);
-  TokenBatch tok, tgt;
-  std::mt19937 rng(5);
-  for (int b = 0; b < 3; ++b) {
-    std::vector<int32_t> t(17);
-    for (auto& v : t) v = int32_t(rng() % 50);
-    tok.push_back(std::vector<int32_t>(t.begin(), t.end() - 1));
-    tgt.push_back(std::vector<int32_t>(t.begin() + 1, t.end()));
-  }
-  auto run = [&](Precision p) {
-    m.set_matmul_precision(p);
-    m.pack_weights(true);
-    ParamStore g = m.zero_grads();
-    const double l = m.loss_and_grad(tok, tgt, g).loss;
-    return std::make_pair(l, g);
-  };
-  const auto [lf, gf] = run(Precision::F32);
-  const auto [lb, gb] = run(Precision::BF16);
-  const auto [lb2, gb2] = run(Precision::BF16);
-  EXPECT_EQ(lb, lb2);
-  EXPECT_NE(lb, lf);
-  EXPECT_NEAR(lb, lf, 2e-2 * std::abs(lf));
-  for (const char* n : {"decoder.layers.0.attn.q.weight", "decoder.layers.1.ffn.w1.weight",
-                        "decoder.layers.0.ffn.w2.weight", "embed.weight"}) {
-    SCOPED_TRACE(n);
-    const Tensor &a = gf.get(n), &b = gb.get(n), &b2 = gb2.get(n);
-    EXPECT_TRUE(pf_test::bit_equal(b, b2));
-    double num = 0, den = 0;
-    for (int64_t i = 0; i < a.numel(); ++i) {
-      const double d = double(b.data<float>()[i]) - a.data<float>()[i];
-      num += d * d, den += double(a.data<float>()[i]) * a.data<float>()[i];
+  nlohmann::json encdec = dec;
+  encdec["arch"] = "encoder_decoder", encdec["activation"] = "swiglu";
+  for (const nlohmann::json& j : {dec, encdec}) {
+    const bool cross = j["arch"] == "encoder_decoder";
+    SCOPED_TRACE(j.dump());
+    Transformer m = Transformer::random_init(parse_config(j), 11);
+    TokenBatch tok, tgt, src;
+    std::mt19937 rng(5);
+    for (int b = 0; b < 3; ++b) {
+      std::vector<int32_t> t(17);
+      for (auto& v : t) v = int32_t(rng() % 50);
+      tok.push_back(std::vector<int32_t>(t.begin(), t.end() - 1));
+      tgt.push_back(std::vector<int32_t>(t.begin() + 1, t.end()));
+      src.push_back(std::vector<int32_t>(t.begin() + 3, t.end()));  // 14 source tokens
     }
-    EXPECT_GT(num, 0.0);
-    EXPECT_LT(std::sqrt(num / den), 2e-2);
+    ForwardOptions fo;
+    if (cross) fo.src = &src;
+    auto run = [&](Precision p) {
+      m.set_matmul_precision(p);
+      m.pack_weights(true);
+      ParamStore g = m.zero_grads();
+      const double l = m.loss_and_grad(tok, tgt, g, fo).loss;
+      return std::make_pair(l, g);
+    };
+    const auto [lf, gf] = run(Precision::F32);
+    const auto [lb, gb] = run(Precision::BF16);
+    const auto [lb2, gb2] = run(Precision::BF16);
+    EXPECT_EQ(lb, lb2);
+    EXPECT_NE(lb, lf);
+    EXPECT_NEAR(lb, lf, 2e-2 * std::abs(lf));
+    std::vector<std::string> names = {"decoder.layers.0.attn.q.weight",
+                                      "decoder.layers.1.ffn.w1.weight",
+                                      "decoder.layers.0.ffn.w2.weight", "embed.weight"};
+    if (cross)
+      for (const char* n :
+           {"decoder.layers.0.cross_attn.k.weight", "decoder.layers.1.ffn.w3.weight",
+            "encoder.layers.0.attn.v.weight", "encoder.layers.1.ffn.w3.weight"})
+        names.push_back(n);
+    for (const std::string& n : names) {
+      SCOPED_TRACE(n);
+      const Tensor &a = gf.get(n), &b = gb.get(n), &b2 = gb2.get(n);
+      EXPECT_TRUE(pf_test::bit_equal(b, b2));
+      double num = 0, den = 0;
+      for (int64_t i = 0; i < a.numel(); ++i) {
+        const double d = double(b.data<float>()[i]) - a.data<float>()[i];
+        num += d * d, den += double(a.data<float>()[i]) * a.data<float>()[i];
+      }
+      EXPECT_GT(num, 0.0);
+      EXPECT_LT(std::sqrt(num / den), 2e-2);
+    }
   }
 }
 
