@@ -45,11 +45,9 @@ constexpr int64_t kRefM = 128;
 
 // rows x cols floats (row stride ld) rounded to bfloat16 into a thread-local dense buffer.
 const uint16_t* round_bf16(const float* A, int64_t ld, int64_t rows, int64_t cols, int slot) {
-  thread_local std::vector<uint16_t> buf[3];
-  std::vector<uint16_t>& b = buf[slot];
-  if (b.size() < static_cast<size_t>(rows * cols)) b.resize(static_cast<size_t>(rows * cols));
-  kernels::cpu::to_bf16(A, ld, rows, cols, b.data());
-  return b.data();
+  thread_local Bf16Rows buf[3];
+  buf[slot].round(A, ld, rows, cols);
+  return buf[slot].bits.data();
 }
 
 // dense bfloat16 [rows, cols] widened to float32 (exact) into a thread-local buffer.
@@ -84,7 +82,8 @@ std::shared_ptr<const PackedWeight::Impl> pack_b(const float* W, int64_t rows, i
     kernels::cpu::to_bf16(W, wc, wr, wc, wb.data());
     memory src({{rows, cols}, dt::bf16, plain_tag}, engine(), wb.data());
     dnnl::reorder(src, impl->mem).execute(stream(), src, impl->mem);
-    stream().wait();
+    stream().wait();  // before wb goes
+    return impl;
   }
   stream().wait();
   return impl;

@@ -4,6 +4,7 @@
 
 #include "kernels.h"
 #include "parallel.h"
+#include "posformer/ops/packed_linear.h"
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "../src/kernels/cpu/act_kernels.cpp"  // relative to include/
@@ -183,13 +184,7 @@ void to_bf16_kernel(const float* x, uint16_t* y, size_t n) {
     const auto r = hn::IfThenElse(hn::RebindMask(du, nan), hn::Or(hi, quiet), rounded);
     hn::StoreU(hn::DemoteTo(d16, hn::BitCast(di, r)), d16, y + i);
   }
-  for (; i < n; ++i) {
-    uint32_t u;
-    std::memcpy(&u, x + i, 4);
-    y[i] = (u & 0x7fffffffu) > 0x7f800000u
-               ? static_cast<uint16_t>((u >> 16) | 0x40u)
-               : static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-  }
+  for (; i < n; ++i) y[i] = ops::to_bf16_bits(x[i]);  // tail: the scalar definition
 }
 
 // op 0: y = silu(a) * b; op 1: y = a + b.
