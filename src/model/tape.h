@@ -8,6 +8,7 @@
 #include "posformer/model/transformer.h"
 #include "posformer/ops/activation.h"
 #include "posformer/ops/dropout.h"
+#include "posformer/ops/packed_linear.h"
 
 namespace posformer {
 
@@ -29,6 +30,9 @@ struct SubTape {
   Tensor f1, f3;                     // FFN pre-activations (w1 x + b1, w3 x + b3)  [B*T, F]
   Tensor fa;                         // FFN activation, input of w2             [B*T, F]
   Tensor out;                        // f(h)                                     [B*T, d]
+  // bf16 training: h, att and fa as the forward's bf16 matmuls read them (rounded once, by
+  // their producer where it can), reused by the weight gradients (linear_backward checks holds)
+  ops::Bf16Rows hb, attb, fab;
 };
 
 // Sizes used by forward and backward: d = d_model, HD = H*D query width, KD = Hkv*D.
@@ -40,6 +44,8 @@ struct Transformer::Geometry {
 
 // Norm of each sublayer: self-attention, cross-attention, FFN.
 inline constexpr const char* kSublayerNorms[3] = {"attn_norm", "cross_norm", "ffn_norm"};
+// The first linear of the attention sublayers (self, cross): their query projection.
+inline constexpr const char* kSublayerAttn[2] = {"attn.q", "cross_attn.q"};
 
 struct StackTape;
 

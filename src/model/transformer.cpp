@@ -246,13 +246,19 @@ Transformer::Geometry Transformer::geometry() const {
   return g;
 }
 
-void Transformer::norm_fwd(const std::string& n, const float* in, float* out, int64_t rows) const {
+void Transformer::norm_fwd(const std::string& n, const float* in, float* out, int64_t rows,
+                           uint16_t* out_bf16) const {
   if (cfg_.norm == Norm::LayerNorm)
     ops::layernorm(in, params_.f32(n + ".weight"), params_.f32(n + ".bias"), out, rows,
-                   cfg_.d_model, static_cast<float>(cfg_.norm_eps));
+                   cfg_.d_model, static_cast<float>(cfg_.norm_eps), out_bf16);
   else
     ops::rmsnorm(in, params_.f32(n + ".weight"), out, rows, cfg_.d_model,
-                 static_cast<float>(cfg_.norm_eps));
+                 static_cast<float>(cfg_.norm_eps), out_bf16);
+}
+
+bool Transformer::bf16_weight(const std::string& n) const {
+  const auto it = packed_.find(n + ".weight");
+  return it != packed_.end() && it->second.precision() == ops::Precision::BF16;
 }
 
 const ops::Bf16Rows* Transformer::shared_bf16_input(const std::string& n, const float* in,
@@ -348,7 +354,9 @@ void Transformer::attention_sublayer(const Stack& st, StackCall& c, int64_t l, b
   float* v = c.buf(&SubTape::v, keep, {B * Tkv, g.KD});
   float* att = c.buf(&SubTape::att, keep, {BT, g.HD});
   KVCache* cache = c.cache;
-  const ops::Bf16Rows* inb = shared_bf16_input(a + ".q", in, BT, d);  // q, k, v read `in`
+  // q, k, v read `in`: rounded once (by the norm when training, kept in the tape)
+  const ops::Bf16Rows* inb =
+      keep && keep->hb.holds(in, d, BT, d) ? &keep->hb : shared_bf16_input(a + ".q", in, BT, d);
   lin_fwd(a + ".q", in, q, BT, g.HD, d, {}, inb);
   const bool cached_cross = cache && !self && cache->ck[l].numel() > 0;
   if (!cached_cross) {
@@ -392,7 +400,9 @@ void Transformer::attention_sublayer(const Stack& st, StackCall& c, int64_t l, b
     desc.hook = hook.get();
     st.attn->forward(desc, keep ? &keep->saved : nullptr);
   }
-  lin_fwd(a + ".o", att, out, BT, d, g.HD, {ops::Act::Identity, acc});
+  const ops::Bf16Rows* attb = nullptr;  // training in bf16: kept for the o weight's gradient
+  if (keep && bf16_weight(a + ".o")) keep->attb.round(att, g.HD, BT, g.HD), attb = &keep->attb;
+  lin_fwd(a + ".o", att, out, BT, d, g.HD, {ops::Act::Identity, acc}, attb);
 }
 
 // Dynamic NTK: the frequencies follow the current length, so the keys cached at an earlier
@@ -418,16 +428,23 @@ void Transformer::ffn_sublayer(const Stack& st, StackCall& c, int64_t l, const f
   float* fa = keep ? c.buf(&SubTape::fa, keep, {BT, g.F}) : f1;  // in place when inferring
   // inference on packed weights: bias + activation in the W1 gemm's epilogue
   const bool fuse_act = !keep && !g.swiglu && weights_packed();
-  const ops::Bf16Rows* inb = g.swiglu ? shared_bf16_input(w1, in, BT, d) : nullptr;  // w1, w3
+  // w1 (and w3) read `in`: rounded once (by the norm when training, kept in the tape)
+  const ops::Bf16Rows* inb = keep && keep->hb.holds(in, d, BT, d) ? &keep->hb
+                             : g.swiglu                           ? shared_bf16_input(w1, in, BT, d)
+                                                                  : nullptr;
   lin_fwd(w1, in, f1, BT, g.F, d, {fuse_act ? g.act : ops::Act::Identity, false}, inb);
+  const std::string w2 = lname(st.prefix, l, "ffn.w2");
+  // training in bf16: fa rounded once (by the activation) for w2 and its weight gradient
+  ops::Bf16Rows* fab = keep && bf16_weight(w2) ? &keep->fab : nullptr;
   if (g.swiglu) {
     float* f3 = c.buf(&SubTape::f3, keep, {BT, g.F});
     lin_fwd(w3, in, f3, BT, g.F, d, {}, inb);
     ops::swiglu(f1, f3, fa, BT * g.F);
+    if (fab) fab->round(fa, g.F, BT, g.F);
   } else if (!fuse_act) {
-    ops::activation(g.act, f1, fa, BT * g.F);
+    ops::activation(g.act, f1, fa, BT * g.F, fab ? fab->prepare(fa, g.F, BT, g.F) : nullptr);
   }
-  lin_fwd(lname(st.prefix, l, "ffn.w2"), fa, out, BT, d, g.F, {ops::Act::Identity, acc});
+  lin_fwd(w2, fa, out, BT, d, g.F, {ops::Act::Identity, acc}, fab);
 }
 
 // One residual sublayer of layer l in place on x [BT, d]: pre-LN x = x + f(N(x)), post-LN
@@ -439,6 +456,7 @@ void Transformer::residual_sublayer(const Stack& st, StackCall& c, int64_t l, in
   SubTape* keep = c.tape ? &c.tape->layers[l][sub] : nullptr;
   const std::string nn = lname(st.prefix, l, kSublayerNorms[sub]);
   float* h = c.buf(&SubTape::h, keep, {BT, d});
+  if (keep) keep->hb.clear(), keep->attb.clear(), keep->fab.clear();  // refilled below if bf16
   // inference on packed weights: the residual add fused into the sublayer's last gemm (x += ...;
   // its input is never x itself, so reading x earlier in f is safe)
   const bool acc = !keep && weights_packed();
@@ -458,7 +476,9 @@ void Transformer::residual_sublayer(const Stack& st, StackCall& c, int64_t l, in
   };
   if (g.pre) {  // x = x + f(N(x))
     if (keep) std::copy_n(x, BT * d, c.buf(&SubTape::norm_in, keep, {BT, d}));
-    norm_fwd(nn, x, h, BT);
+    // training in bf16: h also rounded by the norm, for f's first linears and their gradients
+    const std::string first = lname(st.prefix, l, sub == 2 ? "ffn.w1" : kSublayerAttn[sub]);
+    norm_fwd(nn, x, h, BT, keep && bf16_weight(first) ? keep->hb.prepare(h, d, BT, d) : nullptr);
     f(h);
     drop();
     if (!acc) ops::add_inplace(x, out, BT * d);

@@ -109,7 +109,8 @@ void linear_backward(const ParamStore& params,
                      const std::map<std::string, ops::PackedWeight>& packed, ParamStore& grads,
                      const std::string& n, const float* x, int64_t ldx, const float* dy,
                      int64_t lddy, float* dx, int64_t lddx, int64_t M, int64_t N, int64_t K,
-                     float beta, const ops::Bf16Rows* xb = nullptr) {
+                     float beta, const ops::Bf16Rows* xb = nullptr,
+                     const ops::Bf16Rows* dyb_in = nullptr) {
   float* dW = grads.f32(n + ".weight");
   float* db = grads.has(n + ".bias") ? grads.f32(n + ".bias") : nullptr;
   const float* W = params.f32(n + ".weight");
@@ -126,7 +127,10 @@ void linear_backward(const ParamStore& params,
   thread_local ops::Bf16Rows dyr, xr;
   const ops::Bf16Rows* dyb = nullptr;
   if (bf16) {
-    dyr.round(dy, lddy, M, N), dyb = &dyr;
+    if (dyb_in && dyb_in->holds(dy, lddy, M, N))
+      dyb = dyb_in;  // rounded by its producer
+    else
+      dyr.round(dy, lddy, M, N), dyb = &dyr;
     if (!xb || !xb->holds(x, ldx, M, K)) xr.round(x, ldx, M, K), xb = &xr;
   }
   concurrently(
@@ -170,7 +174,7 @@ void Transformer::attention_sublayer_backward(const Stack& st, StackGradCall& c,
   ParamStore& grads = c.grads;
   // out = att Wo^T + bo
   linear_backward(params_, packed_, grads, a + ".o", sp.att.data<float>(), g.HD, dout, d, c.datt,
-                  g.HD, BT, d, g.HD, 0.0f);
+                  g.HD, BT, d, g.HD, 0.0f, &sp.attb);
   AttnDesc desc = attn_desc(st, self, c.tape.in, Tk);
   desc.q = sp.q.data<float>(), desc.k = sp.k.data<float>(), desc.v = sp.v.data<float>();
   desc.params = &params_, desc.param_prefix = a + ".";
@@ -200,7 +204,9 @@ void Transformer::attention_sublayer_backward(const Stack& st, StackGradCall& c,
   const float* kv_in = self ? sp.h.data<float>() : c.enc;
   float* dkv_in = self ? dhin : c.d_enc;
   // q, k, v read h (self): rounded to bf16 once for their three weight gradients
-  const ops::Bf16Rows* hb = shared_bf16_input(a + ".q", sp.h.data<float>(), BT, d);
+  const ops::Bf16Rows* hb = sp.hb.holds(sp.h.data<float>(), d, BT, d)
+                                ? &sp.hb
+                                : shared_bf16_input(a + ".q", sp.h.data<float>(), BT, d);
   linear_backward(params_, packed_, grads, a + ".q", sp.h.data<float>(), d, c.dq, g.HD, dhin, d, BT,
                   g.HD, d, 0.0f, hb);
   linear_backward(params_, packed_, grads, a + ".k", kv_in, d, c.dk, g.KD, dkv_in, d, B * Tk, g.KD,
@@ -218,19 +224,25 @@ void Transformer::ffn_sublayer_backward(const Stack& st, StackGradCall& c, int64
   float *df1 = c.df1, *df3 = c.df3;
   // out = fa W2^T + b2
   linear_backward(params_, packed_, c.grads, lname(st.prefix, l, "ffn.w2"), sp.fa.data<float>(),
-                  g.F, dout, d, df1, ldf, BT, d, g.F, 0.0f);
+                  g.F, dout, d, df1, ldf, BT, d, g.F, 0.0f, &sp.fab);
   if (g.swiglu) {  // fa = silu(f1) * f3
     kernels::cpu::swiglu_backward_rows(sp.f1.data<float>(), sp.f3.data<float>(), g.F, df1, df1, ldf,
                                        df3, ldf, BT, g.F);
-    const ops::Bf16Rows* hb = shared_bf16_input(w1, sp.h.data<float>(), BT, d);  // w1, w3 read h
+    const ops::Bf16Rows* hb = sp.hb.holds(sp.h.data<float>(), d, BT, d)  // w1, w3 read h
+                                  ? &sp.hb
+                                  : shared_bf16_input(w1, sp.h.data<float>(), BT, d);
     linear_backward(params_, packed_, c.grads, w3, sp.h.data<float>(), d, df3, ldf, dhin, d, BT,
                     g.F, d, 0.0f, hb);
     linear_backward(params_, packed_, c.grads, w1, sp.h.data<float>(), d, df1, ldf, dhin, d, BT,
                     g.F, d, 1.0f, hb);
   } else {  // fa = act(f1)
-    kernels::cpu::act_backward_rows(g.act, sp.f1.data<float>(), g.F, df1, ldf, df1, ldf, BT, g.F);
+    // bf16: df1 rounded by the activation's backward for w1's dx and dW
+    thread_local ops::Bf16Rows df1b;
+    const bool b16 = bf16_weight(w1);
+    kernels::cpu::act_backward_rows(g.act, sp.f1.data<float>(), g.F, df1, ldf, df1, ldf, BT, g.F,
+                                    b16 ? df1b.prepare(df1, ldf, BT, g.F) : nullptr);
     linear_backward(params_, packed_, c.grads, w1, sp.h.data<float>(), d, df1, ldf, dhin, d, BT,
-                    g.F, d, 0.0f);
+                    g.F, d, 0.0f, &sp.hb, b16 ? &df1b : nullptr);
   }
 }
 

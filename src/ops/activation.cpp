@@ -104,9 +104,13 @@ void add_inplace(float* y, const float* x, int64_t n) {
 }  // namespace ref
 
 void activation(Act act, const float* x, float* y, int64_t n) {
+  activation(act, x, y, n, nullptr);
+}
+
+void activation(Act act, const float* x, float* y, int64_t n, uint16_t* y_bf16) {
   check_act(act);
   check_n("activation", n, x, y);
-  kernels::cpu::act_rows(act, x, nullptr, y, 1, n);
+  kernels::cpu::act_bf16(act, x, y, y_bf16, n);
 }
 
 void bias_act(Act act, float* y, const float* bias, int64_t rows, int64_t cols) {

@@ -53,13 +53,23 @@ void rmsnorm(const float* x, const float* g, float* y, int64_t rows, int64_t col
 
 void layernorm(const float* x, const float* g, const float* b, float* y, int64_t rows, int64_t cols,
                float eps) {
-  check_norm("layernorm", x, g, y, rows, cols, eps);
-  kernels::cpu::layernorm(x, g, b, y, rows, cols, eps);
+  layernorm(x, g, b, y, rows, cols, eps, nullptr);
 }
 
 void rmsnorm(const float* x, const float* g, float* y, int64_t rows, int64_t cols, float eps) {
+  rmsnorm(x, g, y, rows, cols, eps, nullptr);
+}
+
+void layernorm(const float* x, const float* g, const float* b, float* y, int64_t rows, int64_t cols,
+               float eps, uint16_t* y_bf16) {
+  check_norm("layernorm", x, g, y, rows, cols, eps);
+  kernels::cpu::layernorm(x, g, b, y, rows, cols, eps, y_bf16);
+}
+
+void rmsnorm(const float* x, const float* g, float* y, int64_t rows, int64_t cols, float eps,
+             uint16_t* y_bf16) {
   check_norm("rmsnorm", x, g, y, rows, cols, eps);
-  kernels::cpu::rmsnorm(x, g, y, rows, cols, eps);
+  kernels::cpu::rmsnorm(x, g, y, rows, cols, eps, y_bf16);
 }
 
 }  // namespace posformer::ops

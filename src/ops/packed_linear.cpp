@@ -312,6 +312,15 @@ void Bf16Rows::round(const float* A, int64_t ld_, int64_t rows_, int64_t cols_) 
   src = A, ld = ld_, rows = rows_, cols = cols_;
 }
 
+uint16_t* Bf16Rows::prepare(const float* A, int64_t ld_, int64_t rows_, int64_t cols_) {
+  PF_CHECK(rows_ >= 0 && cols_ >= 0 && ld_ >= cols_, "[bf16] bad sizes rows=", rows_,
+           " cols=", cols_, " ld=", ld_);
+  if (bits.size() < static_cast<size_t>(rows_ * cols_))
+    bits.resize(static_cast<size_t>(rows_ * cols_));
+  src = A, ld = ld_, rows = rows_, cols = cols_;
+  return bits.data();
+}
+
 void linear_packed(const float* x, const PackedWeight& W, const float* b, float* y, int64_t M,
                    LinearEpilogue ep, const Bf16Rows* xb) {
   PF_CHECK(W.has_forward(), "[linear_packed] weight is not packed");

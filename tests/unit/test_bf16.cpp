@@ -23,6 +23,8 @@
 #include "posformer/core/error.h"
 #include "posformer/model/config.h"
 #include "posformer/model/transformer.h"
+#include "posformer/ops/activation.h"
+#include "posformer/ops/norm.h"
 #include "posformer/ops/packed_linear.h"
 #include "test_util.h"
 
@@ -78,6 +80,39 @@ TEST(Bf16, KernelMatchesScalarOnEveryTarget) {
     std::vector<uint16_t> y(x.size());  // dense: one flat range
     kernels::cpu::to_bf16(x.data(), 10, 100, 10, y.data());
     for (size_t i = 0; i < x.size(); ++i) ASSERT_EQ(y[i], to_bf16_bits(x[i])) << i;
+  });
+}
+
+// The producers that round their own output (norms and activations feeding a bf16 matmul) give
+// the float output of the plain op, bit for bit, and its bf16 bits, on every SIMD target; one
+// team or one thread, sizes around the 8K-float blocks and the SIMD tails.
+TEST(Bf16, NormsAndActivationsRoundTheirOutputInTheSamePass) {
+  pf_test::for_each_target([&] {
+    for (const int64_t rows : {1, 3, 65, 300, 2100})  // 2100 x 128: norms in a team too
+      for (const int64_t cols : {5, 64, 128, 200}) {
+        const int64_t n = rows * cols;
+        const auto x = pf_test::randn(size_t(n), uint32_t(rows * 7 + cols));
+        const auto g = pf_test::randn(size_t(cols), 5), b = pf_test::randn(size_t(cols), 6);
+        std::vector<float> want(static_cast<size_t>(n)), got(static_cast<size_t>(n));
+        std::vector<uint16_t> bits(static_cast<size_t>(n), 0xdead);
+        const auto check = [&](const char* what) {
+          for (int64_t i = 0; i < n; ++i) {
+            ASSERT_EQ(std::memcmp(&got[size_t(i)], &want[size_t(i)], 4), 0) << what << " " << i;
+            ASSERT_EQ(bits[size_t(i)], to_bf16_bits(want[size_t(i)])) << what << " " << i;
+          }
+        };
+        layernorm(x.data(), g.data(), b.data(), want.data(), rows, cols, 1e-5f);
+        layernorm(x.data(), g.data(), b.data(), got.data(), rows, cols, 1e-5f, bits.data());
+        check("layernorm");
+        rmsnorm(x.data(), g.data(), want.data(), rows, cols, 1e-6f);
+        rmsnorm(x.data(), g.data(), got.data(), rows, cols, 1e-6f, bits.data());
+        check("rmsnorm");
+        for (const Act a : {Act::Gelu, Act::Relu, Act::Silu, Act::GeluTanh}) {
+          activation(a, x.data(), want.data(), n);
+          activation(a, x.data(), got.data(), n, bits.data());
+          check(act_name(a));
+        }
+      }
   });
 }
 
@@ -226,15 +261,18 @@ TEST(Bf16, BadInputsAreRefusedByName) {
 
 // A model with bf16 matmuls: deterministic, loss and gradients within bf16's reach of float32
 // (relative 2e-2), and not equal to them (the rounding is in effect in forward and backward).
-// Two models: a GELU decoder (q, k, v sharing one rounded input) and a SwiGLU encoder-decoder
-// (w1 and w3 sharing one; cross-attention's k, v reading the encoder output instead).
+// Three models: a GELU decoder (q, k, v sharing one rounded input) and a SwiGLU encoder-decoder
+// (w1 and w3 sharing one; cross-attention's k, v reading the encoder output instead), both with
+// pre-norm (the norm rounds its output, the tape keeps it for the weight gradients), and a
+// post-norm RMSNorm decoder (sublayers read the residual stream, rounded by the linears).
 TEST(Bf16, ModelLossAndGradientsNearFloat32) {
   const nlohmann::json dec = {
       {"arch", "decoder"}, {"d_model", 64},    {"n_layers", 2}, {"n_heads", 4},
       {"d_ff", 128},       {"vocab_size", 50}, {"max_len", 32}, {"position", {{"type", "rope"}}}};
-  nlohmann::json encdec = dec;
+  nlohmann::json encdec = dec, post = dec;
   encdec["arch"] = "encoder_decoder", encdec["activation"] = "swiglu";
-  for (const nlohmann::json& j : {dec, encdec}) {
+  post["norm_position"] = "post", post["norm"] = "rmsnorm";  // f reads x: no norm-rounded input
+  for (const nlohmann::json& j : {dec, encdec, post}) {
     const bool cross = j["arch"] == "encoder_decoder";
     SCOPED_TRACE(j.dump());
     Transformer m = Transformer::random_init(parse_config(j), 11);

@@ -242,7 +242,10 @@ class Transformer {
   Tensor embed(const Stack& st, const TokenBatch& tokens, const Positions& pos) const;
   void embed_backward(const Stack& st, const TokenBatch& tokens, const Positions& pos,
                       const float* dx, ParamStore& grads) const;
-  void norm_fwd(const std::string& n, const float* in, float* out, int64_t rows) const;
+  // out_bf16 (optional): out rounded to bf16 bits too, dense [rows, d], in the same pass
+  void norm_fwd(const std::string& n, const float* in, float* out, int64_t rows,
+                uint16_t* out_bf16 = nullptr) const;
+  bool bf16_weight(const std::string& n) const;  // weight n packed in bf16
   // out = in W^T + b, with an epilogue (act, or out += ...) fused when the weight is packed
   // (xb: `in` already rounded to bf16, for bf16 weights; see shared_bf16_input)
   void lin_fwd(const std::string& n, const float* in, float* out, int64_t M, int64_t N, int64_t K,

@@ -20,6 +20,9 @@ Act act_from_name(
 const char* act_name(Act a);
 
 void activation(Act act, const float* x, float* y, int64_t n);
+// The same, and y_bf16[i] = y[i] rounded to bfloat16 bits (ops::to_bf16_bits) in the same pass:
+// the input of a bf16 matmul (y_bf16 null: plain activation).
+void activation(Act act, const float* x, float* y, int64_t n, uint16_t* y_bf16);
 void bias_act(Act act, float* y, const float* bias, int64_t rows, int64_t cols);
 void swiglu(const float* a, const float* b, float* y, int64_t n);
 // y[i] += x[i]   (residual add)

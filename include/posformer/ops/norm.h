@@ -14,6 +14,12 @@ namespace posformer::ops {
 void layernorm(const float* x, const float* g, const float* b, float* y, int64_t rows, int64_t cols,
                float eps);
 void rmsnorm(const float* x, const float* g, float* y, int64_t rows, int64_t cols, float eps);
+// The same, and y_bf16 = y rounded to bfloat16 bits (ops::to_bf16_bits), dense [rows, cols],
+// in the same pass: the input of a bf16 matmul (y_bf16 null: plain norm).
+void layernorm(const float* x, const float* g, const float* b, float* y, int64_t rows, int64_t cols,
+               float eps, uint16_t* y_bf16);
+void rmsnorm(const float* x, const float* g, float* y, int64_t rows, int64_t cols, float eps,
+             uint16_t* y_bf16);
 
 namespace ref {
 void layernorm(const float* x, const float* g, const float* b, float* y, int64_t rows, int64_t cols,

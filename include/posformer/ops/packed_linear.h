@@ -63,6 +63,10 @@ struct Bf16Rows {
   const float* src = nullptr;
   int64_t rows = 0, cols = 0, ld = 0;
   void round(const float* A, int64_t ld, int64_t rows, int64_t cols);
+  // Room for the (dense) bits of A [rows, cols], row stride ld, that A's producer writes itself
+  // in the same pass (ops::layernorm / ops::activation with a bf16 output); then it holds A.
+  uint16_t* prepare(const float* A, int64_t ld, int64_t rows, int64_t cols);
+  void clear() { src = nullptr, rows = cols = ld = 0; }
   bool holds(const float* A, int64_t ld_, int64_t rows_, int64_t cols_) const {
     return A == src && ld_ == ld && rows_ == rows && cols_ == cols;
   }

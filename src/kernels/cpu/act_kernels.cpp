@@ -1,4 +1,5 @@
 // Element-wise activations, SwiGLU and residual add (Highway, runtime dispatch).
+#include <algorithm>
 #include <cstddef>
 #include <cstring>
 
@@ -271,6 +272,25 @@ void dropout(float* x, int64_t n, uint32_t k1, uint32_t k2, uint32_t thr, float 
   parallel_range(n, 16, use_omp(n, int64_t{1} << 16), [&](int64_t lo, int64_t hi) {
     HWY_DYNAMIC_DISPATCH(dropout_kernel)
     (x + lo, size_t(hi - lo), static_cast<uint32_t>(lo), k1, k2, thr, scale);
+  });
+}
+
+void to_bf16_serial(const float* x, uint16_t* y, int64_t n) {
+  if (n > 0) HWY_DYNAMIC_DISPATCH(to_bf16_kernel)(x, y, size_t(n));
+}
+
+void act_bf16(ops::Act act, const float* x, float* y, uint16_t* yb, int64_t n) {
+  if (!yb) return act_rows(act, x, nullptr, y, 1, n);
+  if (n <= 0) return;
+  const int a = static_cast<int>(act);
+  // 8K floats per block: y is rounded while it is still in L1/L2, not read back from memory
+  constexpr int64_t kBlock = int64_t{1} << 13;
+  parallel_range(n, 16, use_omp(n, act_threshold(a)), [&](int64_t lo, int64_t hi) {
+    for (int64_t b = lo; b < hi; b += kBlock) {
+      const size_t m = size_t(std::min(hi, b + kBlock) - b);
+      HWY_DYNAMIC_DISPATCH(act_rows_kernel)(a, x + b, nullptr, y + b, 1, m);
+      HWY_DYNAMIC_DISPATCH(to_bf16_kernel)(y + b, yb + b, m);
+    }
   });
 }
 

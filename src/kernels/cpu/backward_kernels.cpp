@@ -8,6 +8,7 @@
 #include <cstring>
 #include <vector>
 
+#include "kernels.h"
 #include "parallel.h"
 
 #undef HWY_TARGET_INCLUDE
@@ -377,14 +378,21 @@ void act_backward(ops::Act act, const float* x, const float* dy, float* dx, int6
 }
 
 void act_backward_rows(ops::Act act, const float* x, int64_t ldx, const float* dy, int64_t lddy,
-                       float* dx, int64_t lddx, int64_t rows, int64_t cols) {
+                       float* dx, int64_t lddx, int64_t rows, int64_t cols, uint16_t* dxb) {
   if (rows <= 0 || cols <= 0) return;
   const int a = static_cast<int>(act);
   const int64_t threshold = a <= 1 ? (int64_t{1} << 18) : kActThreshold;
+  // dxb: blocks of about 8K floats, each rounded right after it is written (still in cache)
+  const int64_t step = dxb ? std::max<int64_t>(1, (int64_t{1} << 13) / cols) : rows;
   parallel_range(rows, 1, use_omp(rows * cols, threshold), [&](int64_t lo, int64_t hi) {
-    HWY_DYNAMIC_DISPATCH(act_backward_kernel)
-    (a, x + lo * ldx, size_t(ldx), dy + lo * lddy, size_t(lddy), dx + lo * lddx, size_t(lddx),
-     size_t(hi - lo), size_t(cols));
+    for (int64_t r = lo; r < hi; r += step) {
+      const int64_t e = std::min(hi, r + step);
+      HWY_DYNAMIC_DISPATCH(act_backward_kernel)
+      (a, x + r * ldx, size_t(ldx), dy + r * lddy, size_t(lddy), dx + r * lddx, size_t(lddx),
+       size_t(e - r), size_t(cols));
+      if (dxb)
+        for (int64_t i = r; i < e; ++i) to_bf16_serial(dx + i * lddx, dxb + i * cols, cols);
+    }
   });
 }
 

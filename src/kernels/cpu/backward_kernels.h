@@ -13,9 +13,11 @@ namespace posformer::kernels::cpu {
 
 // dx = dy * act'(x) over n floats; dx may alias dy.
 void act_backward(ops::Act act, const float* x, const float* dy, float* dx, int64_t n);
-// Same over rows x cols, each operand with its own row stride (ld*).
+// Same over rows x cols, each operand with its own row stride (ld*); dxb (optional): dx rounded
+// to bfloat16 bits as well, dense [rows, cols], in the same pass (a bf16 matmul's dy).
 void act_backward_rows(ops::Act act, const float* x, int64_t ldx, const float* dy, int64_t lddy,
-                       float* dx, int64_t lddx, int64_t rows, int64_t cols);
+                       float* dx, int64_t lddx, int64_t rows, int64_t cols,
+                       uint16_t* dxb = nullptr);
 // y = silu(a) * b:  da = dy * b * silu'(a),  db = dy * silu(a); da may alias dy.
 void swiglu_backward(const float* a, const float* b, const float* dy, float* da, float* db,
                      int64_t n);

@@ -21,12 +21,19 @@ void dropout(float* x, int64_t n, uint32_t k1, uint32_t k2, uint32_t thr, float 
 // rows x cols of x (row stride ldx) as bfloat16 bits into dense y [rows, cols]: round to nearest
 // even, NaN kept (ops::to_bf16_bits); every SIMD target.
 void to_bf16(const float* x, int64_t ldx, int64_t rows, int64_t cols, uint16_t* y);
+// The same rounding of x[0, n) on the calling thread (inside another kernel's parallel slice).
+void to_bf16_serial(const float* x, uint16_t* y, int64_t n);
+// y = act(x) on x[0, n) and, when yb is not null, yb = y rounded to bfloat16 bits in the same
+// pass over cache-sized blocks (the input of a bf16 matmul, written while y is still in cache).
+void act_bf16(ops::Act act, const float* x, float* y, uint16_t* yb, int64_t n);
 
 void softmax_rows(float* x, int64_t rows, int64_t cols, int64_t ld);
 
+// yb (optional): y rounded to bfloat16 bits as well, row block by row block while in cache.
 void layernorm(const float* x, const float* g, const float* b, float* y, int64_t rows, int64_t cols,
-               float eps);
-void rmsnorm(const float* x, const float* g, float* y, int64_t rows, int64_t cols, float eps);
+               float eps, uint16_t* yb = nullptr);
+void rmsnorm(const float* x, const float* g, float* y, int64_t rows, int64_t cols, float eps,
+             uint16_t* yb = nullptr);
 
 void rope_apply(float* x, int64_t T, int64_t n_heads, int64_t D, int64_t ld, int64_t R,
                 bool interleaved, const float* cos, const float* sin, float sign);

@@ -1,4 +1,5 @@
 // LayerNorm / RMSNorm over the last dim (Highway, runtime dispatch).
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 
@@ -101,20 +102,38 @@ namespace {
 constexpr int64_t kNormThreshold = int64_t{1} << 18;
 }  // namespace
 
+// Normalises rows [lo, hi) with `norm(lo, hi)`, then (yb) rounds them to bf16 bits, in blocks
+// of about 8K floats so the rounding reads rows still in cache.
+template <class F>
+void norm_rows(float* y, int64_t lo, int64_t hi, int64_t cols, uint16_t* yb, const F& norm) {
+  if (!yb) return norm(lo, hi);
+  const int64_t step = std::max<int64_t>(1, (int64_t{1} << 13) / cols);
+  for (int64_t r = lo; r < hi; r += step) {
+    const int64_t e = std::min(hi, r + step);
+    norm(r, e);
+    to_bf16_serial(y + r * cols, yb + r * cols, (e - r) * cols);
+  }
+}
+
 void layernorm(const float* x, const float* g, const float* b, float* y, int64_t rows, int64_t cols,
-               float eps) {
+               float eps, uint16_t* yb) {
   if (rows <= 0 || cols <= 0) return;
   parallel_range(rows, 1, use_omp(rows * cols, kNormThreshold), [&](int64_t lo, int64_t hi) {
-    HWY_DYNAMIC_DISPATCH(layernorm_kernel)
-    (x + lo * cols, g, b, y + lo * cols, size_t(hi - lo), size_t(cols), eps);
+    norm_rows(y, lo, hi, cols, yb, [&](int64_t r0, int64_t r1) {
+      HWY_DYNAMIC_DISPATCH(layernorm_kernel)
+      (x + r0 * cols, g, b, y + r0 * cols, size_t(r1 - r0), size_t(cols), eps);
+    });
   });
 }
 
-void rmsnorm(const float* x, const float* g, float* y, int64_t rows, int64_t cols, float eps) {
+void rmsnorm(const float* x, const float* g, float* y, int64_t rows, int64_t cols, float eps,
+             uint16_t* yb) {
   if (rows <= 0 || cols <= 0) return;
   parallel_range(rows, 1, use_omp(rows * cols, kNormThreshold), [&](int64_t lo, int64_t hi) {
-    HWY_DYNAMIC_DISPATCH(rmsnorm_kernel)
-    (x + lo * cols, g, y + lo * cols, size_t(hi - lo), size_t(cols), eps);
+    norm_rows(y, lo, hi, cols, yb, [&](int64_t r0, int64_t r1) {
+      HWY_DYNAMIC_DISPATCH(rmsnorm_kernel)
+      (x + r0 * cols, g, y + r0 * cols, size_t(r1 - r0), size_t(cols), eps);
+    });
   });
 }
 
