@@ -303,9 +303,9 @@ bool Transformer::packs(const ParamSpec& s) {
 }
 
 void Transformer::pack_weights(bool backward) {
-  packed_.clear();
+  // entries stay: a weight packed again with the same sizes and precision refills its memory
   const char* env = std::getenv("POSFORMER_PACKED");
-  if (env && env[0] == '0' && precision_ == ops::Precision::F32) return;
+  if (env && env[0] == '0' && precision_ == ops::Precision::F32) return packed_.clear();
   for (const ParamSpec& s : specs_)
     if (packs(s))
       packed_[s.name].pack(params_.f32(s.name), s.shape[0], s.shape[1], backward, precision_);

@@ -26,6 +26,11 @@ struct PackedWeight::Impl {
   memory mem;
   int64_t rows = 0, cols = 0;
   dt wdt = dt::f32;  // f32, or bf16 (Precision::BF16: inputs rounded to bf16 too)
+  // refilling (the trainer repacks after every step): W's plain layout, the reorder into desc,
+  // the rounded copy of W (bf16)
+  memory::desc src;
+  dnnl::reorder reorder;
+  std::vector<uint16_t> wb;
 };
 
 namespace {
@@ -59,8 +64,24 @@ const float* widen_bf16(const uint16_t* A, int64_t rows, int64_t cols, int slot)
   return b.data();
 }
 
-std::shared_ptr<const PackedWeight::Impl> pack_b(const float* W, int64_t rows, int64_t cols,
-                                                 tag plain_tag, dt wdt) {
+// W (rows x cols in plain_tag's reading of W's [N, K] row-major memory) into impl's packed
+// memory; bf16: rounded by posformer's own kernel (the documented rounding), then laid out.
+void fill(PackedWeight::Impl& impl, const float* W, tag plain_tag) {
+  const void* src = W;
+  if (impl.wdt == dt::bf16) {
+    const int64_t wr = plain_tag == tag::ab ? impl.rows : impl.cols;  // W's memory is [wr, wc]
+    const int64_t wc = plain_tag == tag::ab ? impl.cols : impl.rows;
+    impl.wb.resize(static_cast<size_t>(impl.rows * impl.cols));
+    kernels::cpu::to_bf16(W, wc, wr, wc, impl.wb.data());
+    src = impl.wb.data();
+  }
+  memory s(impl.src, engine(), const_cast<void*>(src));
+  impl.reorder.execute(stream(), s, impl.mem);
+  stream().wait();
+}
+
+std::shared_ptr<PackedWeight::Impl> pack_b(const float* W, int64_t rows, int64_t cols,
+                                           tag plain_tag, dt wdt) {
   const memory::desc a({kRefM, rows}, wdt, tag::ab), c({kRefM, cols}, dt::f32, tag::ab);
   const memory::desc any({rows, cols}, wdt, tag::any);
   auto impl = std::make_shared<PackedWeight::Impl>();
@@ -72,20 +93,10 @@ std::shared_ptr<const PackedWeight::Impl> pack_b(const float* W, int64_t rows, i
   }
   impl->mem = memory(impl->desc, engine());
   impl->rows = rows, impl->cols = cols, impl->wdt = wdt;
-  if (wdt == dt::f32) {
-    memory src({{rows, cols}, dt::f32, plain_tag}, engine(), const_cast<float*>(W));
-    dnnl::reorder(src, impl->mem).execute(stream(), src, impl->mem);
-  } else {  // rounded by posformer's own kernel (the documented rounding), then laid out
-    // W's memory is [N, K] row-major; plain_tag ba reads it as its transpose [K, N]
-    const int64_t wr = plain_tag == tag::ab ? rows : cols, wc = plain_tag == tag::ab ? cols : rows;
-    std::vector<uint16_t> wb(static_cast<size_t>(rows * cols));
-    kernels::cpu::to_bf16(W, wc, wr, wc, wb.data());
-    memory src({{rows, cols}, dt::bf16, plain_tag}, engine(), wb.data());
-    dnnl::reorder(src, impl->mem).execute(stream(), src, impl->mem);
-    stream().wait();  // before wb goes
-    return impl;
-  }
-  stream().wait();
+  impl->src = memory::desc({rows, cols}, wdt, plain_tag);
+  impl->reorder =
+      dnnl::reorder(dnnl::reorder::primitive_desc(engine(), impl->src, engine(), impl->desc));
+  fill(*impl, W, plain_tag);
   return impl;
 }
 
@@ -297,6 +308,15 @@ void linear_dw(const float* dy, int64_t lddy, const float* x, int64_t ldx, float
 void PackedWeight::pack(const float* W, int64_t N, int64_t K, bool backward, Precision p) {
   PF_CHECK(N >= 1 && K >= 1, "[packed_linear] weight sizes must be >= 1, got N=", N, " K=", K);
   PF_CHECK(W, "[packed_linear] W is null");
+  // the same sizes, precision and passes, and no other PackedWeight sharing the memory (copies
+  // share it): refilled in place, without a new layout query, allocation or reorder primitive
+  const bool same = fwd_ && N == N_ && K == K_ && p == prec_ && backward == (bwd_ != nullptr) &&
+                    fwd_.use_count() == 1 && (!bwd_ || bwd_.use_count() == 1);
+  if (same) {
+    fill(*fwd_, W, tag::ba);
+    if (bwd_) fill(*bwd_, W, tag::ab);
+    return;
+  }
   N_ = N, K_ = K, prec_ = p;
   const dt wdt = p == Precision::BF16 ? dt::bf16 : dt::f32;
   fwd_ = pack_b(W, K, N, tag::ba, wdt);  // B = W^T [K, N]: W [N, K] row-major read transposed

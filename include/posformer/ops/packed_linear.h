@@ -79,6 +79,8 @@ struct LinearEpilogue {
 
 class PackedWeight {
  public:
+  // Packs W [N, K]; packing again with the same sizes, precision and passes refills the same
+  // memory (unless a copy of this PackedWeight shares it).
   void pack(const float* W, int64_t N, int64_t K, bool backward, Precision p = Precision::F32);
   Precision precision() const { return prec_; }
   bool has_forward() const { return fwd_ != nullptr; }
@@ -92,7 +94,7 @@ class PackedWeight {
                             LinearEpilogue, const Bf16Rows*);
   friend void linear_dx_packed(const float*, int64_t, const PackedWeight&, float, float*, int64_t,
                                int64_t, const Bf16Rows*);
-  std::shared_ptr<const Impl> fwd_, bwd_;
+  std::shared_ptr<Impl> fwd_, bwd_;
   int64_t N_ = 0, K_ = 0;
   Precision prec_ = Precision::F32;
 };
