@@ -225,19 +225,22 @@ void Transformer::ffn_sublayer_backward(const Stack& st, StackGradCall& c, int64
   // out = fa W2^T + b2
   linear_backward(params_, packed_, c.grads, lname(st.prefix, l, "ffn.w2"), sp.fa.data<float>(),
                   g.F, dout, d, df1, ldf, BT, d, g.F, 0.0f, &sp.fab);
+  // bf16: df1 (and df3) rounded by the activation's backward for the dx and dW of w1 (and w3)
+  thread_local ops::Bf16Rows df1b, df3b;
   if (g.swiglu) {  // fa = silu(f1) * f3
+    const bool b16 = bf16_weight(w1) && bf16_weight(w3);
     kernels::cpu::swiglu_backward_rows(sp.f1.data<float>(), sp.f3.data<float>(), g.F, df1, df1, ldf,
-                                       df3, ldf, BT, g.F);
+                                       df3, ldf, BT, g.F,
+                                       b16 ? df1b.prepare(df1, ldf, BT, g.F) : nullptr,
+                                       b16 ? df3b.prepare(df3, ldf, BT, g.F) : nullptr);
     const ops::Bf16Rows* hb = sp.hb.holds(sp.h.data<float>(), d, BT, d)  // w1, w3 read h
                                   ? &sp.hb
                                   : shared_bf16_input(w1, sp.h.data<float>(), BT, d);
     linear_backward(params_, packed_, c.grads, w3, sp.h.data<float>(), d, df3, ldf, dhin, d, BT,
-                    g.F, d, 0.0f, hb);
+                    g.F, d, 0.0f, hb, b16 ? &df3b : nullptr);
     linear_backward(params_, packed_, c.grads, w1, sp.h.data<float>(), d, df1, ldf, dhin, d, BT,
-                    g.F, d, 1.0f, hb);
+                    g.F, d, 1.0f, hb, b16 ? &df1b : nullptr);
   } else {  // fa = act(f1)
-    // bf16: df1 rounded by the activation's backward for w1's dx and dW
-    thread_local ops::Bf16Rows df1b;
     const bool b16 = bf16_weight(w1);
     kernels::cpu::act_backward_rows(g.act, sp.f1.data<float>(), g.F, df1, ldf, df1, ldf, BT, g.F,
                                     b16 ? df1b.prepare(df1, ldf, BT, g.F) : nullptr);

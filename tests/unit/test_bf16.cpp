@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "../../src/kernels/cpu/backward_kernels.h"
 #include "../../src/kernels/cpu/kernels.h"
 #include "hwy_targets.h"
 #include "posformer/core/error.h"
@@ -112,6 +113,45 @@ TEST(Bf16, NormsAndActivationsRoundTheirOutputInTheSamePass) {
           activation(a, x.data(), got.data(), n, bits.data());
           check(act_name(a));
         }
+      }
+  });
+}
+
+// The same for the backward producers of a bf16 matmul's dy: the activation's and SwiGLU's
+// backward over strided rows (dx, da, db at row stride ld > cols; the bits dense).
+TEST(Bf16, ActivationBackwardsRoundTheirOutputInTheSamePass) {
+  pf_test::for_each_target([&] {
+    for (const int64_t rows : {1, 70, 2100})
+      for (const int64_t cols : {7, 128, 200}) {
+        const int64_t ld = cols + 16, n = rows * ld;
+        const auto a = pf_test::randn(size_t(rows * cols), uint32_t(rows + cols));
+        const auto b = pf_test::randn(size_t(rows * cols), uint32_t(rows * 3 + cols));
+        const auto dy = pf_test::randn(size_t(n), uint32_t(rows * 5 + cols));
+        const auto same = [&](const std::vector<float>& got, const std::vector<float>& want,
+                              const std::vector<uint16_t>& bits, const char* what) {
+          for (int64_t r = 0; r < rows; ++r)
+            for (int64_t c = 0; c < cols; ++c) {
+              const size_t i = size_t(r * ld + c);
+              ASSERT_EQ(std::memcmp(&got[i], &want[i], 4), 0) << what << " " << r << "," << c;
+              ASSERT_EQ(bits[size_t(r * cols + c)], to_bf16_bits(want[i])) << what;
+            }
+        };
+        std::vector<uint16_t> b1(static_cast<size_t>(rows * cols)), b2(b1.size());
+        for (const Act act : {Act::Gelu, Act::Silu}) {
+          std::vector<float> want = dy, got = dy;
+          kernels::cpu::act_backward_rows(act, a.data(), cols, want.data(), ld, want.data(), ld,
+                                          rows, cols);
+          kernels::cpu::act_backward_rows(act, a.data(), cols, got.data(), ld, got.data(), ld, rows,
+                                          cols, b1.data());
+          same(got, want, b1, act_name(act));
+        }
+        std::vector<float> da_w = dy, da_g = dy, db_w(static_cast<size_t>(n)), db_g(db_w.size());
+        kernels::cpu::swiglu_backward_rows(a.data(), b.data(), cols, da_w.data(), da_w.data(), ld,
+                                           db_w.data(), ld, rows, cols);
+        kernels::cpu::swiglu_backward_rows(a.data(), b.data(), cols, da_g.data(), da_g.data(), ld,
+                                           db_g.data(), ld, rows, cols, b1.data(), b2.data());
+        same(da_g, da_w, b1, "swiglu da");
+        same(db_g, db_w, b2, "swiglu db");
       }
   });
 }

@@ -407,12 +407,24 @@ void swiglu_backward(const float* a, const float* b, const float* dy, float* da,
 }
 
 void swiglu_backward_rows(const float* a, const float* b, int64_t ldab, const float* dy, float* da,
-                          int64_t ld, float* db, int64_t lddb, int64_t rows, int64_t cols) {
+                          int64_t ld, float* db, int64_t lddb, int64_t rows, int64_t cols,
+                          uint16_t* dab, uint16_t* dbb) {
   if (rows <= 0 || cols <= 0) return;
+  const bool round = dab && dbb;
+  // rounding: blocks of about 8K floats, each rounded right after it is written (in cache)
+  const int64_t step = round ? std::max<int64_t>(1, (int64_t{1} << 13) / cols) : rows;
   parallel_range(rows, 1, use_omp(rows * cols, kActThreshold), [&](int64_t lo, int64_t hi) {
-    HWY_DYNAMIC_DISPATCH(swiglu_backward_kernel)
-    (a + lo * ldab, b + lo * ldab, size_t(ldab), dy + lo * ld, da + lo * ld, size_t(ld),
-     db + lo * lddb, size_t(lddb), size_t(hi - lo), size_t(cols));
+    for (int64_t r = lo; r < hi; r += step) {
+      const int64_t e = std::min(hi, r + step);
+      HWY_DYNAMIC_DISPATCH(swiglu_backward_kernel)
+      (a + r * ldab, b + r * ldab, size_t(ldab), dy + r * ld, da + r * ld, size_t(ld),
+       db + r * lddb, size_t(lddb), size_t(e - r), size_t(cols));
+      if (round)
+        for (int64_t i = r; i < e; ++i) {
+          to_bf16_serial(da + i * ld, dab + i * cols, cols);
+          to_bf16_serial(db + i * lddb, dbb + i * cols, cols);
+        }
+    }
   });
 }
 

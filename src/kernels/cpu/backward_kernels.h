@@ -21,9 +21,11 @@ void act_backward_rows(ops::Act act, const float* x, int64_t ldx, const float* d
 // y = silu(a) * b:  da = dy * b * silu'(a),  db = dy * silu(a); da may alias dy.
 void swiglu_backward(const float* a, const float* b, const float* dy, float* da, float* db,
                      int64_t n);
-// Same over rows: a, b with row stride ldab; dy, da with ld; db with lddb.
+// Same over rows: a, b with row stride ldab; dy, da with ld; db with lddb. dab, dbb (optional,
+// together): da and db rounded to bfloat16 bits as well, dense [rows, cols], in the same pass.
 void swiglu_backward_rows(const float* a, const float* b, int64_t ldab, const float* dy, float* da,
-                          int64_t ld, float* db, int64_t lddb, int64_t rows, int64_t cols);
+                          int64_t ld, float* db, int64_t lddb, int64_t rows, int64_t cols,
+                          uint16_t* dab = nullptr, uint16_t* dbb = nullptr);
 // Row statistics recomputed from x; dx overwritten (may alias dy); dg (and db when not null)
 // accumulated (+=).
 void layernorm_backward(const float* x, const float* g, const float* dy, float* dx, float* dg,
