@@ -324,12 +324,8 @@ void PackedWeight::pack(const float* W, int64_t N, int64_t K, bool backward, Pre
 }
 
 void Bf16Rows::round(const float* A, int64_t ld_, int64_t rows_, int64_t cols_) {
-  PF_CHECK(rows_ >= 0 && cols_ >= 0 && ld_ >= cols_, "[bf16] bad sizes rows=", rows_,
-           " cols=", cols_, " ld=", ld_);
-  if (bits.size() < static_cast<size_t>(rows_ * cols_))
-    bits.resize(static_cast<size_t>(rows_ * cols_));
-  if (rows_ * cols_ > 0) kernels::cpu::to_bf16(A, ld_, rows_, cols_, bits.data());
-  src = A, ld = ld_, rows = rows_, cols = cols_;
+  uint16_t* b = prepare(A, ld_, rows_, cols_);
+  if (rows_ * cols_ > 0) kernels::cpu::to_bf16(A, ld_, rows_, cols_, b);
 }
 
 uint16_t* Bf16Rows::prepare(const float* A, int64_t ld_, int64_t rows_, int64_t cols_) {

@@ -283,14 +283,11 @@ void act_bf16(ops::Act act, const float* x, float* y, uint16_t* yb, int64_t n) {
   if (!yb) return act_rows(act, x, nullptr, y, 1, n);
   if (n <= 0) return;
   const int a = static_cast<int>(act);
-  // 8K floats per block: y is rounded while it is still in L1/L2, not read back from memory
-  constexpr int64_t kBlock = int64_t{1} << 13;
   parallel_range(n, 16, use_omp(n, act_threshold(a)), [&](int64_t lo, int64_t hi) {
-    for (int64_t b = lo; b < hi; b += kBlock) {
-      const size_t m = size_t(std::min(hi, b + kBlock) - b);
-      HWY_DYNAMIC_DISPATCH(act_rows_kernel)(a, x + b, nullptr, y + b, 1, m);
-      HWY_DYNAMIC_DISPATCH(to_bf16_kernel)(y + b, yb + b, m);
-    }
+    row_blocks(lo, hi, 1, true, [&](int64_t b, int64_t e) {  // y rounded while in cache
+      HWY_DYNAMIC_DISPATCH(act_rows_kernel)(a, x + b, nullptr, y + b, 1, size_t(e - b));
+      HWY_DYNAMIC_DISPATCH(to_bf16_kernel)(y + b, yb + b, size_t(e - b));
+    });
   });
 }
 

@@ -382,17 +382,14 @@ void act_backward_rows(ops::Act act, const float* x, int64_t ldx, const float* d
   if (rows <= 0 || cols <= 0) return;
   const int a = static_cast<int>(act);
   const int64_t threshold = a <= 1 ? (int64_t{1} << 18) : kActThreshold;
-  // dxb: blocks of about 8K floats, each rounded right after it is written (still in cache)
-  const int64_t step = dxb ? std::max<int64_t>(1, (int64_t{1} << 13) / cols) : rows;
   parallel_range(rows, 1, use_omp(rows * cols, threshold), [&](int64_t lo, int64_t hi) {
-    for (int64_t r = lo; r < hi; r += step) {
-      const int64_t e = std::min(hi, r + step);
+    row_blocks(lo, hi, cols, dxb != nullptr, [&](int64_t r, int64_t e) {  // dxb: while in cache
       HWY_DYNAMIC_DISPATCH(act_backward_kernel)
       (a, x + r * ldx, size_t(ldx), dy + r * lddy, size_t(lddy), dx + r * lddx, size_t(lddx),
        size_t(e - r), size_t(cols));
       if (dxb)
         for (int64_t i = r; i < e; ++i) to_bf16_serial(dx + i * lddx, dxb + i * cols, cols);
-    }
+    });
   });
 }
 
@@ -411,11 +408,8 @@ void swiglu_backward_rows(const float* a, const float* b, int64_t ldab, const fl
                           uint16_t* dab, uint16_t* dbb) {
   if (rows <= 0 || cols <= 0) return;
   const bool round = dab && dbb;
-  // rounding: blocks of about 8K floats, each rounded right after it is written (in cache)
-  const int64_t step = round ? std::max<int64_t>(1, (int64_t{1} << 13) / cols) : rows;
   parallel_range(rows, 1, use_omp(rows * cols, kActThreshold), [&](int64_t lo, int64_t hi) {
-    for (int64_t r = lo; r < hi; r += step) {
-      const int64_t e = std::min(hi, r + step);
+    row_blocks(lo, hi, cols, round, [&](int64_t r, int64_t e) {  // rounded while in cache
       HWY_DYNAMIC_DISPATCH(swiglu_backward_kernel)
       (a + r * ldab, b + r * ldab, size_t(ldab), dy + r * ld, da + r * ld, size_t(ld),
        db + r * lddb, size_t(lddb), size_t(e - r), size_t(cols));
@@ -424,7 +418,7 @@ void swiglu_backward_rows(const float* a, const float* b, int64_t ldab, const fl
           to_bf16_serial(da + i * ld, dab + i * cols, cols);
           to_bf16_serial(db + i * lddb, dbb + i * cols, cols);
         }
-    }
+    });
   });
 }
 

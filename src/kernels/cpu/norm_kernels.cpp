@@ -102,17 +102,14 @@ namespace {
 constexpr int64_t kNormThreshold = int64_t{1} << 18;
 }  // namespace
 
-// Normalises rows [lo, hi) with `norm(lo, hi)`, then (yb) rounds them to bf16 bits, in blocks
-// of about 8K floats so the rounding reads rows still in cache.
+// Normalises rows [lo, hi) with `norm(r0, r1)`, then (yb) rounds them to bf16 bits, block by
+// block while they are still in cache.
 template <class F>
 void norm_rows(float* y, int64_t lo, int64_t hi, int64_t cols, uint16_t* yb, const F& norm) {
-  if (!yb) return norm(lo, hi);
-  const int64_t step = std::max<int64_t>(1, (int64_t{1} << 13) / cols);
-  for (int64_t r = lo; r < hi; r += step) {
-    const int64_t e = std::min(hi, r + step);
+  row_blocks(lo, hi, cols, yb != nullptr, [&](int64_t r, int64_t e) {
     norm(r, e);
-    to_bf16_serial(y + r * cols, yb + r * cols, (e - r) * cols);
-  }
+    if (yb) to_bf16_serial(y + r * cols, yb + r * cols, (e - r) * cols);
+  });
 }
 
 void layernorm(const float* x, const float* g, const float* b, float* y, int64_t rows, int64_t cols,

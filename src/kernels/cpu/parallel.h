@@ -32,4 +32,13 @@ void parallel_range(int64_t n, int64_t grain, bool par, const F& f) {
   }
 }
 
+// Calls f(r, e) on consecutive blocks of rows [lo, hi) of `cols` floats each, about 8K floats
+// per block when `blocked` (a kernel that also rounds its output to bf16 then reads each block
+// back while it is still in cache), else once on [lo, hi).
+template <class F>
+void row_blocks(int64_t lo, int64_t hi, int64_t cols, bool blocked, const F& f) {
+  const int64_t step = blocked ? std::max<int64_t>(1, (int64_t{1} << 13) / cols) : hi - lo;
+  for (int64_t r = lo; r < hi; r += step) f(r, std::min(hi, r + step));
+}
+
 }  // namespace posformer::kernels::cpu
