@@ -132,8 +132,35 @@ Transformer::Loss Transformer::classify_loss_and_grad(const Tensor& images,
     *logits_out = Tensor({B, K});
     std::copy_n(logits.data<float>(), B * K, logits_out->data<float>());
   }
-  ops::CrossEntropy ce = ops::cross_entropy(logits.data<float>(), labels.data(), B, K,
-                                            logits.data<float>(), grad_scale, opt.label_smoothing);
+  double loss = 0;
+  int64_t count = 0;
+  if (opt.mix_labels) {  // mixup / CutMix: the loss and dz are linear in the target distribution
+    const std::vector<int32_t>& mixl = *opt.mix_labels;
+    const float lam = opt.mix_lambda;
+    PF_CHECK(static_cast<int64_t>(mixl.size()) == B, "[loss] ", mixl.size(),
+             " mixed-in labels for ", B, " images");
+    PF_CHECK(lam >= 0.0f && lam <= 1.0f, "[loss] mixing weight ", lam, " outside [0, 1]");
+    for (size_t b = 0; b < mixl.size(); ++b)
+      PF_CHECK(mixl[b] >= 0 && mixl[b] < K, "[loss] mixed-in label ", mixl[b], " of image ", b,
+               " outside [0, ", K, ")");
+    Tensor zb = logits.clone();
+    const ops::CrossEntropy a =
+        ops::cross_entropy(logits.data<float>(), labels.data(), B, K, logits.data<float>(),
+                           grad_scale * lam, opt.label_smoothing);
+    const ops::CrossEntropy c =
+        ops::cross_entropy(zb.data<float>(), mixl.data(), B, K, zb.data<float>(),
+                           grad_scale * (1.0f - lam), opt.label_smoothing);
+    float* dz = logits.data<float>();
+    const float* dzb = zb.data<float>();
+    for (int64_t i = 0; i < B * K; ++i) dz[i] += dzb[i];
+    loss = static_cast<double>(lam) * a.loss + (1.0 - static_cast<double>(lam)) * c.loss;
+    count = a.count;
+  } else {
+    const ops::CrossEntropy ce =
+        ops::cross_entropy(logits.data<float>(), labels.data(), B, K, logits.data<float>(),
+                           grad_scale, opt.label_smoothing);
+    loss = ce.loss, count = ce.count;
+  }
   const float* dz = logits.data<float>();  // [B, K]
   // logits = pooled W^T + b:  dW += dz^T pooled, db += sum_b dz, dpooled = dz W
   ops::gemm(true, false, K, d, B, 1.0f, dz, K, pooled.data<float>(), d, 1.0f,
@@ -171,7 +198,7 @@ Transformer::Loss Transformer::classify_loss_and_grad(const Tensor& images,
       for (int64_t i = 0; i < d; ++i) dc[i] += dxp[b * T * d + i];
     }
   }
-  return {ce.loss, ce.count};
+  return {loss, count};
 }
 
 }  // namespace posformer

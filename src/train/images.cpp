@@ -24,6 +24,43 @@ int64_t ImageSet::num_classes() const {
   return m + 1;
 }
 
+namespace {
+double sample_normal(uint64_t& s) {  // Box-Muller
+  const double u1 = 1.0 - uniform01(s), u2 = uniform01(s);
+  return std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
+}
+
+double sample_gamma(double a, uint64_t& s) {  // shape a >= 1, scale 1: Marsaglia & Tsang (2000)
+  const double d = a - 1.0 / 3.0, c = 1.0 / std::sqrt(9.0 * d);
+  for (;;) {  // accepts with probability > 0.95
+    double x, v;
+    do {
+      x = sample_normal(s);
+      v = 1.0 + c * x;
+    } while (v <= 0.0);
+    v = v * v * v;
+    const double u = 1.0 - uniform01(s);
+    if (u < 1.0 - 0.0331 * x * x * x * x) return d * v;
+    if (std::log(u) < 0.5 * x * x + d * (1.0 - v + std::log(v))) return d * v;
+  }
+}
+
+// log of a Gamma(a) draw, a > 0; below 1 through Gamma(a) = Gamma(a + 1) U^(1/a), in logs so
+// that tiny shapes (whose draws underflow) still give the right Beta
+double sample_log_gamma(double a, uint64_t& s) {
+  if (a >= 1.0) return std::log(sample_gamma(a, s));
+  const double u = 1.0 - uniform01(s);
+  return std::log(sample_gamma(a + 1.0, s)) + std::log(u) / a;
+}
+}  // namespace
+
+double sample_beta(double a, double b, uint64_t& s) {
+  PF_CHECK(a > 0 && b > 0 && std::isfinite(a) && std::isfinite(b),
+           "[images] Beta parameters must be finite and > 0, got ", a, ", ", b);
+  const double lx = sample_log_gamma(a, s), ly = sample_log_gamma(b, s);
+  return 1.0 / (1.0 + std::exp(ly - lx));  // X / (X + Y)
+}
+
 Tensor ImageSet::gather(const std::vector<int64_t>& rows, std::vector<int32_t>* labels_out) const {
   const int64_t px = C * H * W;
   Tensor t({static_cast<int64_t>(rows.size()), C, H, W});
@@ -247,6 +284,12 @@ ImageBatcher::ImageBatcher(const ImageSet& set, std::vector<int64_t> rows, uint6
            aug.crop_pad, " outside [0, ", std::min(set.H, set.W), "]");
   PF_CHECK(aug.erase >= 0 && aug.erase <= 1, "[images] erasing probability ", aug.erase,
            " outside [0, 1]");
+  PF_CHECK(
+      std::isfinite(aug.mixup) && aug.mixup >= 0 && std::isfinite(aug.cutmix) && aug.cutmix >= 0,
+      "[images] mixup / CutMix alpha must be finite and >= 0 (0 = off), got ", aug.mixup, " / ",
+      aug.cutmix);
+  PF_CHECK(aug.mix_prob >= 0 && aug.mix_prob <= 1, "[images] mixing probability ", aug.mix_prob,
+           " outside [0, 1]");
   start_epoch();
 }
 
@@ -257,8 +300,10 @@ void ImageBatcher::start_epoch() {
     std::swap(order_[i - 1], order_[splitmix64(st) % i]);
 }
 
-Tensor ImageBatcher::next(int64_t batch, std::vector<int32_t>& labels) {
+Tensor ImageBatcher::next(int64_t batch, std::vector<int32_t>& labels, BatchMix* mix) {
   PF_CHECK(batch >= 1, "[images] batch size must be >= 1, got ", batch);
+  PF_CHECK(mix || !aug_.mixing(), "[images] batch mixing is on: next() needs a BatchMix");
+  if (mix) *mix = BatchMix{};
   if (pos_ >= static_cast<int64_t>(order_.size())) ++epoch_, pos_ = 0, start_epoch();
   const int64_t n = std::min<int64_t>(batch, static_cast<int64_t>(order_.size()) - pos_);
   std::vector<int64_t> rows(order_.begin() + pos_, order_.begin() + pos_ + n);
@@ -307,8 +352,51 @@ Tensor ImageBatcher::next(int64_t batch, std::vector<int32_t>& labels) {
       }
     }
   }
+  if (aug_.mixing()) mix_batch(t, n, labels, *mix);
   pos_ += n;
   return t;
+}
+
+void ImageBatcher::mix_batch(Tensor& t, int64_t n, const std::vector<int32_t>& labels,
+                             BatchMix& mix) const {
+  uint64_t st = seed_ ^ (0x2545f4914f6cdd1dull * static_cast<uint64_t>(epoch_ + 1)) ^
+                (0xd6e8feb86659fd93ull * static_cast<uint64_t>(pos_ + 1));
+  if (uniform01(st) >= aug_.mix_prob) return;
+  const bool cut = aug_.cutmix > 0 && (aug_.mixup <= 0 || (splitmix64(st) & 1));
+  const double alpha = cut ? aug_.cutmix : aug_.mixup;
+  double lam = sample_beta(alpha, alpha, st);
+  const int64_t C = set_.C, H = set_.H, W = set_.W, px = C * H * W;
+  const Tensor orig = t.clone();  // partners are read from the unmixed batch
+  const float* src = orig.data<float>();
+  float* dst = t.data<float>();
+  if (cut) {
+    const double r = std::sqrt(1.0 - lam);
+    const auto ch = static_cast<int64_t>(static_cast<double>(H) * r);
+    const auto cw = static_cast<int64_t>(static_cast<double>(W) * r);
+    const auto cy = static_cast<int64_t>(splitmix64(st) % static_cast<uint64_t>(H));
+    const auto cx = static_cast<int64_t>(splitmix64(st) % static_cast<uint64_t>(W));
+    const int64_t y0 = std::clamp<int64_t>(cy - ch / 2, 0, H),
+                  y1 = std::clamp<int64_t>(cy + ch / 2, 0, H);
+    const int64_t x0 = std::clamp<int64_t>(cx - cw / 2, 0, W),
+                  x1 = std::clamp<int64_t>(cx + cw / 2, 0, W);
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t j = n - 1 - i;
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t y = y0; y < y1; ++y)
+          std::copy(src + j * px + (c * H + y) * W + x0, src + j * px + (c * H + y) * W + x1,
+                    dst + i * px + (c * H + y) * W + x0);
+    }
+    lam = 1.0 - static_cast<double>((y1 - y0) * (x1 - x0)) / static_cast<double>(H * W);
+  } else {
+    const auto a = static_cast<float>(lam), b = static_cast<float>(1.0 - lam);
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t j = n - 1 - i;
+      for (int64_t k = 0; k < px; ++k) dst[i * px + k] = a * src[i * px + k] + b * src[j * px + k];
+    }
+  }
+  mix.partner_labels.assign(labels.rbegin(), labels.rend());
+  mix.lambda = static_cast<float>(lam);
+  mix.cutmix = cut;
 }
 
 std::string ImageBatcher::state() const {

@@ -61,6 +61,9 @@ json options_to_json(const TrainOptions& o) {
               {"crop_pad", o.crop_pad},
               {"flip", o.flip},
               {"erase", o.erase},
+              {"mixup", o.mixup},
+              {"cutmix", o.cutmix},
+              {"mix_prob", o.mix_prob},
               {"label_smoothing", o.label_smoothing},
               {"pack_documents", o.pack_documents},
               {"precision", o.precision}};
@@ -85,6 +88,8 @@ TrainOptions options_from_json(const json& j) {
     o.max_images = j.value("max_images", int64_t{0}), o.crop_pad = j.value("crop_pad", int64_t{0});
     o.flip = j.value("flip", false);
     o.erase = j.value("erase", 0.0), o.label_smoothing = j.value("label_smoothing", 0.0);
+    o.mixup = j.value("mixup", 0.0), o.cutmix = j.value("cutmix", 0.0);
+    o.mix_prob = j.value("mix_prob", 1.0);
     o.pack_documents = j.value("pack_documents", false);  // runs from before the option: off
     o.precision = j.value("precision", std::string("f32"));
   } catch (const json::exception& e) {
@@ -105,6 +110,12 @@ void validate(const TrainOptions& o) {
            "[train] --label-smoothing must be in [0, 1), got ", o.label_smoothing);
   ops::parse_precision(o.precision, "[train] --precision");
   PF_CHECK(o.erase >= 0 && o.erase <= 1, "[train] --erase must be in [0, 1], got ", o.erase);
+  PF_CHECK(std::isfinite(o.mixup) && o.mixup >= 0, "[train] --mixup must be >= 0 (0 = off), got ",
+           o.mixup);
+  PF_CHECK(std::isfinite(o.cutmix) && o.cutmix >= 0,
+           "[train] --cutmix must be >= 0 (0 = off), got ", o.cutmix);
+  PF_CHECK(o.mix_prob >= 0 && o.mix_prob <= 1, "[train] --mix-prob must be in [0, 1], got ",
+           o.mix_prob);
   PF_CHECK(o.clip >= 0 && std::isfinite(o.clip), "[train] --clip must be >= 0 (0 = off), got ",
            o.clip);
   PF_CHECK(o.eval_every >= 0 && o.ckpt_every >= 0,
@@ -418,8 +429,9 @@ std::unique_ptr<Run> open_vit_run(const TrainOptions& o, const ModelConfig& cfg,
                                           MetricsLog(o.out_dir + "/metrics.jsonl")});
   run->images = std::move(images);
   run->split = split_images(run->images.n, o.val_fraction, o.seed);
-  run->batcher = std::make_unique<ImageBatcher>(run->images, run->split.train, o.seed,
-                                                Augment{o.crop_pad, o.flip, o.erase});
+  run->batcher = std::make_unique<ImageBatcher>(
+      run->images, run->split.train, o.seed,
+      Augment{o.crop_pad, o.flip, o.erase, o.mixup, o.cutmix, o.mix_prob});
   return run;
 }
 
@@ -540,9 +552,12 @@ double accumulate_gradients(Run& r, ParamStore& grads, std::vector<int32_t>& inp
     fo.label_smoothing = static_cast<float>(o.label_smoothing);
   };
   for (int64_t a = 0; a < o.accum && r.vit(); ++a) {  // classify: a batch of images
-    Tensor images = r.batcher->next(o.batch, targets);
+    BatchMix mix;
+    Tensor images = r.batcher->next(o.batch, targets, &mix);
     ForwardOptions fo;
     regularise(fo, a);
+    if (!mix.partner_labels.empty())
+      fo.mix_labels = &mix.partner_labels, fo.mix_lambda = mix.lambda;
     Transformer::Loss l = r.model.classify_loss_and_grad(
         images, targets, grads, 1.0f / static_cast<float>(o.accum), nullptr, fo);
     loss_sum += l.loss / static_cast<double>(o.accum);

@@ -42,7 +42,8 @@ BASE = {"arch": "vit", "image_size": [8, 12], "patch_size": 4, "channels": 2, "n
 
 
 def case(name, over=None, pos=None, size=None, B=3, train=None):
-    """train: the training forward's options ({"dropout_seed", "label_smoothing"}), passed to
+    """train: the training forward's options ({"dropout_seed", "label_smoothing", "mix_lambda"}:
+    the last mixes in the labels reversed, as the batcher pairs images), passed to
     `posformer grad` and to the twin."""
     cfg = dict(BASE)
     cfg.update(over or {})
@@ -98,6 +99,12 @@ CASES = [
          train={"dropout_seed": 424242, "label_smoothing": 0.1}),
     case("dropout_postln_learned_2d_mean", {"dropout": 0.2, "norm_position": "post", "pool": "mean"},
          {"type": "learned_2d"}, size=(12, 16), train={"dropout_seed": 5}),
+    # mixup / CutMix targets: lambda q(labels) + (1 - lambda) q(labels reversed), torch's
+    # cross_entropy with class probabilities (and label smoothing on top)
+    case("mixed_targets_smooth_rope_2d", pos={"type": "rope_2d"}, B=4,
+         train={"mix_lambda": 0.35, "label_smoothing": 0.1}),
+    case("mixed_targets_mean_sincos_2d", {"pool": "mean"}, {"type": "sincos_2d"}, B=3,
+         train={"mix_lambda": 0.8}),
 ]
 
 
@@ -134,22 +141,33 @@ def run_case(cli, tmp, name, cfg, size, B, seed, train):
     ih, iw = size or tuple(full["image_size"])
     images = torch.randn(B, full["channels"], ih, iw, generator=g, dtype=torch.float64).float()
     labels = torch.randint(0, full["num_classes"], (B,), generator=g)
+    batch = {"images": images.tolist(), "labels": labels.tolist()}
+    if "mix_lambda" in train:
+        batch["mix_labels"] = labels.flip(0).tolist()
     with open(os.path.join(d, "batch.json"), "w") as f:
-        json.dump({"images": images.tolist(), "labels": labels.tolist()}, f)
+        json.dump(batch, f)
     rc, out, err = run_cli([cli, "grad", os.path.join(d, "m"), "--batch",
                             os.path.join(d, "batch.json"), "--out", os.path.join(d, "g.st"),
                             "--steps", "1"] +
                            (["--dropout-seed", str(train["dropout_seed"])]
                             if "dropout_seed" in train else []) +
                            (["--label-smoothing", repr(train["label_smoothing"])]
-                            if "label_smoothing" in train else []))
+                            if "label_smoothing" in train else []) +
+                           (["--mix-lambda", repr(train["mix_lambda"])]
+                            if "mix_lambda" in train else []))
     if rc != 0:
         return False, f"grad failed: {err.strip()}"
     eng = safetensors_io.load_tensors(os.path.join(d, "g.st"))
     w = {n: t.to(torch.float64).clone().requires_grad_(True) for n, t in w32.items()}
     x = images.to(torch.float64)
     logits = vit_twin.forward(full, w, x, dropout_seed=train.get("dropout_seed"))
-    loss = torch.nn.functional.cross_entropy(logits, labels,
+    target = labels
+    if "mix_lambda" in train:  # class probabilities: torch smooths them as q = (1 - eps) p + eps / K
+        K = full["num_classes"]
+        lam = train["mix_lambda"]
+        oh = torch.nn.functional.one_hot
+        target = (lam * oh(labels, K) + (1 - lam) * oh(labels.flip(0), K)).to(torch.float64)
+    loss = torch.nn.functional.cross_entropy(logits, target,
                                              label_smoothing=train.get("label_smoothing", 0.0))
     loss.backward()
     errs = {"logits": rel(eng["logits"].double(), logits.detach()),

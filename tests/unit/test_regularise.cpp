@@ -1,6 +1,7 @@
 // Regularisation (docs/training.md "Regularisation"): the counter-based dropout op, label
 // smoothing in the cross-entropy kernel (every Highway target, against double), the model's
-// dropout (training forward only, masks keyed by the seed) and random erasing of image batches.
+// dropout (training forward only, masks keyed by the seed), random erasing and batch mixing
+// (mixup / CutMix: the images, the Beta sampler, the mixed-target loss) of image batches.
 // The model's dropout and label smoothing are also checked against the PyTorch twins
 // (test_grad_twin.py, test_vit_twin.py cases dropout_* / smooth_*).
 #include <gtest/gtest.h>
@@ -237,6 +238,208 @@ TEST(ImageBatcher, RandomErasing) {
       {"erasing", "[0, 1]"});
 }
 
+// Beta(a, b) draws: mean a / (a + b) and variance ab / ((a + b)^2 (a + b + 1)) over 40,000
+// draws (about 5 standard errors), all in [0, 1]; tiny shapes pile up at 0 and 1 as they
+// should, without NaN;
+// the same state gives the same draws; bad shapes refused.
+TEST(BatchMixing, BetaSampler) {
+  for (auto [a, b] : {std::pair{0.2, 0.2}, std::pair{1.0, 1.0}, std::pair{0.8, 0.8},
+                      std::pair{2.0, 5.0}, std::pair{30.0, 30.0}}) {
+    SCOPED_TRACE(testing::Message() << a << ", " << b);
+    uint64_t st = 77;
+    const int n = 40000;
+    double sum = 0, sum2 = 0;
+    for (int i = 0; i < n; ++i) {
+      const double x = sample_beta(a, b, st);
+      ASSERT_TRUE(x >= 0.0 && x <= 1.0) << x;
+      sum += x, sum2 += x * x;
+    }
+    const double mean = sum / n, var = sum2 / n - mean * mean;
+    const double m = a / (a + b), v = a * b / ((a + b) * (a + b) * (a + b + 1));
+    EXPECT_NEAR(mean, m, 5 * std::sqrt(v / n));
+    EXPECT_NEAR(var, v, 0.05 * v);
+  }
+  uint64_t st = 5;
+  int edge = 0;
+  for (int i = 0; i < 1000; ++i) {
+    const double x = sample_beta(0.01, 0.01, st);
+    ASSERT_TRUE(x >= 0.0 && x <= 1.0) << x;
+    edge += x < 1e-6 || x > 1 - 1e-6;
+  }
+  // P(X < e) + P(X > 1 - e) ~ e^a (B(a, a) ~ 2 / a for small a): 0.871 at e = 1e-6
+  EXPECT_NEAR(edge / 1000.0, std::pow(1e-6, 0.01), 0.04);
+  uint64_t s1 = 9, s2 = 9;
+  EXPECT_EQ(sample_beta(0.4, 0.4, s1), sample_beta(0.4, 0.4, s2));
+  pf_test::expect_error([&] { sample_beta(0.0, 1.0, st); }, {"Beta", "> 0"});
+}
+
+// mixup: image i = lambda x_i + (1 - lambda) x_(n-1-i) of the unmixed batch (a batcher with the
+// same seed and no mixing gives the same per-image augmentation), partners' labels reversed;
+// CutMix: only one box differs, taken from the partner, lambda = 1 - box area / (H W); with
+// mix_prob 0.5 some batches are left alone (lambda 1, no partners); a batcher restored from
+// state() mixes identically; next() without a BatchMix is refused.
+TEST(BatchMixing, MixupAndCutMixImages) {
+  ImageSet s;
+  s.n = 30, s.C = 2, s.H = 8, s.W = 12;
+  const int64_t px = s.C * s.H * s.W;
+  for (int64_t i = 0; i < s.n * px; ++i) s.pixels.push_back(float(i % 251) / 251.0f);
+  for (int64_t i = 0; i < s.n; ++i) s.labels.push_back(int32_t(i % 7));
+  std::vector<int64_t> rows(s.n);
+  for (int64_t i = 0; i < s.n; ++i) rows[i] = i;
+  const Augment base{1, true, 0.3};
+  for (int kind = 0; kind < 2; ++kind) {  // 0: mixup, 1: CutMix
+    SCOPED_TRACE(kind ? "cutmix" : "mixup");
+    Augment mixed = base;
+    (kind ? mixed.cutmix : mixed.mixup) = 1.0;
+    ImageBatcher plain(s, rows, 3, base), mb(s, rows, 3, mixed);
+    std::vector<float> lambdas;
+    for (int batch = 0; batch < 8; ++batch) {
+      std::vector<int32_t> lp, lm;
+      BatchMix mix;
+      const Tensor tp = plain.next(7, lp), tm = mb.next(7, lm, &mix);
+      ASSERT_EQ(lp, lm);
+      const int64_t n = tp.dim(0);
+      ASSERT_EQ(mix.partner_labels, std::vector<int32_t>(lp.rbegin(), lp.rend()));
+      EXPECT_EQ(mix.cutmix, kind == 1);
+      ASSERT_GE(mix.lambda, 0.0f);
+      ASSERT_LE(mix.lambda, 1.0f);
+      lambdas.push_back(mix.lambda);
+      const float* a = tp.data<float>();
+      const float* m = tm.data<float>();
+      const double lam = mix.lambda;
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t j = n - 1 - i;
+        int64_t differ = 0;
+        for (int64_t k = 0; k < px; ++k) {
+          const float own = a[i * px + k], other = a[j * px + k], got = m[i * px + k];
+          if (kind == 0) {
+            ASSERT_NEAR(got, lam * own + (1 - lam) * other, 1e-6);
+          } else {
+            ASSERT_TRUE(got == own || got == other);
+            differ += got == other && other != own;
+          }
+        }
+        if (kind == 1 && i != j) {  // the box: 1 - lambda of the area, in both channels
+          int64_t box = 0;
+          for (int64_t k = 0; k < px; ++k) box += m[i * px + k] == a[j * px + k];
+          EXPECT_GE(box, differ);
+          EXPECT_GE(double(box), (1.0 - lam) * double(px) - 0.5);
+        }
+      }
+    }
+    std::sort(lambdas.begin(), lambdas.end());
+    EXPECT_LT(lambdas.front(), lambdas.back());  // a new lambda per batch
+  }
+  // CutMix's lambda is exactly the box it pasted: a batch of two constant images
+  ImageSet two;
+  two.n = 2, two.C = 1, two.H = 9, two.W = 7;
+  two.pixels.assign(63, 0.0f);
+  two.pixels.resize(126, 1.0f);
+  two.labels = {0, 1};
+  ImageBatcher cb(two, {0, 1}, 11, Augment{0, false, 0.0, 0.0, 2.0});
+  for (int batch = 0; batch < 12; ++batch) {
+    std::vector<int32_t> lab;
+    BatchMix mix;
+    const Tensor t = cb.next(2, lab, &mix);
+    for (int64_t i = 0; i < 2; ++i) {
+      double own = 0;
+      for (int64_t k = 0; k < 63; ++k) own += t.data<float>()[i * 63 + k] == float(lab[i]);
+      EXPECT_NEAR(own / 63.0, mix.lambda, 1e-6);
+    }
+  }
+  // mix_prob 0.5: some batches unmixed; resume mixes the same way
+  Augment half = base;
+  half.mixup = 0.4, half.cutmix = 1.0, half.mix_prob = 0.5;
+  ImageBatcher h(s, rows, 8, half);
+  int unmixed = 0, cut = 0, blend = 0;
+  for (int batch = 0; batch < 60; ++batch) {
+    std::vector<int32_t> lab;
+    BatchMix mix;
+    h.next(5, lab, &mix);
+    if (mix.partner_labels.empty()) {
+      ++unmixed;
+      EXPECT_EQ(mix.lambda, 1.0f);
+    } else {
+      ++(mix.cutmix ? cut : blend);
+    }
+  }
+  EXPECT_GT(unmixed, 15);
+  EXPECT_GT(cut, 7);
+  EXPECT_GT(blend, 7);
+  ImageBatcher r(s, rows, 8, half);
+  r.set_state(h.state());
+  for (int i = 0; i < 5; ++i) {
+    std::vector<int32_t> la, lb;
+    BatchMix ma, mr;
+    EXPECT_TRUE(pf_test::bit_equal(h.next(6, la, &ma), r.next(6, lb, &mr)));
+    EXPECT_EQ(ma.partner_labels, mr.partner_labels);
+    EXPECT_EQ(ma.lambda, mr.lambda);
+  }
+  std::vector<int32_t> lab;
+  pf_test::expect_error([&] { h.next(3, lab); }, {"mixing", "BatchMix"});
+  pf_test::expect_error(
+      [&] {
+        ImageBatcher(s, rows, 4, Augment{0, false, 0.0, -1.0});
+      },
+      {"mixup", ">= 0"});
+  pf_test::expect_error(
+      [&] {
+        ImageBatcher(s, rows, 4, Augment{0, false, 0.0, 1.0, 0.0, 2.0});
+      },
+      {"mixing probability", "[0, 1]"});
+}
+
+// The mixed-target loss: loss and every gradient equal lambda (the run on the batch's labels) +
+// (1 - lambda) (the run on the partners' labels), with label smoothing; lambda 1 is the plain
+// loss; bad partner labels and weights refused.
+TEST(BatchMixing, MixedTargetLossIsTheWeightedSum) {
+  const nlohmann::json j = {{"arch", "vit"},    {"image_size", {8, 8}},
+                            {"patch_size", 4},  {"channels", 1},
+                            {"num_classes", 4}, {"d_model", 16},
+                            {"n_layers", 1},    {"n_heads", 2},
+                            {"d_ff", 16},       {"position", {{"type", "rope_2d"}}}};
+  const Transformer m = Transformer::random_init(parse_config(j), 3);
+  Tensor img({3, 1, 8, 8});
+  const std::vector<float> px = pf_test::randn(3 * 64, 5);
+  std::copy(px.begin(), px.end(), img.data<float>());
+  const std::vector<int32_t> la = {0, 2, 3}, lb = {3, 2, 1};
+  const float lam = 0.3f;
+  ForwardOptions fa, fb, fm;
+  fa.label_smoothing = fb.label_smoothing = fm.label_smoothing = 0.1f;
+  fm.mix_labels = &lb, fm.mix_lambda = lam;
+  ParamStore ga = m.zero_grads(), gb = m.zero_grads(), gm = m.zero_grads();
+  const double loss_a = m.classify_loss_and_grad(img, la, ga, 1.0f, nullptr, fa).loss;
+  const double loss_b = m.classify_loss_and_grad(img, lb, gb, 1.0f, nullptr, fb).loss;
+  const double loss_m = m.classify_loss_and_grad(img, la, gm, 1.0f, nullptr, fm).loss;
+  EXPECT_NEAR(loss_m, lam * loss_a + (1 - lam) * loss_b, 1e-6);
+  for (const auto& spec : m.param_specs()) {
+    const float* a = ga.f32(spec.name);
+    const float* b = gb.f32(spec.name);
+    const float* g = gm.f32(spec.name);
+    double mx = 0, err = 0;
+    for (int64_t i = 0; i < shape_numel(spec.shape); ++i) {
+      const double want = lam * double(a[i]) + (1 - lam) * double(b[i]);
+      mx = std::max(mx, std::abs(want)), err = std::max(err, std::abs(double(g[i]) - want));
+    }
+    EXPECT_LE(err, 1e-5 * std::max(mx, 1e-3)) << spec.name;
+  }
+  ForwardOptions f1 = fa;
+  f1.mix_labels = &lb, f1.mix_lambda = 1.0f;
+  ParamStore g1 = m.zero_grads();
+  EXPECT_NEAR(m.classify_loss_and_grad(img, la, g1, 1.0f, nullptr, f1).loss, loss_a, 1e-9);
+  const std::vector<int32_t> bad = {0, 4, 1}, shortl = {0};
+  ForwardOptions fbad = fa;
+  fbad.mix_labels = &bad;
+  pf_test::expect_error([&] { m.classify_loss_and_grad(img, la, g1, 1.0f, nullptr, fbad); },
+                        {"mixed-in label 4", "[0, 4)"});
+  fbad.mix_labels = &shortl;
+  pf_test::expect_error([&] { m.classify_loss_and_grad(img, la, g1, 1.0f, nullptr, fbad); },
+                        {"1 mixed-in labels", "3 images"});
+  fbad.mix_labels = &lb, fbad.mix_lambda = 1.5f;
+  pf_test::expect_error([&] { m.classify_loss_and_grad(img, la, g1, 1.0f, nullptr, fbad); },
+                        {"mixing weight", "[0, 1]"});
+}
+
 // The trainer's flags: out-of-range values are refused naming the flag; the run's options
 // round-trip through train.json (a resume keeps them).
 // GCC 12 reports a false -Wrestrict in std::string's inlined assignment here (GCC bug 105329)
@@ -253,9 +456,27 @@ TEST(TrainOptions, RegularisationFlags) {
   pf_test::expect_error([&] { validate(o); }, {"--erase", "[0, 1]"});
   o.erase = 0.25;
   validate(o);
+  o.mixup = -0.5;
+  pf_test::expect_error([&] { validate(o); }, {"--mixup", ">= 0"});
+  o.mixup = 0.8, o.cutmix = std::nan("");
+  pf_test::expect_error([&] { validate(o); }, {"--cutmix", ">= 0"});
+  o.cutmix = 1.0, o.mix_prob = 1.5;
+  pf_test::expect_error([&] { validate(o); }, {"--mix-prob", "[0, 1]"});
+  o.mix_prob = 0.5;
+  validate(o);
   const TrainOptions r = options_from_json(options_to_json(o));
   EXPECT_EQ(r.label_smoothing, 0.1);
   EXPECT_EQ(r.erase, 0.25);
+  EXPECT_EQ(r.mixup, 0.8);
+  EXPECT_EQ(r.cutmix, 1.0);
+  EXPECT_EQ(r.mix_prob, 0.5);
+  // runs stored before the mixing options read as no mixing
+  nlohmann::json old = options_to_json(o);
+  old.erase("mixup"), old.erase("cutmix"), old.erase("mix_prob");
+  const TrainOptions r0 = options_from_json(old);
+  EXPECT_EQ(r0.mixup, 0.0);
+  EXPECT_EQ(r0.cutmix, 0.0);
+  EXPECT_EQ(r0.mix_prob, 1.0);
 }
 #pragma GCC diagnostic pop
 

@@ -66,7 +66,7 @@ Command add_grad(CLI::App& root) {
     int64_t steps = 1;
     double lr = 1e-3;
     uint64_t dropout_seed = 0;
-    float label_smoothing = 0.0f;
+    float label_smoothing = 0.0f, mix_lambda = 1.0f;
     AdamWConfig adam;
     int threads = 0;
     MemoryGuard mem;
@@ -76,7 +76,8 @@ Command add_grad(CLI::App& root) {
   app->add_option(
          "--batch", o->batch,
          "JSON file {\"tokens\": [[...]], \"targets\": [[...]] (-1 = ignore), \"src\": [[...]]}; "
-         "arch vit: {\"images\": [B][C][H][W], \"labels\": [B]} (also writes logits [B, K])")
+         "arch vit: {\"images\": [B][C][H][W], \"labels\": [B], optional \"mix_labels\": [B]} "
+         "(also writes logits [B, K])")
       ->required();
   app->add_option("--out", o->out, "output: grad.<param> tensors and losses [steps] (F64)")
       ->required();
@@ -92,6 +93,9 @@ Command add_grad(CLI::App& root) {
                   "on every step; docs/training.md)");
   app->add_option("--label-smoothing", o->label_smoothing,
                   "label smoothing of the loss, in [0, 1)");
+  app->add_option("--mix-lambda", o->mix_lambda,
+                  "arch vit with \"mix_labels\" in the batch: targets lambda q(labels) + "
+                  "(1 - lambda) q(mix_labels) (mixup / CutMix; docs/training.md)");
   add_threads_option(app, o->threads);
   add_memory_options(app, o->mem);
   return {app, [=]() {
@@ -106,7 +110,7 @@ Command add_grad(CLI::App& root) {
             }
             const bool vit = m.config().is_vit();
             Tensor images;
-            std::vector<int32_t> labels;
+            std::vector<int32_t> labels, mix_labels;
             TokenBatch tokens, targets;
             if (vit) {  // {"images": [B][C][H][W], "labels": [B]}
               images = read_images(j, o->batch);
@@ -117,6 +121,15 @@ Command add_grad(CLI::App& root) {
                          " is not an integer");
                 labels.push_back(v.get<int32_t>());
               }
+              if (j.contains("mix_labels")) {  // mixup / CutMix partners
+                PF_CHECK(j.at("mix_labels").is_array(), "[grad] ", o->batch,
+                         ": field 'mix_labels' must be a list of class indices");
+                for (const auto& v : j.at("mix_labels")) {
+                  PF_CHECK(v.is_number_integer(), "[grad] ", o->batch, ": mixed-in label ",
+                           v.dump(), " is not an integer");
+                  mix_labels.push_back(v.get<int32_t>());
+                }
+              }
             } else {
               tokens = read_rows(j, "tokens", o->batch);
               targets = read_rows(j, "targets", o->batch);
@@ -124,6 +137,11 @@ Command add_grad(CLI::App& root) {
             TokenBatch src, seg;
             ForwardOptions fo;
             fo.dropout_seed = o->dropout_seed, fo.label_smoothing = o->label_smoothing;
+            PF_CHECK(vit || (mix_labels.empty() && !app->count("--mix-lambda")), "[grad] ",
+                     "'mix_labels' and --mix-lambda are for arch vit (image classification)");
+            PF_CHECK(!app->count("--mix-lambda") || !mix_labels.empty(), "[grad] --mix-lambda ",
+                     "needs 'mix_labels' in ", o->batch);
+            if (!mix_labels.empty()) fo.mix_labels = &mix_labels, fo.mix_lambda = o->mix_lambda;
             if (j.contains("src")) {
               src = read_rows(j, "src", o->batch);
               fo.src = &src;

@@ -33,6 +33,14 @@ Command add_train(CLI::App& root) {
   app->add_flag("--flip", o->flip, "arch vit: random horizontal flips");
   app->add_option("--erase", o->erase,
                   "arch vit: random erasing probability (a random rectangle of noise; 0 = off)");
+  app->add_option("--mixup", o->mixup,
+                  "arch vit: mixup alpha: blend each batch with itself reversed, lambda ~ "
+                  "Beta(alpha, alpha), targets mixed alike (0 = off; docs/training.md)");
+  app->add_option("--cutmix", o->cutmix,
+                  "arch vit: CutMix alpha: paste a box of the reversed batch's images, targets "
+                  "mixed by its area (0 = off; with --mixup: half the mixed batches each)");
+  app->add_option("--mix-prob", o->mix_prob,
+                  "arch vit: probability that a batch is mixed (--mixup / --cutmix), in [0, 1]");
   app->add_option("--label-smoothing", o->label_smoothing,
                   "label smoothing of the training loss, in [0, 1) (validation is reported "
                   "without it); dropout is the model config's 'dropout'");

@@ -83,6 +83,11 @@ struct ForwardOptions {
   // label smoothing of the loss (ops/loss.h; 0 = one-hot targets).
   uint64_t dropout_seed = 0;
   float label_smoothing = 0.0f;
+  // Mixed targets (mixup / CutMix, train/images.h; classify_loss_and_grad only): with
+  // mix_labels (one per image) the loss targets mix_lambda q(labels) + (1 - mix_lambda)
+  // q(mix_labels), q the (smoothed) one-hot distribution; mix_lambda in [0, 1].
+  const std::vector<int32_t>* mix_labels = nullptr;
+  float mix_lambda = 1.0f;
 };
 
 struct ForwardOutput {

@@ -21,8 +21,9 @@
 //                  image at (epoch, position in epoch), drawn from a stream seeded from
 //                  (seed, epoch, position): random crop (pad `crop_pad` zero pixels on each
 //                  side, take an H x W window at a uniform offset) and horizontal flip with
-//                  probability 1/2. Everything follows from (epoch, position), so state() /
-//                  set_state() continue exactly (resume).
+//                  probability 1/2; random erasing; then batch mixing (mixup / CutMix, below)
+//                  from a stream seeded from (seed, epoch, batch start). Everything follows from
+//                  (epoch, position), so state() / set_state() continue exactly (resume).
 #pragma once
 #include <cstdint>
 #include <string>
@@ -64,20 +65,44 @@ struct Augment {
   // of area 2%-40% of the image and aspect ratio in [0.3, 3.3] (log-uniform) at a random place
   // is filled with uniform random values in [0, 1) (every channel). 0 = off.
   double erase = 0.0;
+  // Batch mixing (mixup, Zhang et al. 2018; CutMix, Yun et al. 2019; timm's Mixup in "batch"
+  // mode), after the per-image steps above: with probability mix_prob a batch of n images is
+  // mixed with itself reversed (image i with image j = n - 1 - i) under one
+  // lambda ~ Beta(alpha, alpha) (0 = off). mixup blends the pixels, lambda x_i + (1 - lambda)
+  // x_j; CutMix copies a box of x_j into x_i (sides H sqrt(1 - lambda) and W sqrt(1 - lambda),
+  // centre uniform over the image, clipped at the border) and sets lambda = 1 - box area / (H W).
+  // With both alphas > 0 a mixed batch uses CutMix with probability 1/2. The loss then targets
+  // lambda q(y_i) + (1 - lambda) q(y_j) (ForwardOptions::mix_labels).
+  double mixup = 0.0, cutmix = 0.0, mix_prob = 1.0;
+  bool mixing() const { return (mixup > 0 || cutmix > 0) && mix_prob > 0; }
 };
+
+// How ImageBatcher::next mixed a batch: partner_labels[i] = y_j of image i's partner, empty when
+// the batch was not mixed (then lambda = 1).
+struct BatchMix {
+  std::vector<int32_t> partner_labels;
+  float lambda = 1.0f;
+  bool cutmix = false;
+};
+
+// A Beta(a, b) draw (a, b > 0) from the splitmix64 stream s: X / (X + Y) with X ~ Gamma(a),
+// Y ~ Gamma(b) (Marsaglia-Tsang; shapes below 1 through Gamma(a + 1) U^(1/a)).
+double sample_beta(double a, double b, uint64_t& s);
 
 class ImageBatcher {
  public:
   ImageBatcher(const ImageSet& set, std::vector<int64_t> rows, uint64_t seed, Augment aug);
   // The next `batch` images of the current epoch (a new shuffled epoch starts when one ends;
-  // a batch never spans two epochs, so the last batch of an epoch may be smaller).
-  Tensor next(int64_t batch, std::vector<int32_t>& labels);
+  // a batch never spans two epochs, so the last batch of an epoch may be smaller). With batch
+  // mixing on (Augment::mixing) `mix` is required and says how the batch was mixed.
+  Tensor next(int64_t batch, std::vector<int32_t>& labels, BatchMix* mix = nullptr);
   int64_t epoch() const { return epoch_; }
   std::string state() const;  // {"epoch":E,"pos":P}
   void set_state(const std::string& s);
 
  private:
   void start_epoch();
+  void mix_batch(Tensor& t, int64_t n, const std::vector<int32_t>& labels, BatchMix& mix) const;
   const ImageSet& set_;
   std::vector<int64_t> rows_, order_;
   uint64_t seed_;

@@ -48,6 +48,9 @@ struct TrainOptions {
   int64_t max_images = 0, crop_pad = 0;
   bool flip = false;
   double erase = 0;  // arch vit: random erasing probability (Augment::erase)
+  // arch vit: batch mixing (Augment::mixup / cutmix / mix_prob): Beta alphas (0 = off) and the
+  // probability that a batch is mixed
+  double mixup = 0, cutmix = 0, mix_prob = 1.0;
   // Regularisation (docs/training.md): label smoothing of the training loss (validation is
   // reported without it). Dropout is the model config's `dropout`; its masks are keyed by
   // (seed, step, micro-batch), so a resumed run draws the same ones.
