@@ -9,8 +9,8 @@ Checks:
     (mean of the last 10 steps below the mean of the first 5 by at least 0.15 nats);
   - resume is bit-exact: a run stopped at step 15 and resumed gives the same losses (every
     metrics line) and the same final weights, byte for byte, as an uninterrupted run, with
-    random crop, flip and erasing, label smoothing and the config's dropout on (the run keeps
-    those settings in train.json);
+    random crop, flip and erasing, mixup / CutMix, label smoothing and the config's dropout on
+    (the run keeps those settings in train.json);
   - the same with --precision bf16 (bf16 matmuls): bit-exact resume, the precision kept in
     train.json, its first loss within 2% of float32's but not equal, a resume asking for f32
     and --precision fp16 refused naming the flag;
@@ -19,8 +19,8 @@ Checks:
   - vit-resolution writes one CSV row per size (images resized), the markdown table and the
     plot, and refuses a size that is not a multiple of the patch;
   - eval --tta flip runs and says so, a bad --tta value is refused naming the flag;
-  - a malformed IDX file, a file that is not a PNG, --label-smoothing / --erase out of range and
-    a config 'dropout' of 1 give clear errors naming what is wrong.
+  - a malformed IDX file, a file that is not a PNG, --label-smoothing / --erase / --mixup /
+    --mix-prob out of range and a config 'dropout' of 1 give clear errors naming what is wrong.
 Prints PASS/FAIL lines and `N passed, M failed`; exit status 1 if any failed.
 """
 import argparse
@@ -87,7 +87,8 @@ def main():
             check("summary_counts_images", len(summary) == 1 and " images/s, " in summary[0],
                   f"final line {summary}")
         # 2. bit-exact resume with augmentation and regularisation
-        aug = ["--crop-pad", "2", "--flip", "--erase", "0.5", "--label-smoothing", "0.1"]
+        aug = ["--crop-pad", "2", "--flip", "--erase", "0.5", "--label-smoothing", "0.1",
+               "--mixup", "0.4", "--cutmix", "1.0", "--mix-prob", "0.8"]
         cfg_drop = os.path.join(tmp, "cfg_drop.json")
         with open(cfg_drop, "w") as f:
             json.dump(dict(CFG, dropout=0.1), f)
@@ -109,8 +110,10 @@ def main():
                 kept_cfg = json.load(f)
             check("regularisation_kept_with_run",
                   kept.get("erase") == 0.5 and kept.get("label_smoothing") == 0.1
-                  and kept_cfg.get("dropout") == 0.1,
+                  and kept_cfg.get("dropout") == 0.1 and kept.get("mixup") == 0.4
+                  and kept.get("cutmix") == 1.0 and kept.get("mix_prob") == 0.8,
                   f"erase {kept.get('erase')}, label_smoothing {kept.get('label_smoothing')}, "
+                  f"mixup {kept.get('mixup')}, cutmix {kept.get('cutmix')}, "
                   f"dropout {kept_cfg.get('dropout')}")
         # 2b. bf16 matmuls (--precision bf16): resume bit-exact, kept with the run, a different
         # precision on resume and a bad value refused naming the flag
@@ -218,7 +221,8 @@ def main():
             check("bad_png_named", rc != 0 and "not.png" in err and "PNG" in err,
                   err.strip()[-200:])
         # regularisation flags out of range are refused naming the flag
-        for flag, bad in (("--label-smoothing", "1.5"), ("--erase", "-0.1")):
+        for flag, bad in (("--label-smoothing", "1.5"), ("--erase", "-0.1"), ("--mixup", "-1"),
+                          ("--mix-prob", "2")):
             rc, _, err = run_cli([cli, "train", "--config", cfg, "--out", os.path.join(tmp, "r"),
                                   "--steps", "2", flag, bad] + TRAIN)
             check(f"bad{flag.replace('-', '_')}", rc != 0 and flag in err, err.strip()[-200:])
