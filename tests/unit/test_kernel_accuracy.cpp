@@ -223,4 +223,28 @@ TEST(Fp32Peak, UsesTheWidestTarget) {
   EXPECT_GE(p.lanes, 4);
 }
 
+// The probe's chains are distinct (each starts at its own value), so its result is the sum of
+// twelve different chains: checked against scalar std::fma chains. (With equal starts GCC folded
+// the twelve chains into one latency-bound chain and the probe over-reported the peak 1.5x.)
+TEST(Fp32Peak, ChainsAreDistinct) {
+  const int64_t iters = 1000;
+  const float seed = 1.25f;
+  const Fp32Peak p = measure_fp32_peak(1, 1);
+  double want = 0;
+  for (int i = 0; i < 12; ++i) {
+    float a = fp32_peak_chain_start(seed, i);
+    if (i) {
+      EXPECT_GT(a, fp32_peak_chain_start(seed, i - 1));
+    }
+    for (int64_t k = 0; k < iters; ++k) a = std::fma(a, 0.999999f, 1e-7f);
+    want += double(a) * p.lanes;
+  }
+  const double got = fp32_peak_checksum(iters, seed);
+  EXPECT_NEAR(got, want, 1e-5 * want);
+  // equal starts would give 12 x chain 0
+  float a0 = fp32_peak_chain_start(seed, 0);
+  for (int64_t k = 0; k < iters; ++k) a0 = std::fma(a0, 0.999999f, 1e-7f);
+  EXPECT_GT(std::abs(got - 12.0 * p.lanes * a0), 1e-3 * want);
+}
+
 }  // namespace

@@ -3,6 +3,7 @@
 // FLOPs = 2 x lanes x chains x iterations x threads; the best of `reps` timed runs is reported.
 // Utilisation (MFU) figures divide by this (bench/train_bench.sh, bench/attention_bench.sh).
 #pragma once
+#include <cstdint>
 #include <string>
 
 namespace posformer {
@@ -17,5 +18,14 @@ struct Fp32Peak {
 
 // threads <= 0: the OpenMP default (num_threads()). Runs ~0.2 s per rep on a 2-core machine.
 Fp32Peak measure_fp32_peak(int threads = 0, int reps = 5);
+
+// Chain i of the probe starts at this value: every chain distinct, so the compiler cannot fold
+// them into one (which would time a single latency-bound chain).
+inline float fp32_peak_chain_start(float seed, int i) {
+  return seed + static_cast<float>(i) * (1.0f / 1024.0f);
+}
+// For tests: the probe's result for one thread, `iters` steps (sum over chains and lanes of
+// a <- fma(a, 0.999999, 1e-7) from fp32_peak_chain_start(seed, i)).
+float fp32_peak_checksum(int64_t iters, float seed);
 
 }  // namespace posformer

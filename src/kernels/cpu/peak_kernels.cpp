@@ -21,15 +21,20 @@ constexpr int kChains = 12;  // > FMA latency (4) x FMA ports (2): keeps both pi
 
 // Runs kChains independent a = a * m + c chains for `iters` steps; returns a value that
 // depends on every chain (so nothing is optimised away); reports the vector width, the chain
-// count and this target's name.
+// count and this target's name. Chain i starts at seed + i / 1024 (fp32_peak_chain_start):
+// chains that started equal would be one value to the compiler, which then runs a single
+// latency-bound chain (before 2026-12-01 GCC did exactly that, and the probe reported 12 FMAs
+// per FMA latency, 1.5x the two-port peak of the CPUs measured).
 float fma_chains(int64_t iters, float seed, int* lanes, int* chains, const char** isa) {
   const hn::ScalableTag<float> d;
   *lanes = static_cast<int>(hn::Lanes(d));
   *chains = kChains;
   *isa = hwy::TargetName(HWY_TARGET);
   const auto m = hn::Set(d, 0.999999f), c = hn::Set(d, 1e-7f);
-  auto a0 = hn::Set(d, seed), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0;
-  auto a6 = a0, a7 = a0, a8 = a0, a9 = a0, a10 = a0, a11 = a0;
+  auto start = [&](int i) { return hn::Set(d, fp32_peak_chain_start(seed, i)); };
+  auto a0 = start(0), a1 = start(1), a2 = start(2), a3 = start(3), a4 = start(4);
+  auto a5 = start(5), a6 = start(6), a7 = start(7), a8 = start(8), a9 = start(9);
+  auto a10 = start(10), a11 = start(11);
   for (int64_t i = 0; i < iters; ++i) {
     a0 = hn::MulAdd(a0, m, c), a1 = hn::MulAdd(a1, m, c), a2 = hn::MulAdd(a2, m, c);
     a3 = hn::MulAdd(a3, m, c), a4 = hn::MulAdd(a4, m, c), a5 = hn::MulAdd(a5, m, c);
@@ -50,6 +55,12 @@ namespace posformer {
 namespace kernels::cpu {
 HWY_EXPORT(fma_chains);
 }  // namespace kernels::cpu
+
+float fp32_peak_checksum(int64_t iters, float seed) {
+  int lanes = 0, chains = 0;
+  const char* isa = "";
+  return HWY_DYNAMIC_DISPATCH(kernels::cpu::fma_chains)(iters, seed, &lanes, &chains, &isa);
+}
 
 Fp32Peak measure_fp32_peak(int threads, int reps) {
   if (threads <= 0) threads = num_threads();
