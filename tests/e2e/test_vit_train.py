@@ -20,7 +20,8 @@ Checks:
     plot, and refuses a size that is not a multiple of the patch;
   - eval --tta flip runs and says so, a bad --tta value is refused naming the flag;
   - a malformed IDX file, a file that is not a PNG, --label-smoothing / --erase / --mixup /
-    --mix-prob out of range and a config 'dropout' of 1 give clear errors naming what is wrong.
+    --mix-prob out of range, bad mixed targets for `grad` ("mix_labels", --mix-lambda) and a
+    config 'dropout' of 1 give clear errors naming what is wrong.
 Prints PASS/FAIL lines and `N passed, M failed`; exit status 1 if any failed.
 """
 import argparse
@@ -220,6 +221,25 @@ def main():
             rc, out, err = run_cli([cli, "predict", run, "--images", notpng])
             check("bad_png_named", rc != 0 and "not.png" in err and "PNG" in err,
                   err.strip()[-200:])
+        # posformer grad's mixed targets: bad "mix_labels" / --mix-lambda are named
+        if os.path.isdir(run):
+            img = [[[[0.0] * 28 for _ in range(28)]] for _ in range(2)]
+            for name, batch, extra, want in (
+                    ("mix_lambda_without_labels", {"images": img, "labels": [1, 2]},
+                     ["--mix-lambda", "0.5"], "mix_labels"),
+                    ("mix_labels_not_integers", {"images": img, "labels": [1, 2],
+                                                 "mix_labels": [1, "x"]}, [], "mixed-in label"),
+                    ("mix_label_out_of_range", {"images": img, "labels": [1, 2],
+                                                "mix_labels": [1, 10]}, [], "mixed-in label 10"),
+                    ("mix_lambda_out_of_range", {"images": img, "labels": [1, 2],
+                                                 "mix_labels": [2, 1]}, ["--mix-lambda", "1.5"],
+                     "mixing weight")):
+                bpath = os.path.join(tmp, name + ".json")
+                with open(bpath, "w") as f:
+                    json.dump(batch, f)
+                rc, _, err = run_cli([cli, "grad", run, "--batch", bpath, "--out",
+                                      os.path.join(tmp, name + ".st")] + extra)
+                check(f"grad_{name}", rc != 0 and want in err, err.strip()[-200:])
         # regularisation flags out of range are refused naming the flag
         for flag, bad in (("--label-smoothing", "1.5"), ("--erase", "-0.1"), ("--mixup", "-1"),
                           ("--mix-prob", "2")):
