@@ -28,6 +28,20 @@ TokenBatch read_rows(const nlohmann::json& j, const char* key, const std::string
   }
   return b;
 }
+// field: a list of integer class indices (`noun` names one in errors)
+std::vector<int32_t> read_labels(const nlohmann::json& j, const char* field,
+                                 const std::string& path, const char* noun) {
+  PF_CHECK(j.contains(field) && j.at(field).is_array(), "[grad] ", path, ": field '", field,
+           "' must be a list of class indices");
+  std::vector<int32_t> out;
+  for (const auto& v : j.at(field)) {
+    PF_CHECK(v.is_number_integer(), "[grad] ", path, ": ", noun, " ", v.dump(),
+             " is not an integer");
+    out.push_back(v.get<int32_t>());
+  }
+  return out;
+}
+
 // images [B][C][H][W] (nested lists of numbers) -> float32 tensor
 Tensor read_images(const nlohmann::json& j, const std::string& path) {
   PF_CHECK(j.contains("images") && j.at("images").is_array() && !j.at("images").empty(), "[grad] ",
@@ -114,22 +128,9 @@ Command add_grad(CLI::App& root) {
             TokenBatch tokens, targets;
             if (vit) {  // {"images": [B][C][H][W], "labels": [B]}
               images = read_images(j, o->batch);
-              PF_CHECK(j.contains("labels") && j.at("labels").is_array(), "[grad] ", o->batch,
-                       ": field 'labels' must be a list of class indices");
-              for (const auto& v : j.at("labels")) {
-                PF_CHECK(v.is_number_integer(), "[grad] ", o->batch, ": label ", v.dump(),
-                         " is not an integer");
-                labels.push_back(v.get<int32_t>());
-              }
-              if (j.contains("mix_labels")) {  // mixup / CutMix partners
-                PF_CHECK(j.at("mix_labels").is_array(), "[grad] ", o->batch,
-                         ": field 'mix_labels' must be a list of class indices");
-                for (const auto& v : j.at("mix_labels")) {
-                  PF_CHECK(v.is_number_integer(), "[grad] ", o->batch, ": mixed-in label ",
-                           v.dump(), " is not an integer");
-                  mix_labels.push_back(v.get<int32_t>());
-                }
-              }
+              labels = read_labels(j, "labels", o->batch, "label");
+              if (j.contains("mix_labels"))  // mixup / CutMix partners
+                mix_labels = read_labels(j, "mix_labels", o->batch, "mixed-in label");
             } else {
               tokens = read_rows(j, "tokens", o->batch);
               targets = read_rows(j, "targets", o->batch);
