@@ -51,18 +51,21 @@ void mask_window(const AttnDesc& a, int64_t b, int64_t t0, int64_t rows, int64_t
 }
 
 // Which tile products run on the Highway micro-kernels (the rest on oneDNN sgemm, the earlier
-// kernel): POSFORMER_FLASH_GEMM=0 none, 1 (default) the forward's, 2 forward and backward. The
-// backward's stay on sgemm by default: in the one (loaded) session measured, its micro-kernel
-// path was 6-20% slower (docs/attention.md). Read at each call (tests switch it). Blocks of
-// fewer query rows (decoding) than kMinPackRows per kv head use sgemm: packing K and V would
-// cost about as much as the products.
+// kernel): POSFORMER_FLASH_GEMM=0 none, 1 the forward's, 2 forward and backward; unset (auto,
+// -1): the forward's, and the backward's when a head sees at most kSmallBackwardKeys keys. At
+// larger T the backward's micro-kernel path measured 6-30% slower than sgemm (RESULTS.md
+// section 3); at ViT sizes (T = 17-33) sgemm's per-call cost dominates, five calls per (b, head)
+// on 17 x 17 x 32 tiles, and the micro-kernels took 15-25% less time (docs/attention.md). Read at
+// each call (tests switch it). Blocks of fewer query rows (decoding) than kMinPackRows per kv head
+// use sgemm: packing K and V would cost about as much as the products.
 int flash_gemm_mode() {
   const char* e = std::getenv("POSFORMER_FLASH_GEMM");
-  if (!e || !*e) return 1;
+  if (!e || !*e) return -1;
   PF_CHECK((e[0] == '0' || e[0] == '1' || e[0] == '2') && e[1] == 0,
            "[attention] POSFORMER_FLASH_GEMM must be 0, 1 or 2, got '", e, "'");
   return e[0] - '0';
 }
+constexpr int64_t kSmallBackwardKeys = 48;
 constexpr int64_t kMinPackRows = 16;
 }  // namespace
 
@@ -73,7 +76,8 @@ void fused_attention_forward(const AttnDesc& a, float* lse) {
   if (a.B == 0 || a.Tq == 0) return;
   const int64_t group = a.H / a.Hkv, BG = a.B * a.Hkv, D = a.D;
   const int64_t br = std::min(kBr, a.Tq), nblk = (a.Tq + br - 1) / br, per_bg = group * nblk;
-  const bool fast = flash_gemm_mode() >= 1 && a.Tq * group >= kMinPackRows;
+  const int mode = flash_gemm_mode();
+  const bool fast = mode != 0 && a.Tq * group >= kMinPackRows;
   const int64_t Dp = fast ? kernels::cpu::flash_round_up(D) : D;  // O accumulator row stride
   const bool par = BG * per_bg > 1 && omp_get_max_threads() > 1 && !omp_in_parallel();
   // fast: K (panels) and V (rows padded to Dp) packed once per (b, kv head) for all its heads and
@@ -186,7 +190,9 @@ void fused_attention_backward(const AttnDesc& a, const float* lse, const AttnGra
   }
   if (hook) hook->begin_backward();
   const int64_t br = std::min(kBr, a.Tq);
-  const bool fast = flash_gemm_mode() >= 2 && a.Tq * group >= kMinPackRows;
+  const int mode = flash_gemm_mode();
+  const bool fast =
+      (mode == 2 || (mode == -1 && a.Tk <= kSmallBackwardKeys)) && a.Tq * group >= kMinPackRows;
   // fast: per thread, this (b, kv head)'s K and V in panels (S = Q K^T, dP = dO V^T), and K,
   // the block's Q and dO as rows padded to Dp (the acc products' B) unless D is already padded
   const int64_t Dp = kernels::cpu::flash_round_up(D), kr_size = Dp == D ? 0 : a.Tk * Dp;

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "posformer/model/transformer.h"
+#include "posformer/ops/activation.h"
 #include "posformer/ops/loss.h"
 #include "posformer/ops/matmul.h"
 #include "tape.h"
@@ -50,12 +51,20 @@ Tensor Transformer::vit_embed(const Tensor& images, PositionIds& ids, StackInput
             std::copy_n(src, g.p, row + (ch * g.p + i) * g.p);
           }
       }
+  // one linear over all B*N patches (per-image calls cost ~B times the gemm's call overhead)
   Tensor x({g.B, T, d});
   float* xp = x.data<float>();
-  for (int64_t b = 0; b < g.B; ++b) {
-    if (cls) std::copy_n(params_.f32("cls_token"), d, xp + b * T * d);
-    ops::linear(P + b * g.N * g.K, params_.f32("patch_embed.weight"),
-                params_.f32_or_null("patch_embed.bias"), xp + (b * T + cls) * d, g.N, d, g.K);
+  const float* Wpe = params_.f32("patch_embed.weight");
+  const float* bpe = params_.f32_or_null("patch_embed.bias");
+  if (!cls) {
+    ops::linear(P, Wpe, bpe, xp, g.B * g.N, d, g.K);
+  } else {
+    Tensor emb({g.B * g.N, d});
+    ops::linear(P, Wpe, bpe, emb.data<float>(), g.B * g.N, d, g.K);
+    for (int64_t b = 0; b < g.B; ++b) {
+      std::copy_n(params_.f32("cls_token"), d, xp + b * T * d);
+      std::copy_n(emb.data<float>() + b * g.N * d, g.N * d, xp + (b * T + 1) * d);
+    }
   }
   // positions: (row, col) for 2-D schemes (CLS at (-1, -1)), else the flattened order 0..T-1
   in = StackInput{Positions::run(g.B, T, 0)};
@@ -183,21 +192,23 @@ Transformer::Loss Transformer::classify_loss_and_grad(const Tensor& images,
         dxp[(b * T + t) * d + i] = dpooled.data<float>()[b * d + i] / float(pooled_rows);
   backward_stack(st, tape, dxp, nullptr, nullptr, grads);
   enc_pe_->embed_backward(dxp, in.pos, grads);
-  // x[b, cls + n] = P[b, n] W_pe^T + b_pe (+ cls_token in row 0)
+  // x[b, cls + n] = P[b, n] W_pe^T + b_pe (+ cls_token in row 0): one gemm over all B*N patch
+  // rows (gathered without the CLS rows when there are any)
   float* dWp = grads.f32("patch_embed.weight");
-  float* dbp = cfg_.bias ? grads.f32("patch_embed.bias") : nullptr;
-  for (int64_t b = 0; b < B; ++b) {
-    const float* dxb = dxp + (b * T + cls) * d;
-    ops::gemm(true, false, d, ig.K, ig.N, 1.0f, dxb, d, patches.data<float>() + b * ig.N * ig.K,
-              ig.K, 1.0f, dWp, ig.K);
-    if (dbp)
-      for (int64_t n = 0; n < ig.N; ++n)
-        for (int64_t i = 0; i < d; ++i) dbp[i] += dxb[n * d + i];
-    if (cls) {
-      float* dc = grads.f32("cls_token");
+  Tensor dpatch;
+  const float* dxr = dxp;
+  if (cls) {
+    dpatch = Tensor({B * ig.N, d});
+    float* dc = grads.f32("cls_token");
+    for (int64_t b = 0; b < B; ++b) {
+      std::copy_n(dxp + (b * T + 1) * d, ig.N * d, dpatch.data<float>() + b * ig.N * d);
       for (int64_t i = 0; i < d; ++i) dc[i] += dxp[b * T * d + i];
     }
+    dxr = dpatch.data<float>();
   }
+  ops::gemm(true, false, d, ig.K, B * ig.N, 1.0f, dxr, d, patches.data<float>(), ig.K, 1.0f, dWp,
+            ig.K);
+  if (cfg_.bias) ops::bias_grad(dxr, grads.f32("patch_embed.bias"), B * ig.N, d);
   return {loss, count};
 }
 

@@ -256,10 +256,12 @@ TEST(FusedAttention, BadFlashGemmModeIsNamed) {
   }
 }
 
-// The backward's micro-kernel path (POSFORMER_FLASH_GEMM=2; sgemm by default) and the all-sgemm
-// path (0): every hook, masks, GQA, head dims off the vector width, several blocks and tiles.
+// The backward's micro-kernel path (POSFORMER_FLASH_GEMM=2; by default only at Tk <= 48), the
+// forward-only one (1: the backward on sgemm at every T, small ViT-sized T included) and the
+// all-sgemm path (0): every hook, masks, GQA, head dims off the vector width, several blocks
+// and tiles.
 TEST(FusedAttention, MicroKernelBackwardAndSgemmPaths) {
-  for (const char* mode : {"2", "0"}) {
+  for (const char* mode : {"2", "1", "0"}) {
     SCOPED_TRACE(std::string("POSFORMER_FLASH_GEMM=") + mode);
     FlashGemmMode m(mode);
     uint32_t seed = 1000;
@@ -276,6 +278,11 @@ TEST(FusedAttention, MicroKernelBackwardAndSgemmPaths) {
     FCase c;  // two query blocks x two key tiles
     c.B = 1, c.H = 2, c.Hkv = 1, c.D = 64, c.Tq = c.Tk = 700, c.causal = true;
     check_fused_vs_unfused(c, seed++);
+    for (int64_t T : {17, 48, 49}) {  // around the default's switch to micro-kernels (Tk <= 48)
+      FCase v;
+      v.B = 3, v.H = 4, v.Hkv = 4, v.D = 32, v.Tq = v.Tk = T, v.hook = T == 48 ? "t5" : "none";
+      check_fused_vs_unfused(v, seed++);
+    }
   }
 }
 
