@@ -3,6 +3,7 @@
 that cannot fit is refused before anything large is allocated, naming both figures; --force goes
 ahead; --memory-limit parsing), generate's output is valid UTF-8, streamed or not, and forward
 --batch-file (sequences of different lengths in one padded batch) equals one forward each.
+A resumed run refuses training options it would otherwise ignore (--lr, --flip ...), naming them.
 Usage: test_cli_guards.py --posformer PATH [--keep]"""
 import json
 import os
@@ -130,6 +131,25 @@ def t_force_goes_ahead():
     run("train", "--resume", r, "--steps", "3", "--quiet", "--memory-limit", "1K", "--force")
 
 
+def t_resume_refuses_run_options():
+    r = os.path.join(W, "resumable")
+    run("train", "--config", TINY, "--data", DATA, "--out", r, "--steps", "2", "--batch", "2", "--seq-len", "16",
+        "--quiet", "--ckpt-every", "1")
+    before = open(os.path.join(r, "metrics.jsonl")).read()
+    for extra in (["--lr", "1e-3"], ["--batch", "4"], ["--seed", "5"], ["--flip"], ["--erase", "0.5"],
+                  ["--warmup", "0"], ["--label-smoothing", "0.1"], ["--out", r]):
+        p = run("train", "--resume", r, "--steps", "3", "--quiet", *extra, ok=False)
+        assert p.returncode != 0, f"{extra} was accepted on resume:\n{p.out}"
+        assert f"[train] {extra[0]} cannot change when a run is resumed" in p.err, p.err
+        assert f"drop {extra[0]} or start a new run" in p.err, p.err
+        assert "Traceback" not in p.err and "terminate" not in p.err, p.err
+    # nothing was trained by the refused calls; the allowed ones still resume
+    assert open(os.path.join(r, "metrics.jsonl")).read() == before
+    run("train", "--resume", r, "--steps", "3", "--quiet", "--threads", "1")
+    steps = [json.loads(l)["step"] for l in open(os.path.join(r, "metrics.jsonl")) if '"step"' in l]
+    assert max(steps) == 3, steps
+
+
 def t_bad_limits_named():
     m = os.path.join(W, "tiny")
     for bad, why in (("abc", "is not a size"), ("1X", "unknown unit"), ("0", "less than one byte"),
@@ -228,6 +248,7 @@ check("a 40B-parameter config is refused at once under --memory-limit", t_huge_r
 check("a 40B-parameter config is refused at once by this machine's memory", t_huge_refused_by_what_the_machine_has)
 check("init, forward, train, eval, generate, info and grad refuse a model over the limit", t_small_limit_refuses_every_command)
 check("--force goes ahead (and resume is guarded)", t_force_goes_ahead)
+check("resume refuses the run's own options (--lr, --flip ...), naming them", t_resume_refuses_run_options)
 check("bad --memory-limit values are named", t_bad_limits_named)
 check("--help documents --memory-limit and --force", t_help_documents_the_options)
 check("generate prints valid UTF-8, the same streamed or not", t_generate_valid_utf8)

@@ -3,6 +3,7 @@
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
+#include <set>
 
 #include "common.h"
 #include "posformer/train/trainer.h"
@@ -51,8 +52,10 @@ Command add_train(CLI::App& root) {
                   "f32 | bf16: matmuls of the attention and FFN linears in bfloat16 with float32 "
                   "sums (AMX / AVX512-BF16 units; weights, gradients, optimizer stay float32)");
   app->add_option("--out", o->out_dir, "run directory (model, checkpoints, metrics.jsonl)");
-  app->add_option("--resume", *resume_dir,
-                  "continue the run in DIR from its newest complete checkpoint");
+  app->add_option(
+      "--resume", *resume_dir,
+      "continue the run in DIR from its newest complete checkpoint, with the options it "
+      "was started with (only --steps, --threads, --quiet, memory options may be given)");
   app->add_option("--tokenizer", o->tokenizer_dir,
                   "use the tokenizer in DIR (default: byte-level)");
   app->add_option("--objective", o->objective,
@@ -92,6 +95,18 @@ Command add_train(CLI::App& root) {
               PF_CHECK(o->config_path.empty() && o->data.empty(),
                        "[train] --resume continues a run with its own config and data; drop "
                        "--config/--data");
+              // Every other training option (lr, batch, augmentation, seed ...) is the run's
+              // own, stored with it: one given here would be ignored, so it is refused instead.
+              static const std::set<std::string> on_resume = {
+                  "--resume",    "--steps",          "--threads",      "--quiet", "--stop-after",
+                  "--precision", "--pack-documents", "--memory-limit", "--force", "--help"};
+              for (const CLI::Option* opt : app->get_options())
+                if (opt->count() > 0 && !on_resume.count(opt->get_name()))
+                  throw Error(str("[train] ", opt->get_name(),
+                                  " cannot change when a run is resumed: --resume continues ",
+                                  *resume_dir, " with the options it was started with (",
+                                  *resume_dir, "/train.json); drop ", opt->get_name(),
+                                  " or start a new run (--out)"));
               // Guard the run's config when it has one; resume() names what else is missing.
               const std::string cfg = *resume_dir + "/config.json";
               if (std::filesystem::is_regular_file(cfg))
