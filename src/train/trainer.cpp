@@ -1,12 +1,15 @@
 #include "posformer/train/trainer.h"
 
 #include <fcntl.h>
+#include <omp.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -66,7 +69,8 @@ json options_to_json(const TrainOptions& o) {
               {"mix_prob", o.mix_prob},
               {"label_smoothing", o.label_smoothing},
               {"pack_documents", o.pack_documents},
-              {"precision", o.precision}};
+              {"precision", o.precision},
+              {"accum_parallel", o.accum_parallel}};
 }
 
 TrainOptions options_from_json(const json& j) {
@@ -92,6 +96,7 @@ TrainOptions options_from_json(const json& j) {
     o.mix_prob = j.value("mix_prob", 1.0);
     o.pack_documents = j.value("pack_documents", false);  // runs from before the option: off
     o.precision = j.value("precision", std::string("f32"));
+    o.accum_parallel = j.value("accum_parallel", false);
   } catch (const json::exception& e) {
     throw Error(str("[train] stored training options are malformed: ", e.what()));
   }
@@ -106,6 +111,10 @@ void validate(const TrainOptions& o) {
   PF_CHECK(o.seq_len >= 2 && o.seq_len <= (1 << 20), "[train] --seq-len must be in [2, 2^20], got ",
            o.seq_len);
   PF_CHECK(o.accum >= 1, "[train] --accum must be >= 1, got ", o.accum);
+  PF_CHECK(!o.accum_parallel || o.accum >= 2,
+           "[train] --accum-parallel runs the --accum micro-batches of a step side by side: give "
+           "--accum 2 or more (e.g. --batch 64 --accum 2 for 128 per step), got --accum ",
+           o.accum);
   PF_CHECK(o.label_smoothing >= 0 && o.label_smoothing < 1,
            "[train] --label-smoothing must be in [0, 1), got ", o.label_smoothing);
   ops::parse_precision(o.precision, "[train] --precision");
@@ -399,6 +408,7 @@ struct Run {
   ImageSet images = {};
   ImageSplit split = {};
   std::unique_ptr<ImageBatcher> batcher = {};
+  std::vector<ParamStore> micro_grads = {};  // --accum-parallel: one gradient buffer each
   bool vit() const { return obj == Objective::Classify; }
 };
 
@@ -535,27 +545,106 @@ void save_run_checkpoint(Run& r) {
   for (const auto& w : warnings) std::fprintf(stderr, "train: warning: %s\n", w.c_str());
 }
 
+// dropout masks keyed by (seed, step, micro-batch): a resumed run draws the same ones
+void regularise(const Run& r, ForwardOptions& fo, int64_t a) {
+  const TrainOptions& o = r.o;
+  uint64_t s =
+      o.seed ^ 0x6a09e667f3bcc909ull ^
+      (static_cast<uint64_t>(r.step) * static_cast<uint64_t>(o.accum) + static_cast<uint64_t>(a)) *
+          0x9e3779b97f4a7c15ull;
+  fo.dropout_seed = splitmix64(s);
+  fo.label_smoothing = static_cast<float>(o.label_smoothing);
+}
+
+// Documents of a packed text micro-batch (they end at <eos> in the unmasked windows).
+TokenBatch packed_segments(const Run& r, const std::vector<int32_t>& inputs) {
+  TokenBatch raw;
+  for (int64_t i = 0; i < r.o.batch; ++i)
+    raw.emplace_back(inputs.begin() + i * r.o.seq_len, inputs.begin() + (i + 1) * r.o.seq_len);
+  return document_segments(raw, r.tok->eos_id());
+}
+
+// --accum-parallel: the step's micro-batches are drawn in order (the same data, masks and mixing
+// as the serial loop), then run side by side, one per thread, each into its own gradient buffer
+// (the ops inside see an active parallel region and stay on their thread); grads = the buffers
+// summed in micro-batch order, element by element, so the result does not depend on the threads.
+double accumulate_side_by_side(Run& r, ParamStore& grads) {
+  const TrainOptions& o = r.o;
+  const int64_t A = o.accum;
+  const float scale = 1.0f / static_cast<float>(A);
+  while (static_cast<int64_t>(r.micro_grads.size()) < A)
+    r.micro_grads.push_back(r.model.zero_grads());
+  // inputs of every micro-batch, drawn serially (sized first: the options point into them)
+  std::vector<Tensor> images(static_cast<size_t>(A));
+  std::vector<BatchMix> mixes(static_cast<size_t>(A));
+  std::vector<std::vector<int32_t>> labels(static_cast<size_t>(A)), ins(labels.size());
+  std::vector<Batch> batches(static_cast<size_t>(A));
+  std::vector<TokenBatch> segs(static_cast<size_t>(A));
+  std::vector<ForwardOptions> fos(static_cast<size_t>(A));
+  for (int64_t a = 0; a < A; ++a) {
+    ForwardOptions& fo = fos[a];
+    regularise(r, fo, a);
+    if (r.vit()) {
+      images[a] = r.batcher->next(o.batch, labels[a], &mixes[a]);
+      if (!mixes[a].partner_labels.empty())
+        fo.mix_labels = &mixes[a].partner_labels, fo.mix_lambda = mixes[a].lambda;
+      r.tokens_seen += images[a].dim(0);
+      continue;
+    }
+    r.sampler->next_batch(o.batch, ins[a], labels[a]);
+    batches[a] =
+        make_batch(r.obj, ins[a], labels[a], o.batch, o.seq_len, *r.tok, r.cfg.vocab_size, r.rng);
+    if (r.obj == Objective::Seq2seq) fo.src = &batches[a].src;
+    if (o.pack_documents) segs[a] = packed_segments(r, ins[a]), fo.segments = &segs[a];
+  }
+  std::vector<double> losses(static_cast<size_t>(A), 0.0);
+  std::exception_ptr failed;
+  const int nt = static_cast<int>(std::min<int64_t>(A, omp_get_max_threads()));
+#pragma omp parallel for schedule(static, 1) num_threads(nt)
+  for (int64_t a = 0; a < A; ++a) {
+    try {
+      ParamStore& g = r.micro_grads[static_cast<size_t>(a)];
+      for (auto& [name, t] : g.all()) std::memset(t.raw(), 0, t.nbytes());
+      losses[a] =
+          r.vit()
+              ? r.model.classify_loss_and_grad(images[a], labels[a], g, scale, nullptr, fos[a]).loss
+              : r.model.loss_and_grad(batches[a].in, batches[a].tgt, g, fos[a], scale).loss;
+    } catch (...) {
+#pragma omp critical(posformer_accum_error)
+      if (!failed) failed = std::current_exception();
+    }
+  }
+  if (failed) std::rethrow_exception(failed);
+  for (auto& [name, t] : grads.all()) {
+    float* dst = t.data<float>();
+    std::vector<const float*> src(static_cast<size_t>(A));
+    for (int64_t a = 0; a < A; ++a) src[a] = r.micro_grads[a].f32(name);
+    const int64_t n = t.numel();
+#pragma omp parallel for schedule(static) if (n >= (int64_t{1} << 16))
+    for (int64_t i = 0; i < n; ++i) {
+      float acc = src[0][i];
+      for (int64_t a = 1; a < A; ++a) acc += src[a][i];
+      dst[i] = acc;
+    }
+  }
+  double loss_sum = 0;
+  for (int64_t a = 0; a < A; ++a) loss_sum += losses[a] / static_cast<double>(A);
+  return loss_sum;
+}
+
 // Forward + backward of --accum micro-batches into grads (zeroed by the caller); the mean loss.
 double accumulate_gradients(Run& r, ParamStore& grads, std::vector<int32_t>& inputs,
                             std::vector<int32_t>& targets) {
   const TrainOptions& o = r.o;
   // weights packed for the gemms (forward and dx); params() after the last update dropped them
   if (!r.model.weights_packed()) r.model.pack_weights(true);
+  if (o.accum_parallel) return accumulate_side_by_side(r, grads);
   double loss_sum = 0;
-  // dropout masks keyed by (seed, step, micro-batch): a resumed run draws the same ones
-  auto regularise = [&](ForwardOptions& fo, int64_t a) {
-    uint64_t s = o.seed ^ 0x6a09e667f3bcc909ull ^
-                 (static_cast<uint64_t>(r.step) * static_cast<uint64_t>(o.accum) +
-                  static_cast<uint64_t>(a)) *
-                     0x9e3779b97f4a7c15ull;
-    fo.dropout_seed = splitmix64(s);
-    fo.label_smoothing = static_cast<float>(o.label_smoothing);
-  };
   for (int64_t a = 0; a < o.accum && r.vit(); ++a) {  // classify: a batch of images
     BatchMix mix;
     Tensor images = r.batcher->next(o.batch, targets, &mix);
     ForwardOptions fo;
-    regularise(fo, a);
+    regularise(r, fo, a);
     if (!mix.partner_labels.empty())
       fo.mix_labels = &mix.partner_labels, fo.mix_lambda = mix.lambda;
     Transformer::Loss l = r.model.classify_loss_and_grad(
@@ -568,16 +657,10 @@ double accumulate_gradients(Run& r, ParamStore& grads, std::vector<int32_t>& inp
     Batch b =
         make_batch(r.obj, inputs, targets, o.batch, o.seq_len, *r.tok, r.cfg.vocab_size, r.rng);
     ForwardOptions fo;
-    regularise(fo, a);
+    regularise(r, fo, a);
     if (r.obj == Objective::Seq2seq) fo.src = &b.src;
     TokenBatch seg;
-    if (o.pack_documents) {  // documents end at <eos> in the unmasked windows
-      TokenBatch raw;
-      for (int64_t i = 0; i < o.batch; ++i)
-        raw.emplace_back(inputs.begin() + i * o.seq_len, inputs.begin() + (i + 1) * o.seq_len);
-      seg = document_segments(raw, r.tok->eos_id());
-      fo.segments = &seg;
-    }
+    if (o.pack_documents) seg = packed_segments(r, inputs), fo.segments = &seg;
     Transformer::Loss l =
         r.model.loss_and_grad(b.in, b.tgt, grads, fo, 1.0f / static_cast<float>(o.accum));
     loss_sum += l.loss / static_cast<double>(o.accum);

@@ -64,6 +64,10 @@ Command add_train(CLI::App& root) {
   app->add_option("--batch", o->batch, "sequences per micro-batch");
   app->add_option("--seq-len", o->seq_len, "training sequence length");
   app->add_option("--accum", o->accum, "micro-batches accumulated per step");
+  app->add_flag("--accum-parallel", o->accum_parallel,
+                "run the --accum micro-batches side by side, one per thread, each into its own "
+                "gradient buffer (for small models whose ops split badly over threads; "
+                "docs/training.md)");
   app->add_option("--lr", o->lr, "peak learning rate");
   app->add_option("--min-lr-ratio", o->min_lr_ratio, "final lr as a fraction of --lr");
   app->add_option("--warmup", o->warmup, "linear warmup steps (default: min(100, steps/10))");

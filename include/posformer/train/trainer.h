@@ -66,6 +66,13 @@ struct TrainOptions {
   // them; master weights, gradients, optimizer and everything else stay float32). Part of the
   // run: a resume keeps it and refuses a different setting.
   std::string precision = "f32";
+  // Micro-batches side by side (docs/training.md "Parallel micro-batches"): the --accum
+  // micro-batches of a step run concurrently, one per thread, each single-threaded into its own
+  // gradient buffer; the buffers are summed in micro-batch order. For models whose ops are too
+  // small to split well over threads (the Fashion-MNIST ViT). Results do not depend on the
+  // thread count; they differ from the serial accumulation by rounding only. Costs one gradient
+  // buffer per micro-batch. Part of the run (a resume keeps it).
+  bool accum_parallel = false;
 };
 
 // Segment ids of training windows: seg[b][t] = the number of `eos` tokens in in[b][0..t), so a
