@@ -7,6 +7,9 @@
 #        PRECISION=f32 (bf16: posformer --precision bf16 against PyTorch under
 #        torch.autocast("cpu", bfloat16), both mixed precision)
 #        CONFIG=configs/vit-fashion-mnist.json WORK=/tmp/posformer-vit-bench
+#        ACCUM_PARALLEL=N (N >= 2: posformer trains the same BATCH images per step as N
+#        micro-batches of BATCH/N side by side, `--batch BATCH/N --accum N --accum-parallel`,
+#        docs/training.md; PyTorch keeps one batch of BATCH)
 #
 # Model: CONFIG (Fashion-MNIST 28x28 gray, patch 7 = 16 patches + CLS, d 128, 4 layers, 4 heads,
 # d_ff 256, pre-LN, exact GELU, 10 classes), its position replaced by each of POSITIONS (the
@@ -77,6 +80,13 @@ EOF
   [[ "$pp" == "$tp" ]] || { echo "vit_bench: parameter counts differ for $pos" >&2; exit 1; }
 done
 
+ACCUM_PARALLEL=${ACCUM_PARALLEL:-0}
+PF_BATCH=(--batch "$BATCH")
+if ((ACCUM_PARALLEL >= 2)); then
+  ((BATCH % ACCUM_PARALLEL == 0)) || { echo "vit_bench: BATCH must be a multiple of ACCUM_PARALLEL" >&2; exit 1; }
+  PF_BATCH=(--batch $((BATCH / ACCUM_PARALLEL)) --accum "$ACCUM_PARALLEL" --accum-parallel)
+fi
+echo "posformer options: ${PF_BATCH[*]}"
 echo "posformer: $POSFORMER; config $CONFIG; rounds $ROUNDS, steps $STEPS (warm-up $WARM), batch $BATCH, threads $THREADS, precision $PRECISION (PyTorch autocast: $AUTOCAST)"
 echo "machine: $(lscpu | grep -m1 'Model name' | cut -d: -f2 | xargs), $(nproc) CPUs; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 
@@ -85,7 +95,7 @@ for ((r = 1; r <= ROUNDS; ++r)); do
     out="$WORK/run-$pos-$r"
     rm -rf "$out"
     "$POSFORMER" train --config "$WORK/$pos.json" --data fashion-mnist --out "$out" --steps "$STEPS" \
-      --batch "$BATCH" --eval-every 0 --ckpt-every 0 --val-fraction 0 --threads "$THREADS" \
+      "${PF_BATCH[@]}" --eval-every 0 --ckpt-every 0 --val-fraction 0 --threads "$THREADS" \
       --precision "$PRECISION" --quiet >/dev/null
     "$PY" - "$out/metrics.jsonl" "$WARM" "$pos" "$r" "$(cut -d' ' -f1 /proc/loadavg)" >> "$RES" <<'EOF'
 import json, sys

@@ -198,12 +198,13 @@ void flash_pack_panels(const float* src, int64_t ld, int64_t n, int64_t D, float
   for (int64_t c0 = 0; c0 < n; c0 += kFlashPanel) {
     float* p = dst + c0 * D;  // panel c0 / P starts at (c0 / P) * D * P
     const int64_t w = std::min(kFlashPanel, n - c0);
+    // a partial (last) panel: zeroed whole, contiguously, then its w keys written (at small T,
+    // e.g. the ViT's 17 keys, most of the last panel is padding)
+    if (w < kFlashPanel) std::memset(p, 0, static_cast<size_t>(D * kFlashPanel) * sizeof(float));
     for (int64_t i = 0; i < w; ++i) {
       const float* s = src + (c0 + i) * ld;
       for (int64_t k = 0; k < D; ++k) p[k * kFlashPanel + i] = s[k];
     }
-    for (int64_t i = w; i < kFlashPanel; ++i)
-      for (int64_t k = 0; k < D; ++k) p[k * kFlashPanel + i] = 0.0f;
   }
 }
 
