@@ -5,6 +5,10 @@
 #   env: ROUNDS=3 STEPS=30 WARM=5 THREADS=2 WORK=/tmp/posformer-train-bench
 #        PEERS=<dir of torch_bench.py> (default ../shared/peers)  NO_TORCH=1 skips PyTorch
 #        BASELINE=<another posformer binary> is run too, interleaved (before/after comparisons)
+#        ACCUM_PARALLEL=N (N >= 2): the binary under test (not BASELINE) trains the same 8
+#        sequences per step as N micro-batches of 8/N side by side (`--batch 8/N --accum N
+#        --accum-parallel`, docs/training.md); with BASELINE set to the same binary this is an
+#        A/B of that mode in one run
 #
 # Model (the issue's and torch_bench.py's): byte-level GPT decoder, d 256, 4 layers, 4 heads,
 # d_ff 1024, exact (erf) GELU, pre-LN LayerNorm with biases, untied LM head, T 256, batch 8,
@@ -85,14 +89,22 @@ if [[ -z "${NO_TORCH:-}" ]]; then
 fi
 
 echo "posformer: $POSFORMER ($("$POSFORMER" --version 2>/dev/null || echo '?')); rounds $ROUNDS, steps $STEPS (warm-up $WARM), threads $THREADS"
+if ((${ACCUM_PARALLEL:-0} >= 2)); then
+  ((8 % ACCUM_PARALLEL == 0)) || { echo "train_bench: ACCUM_PARALLEL must divide 8" >&2; exit 1; }
+  echo "posformer (not the baseline): --batch $((8 / ACCUM_PARALLEL)) --accum $ACCUM_PARALLEL --accum-parallel"
+fi
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) CPUs; load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 run_posformer() {  # round pos [binary label]
   local bin=${3:-$POSFORMER} who=${4:-posformer}
   local out="$WORK/run-$who-$2-$1"
   rm -rf "$out"
+  local batch=(--batch 8)
+  if [[ $who == posformer ]] && ((${ACCUM_PARALLEL:-0} >= 2)); then
+    batch=(--batch $((8 / ACCUM_PARALLEL)) --accum "$ACCUM_PARALLEL" --accum-parallel)
+  fi
   "$bin" train --config "$WORK/$2.json" --data default --out "$out" --steps "$STEPS" \
-    --batch 8 --seq-len 256 --eval-every 0 --ckpt-every 0 --threads "$THREADS" --quiet >/dev/null
+    "${batch[@]}" --seq-len 256 --eval-every 0 --ckpt-every 0 --threads "$THREADS" --quiet >/dev/null
   "$PY" - "$out/metrics.jsonl" "$WARM" "$2" "$1" "$(cut -d' ' -f1 /proc/loadavg)" "$who" >> "$RES" <<'EOF'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if '"tokens_per_s"' in l]
