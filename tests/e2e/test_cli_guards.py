@@ -150,6 +150,26 @@ def t_resume_refuses_run_options():
     assert max(steps) == 3, steps
 
 
+def t_accum_parallel_buffers_guarded():
+    # TINY has ~30K parameters: 16 bytes each (~0.5 MiB) fit in 2M, 64 more gradient buffers
+    # (4 bytes each, ~7.5 MiB) do not; the message names them
+    r = os.path.join(W, "accpar")
+    base = ["train", "--config", TINY, "--data", DATA, "--out", r, "--steps", "2", "--batch", "1",
+            "--seq-len", "16", "--quiet", "--memory-limit", "2M"]
+    p = run(*base, "--accum", "64", "--accum-parallel", ok=False)
+    refused(p, "train", "2.0 MiB")
+    assert "--accum-parallel's 64 gradient buffers" in p.err, p.err
+    assert not os.path.exists(os.path.join(r, "metrics.jsonl"))
+    run(*base, "--accum", "64")  # serial accumulation needs no buffers: fits
+    # a resumed run is guarded with its stored --accum-parallel
+    r2 = os.path.join(W, "accpar2")
+    run("train", "--config", TINY, "--data", DATA, "--out", r2, "--steps", "2", "--batch", "1", "--seq-len", "16",
+        "--quiet", "--accum", "64", "--accum-parallel", "--ckpt-every", "1", "--stop-after", "1")
+    p = run("train", "--resume", r2, "--quiet", "--memory-limit", "2M", ok=False)
+    refused(p, "train", "2.0 MiB")
+    assert "--accum-parallel's 64 gradient buffers" in p.err, p.err
+
+
 def t_bad_limits_named():
     m = os.path.join(W, "tiny")
     for bad, why in (("abc", "is not a size"), ("1X", "unknown unit"), ("0", "less than one byte"),
@@ -249,6 +269,7 @@ check("a 40B-parameter config is refused at once by this machine's memory", t_hu
 check("init, forward, train, eval, generate, info and grad refuse a model over the limit", t_small_limit_refuses_every_command)
 check("--force goes ahead (and resume is guarded)", t_force_goes_ahead)
 check("resume refuses the run's own options (--lr, --flip ...), naming them", t_resume_refuses_run_options)
+check("--accum-parallel's gradient buffers are counted by the guard (new run and resume)", t_accum_parallel_buffers_guarded)
 check("bad --memory-limit values are named", t_bad_limits_named)
 check("--help documents --memory-limit and --force", t_help_documents_the_options)
 check("generate prints valid UTF-8, the same streamed or not", t_generate_valid_utf8)

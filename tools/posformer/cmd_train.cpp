@@ -3,9 +3,11 @@
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <set>
 
 #include "common.h"
+#include "posformer/core/io.h"
 #include "posformer/train/trainer.h"
 
 namespace posformer::cli {
@@ -14,6 +16,14 @@ namespace {
 std::atomic<bool> g_stop{false};
 extern "C" void on_signal(int) {
   g_stop.store(true);
+}
+// The memory guard of a training run: weights, gradients and AdamW's moments, plus one more
+// gradient buffer per micro-batch with --accum-parallel.
+void guard_training_memory(const ModelConfig& c, const TrainOptions& o, const MemoryGuard& mem) {
+  const uint64_t buffers = o.accum_parallel && o.accum > 0 ? static_cast<uint64_t>(o.accum) : 0;
+  check_model_memory("train", c, ModelUse::Train, mem, "",
+                     buffers * static_cast<uint64_t>(count_parameters(c)) * sizeof(float),
+                     str("--accum-parallel's ", buffers, " gradient buffers"));
 }
 }  // namespace
 
@@ -113,8 +123,15 @@ Command add_train(CLI::App& root) {
                                   " or start a new run (--out)"));
               // Guard the run's config when it has one; resume() names what else is missing.
               const std::string cfg = *resume_dir + "/config.json";
-              if (std::filesystem::is_regular_file(cfg))
-                check_model_memory("train", load_config(cfg), ModelUse::Train, *mem);
+              if (std::filesystem::is_regular_file(cfg)) {
+                TrainOptions stored;  // its --accum-parallel buffers, when train.json says so
+                try {
+                  stored = options_from_json(nlohmann::json::parse(
+                      read_file(*resume_dir + "/train.json", size_t{1} << 20)));
+                } catch (const std::exception&) {  // resume() names a missing or bad train.json
+                }
+                guard_training_memory(load_config(cfg), stored, *mem);
+              }
               r = resume(*resume_dir, app->count("--steps") ? o->steps : 0, o->threads, o->progress,
                          &g_stop, o->stop_after,
                          app->count("--pack-documents") ? int(o->pack_documents) : -1,
@@ -122,7 +139,7 @@ Command add_train(CLI::App& root) {
             } else {
               PF_CHECK(!o->config_path.empty(),
                        "[train] a new run needs --config CFG (or --resume DIR)");
-              check_model_memory("train", load_config(o->config_path), ModelUse::Train, *mem);
+              guard_training_memory(load_config(o->config_path), *o, *mem);
               if (!app->count("--warmup")) o->warmup = std::min<int64_t>(100, o->steps / 10);
               r = train(*o, &g_stop);
             }

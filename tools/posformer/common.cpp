@@ -153,7 +153,7 @@ void check_model_memory(const std::string& cmd, const ModelConfig& c, ModelUse u
       lead = "needs at least";
       what = str(n, " parameters x 16 bytes for fp32 weights, gradients and two AdamW moments + ",
                  format_bytes(8.0 * static_cast<double>(packed)),
-                 " for the packed copies of the linear weights; activations come on top");
+                 " for the packed copies of the linear weights");
       break;
     }
   }
@@ -161,6 +161,7 @@ void check_model_memory(const std::string& cmd, const ModelConfig& c, ModelUse u
     need += static_cast<double>(extra);
     what += str(" + ", format_bytes(static_cast<double>(extra)), " for ", extra_what);
   }
+  if (use == ModelUse::Train) what += "; activations come on top";
   if (need <= static_cast<double>(avail->bytes)) return;
   const bool flag = avail->source == "--memory-limit";
   throw Error(str("[", cmd, "] the model ", lead, " ", format_bytes(need), " (", what, "), ",
