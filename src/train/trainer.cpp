@@ -564,39 +564,54 @@ TokenBatch packed_segments(const Run& r, const std::vector<int32_t>& inputs) {
   return document_segments(raw, r.tok->eos_id());
 }
 
+// One micro-batch's inputs and forward options (the options point into it: it does not move
+// once drawn).
+struct MicroBatch {
+  Tensor images;                        // classify
+  BatchMix mix;                         // classify: mixup / CutMix partners
+  std::vector<int32_t> inputs, labels;  // labels: classify's classes or the text targets
+  Batch batch;                          // text objectives
+  TokenBatch segments;                  // --pack-documents
+  ForwardOptions fo;
+};
+
+// Draws micro-batch a of this step from the run's data streams (in micro-batch order: the
+// batcher, sampler and MLM masks are sequential).
+void draw_micro_batch(Run& r, int64_t a, MicroBatch& m) {
+  const TrainOptions& o = r.o;
+  regularise(r, m.fo, a);
+  if (r.vit()) {
+    m.images = r.batcher->next(o.batch, m.labels, &m.mix);
+    if (!m.mix.partner_labels.empty())
+      m.fo.mix_labels = &m.mix.partner_labels, m.fo.mix_lambda = m.mix.lambda;
+    r.tokens_seen += m.images.dim(0);
+    return;
+  }
+  r.sampler->next_batch(o.batch, m.inputs, m.labels);
+  m.batch =
+      make_batch(r.obj, m.inputs, m.labels, o.batch, o.seq_len, *r.tok, r.cfg.vocab_size, r.rng);
+  if (r.obj == Objective::Seq2seq) m.fo.src = &m.batch.src;
+  if (o.pack_documents) m.segments = packed_segments(r, m.inputs), m.fo.segments = &m.segments;
+}
+
+// Forward + backward of one micro-batch, its gradient scaled by 1/accum and added to grads.
+double run_micro_batch(const Run& r, const MicroBatch& m, ParamStore& grads) {
+  const float scale = 1.0f / static_cast<float>(r.o.accum);
+  return r.vit()
+             ? r.model.classify_loss_and_grad(m.images, m.labels, grads, scale, nullptr, m.fo).loss
+             : r.model.loss_and_grad(m.batch.in, m.batch.tgt, grads, m.fo, scale).loss;
+}
+
 // --accum-parallel: the step's micro-batches are drawn in order (the same data, masks and mixing
 // as the serial loop), then run side by side, one per thread, each into its own gradient buffer
 // (the ops inside see an active parallel region and stay on their thread); grads = the buffers
 // summed in micro-batch order, element by element, so the result does not depend on the threads.
 double accumulate_side_by_side(Run& r, ParamStore& grads) {
-  const TrainOptions& o = r.o;
-  const int64_t A = o.accum;
-  const float scale = 1.0f / static_cast<float>(A);
+  const int64_t A = r.o.accum;
   while (static_cast<int64_t>(r.micro_grads.size()) < A)
     r.micro_grads.push_back(r.model.zero_grads());
-  // inputs of every micro-batch, drawn serially (sized first: the options point into them)
-  std::vector<Tensor> images(static_cast<size_t>(A));
-  std::vector<BatchMix> mixes(static_cast<size_t>(A));
-  std::vector<std::vector<int32_t>> labels(static_cast<size_t>(A)), ins(labels.size());
-  std::vector<Batch> batches(static_cast<size_t>(A));
-  std::vector<TokenBatch> segs(static_cast<size_t>(A));
-  std::vector<ForwardOptions> fos(static_cast<size_t>(A));
-  for (int64_t a = 0; a < A; ++a) {
-    ForwardOptions& fo = fos[a];
-    regularise(r, fo, a);
-    if (r.vit()) {
-      images[a] = r.batcher->next(o.batch, labels[a], &mixes[a]);
-      if (!mixes[a].partner_labels.empty())
-        fo.mix_labels = &mixes[a].partner_labels, fo.mix_lambda = mixes[a].lambda;
-      r.tokens_seen += images[a].dim(0);
-      continue;
-    }
-    r.sampler->next_batch(o.batch, ins[a], labels[a]);
-    batches[a] =
-        make_batch(r.obj, ins[a], labels[a], o.batch, o.seq_len, *r.tok, r.cfg.vocab_size, r.rng);
-    if (r.obj == Objective::Seq2seq) fo.src = &batches[a].src;
-    if (o.pack_documents) segs[a] = packed_segments(r, ins[a]), fo.segments = &segs[a];
-  }
+  std::vector<MicroBatch> mbs(static_cast<size_t>(A));
+  for (int64_t a = 0; a < A; ++a) draw_micro_batch(r, a, mbs[a]);
   std::vector<double> losses(static_cast<size_t>(A), 0.0);
   std::exception_ptr failed;
   const int nt = static_cast<int>(std::min<int64_t>(A, omp_get_max_threads()));
@@ -605,10 +620,7 @@ double accumulate_side_by_side(Run& r, ParamStore& grads) {
     try {
       ParamStore& g = r.micro_grads[static_cast<size_t>(a)];
       for (auto& [name, t] : g.all()) std::memset(t.raw(), 0, t.nbytes());
-      losses[a] =
-          r.vit()
-              ? r.model.classify_loss_and_grad(images[a], labels[a], g, scale, nullptr, fos[a]).loss
-              : r.model.loss_and_grad(batches[a].in, batches[a].tgt, g, fos[a], scale).loss;
+      losses[a] = run_micro_batch(r, mbs[a], g);
     } catch (...) {
 #pragma omp critical(posformer_accum_error)
       if (!failed) failed = std::current_exception();
@@ -633,37 +645,15 @@ double accumulate_side_by_side(Run& r, ParamStore& grads) {
 }
 
 // Forward + backward of --accum micro-batches into grads (zeroed by the caller); the mean loss.
-double accumulate_gradients(Run& r, ParamStore& grads, std::vector<int32_t>& inputs,
-                            std::vector<int32_t>& targets) {
-  const TrainOptions& o = r.o;
+double accumulate_gradients(Run& r, ParamStore& grads) {
   // weights packed for the gemms (forward and dx); params() after the last update dropped them
   if (!r.model.weights_packed()) r.model.pack_weights(true);
-  if (o.accum_parallel) return accumulate_side_by_side(r, grads);
+  if (r.o.accum_parallel) return accumulate_side_by_side(r, grads);
   double loss_sum = 0;
-  for (int64_t a = 0; a < o.accum && r.vit(); ++a) {  // classify: a batch of images
-    BatchMix mix;
-    Tensor images = r.batcher->next(o.batch, targets, &mix);
-    ForwardOptions fo;
-    regularise(r, fo, a);
-    if (!mix.partner_labels.empty())
-      fo.mix_labels = &mix.partner_labels, fo.mix_lambda = mix.lambda;
-    Transformer::Loss l = r.model.classify_loss_and_grad(
-        images, targets, grads, 1.0f / static_cast<float>(o.accum), nullptr, fo);
-    loss_sum += l.loss / static_cast<double>(o.accum);
-    r.tokens_seen += images.dim(0);
-  }
-  for (int64_t a = 0; a < o.accum && !r.vit(); ++a) {
-    r.sampler->next_batch(o.batch, inputs, targets);
-    Batch b =
-        make_batch(r.obj, inputs, targets, o.batch, o.seq_len, *r.tok, r.cfg.vocab_size, r.rng);
-    ForwardOptions fo;
-    regularise(r, fo, a);
-    if (r.obj == Objective::Seq2seq) fo.src = &b.src;
-    TokenBatch seg;
-    if (o.pack_documents) seg = packed_segments(r, inputs), fo.segments = &seg;
-    Transformer::Loss l =
-        r.model.loss_and_grad(b.in, b.tgt, grads, fo, 1.0f / static_cast<float>(o.accum));
-    loss_sum += l.loss / static_cast<double>(o.accum);
+  for (int64_t a = 0; a < r.o.accum; ++a) {
+    MicroBatch m;
+    draw_micro_batch(r, a, m);
+    loss_sum += run_micro_batch(r, m, grads) / static_cast<double>(r.o.accum);
   }
   return loss_sum;
 }
@@ -743,7 +733,6 @@ TrainResult run_training(TrainOptions o, const std::string& resume_ckpt,
                  "through the fp32 gemm (same results, no speed-up)\n");
 
   TrainResult res;
-  std::vector<int32_t> inputs, targets;
   auto t_start = std::chrono::steady_clock::now();
   int64_t tokens_this_run = 0;
   const int64_t first_step = r.step;
@@ -764,7 +753,7 @@ TrainResult run_training(TrainOptions o, const std::string& resume_ckpt,
       for (auto& [name, g] : grads.all()) std::memset(g.raw(), 0, g.nbytes());
     grads_dirty = true;
     const int64_t before = r.tokens_seen;  // classify: images counted by accumulate_gradients
-    const double loss = accumulate_gradients(r, grads, inputs, targets);
+    const double loss = accumulate_gradients(r, grads);
     const double gnorm = apply_update(r, grads, loss, lr);
     const int64_t step_tokens = r.vit() ? r.tokens_seen - before : o.accum * o.batch * L;
     ++r.step;
