@@ -55,9 +55,10 @@ void mask_window(const AttnDesc& a, int64_t b, int64_t t0, int64_t rows, int64_t
 // -1): the forward's, and the backward's when a head sees at most kSmallBackwardKeys keys. At
 // larger T the backward's micro-kernel path measured 6-30% slower than sgemm (RESULTS.md
 // section 3); at ViT sizes (T = 17-33) sgemm's per-call cost dominates, five calls per (b, head)
-// on 17 x 17 x 32 tiles, and the micro-kernels took 15-25% less time (docs/attention.md). Read at
-// each call (tests switch it). Blocks of fewer query rows (decoding) than kMinPackRows per kv head
-// use sgemm: packing K and V would cost about as much as the products.
+// on 17 x 17 x 32 tiles, and the micro-kernels' backward took 1.7-1.9 ms against 2.1-2.9 ms
+// (docs/attention.md). Read at each call (tests switch it). Blocks of fewer query rows
+// (decoding) than kMinPackRows per kv head use sgemm: packing K and V would cost about as much
+// as the products.
 int flash_gemm_mode() {
   const char* e = std::getenv("POSFORMER_FLASH_GEMM");
   if (!e || !*e) return -1;
