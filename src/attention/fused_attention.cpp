@@ -7,6 +7,9 @@
 //            O rescaled), O += P V; out = O / l, L = m + log l.
 // The tile products are the Highway micro-kernels of kernels/cpu/flash_gemm.h on K and V packed
 // once per (b, kv head), or oneDNN sgemm (POSFORMER_FLASH_GEMM=0, and decoding-sized blocks).
+// The backward's run on sgemm except at small T (kSmallBackwardKeys); by default (no hook) a
+// query block's diagonal part, the keys only some of its rows see, runs on the micro-kernels,
+// which skip the masked entries (causal T = 512: 20% of sgemm's products were masked out).
 //   backward per (b, kv head) in parallel, its heads and blocks in a fixed order (results do not
 //            depend on the thread count): Di = dO . O, P = exp(S - L), dV += P^T dO,
 //            dS = P (dO V^T - Di), hook, dQ += scale dS K, dK += scale dS^T Q.
@@ -194,18 +197,27 @@ void fused_attention_backward(const AttnDesc& a, const float* lse, const AttnGra
   const int mode = flash_gemm_mode();
   const bool fast =
       (mode == 2 || (mode == -1 && a.Tk <= kSmallBackwardKeys)) && a.Tq * group >= kMinPackRows;
+  // sgemm path, auto mode, no hook: a block's keys seen by only some of its rows (the causal
+  // diagonal) run on the micro-kernels, which skip the masked entries; sgemm would compute the
+  // whole square (at causal T = 512, 128-row blocks: 20% of the products masked out)
+  const bool split_diag = !fast && mode == -1 && !hook;
   // fast: per thread, this (b, kv head)'s K and V in panels (S = Q K^T, dP = dO V^T), and K,
-  // the block's Q and dO as rows padded to Dp (the acc products' B) unless D is already padded
-  const int64_t Dp = kernels::cpu::flash_round_up(D), kr_size = Dp == D ? 0 : a.Tk * Dp;
-  const int64_t kpan = fast ? kernels::cpu::flash_round_up(a.Tk) * D : 0;
+  // the block's Q and dO as rows padded to Dp (the acc products' B) unless D is already padded;
+  // split_diag: the same for one tile's diagonal part only (at most kBc keys)
+  const int64_t Dp = kernels::cpu::flash_round_up(D);
+  const int64_t kn = fast ? a.Tk : split_diag ? std::min(a.Tk, kBc) : 0;
+  const int64_t kpan = kernels::cpu::flash_round_up(kn) * D, kr_size = Dp == D ? 0 : kn * Dp;
+  const bool pad_qdo = (fast || split_diag) && Dp != D;
 #pragma omp parallel if (BG > 1 && omp_get_max_threads() > 1 && !omp_in_parallel())
   {
-    std::vector<float> S(static_cast<size_t>(br * kBc)), dP(static_cast<size_t>(br * kBc));
+    // tiles: at most kBc keys (and no more than the keys there are)
+    const int64_t tc = std::min(kBc, kernels::cpu::flash_round_up(a.Tk));
+    std::vector<float> S(static_cast<size_t>(br * tc)), dP(static_cast<size_t>(br * tc));
     std::vector<float> Di(static_cast<size_t>(br));
-    std::vector<int64_t> vis(static_cast<size_t>(br)), klo(static_cast<size_t>(kBc));
+    std::vector<int64_t> vis(static_cast<size_t>(br)), klo(static_cast<size_t>(tc));
     std::vector<float> Kp(static_cast<size_t>(kpan)), Vp(static_cast<size_t>(kpan));
-    std::vector<float> Kr(fast ? static_cast<size_t>(kr_size) : 0);
-    std::vector<float> Qr(fast && Dp != D ? static_cast<size_t>(br * Dp) : 0), dOr(Qr.size());
+    std::vector<float> Kr(static_cast<size_t>(kr_size));
+    std::vector<float> Qr(pad_qdo ? static_cast<size_t>(br * Dp) : 0), dOr(Qr.size());
 #pragma omp for schedule(static, 1)  // static: per-thread hook gradient sums are reproducible
     for (int64_t bg = 0; bg < BG; ++bg) {
       const int64_t b = bg / a.Hkv, kvh = bg % a.Hkv;
@@ -217,17 +229,11 @@ void fused_attention_backward(const AttnDesc& a, const float* lse, const AttnGra
         std::fill_n(dk + s * a.ldk, D, 0.0f);
         std::fill_n(dv + s * a.ldv, D, 0.0f);
       }
-      const float* kr = k;  // K rows for dQ += dS K, and their stride
-      int64_t ldkr = a.ldk;
       if (fast) {
         const int64_t n = a.visible_keys(b, a.Tq - 1);
         kernels::cpu::flash_pack_panels(k, a.ldk, n, D, Kp.data());
         kernels::cpu::flash_pack_panels(v, a.ldv, n, D, Vp.data());
-        if (Dp != D) {
-          kernels::cpu::flash_pack_rows(k, a.ldk, n, D, Dp, Kr.data());
-          kr = Kr.data();
-          ldkr = Dp;
-        }
+        if (Dp != D) kernels::cpu::flash_pack_rows(k, a.ldk, n, D, Dp, Kr.data());
       }
       for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h) {
         const float* q = a.q + b * a.Tq * a.ldq + h * D;
@@ -244,38 +250,40 @@ void fused_attention_backward(const AttnDesc& a, const float* lse, const AttnGra
           const float* qb = q + t0 * a.ldq;  // the block's Q and dO rows as the acc products' B
           const float* dob = dO + t0 * g.lddo;
           int64_t ldqb = a.ldq, lddob = g.lddo;
-          if (fast && Dp != D) {
+          if (pad_qdo) {
             kernels::cpu::flash_pack_rows(qb, a.ldq, rows, D, Dp, Qr.data());
             kernels::cpu::flash_pack_rows(dob, g.lddo, rows, D, Dp, dOr.data());
             qb = Qr.data();
             dob = dOr.data();
             ldqb = lddob = Dp;
           }
-          for (int64_t s0 = k0 - k0 % kBc; s0 < e; s0 += kBc) {
-            const int64_t cols = std::min(kBc, e - s0);
-            const int64_t ldS = fast ? kernels::cpu::flash_round_up(cols) : cols;
+          // keys [s0, s0 + cols) of the block: the five products on the micro-kernels (kp, vp:
+          // the keys' panels from s0; kr, ldkr: their rows) or on sgemm
+          const auto products = [&](int64_t s0, int64_t cols, bool micro, const float* kp,
+                                    const float* vp, const float* kr, int64_t ldkr) {
+            const int64_t ldS = micro ? kernels::cpu::flash_round_up(cols) : cols;
             const ScoreTile tile{t0, rows, s0, cols};
-            // the mask first: the products skip what rows cannot see (P, dS are 0 there) unless a
-            // hook reads or changes those entries
+            // the mask first: the products skip what rows cannot see (P, dS are 0 there) unless
+            // a hook reads or changes those entries
             tile_visible(a, b, t0, rows, s0, cols, vis.data());
             const int64_t* lim = hook ? nullptr : vis.data();
-            if (fast)
-              kernels::cpu::flash_gemm_nt(rows, cols, D, a.scale, q + t0 * a.ldq, a.ldq,
-                                          Kp.data() + s0 * D, S.data(), ldS, lim);
+            if (micro)
+              kernels::cpu::flash_gemm_nt(rows, cols, D, a.scale, q + t0 * a.ldq, a.ldq, kp,
+                                          S.data(), ldS, lim);
             else
               ops::gemm(false, true, rows, cols, D, a.scale, q + t0 * a.ldq, a.ldq, k + s0 * a.ldk,
                         a.ldk, 0.0f, S.data(), ldS);
             if (hook) hook->add_scores(b, h, tile, S.data(), ldS);
-            if (fast)
-              kernels::cpu::flash_gemm_nt(rows, cols, D, 1.0f, dO + t0 * g.lddo, g.lddo,
-                                          Vp.data() + s0 * D, dP.data(), ldS, vis.data());
+            if (micro)
+              kernels::cpu::flash_gemm_nt(rows, cols, D, 1.0f, dO + t0 * g.lddo, g.lddo, vp,
+                                          dP.data(), ldS, vis.data());
             else
               ops::gemm(false, true, rows, cols, D, 1.0f, dO + t0 * g.lddo, g.lddo, v + s0 * a.ldv,
                         a.ldv, 0.0f, dP.data(), ldS);
             mask_window(a, b, t0, rows, s0, vis.data(), S.data(), ldS);
             kernels::cpu::flash_dscores(S.data(), ldS, dP.data(), ldS, rows, cols, vis.data(),
                                         L + t0, Di.data());  // S -> P, dP -> dS
-            if (fast) {  // klo[c]: the first row that sees key c (rows: none)
+            if (micro) {  // klo[c]: the first row that sees key c (rows: none)
               int64_t c = 0;
               for (int64_t r = 0; r < rows; ++r)
                 for (; c < vis[r]; ++c) klo[c] = r;
@@ -287,10 +295,9 @@ void fused_attention_backward(const AttnDesc& a, const float* lse, const AttnGra
                         1.0f, dv + s0 * a.ldv, a.ldv);
             }
             if (hook) hook->adjust_dscores(b, h, tile, dP.data(), ldS);
-            if (fast) {
-              kernels::cpu::flash_gemm_acc(rows, D, cols, a.scale, dP.data(), ldS, 1,
-                                           kr + s0 * ldkr, ldkr, dq + t0 * a.ldq, a.ldq, nullptr,
-                                           lim);
+            if (micro) {
+              kernels::cpu::flash_gemm_acc(rows, D, cols, a.scale, dP.data(), ldS, 1, kr, ldkr,
+                                           dq + t0 * a.ldq, a.ldq, nullptr, lim);
               kernels::cpu::flash_gemm_acc(cols, D, rows, a.scale, dP.data(), 1, ldS, qb, ldqb,
                                            dk + s0 * a.ldk, a.ldk, hook ? nullptr : klo.data(),
                                            nullptr);
@@ -301,6 +308,33 @@ void fused_attention_backward(const AttnDesc& a, const float* lse, const AttnGra
                         1.0f, dk + s0 * a.ldk, a.ldk);
             }
             if (hook) hook->backward_scores(b, h, tile, dP.data(), ldS, dq, a.ldq, dk, a.ldk);
+          };
+          for (int64_t s0 = k0 - k0 % kBc; s0 < e; s0 += kBc) {
+            const int64_t cols = std::min(kBc, e - s0);
+            if (fast) {
+              products(s0, cols, true, Kp.data() + s0 * D, Vp.data() + s0 * D,
+                       Dp == D ? k + s0 * a.ldk : Kr.data() + s0 * Dp, Dp == D ? a.ldk : Dp);
+              continue;
+            }
+            // split_diag: keys [s0, s0 + full) are seen by every row of the block (visible_keys
+            // never decreases in t), the rest, from a panel boundary, by some: the micro-kernels
+            const int64_t seen = std::clamp<int64_t>(a.visible_keys(b, t0) - s0, 0, cols);
+            const int64_t full = !split_diag || seen == cols
+                                     ? cols
+                                     : seen / kernels::cpu::kFlashPanel * kernels::cpu::kFlashPanel;
+            if (full > 0) products(s0, full, false, nullptr, nullptr, nullptr, 0);
+            const int64_t d0 = s0 + full, dn = cols - full;
+            if (dn <= 0) continue;
+            kernels::cpu::flash_pack_panels(k + d0 * a.ldk, a.ldk, dn, D, Kp.data());
+            kernels::cpu::flash_pack_panels(v + d0 * a.ldv, a.ldv, dn, D, Vp.data());
+            const float* kr = k + d0 * a.ldk;
+            int64_t ldkr = a.ldk;
+            if (Dp != D) {
+              kernels::cpu::flash_pack_rows(kr, a.ldk, dn, D, Dp, Kr.data());
+              kr = Kr.data();
+              ldkr = Dp;
+            }
+            products(d0, dn, true, Kp.data(), Vp.data(), kr, ldkr);
           }
         }
       }

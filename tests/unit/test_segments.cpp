@@ -207,6 +207,23 @@ TEST(SegmentKernels, EachDocumentEqualsItsRunAlone) {
   EXPECT_EQ(n, 24);
 }
 
+// The fused kernel without a hook (the default backward splits each query block's keys into
+// those all its rows see, on sgemm, and the diagonal part, on the micro-kernels): documents that
+// start and end inside a block's diagonal, causal and not, head dims off the vector width.
+TEST(SegmentKernels, FusedWithoutHookEachDocumentEqualsItsRunAlone) {
+  const std::vector<std::vector<std::vector<int64_t>>> layouts = {
+      {{100, 29, 1}, {130}}, {{127, 2, 70, 1}, {50, 60, 90}}, {{520, 80}}};
+  uint32_t seed = 700;
+  for (size_t i = 0; i < layouts.size(); ++i)
+    for (bool causal : {true, false}) {
+      KCase c;
+      c.docs = layouts[i];
+      c.causal = causal, c.fused = true, c.hook = "none";
+      c.H = 2, c.Hkv = i == 1 ? 1 : 2, c.D = i == 2 ? 16 : 12;
+      check_packed_kernel(c, seed += 10);
+    }
+}
+
 // Left padding: sequence b's first p_b rows are pads, key_lo = p_b on every row. Real rows equal
 // the sequence alone; pad rows see no key and output exactly 0 (no NaN from exp(-inf + inf)).
 TEST(SegmentKernels, LeftPaddingEqualsTheSequenceAlone) {
