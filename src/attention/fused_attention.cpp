@@ -20,6 +20,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #include "../kernels/cpu/attention_kernels.h"
@@ -70,6 +71,23 @@ int flash_gemm_mode() {
   return e[0] - '0';
 }
 constexpr int64_t kSmallBackwardKeys = 48;
+
+// Scratch floats, left uninitialised: every kernel writes an entry before reading it (a tile's
+// masked entries are zeroed by the softmax kernels; packing writes whole panels and padded
+// rows), and zeroing ~1 MB of tiles and panels per call cost 1-2% of a training step. Under
+// AddressSanitizer they are filled with NaN, so that a read of an unwritten entry fails tests.
+class Scratch {
+ public:
+  explicit Scratch(int64_t n) : p_(n > 0 ? new float[static_cast<size_t>(n)] : nullptr) {
+#if defined(__SANITIZE_ADDRESS__)
+    std::fill_n(p_.get(), std::max<int64_t>(n, 0), std::numeric_limits<float>::quiet_NaN());
+#endif
+  }
+  float* data() const { return p_.get(); }
+
+ private:
+  std::unique_ptr<float[]> p_;
+};
 constexpr int64_t kMinPackRows = 16;
 }  // namespace
 
@@ -91,13 +109,13 @@ void fused_attention_forward(const AttnDesc& a, float* lse) {
   // each round ends in a barrier, so few tasks per round left threads idle at T = 1024)
   const int64_t round = fast ? std::min(BG, (32 * nthr + per_bg - 1) / per_bg) : BG;
   const int64_t kp_size = kernels::cpu::flash_round_up(a.Tk) * D, vp_size = a.Tk * Dp;
-  std::vector<float> Kp(fast ? static_cast<size_t>(round * kp_size) : 0);
-  std::vector<float> Vp(fast ? static_cast<size_t>(round * vp_size) : 0);
+  const Scratch Kp(fast ? round * kp_size : 0), Vp(fast ? round * vp_size : 0);
   constexpr int64_t kPackChunk = 256;  // keys per packing task
   const int64_t pack_chunks = (a.Tk + kPackChunk - 1) / kPackChunk;
 #pragma omp parallel if (par)
   {
-    std::vector<float> S(static_cast<size_t>(br * kBc)), O(static_cast<size_t>(br * Dp));
+    // tiles: at most kBc keys (and no more than the keys there are)
+    const Scratch S(br * std::min(kBc, kernels::cpu::flash_round_up(a.Tk))), O(br * Dp);
     std::vector<float> m(static_cast<size_t>(br)), l(static_cast<size_t>(br));
     std::vector<int64_t> vis(static_cast<size_t>(br));
     for (int64_t bg0 = 0; bg0 < BG; bg0 += round) {
@@ -168,7 +186,7 @@ void fused_attention_forward(const AttnDesc& a, float* lse) {
         }
         for (int64_t r = 0; r < rows; ++r) {  // rows that see no key output 0, L = -inf
           const float inv = l[r] > 0 ? 1.0f / l[r] : 0.0f;
-          for (int64_t c = 0; c < D; ++c) o[r * a.ldo + c] = O[r * Dp + c] * inv;
+          for (int64_t c = 0; c < D; ++c) o[r * a.ldo + c] = O.data()[r * Dp + c] * inv;
           if (L) L[r] = l[r] > 0 ? m[r] + std::log(l[r]) : kNegInf;
         }
       }
@@ -212,12 +230,11 @@ void fused_attention_backward(const AttnDesc& a, const float* lse, const AttnGra
   {
     // tiles: at most kBc keys (and no more than the keys there are)
     const int64_t tc = std::min(kBc, kernels::cpu::flash_round_up(a.Tk));
-    std::vector<float> S(static_cast<size_t>(br * tc)), dP(static_cast<size_t>(br * tc));
+    const Scratch S(br * tc), dP(br * tc);
     std::vector<float> Di(static_cast<size_t>(br));
     std::vector<int64_t> vis(static_cast<size_t>(br)), klo(static_cast<size_t>(tc));
-    std::vector<float> Kp(static_cast<size_t>(kpan)), Vp(static_cast<size_t>(kpan));
-    std::vector<float> Kr(static_cast<size_t>(kr_size));
-    std::vector<float> Qr(pad_qdo ? static_cast<size_t>(br * Dp) : 0), dOr(Qr.size());
+    const Scratch Kp(kpan), Vp(kpan), Kr(kr_size);
+    const Scratch Qr(pad_qdo ? br * Dp : 0), dOr(pad_qdo ? br * Dp : 0);
 #pragma omp for schedule(static, 1)  // static: per-thread hook gradient sums are reproducible
     for (int64_t bg = 0; bg < BG; ++bg) {
       const int64_t b = bg / a.Hkv, kvh = bg % a.Hkv;
