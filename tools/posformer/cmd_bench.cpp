@@ -102,9 +102,11 @@ nlohmann::json run_case(const CaseOpts& o) {
     att->backward(a, saved, g, nullptr);
   };
   // warm-up: oneDNN kernels (their first call allocates scratch buffers, which are not the
-  // call's own memory) and the OpenMP pool, on tiny calls: T = 16 and 64, on either side of the
-  // fused kernel's switch of its backward from micro-kernels to sgemm (48 keys)
-  for (int64_t T : {int64_t{16}, int64_t{64}}) {
+  // call's own memory) and the OpenMP pool, on small calls: T = 16 and 64, on either side of the
+  // fused kernel's switch of its backward from micro-kernels to sgemm (48 keys), and 256, where a
+  // causal backward's second query block reaches sgemm (its first, all diagonal, runs on the
+  // micro-kernels)
+  for (int64_t T : {int64_t{16}, int64_t{64}, int64_t{256}}) {
     std::vector<float> q, k, v, out;
     AttnDesc a = make_desc(T, q, k, v, out);
     std::unique_ptr<AttnSaved> saved;
