@@ -83,7 +83,9 @@ class Scratch {
     std::fill_n(p_.get(), std::max<int64_t>(n, 0), std::numeric_limits<float>::quiet_NaN());
 #endif
   }
-  float* data() const { return p_.get(); }
+  float* data() const {
+    return p_.get();
+  }
 
  private:
   std::unique_ptr<float[]> p_;
