@@ -26,27 +26,31 @@ using dnnl::memory;
 using tag = memory::format_tag;
 using dt = memory::data_type;
 
-// B [rows, cols] of C = A B in the primitive's preferred layout.
-// Memory for a packed weight: 2 MiB-aligned and, where the kernel allows transparent huge pages
-// on request (`madvise` mode, Debian's default), advised to use them, so that a gemm streaming a
-// weight from L3/DRAM walks one page table entry per 2 MiB instead of one per 4 KiB.
-// POSFORMER_HUGEPAGES=0 turns the advice off (for A/B runs).
+// Memory for a packed weight. From 2 MiB up: mapped 2 MiB-aligned and, where the kernel allows
+// transparent huge pages on request (`madvise` mode, Debian's default), advised to use them, so
+// that a gemm streaming a weight from L3/DRAM walks one page table entry per 2 MiB instead of one
+// per 4 KiB (POSFORMER_HUGEPAGES=0 turns the advice off, for A/B runs). Smaller weights, which
+// could not fill a huge page, come from the heap (64-byte aligned) as before.
 class HugeBuffer {
  public:
   explicit HugeBuffer(size_t bytes);
   ~HugeBuffer() {
-    if (base_) munmap(base_, len_);
+    if (mapped_)
+      munmap(ptr_, len_);
+    else
+      std::free(ptr_);
   }
   HugeBuffer(const HugeBuffer&) = delete;
   HugeBuffer& operator=(const HugeBuffer&) = delete;
   void* data() const { return ptr_; }
 
  private:
-  void* base_ = nullptr;
   void* ptr_ = nullptr;
   size_t len_ = 0;
+  bool mapped_ = false;
 };
 
+// B [rows, cols] of C = A B in the primitive's preferred layout.
 struct PackedWeight::Impl {
   memory::desc desc;
   std::unique_ptr<HugeBuffer> buf;  // mem's storage
@@ -72,23 +76,32 @@ bool hugepages_wanted() {
 }  // namespace
 
 HugeBuffer::HugeBuffer(size_t bytes) {
+  bytes = std::max<size_t>(bytes, 1);
+  if (bytes < kHuge) {
+    len_ = (bytes + 63) / 64 * 64;
+    ptr_ = std::aligned_alloc(64, len_);
+    if (!ptr_)
+      throw Error(str("[packed_linear] cannot allocate ", bytes, " bytes for a packed weight"));
+    return;
+  }
   const size_t page = 4096;
-  bytes = (std::max<size_t>(bytes, 1) + page - 1) / page * page;
+  bytes = (bytes + page - 1) / page * page;
   // map bytes + 2 MiB and keep the 2 MiB-aligned part (the slack is unmapped again)
-  len_ = bytes + kHuge;
-  void* m = mmap(nullptr, len_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  const size_t len = bytes + kHuge;
+  void* m = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (m == MAP_FAILED)
     throw Error(str("[packed_linear] cannot map ", bytes, " bytes for a packed weight"));
   const auto b = reinterpret_cast<uintptr_t>(m);
   const uintptr_t a = (b + kHuge - 1) / kHuge * kHuge;
   if (a > b) munmap(m, a - b);
-  const size_t tail = len_ - (a - b) - bytes;
+  const size_t tail = len - (a - b) - bytes;
   if (tail) munmap(reinterpret_cast<void*>(a + bytes), tail);
-  base_ = ptr_ = reinterpret_cast<void*>(a);
+  ptr_ = reinterpret_cast<void*>(a);
   len_ = bytes;
+  mapped_ = true;
   // only whole 2 MiB extents can be huge pages; the advice is a hint (EINVAL where THP is off)
   const size_t whole = bytes / kHuge * kHuge;
-  if (whole && hugepages_wanted()) (void)madvise(ptr_, whole, MADV_HUGEPAGE);
+  if (hugepages_wanted()) (void)madvise(ptr_, whole, MADV_HUGEPAGE);
 }
 
 namespace {
