@@ -2,6 +2,7 @@
 """Renders the benchmark results as one PNG (two panels) from the raw outputs of a session.
 
     /usr/bin/python3 bench/plot_results.py --bert DIR --train FILE [--out bench/results.png]
+                                           [--cpu "the CPU, for the title"]
 
 --bert   the raw-output directory bench/run.sh prints at its end (summary.json, posformer_N.json,
          torch_N.json, ort_N.json)
@@ -72,6 +73,7 @@ def main():
     ap.add_argument("--bert", required=True)
     ap.add_argument("--train", required=True)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results.png"))
+    ap.add_argument("--cpu", default="", help="the CPU the runs were measured on, for the title")
     a = ap.parse_args()
     if not os.path.isfile(os.path.join(a.bert, "summary.json")):
         sys.exit(f"plot_results: --bert {a.bert}: no summary.json there (give the raw-output "
@@ -122,10 +124,12 @@ def main():
     ax2.set_xticks([0, 1], ["learned positions", "RoPE"])
     ax2.set_ylabel("training tokens/s (higher is better)")
     ax2.set_title("GPT d256, 4 layers, T 256, batch 8, AdamW")
-    ax2.legend(fontsize=8)
+    ax2.set_ylim(top=ax2.get_ylim()[1] * 1.18)  # room for the legend above the value labels
+    ax2.legend(fontsize=8, ncols=2, loc="upper center")
     ax2.grid(axis="y", alpha=0.3)
     fig.suptitle(f"posformer vs peers, same machine, interleaved runs (bars: medians, dots: "
-                 f"each slot/round); BERT session {start.split(' load')[0]}", fontsize=9)
+                 f"each slot/round); BERT session {start.split(' load')[0]}"
+                 + (f"\n{a.cpu}" if a.cpu else ""), fontsize=9)
     fig.tight_layout()
     fig.savefig(a.out, dpi=110)
     print(a.out)
