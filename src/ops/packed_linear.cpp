@@ -31,29 +31,29 @@ using dt = memory::data_type;
 // that a gemm streaming a weight from L3/DRAM walks one page table entry per 2 MiB instead of one
 // per 4 KiB (POSFORMER_HUGEPAGES=0 turns the advice off, for A/B runs). Smaller weights, which
 // could not fill a huge page, come from the heap (64-byte aligned) as before.
-class HugeBuffer {
+class WeightMemory {
  public:
-  explicit HugeBuffer(size_t bytes);
-  ~HugeBuffer() {
+  explicit WeightMemory(size_t bytes);
+  ~WeightMemory() {
     if (mapped_)
       munmap(ptr_, len_);
     else
       std::free(ptr_);
   }
-  HugeBuffer(const HugeBuffer&) = delete;
-  HugeBuffer& operator=(const HugeBuffer&) = delete;
+  WeightMemory(const WeightMemory&) = delete;
+  WeightMemory& operator=(const WeightMemory&) = delete;
   void* data() const { return ptr_; }
 
  private:
   void* ptr_ = nullptr;
-  size_t len_ = 0;
+  size_t len_ = 0;  // of the mapping (mapped_), else unused
   bool mapped_ = false;
 };
 
 // B [rows, cols] of C = A B in the primitive's preferred layout.
 struct PackedWeight::Impl {
   memory::desc desc;
-  std::unique_ptr<HugeBuffer> buf;  // mem's storage
+  std::unique_ptr<WeightMemory> buf;  // mem's storage
   memory mem;
   int64_t rows = 0, cols = 0;
   dt wdt = dt::f32;  // f32, or bf16 (Precision::BF16: inputs rounded to bf16 too)
@@ -66,20 +66,21 @@ struct PackedWeight::Impl {
 
 namespace {
 constexpr size_t kHuge = size_t{2} << 20;
+// POSFORMER_HUGEPAGES: unset or 1 advise huge pages, 0 not; read at each packing (tests switch it)
 bool hugepages_wanted() {
-  static const bool on = [] {
-    const char* e = std::getenv("POSFORMER_HUGEPAGES");
-    return !(e && std::string(e) == "0");
-  }();
-  return on;
+  const char* e = std::getenv("POSFORMER_HUGEPAGES");
+  if (!e || !*e) return true;
+  PF_CHECK((e[0] == '0' || e[0] == '1') && e[1] == 0,
+           "[packed_linear] POSFORMER_HUGEPAGES must be 0 or 1, got '", e, "'");
+  return e[0] == '1';
 }
 }  // namespace
 
-HugeBuffer::HugeBuffer(size_t bytes) {
+WeightMemory::WeightMemory(size_t bytes) {
+  const bool advise = hugepages_wanted();
   bytes = std::max<size_t>(bytes, 1);
   if (bytes < kHuge) {
-    len_ = (bytes + 63) / 64 * 64;
-    ptr_ = std::aligned_alloc(64, len_);
+    ptr_ = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
     if (!ptr_)
       throw Error(str("[packed_linear] cannot allocate ", bytes, " bytes for a packed weight"));
     return;
@@ -101,7 +102,7 @@ HugeBuffer::HugeBuffer(size_t bytes) {
   mapped_ = true;
   // only whole 2 MiB extents can be huge pages; the advice is a hint (EINVAL where THP is off)
   const size_t whole = bytes / kHuge * kHuge;
-  if (hugepages_wanted()) (void)madvise(ptr_, whole, MADV_HUGEPAGE);
+  if (advise) (void)madvise(ptr_, whole, MADV_HUGEPAGE);
 }
 
 namespace {
@@ -162,7 +163,7 @@ std::shared_ptr<PackedWeight::Impl> pack_b(const float* W, int64_t rows, int64_t
   } catch (const dnnl::error&) {  // no bf16 matmul on this CPU: plain layout, emulated in run()
     impl->desc = memory::desc({rows, cols}, wdt, tag::ab);
   }
-  impl->buf = std::make_unique<HugeBuffer>(impl->desc.get_size());
+  impl->buf = std::make_unique<WeightMemory>(impl->desc.get_size());
   impl->mem = memory(impl->desc, engine(), impl->buf->data());
   impl->rows = rows, impl->cols = cols, impl->wdt = wdt;
   impl->src = memory::desc({rows, cols}, wdt, plain_tag);

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <random>
 #include <string>
 #include <vector>
@@ -184,6 +185,27 @@ TEST(PackedLinear, BadArgumentsAreNamed) {
         linear_packed(&v, pw, nullptr, &v, 1, {Act::Gelu, true});
       },
       "accumulate takes no activation");
+  // the huge-page switch takes 0 or 1 and names itself otherwise; 0 packs the same values
+  std::vector<float> W(size_t(768 * 768), 0.5f), x(768, 1.0f), y1(768), y0(768);
+  for (const char* bad : {"yes", "2", "01"}) {
+    setenv("POSFORMER_HUGEPAGES", bad, 1);
+    expect_error(
+        [&] {
+          PackedWeight p;
+          p.pack(W.data(), 768, 768, false);
+        },
+        "POSFORMER_HUGEPAGES");
+  }
+  PackedWeight p1, p0;
+  setenv("POSFORMER_HUGEPAGES", "1", 1);
+  p1.pack(W.data(), 768, 768, false);
+  setenv("POSFORMER_HUGEPAGES", "0", 1);
+  p0.pack(W.data(), 768, 768, false);
+  unsetenv("POSFORMER_HUGEPAGES");
+  linear_packed(x.data(), p1, nullptr, y1.data(), 1);
+  linear_packed(x.data(), p0, nullptr, y0.data(), 1);
+  EXPECT_EQ(y1, y0);
+  EXPECT_EQ(y1[0], 384.0f);
 }
 
 }  // namespace
