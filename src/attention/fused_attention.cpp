@@ -24,7 +24,9 @@
 #include <vector>
 
 #include "../kernels/cpu/attention_kernels.h"
+#include "../kernels/cpu/flash_bf16.h"
 #include "../kernels/cpu/flash_gemm.h"
+#include "../kernels/cpu/kernels.h"
 #include "../ops/matmul_profile.h"
 #include "posformer/attention/attention.h"
 #include "posformer/core/error.h"
@@ -76,22 +78,35 @@ constexpr int64_t kSmallBackwardKeys = 48;
 // masked entries are zeroed by the softmax kernels; packing writes whole panels and padded
 // rows), and zeroing ~1 MB of tiles and panels per call cost 1-2% of a training step. Under
 // AddressSanitizer they are filled with NaN, so that a read of an unwritten entry fails tests.
-class Scratch {
+template <typename T>
+class ScratchOf {
  public:
-  explicit Scratch(int64_t n) : p_(n > 0 ? new float[static_cast<size_t>(n)] : nullptr) {
+  explicit ScratchOf(int64_t n) : p_(n > 0 ? new T[static_cast<size_t>(n)] : nullptr) {
 #if defined(__SANITIZE_ADDRESS__)
-    std::fill_n(p_.get(), std::max<int64_t>(n, 0), std::numeric_limits<float>::quiet_NaN());
+    // float NaN; bfloat16 bits 0x7FC0 (a quiet NaN)
+    T poison;
+    if constexpr (sizeof(T) == 2)
+      poison = T{0x7FC0};
+    else
+      poison = std::numeric_limits<T>::quiet_NaN();
+    std::fill_n(p_.get(), std::max<int64_t>(n, 0), poison);
 #endif
   }
-  float* data() const {
+  T* data() const {
     return p_.get();
   }
 
  private:
-  std::unique_ptr<float[]> p_;
+  std::unique_ptr<T[]> p_;
 };
+using Scratch = ScratchOf<float>;
+using Scratch16 = ScratchOf<uint16_t>;
 constexpr int64_t kMinPackRows = 16;
 }  // namespace
+
+bool attention_bf16_native() {
+  return kernels::cpu::flash_bf16_native();
+}
 
 void fused_attention_forward(const AttnDesc& a, float* lse) {
   check_attn_desc(a);
@@ -101,8 +116,12 @@ void fused_attention_forward(const AttnDesc& a, float* lse) {
   const int64_t group = a.H / a.Hkv, BG = a.B * a.Hkv, D = a.D;
   const int64_t br = std::min(kBr, a.Tq), nblk = (a.Tq + br - 1) / br, per_bg = group * nblk;
   const int mode = flash_gemm_mode();
-  const bool fast = mode != 0 && a.Tq * group >= kMinPackRows;
+  // bf16 (AttnDesc::bf16): the micro-kernel structure with bfloat16 operands, at every size
+  const bool bf = a.bf16;
+  const bool native = bf && kernels::cpu::flash_bf16_native();
+  const bool fast = bf || (mode != 0 && a.Tq * group >= kMinPackRows);
   const int64_t Dp = fast ? kernels::cpu::flash_round_up(D) : D;  // O accumulator row stride
+  const int64_t Dh2 = 2 * kernels::cpu::flash_bf16_pairs(D);      // a bf16 q / k row
   const bool par = BG * per_bg > 1 && omp_get_max_threads() > 1 && !omp_in_parallel();
   // fast: K (panels) and V (rows padded to Dp) packed once per (b, kv head) for all its heads and
   // query blocks; enough pairs per round to give every thread work
@@ -110,14 +129,19 @@ void fused_attention_forward(const AttnDesc& a, float* lse) {
   // (32 tasks per thread per round: a causal head's blocks differ up to nblk-fold in cost, and
   // each round ends in a barrier, so few tasks per round left threads idle at T = 1024)
   const int64_t round = fast ? std::min(BG, (32 * nthr + per_bg - 1) / per_bg) : BG;
-  const int64_t kp_size = kernels::cpu::flash_round_up(a.Tk) * D, vp_size = a.Tk * Dp;
-  const Scratch Kp(fast ? round * kp_size : 0), Vp(fast ? round * vp_size : 0);
+  // fp32: K panels and V rows; bf16: K panels and V key pairs (flash_bf16.h)
+  const int64_t kp_size = kernels::cpu::flash_round_up(a.Tk) * (bf ? Dh2 : D);
+  const int64_t vp_size = (bf ? (a.Tk + 1) / 2 * 2 : a.Tk) * Dp;
+  const Scratch Kp(fast && !bf ? round * kp_size : 0), Vp(fast && !bf ? round * vp_size : 0);
+  const Scratch16 Kb(bf ? round * kp_size : 0), Vb(bf ? round * vp_size : 0);
   constexpr int64_t kPackChunk = 256;  // keys per packing task
   const int64_t pack_chunks = (a.Tk + kPackChunk - 1) / kPackChunk;
 #pragma omp parallel if (par)
   {
     // tiles: at most kBc keys (and no more than the keys there are)
-    const Scratch S(br * std::min(kBc, kernels::cpu::flash_round_up(a.Tk))), O(br * Dp);
+    const int64_t tc = std::min(kBc, kernels::cpu::flash_round_up(a.Tk));
+    const Scratch S(br * tc), O(br * Dp);
+    const Scratch16 Qb(bf ? br * Dh2 : 0), Pb(bf ? br * tc : 0);  // the block's q, a tile's P
     std::vector<float> m(static_cast<size_t>(br)), l(static_cast<size_t>(br));
     std::vector<int64_t> vis(static_cast<size_t>(br));
     for (int64_t bg0 = 0; bg0 < BG; bg0 += round) {
@@ -130,6 +154,14 @@ void fused_attention_forward(const AttnDesc& a, float* lse) {
           const int64_t n = std::min(kPackChunk, a.visible_keys(b, a.Tq - 1) - c0);
           if (n <= 0) continue;
           const int64_t row = b * a.kv_rows() + c0;
+          if (bf) {  // c0 is a multiple of 16 and 2: whole panels and pairs
+            kernels::cpu::flash_bf16_pack_panels(
+                a.k + row * a.ldk + g * D, a.ldk, n, D,
+                Kb.data() + (j / pack_chunks) * kp_size + c0 * Dh2);
+            kernels::cpu::flash_bf16_pack_pairs(a.v + row * a.ldv + g * D, a.ldv, n, D, Dp,
+                                                Vb.data() + (j / pack_chunks) * vp_size + c0 * Dp);
+            continue;
+          }
           kernels::cpu::flash_pack_panels(a.k + row * a.ldk + g * D, a.ldk, n, D,
                                           Kp.data() + (j / pack_chunks) * kp_size + c0 * D);
           kernels::cpu::flash_pack_rows(a.v + row * a.ldv + g * D, a.ldv, n, D, Dp,
@@ -145,8 +177,11 @@ void fused_attention_forward(const AttnDesc& a, float* lse) {
         const float* q = a.q + (b * a.Tq + t0) * a.ldq + h * D;
         const float* k = a.k + b * a.kv_rows() * a.ldk + g * D;
         const float* v = a.v + b * a.kv_rows() * a.ldv + g * D;
-        const float* kp = fast ? Kp.data() + slot * kp_size : nullptr;
-        const float* vp = fast ? Vp.data() + slot * vp_size : nullptr;
+        const float* kp = fast && !bf ? Kp.data() + slot * kp_size : nullptr;
+        const float* vp = fast && !bf ? Vp.data() + slot * vp_size : nullptr;
+        const uint16_t* kb = bf ? Kb.data() + slot * kp_size : nullptr;
+        const uint16_t* vb = bf ? Vb.data() + slot * vp_size : nullptr;
+        if (bf) kernels::cpu::flash_bf16_pack_rows(q, a.ldq, rows, D, Dh2, Qb.data());
         float* o = a.out + (b * a.Tq + t0) * a.ldo + h * D;
         float* L = lse ? lse + bh * a.Tq + t0 : nullptr;
         // keys the block can see: from its first row's first key to its last row's end; tiles
@@ -164,7 +199,10 @@ void fused_attention_forward(const AttnDesc& a, float* lse) {
           // (per-thread) gemms oneDNN's would have been, at their nominal rows x cols x D
           const bool prof = fast && ops::detail::matmul_profiling();
           double tp = prof ? ops::detail::matmul_now_s() : 0.0;
-          if (fast)
+          if (bf)
+            kernels::cpu::flash_bf16_nt(rows, cols, D, a.scale, Qb.data(), Dh2, kb + s0 * Dh2,
+                                        S.data(), ldS, a.hook ? nullptr : vis.data(), native);
+          else if (fast)
             kernels::cpu::flash_gemm_nt(rows, cols, D, a.scale, q, a.ldq, kp + s0 * D, S.data(),
                                         ldS, a.hook ? nullptr : vis.data());
           else
@@ -177,7 +215,14 @@ void fused_attention_forward(const AttnDesc& a, float* lse) {
           kernels::cpu::flash_online_softmax(S.data(), ldS, rows, cols, vis.data(), m.data(),
                                              l.data(), O.data(), Dp, D);
           if (prof) tp = ops::detail::matmul_now_s();
-          if (fast)
+          if (bf) {  // P rounded to bf16; an odd tile's pad entry 0 (pairs read it)
+            for (int64_t r = 0; r < rows; ++r) {
+              kernels::cpu::to_bf16_serial(S.data() + r * ldS, Pb.data() + r * ldS, cols);
+              if (cols % 2) Pb.data()[r * ldS + cols] = 0;
+            }
+            kernels::cpu::flash_bf16_acc(rows, Dp, cols, Pb.data(), ldS, vb + s0 * Dp, O.data(), Dp,
+                                         vis.data(), native);
+          } else if (fast)
             kernels::cpu::flash_gemm_acc(rows, D, cols, 1.0f, S.data(), ldS, 1, vp + s0 * Dp, Dp,
                                          O.data(), Dp, nullptr, vis.data());
           else
@@ -203,6 +248,9 @@ void fused_attention_backward(const AttnDesc& a, const float* lse, const AttnGra
            "[attention] fused backward needs L, the forward's output (desc.out), dout, dq, dk, dv");
   PF_CHECK(!(hook && hook->has_value_terms()),
            "[attention] the fused kernel has no value terms (Shaw); use attention_backward");
+  PF_CHECK(!a.bf16,
+           "[attention] the fused backward runs in float32 (it recomputes P); bf16 products "
+           "(AttnDesc::bf16) are for forward-only calls");
   const int64_t group = a.H / a.Hkv, BG = a.B * a.Hkv, D = a.D;
   if (a.Tq == 0 || a.Tk == 0) {
     for (int64_t r = 0; r < a.B * a.Tq; ++r) std::fill_n(g.dq + r * a.ldq, a.H * D, 0.0f);

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdlib>
@@ -18,6 +19,7 @@
 #include "posformer/attention/attention.h"
 #include "posformer/attention/variant.h"
 #include "posformer/model/config.h"
+#include "posformer/ops/packed_linear.h"
 #include "posformer/posenc/position_encoding.h"
 #include "test_util.h"
 
@@ -539,5 +541,127 @@ TEST(FusedAttention, DiagonalSplitMatchesUnfused) {
     FCase c;
     c.B = 1, c.H = 2, c.Hkv = 1, c.D = 40, c.Tq = c.Tk = 300, c.causal = true;
     check_fused_vs_unfused(c, seed++);
+  }
+}
+
+// ---- bfloat16 products (AttnDesc::bf16) ----
+namespace {
+
+// POSFORMER_BF16_NATIVE for one scope (0: the portable loop even on an AVX512-BF16 CPU).
+struct Bf16Native {
+  explicit Bf16Native(const char* v) { setenv("POSFORMER_BF16_NATIVE", v, 1); }
+  ~Bf16Native() { unsetenv("POSFORMER_BF16_NATIVE"); }
+};
+
+// The bf16 forward against the float32 unfused forward on the same q, k, v rounded to bf16: the
+// only other rounding is P's (relative 2^-9 per probability, P in [0, 1]), so every output
+// element is within 2^-9 max |v| (+ float32 noise) of the reference. A wrong layout, pair or
+// mask gives errors of order max |v|. The output is NaN-poisoned first.
+void check_bf16_forward(const FCase& c, uint32_t seed, const char* native) {
+  SCOPED_TRACE(c.str() + " native=" + native);
+  Bf16Native nat(native);
+  CaseData s(c, seed);
+  for (auto* x : {&s.q, &s.k, &s.v})
+    for (float& e : *x) e = posformer::ops::bf16_bits_to_float(posformer::ops::to_bf16_bits(e));
+  const Result u = run(s, false, false);
+  AttnDesc a = s.a;
+  a.bf16 = true;
+  std::vector<float> out(s.dO.size(), kNaN), lse(size_t(a.B * a.H * a.Tq), kNaN);
+  a.out = out.data();
+  std::vector<float> unused;
+  auto hook = s.hook(&unused);
+  a.hook = hook.get();
+  fused_attention_forward(a, lse.data());
+  double vmax = 0;
+  for (float e : s.v) vmax = std::max(vmax, double(std::fabs(e)));
+  double worst = 0;
+  for (size_t i = 0; i < out.size(); ++i) {
+    ASSERT_FALSE(std::isnan(out[i])) << "element " << i << " not written";
+    worst = std::max(worst, std::fabs(double(out[i]) - u.out[i]));
+  }
+  EXPECT_LE(worst, (1.0 / 512 + 1e-5) * vmax) << "max |v| " << vmax;
+  // L = log sum exp of each row's scores: the scores are exact products of bf16 values summed in
+  // float32, so L matches a double-precision log-sum-exp of them closely (no hook here)
+  if (c.hook != "none") return;
+  const int64_t group = c.H / c.Hkv;
+  for (int64_t b = 0; b < c.B; ++b)
+    for (int64_t h = 0; h < c.H; ++h)
+      for (int64_t t = 0; t < c.Tq; ++t) {
+        const float L = lse[(b * c.H + h) * c.Tq + t];
+        const int64_t k0 = a.first_key(b, t), k1 = a.visible_keys(b, t);
+        if (k1 <= k0) {
+          EXPECT_EQ(L, -std::numeric_limits<float>::infinity());
+          continue;
+        }
+        std::vector<double> sc;
+        for (int64_t j = k0; j < k1; ++j) {
+          double d = 0;
+          for (int64_t i = 0; i < c.D; ++i)
+            d += double(s.q[(b * c.Tq + t) * a.ldq + h * c.D + i]) *
+                 s.k[(b * c.Tk + j) * a.ldk + (h / group) * c.D + i];
+          sc.push_back(d * a.scale);
+        }
+        const double mx = *std::max_element(sc.begin(), sc.end());
+        double sum = 0;
+        for (double x : sc) sum += std::exp(x - mx);
+        EXPECT_NEAR(L, mx + std::log(sum), 1e-4) << "b=" << b << " h=" << h << " t=" << t;
+      }
+}
+
+}  // namespace
+
+// Every T class, head dims (odd and off the vector width), causal, key padding, GQA, decoding
+// offsets and the in-tile hooks (ALiBi, T5), on the AVX512-BF16 kernels (where present) and the
+// portable loop.
+TEST(FusedAttention, Bf16ForwardMatchesRoundedReference) {
+  const std::vector<int64_t> Ts = {1, 2, 17, 100, 128, 129, 513};
+  const std::vector<int64_t> Ds = {32, 64, 80, 33, 96, 128, 7};
+  const std::vector<std::string> hooks = {"none", "alibi", "t5"};
+  for (const char* native : {"1", "0"}) {
+    uint32_t seed = 1500;
+    for (size_t i = 0; i < Ts.size(); ++i)
+      for (int variant = 0; variant < 3; ++variant) {
+        const size_t j = i * 3 + variant;
+        FCase c;
+        c.Tq = c.Tk = Ts[i];
+        c.D = Ds[j % Ds.size()];
+        c.hook = hooks[j % hooks.size()];
+        c.causal = variant != 1;
+        c.padding = j % 4 == 1 || variant == 1;
+        c.B = Ts[i] <= 129 ? 2 : 1;
+        c.H = 2, c.Hkv = j % 2 ? 1 : 2;
+        if (variant == 2) c.Tq = std::max<int64_t>(1, Ts[i] / 3), c.q_pos0 = c.Tk - c.Tq;
+        if (native[0] == '0' && Ts[i] > 129) continue;  // the portable loop is slow
+        check_bf16_forward(c, seed++, native);
+      }
+  }
+}
+
+// Two query blocks x two key tiles, causal, at D 64 (the benchmark's head dim).
+TEST(FusedAttention, Bf16ForwardLong) {
+  FCase c;
+  c.B = 1, c.H = 2, c.Hkv = 2, c.D = 64, c.Tq = c.Tk = 700, c.causal = true;
+  check_bf16_forward(c, 1600, "1");
+  c.causal = false;
+  check_bf16_forward(c, 1601, "1");
+}
+
+// The fused backward recomputes P in float32 and refuses a bf16 description by name.
+TEST(FusedAttention, Bf16BackwardIsRefused) {
+  FCase c;
+  CaseData s(c, 1700);
+  AttnDesc a = s.a;
+  std::vector<float> out(s.dO.size()), lse(size_t(a.B * a.H * a.Tq));
+  a.out = out.data();
+  a.bf16 = true;
+  fused_attention_forward(a, lse.data());
+  std::vector<float> dq(s.q.size()), dk(s.k.size()), dv(s.v.size());
+  AttnGrads g;
+  g.dout = s.dO.data(), g.lddo = a.ldo, g.dq = dq.data(), g.dk = dk.data(), g.dv = dv.data();
+  try {
+    fused_attention_backward(a, lse.data(), g, nullptr);
+    ADD_FAILURE() << "no throw";
+  } catch (const posformer::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("bf16"), std::string::npos) << e.what();
   }
 }

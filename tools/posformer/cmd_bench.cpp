@@ -33,6 +33,7 @@ struct CaseOpts {
   std::string variant = "softmax";
   int64_t B = 1, H = 12, Hkv = 0, D = 64, T = 512, reps = 5;
   bool causal = false, backward = true;
+  bool bf16 = false;  // --precision bf16: the fused softmax forward's bfloat16 products
 };
 
 double median(std::vector<double> v) {
@@ -48,6 +49,7 @@ nlohmann::json run_case(const CaseOpts& o) {
       {"heads", o.H},         {"head_dim", o.D}, {"threads", num_threads()}};
   const int64_t Hkv = o.Hkv > 0 ? o.Hkv : o.H;
   r["kv_heads"] = Hkv;
+  r["precision"] = o.bf16 ? "bf16" : "f32";
   PF_CHECK(o.H % Hkv == 0, "[bench] --kv-heads ", Hkv, " must divide --heads ", o.H);
   const StackGeom geom{"bench.", 1, o.H * o.D, o.H, Hkv, o.D, o.T, o.causal, false};
   PositionConfig pc;
@@ -93,6 +95,7 @@ nlohmann::json run_case(const CaseOpts& o) {
     a.causal = o.causal;
     a.self_attention = true;
     a.params = &buffers;
+    a.bf16 = o.bf16;
     return a;
   };
   auto run_backward = [&](const AttnDesc& a, const AttnSaved& saved, std::vector<float>& dout,
@@ -384,6 +387,7 @@ Command add_bench(CLI::App& root) {
     CaseOpts c;
     std::string variants = "softmax", seq_lens = "128,512,2048", masks = "both";
     bool forward_only = false, json = false;
+    std::string precision = "f32";
     bool error = false;
     std::string sweep = "8,16,32,64,128,256", inputs = "iid,clustered,smooth", csv;
     int64_t one_T = 0;
@@ -404,6 +408,11 @@ Command add_bench(CLI::App& root) {
   app->add_option("--reps", o->c.reps, "timed repetitions per case, median (default 5)")
       ->check(CLI::Range(1, 1000));
   app->add_flag("--forward-only", o->forward_only, "time the forward only");
+  app->add_option("--precision", o->precision,
+                  "f32 (default) or bf16: the fused softmax forward's products on bfloat16 q, k, "
+                  "v and P with float32 sums (AVX512-BF16 where present, a slow portable loop "
+                  "elsewhere); softmax only, implies --forward-only")
+      ->check(CLI::IsMember({"f32", "bf16"}));
   app->add_flag("--json", o->json, "one JSON object per case instead of the table");
   app->add_flag("--error", o->error,
                 "approximation error against exact softmax instead of timing (T default 1024)");
@@ -425,6 +434,8 @@ Command add_bench(CLI::App& root) {
         if (o->one) {
           CaseOpts c = o->c;
           c.variant = o->variants, c.T = o->one_T, c.backward = !o->forward_only;
+          c.bf16 = o->precision == "bf16";
+          c.backward = c.backward && !c.bf16;
           std::cout << run_case(c).dump() << std::endl;
           return 0;
         }
@@ -439,6 +450,16 @@ Command add_bench(CLI::App& root) {
           Ts.push_back(v);
         }
         const std::vector<std::string> variants = split_list(o->variants);
+        const bool bf16 = o->precision == "bf16";
+        if (bf16)
+          for (const std::string& v : variants)
+            PF_CHECK(v == "softmax",
+                     "[bench] --precision bf16 applies to the fused softmax only; "
+                     "--variants has '",
+                     v, "'");
+        PF_CHECK(!(bf16 && o->error),
+                 "[bench] --precision bf16 times the forward; it does not "
+                 "apply to --error");
         PF_CHECK(!variants.empty() && !Ts.empty(),
                  "[bench] --variants and --seq-lens need "
                  "at least one entry");
@@ -459,10 +480,14 @@ Command add_bench(CLI::App& root) {
         int failed = 0;
         if (!o->json) {
           std::printf(
-              "attention: B %lld, %lld heads (%lld kv) x D %lld, fp32, %d threads, "
+              "attention: B %lld, %lld heads (%lld kv) x D %lld, %s, %d threads, "
               "CPU: %s\n",
               (long long)o->c.B, (long long)o->c.H, (long long)(o->c.Hkv ? o->c.Hkv : o->c.H),
-              (long long)o->c.D, num_threads(), cpu_features().c_str());
+              (long long)o->c.D,
+              bf16 ? (attention_bf16_native() ? "bf16 products (AVX512-BF16), forward only"
+                                              : "bf16 products (portable loop), forward only")
+                   : "fp32",
+              num_threads(), cpu_features().c_str());
           std::printf("%-10s %7s %-6s %11s %9s %11s %9s %11s\n", "variant", "T", "mask",
                       "forward ms", "GFLOP/s", "backward ms", "GFLOP/s", "extra MiB");
         }
@@ -481,6 +506,7 @@ Command add_bench(CLI::App& root) {
                                                "--threads",  std::to_string(o->threads)};
               if (causal) args.push_back("--one-causal");
               if (o->forward_only) args.push_back("--forward-only");
+              if (bf16) args.insert(args.end(), {"--precision", "bf16"});
               std::string cmd;
               for (const std::string& a : args) cmd += "'" + a + "' ";
               FILE* p = ::popen(cmd.c_str(), "r");

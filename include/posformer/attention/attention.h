@@ -187,6 +187,11 @@ struct AttnDesc {
   // false for cross-attention. A variant that rotates inside (caps().rotary_inside) reads it.
   bool self_attention = false;
   float* probs = nullptr;  // optional [B, H, Tq, Tk]: forward stores P here (training)
+  // bfloat16 products (softmax's fused forward only): q, k, v and the probabilities P rounded to
+  // bfloat16, the sums in float32 (kernels/cpu/flash_bf16.h: AVX512-BF16 where the CPU has it,
+  // a portable loop elsewhere); softmax, the running max and sum, L and the output stay float32.
+  // The fused backward refuses it (it recomputes P in float32); the unfused path ignores it.
+  bool bf16 = false;
   // The model's weights and buffers, for variants with their own: buffers (performer's random
   // features) and per-sublayer weights named param_prefix + "..." (nystrom's convolution;
   // param_prefix like "encoder.layers.0.attn."); null where a variant needs none.
@@ -226,6 +231,9 @@ struct AttnGrads {
   class ParamStore* param_grads = nullptr;  // a variant's weights' gradients are added here
 };
 void attention_backward(const AttnDesc& a, const float* probs, const AttnGrads& g, ScoreHook* hook);
+// Whether AttnDesc::bf16 products run on AVX512-BF16 here (false: the portable loop, slow;
+// POSFORMER_BF16_NATIVE=0 forces it).
+bool attention_bf16_native();
 
 void check_attn_desc(const AttnDesc& a);  // throws Error naming the bad field
 

@@ -1,0 +1,282 @@
+// bfloat16 tile products of the fused attention; flash_bf16.h has the maths and layouts.
+// Two implementations of each product: AVX512-BF16 intrinsics (vdpbf16ps) compiled for that
+// target alone and chosen at run time, and a portable loop for every other CPU.
+#include "flash_bf16.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+
+#include "posformer/core/error.h"
+#include "posformer/ops/packed_linear.h"  // to_bf16_bits, bf16_bits_to_float
+
+namespace posformer::kernels::cpu {
+namespace {
+constexpr int64_t kPanel = 16;  // keys per K panel, columns per V vector (16 float lanes)
+
+inline int64_t round_up(int64_t n, int64_t m) {
+  return (n + m - 1) / m * m;
+}
+inline float bf(uint16_t b) {
+  return ops::bf16_bits_to_float(b);
+}
+
+// ---- portable loops (any CPU): the same operands, float32 sums, one multiply-add at a time ----
+
+void nt_portable(int64_t M, int64_t ncols, int64_t D, float alpha, const uint16_t* A, int64_t lda,
+                 const uint16_t* Bp, float* C, int64_t ldc, const int64_t* lim) {
+  const int64_t Dh = flash_bf16_pairs(D);
+  for (int64_t m = 0; m < M; ++m) {
+    const int64_t n = round_up(lim ? std::min(ncols, lim[m]) : ncols, kPanel);
+    const uint16_t* a = A + m * lda;
+    for (int64_t c = 0; c < n; ++c) {
+      const uint16_t* b = Bp + (c / kPanel) * Dh * 2 * kPanel + (c % kPanel) * 2;
+      float s = 0.0f;
+      for (int64_t j = 0; j < Dh; ++j) {
+        s = std::fma(bf(a[2 * j]), bf(b[j * 2 * kPanel]), s);
+        s = std::fma(bf(a[2 * j + 1]), bf(b[j * 2 * kPanel + 1]), s);
+      }
+      C[m * ldc + c] = alpha * s;
+    }
+  }
+}
+
+void acc_portable(int64_t M, int64_t Dp, int64_t K, const uint16_t* A, int64_t lda,
+                  const uint16_t* Vp, float* C, int64_t ldc, const int64_t* k_hi) {
+  for (int64_t m = 0; m < M; ++m) {
+    const int64_t pairs = (std::min(K, k_hi ? k_hi[m] : K) + 1) / 2;
+    const uint16_t* a = A + m * lda;
+    float* c = C + m * ldc;
+    for (int64_t p = 0; p < pairs; ++p) {
+      const float a0 = bf(a[2 * p]), a1 = bf(a[2 * p + 1]);
+      const uint16_t* v = Vp + p * 2 * Dp;
+      for (int64_t j = 0; j < Dp; ++j)
+        c[j] = std::fma(a1, bf(v[2 * j + 1]), std::fma(a0, bf(v[2 * j]), c[j]));
+    }
+  }
+}
+
+// ---- AVX512-BF16 ----
+#if defined(__x86_64__) && defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")
+#define POSFORMER_HAVE_BF16_KERNELS 1
+
+inline __m512bh pair_bcast(const uint16_t* p) {  // one (even, odd) pair to every lane
+  int32_t w;
+  std::memcpy(&w, p, sizeof w);
+  return (__m512bh)_mm512_set1_epi32(w);
+}
+
+// MR rows x NV vectors (16 keys each): ap[i] the rows' A, bp[v] the vectors' panels.
+template <int MR, int NV>
+__attribute__((noinline)) void nt_block(int64_t Dh, float alpha, const uint16_t* const* ap,
+                                        const uint16_t* const* bp, float* C, int64_t ldc,
+                                        int64_t mvalid) {
+  __m512 acc[MR][NV];
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 3
+    for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_ps();
+  for (int64_t j = 0; j < Dh; ++j) {
+    __m512bh b[NV];
+#pragma GCC unroll 3
+    for (int v = 0; v < NV; ++v) b[v] = (__m512bh)_mm512_loadu_si512(bp[v] + j * 2 * kPanel);
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      const __m512bh a = pair_bcast(ap[i] + 2 * j);
+#pragma GCC unroll 3
+      for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_dpbf16_ps(acc[i][v], a, b[v]);
+    }
+  }
+  const __m512 va = _mm512_set1_ps(alpha);
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) {
+    if (i >= mvalid) break;
+#pragma GCC unroll 3
+    for (int v = 0; v < NV; ++v)
+      _mm512_storeu_ps(C + i * ldc + v * kPanel, _mm512_mul_ps(acc[i][v], va));
+  }
+}
+
+constexpr int kNtMR = 8, kNtNV = 3;  // 24 accumulators + 3 panels of 32 registers
+
+void nt_native(int64_t M, int64_t ncols, int64_t D, float alpha, const uint16_t* A, int64_t lda,
+               const uint16_t* Bp, float* C, int64_t ldc, const int64_t* lim) {
+  const int64_t Dh = flash_bf16_pairs(D), pstride = Dh * 2 * kPanel;
+  for (int64_t m0 = 0; m0 < M; m0 += kNtMR) {
+    const int64_t mvalid = std::min<int64_t>(kNtMR, M - m0);
+    int64_t n = ncols;
+    if (lim) {
+      int64_t mx = 0;
+      for (int64_t i = 0; i < mvalid; ++i) mx = std::max(mx, lim[m0 + i]);
+      n = std::min(n, mx);
+    }
+    if (n <= 0) continue;
+    const uint16_t* ap[kNtMR];  // rows past M repeat the last one; their results are not stored
+    for (int64_t i = 0; i < kNtMR; ++i) ap[i] = A + std::min(m0 + i, M - 1) * lda;
+    const int64_t nvec = (n + kPanel - 1) / kPanel;
+    const uint16_t* bp[kNtNV];
+    for (int64_t v0 = 0; v0 < nvec; v0 += kNtNV) {
+      const int64_t nv = std::min<int64_t>(kNtNV, nvec - v0);
+      for (int64_t v = 0; v < nv; ++v) bp[v] = Bp + (v0 + v) * pstride;
+      float* c = C + m0 * ldc + v0 * kPanel;
+      if (nv == 3)
+        nt_block<kNtMR, 3>(Dh, alpha, ap, bp, c, ldc, mvalid);
+      else if (nv == 2)
+        nt_block<kNtMR, 2>(Dh, alpha, ap, bp, c, ldc, mvalid);
+      else
+        nt_block<kNtMR, 1>(Dh, alpha, ap, bp, c, ldc, mvalid);
+    }
+  }
+}
+
+// C rows ci[i] (MR of them) += pairs [0, np) of A rows ap[i] times NV vectors of V pairs at B.
+template <int MR, int NV>
+__attribute__((noinline)) void acc_block(int64_t np, const uint16_t* const* ap, const uint16_t* B,
+                                         int64_t ldb, float* const* ci, int64_t mvalid) {
+  __m512 acc[MR][NV];
+#pragma GCC unroll 6
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < np; ++p) {
+    __m512bh b[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) b[v] = (__m512bh)_mm512_loadu_si512(B + p * ldb + v * 2 * kPanel);
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; ++i) {
+      const __m512bh a = pair_bcast(ap[i] + 2 * p);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_dpbf16_ps(acc[i][v], a, b[v]);
+    }
+  }
+#pragma GCC unroll 6
+  for (int i = 0; i < MR; ++i) {
+    if (i >= mvalid) break;
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      float* c = ci[i] + v * kPanel;
+      _mm512_storeu_ps(c, _mm512_add_ps(acc[i][v], _mm512_loadu_ps(c)));
+    }
+  }
+}
+
+constexpr int kAccMR = 6, kAccNV = 4;  // 24 accumulators + 4 vectors of V
+
+void acc_native(int64_t M, int64_t Dp, int64_t K, const uint16_t* A, int64_t lda,
+                const uint16_t* Vp, float* C, int64_t ldc, const int64_t* k_hi) {
+  const int64_t nvec = Dp / kPanel;
+  for (int64_t m0 = 0; m0 < M; m0 += kAccMR) {
+    const int64_t mvalid = std::min<int64_t>(kAccMR, M - m0);
+    int64_t k1 = 0;
+    for (int64_t i = 0; i < mvalid; ++i) k1 = std::max(k1, k_hi ? k_hi[m0 + i] : K);
+    const int64_t np = (std::min(k1, K) + 1) / 2;
+    if (np <= 0) continue;
+    const uint16_t* ap[kAccMR];  // rows past M repeat the last one; their results are not stored
+    float* ci[kAccMR];
+    for (int64_t v0 = 0; v0 < nvec; v0 += kAccNV) {
+      for (int64_t i = 0; i < kAccMR; ++i) {
+        const int64_t m = std::min(m0 + i, M - 1);
+        ap[i] = A + m * lda;
+        ci[i] = C + m * ldc + v0 * kPanel;
+      }
+      const int64_t nv = std::min<int64_t>(kAccNV, nvec - v0);
+      const uint16_t* b = Vp + v0 * 2 * kPanel;
+      if (nv == 4)
+        acc_block<kAccMR, 4>(np, ap, b, 2 * Dp, ci, mvalid);
+      else if (nv == 3)
+        acc_block<kAccMR, 3>(np, ap, b, 2 * Dp, ci, mvalid);
+      else if (nv == 2)
+        acc_block<kAccMR, 2>(np, ap, b, 2 * Dp, ci, mvalid);
+      else
+        acc_block<kAccMR, 1>(np, ap, b, 2 * Dp, ci, mvalid);
+    }
+  }
+}
+
+#pragma GCC pop_options
+#endif
+
+bool native_available() {
+#if defined(POSFORMER_HAVE_BF16_KERNELS)
+  static const bool cpu = __builtin_cpu_supports("avx512bf16") != 0;
+  return cpu;
+#else
+  return false;
+#endif
+}
+}  // namespace
+
+bool flash_bf16_native() {
+  // read at each call (tests switch it); anything but 0 or 1 is refused
+  const char* e = std::getenv("POSFORMER_BF16_NATIVE");
+  if (e && *e) {
+    PF_CHECK((e[0] == '0' || e[0] == '1') && e[1] == 0,
+             "[attention] POSFORMER_BF16_NATIVE must be 0 or 1, got '", e, "'");
+    if (e[0] == '0') return false;
+  }
+  return native_available();
+}
+
+void flash_bf16_pack_rows(const float* src, int64_t ld, int64_t n, int64_t D, int64_t ldd,
+                          uint16_t* dst) {
+  for (int64_t r = 0; r < n; ++r) {
+    uint16_t* o = dst + r * ldd;
+    for (int64_t d = 0; d < D; ++d) o[d] = ops::to_bf16_bits(src[r * ld + d]);
+    std::fill(o + D, o + ldd, uint16_t{0});
+  }
+}
+
+void flash_bf16_pack_panels(const float* src, int64_t ld, int64_t n, int64_t D, uint16_t* dst) {
+  const int64_t Dh = flash_bf16_pairs(D), pstride = Dh * 2 * kPanel;
+  for (int64_t c0 = 0; c0 < n; c0 += kPanel) {
+    uint16_t* p = dst + (c0 / kPanel) * pstride;
+    const int64_t w = std::min(kPanel, n - c0);
+    if (w < kPanel || D % 2) std::fill(p, p + pstride, uint16_t{0});
+    for (int64_t i = 0; i < w; ++i) {
+      const float* s = src + (c0 + i) * ld;
+      for (int64_t d = 0; d < D; ++d)
+        p[(d / 2) * 2 * kPanel + i * 2 + d % 2] = ops::to_bf16_bits(s[d]);
+    }
+  }
+}
+
+void flash_bf16_pack_pairs(const float* src, int64_t ld, int64_t n, int64_t D, int64_t Dp,
+                           uint16_t* dst) {
+  for (int64_t s0 = 0; s0 < n; s0 += 2) {
+    uint16_t* p = dst + (s0 / 2) * 2 * Dp;
+    if (s0 + 1 >= n || D < Dp) std::fill(p, p + 2 * Dp, uint16_t{0});
+    for (int64_t e = 0; e < 2 && s0 + e < n; ++e) {
+      const float* s = src + (s0 + e) * ld;
+      for (int64_t c = 0; c < D; ++c) p[c * 2 + e] = ops::to_bf16_bits(s[c]);
+    }
+  }
+}
+
+void flash_bf16_nt(int64_t M, int64_t ncols, int64_t D, float alpha, const uint16_t* A, int64_t lda,
+                   const uint16_t* Bp, float* C, int64_t ldc, const int64_t* lim, bool native) {
+#if defined(POSFORMER_HAVE_BF16_KERNELS)
+  if (native && native_available()) return nt_native(M, ncols, D, alpha, A, lda, Bp, C, ldc, lim);
+#else
+  (void)native;
+#endif
+  nt_portable(M, ncols, D, alpha, A, lda, Bp, C, ldc, lim);
+}
+
+void flash_bf16_acc(int64_t M, int64_t Dp, int64_t K, const uint16_t* A, int64_t lda,
+                    const uint16_t* Vp, float* C, int64_t ldc, const int64_t* k_hi, bool native) {
+#if defined(POSFORMER_HAVE_BF16_KERNELS)
+  if (native && native_available()) return acc_native(M, Dp, K, A, lda, Vp, C, ldc, k_hi);
+#else
+  (void)native;
+#endif
+  acc_portable(M, Dp, K, A, lda, Vp, C, ldc, k_hi);
+}
+
+}  // namespace posformer::kernels::cpu
