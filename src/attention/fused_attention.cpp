@@ -26,7 +26,6 @@
 #include "../kernels/cpu/attention_kernels.h"
 #include "../kernels/cpu/flash_bf16.h"
 #include "../kernels/cpu/flash_gemm.h"
-#include "../kernels/cpu/kernels.h"
 #include "../ops/matmul_profile.h"
 #include "posformer/attention/attention.h"
 #include "posformer/core/error.h"
@@ -141,7 +140,7 @@ void fused_attention_forward(const AttnDesc& a, float* lse) {
     // tiles: at most kBc keys (and no more than the keys there are)
     const int64_t tc = std::min(kBc, kernels::cpu::flash_round_up(a.Tk));
     const Scratch S(br * tc), O(br * Dp);
-    const Scratch16 Qb(bf ? br * Dh2 : 0), Pb(bf ? br * tc : 0);  // the block's q, a tile's P
+    const Scratch16 Qb(bf ? br * Dh2 : 0);  // the block's q
     std::vector<float> m(static_cast<size_t>(br)), l(static_cast<size_t>(br));
     std::vector<int64_t> vis(static_cast<size_t>(br));
     for (int64_t bg0 = 0; bg0 < BG; bg0 += round) {
@@ -212,15 +211,15 @@ void fused_attention_forward(const AttnDesc& a, float* lse) {
             ops::detail::matmul_profile_record(rows, cols, D, ops::detail::matmul_now_s() - tp);
           if (a.hook) a.hook->add_scores(b, h, ScoreTile{t0, rows, s0, cols}, S.data(), ldS);
           mask_window(a, b, t0, rows, s0, vis.data(), S.data(), ldS);
+          // bf16: P as bf16 in place, in the first half of each S row (row stride 2 ldS in
+          // uint16; each store lands on entries already read, in L1), an odd tile's pad entry 0
+          // (pairs read it)
+          uint16_t* Pb = bf ? reinterpret_cast<uint16_t*>(S.data()) : nullptr;
           kernels::cpu::flash_online_softmax(S.data(), ldS, rows, cols, vis.data(), m.data(),
-                                             l.data(), O.data(), Dp, D);
+                                             l.data(), O.data(), Dp, D, Pb, 2 * ldS);
           if (prof) tp = ops::detail::matmul_now_s();
-          if (bf) {  // P rounded to bf16; an odd tile's pad entry 0 (pairs read it)
-            for (int64_t r = 0; r < rows; ++r) {
-              kernels::cpu::to_bf16_serial(S.data() + r * ldS, Pb.data() + r * ldS, cols);
-              if (cols % 2) Pb.data()[r * ldS + cols] = 0;
-            }
-            kernels::cpu::flash_bf16_acc(rows, Dp, cols, Pb.data(), ldS, vb + s0 * Dp, O.data(), Dp,
+          if (bf) {
+            kernels::cpu::flash_bf16_acc(rows, Dp, cols, Pb, 2 * ldS, vb + s0 * Dp, O.data(), Dp,
                                          vis.data(), native);
           } else if (fast)
             kernels::cpu::flash_gemm_acc(rows, D, cols, 1.0f, S.data(), ldS, 1, vp + s0 * Dp, Dp,

@@ -19,7 +19,7 @@ namespace hn = hwy::HWY_NAMESPACE;
 
 void flash_online_softmax_kernel(float* S, int64_t ldS, int64_t rows, int64_t cols,
                                  const int64_t* vis, float* m, float* l, float* O, int64_t ldO,
-                                 int64_t D) {
+                                 int64_t D, uint16_t* Pb, int64_t ldPb) {
   const hn::ScalableTag<float> d;
   const size_t N = hn::Lanes(d);
   const float ninf = -std::numeric_limits<float>::infinity();
@@ -28,13 +28,24 @@ void flash_online_softmax_kernel(float* S, int64_t ldS, int64_t rows, int64_t co
     const size_t n = static_cast<size_t>(vis[r]);
     // row max over the visible keys
     const float mx = std::max(m[r], row_max(d, x, n));
+    uint16_t* pb = Pb ? Pb + r * ldPb : nullptr;
+    const size_t pcols = static_cast<size_t>(cols + cols % 2);  // bf16 P: whole pairs
     if (mx == ninf) {  // nothing visible so far: probabilities 0, state unchanged
-      std::memset(x, 0, static_cast<size_t>(cols) * sizeof(float));
+      if (pb)
+        std::memset(pb, 0, pcols * sizeof(uint16_t));
+      else
+        std::memset(x, 0, static_cast<size_t>(cols) * sizeof(float));
       continue;
     }
-    const float sum = exp_sub_sum(d, x, n, mx);
-    if (n < static_cast<size_t>(cols))
-      std::memset(x + n, 0, static_cast<size_t>(cols - vis[r]) * sizeof(float));
+    float sum;
+    if (pb) {
+      sum = exp_sub_sum_bf16(d, x, n, mx, pb);
+      if (n < pcols) std::memset(pb + n, 0, (pcols - n) * sizeof(uint16_t));
+    } else {
+      sum = exp_sub_sum(d, x, n, mx);
+      if (n < static_cast<size_t>(cols))
+        std::memset(x + n, 0, static_cast<size_t>(cols - vis[r]) * sizeof(float));
+    }
     if (m[r] == mx) {
       l[r] += sum;
     } else {  // the max grew: rescale what was accumulated (exp(-inf) = 0 on the first block)
@@ -106,8 +117,10 @@ HWY_EXPORT(flash_dscores_kernel);
 HWY_EXPORT(rowdot_kernel);
 
 void flash_online_softmax(float* S, int64_t ldS, int64_t rows, int64_t cols, const int64_t* vis,
-                          float* m, float* l, float* O, int64_t ldO, int64_t D) {
-  HWY_DYNAMIC_DISPATCH(flash_online_softmax_kernel)(S, ldS, rows, cols, vis, m, l, O, ldO, D);
+                          float* m, float* l, float* O, int64_t ldO, int64_t D, uint16_t* Pb,
+                          int64_t ldPb) {
+  HWY_DYNAMIC_DISPATCH(flash_online_softmax_kernel)
+  (S, ldS, rows, cols, vis, m, l, O, ldO, D, Pb, ldPb);
 }
 void flash_dscores(float* S, int64_t ldS, float* dP, int64_t lddP, int64_t rows, int64_t cols,
                    const int64_t* vis, const float* L, const float* Di) {

@@ -15,8 +15,14 @@ namespace posformer::kernels::cpu {
 //   m' = max(m, max_s S[s]);  alpha = exp(m - m');  S[s] = exp(S[s] - m') (0 where masked);
 //   l = alpha l + sum_s S[s];  O_r *= alpha;  m = m'.
 // A row whose m' is -inf (nothing visible yet) gets S = 0 and keeps m = -inf, l = 0.
+// Pb (optional): the probabilities go to Pb (row stride ldPb) as bfloat16 bits instead, over
+// round_up(cols, 2) entries (0 where masked and in an odd tile's pad entry); l sums the float32
+// exponentials. Pb may be S itself (Pb = (uint16_t*)S, ldPb = 2 ldS: each row's bf16 values
+// fill the first half of its float row, every store landing on entries already read); S is
+// otherwise left as it was.
 void flash_online_softmax(float* S, int64_t ldS, int64_t rows, int64_t cols, const int64_t* vis,
-                          float* m, float* l, float* O, int64_t ldO, int64_t D);
+                          float* m, float* l, float* O, int64_t ldO, int64_t D,
+                          uint16_t* Pb = nullptr, int64_t ldPb = 0);
 
 // Backward tile: P = exp(S - L[r]) recomputed in place in S (0 where masked or L[r] = -inf),
 // then dP (in place) becomes dS = P * (dP - Di[r]).

@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "kernels.h"  // to_bf16_serial
 #include "posformer/core/error.h"
 #include "posformer/ops/packed_linear.h"  // to_bf16_bits, bf16_bits_to_float
 
@@ -224,37 +225,55 @@ bool flash_bf16_native() {
   return native_available();
 }
 
+// The packings round each source row with the vectorised to_bf16_serial (into a stack buffer
+// where the layout interleaves rows) and then place the 16-bit values.
+constexpr int64_t kMaxRow = 512;  // a row buffer's entries; wider rows go in pieces
+
 void flash_bf16_pack_rows(const float* src, int64_t ld, int64_t n, int64_t D, int64_t ldd,
                           uint16_t* dst) {
   for (int64_t r = 0; r < n; ++r) {
     uint16_t* o = dst + r * ldd;
-    for (int64_t d = 0; d < D; ++d) o[d] = ops::to_bf16_bits(src[r * ld + d]);
+    to_bf16_serial(src + r * ld, o, D);
     std::fill(o + D, o + ldd, uint16_t{0});
   }
 }
 
 void flash_bf16_pack_panels(const float* src, int64_t ld, int64_t n, int64_t D, uint16_t* dst) {
   const int64_t Dh = flash_bf16_pairs(D), pstride = Dh * 2 * kPanel;
+  uint16_t row[kMaxRow];
   for (int64_t c0 = 0; c0 < n; c0 += kPanel) {
     uint16_t* p = dst + (c0 / kPanel) * pstride;
     const int64_t w = std::min(kPanel, n - c0);
     if (w < kPanel || D % 2) std::fill(p, p + pstride, uint16_t{0});
-    for (int64_t i = 0; i < w; ++i) {
-      const float* s = src + (c0 + i) * ld;
-      for (int64_t d = 0; d < D; ++d)
-        p[(d / 2) * 2 * kPanel + i * 2 + d % 2] = ops::to_bf16_bits(s[d]);
-    }
+    for (int64_t i = 0; i < w; ++i)
+      for (int64_t d0 = 0; d0 < D; d0 += kMaxRow) {  // d0 even: pairs stay whole
+        const int64_t nd = std::min(kMaxRow, D - d0);
+        to_bf16_serial(src + (c0 + i) * ld + d0, row, nd);
+        uint16_t* q = p + (d0 / 2) * 2 * kPanel + i * 2;
+        for (int64_t d = 0; d + 1 < nd; d += 2) {
+          q[(d / 2) * 2 * kPanel] = row[d];
+          q[(d / 2) * 2 * kPanel + 1] = row[d + 1];
+        }
+        if (nd % 2) q[(nd / 2) * 2 * kPanel] = row[nd - 1];
+      }
   }
 }
 
 void flash_bf16_pack_pairs(const float* src, int64_t ld, int64_t n, int64_t D, int64_t Dp,
                            uint16_t* dst) {
+  uint16_t r0[kMaxRow], r1[kMaxRow];
   for (int64_t s0 = 0; s0 < n; s0 += 2) {
     uint16_t* p = dst + (s0 / 2) * 2 * Dp;
-    if (s0 + 1 >= n || D < Dp) std::fill(p, p + 2 * Dp, uint16_t{0});
-    for (int64_t e = 0; e < 2 && s0 + e < n; ++e) {
-      const float* s = src + (s0 + e) * ld;
-      for (int64_t c = 0; c < D; ++c) p[c * 2 + e] = ops::to_bf16_bits(s[c]);
+    const bool two = s0 + 1 < n;
+    for (int64_t c0 = 0; c0 < Dp; c0 += kMaxRow) {
+      const int64_t nc = std::clamp<int64_t>(D - c0, 0, kMaxRow);  // real columns here
+      if (nc > 0) to_bf16_serial(src + s0 * ld + c0, r0, nc);
+      if (nc > 0 && two) to_bf16_serial(src + (s0 + 1) * ld + c0, r1, nc);
+      const int64_t end = std::min(Dp - c0, kMaxRow);
+      for (int64_t c = 0; c < end; ++c) {
+        p[(c0 + c) * 2] = c < nc ? r0[c] : uint16_t{0};
+        p[(c0 + c) * 2 + 1] = c < nc && two ? r1[c] : uint16_t{0};
+      }
     }
   }
 }

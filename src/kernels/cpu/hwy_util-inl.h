@@ -7,7 +7,9 @@
 #define POSFORMER_KERNELS_CPU_HWY_UTIL_INL_H_
 #endif
 
+#include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 
@@ -141,6 +143,56 @@ HWY_INLINE float row_max(D d, const float* x, size_t n) {
   for (; i + N <= n; i += N) m0 = hn::Max(m0, hn::LoadU(d, x + i));
   if (i < n) m1 = hn::Max(m1, load_tail(d, x + i, n - i, ninf));
   return hn::GetLane(hn::MaxOfLanes(d, hn::Max(m0, m1)));
+}
+
+// v rounded to bfloat16 bits (nearest even, NaN kept quiet: ops::to_bf16_bits), stored as
+// Lanes(d) uint16 at p (count < Lanes: the first count only).
+template <class D>
+HWY_INLINE void store_bf16(D d, hn::Vec<D> v, uint16_t* p, size_t count) {
+  const hn::RebindToUnsigned<D> du;
+  const hn::RebindToSigned<D> di;
+  const hn::Rebind<uint16_t, decltype(di)> d16;
+  const auto u = hn::BitCast(du, v);
+  const auto hi = hn::ShiftRight<16>(u);
+  const auto rounded =
+      hn::ShiftRight<16>(hn::Add(u, hn::Add(hn::Set(du, 0x7fffu), hn::And(hi, hn::Set(du, 1u)))));
+  const auto nan = hn::Gt(hn::BitCast(di, hn::And(u, hn::Set(du, 0x7fffffffu))),
+                          hn::BitCast(di, hn::Set(du, 0x7f800000u)));
+  const auto r = hn::IfThenElse(hn::RebindMask(du, nan), hn::Or(hi, hn::Set(du, 0x40u)), rounded);
+  const auto h = hn::DemoteTo(d16, hn::BitCast(di, r));
+  if (count >= hn::Lanes(d)) {
+    hn::StoreU(h, d16, p);
+  } else {
+    HWY_ALIGN uint16_t tmp[hn::MaxLanes(d16)];
+    hn::StoreU(h, d16, tmp);
+    for (size_t i = 0; i < count; ++i) p[i] = tmp[i];
+  }
+}
+
+// y[i] = bf16(exp(x[i] - mx)) over [0, n) (x unchanged); returns the sum of the float32
+// exponentials (exp(-inf) is exactly 0).
+template <class D>
+HWY_INLINE float exp_sub_sum_bf16(D d, const float* x, size_t n, float mx, uint16_t* y) {
+  const size_t N = hn::Lanes(d);
+  const auto vmax = hn::Set(d, mx);
+  auto s0 = hn::Zero(d), s1 = hn::Zero(d);
+  size_t i = 0;
+  for (; i + 2 * N <= n; i += 2 * N) {
+    const auto e0 = exp_vec(d, hn::Sub(hn::LoadU(d, x + i), vmax));
+    const auto e1 = exp_vec(d, hn::Sub(hn::LoadU(d, x + i + N), vmax));
+    store_bf16(d, e0, y + i, N);
+    store_bf16(d, e1, y + i + N, N);
+    s0 = hn::Add(s0, e0);
+    s1 = hn::Add(s1, e1);
+  }
+  for (; i < n; i += N) {
+    const size_t c = std::min(N, n - i);
+    const auto e =
+        exp_vec(d, hn::Sub(load_tail(d, x + i, c, -std::numeric_limits<float>::infinity()), vmax));
+    store_bf16(d, e, y + i, c);
+    s0 = hn::Add(s0, e);
+  }
+  return hn::GetLane(hn::SumOfLanes(d, hn::Add(s0, s1)));
 }
 
 // x[i] = exp(x[i] - mx) in place over [0, n); returns their sum (exp(-inf) is exactly 0).
