@@ -3,7 +3,8 @@
 # 12 heads x D 64, batch 1, interleaved rounds:
 #   posformer fused, posformer unfused (POSFORMER_ATTN_UNFUSED=1), posformer fused with oneDNN
 #   sgemm tile products (POSFORMER_FLASH_GEMM=0, the earlier kernel) and with micro-kernels in
-#   the backward too (POSFORMER_FLASH_GEMM=2), PyTorch (torch_bench.py
+#   the backward too (POSFORMER_FLASH_GEMM=2), posformer fused with bf16 products (forward only,
+#   `--precision bf16`, where the CPU has AVX512-BF16), PyTorch (torch_bench.py
 #   --only attn), ONNX Runtime MultiHeadAttention (non-causal, causal), ...
 # then the T = 16384 training memory of the fused kernel, the AVX-512 / AVX2 FMA peak on 2
 # threads, and a markdown table of medians (bench/RESULTS.md section 3).
@@ -47,7 +48,7 @@ peer_blas_setup "$W" || exit 1
 # FMA chains per thread, 2 threads), before and after the cases; the best is the peak. (A
 # hand-written 10-chain probe used here before read 298-362 GFLOP/s where this one reads 529-579
 # on the same Intel Xeon in the same hour: its chains were not all kept in registers.)
-peak_probe() { OMP_NUM_THREADS=2 "$PF" bench peak --threads 2 --json >"$1"; }
+peak_probe() { OMP_NUM_THREADS=2 "$PF" bench peak --threads 2 --bf16 --json >"$1"; }
 
 # PyTorch's attention backward (ORT has none): the shared harness's settings and median, the
 # autograd backward alone (retain_graph), plain ops and F._scaled_dot_product_attention.
@@ -90,6 +91,11 @@ for r in $(seq 1 "$ROUNDS"); do
   log "round $r: posformer unfused"; pf_case unfused "$r" POSFORMER_ATTN_UNFUSED=1
   log "round $r: posformer fused, sgemm tiles"; pf_case sgemm "$r" POSFORMER_FLASH_GEMM=0
   log "round $r: posformer fused, backward micro-kernels"; pf_case mk2 "$r" POSFORMER_FLASH_GEMM=2
+  if grep -q avx512_bf16 /proc/cpuinfo; then
+    log "round $r: posformer fused, bf16 products (forward)"
+    OMP_NUM_THREADS=2 "$PF" bench attention --variants softmax --heads 12 --head-dim 64 \
+      --seq-lens $SEQ --masks both --reps "$REPS" --precision bf16 --json >"$OUT/pf_bf16_$r.jsonl"
+  fi
   log "round $r: torch";   peer_env $PY "$PEERS/torch_bench.py" --only attn --reps "$REPS" \
     --workdir "$OUT" >"$OUT/torch_$r.txt" 2>&1
   log "round $r: torch backward"; peer_env $PY "$OUT/torch_backward.py" --reps "$REPS" \
@@ -114,7 +120,7 @@ isa = {"AVX3": "AVX-512"}.get(probes[0]["isa"], probes[0]["isa"])
 peak = max(peaks)
 cpu = [l.split(":", 1)[1].strip() for l in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines() if l.startswith("Model name")][0]
 pf = {}
-for tag in ("fused", "unfused", "sgemm", "mk2"):
+for tag in ("fused", "unfused", "sgemm", "mk2", "bf16"):
     for f in glob.glob(f"{out}/pf_{tag}_*.jsonl"):
         for l in open(f):
             j = json.loads(l)
@@ -168,6 +174,23 @@ for c in (False, True):
         ff, gf = med([j["forward_ms"] for j in F]), med([j["forward_ms"] for j in G])
         fb, gb = med([j["backward_ms"] for j in M2]), med([j["backward_ms"] for j in G])
         print(f"| {'causal' if c else 'full'} | {T} | {ff:.1f} / {gf:.1f} | {gf / ff:.2f}x | {fb:.1f} / {gb:.1f} | {gb / fb:.2f}x |")
+bpeaks = [p.get("bf16_dot_gflops", 0) for p in probes]
+if any(pf.get(("bf16", T, c)) for T in (512, 1024, 2048, 4096) for c in (False, True)):
+    bpeak = max(bpeaks)
+    print()
+    print(f"bf16 products (`--precision bf16`: q, k, v and P rounded to bfloat16, float32 sums, forward only), same run; bf16 dot-product peak (AVX512-BF16 `vdpbf16ps`, 2 threads, best of {[round(x) for x in bpeaks]}): {bpeak:.0f} GFLOP/s. Not the issue's float32 line: the answer to what would reach it.")
+    print()
+    print("| mask | T | bf16 fwd ms (GFLOP/s, % bf16 peak) | fp32 fused fwd ms | bf16 speed-up | ONNX Runtime ms | bf16 / ORT | PyTorch best form ms | bf16 / PyTorch |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for c in (False, True):
+        for T in (512, 1024, 2048, 4096):
+            Bf = pf.get(("bf16", T, c), []); F = pf.get(("fused", T, c), [])
+            if not Bf or not F: continue
+            bf, ff = med([j["forward_ms"] for j in Bf]), med([j["forward_ms"] for j in F])
+            tb = min((med(v), k) for k, v in torch.get((T, c), {}).items()) if torch.get((T, c)) else (float("nan"), "-")
+            o = med(ort.get((T, c), []))
+            g = fl(T, c) / bf / 1e6
+            print(f"| {'causal' if c else 'full'} | {T} | {bf:.1f} ({g:.0f}, {100 * g / bpeak:.0f}%) | {ff:.1f} | {ff / bf:.2f}x | {o:.1f} | {o / bf:.2f}x | {tb[0]:.1f} | {tb[0] / bf:.2f}x |")
 for l in open(f"{out}/pf_16k.jsonl"):
     j = json.loads(l)
     if "extra_mib" in j:

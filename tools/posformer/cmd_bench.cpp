@@ -349,9 +349,12 @@ Command add_peak(CLI::App* bench) {
       "peak", "fp32 FMA peak, GFLOP/s, on the widest vector ISA the CPU has (runtime dispatch)");
   struct PeakOpts {
     int threads = 0, reps = 5;
-    bool json = false;
+    bool json = false, bf16 = false;
   };
   auto o = std::make_shared<PeakOpts>();
+  app->add_flag("--bf16", o->bf16,
+                "also the AVX512-BF16 dot-product peak (vdpbf16ps; 0 where the CPU lacks it), "
+                "the rate of `bench attention --precision bf16`'s products");
   add_threads_option(app, o->threads);
   app->add_option("--reps", o->reps, "timed runs, best reported (default 5)")
       ->check(CLI::Range(1, 1000));
@@ -359,17 +362,22 @@ Command add_peak(CLI::App* bench) {
   return {app, [o] {
             set_threads(o->threads);
             const Fp32Peak p = measure_fp32_peak(num_threads(), o->reps);
+            const double bf = o->bf16 ? measure_bf16_dot_peak(num_threads(), o->reps) : -1;
             if (o->json) {
-              std::cout << nlohmann::json{{"gflops", p.gflops},
-                                          {"isa", p.isa},
-                                          {"lanes", p.lanes},
-                                          {"chains", p.chains},
-                                          {"threads", p.threads}}
-                               .dump()
-                        << std::endl;
+              nlohmann::json j{{"gflops", p.gflops},   {"isa", p.isa},
+                               {"lanes", p.lanes},     {"chains", p.chains},
+                               {"threads", p.threads}};
+              if (bf >= 0) j["bf16_dot_gflops"] = bf;
+              std::cout << j.dump() << std::endl;
             } else {
               std::printf("%.2f %s (%d fp32 lanes x %d FMA chains x %d threads)\n", p.gflops,
                           p.isa.c_str(), p.lanes, p.chains, p.threads);
+              if (bf > 0)
+                std::printf("%.2f bf16 dot products (AVX512-BF16 vdpbf16ps, 12 chains x %d "
+                            "threads)\n",
+                            bf, p.threads);
+              else if (bf == 0)
+                std::printf("bf16 dot products: this CPU has no AVX512-BF16\n");
             }
             return 0;
           }};

@@ -24,6 +24,11 @@ Fp32Peak measure_fp32_peak(int threads = 0, int reps = 5);
 inline float fp32_peak_chain_start(float seed, int i) {
   return seed + static_cast<float>(i) * (1.0f / 1024.0f);
 }
+// The bf16 dot-product peak (AVX512-BF16 `vdpbf16ps`: 2 multiply-adds per fp32 lane, 12
+// independent chains per thread, counted as 4 FLOPs per lane), GFLOP/s, best of `reps`; 0 where
+// the CPU lacks AVX512-BF16. The rate the bf16 attention products (AttnDesc::bf16) divide by.
+double measure_bf16_dot_peak(int threads = 0, int reps = 5);
+
 // For tests: the probe's result for one thread, `iters` steps (sum over chains and lanes of
 // a <- fma(a, 0.999999, 1e-7) from fp32_peak_chain_start(seed, i)).
 float fp32_peak_checksum(int64_t iters, float seed);

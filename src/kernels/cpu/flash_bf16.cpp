@@ -7,13 +7,18 @@
 #include <immintrin.h>
 #endif
 
+#include <omp.h>
+
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 
 #include "kernels.h"  // to_bf16_serial
 #include "posformer/core/error.h"
+#include "posformer/core/peak.h"
+#include "posformer/core/runtime.h"
 #include "posformer/ops/packed_linear.h"  // to_bf16_bits, bf16_bits_to_float
 
 namespace posformer::kernels::cpu {
@@ -201,6 +206,22 @@ void acc_native(int64_t M, int64_t Dp, int64_t K, const uint16_t* A, int64_t lda
   }
 }
 
+// 12 chains of acc <- acc + a.b (pairs), iters steps; returns a sum that keeps them alive.
+__attribute__((noinline)) float dot_chains(int64_t iters, float seed) {
+  __m512 acc[12];
+  for (int i = 0; i < 12; ++i) acc[i] = _mm512_set1_ps(seed + float(i) * (1.0f / 1024.0f));
+  __m512bh a = (__m512bh)_mm512_set1_epi16(0x3f80);  // 1.0
+  const __m512bh b = (__m512bh)_mm512_set1_epi16(0x3380);  // 2^-24
+  for (int64_t it = 0; it < iters; ++it) {
+#pragma GCC unroll 12
+    for (int i = 0; i < 12; ++i) acc[i] = _mm512_dpbf16_ps(acc[i], a, b);
+    asm volatile("" : "+v"(a));  // a is not loop-invariant to the compiler
+  }
+  __m512 s = acc[0];
+  for (int i = 1; i < 12; ++i) s = _mm512_add_ps(s, acc[i]);
+  return _mm512_reduce_add_ps(s);
+}
+
 #pragma GCC pop_options
 #endif
 
@@ -299,3 +320,29 @@ void flash_bf16_acc(int64_t M, int64_t Dp, int64_t K, const uint16_t* A, int64_t
 }
 
 }  // namespace posformer::kernels::cpu
+
+namespace posformer {
+
+double measure_bf16_dot_peak(int threads, int reps) {
+#if defined(POSFORMER_HAVE_BF16_KERNELS)
+  if (!kernels::cpu::native_available()) return 0;
+  if (threads <= 0) threads = num_threads();
+  const int64_t iters = 10000000;  // x 12 chains x 16 lanes x 4 = 7.7 GFLOP per thread
+  double best = 0;
+  float sink = 0;
+  for (int rep = 0; rep < std::max(reps, 1); ++rep) {
+    const auto t0 = std::chrono::steady_clock::now();
+#pragma omp parallel num_threads(threads) reduction(+ : sink)
+    sink += kernels::cpu::dot_chains(iters, 1.0f + 1e-3f * float(rep));
+    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    best = std::max(best, 4.0 * 16 * 12 * double(iters) * threads / dt * 1e-9);
+  }
+  if (sink == 12345.0f) best += 0;  // keeps the chains' results alive
+  return best;
+#else
+  (void)threads, (void)reps;
+  return 0;
+#endif
+}
+
+}  // namespace posformer
