@@ -215,8 +215,11 @@ void fused_attention_forward(const AttnDesc& a, float* lse) {
           // uint16; each store lands on entries already read, in L1), an odd tile's pad entry 0
           // (pairs read it)
           uint16_t* Pb = bf ? reinterpret_cast<uint16_t*>(S.data()) : nullptr;
-          kernels::cpu::flash_online_softmax(S.data(), ldS, rows, cols, vis.data(), m.data(),
-                                             l.data(), O.data(), Dp, D, Pb, 2 * ldS);
+          if (!(bf &&
+                kernels::cpu::flash_bf16_softmax(S.data(), ldS, rows, cols, vis.data(), m.data(),
+                                                 l.data(), O.data(), Dp, D, native)))
+            kernels::cpu::flash_online_softmax(S.data(), ldS, rows, cols, vis.data(), m.data(),
+                                               l.data(), O.data(), Dp, D, Pb, 2 * ldS);
           if (prof) tp = ops::detail::matmul_now_s();
           if (bf) {
             kernels::cpu::flash_bf16_acc(rows, Dp, cols, Pb, 2 * ldS, vb + s0 * Dp, O.data(), Dp,

@@ -364,8 +364,10 @@ Command add_peak(CLI::App* bench) {
             const Fp32Peak p = measure_fp32_peak(num_threads(), o->reps);
             const double bf = o->bf16 ? measure_bf16_dot_peak(num_threads(), o->reps) : -1;
             if (o->json) {
-              nlohmann::json j{{"gflops", p.gflops},   {"isa", p.isa},
-                               {"lanes", p.lanes},     {"chains", p.chains},
+              nlohmann::json j{{"gflops", p.gflops},
+                               {"isa", p.isa},
+                               {"lanes", p.lanes},
+                               {"chains", p.chains},
                                {"threads", p.threads}};
               if (bf >= 0) j["bf16_dot_gflops"] = bf;
               std::cout << j.dump() << std::endl;
@@ -373,9 +375,10 @@ Command add_peak(CLI::App* bench) {
               std::printf("%.2f %s (%d fp32 lanes x %d FMA chains x %d threads)\n", p.gflops,
                           p.isa.c_str(), p.lanes, p.chains, p.threads);
               if (bf > 0)
-                std::printf("%.2f bf16 dot products (AVX512-BF16 vdpbf16ps, 12 chains x %d "
-                            "threads)\n",
-                            bf, p.threads);
+                std::printf(
+                    "%.2f bf16 dot products (AVX512-BF16 vdpbf16ps, 12 chains x %d "
+                    "threads)\n",
+                    bf, p.threads);
               else if (bf == 0)
                 std::printf("bf16 dot products: this CPU has no AVX512-BF16\n");
             }

@@ -4,6 +4,12 @@
 #include "flash_bf16.h"
 
 #if defined(__x86_64__)
+// GCC 12's AVX-512 headers give unmasked intrinsics an undefined pass-through (`__Y = __Y`),
+// which -Wmaybe-uninitialized reports once they are inlined; the state at the headers' lines
+// is the one that counts, so it is set before they are included.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include <immintrin.h>
 #endif
 
@@ -14,6 +20,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 
 #include "kernels.h"  // to_bf16_serial
 #include "posformer/core/error.h"
@@ -72,6 +79,22 @@ void acc_portable(int64_t M, int64_t Dp, int64_t K, const uint16_t* A, int64_t l
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")
 #define POSFORMER_HAVE_BF16_KERNELS 1
+
+// Horizontal sum and max (GCC 12's _mm512_reduce_* trip -Wmaybe-uninitialized in its headers).
+inline float hsum(__m512 v) {
+  alignas(64) float t[16];
+  _mm512_store_ps(t, v);
+  float s = 0;
+  for (float x : t) s += x;
+  return s;
+}
+inline float hmax(__m512 v) {
+  alignas(64) float t[16];
+  _mm512_store_ps(t, v);
+  float s = t[0];
+  for (float x : t) s = std::max(s, x);
+  return s;
+}
 
 inline __m512bh pair_bcast(const uint16_t* p) {  // one (even, odd) pair to every lane
   int32_t w;
@@ -206,11 +229,82 @@ void acc_native(int64_t M, int64_t Dp, int64_t K, const uint16_t* A, int64_t lda
   }
 }
 
+// exp(x) for the bf16 probabilities: round-to-nearest n = x / ln 2, r = x - n ln 2 in one step
+// (ln 2 as a float is off by 1.9e-9, so r by at most 126 x 1.9e-9 = 2.4e-7), e^r by Taylor to
+// degree 5 (relative error < 3e-6 on |r| <= ln 2 / 2; bf16 rounding is 2^-9 = 2e-3), scaled by
+// 2^n with vscalefps. Results below e^-87
+// (and exp(-inf)) are exactly 0, so no denormals reach the bf16 rounding.
+inline __m512 exp_bf16(__m512 x) {
+  const __m512 lo = _mm512_set1_ps(-87.0f);
+  const __mmask16 keep = _mm512_cmp_ps_mask(x, lo, _CMP_GE_OQ);
+  const __m512 xc = _mm512_max_ps(x, lo);
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693147180559945f), xc);
+  __m512 p = _mm512_fmadd_ps(r, _mm512_set1_ps(1.0f / 120), _mm512_set1_ps(1.0f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_maskz_mov_ps(keep, _mm512_scalef_ps(p, n));
+}
+
+// flash_online_softmax's step with P to bf16 in place (attention_kernels.h), on AVX512-BF16:
+// the exponentials above and vcvtneps2bf16 (round to nearest even) for the rounding.
+void softmax_native(float* S, int64_t ldS, int64_t rows, int64_t cols, const int64_t* vis, float* m,
+                    float* l, float* O, int64_t ldO, int64_t D) {
+  const float ninf = -std::numeric_limits<float>::infinity();
+  const int64_t pcols = cols + cols % 2;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* x = S + r * ldS;
+    uint16_t* pb = reinterpret_cast<uint16_t*>(S) + r * 2 * ldS;
+    const int64_t n = vis[r];
+    __m512 vm = _mm512_set1_ps(ninf);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) vm = _mm512_max_ps(vm, _mm512_loadu_ps(x + i));
+    if (i < n)
+      vm = _mm512_max_ps(vm, _mm512_mask_loadu_ps(vm, (__mmask16)((1u << (n - i)) - 1), x + i));
+    const float mx = std::max(m[r], hmax(vm));
+    if (mx == ninf) {  // nothing visible so far: probabilities 0, state unchanged
+      std::memset(pb, 0, static_cast<size_t>(pcols) * sizeof(uint16_t));
+      continue;
+    }
+    const __m512 vmx = _mm512_set1_ps(mx);
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    i = 0;
+    for (; i + 32 <= n; i += 32) {  // loads of x[i, i + 32) before the stores to pb[i, i + 32)
+      const __m512 e0 = exp_bf16(_mm512_sub_ps(_mm512_loadu_ps(x + i), vmx));
+      const __m512 e1 = exp_bf16(_mm512_sub_ps(_mm512_loadu_ps(x + i + 16), vmx));
+      _mm512_storeu_si512(pb + i, (__m512i)_mm512_cvtne2ps_pbh(e1, e0));
+      s0 = _mm512_add_ps(s0, e0);
+      s1 = _mm512_add_ps(s1, e1);
+    }
+    for (; i < n; i += 16) {
+      const __mmask16 k = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+      const __m512 e =
+          _mm512_maskz_mov_ps(k, exp_bf16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), vmx)));
+      _mm256_mask_storeu_epi16(pb + i, k, (__m256i)_mm512_cvtneps_pbh(e));
+      s0 = _mm512_add_ps(s0, e);
+    }
+    if (n < pcols) std::memset(pb + n, 0, static_cast<size_t>(pcols - n) * sizeof(uint16_t));
+    const float sum = hsum(_mm512_add_ps(s0, s1));
+    if (m[r] == mx) {
+      l[r] += sum;
+    } else {  // the max grew: rescale what was accumulated (exp(-inf) = 0 on the first block)
+      const float alpha = m[r] == ninf ? 0.0f : std::exp(m[r] - mx);
+      l[r] = l[r] * alpha + sum;
+      float* o = O + r * ldO;
+      for (int64_t c = 0; c < D; ++c) o[c] *= alpha;
+      m[r] = mx;
+    }
+  }
+}
+
 // 12 chains of acc <- acc + a.b (pairs), iters steps; returns a sum that keeps them alive.
 __attribute__((noinline)) float dot_chains(int64_t iters, float seed) {
   __m512 acc[12];
   for (int i = 0; i < 12; ++i) acc[i] = _mm512_set1_ps(seed + float(i) * (1.0f / 1024.0f));
-  __m512bh a = (__m512bh)_mm512_set1_epi16(0x3f80);  // 1.0
+  __m512bh a = (__m512bh)_mm512_set1_epi16(0x3f80);        // 1.0
   const __m512bh b = (__m512bh)_mm512_set1_epi16(0x3380);  // 2^-24
   for (int64_t it = 0; it < iters; ++it) {
 #pragma GCC unroll 12
@@ -219,7 +313,7 @@ __attribute__((noinline)) float dot_chains(int64_t iters, float seed) {
   }
   __m512 s = acc[0];
   for (int i = 1; i < 12; ++i) s = _mm512_add_ps(s, acc[i]);
-  return _mm512_reduce_add_ps(s);
+  return hsum(s);
 }
 
 #pragma GCC pop_options
@@ -307,6 +401,20 @@ void flash_bf16_nt(int64_t M, int64_t ncols, int64_t D, float alpha, const uint1
   (void)native;
 #endif
   nt_portable(M, ncols, D, alpha, A, lda, Bp, C, ldc, lim);
+}
+
+bool flash_bf16_softmax(float* S, int64_t ldS, int64_t rows, int64_t cols, const int64_t* vis,
+                        float* m, float* l, float* O, int64_t ldO, int64_t D, bool native) {
+#if defined(POSFORMER_HAVE_BF16_KERNELS)
+  if (native && native_available()) {
+    softmax_native(S, ldS, rows, cols, vis, m, l, O, ldO, D);
+    return true;
+  }
+#else
+  (void)S, (void)ldS, (void)rows, (void)cols, (void)vis, (void)m, (void)l, (void)O, (void)ldO;
+  (void)D, (void)native;
+#endif
+  return false;
 }
 
 void flash_bf16_acc(int64_t M, int64_t Dp, int64_t K, const uint16_t* A, int64_t lda,

@@ -43,6 +43,14 @@ void flash_bf16_pack_pairs(const float* src, int64_t ld, int64_t n, int64_t D, i
 void flash_bf16_nt(int64_t M, int64_t ncols, int64_t D, float alpha, const uint16_t* A, int64_t lda,
                    const uint16_t* Bp, float* C, int64_t ldc, const int64_t* lim, bool native);
 
+// flash_online_softmax (attention_kernels.h) with P to bf16 in place (Pb = (uint16_t*)S, row
+// stride 2 ldS) on AVX512-BF16: exponentials of relative error < 3e-6 (well below bf16's 2^-9;
+// l sums them in float32) and the CPU's bf16 rounding (vcvtneps2bf16, nearest even). Returns
+// false, doing nothing, when native is false or the CPU lacks AVX512-BF16: the caller then runs
+// flash_online_softmax with Pb.
+bool flash_bf16_softmax(float* S, int64_t ldS, int64_t rows, int64_t cols, const int64_t* vis,
+                        float* m, float* l, float* O, int64_t ldO, int64_t D, bool native);
+
 // C[m][0..Dp) += sum_{s < k_hi[m]} A[m][s] V[s][0..Dp) for m < M: A in rows of stride lda holding
 // round_up(K, 2) entries (entries at or past a row's k_hi must be 0, not NaN: pairs and blocks of
 // rows read past it), Vp pairs from the tile's first key (even); k_hi null: all K.
