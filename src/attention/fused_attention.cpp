@@ -115,8 +115,10 @@ void fused_attention_forward(const AttnDesc& a, float* lse) {
   const int64_t group = a.H / a.Hkv, BG = a.B * a.Hkv, D = a.D;
   const int64_t br = std::min(kBr, a.Tq), nblk = (a.Tq + br - 1) / br, per_bg = group * nblk;
   const int mode = flash_gemm_mode();
-  // bf16 (AttnDesc::bf16): the micro-kernel structure with bfloat16 operands, at every size
-  const bool bf = a.bf16;
+  // bf16 (AttnDesc::bf16): the micro-kernel structure with bfloat16 operands; decoding-sized
+  // blocks (fewer than kMinPackRows query rows per kv head) stay fp32 on sgemm, as below:
+  // packing K and V would cost as much as the products
+  const bool bf = a.bf16 && a.Tq * group >= kMinPackRows;
   const bool native = bf && kernels::cpu::flash_bf16_native();
   const bool fast = bf || (mode != 0 && a.Tq * group >= kMinPackRows);
   const int64_t Dp = fast ? kernels::cpu::flash_round_up(D) : D;  // O accumulator row stride

@@ -370,6 +370,7 @@ void Transformer::attention_sublayer(const Stack& st, StackCall& c, int64_t l, b
   AttnDesc desc = attn_desc(st, self, c.in, Tk);
   desc.q = q, desc.k = k, desc.v = v, desc.out = att;
   desc.params = &params_, desc.param_prefix = a + ".";  // a variant's own weights (nystrom conv)
+  desc.bf16 = attention_bf16_ && !keep;                 // bf16 inference; training stays fp32
   // Relative schemes add score terms in self-attention only; with attention.residual
   // (RealFormer) layer l adds layer l-1's pre-softmax scores and records its own for layer l+1.
   const HookMaker make_hook = [&](const AttnDesc& ad) -> std::unique_ptr<ScoreHook> {

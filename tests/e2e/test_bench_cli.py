@@ -105,10 +105,36 @@ def t_performer_error_and_no_causal_form():
     assert "n/a: no causal form" in p.stdout and " full " in p.stdout, p.stdout
 
 
+def t_bf16_products():
+    """--precision bf16: forward-only rows (no backward column) for softmax, the header says which
+    implementation ran; other variants, --error and bad values are refused by name; bench peak
+    --bf16 adds the dot-product peak (0 where the CPU lacks AVX512-BF16)."""
+    p = bench("--seq-lens", "64", "--masks", "both", "--heads", 2, "--head-dim", 16, "--reps", 1,
+              "--precision", "bf16", "--json")
+    assert p.returncode == 0, p.stdout + p.stderr
+    rows = [json.loads(l) for l in p.stdout.splitlines() if l.startswith("{")]
+    assert len(rows) == 2 and all(r["precision"] == "bf16" and r["forward_ms"] > 0 and
+                                  "backward_ms" not in r for r in rows), p.stdout
+    p = bench("--seq-lens", "64", "--masks", "full", "--heads", 2, "--head-dim", 16, "--reps", 1,
+              "--precision", "bf16")
+    assert p.returncode == 0 and "bf16 products (" in p.stdout and "forward only" in p.stdout, p.stdout
+    p = bench("--variants", "linear", "--seq-lens", "64", "--precision", "bf16")
+    assert p.returncode != 0 and "--precision bf16" in p.stderr and "'linear'" in p.stderr, p.stderr
+    p = bench("--error", "--variants", "nystrom", "--seq-lens", "16", "--precision", "bf16")
+    assert p.returncode != 0 and "--precision bf16" in p.stderr, p.stderr
+    p = bench("--seq-lens", "64", "--precision", "fp8")
+    assert p.returncode != 0 and "--precision" in p.stderr, p.stderr
+    p = h.run("bench", "peak", "--bf16", "--json", "--reps", 1)
+    j = json.loads(p.stdout)
+    has = "avx512_bf16" in open("/proc/cpuinfo").read()
+    assert (j["bf16_dot_gflops"] > 0) == has and j["gflops"] > 0, p.stdout
+
+
 check("bench attention: rows, GFLOP/s, memory follows the saved state (P unfused, O(T) fused)",
       t_rows_and_memory)
 check("bench attention: table names the CPU; bad variant / lengths / heads named", t_table_and_errors)
 check("bench attention --error: nystrom vs softmax, CSV, refusals", t_error_mode)
 check("bench attention: performer's error falls with features; no causal form is n/a",
       t_performer_error_and_no_causal_form)
+check("bench attention --precision bf16 and bench peak --bf16", t_bf16_products)
 h.finish()

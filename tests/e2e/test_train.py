@@ -200,6 +200,16 @@ def t_eval_generate_plot():
     assert p.returncode != 0 and "max_len" in p.stderr, p.stderr
     p = run("generate", d, "--top-p", 0, ok=False)
     assert p.returncode != 0 and "top-p" in p.stderr, p.stderr
+    # --precision bf16 (bf16 linears and attention products): runs, close to f32; bad values named
+    b = run("generate", d, "--prompt", "order ", "--max-new-tokens", 24, "--temperature", 0,
+            "--precision", "bf16", binary=True).stdout
+    assert b.startswith(b"order ") and len(b) > len(b"order "), b
+    e32 = run("eval", d, "--data", DATA, "--seq-len", 64).stdout.splitlines()[1].split()
+    e16 = run("eval", d, "--data", DATA, "--seq-len", 64, "--precision", "bf16").stdout.splitlines()[1].split()
+    assert abs(float(e16[1]) - float(e32[1])) < 0.02 * float(e32[1]), (e32, e16)
+    for cmd in (("generate", d, "--prompt", "a"), ("eval", d, "--data", DATA)):
+        p = run(*cmd, "--precision", "half", ok=False)
+        assert p.returncode != 0 and "--precision" in p.stderr and "'half'" in p.stderr, p.stderr
     run("plot", d)
     png = os.path.join(d, "loss.png")
     assert os.path.getsize(png) > 5000 and open(png, "rb").read(4) == b"\x89PNG"

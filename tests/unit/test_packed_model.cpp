@@ -101,4 +101,28 @@ TEST(PackedModelLoad, EncoderForwardPacked) {
   EXPECT_LE(rel(x.data<float>(), y.data<float>(), x.numel()), 1e-6);
 }
 
+// set_attention_bf16 (generate / eval --precision bf16): forward calls without a tape run
+// softmax attention with bf16 products, close to float32 but not equal (the path is taken);
+// loss_and_grad keeps a tape and stays float32, bit for bit.
+TEST(Bf16Attention, InferenceCloseToFp32TrainingUnchanged) {
+  for (const char* arch : {"decoder", "encoder_decoder"}) {
+    SCOPED_TRACE(arch);
+    ModelConfig c = config(arch, "gelu");
+    Transformer bf = Transformer::random_init(c, 9), fp = Transformer::random_init(c, 9);
+    bf.set_attention_bf16(true);
+    const TokenBatch in = tokens(2, 40, 1), tgt = tokens(2, 40, 2), src = tokens(2, 33, 3);
+    ForwardOptions fo;
+    if (c.arch == Arch::EncoderDecoder) fo.src = &src;
+    const ForwardOutput a = bf.forward(in, fo), b = fp.forward(in, fo);
+    const double r = rel(a.logits.data<float>(), b.logits.data<float>(), b.logits.numel());
+    EXPECT_LE(r, 2e-2);
+    EXPECT_GT(r, 1e-6);  // bf16 products were used
+    ParamStore ga = bf.zero_grads(), gb = fp.zero_grads();
+    const auto la = bf.loss_and_grad(in, tgt, ga, fo), lb = fp.loss_and_grad(in, tgt, gb, fo);
+    EXPECT_EQ(la.loss, lb.loss);
+    for (const auto& [name, t] : gb.all())
+      EXPECT_EQ(rel(ga.f32(name), t.data<float>(), t.numel()), 0.0) << name;
+  }
+}
+
 }  // namespace

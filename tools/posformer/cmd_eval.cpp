@@ -3,6 +3,7 @@
 
 #include "common.h"
 #include "posformer/core/runtime.h"
+#include "posformer/ops/packed_linear.h"
 #include "posformer/train/data.h"
 #include "posformer/train/tokenizer.h"
 #include "posformer/train/trainer.h"
@@ -23,6 +24,7 @@ Command add_eval(CLI::App& root) {
     int64_t max_images = 0;
     std::string confusion, python = "/usr/bin/python3", image_size, tta = "none";
     bool pack = false;
+    std::string precision = "f32";
   };
   auto o = std::make_shared<Opts>();
   app->add_option("DIR", o->dir, "model directory (with its tokenizer)")->required();
@@ -47,11 +49,16 @@ Command add_eval(CLI::App& root) {
   add_threads_option(app, o->threads);
   add_memory_options(app, o->mem);
   add_rope_scaling_options(app, o->rope);
+  add_precision_option(app, o->precision);
   return {app, [=]() {
             set_threads(o->threads);
+            ops::parse_precision(o->precision, "[eval] --precision");  // refused early
             check_model_memory("eval", model_dir_config(o->dir), ModelUse::Load, o->mem,
                                o->dir + "/model.safetensors");
             if (model_dir_config(o->dir).is_vit()) {
+              PF_CHECK(o->precision == "f32" || o->precision == "fp32",
+                       "[eval] --precision bf16 applies to text models (arch vit evaluates in "
+                       "float32)");
               PF_CHECK(o->data.size() == 1, "[eval] arch vit takes one --data spec, got ",
                        o->data.size());
               return eval_vit(o->dir, o->data[0], o->max_images,
@@ -61,6 +68,7 @@ Command add_eval(CLI::App& root) {
             PF_CHECK(o->image_size.empty(), "[eval] --image-size applies to arch vit models");
             PF_CHECK(o->tta == "none", "[eval] --tta applies to arch vit models");
             Transformer m = load_model(o->dir, o->rope, "eval");
+            apply_inference_precision(m, o->precision, "eval");
             const Attention& at = *m.attention(m.config().has_decoder());
             PF_CHECK(!o->pack || at.caps().key_window, "[eval] --pack-documents masks attention ",
                      "across documents; attention '", at.name(), "' takes no segment mask");

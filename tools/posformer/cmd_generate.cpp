@@ -8,6 +8,7 @@
 #include "posformer/core/runtime.h"
 #include "posformer/core/utf8.h"
 #include "posformer/model/generate.h"
+#include "posformer/ops/packed_linear.h"
 #include "posformer/train/tokenizer.h"
 
 namespace posformer::cli {
@@ -17,7 +18,7 @@ namespace {
 // --prompt would print.
 int generate_prompts_file(const std::string& dir, const std::string& file, const ModelConfig& c,
                           const Tokenizer& tok, const SamplingConfig& s, const MemoryGuard& mem,
-                          const RopeOverride& rope) {
+                          const RopeOverride& rope, const std::string& precision) {
   PF_CHECK(c.arch == Arch::Decoder, "[generate] --prompts-file is for decoder models; ", dir,
            " is ", c.arch);
   std::ifstream f(file, std::ios::binary);
@@ -42,6 +43,7 @@ int generate_prompts_file(const std::string& dir, const std::string& file, const
   check_model_memory("generate", c, ModelUse::Load, mem, dir + "/model.safetensors", kv,
                      str("the KV cache of ", prompts.size(), " x ", positions, " positions"));
   Transformer m = load_model(dir, rope, "generate");
+  apply_inference_precision(m, precision, "generate");
   const auto outs = generate_batch(m, prompts, s);
   for (size_t i = 0; i < prompts.size(); ++i) {  // as the --prompt path decodes its text
     std::vector<int32_t> seq = prompts[i];
@@ -70,6 +72,7 @@ Command add_generate(CLI::App& root) {
     int threads = 0;
     MemoryGuard mem;
     RopeOverride rope;
+    std::string precision = "f32";
   };
   auto o = std::make_shared<Opts>();
   o->s.temperature = 0.8;
@@ -96,8 +99,10 @@ Command add_generate(CLI::App& root) {
   add_threads_option(app, o->threads);
   add_memory_options(app, o->mem);
   add_rope_scaling_options(app, o->rope);
+  add_precision_option(app, o->precision);
   return {app, [=]() {
             set_threads(o->threads);
+            ops::parse_precision(o->precision, "[generate] --precision");  // refused early
             ModelConfig c = model_dir_config(o->dir);
             apply_rope_override(c, o->rope, "generate");  // refused early, before loading
             auto tok = load_tokenizer(o->dir);
@@ -108,7 +113,8 @@ Command add_generate(CLI::App& root) {
             if (!o->prompts_file.empty()) {
               PF_CHECK(o->prompt.empty() && o->src.empty() && !o->stream,
                        "[generate] --prompts-file takes no --prompt, --src or --stream");
-              return generate_prompts_file(o->dir, o->prompts_file, c, *tok, s, o->mem, o->rope);
+              return generate_prompts_file(o->dir, o->prompts_file, c, *tok, s, o->mem, o->rope,
+                                           o->precision);
             }
             std::vector<int32_t> prompt = tok->encode(o->prompt);
             if (prompt.empty()) prompt = {tok->bos_id()};
@@ -128,6 +134,7 @@ Command add_generate(CLI::App& root) {
             check_model_memory("generate", c, ModelUse::Load, o->mem, o->dir + "/model.safetensors",
                                kv, str("the KV cache of ", positions, " positions"));
             Transformer m = load_model(o->dir, o->rope, "generate");
+            apply_inference_precision(m, o->precision, "generate");
 
             // The prompt as typed, then the new tokens' bytes, through one UTF-8 decoder: a
             // character cut across tokens is held until it completes, malformed bytes become

@@ -10,6 +10,7 @@
 #include "posformer/core/memory.h"
 #include "posformer/core/runtime.h"
 #include "posformer/model/safetensors.h"
+#include "posformer/ops/packed_linear.h"
 #include "posformer/posenc/vision.h"
 
 namespace posformer::cli {
@@ -168,6 +169,22 @@ void check_model_memory(const std::string& cmd, const ModelConfig& c, ModelUse u
                   format_bytes(static_cast<double>(avail->bytes)), " available (", avail->source,
                   "); use a smaller model", flag ? ", raise --memory-limit" : "",
                   ", or pass --force to try anyway"));
+}
+
+void add_precision_option(CLI::App* app, std::string& precision) {
+  app->add_option("--precision", precision,
+                  "f32 (default) or bf16: the attention and FFN linears on bfloat16-rounded "
+                  "weights and inputs, and softmax attention's products on bf16 q, k, v and P, "
+                  "all with float32 sums (AVX512-BF16 / AMX where present; docs/cli.md)");
+}
+
+void apply_inference_precision(Transformer& m, const std::string& precision,
+                               const std::string& cmd) {
+  const ops::Precision p = ops::parse_precision(precision, "[" + cmd + "] --precision");
+  if (p == ops::Precision::F32) return;
+  m.set_matmul_precision(p);
+  m.pack_weights();
+  m.set_attention_bf16(true);
 }
 
 void add_rope_scaling_options(CLI::App* app, RopeOverride& o) {

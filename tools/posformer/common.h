@@ -104,6 +104,14 @@ ImageSet resize_images(const ImageSet& set, int64_t h, int64_t w);
 // Transformer::load(dir) with the override applied to its config.
 Transformer load_model(const std::string& dir, const RopeOverride& o, const std::string& cmd);
 
+// --precision f32|bf16 of the inference commands (generate, eval): bf16 runs the attention and
+// FFN linears on bfloat16-rounded weights and inputs (as train --precision bf16) and softmax
+// attention's fused forward with bf16 products (AttnDesc::bf16), sums in fp32.
+void add_precision_option(CLI::App* app, std::string& precision);
+// Applies it to a loaded model (repacks the linears for bf16); errors name `cmd`.
+void apply_inference_precision(Transformer& m, const std::string& precision,
+                               const std::string& cmd);
+
 // posformer eval on an arch vit model (cmd_predict.cpp): accuracy, per-class accuracy and the
 // confusion matrix (text, CSV and a matplotlib PNG).
 // image_size: "" (the data's own) or --image-size HxW / N (images resized, bilinear); rope: the

@@ -190,7 +190,8 @@ struct AttnDesc {
   // bfloat16 products (softmax's fused forward only): q, k, v and the probabilities P rounded to
   // bfloat16, the sums in float32 (kernels/cpu/flash_bf16.h: AVX512-BF16 where the CPU has it,
   // a portable loop elsewhere); softmax, the running max and sum, L and the output stay float32.
-  // The fused backward refuses it (it recomputes P in float32); the unfused path ignores it.
+  // Decoding-sized calls (fewer than 16 query rows per kv head) run in float32. The fused
+  // backward refuses it (it recomputes P in float32); the unfused path ignores it.
   bool bf16 = false;
   // The model's weights and buffers, for variants with their own: buffers (performer's random
   // features) and per-sublayer weights named param_prefix + "..." (nystrom's convolution;

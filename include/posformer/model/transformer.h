@@ -142,6 +142,12 @@ class Transformer {
     packed_.clear();
   }
   ops::Precision matmul_precision() const { return precision_; }
+  // Inference in bf16 (`generate` / `eval --precision bf16`): forward calls without a tape
+  // (inference, evaluation, a decode cache's prefill) run softmax attention's fused forward with
+  // bf16 products (AttnDesc::bf16: q, k, v and P rounded, fp32 sums; decoding steps of a few rows
+  // stay fp32); calls that keep a tape for backward (training) always use fp32 attention.
+  void set_attention_bf16(bool on) { attention_bf16_ = on; }
+  bool attention_bf16() const { return attention_bf16_; }
   static bool packs(const ParamSpec& s);  // whether pack_weights packs this parameter
   bool weights_packed() const { return !packed_.empty(); }
   // Redraws the attention variants' non-trainable buffers (ParamSpec::buffer: performer's random
@@ -271,6 +277,7 @@ class Transformer {
   ParamStore params_;
   std::map<std::string, ops::PackedWeight> packed_;  // by weight name (pack_weights)
   ops::Precision precision_ = ops::Precision::F32;
+  bool attention_bf16_ = false;
   std::unique_ptr<PositionEncoding> enc_pe_, dec_pe_;
   std::unique_ptr<Attention> enc_attn_, dec_attn_;
 };
