@@ -582,7 +582,9 @@ void check_bf16_forward(const FCase& c, uint32_t seed, const char* native) {
   EXPECT_LE(worst, (1.0 / 512 + 1e-5) * vmax) << "max |v| " << vmax;
   // the bf16 path ran (decoding-sized calls, under 16 query rows per kv head, stay fp32): P's
   // rounding moves the output
-  if (c.Tq * (c.H / c.Hkv) >= 16 && c.Tk > 1) EXPECT_GT(worst, 0.0);
+  if (c.Tq * (c.H / c.Hkv) >= 16 && c.Tk > 1) {
+    EXPECT_GT(worst, 0.0);
+  }
   // L = log sum exp of each row's scores: the scores are exact products of bf16 values summed in
   // float32, so L matches a double-precision log-sum-exp of them closely (no hook here)
   if (c.hook != "none") return;
