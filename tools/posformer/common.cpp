@@ -2,11 +2,13 @@
 
 #include <cerrno>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 
+#include "posformer/attention/attention.h"
 #include "posformer/core/memory.h"
 #include "posformer/core/runtime.h"
 #include "posformer/model/safetensors.h"
@@ -185,6 +187,16 @@ void apply_inference_precision(Transformer& m, const std::string& precision,
   m.set_matmul_precision(p);
   m.pack_weights();
   m.set_attention_bf16(true);
+  if (!ops::bf16_matmul_native())
+    std::fprintf(stderr,
+                 "%s: note: oneDNN has no bf16 matmul kernel on this CPU; the linears' bf16 "
+                 "products go through the fp32 gemm (same results, no speed-up)\n",
+                 cmd.c_str());
+  if (!attention_bf16_native())
+    std::fprintf(stderr,
+                 "%s: note: this CPU has no AVX512-BF16; attention's bf16 products run a "
+                 "portable loop (same results, slower than --precision f32)\n",
+                 cmd.c_str());
 }
 
 void add_rope_scaling_options(CLI::App* app, RopeOverride& o) {
