@@ -17,6 +17,7 @@
 #include "../../src/kernels/cpu/flash_bf16.h"
 #include "posformer/core/error.h"
 #include "posformer/ops/packed_linear.h"
+#include "test_util.h"
 
 namespace {
 
@@ -26,12 +27,6 @@ using posformer::ops::to_bf16_bits;
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 constexpr uint16_t kNaN16 = 0x7FC0;
 
-std::vector<float> randv(size_t n, std::mt19937& g) {
-  std::normal_distribution<float> nd;
-  std::vector<float> x(n);
-  for (auto& y : x) y = nd(g);
-  return x;
-}
 float rb(float x) {  // x rounded to bf16
   return bf16_bits_to_float(to_bf16_bits(x));
 }
@@ -46,19 +41,12 @@ std::vector<bool> natives() {
   return v;
 }
 
-// float32 sums of exact bf16 x bf16 products: |got - want| <= 1e-5 * (sum |a b| + 1) (the
-// products are exact in float32; only the sums round).
-void expect_close(float got, double want, double mag, const std::string& what) {
-  ASSERT_FALSE(std::isnan(got)) << what;
-  ASSERT_LE(std::fabs(got - want), 1e-5 * (mag + 1)) << what << " got " << got << " want " << want;
-}
-
 TEST(FlashBf16, Packings) {
   std::mt19937 g(3);
   for (int64_t n : {1, 2, 15, 16, 17, 41})
     for (int64_t D : {1, 5, 32, 33, 80, 601}) {  // 601: rows converted in 512-entry pieces
       const int64_t ld = D + 3, Dh = flash_bf16_pairs(D);
-      const auto src = randv(static_cast<size_t>(n * ld), g);
+      const auto src = pf_test::randv(static_cast<size_t>(n * ld), g);
       const std::string what = "n=" + std::to_string(n) + " D=" + std::to_string(D);
       // panels
       std::vector<uint16_t> p(static_cast<size_t>(up(n, 16) * 2 * Dh), kNaN16);
@@ -91,8 +79,8 @@ TEST(FlashBf16, Packings) {
 void check_nt(int64_t M, int64_t ncols, int64_t D, bool limits, bool native, std::mt19937& g) {
   const int64_t Dh = flash_bf16_pairs(D), lda = 2 * Dh + 4, ldc = up(ncols, 16) + 16;
   const float alpha = 0.37f;
-  const auto Af = randv(static_cast<size_t>(M * D), g);
-  const auto Kf = randv(static_cast<size_t>(ncols * (D + 1)), g);
+  const auto Af = pf_test::randv(static_cast<size_t>(M * D), g);
+  const auto Kf = pf_test::randv(static_cast<size_t>(ncols * (D + 1)), g);
   std::vector<uint16_t> A(static_cast<size_t>(M * lda), kNaN16);
   flash_bf16_pack_rows(Af.data(), D, M, D, lda, A.data());
   std::vector<uint16_t> Kp(static_cast<size_t>(up(ncols, 16) * 2 * Dh));
@@ -115,7 +103,7 @@ void check_nt(int64_t M, int64_t ncols, int64_t D, bool limits, bool native, std
         want += t;
         mag += std::fabs(t);
       }
-      expect_close(C[m * ldc + c], alpha * want, alpha * mag, what);
+      pf_test::expect_sum_close(C[m * ldc + c], alpha * want, alpha * mag, what);
     }
     for (int64_t c = up(ncols, 16); c < ldc; ++c)  // past the padded row: untouched
       ASSERT_TRUE(std::isnan(C[m * ldc + c])) << what;
@@ -136,8 +124,8 @@ TEST(FlashBf16, NtMatchesReference) {
 // rows past M and columns past Dp poisoned and must stay so.
 void check_acc(int64_t M, int64_t D, int64_t K, bool limits, bool native, std::mt19937& g) {
   const int64_t Dp = up(D, 16), lda = up(K, 2) + 6, ldc = Dp + 8;
-  auto Pf = randv(static_cast<size_t>(M * K), g);
-  const auto Vf = randv(static_cast<size_t>(K * D), g);
+  auto Pf = pf_test::randv(static_cast<size_t>(M * K), g);
+  const auto Vf = pf_test::randv(static_cast<size_t>(K * D), g);
   std::vector<int64_t> hi(static_cast<size_t>(M));
   std::uniform_int_distribution<int64_t> u(0, K);
   for (int64_t m = 0; m < M; ++m) {
@@ -151,7 +139,7 @@ void check_acc(int64_t M, int64_t D, int64_t K, bool limits, bool native, std::m
   std::vector<uint16_t> Vp(static_cast<size_t>(up(K, 2) * Dp));
   flash_bf16_pack_pairs(Vf.data(), D, K, D, Dp, Vp.data());
   const int64_t Mp = M + 2;
-  auto C = randv(static_cast<size_t>(Mp * ldc), g);
+  auto C = pf_test::randv(static_cast<size_t>(Mp * ldc), g);
   for (int64_t m = 0; m < Mp; ++m)
     for (int64_t c = 0; c < ldc; ++c)
       if (m >= M || c >= Dp) C[m * ldc + c] = kNaN;
@@ -173,7 +161,7 @@ void check_acc(int64_t M, int64_t D, int64_t K, bool limits, bool native, std::m
         want += t;
         mag += std::fabs(t);
       }
-      expect_close(C[m * ldc + c], want, mag, what);
+      pf_test::expect_sum_close(C[m * ldc + c], want, mag, what);
     }
 }
 

@@ -17,6 +17,7 @@
 
 #include "../../src/kernels/cpu/flash_gemm.h"
 #include "hwy_targets.h"
+#include "test_util.h"
 
 namespace {
 
@@ -25,25 +26,12 @@ constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
 using pf_test::for_each_target;
 
-std::vector<float> randv(size_t n, std::mt19937& g) {
-  std::normal_distribution<float> nd;
-  std::vector<float> x(n);
-  for (auto& y : x) y = nd(g);
-  return x;
-}
-
-// |got - want| <= 1e-5 * (sum_k |a_k b_k| + 1): fp32 accumulation error bound with margin.
-void expect_close(float got, double want, double mag, const std::string& what) {
-  ASSERT_FALSE(std::isnan(got)) << what;
-  ASSERT_LE(std::fabs(got - want), 1e-5 * (mag + 1)) << what << " got " << got << " want " << want;
-}
-
 TEST(FlashGemm, PackPanelsAndRows) {
   std::mt19937 g(7);
   for (int64_t n : {1, 15, 16, 17, 40}) {
     for (int64_t D : {1, 5, 64}) {
       const int64_t ld = D + 3;
-      const auto src = randv(static_cast<size_t>(n * ld), g);
+      const auto src = pf_test::randv(static_cast<size_t>(n * ld), g);
       std::vector<float> p(static_cast<size_t>(flash_round_up(n) * D), kNaN);
       flash_pack_panels(src.data(), ld, n, D, p.data());
       for (int64_t c = 0; c < flash_round_up(n); ++c)
@@ -65,8 +53,8 @@ TEST(FlashGemm, PackPanelsAndRows) {
 void check_nt(int64_t M, int64_t ncols, int64_t K, bool limits, std::mt19937& g) {
   const int64_t lda = K + 5, ldb = K + 2, ldc = flash_round_up(ncols) + 16;
   const float alpha = 0.37f;
-  const auto A = randv(static_cast<size_t>(M * lda), g);
-  const auto B = randv(static_cast<size_t>(ncols * ldb), g);
+  const auto A = pf_test::randv(static_cast<size_t>(M * lda), g);
+  const auto B = pf_test::randv(static_cast<size_t>(ncols * ldb), g);
   std::vector<float> Bp(static_cast<size_t>(flash_round_up(ncols) * K));
   flash_pack_panels(B.data(), ldb, ncols, K, Bp.data());
   std::vector<int64_t> lim(static_cast<size_t>(M));
@@ -85,7 +73,7 @@ void check_nt(int64_t M, int64_t ncols, int64_t K, bool limits, std::mt19937& g)
         want += double(A[m * lda + k]) * B[c * ldb + k];
         mag += std::fabs(double(A[m * lda + k]) * B[c * ldb + k]);
       }
-      expect_close(C[m * ldc + c], alpha * want, alpha * mag, what);
+      pf_test::expect_sum_close(C[m * ldc + c], alpha * want, alpha * mag, what);
     }
     for (int64_t c = flash_round_up(ncols); c < ldc; ++c)  // past the padded row: untouched
       ASSERT_TRUE(std::isnan(C[m * ldc + c])) << what;
@@ -108,8 +96,8 @@ void check_acc(int64_t M, int64_t D, int64_t K, bool trans, bool limits, std::mt
   const int64_t lda = (trans ? M : K) + 3, ldb = flash_round_up(D) + 16, ldc = D + 7;
   const int64_t a_rs = trans ? 1 : lda, a_ks = trans ? lda : 1;
   const float alpha = -1.3f;
-  auto A = randv(static_cast<size_t>((trans ? K : M) * lda), g);
-  auto B = randv(static_cast<size_t>(K * ldb), g);
+  auto A = pf_test::randv(static_cast<size_t>((trans ? K : M) * lda), g);
+  auto B = pf_test::randv(static_cast<size_t>(K * ldb), g);
   std::vector<int64_t> lo(static_cast<size_t>(M)), hi(static_cast<size_t>(M));
   std::uniform_int_distribution<int64_t> u(0, K);
   for (int64_t m = 0; m < M; ++m) {
@@ -121,7 +109,7 @@ void check_acc(int64_t M, int64_t D, int64_t K, bool trans, bool limits, std::mt
         if (k < lo[m] || k >= hi[m]) A[m * a_rs + k * a_ks] = 0.0f;
   }
   const int64_t Mp = M + 2;  // two rows past M, poisoned
-  auto C = randv(static_cast<size_t>(Mp * ldc), g);
+  auto C = pf_test::randv(static_cast<size_t>(Mp * ldc), g);
   for (int64_t m = 0; m < Mp; ++m)
     for (int64_t c = 0; c < ldc; ++c)
       if (m >= M || c >= D) C[m * ldc + c] = kNaN;
@@ -143,7 +131,7 @@ void check_acc(int64_t M, int64_t D, int64_t K, bool trans, bool limits, std::mt
         want += t;
         mag += std::fabs(t);
       }
-      expect_close(C[m * ldc + c], want, mag, what);
+      pf_test::expect_sum_close(C[m * ldc + c], want, mag, what);
     }
 }
 

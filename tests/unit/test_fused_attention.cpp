@@ -43,6 +43,27 @@ struct FCase {
   }
 };
 
+// Case j of a sparse grid over T: head dim and hook in rotation, GQA every other case, key
+// padding every fourth; variant 0 causal, 1 padded and not causal, 2 decoding (new queries after
+// a prefix, causal).
+FCase grid_case(int64_t T, size_t j, int variant, const std::vector<int64_t>& Ds,
+                const std::vector<std::string>& hooks) {
+  FCase c;
+  c.Tq = c.Tk = T;
+  c.D = Ds[j % Ds.size()];
+  c.hook = hooks[j % hooks.size()];
+  c.causal = variant != 1;
+  c.padding = j % 4 == 1 || variant == 1;
+  c.B = T <= 129 ? 2 : 1;
+  c.H = 2, c.Hkv = j % 2 ? 1 : 2;
+  if (T >= 255) c.D = std::min<int64_t>(c.D, 64);  // keep the tests fast
+  if (variant == 2) {
+    c.Tq = std::max<int64_t>(1, T / 3);
+    c.q_pos0 = c.Tk - c.Tq, c.k_pos0 = 0;
+  }
+  return c;
+}
+
 // max |x - ref| / max(max |ref|, floor) (NaN anywhere in x: infinity)
 double rel_err(const std::vector<float>& x, const std::vector<float>& ref, double floor = 0) {
   double num = 0, den = floor;
@@ -198,21 +219,7 @@ TEST(FusedAttention, MatchesUnfusedOverGrid) {
   uint32_t seed = 100;
   for (size_t i = 0; i < Ts.size(); ++i)
     for (int variant = 0; variant < 3; ++variant) {
-      const size_t j = i * 3 + variant;
-      FCase c;
-      c.Tq = c.Tk = Ts[i];
-      c.D = Ds[j % Ds.size()];
-      c.hook = hooks[j % hooks.size()];
-      c.causal = variant != 1;
-      c.padding = j % 4 == 1 || variant == 1;
-      c.B = Ts[i] <= 129 ? 2 : 1;
-      c.H = 2, c.Hkv = j % 2 ? 1 : 2;                      // GQA every other case
-      if (Ts[i] >= 255) c.D = std::min<int64_t>(c.D, 64);  // keep the test fast
-      if (variant == 2) {  // decoding: new queries after a prefix, or shifted positions
-        c.Tq = std::max<int64_t>(1, Ts[i] / 3);
-        c.q_pos0 = c.Tk - c.Tq, c.k_pos0 = 0;
-      }
-      check_fused_vs_unfused(c, seed++);
+      check_fused_vs_unfused(grid_case(Ts[i], i * 3 + variant, variant, Ds, hooks), seed++);
     }
 }
 
@@ -626,18 +633,8 @@ TEST(FusedAttention, Bf16ForwardMatchesRoundedReference) {
     uint32_t seed = 1500;
     for (size_t i = 0; i < Ts.size(); ++i)
       for (int variant = 0; variant < 3; ++variant) {
-        const size_t j = i * 3 + variant;
-        FCase c;
-        c.Tq = c.Tk = Ts[i];
-        c.D = Ds[j % Ds.size()];
-        c.hook = hooks[j % hooks.size()];
-        c.causal = variant != 1;
-        c.padding = j % 4 == 1 || variant == 1;
-        c.B = Ts[i] <= 129 ? 2 : 1;
-        c.H = 2, c.Hkv = j % 2 ? 1 : 2;
-        if (variant == 2) c.Tq = std::max<int64_t>(1, Ts[i] / 3), c.q_pos0 = c.Tk - c.Tq;
         if (native[0] == '0' && Ts[i] > 129) continue;  // the portable loop is slow
-        check_bf16_forward(c, seed++, native);
+        check_bf16_forward(grid_case(Ts[i], i * 3 + variant, variant, Ds, hooks), seed++, native);
       }
   }
 }

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -27,6 +28,21 @@ inline std::vector<float> randn(size_t n, uint32_t seed, float sd = 1.0f) {
   std::vector<float> v(n);
   for (float& x : v) x = nd(rng);
   return v;
+}
+
+// n normal(0, 1) floats drawn from g (a generator shared across a test's cases).
+inline std::vector<float> randv(size_t n, std::mt19937& g) {
+  std::normal_distribution<float> nd;
+  std::vector<float> x(n);
+  for (auto& y : x) y = nd(g);
+  return x;
+}
+
+// A float32 sum of products against its double value: |got - want| <= 1e-5 * (sum_k |a_k b_k|
+// + 1), the fp32 accumulation error bound with margin (mag = sum_k |a_k b_k|).
+inline void expect_sum_close(float got, double want, double mag, const std::string& what) {
+  ASSERT_FALSE(std::isnan(got)) << what;
+  ASSERT_LE(std::fabs(got - want), 1e-5 * (mag + 1)) << what << " got " << got << " want " << want;
 }
 
 // A fresh, empty directory under the system temp dir, removed at scope exit.

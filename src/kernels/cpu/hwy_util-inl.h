@@ -169,10 +169,10 @@ HWY_INLINE void store_bf16(D d, hn::Vec<D> v, uint16_t* p, size_t count) {
   }
 }
 
-// y[i] = bf16(exp(x[i] - mx)) over [0, n) (x unchanged); returns the sum of the float32
-// exponentials (exp(-inf) is exactly 0).
-template <class D>
-HWY_INLINE float exp_sub_sum_bf16(D d, const float* x, size_t n, float mx, uint16_t* y) {
+// e[i] = exp(x[i] - mx) over [0, n), handed to store(e, i, count) a vector at a time (count
+// lanes valid, the tail padded); returns their sum (exp(-inf) is exactly 0).
+template <class D, class Store>
+HWY_INLINE float exp_sub_sum_to(D d, const float* x, size_t n, float mx, const Store& store) {
   const size_t N = hn::Lanes(d);
   const auto vmax = hn::Set(d, mx);
   auto s0 = hn::Zero(d), s1 = hn::Zero(d);
@@ -180,17 +180,21 @@ HWY_INLINE float exp_sub_sum_bf16(D d, const float* x, size_t n, float mx, uint1
   for (; i + 2 * N <= n; i += 2 * N) {
     const auto e0 = exp_vec(d, hn::Sub(hn::LoadU(d, x + i), vmax));
     const auto e1 = exp_vec(d, hn::Sub(hn::LoadU(d, x + i + N), vmax));
-    store_bf16(d, e0, y + i, N);
-    store_bf16(d, e1, y + i + N, N);
+    store(e0, i, N);
+    store(e1, i + N, N);
     s0 = hn::Add(s0, e0);
     s1 = hn::Add(s1, e1);
   }
-  for (; i < n; i += N) {
-    const size_t c = std::min(N, n - i);
-    const auto e =
-        exp_vec(d, hn::Sub(load_tail(d, x + i, c, -std::numeric_limits<float>::infinity()), vmax));
-    store_bf16(d, e, y + i, c);
+  for (; i + N <= n; i += N) {
+    const auto e = exp_vec(d, hn::Sub(hn::LoadU(d, x + i), vmax));
+    store(e, i, N);
     s0 = hn::Add(s0, e);
+  }
+  if (i < n) {
+    const auto e = exp_vec(
+        d, hn::Sub(load_tail(d, x + i, n - i, -std::numeric_limits<float>::infinity()), vmax));
+    store(e, i, n - i);
+    s1 = hn::Add(s1, e);
   }
   return hn::GetLane(hn::SumOfLanes(d, hn::Add(s0, s1)));
 }
@@ -198,30 +202,20 @@ HWY_INLINE float exp_sub_sum_bf16(D d, const float* x, size_t n, float mx, uint1
 // x[i] = exp(x[i] - mx) in place over [0, n); returns their sum (exp(-inf) is exactly 0).
 template <class D>
 HWY_INLINE float exp_sub_sum(D d, float* x, size_t n, float mx) {
-  const size_t N = hn::Lanes(d);
-  const auto vmax = hn::Set(d, mx);
-  auto s0 = hn::Zero(d), s1 = hn::Zero(d);
-  size_t i = 0;
-  for (; i + 2 * N <= n; i += 2 * N) {
-    const auto e0 = exp_vec(d, hn::Sub(hn::LoadU(d, x + i), vmax));
-    const auto e1 = exp_vec(d, hn::Sub(hn::LoadU(d, x + i + N), vmax));
-    hn::StoreU(e0, d, x + i);
-    hn::StoreU(e1, d, x + i + N);
-    s0 = hn::Add(s0, e0);
-    s1 = hn::Add(s1, e1);
-  }
-  for (; i + N <= n; i += N) {
-    const auto e = exp_vec(d, hn::Sub(hn::LoadU(d, x + i), vmax));
-    hn::StoreU(e, d, x + i);
-    s0 = hn::Add(s0, e);
-  }
-  if (i < n) {
-    const auto e = exp_vec(
-        d, hn::Sub(load_tail(d, x + i, n - i, -std::numeric_limits<float>::infinity()), vmax));
-    store_tail(d, e, x + i, n - i);
-    s1 = hn::Add(s1, e);
-  }
-  return hn::GetLane(hn::SumOfLanes(d, hn::Add(s0, s1)));
+  return exp_sub_sum_to(d, x, n, mx, [&](hn::Vec<D> e, size_t i, size_t count) {
+    if (count == hn::Lanes(d))
+      hn::StoreU(e, d, x + i);
+    else
+      store_tail(d, e, x + i, count);
+  });
+}
+
+// y[i] = bf16(exp(x[i] - mx)) over [0, n); returns the sum of the float32 exponentials. y may
+// be x itself as uint16 (each vector's stores land on entries already read).
+template <class D>
+HWY_INLINE float exp_sub_sum_bf16(D d, const float* x, size_t n, float mx, uint16_t* y) {
+  return exp_sub_sum_to(
+      d, x, n, mx, [&](hn::Vec<D> e, size_t i, size_t count) { store_bf16(d, e, y + i, count); });
 }
 
 }  // namespace posformer::kernels::cpu::HWY_NAMESPACE
