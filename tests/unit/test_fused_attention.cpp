@@ -667,3 +667,41 @@ TEST(FusedAttention, Bf16BackwardIsRefused) {
     EXPECT_NE(std::string(e.what()).find("bf16"), std::string::npos) << e.what();
   }
 }
+
+// Key windows (packed documents: row t sees keys from its document's start, AttnDesc::key_lo;
+// not causal: also up to the document's end, key_hi) in the bf16 forward, against the float32
+// unfused forward on the same rounded inputs (the bound of check_bf16_forward).
+TEST(FusedAttention, Bf16ForwardKeyWindows) {
+  for (bool causal : {true, false}) {
+    SCOPED_TRACE(causal ? "causal" : "not causal");
+    FCase c;
+    c.B = 2, c.H = 2, c.Hkv = 1, c.D = 32, c.Tq = c.Tk = 300, c.causal = causal;
+    CaseData s(c, 1800);
+    for (auto* x : {&s.q, &s.k, &s.v})
+      for (float& e : *x) e = posformer::ops::bf16_bits_to_float(posformer::ops::to_bf16_bits(e));
+    std::vector<int32_t> lo(size_t(c.B * c.Tq)), hi(lo.size());
+    for (int64_t b = 0; b < c.B; ++b)
+      for (int64_t t = 0; t < c.Tq; ++t) {  // documents [0, 100 + b), [100 + b, 217), [217, 300)
+        const int32_t s0 = t < 100 + b ? 0 : t < 217 ? 100 + int32_t(b) : 217;
+        const int32_t s1 = t < 100 + b ? 100 + int32_t(b) : t < 217 ? 217 : 300;
+        lo[b * c.Tq + t] = s0, hi[b * c.Tq + t] = s1;
+      }
+    AttnDesc a = s.a;
+    a.key_lo = lo.data();
+    if (!causal) a.key_hi = hi.data();
+    std::vector<float> ref(s.dO.size(), kNaN), out(s.dO.size(), kNaN);
+    a.out = ref.data();
+    attention_forward(a);
+    a.out = out.data();
+    a.bf16 = true;
+    fused_attention_forward(a, nullptr);
+    double vmax = 0, worst = 0;
+    for (float e : s.v) vmax = std::max(vmax, double(std::fabs(e)));
+    for (size_t i = 0; i < out.size(); ++i) {
+      ASSERT_FALSE(std::isnan(out[i])) << "element " << i << " not written";
+      worst = std::max(worst, std::fabs(double(out[i]) - ref[i]));
+    }
+    EXPECT_LE(worst, (1.0 / 512 + 1e-5) * vmax);
+    EXPECT_GT(worst, 0.0);
+  }
+}
