@@ -6,7 +6,9 @@
 //            entries before a row's first key -inf, online softmax (running max m, sum l,
 //            O rescaled), O += P V; out = O / l, L = m + log l.
 // The tile products are the Highway micro-kernels of kernels/cpu/flash_gemm.h on K and V packed
-// once per (b, kv head), or oneDNN sgemm (POSFORMER_FLASH_GEMM=0, and decoding-sized blocks).
+// once per (b, kv head), or oneDNN sgemm (POSFORMER_FLASH_GEMM=0, and decoding-sized blocks);
+// with AttnDesc::bf16 the forward's are the bf16 pair products of kernels/cpu/flash_bf16.h on
+// K, V and each block's q packed as bf16, P rounded to bf16 in place by the online softmax.
 // The backward's run on sgemm except at small T (kSmallBackwardKeys); by default (no hook) a
 // query block's diagonal part, the keys only some of its rows see, runs on the micro-kernels,
 // which skip the masked entries (causal T = 512: 20% of sgemm's products were masked out).
