@@ -27,6 +27,7 @@ Prints PASS/FAIL lines and `N passed, M failed`; exit status 1 if any failed.
 import argparse
 import json
 import os
+import re
 import shutil
 import struct
 import tempfile
@@ -157,6 +158,16 @@ def main():
             total = sum(int(v) for r in rows for v in r) if rows else 0
             check("eval_confusion", rc == 0 and "accuracy" in out and total == 200
                   and os.path.getsize(png) > 1000, f"rc {rc}, matrix sum {total}; {err.strip()[-200:]}")
+            # --precision bf16 (bf16 linears and attention products): loss and accuracy near f32's
+            rcb, outb, errb = run_cli([cli, "eval", run, "--data", "fashion-mnist-test",
+                                       "--max-images", "200", "--confusion", png, "--precision", "bf16"])
+            def loss_acc(text):
+                m = re.search(r"loss ([\d.]+), accuracy ([\d.]+)%", text)
+                return (float(m[1]), float(m[2])) if m else (None, None)
+            (l32, a32), (l16, a16) = loss_acc(out), loss_acc(outb)
+            check("eval_bf16", rcb == 0 and l16 is not None and l32 is not None
+                  and abs(l16 - l32) < 0.02 * l32 + 0.01 and abs(a16 - a32) <= 2.0,
+                  f"f32 loss {l32} acc {a32}; bf16 loss {l16} acc {a16}; {errb.strip()[-160:]}")
             # test-time augmentation: flip runs and says so; a bad value is refused naming the flag
             rc2, out2, err2 = run_cli([cli, "eval", run, "--data", "fashion-mnist-test",
                                        "--max-images", "64", "--confusion", png, "--tta", "flip"])

@@ -56,14 +56,11 @@ Command add_eval(CLI::App& root) {
             check_model_memory("eval", model_dir_config(o->dir), ModelUse::Load, o->mem,
                                o->dir + "/model.safetensors");
             if (model_dir_config(o->dir).is_vit()) {
-              PF_CHECK(o->precision == "f32" || o->precision == "fp32",
-                       "[eval] --precision bf16 applies to text models (arch vit evaluates in "
-                       "float32)");
               PF_CHECK(o->data.size() == 1, "[eval] arch vit takes one --data spec, got ",
                        o->data.size());
               return eval_vit(o->dir, o->data[0], o->max_images,
                               o->confusion.empty() ? o->dir + "/confusion.png" : o->confusion,
-                              o->python, o->image_size, o->rope, o->tta == "flip");
+                              o->python, o->image_size, o->rope, o->tta == "flip", o->precision);
             }
             PF_CHECK(o->image_size.empty(), "[eval] --image-size applies to arch vit models");
             PF_CHECK(o->tta == "none", "[eval] --tta applies to arch vit models");

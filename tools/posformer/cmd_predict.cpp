@@ -62,8 +62,10 @@ void run_python(const std::string& python, const std::string& script,
 
 int eval_vit(const std::string& dir, const std::string& data, int64_t max_images,
              const std::string& confusion_png, const std::string& python,
-             const std::string& image_size, const RopeOverride& rope, bool flip_tta) {
-  const Transformer m = load_model(dir, rope, "eval");
+             const std::string& image_size, const RopeOverride& rope, bool flip_tta,
+             const std::string& precision) {
+  Transformer m = load_model(dir, rope, "eval");
+  apply_inference_precision(m, precision, "eval");
   const ModelConfig& c = m.config();
   ImageSet set = load_image_data(data, c.channels, max_images);
   if (!image_size.empty()) {

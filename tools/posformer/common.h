@@ -115,9 +115,11 @@ void apply_inference_precision(Transformer& m, const std::string& precision,
 // posformer eval on an arch vit model (cmd_predict.cpp): accuracy, per-class accuracy and the
 // confusion matrix (text, CSV and a matplotlib PNG).
 // image_size: "" (the data's own) or --image-size HxW / N (images resized, bilinear); rope: the
-// --rope-* override (rope_2d models only); flip_tta: --tta flip (evaluate_images).
+// --rope-* override (rope_2d models only); flip_tta: --tta flip (evaluate_images); precision:
+// --precision (apply_inference_precision).
 int eval_vit(const std::string& dir, const std::string& data, int64_t max_images,
              const std::string& confusion_png, const std::string& python,
-             const std::string& image_size, const RopeOverride& rope, bool flip_tta = false);
+             const std::string& image_size, const RopeOverride& rope, bool flip_tta = false,
+             const std::string& precision = "f32");
 
 }  // namespace posformer::cli
