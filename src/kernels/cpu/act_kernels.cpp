@@ -170,21 +170,9 @@ void dropout_kernel(float* x, size_t n, uint32_t i0, uint32_t k1, uint32_t k2, u
 // bfloat16 bits of x[0, n) into y: round to nearest even, NaN kept quiet (ops::to_bf16_bits).
 void to_bf16_kernel(const float* x, uint16_t* y, size_t n) {
   const hn::ScalableTag<float> df;
-  const hn::RebindToUnsigned<decltype(df)> du;
-  const hn::RebindToSigned<decltype(df)> di;
-  const hn::Rebind<uint16_t, decltype(di)> d16;
   const size_t N = hn::Lanes(df);
-  const auto one = hn::Set(du, 1u), half = hn::Set(du, 0x7fffu), quiet = hn::Set(du, 0x40u);
-  const auto abs_mask = hn::Set(du, 0x7fffffffu), inf = hn::Set(du, 0x7f800000u);
   size_t i = 0;
-  for (; i + N <= n; i += N) {
-    const auto u = hn::BitCast(du, hn::LoadU(df, x + i));
-    const auto hi = hn::ShiftRight<16>(u);
-    const auto rounded = hn::ShiftRight<16>(hn::Add(u, hn::Add(half, hn::And(hi, one))));
-    const auto nan = hn::Gt(hn::BitCast(di, hn::And(u, abs_mask)), hn::BitCast(di, inf));
-    const auto r = hn::IfThenElse(hn::RebindMask(du, nan), hn::Or(hi, quiet), rounded);
-    hn::StoreU(hn::DemoteTo(d16, hn::BitCast(di, r)), d16, y + i);
-  }
+  for (; i + N <= n; i += N) store_bf16(df, hn::LoadU(df, x + i), y + i, N);
   for (; i < n; ++i) y[i] = ops::to_bf16_bits(x[i]);  // tail: the scalar definition
 }
 

@@ -46,18 +46,14 @@ void flash_online_softmax_kernel(float* S, int64_t ldS, int64_t rows, int64_t co
       if (n < static_cast<size_t>(cols))
         std::memset(x + n, 0, static_cast<size_t>(cols - vis[r]) * sizeof(float));
     }
-    if (m[r] == mx) {
-      l[r] += sum;
-    } else {  // the max grew: rescale what was accumulated (exp(-inf) = 0 on the first block)
-      const float alpha = m[r] == ninf ? 0.0f : std::exp(m[r] - mx);
-      l[r] = l[r] * alpha + sum;
+    float alpha;
+    if (flash_online_update(m[r], l[r], mx, sum, &alpha)) {  // the max grew: rescale O's row
       float* o = O + r * ldO;
       const auto va = hn::Set(d, alpha);
       size_t c = 0;
       for (; c + N <= static_cast<size_t>(D); c += N)
         hn::StoreU(hn::Mul(hn::LoadU(d, o + c), va), d, o + c);
       for (; c < static_cast<size_t>(D); ++c) o[c] *= alpha;
-      m[r] = mx;
     }
   }
 }

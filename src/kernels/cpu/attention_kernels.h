@@ -6,9 +6,26 @@
 // only its first vis[r] <= cols keys (the mask, from AttnDesc::visible_keys); the others are
 // treated as -inf without being read.
 #pragma once
+#include <cmath>
 #include <cstdint>
+#include <limits>
 
 namespace posformer::kernels::cpu {
+
+// The online softmax's running state (max m, sum l) after a block whose visible scores have max
+// mx (> -inf) and whose exponentials exp(s - mx) sum to `sum`. Returns true when the max grew:
+// the row's accumulated output must then be scaled by *alpha = exp(m_old - mx) (0 on the first
+// block, m_old = -inf). Shared by flash_online_softmax and the bf16 softmax (flash_bf16.h).
+inline bool flash_online_update(float& m, float& l, float mx, float sum, float* alpha) {
+  if (m == mx) {
+    l += sum;
+    return false;
+  }
+  *alpha = m == -std::numeric_limits<float>::infinity() ? 0.0f : std::exp(m - mx);
+  l = l * *alpha + sum;
+  m = mx;
+  return true;
+}
 
 // Online softmax step over one key block, in place. Per row r, with running max m[r], running
 // sum l[r] and output accumulator O (row stride ldO, D columns):

@@ -22,7 +22,8 @@
 #include <cstring>
 #include <limits>
 
-#include "kernels.h"  // to_bf16_serial
+#include "attention_kernels.h"  // flash_online_update
+#include "kernels.h"            // to_bf16_serial
 #include "posformer/core/error.h"
 #include "posformer/core/peak.h"
 #include "posformer/core/runtime.h"
@@ -288,14 +289,10 @@ void softmax_native(float* S, int64_t ldS, int64_t rows, int64_t cols, const int
     }
     if (n < pcols) std::memset(pb + n, 0, static_cast<size_t>(pcols - n) * sizeof(uint16_t));
     const float sum = hsum(_mm512_add_ps(s0, s1));
-    if (m[r] == mx) {
-      l[r] += sum;
-    } else {  // the max grew: rescale what was accumulated (exp(-inf) = 0 on the first block)
-      const float alpha = m[r] == ninf ? 0.0f : std::exp(m[r] - mx);
-      l[r] = l[r] * alpha + sum;
+    float alpha;
+    if (flash_online_update(m[r], l[r], mx, sum, &alpha)) {  // the max grew: rescale O's row
       float* o = O + r * ldO;
       for (int64_t c = 0; c < D; ++c) o[c] *= alpha;
-      m[r] = mx;
     }
   }
 }
