@@ -444,9 +444,8 @@ Command add_bench(CLI::App& root) {
         set_threads(o->threads);
         if (o->one) {
           CaseOpts c = o->c;
-          c.variant = o->variants, c.T = o->one_T, c.backward = !o->forward_only;
           c.bf16 = o->precision == "bf16";
-          c.backward = c.backward && !c.bf16;
+          c.variant = o->variants, c.T = o->one_T, c.backward = !o->forward_only && !c.bf16;
           std::cout << run_case(c).dump() << std::endl;
           return 0;
         }
