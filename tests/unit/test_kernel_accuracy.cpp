@@ -8,10 +8,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "../../src/kernels/cpu/attention_kernels.h"
 #include "hwy_targets.h"
 #include "posformer/core/peak.h"
 #include "posformer/ops/activation.h"
@@ -167,6 +169,70 @@ TEST(KernelAccuracy, SoftmaxRelativeBoundOnEveryTarget) {
     EXPECT_LE(worst, 3e-6) << t;
     EXPECT_LE(worst_sum, 1e-5) << t;
     std::printf("[%s] softmax rel %.2e, |sum - 1| %.2e\n", t.c_str(), worst, worst_sum);
+  });
+}
+
+// The fused attention's online-softmax step (exp_flash on AVX-512: degree-5 minimax and
+// vscalefps; exp_vec elsewhere): each probability within 3e-7 relative of exp(d) in double,
+// d = float(x - max) as the kernel forms it, where it is >= 1e-30 (the exp itself: measured
+// AVX3 / AVX2 below), and within 6e-6 of the exact exp(x - max) (the rounding of x - max at
+// |x - max| <= 80 dominates, ~80 x 6e-8); exactly 0 where masked (-inf) or past the visible
+// keys, NaN where the score is NaN; l, the running sum, within 1e-6 relative.
+TEST(KernelAccuracy, FlashSoftmaxStepRelativeBoundOnEveryTarget) {
+  std::mt19937 rng(8);
+  std::uniform_real_distribution<float> u(-40.0f, 40.0f);
+  const float ninf = -std::numeric_limits<float>::infinity();
+  for_each_target([&](const std::string& t) {
+    double worst = 0.0, worst_exact = 0.0, worst_l = 0.0;
+    for (int64_t cols : {1, 15, 16, 33, 512}) {
+      const int64_t rows = 7, ldS = cols + 16, D = 8;
+      std::vector<float> S(size_t(rows * ldS), 7.0f), m(rows, ninf), l(rows, 0.0f);
+      std::vector<float> O(size_t(rows * D), 1.0f);
+      std::vector<int64_t> vis(rows);
+      for (int64_t r = 0; r < rows; ++r) {
+        vis[size_t(r)] = std::max<int64_t>(0, cols - r);  // row r sees cols - r keys
+        for (int64_t c = 0; c < cols; ++c) S[size_t(r * ldS + c)] = u(rng);
+        if (cols > 3) S[size_t(r * ldS + 2)] = ninf;  // a masked key inside the visible range
+      }
+      const std::vector<float> x = S;
+      kernels::cpu::flash_online_softmax(S.data(), ldS, rows, cols, vis.data(), m.data(), l.data(),
+                                         O.data(), D, D);
+      for (int64_t r = 0; r < rows; ++r) {
+        const float* xr = &x[size_t(r * ldS)];
+        const float* p = &S[size_t(r * ldS)];
+        double mx = -1e300, s = 0.0;
+        for (int64_t c = 0; c < vis[size_t(r)]; ++c) mx = std::max(mx, double(xr[c]));
+        for (int64_t c = 0; c < cols; ++c) {
+          if (c >= vis[size_t(r)] || xr[c] == ninf) {
+            EXPECT_EQ(p[c], 0.0f) << t << " row " << r << " col " << c;
+            continue;
+          }
+          const double w = std::exp(double(xr[c]) - mx);
+          const double wf = std::exp(double(xr[c] - float(mx)));
+          s += w;
+          if (w >= 1e-30) {
+            worst = std::max(worst, std::abs(double(p[c]) - wf) / wf);
+            worst_exact = std::max(worst_exact, std::abs(double(p[c]) - w) / w);
+          }
+        }
+        if (vis[size_t(r)] > 0) {
+          EXPECT_EQ(double(m[size_t(r)]), mx) << t;
+          worst_l = std::max(worst_l, std::abs(double(l[size_t(r)]) - s) / s);
+        }
+      }
+    }
+    EXPECT_LE(worst, 3e-7) << t;
+    EXPECT_LE(worst_exact, 6e-6) << t;
+    EXPECT_LE(worst_l, 1e-6) << t;
+    std::printf("[%s] flash softmax step: exp rel %.2e, vs exact %.2e, l rel %.2e\n", t.c_str(),
+                worst, worst_exact, worst_l);
+    // NaN scores stay visible (SIMD targets; the scalar fallback's Max drops a NaN operand)
+    if (t == "SCALAR" || t == "EMU128") return;
+    std::vector<float> S = {0.5f, std::nanf(""), -1.0f, 0.0f}, m = {ninf}, l = {0.0f}, O(4, 0.0f);
+    const int64_t vis1 = 4;
+    kernels::cpu::flash_online_softmax(S.data(), 4, 1, 4, &vis1, m.data(), l.data(), O.data(), 4,
+                                       4);
+    EXPECT_TRUE(std::isnan(S[1]) || std::isnan(l[0])) << t;
   });
 }
 

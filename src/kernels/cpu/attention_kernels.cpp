@@ -42,7 +42,7 @@ void flash_online_softmax_kernel(float* S, int64_t ldS, int64_t rows, int64_t co
       sum = exp_sub_sum_bf16(d, x, n, mx, pb);
       if (n < pcols) std::memset(pb + n, 0, (pcols - n) * sizeof(uint16_t));
     } else {
-      sum = exp_sub_sum(d, x, n, mx);
+      sum = exp_sub_sum<true>(d, x, n, mx);
       if (n < static_cast<size_t>(cols))
         std::memset(x + n, 0, static_cast<size_t>(cols - vis[r]) * sizeof(float));
     }
@@ -70,12 +70,12 @@ void flash_dscores_kernel(float* S, int64_t ldS, float* dP, int64_t lddP, int64_
     const auto vl = hn::Set(d, L[r]), vd = hn::Set(d, Di[r]);
     size_t i = 0;
     for (; i + N <= n; i += N) {
-      const auto e = exp_vec(d, hn::Sub(hn::LoadU(d, p + i), vl));
+      const auto e = exp_flash(d, hn::Sub(hn::LoadU(d, p + i), vl));
       hn::StoreU(e, d, p + i);
       hn::StoreU(hn::Mul(e, hn::Sub(hn::LoadU(d, g + i), vd)), d, g + i);
     }
     if (i < n) {
-      const auto e = exp_vec(d, hn::Sub(load_tail(d, p + i, n - i, ninf), vl));
+      const auto e = exp_flash(d, hn::Sub(load_tail(d, p + i, n - i, ninf), vl));
       store_tail(d, e, p + i, n - i);
       store_tail(d, hn::Mul(e, hn::Sub(load_tail(d, g + i, n - i, 0.0f), vd)), g + i, n - i);
     }

@@ -61,6 +61,37 @@ HWY_INLINE V exp_vec(D d, V x) {
   return hn::IfThenZeroElse(hn::Lt(x, lo), y);
 }
 
+// exp(x) for the fused attention's probabilities (x = score - row max <= 0; -inf gives 0).
+// On AVX-512: n = round(x / ln 2) by vrndscaleps, Cody-Waite r = x - n ln 2, e^r by a degree-5
+// minimax polynomial with e^0 = 1 exactly (relative error 7.4e-8 on |r| <= ln 2 / 2, 1.9e-7
+// after float rounding), scaled by 2^n with vscalefps; lanes below -87 are 0 (no denormals
+// reach the P V product), NaN stays NaN. 12 instructions against exp_vec's 18: the softmax
+// pass is a tenth of the fused forward's time. Other targets: exp_vec.
+template <class D, class V>
+HWY_INLINE V exp_flash(D d, V x) {
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
+  if constexpr (hn::MaxLanes(D()) == 16 && sizeof(hn::TFromD<D>) == 4) {
+    const __m512 xr = x.raw;
+    const __mmask16 keep = _mm512_cmp_ps_mask(xr, _mm512_set1_ps(-87.0f), _CMP_NLT_UQ);
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xr, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), xr);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.4286068203094172e-6f), r);
+    __m512 p = _mm512_fmadd_ps(r, _mm512_set1_ps(0.008325664326548576f),
+                               _mm512_set1_ps(0.04190804436802864f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.16666939854621887f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.49999043345451355f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return V{_mm512_maskz_scalef_ps(keep, p, n)};
+  } else {
+    return exp_vec(d, x);
+  }
+#else
+  return exp_vec(d, x);
+#endif
+}
+
 // 1 / (1 + exp(-z)) without overflow: e = exp(-|z|) in (0, 1].
 template <class D, class V>
 HWY_INLINE V sigmoid_vec(D d, V z) {
@@ -171,28 +202,30 @@ HWY_INLINE void store_bf16(D d, hn::Vec<D> v, uint16_t* p, size_t count) {
 
 // e[i] = exp(x[i] - mx) over [0, n), handed to store(e, i, count) a vector at a time (count
 // lanes valid, the tail padded); returns their sum (exp(-inf) is exactly 0).
-template <class D, class Store>
+// Exp: exp_vec (default) or exp_flash.
+template <class D, class Store, bool kFlash = false>
 HWY_INLINE float exp_sub_sum_to(D d, const float* x, size_t n, float mx, const Store& store) {
+  const auto ex = [d](hn::Vec<D> v) { return kFlash ? exp_flash(d, v) : exp_vec(d, v); };
   const size_t N = hn::Lanes(d);
   const auto vmax = hn::Set(d, mx);
   auto s0 = hn::Zero(d), s1 = hn::Zero(d);
   size_t i = 0;
   for (; i + 2 * N <= n; i += 2 * N) {
-    const auto e0 = exp_vec(d, hn::Sub(hn::LoadU(d, x + i), vmax));
-    const auto e1 = exp_vec(d, hn::Sub(hn::LoadU(d, x + i + N), vmax));
+    const auto e0 = ex(hn::Sub(hn::LoadU(d, x + i), vmax));
+    const auto e1 = ex(hn::Sub(hn::LoadU(d, x + i + N), vmax));
     store(e0, i, N);
     store(e1, i + N, N);
     s0 = hn::Add(s0, e0);
     s1 = hn::Add(s1, e1);
   }
   for (; i + N <= n; i += N) {
-    const auto e = exp_vec(d, hn::Sub(hn::LoadU(d, x + i), vmax));
+    const auto e = ex(hn::Sub(hn::LoadU(d, x + i), vmax));
     store(e, i, N);
     s0 = hn::Add(s0, e);
   }
   if (i < n) {
-    const auto e = exp_vec(
-        d, hn::Sub(load_tail(d, x + i, n - i, -std::numeric_limits<float>::infinity()), vmax));
+    const auto e =
+        ex(hn::Sub(load_tail(d, x + i, n - i, -std::numeric_limits<float>::infinity()), vmax));
     store(e, i, n - i);
     s1 = hn::Add(s1, e);
   }
@@ -200,14 +233,16 @@ HWY_INLINE float exp_sub_sum_to(D d, const float* x, size_t n, float mx, const S
 }
 
 // x[i] = exp(x[i] - mx) in place over [0, n); returns their sum (exp(-inf) is exactly 0).
-template <class D>
+// kFlash: exp_flash (the fused attention) instead of exp_vec.
+template <bool kFlash = false, class D>
 HWY_INLINE float exp_sub_sum(D d, float* x, size_t n, float mx) {
-  return exp_sub_sum_to(d, x, n, mx, [&](hn::Vec<D> e, size_t i, size_t count) {
+  const auto store = [&](hn::Vec<D> e, size_t i, size_t count) {
     if (count == hn::Lanes(d))
       hn::StoreU(e, d, x + i);
     else
       store_tail(d, e, x + i, count);
-  });
+  };
+  return exp_sub_sum_to<D, decltype(store), kFlash>(d, x, n, mx, store);
 }
 
 // y[i] = bf16(exp(x[i] - mx)) over [0, n); returns the sum of the float32 exponentials. y may
