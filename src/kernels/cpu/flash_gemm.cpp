@@ -90,7 +90,16 @@ void flash_gemm_nt_kernel(int64_t M, int64_t ncols, int64_t K, float alpha, cons
     if (n <= 0) continue;
     const float* ap[kNtMR];  // rows past M repeat the last one; their results are not stored
     for (int64_t i = 0; i < kNtMR; ++i) ap[i] = A + std::min(m0 + i, M - 1) * lda;
-    nt_cols<kNtMR>(d, K, alpha, ap, Bp, (n + N - 1) / N, C + m0 * ldc, ldc, mvalid);
+    const int64_t nvec = (n + N - 1) / N;
+    // a short block (a linear's few rows when decoding, a tile's last rows) at its own height
+    if (mvalid == 1)
+      nt_cols<1>(d, K, alpha, ap, Bp, nvec, C + m0 * ldc, ldc, mvalid);
+    else if (mvalid <= 2)
+      nt_cols<2>(d, K, alpha, ap, Bp, nvec, C + m0 * ldc, ldc, mvalid);
+    else if (mvalid <= 4)
+      nt_cols<4>(d, K, alpha, ap, Bp, nvec, C + m0 * ldc, ldc, mvalid);
+    else
+      nt_cols<kNtMR>(d, K, alpha, ap, Bp, nvec, C + m0 * ldc, ldc, mvalid);
   }
 }
 
