@@ -53,10 +53,31 @@ void RopePosition::apply(float* x, int64_t n_heads, int64_t ld, const Positions&
   if (B * T == 0) return;
   PF_CHECK(pos.axes == 1, "[rope] 1-D rotary positions take one coordinate per token, got ",
            pos.axes);
-  std::vector<double> p(static_cast<size_t>(rows));
-  for (int64_t i = 0; i < rows; ++i) p[i] = static_cast<double>(pos.at(i / T, i % T));
-  std::vector<float> cs(static_cast<size_t>(rows * R_ / 2)), sn(cs.size());
-  ops::rope_tables(p.data(), rows, f.theta, f.mscale, cs.data(), sn.data());
+  // The table is a function of (positions, theta, mscale) alone. A training step rotates q and
+  // k forward and backward in every layer with the same ones (16 tables of T x R/2 sin and cos
+  // per step for a 4-layer model), so each thread keeps its last table and reuses it when all
+  // three are equal.
+  struct Table {
+    std::vector<double> p, theta;
+    double mscale = 0;
+    std::vector<float> cs, sn;
+  };
+  thread_local Table tab;
+  std::vector<double>& p = tab.p;
+  bool same =
+      static_cast<int64_t>(p.size()) == rows && tab.theta == f.theta && tab.mscale == f.mscale;
+  if (same)
+    for (int64_t i = 0; i < rows && same; ++i)
+      same = p[i] == static_cast<double>(pos.at(i / T, i % T));
+  if (!same) {
+    p.resize(static_cast<size_t>(rows));
+    for (int64_t i = 0; i < rows; ++i) p[i] = static_cast<double>(pos.at(i / T, i % T));
+    tab.theta = f.theta, tab.mscale = f.mscale;
+    tab.cs.resize(static_cast<size_t>(rows * R_ / 2)), tab.sn.resize(tab.cs.size());
+    ops::rope_tables(p.data(), rows, f.theta, f.mscale, tab.cs.data(), tab.sn.data());
+  }
+  const std::vector<float>& cs = tab.cs;
+  const std::vector<float>& sn = tab.sn;
   if (!pos.is_run()) {
     ops::rope_apply(x, B * T, n_heads, g_.D, ld, R_, layout_, cs.data(), sn.data(), sign);
     return;

@@ -58,6 +58,46 @@ TEST(Rope, PositionZeroIsIdentityAndNormPreserved) {
   for (int i = 48; i < 64; ++i) EXPECT_EQ(x[i], z[i]);  // partial rotary: tail passes through
 }
 
+// RopePosition keeps each thread's last sin / cos table and reuses it while the positions and
+// frequencies are unchanged: calls alternating between offsets, lengths, explicit ids and two
+// schemes (bases) must each equal the rotation of the head vectors one by one at their own
+// positions (a stale table would rotate by the previous call's angles).
+TEST(Rope, TableReuseFollowsPositionsAndFrequencies) {
+  const StackGeom g{"decoder.", 1, 32, 2, 2, 16, 64, true, true};
+  PositionConfig pa, pb;
+  pa.type = pb.type = "rope";
+  pb.base = 500;
+  auto ra = make_position_encoding(pa, g), rb = make_position_encoding(pb, g);
+  const int32_t ids[4] = {7, 2, 2, 40};
+  struct Call {
+    const PositionEncoding* pe;
+    double base;
+    Positions pos;
+  };
+  const std::vector<Call> calls = {
+      {ra.get(), 10000, Positions::run(1, 4, 0)}, {ra.get(), 10000, Positions::run(1, 4, 0)},
+      {ra.get(), 10000, Positions::run(1, 4, 3)}, {rb.get(), 500, Positions::run(1, 4, 3)},
+      {ra.get(), 10000, Positions::run(1, 3, 3)}, {ra.get(), 10000, Positions::of(1, 4, 1, ids)},
+      {ra.get(), 10000, Positions::run(1, 4, 3)}};
+  for (size_t c = 0; c < calls.size(); ++c) {
+    const Positions& pos = calls[c].pos;
+    const int64_t T = pos.T, ld = 2 * 16;
+    std::vector<float> x = randn(size_t(T * ld), uint32_t(c + 1));
+    const std::vector<float> x0 = x;
+    calls[c].pe->rotate(x.data(), 2, ld, pos);
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t h = 0; h < 2; ++h) {
+        const std::vector<float> head(x0.begin() + t * ld + h * 16,
+                                      x0.begin() + t * ld + h * 16 + 16);
+        const auto want =
+            rotated(head, 16, ops::RopeLayout::Interleaved, pos.at(0, t), calls[c].base);
+        for (int64_t i = 0; i < 16; ++i)
+          ASSERT_NEAR(x[size_t(t * ld + h * 16 + i)], want[size_t(i)], 1e-5)
+              << "call " << c << " t " << t << " head " << h << " i " << i;
+      }
+  }
+}
+
 TEST(Alibi, SlopesMatchSpecFormula) {
   for (int64_t H = 1; H <= 16; ++H) {
     auto m = alibi_slopes(H);
