@@ -209,11 +209,22 @@ void flash_pack_panels(const float* src, int64_t ld, int64_t n, int64_t D, float
     const int64_t w = std::min(kFlashPanel, n - c0);
     // a partial (last) panel: zeroed whole, contiguously, then its w keys written (at small T,
     // e.g. the ViT's 17 keys, most of the last panel is padding)
-    if (w < kFlashPanel) std::memset(p, 0, static_cast<size_t>(D * kFlashPanel) * sizeof(float));
-    for (int64_t i = 0; i < w; ++i) {
-      const float* s = src + (c0 + i) * ld;
-      for (int64_t k = 0; k < D; ++k) p[k * kFlashPanel + i] = s[k];
+    if (w < kFlashPanel) {
+      std::memset(p, 0, static_cast<size_t>(D * kFlashPanel) * sizeof(float));
+      for (int64_t i = 0; i < w; ++i) {
+        const float* s = src + (c0 + i) * ld;
+        for (int64_t k = 0; k < D; ++k) p[k * kFlashPanel + i] = s[k];
+      }
+      continue;
     }
+    // a whole panel: one contiguous 16-float row of the panel per d, read across the 16 keys'
+    // rows (each row's cache line serves 16 consecutive d); 2-2.7x faster than walking each key's
+    // row with stores 64 bytes apart (training spent ~2% of its samples here)
+    const float* __restrict s = src + c0 * ld;
+    float* __restrict q = p;
+    for (int64_t k = 0; k < D; ++k)
+#pragma GCC unroll 16
+      for (int64_t i = 0; i < kFlashPanel; ++i) q[k * kFlashPanel + i] = s[i * ld + k];
   }
 }
 
