@@ -23,7 +23,8 @@
 #include <limits>
 
 #include "attention_kernels.h"  // flash_online_update
-#include "kernels.h"            // to_bf16_serial
+#include "exp_avx512.h"
+#include "kernels.h"  // to_bf16_serial
 #include "posformer/core/error.h"
 #include "posformer/core/peak.h"
 #include "posformer/core/runtime.h"
@@ -230,28 +231,8 @@ void acc_native(int64_t M, int64_t Dp, int64_t K, const uint16_t* A, int64_t lda
   }
 }
 
-// exp(x) for the bf16 probabilities: round-to-nearest n = x / ln 2, r = x - n ln 2 in one step
-// (ln 2 as a float is off by 1.9e-9, so r by at most 126 x 1.9e-9 = 2.4e-7), e^r by Taylor to
-// degree 5 (relative error < 3e-6 on |r| <= ln 2 / 2; bf16 rounding is 2^-9 = 2e-3), scaled by
-// 2^n with vscalefps. Results below e^-87
-// (and exp(-inf)) are exactly 0, so no denormals reach the bf16 rounding.
-inline __m512 exp_bf16(__m512 x) {
-  const __m512 lo = _mm512_set1_ps(-87.0f);
-  const __mmask16 keep = _mm512_cmp_ps_mask(x, lo, _CMP_GE_OQ);
-  const __m512 xc = _mm512_max_ps(x, lo);
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693147180559945f), xc);
-  __m512 p = _mm512_fmadd_ps(r, _mm512_set1_ps(1.0f / 120), _mm512_set1_ps(1.0f / 24));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  return _mm512_maskz_mov_ps(keep, _mm512_scalef_ps(p, n));
-}
-
 // flash_online_softmax's step with P to bf16 in place (attention_kernels.h), on AVX512-BF16:
-// the exponentials above and vcvtneps2bf16 (round to nearest even) for the rounding.
+// the exponentials of exp_avx512.h and vcvtneps2bf16 (round to nearest even) for the rounding.
 void softmax_native(float* S, int64_t ldS, int64_t rows, int64_t cols, const int64_t* vis, float* m,
                     float* l, float* O, int64_t ldO, int64_t D) {
   const float ninf = -std::numeric_limits<float>::infinity();
@@ -274,8 +255,8 @@ void softmax_native(float* S, int64_t ldS, int64_t rows, int64_t cols, const int
     __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
     i = 0;
     for (; i + 32 <= n; i += 32) {  // loads of x[i, i + 32) before the stores to pb[i, i + 32)
-      const __m512 e0 = exp_bf16(_mm512_sub_ps(_mm512_loadu_ps(x + i), vmx));
-      const __m512 e1 = exp_bf16(_mm512_sub_ps(_mm512_loadu_ps(x + i + 16), vmx));
+      const __m512 e0 = exp_avx512(_mm512_sub_ps(_mm512_loadu_ps(x + i), vmx));
+      const __m512 e1 = exp_avx512(_mm512_sub_ps(_mm512_loadu_ps(x + i + 16), vmx));
       _mm512_storeu_si512(pb + i, (__m512i)_mm512_cvtne2ps_pbh(e1, e0));
       s0 = _mm512_add_ps(s0, e0);
       s1 = _mm512_add_ps(s1, e1);
@@ -283,7 +264,7 @@ void softmax_native(float* S, int64_t ldS, int64_t rows, int64_t cols, const int
     for (; i < n; i += 16) {
       const __mmask16 k = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
       const __m512 e =
-          _mm512_maskz_mov_ps(k, exp_bf16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), vmx)));
+          _mm512_maskz_mov_ps(k, exp_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), vmx)));
       _mm256_mask_storeu_epi16(pb + i, k, (__m256i)_mm512_cvtneps_pbh(e));
       s0 = _mm512_add_ps(s0, e);
     }

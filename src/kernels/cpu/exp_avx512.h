@@ -1,0 +1,38 @@
+// exp(x) on 16 floats with AVX-512, for the fused attention's probabilities (x = score - row
+// max <= 0; -inf gives 0): the one implementation behind the fp32 softmax (exp_flash in
+// hwy_util-inl.h, Highway's AVX3 targets) and the bf16 softmax (flash_bf16.cpp).
+//   n = round(x / ln 2) by vrndscaleps, Cody-Waite r = x - n ln 2 (two-part ln 2), e^r by a
+//   degree-5 minimax polynomial with e^0 = 1 exactly (relative error 7.4e-8 on |r| <= ln 2 / 2,
+//   1.9e-7 after float rounding), scaled by 2^n with a masked vscalefps: lanes below -87 are
+//   exactly 0 (no denormals reach the products that read P), NaN stays NaN. 12 instructions.
+#pragma once
+#if defined(__x86_64__) && defined(__GNUC__)
+// GCC 12's AVX-512 headers give unmasked intrinsics an undefined pass-through that
+// -Wmaybe-uninitialized reports once inlined; the state at the headers' lines is the one that
+// counts (as in flash_bf16.cpp)
+#pragma GCC diagnostic push
+#if !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include <immintrin.h>
+#pragma GCC diagnostic pop
+
+namespace posformer::kernels::cpu {
+
+__attribute__((target("avx512f"), always_inline)) inline __m512 exp_avx512(__m512 x) {
+  const __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_NLT_UQ);
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.4286068203094172e-6f), r);
+  __m512 p = _mm512_fmadd_ps(r, _mm512_set1_ps(0.008325664326548576f),
+                             _mm512_set1_ps(0.04190804436802864f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.16666939854621887f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.49999043345451355f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_maskz_scalef_ps(keep, p, n);
+}
+
+}  // namespace posformer::kernels::cpu
+#endif
