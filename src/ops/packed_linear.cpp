@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "../kernels/cpu/kernels.h"
+#include "../kernels/cpu/panel_gemm.h"
 #include "matmul_profile.h"
 #include "posformer/core/error.h"
 #include "posformer/ops/matmul.h"
@@ -57,6 +58,9 @@ struct PackedWeight::Impl {
   memory mem;
   int64_t rows = 0, cols = 0;
   dt wdt = dt::f32;  // f32, or bf16 (Precision::BF16: inputs rounded to bf16 too)
+  // f32 in 64-column panels (oneDNN's BA16a64b, kernels/cpu/panel_gemm.h): the panel stride in
+  // floats, which panel_gemm reads in place; 0 for any other layout
+  int64_t pstride = 0;
   // refilling (the trainer repacks after every step): W's plain layout, the reorder into desc,
   // the rounded copy of W (bf16)
   memory::desc src;
@@ -73,6 +77,37 @@ bool hugepages_wanted() {
   PF_CHECK((e[0] == '0' || e[0] == '1') && e[1] == 0,
            "[packed_linear] POSFORMER_HUGEPAGES must be 0 or 1, got '", e, "'");
   return e[0] == '1';
+}
+
+// Rows up to which panel_gemm runs the f32 packed linears. Measured on the Intel Xeon (model
+// 207, bench/RESULTS.md section 1, 2026-12-02), one weight after another from a 64 MB rotation,
+// medians of 30 interleaved runs: M = 16 and 128 1-10% faster than oneDNN's matmul (the
+// decode and BERT T = 128 shapes), M = 256 and 512 level, M = 2048 (training) 3-12% slower.
+constexpr int64_t kPanelMaxRows = 256;
+
+// POSFORMER_PANEL_GEMM: unset or 1 run f32 packed weights through panel_gemm where the CPU has
+// AVX-512F, the layout is its panels and M <= kPanelMaxRows; 0 always through oneDNN's matmul;
+// read at each call
+bool panel_gemm_wanted() {
+  const char* e = std::getenv("POSFORMER_PANEL_GEMM");
+  if (!e || !*e) return true;
+  PF_CHECK((e[0] == '0' || e[0] == '1') && e[1] == 0,
+           "[packed_linear] POSFORMER_PANEL_GEMM must be 0 or 1, got '", e, "'");
+  return e[0] == '1';
+}
+
+// The panel stride (floats) when desc is rows x cols f32 in 64-column panels of K-blocks of 16
+// rows (BA16a64b: element (k, n) at (n / 64) * stride + k * 64 + n % 64), else 0.
+int64_t panel_stride(const dnnl::memory::desc& desc) {
+  const dnnl_memory_desc_t& d = desc.data;
+  if (d.ndims != 2 || d.data_type != dnnl_f32 || d.format_kind != dnnl_blocked || d.offset0 != 0)
+    return 0;
+  const auto& b = d.format_desc.blocking;
+  if (b.inner_nblks != 2 || b.inner_idxs[0] != 0 || b.inner_blks[0] != 16 || b.inner_idxs[1] != 1 ||
+      b.inner_blks[1] != kernels::cpu::kPanelCols || b.strides[0] != 1024)
+    return 0;
+  const int64_t kp = (d.dims[0] + 15) / 16 * 16;
+  return b.strides[1] >= kp * kernels::cpu::kPanelCols ? b.strides[1] : 0;
 }
 }  // namespace
 
@@ -166,6 +201,7 @@ std::shared_ptr<PackedWeight::Impl> pack_b(const float* W, int64_t rows, int64_t
   impl->buf = std::make_unique<WeightMemory>(impl->desc.get_size());
   impl->mem = memory(impl->desc, engine(), impl->buf->data());
   impl->rows = rows, impl->cols = cols, impl->wdt = wdt;
+  impl->pstride = panel_stride(impl->desc);
   impl->src = memory::desc({rows, cols}, wdt, plain_tag);
   impl->reorder =
       dnnl::reorder(dnnl::reorder::primitive_desc(engine(), impl->src, engine(), impl->desc));
@@ -242,6 +278,21 @@ void run(const PackedWeight::Impl& w, const float* A_f32, int64_t lda_f32, const
     const bool have = ab && ab->holds(A_f32, lda_f32, M, w.rows);
     A = have ? ab->bits.data() : round_bf16(A_f32, lda_f32, M, w.rows, 0);
     lda = w.rows;
+  }
+  if (panel_gemm_wanted() && !bf && M <= kPanelMaxRows && w.pstride &&
+      kernels::cpu::panel_gemm_available()) {
+    const bool prof = detail::matmul_profiling();
+    const double t0 = prof ? detail::matmul_now_s() : 0.0;
+    Act a = act;
+    const kernels::cpu::PanelPost post =
+        act == Act::Identity ? nullptr : +[](void* ctx, float* row, int64_t n) {
+          activation(*static_cast<const Act*>(ctx), row, row, n);
+        };
+    kernels::cpu::panel_gemm(M, w.cols, w.rows, A_f32, lda_f32,
+                             static_cast<const float*>(w.buf->data()), w.pstride, bias, beta, C,
+                             ldc, post, &a);
+    if (prof) detail::matmul_profile_record(M, w.cols, w.rows, detail::matmul_now_s() - t0);
+    return;
   }
   thread_local std::map<Key, Prim> cache;
   const Key key{M,         w.rows, w.cols, lda, ldc, bias != nullptr, beta, static_cast<int>(act),

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "../../src/kernels/cpu/panel_gemm.h"
 #include "posformer/core/error.h"
 #include "posformer/ops/activation.h"
 #include "posformer/ops/matmul.h"
@@ -206,6 +207,131 @@ TEST(PackedLinear, BadArgumentsAreNamed) {
   linear_packed(x.data(), p0, nullptr, y0.data(), 1);
   EXPECT_EQ(y1, y0);
   EXPECT_EQ(y1[0], 384.0f);
+}
+
+// kernels::cpu::panel_gemm on a hand-made panel layout (64-column panels, stride padded past
+// K * 64, padding columns NaN: they must never reach C), against the double reference: row
+// chunks (M > 240), uneven K blocks (K > 768), a partial last panel, fewer panels than threads,
+// beta 0 / 1 / 0.5, bias or none, a post pass; on CPUs without AVX-512F the scalar kernel runs.
+TEST(PanelGemm, MatchesTheDoubleReferenceOnEveryBlocking) {
+  using kernels::cpu::kPanelCols;
+  struct Case {
+    int64_t M, N, K;
+  };
+  for (const Case c : {Case{1, 1, 1}, Case{5, 64, 3}, Case{7, 100, 33}, Case{487, 130, 70},
+                       Case{13, 64, 1537}, Case{241, 192, 800}, Case{2, 3072, 5}}) {
+    const auto [M, N, K] = c;
+    const int64_t np = (N + kPanelCols - 1) / kPanelCols, pstride = K * kPanelCols + 32;
+    const int64_t lda = K + 3, ldc = N + 5;
+    const auto W = randu(size_t(N * K), uint32_t(N + 7 * K));
+    const auto A = randu(size_t(M * lda), uint32_t(M + K));
+    const auto b = randu(size_t(N), uint32_t(N));
+    std::vector<float> Bp(size_t(np * pstride), std::nanf(""));
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t k = 0; k < K; ++k)
+        Bp[size_t((n / kPanelCols) * pstride + k * kPanelCols + n % kPanelCols)] =
+            W[size_t(n * K + k)];
+    for (float beta : {0.0f, 1.0f, 0.5f})
+      for (const float* bias : {b.data(), static_cast<const float*>(nullptr)}) {
+        const std::string what = "M " + std::to_string(M) + " N " + std::to_string(N) + " K " +
+                                 std::to_string(K) + " beta " + std::to_string(beta) +
+                                 (bias ? " bias" : "");
+        const auto C0 = randu(size_t(M * ldc), uint32_t(M * 3 + N));
+        std::vector<float> got = C0;
+        if (beta == 0.0f)
+          for (int64_t i = 0; i < M; ++i)
+            for (int64_t j = 0; j < N; ++j) got[size_t(i * ldc + j)] = std::nanf("");
+        // post: y -> 2y + 1 on every finished row segment, once
+        const kernels::cpu::PanelPost post = [](void*, float* row, int64_t n) {
+          for (int64_t j = 0; j < n; ++j) row[j] = 2.0f * row[j] + 1.0f;
+        };
+        kernels::cpu::panel_gemm(M, N, K, A.data(), lda, Bp.data(), pstride, bias, beta, got.data(),
+                                 ldc, post, nullptr);
+        std::vector<float> want(size_t(M * ldc)), scale(size_t(M * ldc));
+        for (int64_t i = 0; i < M; ++i)
+          for (int64_t j = 0; j < N; ++j) {
+            double s = 0, sa = 0;
+            for (int64_t k = 0; k < K; ++k) {
+              const double p = double(A[size_t(i * lda + k)]) * W[size_t(j * K + k)];
+              s += p, sa += std::abs(p);
+            }
+            const double old = C0[size_t(i * ldc + j)];
+            const double bj = bias ? bias[j] : 0.0;
+            want[size_t(i * ldc + j)] = float(2.0 * (s + bj + beta * old) + 1.0);
+            scale[size_t(i * ldc + j)] = float(2.0 * (sa + std::abs(bj) + std::abs(beta * old)));
+          }
+        EXPECT_LE(rel_diff(got, want, scale, M, N, ldc, what), 1e-6) << what;
+        for (int64_t i = 0; i < M; ++i)  // the gaps between rows untouched
+          for (int64_t j = N; j < ldc; ++j)
+            ASSERT_EQ(got[size_t(i * ldc + j)], C0[size_t(i * ldc + j)]) << what;
+      }
+  }
+}
+
+// The packed linears through panel_gemm (the default where the CPU has AVX-512F and oneDNN laid
+// the weight out in 64-column panels) against the same weights through oneDNN's matmul
+// (POSFORMER_PANEL_GEMM=0): forward with bias and every fused activation, accumulate, dx with
+// beta; shapes with a partial panel, K not a multiple of 16 and K blocks.
+TEST(PackedLinear, PanelKernelAgreesWithOneDnnMatmul) {
+  for (auto [N, K] : std::vector<std::pair<int64_t, int64_t>>{{768, 768}, {130, 77}, {64, 1000}}) {
+    const auto W = randu(size_t(N * K), uint32_t(N + 3 * K)), b = randu(size_t(N), uint32_t(K));
+    PackedWeight pw;
+    pw.pack(W.data(), N, K, true);
+    for (int64_t M : {1, 6, 131}) {
+      const auto x = randu(size_t(M * K), uint32_t(M + N));
+      std::vector<float> scale(size_t(M * N));
+      const auto ab = absv(b);
+      ref::linear(absv(x).data(), absv(W).data(), ab.data(), scale.data(), M, N, K);
+      for (Act act : {Act::Identity, Act::Relu, Act::Gelu, Act::GeluTanh, Act::Silu}) {
+        const std::string what = "M " + std::to_string(M) + " N " + std::to_string(N) + " K " +
+                                 std::to_string(K) + " " + act_name(act);
+        std::vector<float> onednn(size_t(M * N), std::nanf("")), panel = onednn;
+        setenv("POSFORMER_PANEL_GEMM", "0", 1);
+        linear_packed(x.data(), pw, b.data(), onednn.data(), M, {act, false});
+        unsetenv("POSFORMER_PANEL_GEMM");
+        linear_packed(x.data(), pw, b.data(), panel.data(), M, {act, false});
+        double worst = 0;
+        for (size_t i = 0; i < panel.size(); ++i) {
+          ASSERT_TRUE(std::isfinite(panel[i])) << what << " " << i;
+          worst = std::max(
+              worst, std::abs(double(panel[i]) - onednn[i]) / std::max(1.0, double(scale[i])));
+        }
+        EXPECT_LE(worst, 2e-6) << what;  // the activations' erf / exp: oneDNN's vs posformer's
+      }
+      std::vector<float> y0 = randu(size_t(M * N), 5), y1 = y0;
+      setenv("POSFORMER_PANEL_GEMM", "0", 1);
+      linear_packed(x.data(), pw, b.data(), y0.data(), M, {Act::Identity, true});
+      unsetenv("POSFORMER_PANEL_GEMM");
+      linear_packed(x.data(), pw, b.data(), y1.data(), M, {Act::Identity, true});
+      EXPECT_LE(rel_diff(y1, y0, scale, M, N, N, "accumulate"), 1e-6);
+      const auto dy = randu(size_t(M * N), uint32_t(M * 7));
+      for (float beta : {0.0f, 1.0f}) {
+        std::vector<float> d0 = randu(size_t(M * K), 9), d1 = d0;
+        setenv("POSFORMER_PANEL_GEMM", "0", 1);
+        linear_dx_packed(dy.data(), N, pw, beta, d0.data(), K, M);
+        unsetenv("POSFORMER_PANEL_GEMM");
+        linear_dx_packed(dy.data(), N, pw, beta, d1.data(), K, M);
+        std::vector<float> sc(size_t(M * K), 0.0f);
+        ref::gemm(false, false, M, K, N, 1.0f, absv(dy).data(), N, absv(W).data(), K, 0.0f,
+                  sc.data(), K);
+        for (float& v : sc) v += 1.0f;  // |beta * dx0| <= 1
+        EXPECT_LE(rel_diff(d1, d0, sc, M, K, K, "dx beta " + std::to_string(beta)), 1e-6);
+      }
+    }
+  }
+  setenv("POSFORMER_PANEL_GEMM", "yes", 1);
+  const auto W = randu(64, 1), x = randu(8, 2);
+  PackedWeight pw;
+  pw.pack(W.data(), 8, 8, false);
+  std::vector<float> y(8);
+  try {  // named on every CPU, whichever kernel would run
+    linear_packed(x.data(), pw, nullptr, y.data(), 1);
+    ADD_FAILURE() << "POSFORMER_PANEL_GEMM=yes taken";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("POSFORMER_PANEL_GEMM must be 0 or 1"), std::string::npos)
+        << e.what();
+  }
+  unsetenv("POSFORMER_PANEL_GEMM");
 }
 
 }  // namespace
