@@ -70,30 +70,30 @@ struct PackedWeight::Impl {
 
 namespace {
 constexpr size_t kHuge = size_t{2} << 20;
-// POSFORMER_HUGEPAGES: unset or 1 advise huge pages, 0 not; read at each packing (tests switch it)
-bool hugepages_wanted() {
-  const char* e = std::getenv("POSFORMER_HUGEPAGES");
+// An on/off environment switch: unset or empty -> true, "1" -> true, "0" -> false, anything
+// else refused by name. Read at each call (tests switch them).
+bool env_switch(const char* name) {
+  const char* e = std::getenv(name);
   if (!e || !*e) return true;
-  PF_CHECK((e[0] == '0' || e[0] == '1') && e[1] == 0,
-           "[packed_linear] POSFORMER_HUGEPAGES must be 0 or 1, got '", e, "'");
+  PF_CHECK((e[0] == '0' || e[0] == '1') && e[1] == 0, "[packed_linear] ", name,
+           " must be 0 or 1, got '", e, "'");
   return e[0] == '1';
+}
+// POSFORMER_HUGEPAGES: unset or 1 advise huge pages, 0 not
+bool hugepages_wanted() {
+  return env_switch("POSFORMER_HUGEPAGES");
 }
 
 // Rows up to which panel_gemm runs the f32 packed linears. Measured on the Intel Xeon (model
 // 207, bench/RESULTS.md section 1, 2026-12-02), one weight after another from a 64 MB rotation,
-// medians of 30 interleaved runs: M = 16 and 128 1-10% faster than oneDNN's matmul (the
-// decode and BERT T = 128 shapes), M = 256 and 512 level, M = 2048 (training) 3-12% slower.
+// medians of 30 interleaved batches: against oneDNN's matmul +4% at M = 1, +16% at 16, +10-11%
+// on the BERT T = 128 shapes, +4% at 256; M = 512 level and M = 2048 (training) 3-12% slower.
 constexpr int64_t kPanelMaxRows = 256;
 
 // POSFORMER_PANEL_GEMM: unset or 1 run f32 packed weights through panel_gemm where the CPU has
-// AVX-512F, the layout is its panels and M <= kPanelMaxRows; 0 always through oneDNN's matmul;
-// read at each call
+// AVX-512F, the layout is its panels and M <= kPanelMaxRows; 0 always through oneDNN's matmul
 bool panel_gemm_wanted() {
-  const char* e = std::getenv("POSFORMER_PANEL_GEMM");
-  if (!e || !*e) return true;
-  PF_CHECK((e[0] == '0' || e[0] == '1') && e[1] == 0,
-           "[packed_linear] POSFORMER_PANEL_GEMM must be 0 or 1, got '", e, "'");
-  return e[0] == '1';
+  return env_switch("POSFORMER_PANEL_GEMM");
 }
 
 // The panel stride (floats) when desc is rows x cols f32 in 64-column panels of K-blocks of 16

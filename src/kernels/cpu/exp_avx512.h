@@ -6,16 +6,8 @@
 //   1.9e-7 after float rounding), scaled by 2^n with a masked vscalefps: lanes below -87 are
 //   exactly 0 (no denormals reach the products that read P), NaN stays NaN. 12 instructions.
 #pragma once
+#include "x86_intrin.h"
 #if defined(__x86_64__) && defined(__GNUC__)
-// GCC 12's AVX-512 headers give unmasked intrinsics an undefined pass-through that
-// -Wmaybe-uninitialized reports once inlined; the state at the headers' lines is the one that
-// counts (as in flash_bf16.cpp)
-#pragma GCC diagnostic push
-#if !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-#include <immintrin.h>
-#pragma GCC diagnostic pop
 
 namespace posformer::kernels::cpu {
 

@@ -7,14 +7,8 @@
 #include <algorithm>
 
 #include "parallel.h"
-
+#include "x86_intrin.h"
 #if defined(__x86_64__) && defined(__GNUC__)
-#pragma GCC diagnostic push
-#if !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-#include <immintrin.h>
-#pragma GCC diagnostic pop
 #define POSFORMER_PANEL_AVX512 1
 #endif
 
