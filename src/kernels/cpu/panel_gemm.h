@@ -14,13 +14,14 @@
 // stays in L2 (bench/RESULTS.md section 1, the Xeon); here each thread, while it multiplies
 // one panel with all of its rows, prefetches its next panel (prefetcht1, spread over the
 // panel's k steps), so the next panel is in L2 when it starts. ops::linear_packed uses it for
-// up to 256 rows (decoding, BERT at T = 128), where it measured 1-10% faster than oneDNN's
+// up to 256 rows (decoding, BERT at T = 128), where it measured 4-16% faster than oneDNN's
 // matmul; from 512 rows on, oneDNN is level or faster and keeps those.
 //
 // Threads: the panels are split between the OpenMP threads (rows, when there are fewer panels
 // than threads); no team inside an active parallel region. Blocking: rows in chunks of <= 240,
 // K in blocks of <= 768, so that a thread's A block and two panels fit its L2.
-// AVX-512F only (panel_gemm_available()); elsewhere the caller keeps oneDNN.
+// Fast on AVX-512F (panel_gemm_available()); elsewhere a scalar kernel keeps it correct and the
+// caller keeps oneDNN.
 #pragma once
 #include <cstdint>
 
