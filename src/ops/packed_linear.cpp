@@ -281,18 +281,15 @@ void run(const PackedWeight::Impl& w, const float* A_f32, int64_t lda_f32, const
   }
   if (panel_gemm_wanted() && !bf && M <= kPanelMaxRows && w.pstride &&
       kernels::cpu::panel_gemm_available()) {
-    const bool prof = detail::matmul_profiling();
-    const double t0 = prof ? detail::matmul_now_s() : 0.0;
-    Act a = act;
     const kernels::cpu::PanelPost post =
         act == Act::Identity ? nullptr : +[](void* ctx, float* row, int64_t n) {
           activation(*static_cast<const Act*>(ctx), row, row, n);
         };
-    kernels::cpu::panel_gemm(M, w.cols, w.rows, A_f32, lda_f32,
-                             static_cast<const float*>(w.buf->data()), w.pstride, bias, beta, C,
-                             ldc, post, &a);
-    if (prof) detail::matmul_profile_record(M, w.cols, w.rows, detail::matmul_now_s() - t0);
-    return;
+    return detail::matmul_timed(M, w.cols, w.rows, [&] {
+      kernels::cpu::panel_gemm(M, w.cols, w.rows, A_f32, lda_f32,
+                               static_cast<const float*>(w.buf->data()), w.pstride, bias, beta, C,
+                               ldc, post, &act);
+    });
   }
   thread_local std::map<Key, Prim> cache;
   const Key key{M,         w.rows, w.cols, lda, ldc, bias != nullptr, beta, static_cast<int>(act),
@@ -333,11 +330,10 @@ void run(const PackedWeight::Impl& w, const float* A_f32, int64_t lda_f32, const
   if (bias)
     args.emplace(DNNL_ARG_BIAS,
                  memory({{1, w.cols}, dt::f32, tag::ab}, engine(), const_cast<float*>(bias)));
-  const bool prof = detail::matmul_profiling();
-  const double t0 = prof ? detail::matmul_now_s() : 0.0;
-  it->second.prim.execute(stream(), args);
-  stream().wait();
-  if (prof) detail::matmul_profile_record(M, w.cols, w.rows, detail::matmul_now_s() - t0);
+  detail::matmul_timed(M, w.cols, w.rows, [&] {
+    it->second.prim.execute(stream(), args);
+    stream().wait();
+  });
 }
 
 }  // namespace
@@ -421,12 +417,11 @@ void linear_dw(const float* dy, int64_t lddy, const float* x, int64_t ldx, float
   memory am({{N, M}, dt::bf16, memory::dims{1, N}}, engine(), const_cast<uint16_t*>(dyb));
   memory bm({{M, K}, dt::bf16, memory::dims{K, 1}}, engine(), const_cast<uint16_t*>(xb));
   memory cm({{N, K}, dt::f32, memory::dims{K, 1}}, engine(), dW);
-  const bool prof = detail::matmul_profiling();
-  const double t0 = prof ? detail::matmul_now_s() : 0.0;
-  it->second.prim.execute(stream(),
-                          {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
-  stream().wait();
-  if (prof) detail::matmul_profile_record(N, K, M, detail::matmul_now_s() - t0);
+  detail::matmul_timed(N, K, M, [&] {
+    it->second.prim.execute(stream(),
+                            {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
+    stream().wait();
+  });
 }
 
 void PackedWeight::pack(const float* W, int64_t N, int64_t K, bool backward, Precision p) {
