@@ -286,6 +286,18 @@ void Transformer::lin_fwd(const std::string& n, const float* in, float* out, int
   if (ep.act != ops::Act::Identity) ops::activation(ep.act, out, out, M * N);
 }
 
+bool Transformer::lin_fwd_group(std::initializer_list<GroupOut> outs, const float* in, int64_t M,
+                                int64_t K, const ops::Bf16Rows* xb) const {
+  std::vector<ops::PackedLinearJob> jobs;
+  for (const GroupOut& o : outs) {
+    const auto it = packed_.find(o.name + ".weight");
+    if (it == packed_.end() || it->second.N() != o.N || it->second.K() != K) return false;
+    jobs.push_back({&it->second, params_.f32_or_null(o.name + ".bias"), o.out});
+  }
+  ops::linear_packed_group(in, M, jobs.data(), static_cast<int64_t>(jobs.size()), xb);
+  return true;
+}
+
 bool Transformer::packs(const ParamSpec& s) {
   // names *.attn.{q,k,v,o}.weight, *.cross_attn.{q,k,v,o}.weight, *.ffn.w{1,2,3}.weight (plain
   // string tests: GCC 12 warns inside <regex> under ASan, and this runs per parameter)
@@ -357,11 +369,17 @@ void Transformer::attention_sublayer(const Stack& st, StackCall& c, int64_t l, b
   // q, k, v read `in`: rounded once (by the norm when training, kept in the tape)
   const ops::Bf16Rows* inb =
       keep && keep->hb.holds(in, d, BT, d) ? &keep->hb : shared_bf16_input(a + ".q", in, BT, d);
-  lin_fwd(a + ".q", in, q, BT, g.HD, d, {}, inb);
   const bool cached_cross = cache && !self && cache->ck[l].numel() > 0;
-  if (!cached_cross) {
-    lin_fwd(a + ".k", kv_in, k, B * Tk, g.KD, d, {}, inb);
-    lin_fwd(a + ".v", kv_in, v, B * Tk, g.KD, d, {}, inb);
+  // self-attention: q, k and v of the same rows in one call where the weights allow it
+  const bool grouped =
+      self && lin_fwd_group({{a + ".q", q, g.HD}, {a + ".k", k, g.KD}, {a + ".v", v, g.KD}}, in, BT,
+                            d, inb);
+  if (!grouped) {
+    lin_fwd(a + ".q", in, q, BT, g.HD, d, {}, inb);
+    if (!cached_cross) {
+      lin_fwd(a + ".k", kv_in, k, B * Tk, g.KD, d, {}, inb);
+      lin_fwd(a + ".v", kv_in, v, B * Tk, g.KD, d, {}, inb);
+    }
   }
   if (self && st.pe->rotary() && !st.attn->caps().rotary_inside) {
     st.pe->rotate(q, g.H, g.HD, c.in.pos);

@@ -466,6 +466,47 @@ void linear_packed(const float* x, const PackedWeight& W, const float* b, float*
   run(*W.fwd_, x, W.K(), b, ep.accumulate ? 1.0f : 0.0f, ep.act, y, W.N(), M, xb);
 }
 
+void linear_packed_group(const float* x, int64_t M, const PackedLinearJob* jobs, int64_t n,
+                         const Bf16Rows* xb) {
+  PF_CHECK(n >= 0 && (n == 0 || jobs), "[linear_packed_group] no jobs");
+  PF_CHECK(M >= 0, "[linear_packed_group] M must be >= 0, got ", M);
+  for (int64_t j = 0; j < n; ++j) {
+    PF_CHECK(jobs[j].W && jobs[j].W->has_forward(), "[linear_packed_group] job ", j,
+             ": weight is not packed");
+    PF_CHECK(jobs[j].W->K() == jobs[0].W->K(), "[linear_packed_group] job ", j, " has K ",
+             jobs[j].W->K(), ", job 0 has ", jobs[0].W->K(), ": the jobs share x");
+    PF_CHECK(M == 0 || (x && jobs[j].y), "[linear_packed_group] x or job ", j, "'s y is null");
+  }
+  if (n == 0 || M == 0) return;
+  bool panel = panel_gemm_wanted() && M <= kPanelMaxRows && kernels::cpu::panel_gemm_available();
+  for (int64_t j = 0; j < n && panel; ++j) {
+    const PackedWeight::Impl& w = *jobs[j].W->fwd_;
+    panel = w.wdt == dt::f32 && w.pstride && w.cols > 0;
+  }
+  if (!panel) {
+    for (int64_t j = 0; j < n; ++j) linear_packed(x, *jobs[j].W, jobs[j].b, jobs[j].y, M, {}, xb);
+    return;
+  }
+  std::vector<kernels::cpu::PanelJob> pj(static_cast<size_t>(n));
+  int64_t cols = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    const PackedWeight::Impl& w = *jobs[j].W->fwd_;
+    pj[static_cast<size_t>(j)] = {static_cast<const float*>(w.buf->data()),
+                                  w.pstride,
+                                  w.cols,
+                                  jobs[j].b,
+                                  0.0f,
+                                  jobs[j].y,
+                                  w.cols,
+                                  nullptr,
+                                  nullptr};
+    cols += w.cols;
+  }
+  const int64_t K = jobs[0].W->K();
+  detail::matmul_timed(M, cols, K,
+                       [&] { kernels::cpu::panel_gemm_group(M, K, x, K, pj.data(), n); });
+}
+
 void linear_dx_packed(const float* dy, int64_t lddy, const PackedWeight& W, float beta, float* dx,
                       int64_t lddx, int64_t M, const Bf16Rows* dyb) {
   PF_CHECK(W.has_backward(), "[linear_dx_packed] weight is not packed for the backward");

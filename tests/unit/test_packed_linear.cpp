@@ -334,4 +334,68 @@ TEST(PackedLinear, PanelKernelAgreesWithOneDnnMatmul) {
   unsetenv("POSFORMER_PANEL_GEMM");
 }
 
+// q, k and v of one sublayer in one call: bit for bit the separate calls (the panel kernel's
+// per-element sums do not depend on how panels and rows are split between the threads), every
+// output row written (poisoned with NaN first), on oneDNN too (POSFORMER_PANEL_GEMM=0, or no
+// AVX-512F: one linear_packed per job), with GQA widths, 5 jobs (more than one panel_gemm_group
+// call), a null bias, and mismatched K refused by name.
+TEST(PackedLinear, GroupEqualsSeparateCalls) {
+  const int64_t K = 200;
+  const std::vector<int64_t> Ns = {256, 64, 64, 130, 7};
+  std::vector<std::vector<float>> Ws, bs;
+  std::vector<PackedWeight> pws(Ns.size());
+  for (size_t j = 0; j < Ns.size(); ++j) {
+    Ws.push_back(randu(size_t(Ns[j] * K), uint32_t(11 + j)));
+    bs.push_back(randu(size_t(Ns[j]), uint32_t(31 + j)));
+    pws[j].pack(Ws[j].data(), Ns[j], K, false);
+  }
+  for (const char* mode : {"1", "0"}) {
+    setenv("POSFORMER_PANEL_GEMM", mode, 1);
+    for (int64_t M : {1, 5, 128, 300}) {
+      const auto x = randu(size_t(M * K), uint32_t(M));
+      for (size_t n : {size_t(3), Ns.size()}) {
+        std::vector<std::vector<float>> sep, grp;
+        std::vector<PackedLinearJob> jobs;
+        for (size_t j = 0; j < n; ++j) {
+          sep.emplace_back(size_t(M * Ns[j]), std::nanf(""));
+          grp.emplace_back(size_t(M * Ns[j]), std::nanf(""));
+          const float* b = j == 1 ? nullptr : bs[j].data();
+          linear_packed(x.data(), pws[j], b, sep[j].data(), M);
+        }
+        for (size_t j = 0; j < n; ++j)
+          jobs.push_back({&pws[j], j == 1 ? nullptr : bs[j].data(), grp[j].data()});
+        linear_packed_group(x.data(), M, jobs.data(), int64_t(n));
+        for (size_t j = 0; j < n; ++j)
+          for (size_t i = 0; i < grp[j].size(); ++i) {
+            ASSERT_TRUE(std::isfinite(grp[j][i]))
+                << "mode " << mode << " M " << M << " job " << j << " entry " << i;
+            ASSERT_EQ(grp[j][i], sep[j][i])
+                << "mode " << mode << " M " << M << " job " << j << " entry " << i;
+          }
+        // and against the double reference
+        std::vector<float> ref(size_t(M * Ns[0]));
+        ref::linear(x.data(), Ws[0].data(), bs[0].data(), ref.data(), M, Ns[0], K);
+        std::vector<float> scale(size_t(M * Ns[0]));
+        ref::linear(absv(x).data(), absv(Ws[0]).data(), absv(bs[0]).data(), scale.data(), M, Ns[0],
+                    K);
+        EXPECT_LE(rel_diff(grp[0], ref, scale, M, Ns[0], Ns[0], "group vs reference"), 1e-6);
+      }
+    }
+  }
+  unsetenv("POSFORMER_PANEL_GEMM");
+  PackedWeight other;
+  const auto W2 = randu(size_t(8 * 100), 3);
+  other.pack(W2.data(), 8, 100, false);
+  std::vector<float> y0(8), y1(8);
+  const auto x = randu(size_t(K), 4);
+  const PackedLinearJob bad[] = {{&pws[0], nullptr, y0.data()}, {&other, nullptr, y1.data()}};
+  try {
+    linear_packed_group(x.data(), 1, bad, 2);
+    ADD_FAILURE() << "mismatched K taken";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("job 1 has K 100, job 0 has 200"), std::string::npos)
+        << e.what();
+  }
+}
+
 }  // namespace

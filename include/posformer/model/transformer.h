@@ -10,6 +10,7 @@
 // Weights live in a ParamStore under the names of docs/checkpoint-format.md.
 #pragma once
 #include <cstdint>
+#include <initializer_list>
 #include <map>
 #include <memory>
 #include <string>
@@ -261,6 +262,15 @@ class Transformer {
   // (xb: `in` already rounded to bf16, for bf16 weights; see shared_bf16_input)
   void lin_fwd(const std::string& n, const float* in, float* out, int64_t M, int64_t N, int64_t K,
                ops::LinearEpilogue ep = {}, const ops::Bf16Rows* xb = nullptr) const;
+  // Several lin_fwd of the same `in` without epilogue in one ops::linear_packed_group call
+  // (q, k and v), when every weight is packed at [N, K]; false (nothing done) otherwise.
+  struct GroupOut {
+    std::string name;
+    float* out;
+    int64_t N;
+  };
+  bool lin_fwd_group(std::initializer_list<GroupOut> outs, const float* in, int64_t M, int64_t K,
+                     const ops::Bf16Rows* xb) const;
   // When weight n is packed in bf16: `in` [M, K] rounded once (a per-thread buffer, valid until
   // the next call on this thread) for the linears that share it; else null.
   const ops::Bf16Rows* shared_bf16_input(const std::string& n, const float* in, int64_t M,

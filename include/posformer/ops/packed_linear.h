@@ -77,6 +77,14 @@ struct LinearEpilogue {
   bool accumulate = false;  // y += ... (with act Identity only)
 };
 
+class PackedWeight;
+// One product of linear_packed_group: y [M, W.N()] = x W^T + b (b may be null).
+struct PackedLinearJob {
+  const PackedWeight* W;
+  const float* b;
+  float* y;
+};
+
 class PackedWeight {
  public:
   // Packs W [N, K]; packing again with the same sizes, precision and passes refills the same
@@ -92,6 +100,8 @@ class PackedWeight {
  private:
   friend void linear_packed(const float*, const PackedWeight&, const float*, float*, int64_t,
                             LinearEpilogue, const Bf16Rows*);
+  friend void linear_packed_group(const float*, int64_t, const PackedLinearJob*, int64_t,
+                                  const Bf16Rows*);
   friend void linear_dx_packed(const float*, int64_t, const PackedWeight&, float, float*, int64_t,
                                int64_t, const Bf16Rows*);
   std::shared_ptr<Impl> fwd_, bwd_;
@@ -104,6 +114,14 @@ void linear_packed(const float* x, const PackedWeight& W, const float* b, float*
                    LinearEpilogue ep = {}, const Bf16Rows* xb = nullptr);
 void linear_dx_packed(const float* dy, int64_t lddy, const PackedWeight& W, float beta, float* dx,
                       int64_t lddx, int64_t M, const Bf16Rows* dyb = nullptr);
+// Several linears of the same x [M, K] (q, k and v of a self-attention sublayer; every W with
+// K() == K): where the f32 panel kernel runs them (kernels/cpu/panel_gemm.h: f32 weights in its
+// panels, M <= 256, AVX-512F) one panel_gemm_group call, which splits all their panels between
+// the threads at once (one thread team instead of n, each thread's prefetch running on into the
+// next weight); otherwise one linear_packed per job. The results are those of the separate calls,
+// bit for bit.
+void linear_packed_group(const float* x, int64_t M, const PackedLinearJob* jobs, int64_t n,
+                         const Bf16Rows* xb = nullptr);
 
 // dW[N, K] = beta dW + dy[M, N]^T x[M, K] (beta 0 or 1; row strides lddy, ldx; dW dense). F32:
 // dnnl_sgemm; BF16: dy and x rounded to bfloat16, float32 sums (see above).

@@ -127,45 +127,55 @@ Kernel kernel_for(int64_t mr, bool fast) {
   return scalar[mr - 1];
 }
 
+// The jobs' panels numbered one after another: global panel p is job j's local panel
+// p - first[j] for first[j] <= p < first[j + 1].
 struct Args {
-  int64_t M, N, K;
+  int64_t M, K;
   const float* A;
   int64_t lda;
-  const float* Bp;
-  int64_t pstride;
-  const float* bias;
-  float beta;
-  float* C;
-  int64_t ldc;
-  PanelPost post;
-  void* post_ctx;
+  const PanelJob* jobs;
+  int64_t njobs;
+  int64_t first[kPanelMaxJobs + 1];
 };
 
-// Rows [r0, r1) x panels [p0, p1) on the calling thread.
+struct PanelRef {
+  const PanelJob* job;
+  int64_t local;  // panel index inside the job
+};
+PanelRef panel_ref(const Args& g, int64_t p) {
+  int64_t j = 0;
+  while (p >= g.first[j + 1]) ++j;
+  return {g.jobs + j, p - g.first[j]};
+}
+const float* panel_at(const Args& g, int64_t p, int64_t k0) {
+  const PanelRef r = panel_ref(g, p);
+  return r.job->Bp + r.local * r.job->pstride + k0 * kPanelCols;
+}
+
+// Rows [r0, r1) x global panels [p0, p1) on the calling thread.
 void run_part(const Args& g, int64_t r0, int64_t r1, int64_t p0, int64_t p1, bool fast) {
   if (r0 >= r1 || p0 >= p1) return;
   const int64_t nkb = (g.K + kBlockK - 1) / kBlockK;
   const int64_t kc = (g.K + nkb - 1) / nkb;
   const int64_t nmc = (r1 - r0 + kChunkRows - 1) / kChunkRows;
   const int64_t mc = ((r1 - r0 + nmc - 1) / nmc + kRows - 1) / kRows * kRows;
-  const int64_t c0 = p0 * kPanelCols, c1 = std::min(g.N, p1 * kPanelCols);
   for (int64_t m0 = r0; m0 < r1; m0 += mc) {
     const int64_t m1 = std::min(r1, m0 + mc);
     const int64_t blocks = (m1 - m0 + kRows - 1) / kRows;
     for (int64_t kb = 0; kb < nkb; ++kb) {
       const int64_t k0 = kb * kc, kn = std::min(g.K, k0 + kc) - k0;
       for (int64_t p = p0; p < p1; ++p) {
-        // the block that runs next on this thread: next panel, else first panel of the next
-        // K block or row chunk
+        // the block that runs next on this thread: next panel (of this job or the next one),
+        // else first panel of the next K block or row chunk
         const float* next = nullptr;
         int64_t next_k = kn;
         if (p + 1 < p1)
-          next = g.Bp + (p + 1) * g.pstride + k0 * kPanelCols;
+          next = panel_at(g, p + 1, k0);
         else if (kb + 1 < nkb) {
-          next = g.Bp + p0 * g.pstride + (k0 + kc) * kPanelCols;
+          next = panel_at(g, p0, k0 + kc);
           next_k = std::min(g.K, k0 + 2 * kc) - (k0 + kc);
         } else if (m1 < r1) {
-          next = g.Bp + p0 * g.pstride;
+          next = panel_at(g, p0, 0);
           next_k = std::min(g.K, kc);
         }
         Prefetch pf;
@@ -177,22 +187,32 @@ void run_part(const Args& g, int64_t r0, int64_t r1, int64_t p0, int64_t p1, boo
           pf.per_step =
               static_cast<int>(std::clamp<int64_t>((4 * next_k + steps - 1) / steps, 1, 16));
         }
-        const float* B = g.Bp + p * g.pstride + k0 * kPanelCols;
-        const int64_t nvalid = std::min(kPanelCols, g.N - p * kPanelCols);
-        const float beta = kb == 0 ? g.beta : 1.0f;
-        const float* bias = kb == 0 && g.bias ? g.bias + p * kPanelCols : nullptr;
+        const PanelRef ref = panel_ref(g, p);
+        const PanelJob& job = *ref.job;
+        const float* B = job.Bp + ref.local * job.pstride + k0 * kPanelCols;
+        const int64_t nvalid = std::min(kPanelCols, job.N - ref.local * kPanelCols);
+        const float beta = kb == 0 ? job.beta : 1.0f;
+        const float* bias = kb == 0 && job.bias ? job.bias + ref.local * kPanelCols : nullptr;
+        float* C = job.C + ref.local * kPanelCols;
         for (int64_t m = m0, mr = 0; m < m1; m += mr) {
           // blocks of 6 rows; a last 7-9 rows as two blocks of 3-5 (4 + 4, not 6 + 2: a block of
           // 1-2 rows loads as many B vectors for a third of the FMAs)
           const int64_t left = m1 - m;
           mr = left > kRows && left < 10 ? (left + 1) / 2 : std::min(kRows, left);
-          kernel_for(mr, fast)(kn, g.A + m * g.lda + k0, g.lda, B, g.C + m * g.ldc + p * kPanelCols,
-                               g.ldc, nvalid, beta, bias, &pf);
+          kernel_for(mr, fast)(kn, g.A + m * g.lda + k0, g.lda, B, C + m * job.ldc, job.ldc, nvalid,
+                               beta, bias, &pf);
         }
       }
     }
-    if (g.post)
-      for (int64_t r = m0; r < m1; ++r) g.post(g.post_ctx, g.C + r * g.ldc + c0, c1 - c0);
+    // each job's post over this thread's columns of it
+    for (int64_t j = 0; j < g.njobs; ++j) {
+      const PanelJob& job = g.jobs[j];
+      const int64_t q0 = std::max(p0, g.first[j]), q1 = std::min(p1, g.first[j + 1]);
+      if (!job.post || q0 >= q1) continue;
+      const int64_t c0 = (q0 - g.first[j]) * kPanelCols;
+      const int64_t c1 = std::min(job.N, (q1 - g.first[j]) * kPanelCols);
+      for (int64_t r = m0; r < m1; ++r) job.post(job.post_ctx, job.C + r * job.ldc + c0, c1 - c0);
+    }
   }
 }
 
@@ -205,11 +225,28 @@ bool panel_gemm_available() {
 void panel_gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* Bp,
                 int64_t pstride, const float* bias, float beta, float* C, int64_t ldc,
                 PanelPost post, void* post_ctx) {
-  if (M <= 0 || N <= 0 || K <= 0) return;
-  const Args g{M, N, K, A, lda, Bp, pstride, bias, beta, C, ldc, post, post_ctx};
+  const PanelJob job{Bp, pstride, N, bias, beta, C, ldc, post, post_ctx};
+  panel_gemm_group(M, K, A, lda, &job, 1);
+}
+
+void panel_gemm_group(int64_t M, int64_t K, const float* A, int64_t lda, const PanelJob* jobs,
+                      int64_t njobs) {
+  if (M <= 0 || K <= 0 || njobs <= 0) return;
+  if (njobs > kPanelMaxJobs) {  // in groups of kPanelMaxJobs
+    for (int64_t j = 0; j < njobs; j += kPanelMaxJobs)
+      panel_gemm_group(M, K, A, lda, jobs + j, std::min(kPanelMaxJobs, njobs - j));
+    return;
+  }
+  Args g{M, K, A, lda, jobs, njobs, {}};
+  int64_t flops_n = 0;
+  for (int64_t j = 0; j < g.njobs; ++j) {
+    g.first[j + 1] = g.first[j] + std::max<int64_t>(0, (jobs[j].N + kPanelCols - 1) / kPanelCols);
+    flops_n += std::max<int64_t>(0, jobs[j].N);
+  }
+  const int64_t np = g.first[g.njobs];
+  if (np == 0) return;
   const bool fast = avx512();
-  const int64_t np = (N + kPanelCols - 1) / kPanelCols;
-  if (!use_omp(M * N * K, int64_t{1} << 17)) return run_part(g, 0, M, 0, np, fast);
+  if (!use_omp(M * flops_n * K, int64_t{1} << 17)) return run_part(g, 0, M, 0, np, fast);
 #pragma omp parallel
   {
     const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();

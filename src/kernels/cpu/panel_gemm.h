@@ -42,4 +42,23 @@ void panel_gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, co
                 int64_t pstride, const float* bias, float beta, float* C, int64_t ldc,
                 PanelPost post, void* post_ctx);
 
+// Several products of the same A [M, K] at once (q, k and v of one attention sublayer): job j is
+// C_j = post_j(beta_j C_j + A B_j + bias_j) as above, B_j [K, N_j] in panels. The jobs' panels are
+// split between the threads as one list, and each thread prefetches across job boundaries, so the
+// products run as one wider call (one thread team, no barrier between them). More than
+// kPanelMaxJobs jobs run as several such calls. N_j >= 1, ldc_j >= N_j, pstride_j >= K * 64.
+inline constexpr int64_t kPanelMaxJobs = 4;
+struct PanelJob {
+  const float* Bp;
+  int64_t pstride, N;
+  const float* bias;
+  float beta;
+  float* C;
+  int64_t ldc;
+  PanelPost post;
+  void* post_ctx;
+};
+void panel_gemm_group(int64_t M, int64_t K, const float* A, int64_t lda, const PanelJob* jobs,
+                      int64_t njobs);
+
 }  // namespace posformer::kernels::cpu
