@@ -494,7 +494,7 @@ void Transformer::residual_sublayer(const Stack& st, StackCall& c, int64_t l, in
                    dropout_key(st.prefix, c.in.dropout_seed, l, sub));
   };
   if (g.pre) {  // x = x + f(N(x))
-    if (keep) std::copy_n(x, BT * d, c.buf(&SubTape::norm_in, keep, {BT, d}));
+    if (keep) ops::copy(x, c.buf(&SubTape::norm_in, keep, {BT, d}), BT * d);
     // training in bf16: h also rounded by the norm, for f's first linears and their gradients
     const std::string first = lname(st.prefix, l, sub == 2 ? "ffn.w1" : kSublayerAttn[sub]);
     norm_fwd(nn, x, h, BT, keep && bf16_weight(first) ? keep->hb.prepare(h, d, BT, d) : nullptr);
@@ -502,11 +502,11 @@ void Transformer::residual_sublayer(const Stack& st, StackCall& c, int64_t l, in
     drop();
     if (!acc) ops::add_inplace(x, out, BT * d);
   } else {  // x = N(x + f(x))
-    if (keep) std::copy_n(x, BT * d, h);
+    if (keep) ops::copy(x, h, BT * d);
     f(x);
     drop();
     if (!acc) ops::add_inplace(x, out, BT * d);
-    if (keep) std::copy_n(x, BT * d, c.buf(&SubTape::norm_in, keep, {BT, d}));
+    if (keep) ops::copy(x, c.buf(&SubTape::norm_in, keep, {BT, d}), BT * d);
     norm_fwd(nn, x, x, BT);
   }
 }
@@ -537,7 +537,7 @@ void Transformer::run_stack(const Stack& st, float* x, const StackInput& in, con
     const int64_t BT = B * T, d = cfg_.d_model;
     if (tape) {
       if (tape->final_in.shape() != Shape{BT, d}) tape->final_in = Tensor({BT, d});
-      std::copy_n(x, BT * d, tape->final_in.data<float>());
+      ops::copy(x, tape->final_in.data<float>(), BT * d);
     }
     norm_fwd(st.prefix + "final_norm", x, x, BT);
   }

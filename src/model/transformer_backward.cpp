@@ -265,7 +265,7 @@ void Transformer::residual_sublayer_backward(const Stack& st, StackGradCall& c, 
   const float p = static_cast<float>(cfg_.dropout);
   auto masked = [&](const float* g) -> const float* {
     if (p == 0.0f) return g;
-    std::copy_n(g, BT * d, c.ddrop);
+    ops::copy(g, c.ddrop, BT * d);
     ops::dropout(c.ddrop, BT * d, p, dropout_key(st.prefix, c.tape.in.dropout_seed, l, sub));
     return c.ddrop;
   };
@@ -276,7 +276,7 @@ void Transformer::residual_sublayer_backward(const Stack& st, StackGradCall& c, 
   } else {  // x_out = N(x + f(x)):  dy = N'^T dx_out;  dx = dy + f'^T dy
     norm_backward(c, nn, sp.norm_in.data<float>(), dx, c.dy);
     f_back(masked(c.dy), c.dh);
-    std::copy_n(c.dy, BT * d, dx);
+    ops::copy(c.dy, dx, BT * d);
     ops::add_inplace(dx, c.dh, BT * d);
   }
 }
@@ -299,7 +299,7 @@ void Transformer::backward_stack(const Stack& st, const StackTape& tape, float* 
   c.df3 = wb.get(wb.df3, {g.swiglu ? BT : 0, c.ldf});
   c.ddrop = wb.get(wb.ddrop, {cfg_.dropout > 0 ? BT : 0, d});
   if (g.pre) {  // x_final = N(x_L)
-    std::copy_n(dx, BT * d, c.dy);
+    ops::copy(dx, c.dy, BT * d);
     norm_backward(c, st.prefix + "final_norm", tape.final_in.data<float>(), c.dy, dx);
   }
   for (int64_t l = cfg_.n_layers - 1; l >= 0; --l)

@@ -132,4 +132,9 @@ void add_inplace(float* y, const float* x, int64_t n) {
   kernels::cpu::add_inplace(y, x, n);
 }
 
+void copy(const float* x, float* y, int64_t n) {
+  check_n("copy", n, y, x);
+  kernels::cpu::copy(x, y, n);
+}
+
 }  // namespace posformer::ops

@@ -115,6 +115,14 @@ void check_swiglu_add() {
     add_inplace(yg.data(), b.data(), n);
     expect_close(yg, yw, 0.0, 0.0, "add_inplace n=" + std::to_string(n));  // exact
   }
+  // copy: threads from 2^18 floats on; every float, the slices' seams and the end included
+  for (int64_t n : {int64_t{0}, int64_t{1}, int64_t{17}, (int64_t{1} << 18) + 5}) {
+    const auto x = uniform(n, uint32_t(n + 7), -5.0f, 5.0f);
+    std::vector<float> y(static_cast<size_t>(n) + 1, std::nanf(""));
+    copy(x.data(), y.data(), n);
+    for (int64_t i = 0; i < n; ++i) ASSERT_EQ(y[i], x[i]) << "copy n=" << n << " i=" << i;
+    EXPECT_TRUE(std::isnan(y[n])) << "copy wrote past n=" << n;
+  }
 }
 
 void check_softmax() {
@@ -587,6 +595,7 @@ TEST(OpsErrors, BadArgumentsThrow) {
   expect_error([&] { bias_act(Act::Relu, p, p, 2, -1); }, "[bias_act]");
   expect_error([&] { swiglu(p, p, p, -5); }, "[swiglu]");
   expect_error([&] { add_inplace(p, p, -5); }, "[add_inplace]");
+  expect_error([&] { copy(p, p, -5); }, "[copy]");
   expect_error([] { act_from_name("tanh"); }, "'tanh'");
 }
 

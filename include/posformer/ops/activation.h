@@ -27,6 +27,8 @@ void bias_act(Act act, float* y, const float* bias, int64_t rows, int64_t cols);
 void swiglu(const float* a, const float* b, float* y, int64_t n);
 // y[i] += x[i]   (residual add)
 void add_inplace(float* y, const float* x, int64_t n);
+// y[i] = x[i] (the residual stream kept for backward): split between the threads when large
+void copy(const float* x, float* y, int64_t n);
 
 namespace ref {
 void activation(Act act, const float* x, float* y, int64_t n);

@@ -251,6 +251,12 @@ void add_inplace(float* y, const float* x, int64_t n) {
   binary_dispatch(1, y, x, y, n);
 }
 
+void copy(const float* x, float* y, int64_t n) {
+  parallel_range(n, 16, use_omp(n, kMemBoundThreshold), [&](int64_t lo, int64_t hi) {
+    std::memcpy(y + lo, x + lo, static_cast<size_t>(hi - lo) * sizeof(float));
+  });
+}
+
 void erf(const float* x, float* y, int64_t n) {
   act_dispatch(5, x, nullptr, y, 1, n);
 }

@@ -12,6 +12,8 @@ void act_rows(ops::Act act, const float* x, const float* bias, float* y, int64_t
               int64_t cols);
 void swiglu(const float* a, const float* b, float* y, int64_t n);
 void add_inplace(float* y, const float* x, int64_t n);
+// y[i] = x[i], split between the threads from kMemBoundThreshold floats on
+void copy(const float* x, float* y, int64_t n);
 // Vectorised erf (max abs error ~1e-7); exposed for tests, GELU uses erfc directly.
 void erf(const float* x, float* y, int64_t n);
 // Dropout masks of ops/dropout.h in place on x[0, n) (n < 2^32): element i kept (times scale)
