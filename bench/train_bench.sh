@@ -3,7 +3,7 @@
 #
 #   bash bench/train_bench.sh [POSFORMER_BINARY]      (default: build/posformer)
 #   env: ROUNDS=3 STEPS=30 WARM=5 THREADS=2 WORK=/tmp/posformer-train-bench
-#        PEERS=<dir of torch_bench.py> (default ../shared/peers)  NO_TORCH=1 skips PyTorch
+#        PEERS=<dir of torch_bench.py> (default ../shared/peers)  NO_TORCH=1 skips PyTorch (0: runs it)
 #        BASELINE=<another posformer binary> is run too, interleaved (before/after comparisons)
 #        ACCUM_PARALLEL=N (N >= 2): the binary under test (not BASELINE) trains the same 8
 #        sequences per step as N micro-batches of 8/N side by side (`--batch 8/N --accum N
@@ -39,6 +39,13 @@ THREADS=${THREADS:-2}
 WORK=${WORK:-/tmp/posformer-train-bench}
 PEERS=${PEERS:-$ROOT/../shared/peers}
 PY=/usr/bin/python3
+# NO_TORCH: 1 (or yes / true) skips PyTorch, 0 / empty / unset runs it; anything else is refused
+# (NO_TORCH=0 used to skip it too, since only emptiness was tested)
+case "${NO_TORCH:-}" in
+  ""|0|no|false) NO_TORCH="" ;;
+  1|yes|true) NO_TORCH=1 ;;
+  *) echo "train_bench: NO_TORCH must be 1 or 0 (got '$NO_TORCH')" >&2; exit 1 ;;
+esac
 bash "$ROOT/scripts/setup.sh" >&2
 [[ -x "$POSFORMER" ]] || { echo "train_bench: no posformer binary at $POSFORMER (build first)" >&2; exit 1; }
 (( WARM < STEPS )) || { echo "train_bench: WARM must be < STEPS" >&2; exit 1; }
