@@ -44,7 +44,9 @@ std::vector<bool> natives() {
 TEST(FlashBf16, Packings) {
   std::mt19937 g(3);
   for (int64_t n : {1, 2, 15, 16, 17, 41})
-    for (int64_t D : {1, 5, 32, 33, 80, 601}) {  // 601: rows converted in 512-entry pieces
+    // even D <= 128: whole panels through the stack tile (130: even, past it); 601: rows
+    // converted in 512-entry pieces
+    for (int64_t D : {1, 5, 32, 33, 64, 80, 128, 130, 601}) {
       const int64_t ld = D + 3, Dh = flash_bf16_pairs(D);
       const auto src = pf_test::randv(static_cast<size_t>(n * ld), g);
       const std::string what = "n=" + std::to_string(n) + " D=" + std::to_string(D);
