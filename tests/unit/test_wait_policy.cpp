@@ -5,6 +5,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <utility>
 
 #include "posformer/core/error.h"
 #include "posformer/core/runtime.h"
@@ -15,12 +16,14 @@ using namespace posformer;
 
 // Clears the variables the policy reads or writes; restores them at scope exit.
 struct EnvGuard {
-  const char* names[5] = {"POSFORMER_WAIT_POLICY", "POSFORMER_NO_REEXEC", "OMP_WAIT_POLICY",
-                          "GOMP_SPINCOUNT", "POSFORMER_WAIT_AUTO"};
-  std::string saved[5];
-  bool had[5] = {};
+  static constexpr int kN = 8;
+  const char* names[kN] = {
+      "POSFORMER_WAIT_POLICY", "POSFORMER_NO_REEXEC", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
+      "POSFORMER_WAIT_AUTO",   "OMP_PROC_BIND",       "OMP_PLACES",      "GOMP_CPU_AFFINITY"};
+  std::string saved[kN];
+  bool had[kN] = {};
   EnvGuard() {
-    for (int i = 0; i < 5; ++i) {
+    for (int i = 0; i < kN; ++i) {
       const char* v = std::getenv(names[i]);
       had[i] = v != nullptr;
       if (v) saved[i] = v;
@@ -28,7 +31,7 @@ struct EnvGuard {
     }
   }
   ~EnvGuard() {
-    for (int i = 0; i < 5; ++i) {
+    for (int i = 0; i < kN; ++i) {
       if (had[i])
         setenv(names[i], saved[i].c_str(), 1);
       else
@@ -92,6 +95,26 @@ TEST(WaitPolicy, MapsEachValueOnce) {
     EXPECT_FALSE(set_wait_policy_env());
     EXPECT_EQ(env("OMP_WAIT_POLICY"), "(unset)");
   }
+}
+
+// Thread binding requested: no re-exec (it would inherit the initial thread's one-CPU mask that
+// libgomp set when it loaded), nothing set; OMP_PROC_BIND=false binds nothing and changes nothing.
+TEST(WaitPolicy, LeftAloneWhenThreadsAreBound) {
+  for (const auto& [name, value] :
+       {std::pair{"OMP_PROC_BIND", "true"}, std::pair{"OMP_PROC_BIND", "close"},
+        std::pair{"OMP_PLACES", "cores"}, std::pair{"GOMP_CPU_AFFINITY", "0-1"}}) {
+    EnvGuard g;
+    setenv("POSFORMER_WAIT_POLICY", "active", 1);
+    setenv(name, value, 1);
+    EXPECT_FALSE(set_wait_policy_env()) << name << "=" << value;
+    EXPECT_EQ(env("OMP_WAIT_POLICY"), "(unset)") << name;
+    EXPECT_EQ(env("POSFORMER_NO_REEXEC"), "(unset)") << name;
+  }
+  EnvGuard g;
+  setenv("POSFORMER_WAIT_POLICY", "active", 1);
+  setenv("OMP_PROC_BIND", "false", 1);
+  EXPECT_TRUE(set_wait_policy_env());
+  EXPECT_EQ(env("OMP_WAIT_POLICY"), "ACTIVE");
 }
 
 TEST(WaitPolicy, BadValuesAreNamed) {

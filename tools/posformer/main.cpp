@@ -12,7 +12,8 @@ using namespace posformer;
 int main(int argc, char** argv) {
   // OpenMP wait policy (posformer/core/runtime.h: POSFORMER_WAIT_POLICY, else the measured
   // default). libgomp reads it once at load time, so set it and re-execute once, unless the
-  // user chose a policy through OMP_WAIT_POLICY / GOMP_SPINCOUNT.
+  // user chose a policy through OMP_WAIT_POLICY / GOMP_SPINCOUNT or asked for thread binding
+  // (the re-executed process would inherit the one-CPU mask libgomp gave this thread).
   try {
     if (set_wait_policy_env()) execv("/proc/self/exe", argv);  // on failure, carry on
   } catch (const std::exception& e) {

@@ -21,7 +21,10 @@ void init_runtime();
 //     when other jobs want the CPUs (bench/RESULTS.md section 4). The choice and its reason are
 //     in POSFORMER_WAIT_AUTO and wait_policy_description().
 // Nothing is changed (false) when the user set OMP_WAIT_POLICY or GOMP_SPINCOUNT, when
-// POSFORMER_NO_REEXEC is set (the re-executed process), or for `default`. Throws Error naming a
+// POSFORMER_NO_REEXEC is set (the re-executed process), or for `default`; nor when the user asked
+// libgomp to bind threads (OMP_PROC_BIND other than false, OMP_PLACES, GOMP_CPU_AFFINITY): libgomp
+// pins the initial thread to its first place when it loads, and a re-executed process would
+// inherit that one-CPU mask, all its threads on one CPU. Throws Error naming a
 // bad value. bench/wait_policy.sh measures the policies; bench/RESULTS.md has the numbers.
 extern const char* const kDefaultWaitPolicy;
 bool set_wait_policy_env();
