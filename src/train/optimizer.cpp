@@ -250,7 +250,10 @@ double global_grad_norm(const ParamStore& grads) {
 }
 
 double clip_grad_norm(ParamStore& grads, double max_norm) {
-  const double norm = global_grad_norm(grads);
+  return clip_grad_norm(grads, max_norm, global_grad_norm(grads));
+}
+
+double clip_grad_norm(ParamStore& grads, double max_norm, double norm) {
   if (!(max_norm > 0) || !std::isfinite(norm)) return norm;
   const double coef = max_norm / (norm + 1e-6);
   if (coef >= 1.0) return norm;
@@ -263,6 +266,12 @@ double clip_grad_norm(ParamStore& grads, double max_norm) {
     });
   }
   return norm;
+}
+
+std::optional<double> finite_grad_norm(const ParamStore& grads) {
+  const double norm = global_grad_norm(grads);
+  if (std::isfinite(norm) || all_finite(grads)) return norm;
+  return std::nullopt;
 }
 
 bool all_finite(const ParamStore& grads) {

@@ -662,17 +662,23 @@ double accumulate_gradients(Run& r, ParamStore& grads) {
 // step or stops (--on-nonfinite). Returns the gradient norm (0 when skipped).
 double apply_update(Run& r, ParamStore& grads, double loss, double lr) {
   const TrainOptions& o = r.o;
-  if (std::isfinite(loss) && all_finite(grads)) {
-    const double gnorm = o.clip > 0 ? clip_grad_norm(grads, o.clip) : global_grad_norm(grads);
+  // the norm's parallel pass decides finiteness (all_finite alone was a serial pass over every
+  // gradient each step, the other thread waiting)
+  const std::optional<double> norm = std::isfinite(loss) ? finite_grad_norm(grads) : std::nullopt;
+  if (norm) {
+    const double gnorm = o.clip > 0 ? clip_grad_norm(grads, o.clip, *norm) : *norm;
     r.opt.step(r.model.params(), grads, lr);
     return gnorm;
   }
   ++r.skipped;
-  PF_CHECK(o.on_nonfinite == "skip", "[train] non-finite loss or gradient at step ", r.step,
+  // the step being taken, counted from 1 like the progress line and metrics.jsonl (r.step counts
+  // the steps done; it said "step 1" for the second step)
+  const int64_t step = r.step + 1;
+  PF_CHECK(o.on_nonfinite == "skip", "[train] non-finite loss or gradient at step ", step,
            " (loss ", loss, "); stopping as --on-nonfinite stop asks. Lower --lr or set --clip.");
   std::fprintf(stderr,
                "\ntrain: non-finite loss or gradient at step %lld, update skipped (%lld so far)\n",
-               (long long)r.step, (long long)r.skipped);
+               (long long)step, (long long)r.skipped);
   return 0;
 }
 

@@ -260,7 +260,21 @@ def t_performer_redraw_resume():
     assert "redraw every 3" in p.stdout, p.stdout
 
 
+def t_nonfinite():
+    # a learning rate of 1e30 blows the weights up after the first update: the later steps' loss
+    # and gradients are not finite. skip (the default): those updates are skipped and counted, the
+    # first one applied; stop: a clear error at the first such step
+    args = [a for a in COMMON if a != "--quiet"]
+    args[args.index("--eval-every") + 1] = 0
+    args += ["--steps", 5, "--lr", 1e30, "--warmup", 0, "--clip", 0]
+    p = run("train", *args, "--out", os.path.join(W, "nf_skip"))
+    assert "update skipped" in p.stderr and "4 skipped" in p.stdout + p.stderr, p.stdout + p.stderr
+    p = run("train", *args, "--out", os.path.join(W, "nf_stop"), "--on-nonfinite", "stop", ok=False)
+    assert p.returncode != 0 and "non-finite loss or gradient at step 2" in p.stderr, p.stderr
+
+
 check("resume reproduces the uninterrupted losses bit for bit", t_resume_exact)
+check("non-finite steps: skipped and counted (default), or a clear stop", t_nonfinite)
 check("performer: redraws of W every 3 steps, resume reproduces the losses bit for bit",
       t_performer_redraw_resume)
 check("kill -9 at random moments (also mid-checkpoint), resume, same losses", t_kill9)

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <random>
 
 #include "posformer/core/error.h"
@@ -421,6 +422,19 @@ TEST(GradUtil, AllFiniteDetectsNanAndInf) {
                     std::numeric_limits<float>::denorm_min(), -1e30f}));
   ok.add("big", random_tensor({100000}, 3));
   EXPECT_TRUE(all_finite(ok));
+  // finite_grad_norm: the norm for finite gradients (float max squared stays inside double's
+  // range), nullopt as soon as one element is not finite
+  const std::optional<double> n = finite_grad_norm(ok);
+  ASSERT_TRUE(n.has_value());
+  EXPECT_EQ(*n, global_grad_norm(ok));
+  EXPECT_TRUE(std::isfinite(*n));
+  ParamStore maxed;
+  Tensor m = random_tensor({5000}, 4);
+  std::fill_n(m.data<float>(), 5000, std::numeric_limits<float>::max());
+  maxed.add("m", m);
+  ASSERT_TRUE(finite_grad_norm(maxed).has_value());
+  EXPECT_NEAR(*finite_grad_norm(maxed), std::numeric_limits<float>::max() * std::sqrt(5000.0),
+              1e-9 * std::numeric_limits<float>::max() * std::sqrt(5000.0));
   for (float bad : {NAN, INFINITY, -INFINITY}) {
     for (int64_t pos : {int64_t{0}, int64_t{4095}, int64_t{4096}, int64_t{99999}}) {
       ParamStore g;
@@ -429,6 +443,7 @@ TEST(GradUtil, AllFiniteDetectsNanAndInf) {
       big.data<float>()[pos] = bad;
       g.add("big", big);
       EXPECT_FALSE(all_finite(g)) << bad << " at " << pos;
+      EXPECT_FALSE(finite_grad_norm(g).has_value()) << bad << " at " << pos;
     }
   }
   ParamStore f64;
