@@ -339,7 +339,8 @@ void flash_bf16_pack_panels(const float* src, int64_t ld, int64_t n, int64_t D, 
   // contiguous [16, D] tile, then each pair's 16 key words (32 bits: d, d + 1) written as one
   // contiguous 64-byte row of the panel, reading the tile across its rows (as flash_pack_panels
   // does for fp32), instead of stores 64 bytes apart per key: 4096 keys x D 64 from a fused qkv
-  // buffer in 211-264 us against 480-616 (Xeon model 207, 2026-12-03; the same bits)
+  // buffer in 235-279 us against 850-1059 (medians; bench/tools/bf16_pack_time.cpp, RESULTS.md
+  // section 3, Xeon model 207, 2026-12-03; the same bits)
   alignas(64) uint16_t tile[kPanel * kMaxRow / 4];
   const bool tiled = D % 2 == 0 && kPanel * D <= static_cast<int64_t>(std::size(tile));
   for (int64_t c0 = 0; c0 < n; c0 += kPanel) {
