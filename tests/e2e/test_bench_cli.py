@@ -5,6 +5,7 @@ POSFORMER_ATTN_UNFUSED=1, keeps P: B*H*T*T floats), clear errors.
 Usage: test_bench_cli.py --posformer PATH [--keep]"""
 import json
 import os
+import subprocess
 
 import harness
 
@@ -137,4 +138,14 @@ check("bench attention --error: nystrom vs softmax, CSV, refusals", t_error_mode
 check("bench attention: performer's error falls with features; no causal form is n/a",
       t_performer_error_and_no_causal_form)
 check("bench attention --precision bf16 and bench peak --bf16", t_bf16_products)
+def t_train_bench_no_torch():
+    # bench/train_bench.sh checks NO_TORCH before it installs or runs anything
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "bench", "train_bench.sh")
+    for bad in ("maybe", "2", "off"):
+        p = subprocess.run(["bash", script, h.pf], env=dict(os.environ, NO_TORCH=bad), capture_output=True,
+                           text=True, timeout=60)
+        assert p.returncode != 0 and f"NO_TORCH must be 1 or 0 (got '{bad}')" in p.stderr, (bad, p.stderr)
+
+
+check("bench/train_bench.sh: a bad NO_TORCH is named before anything runs", t_train_bench_no_torch)
 h.finish()
