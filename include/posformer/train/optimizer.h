@@ -88,9 +88,9 @@ double global_grad_norm(const ParamStore& grads);
 double clip_grad_norm(ParamStore& grads, double max_norm);
 // The same with the norm already computed (global_grad_norm of these gradients).
 double clip_grad_norm(ParamStore& grads, double max_norm, double norm);
-// global_grad_norm when every gradient element is finite, nullopt when one is NaN or +-Inf: one
-// parallel pass (the norm is finite exactly when the elements are: a double sum of float squares
-// cannot overflow), with all_finite's element check only behind a non-finite norm.
+// global_grad_norm when every gradient element is finite, nullopt when one is NaN or +-Inf, in
+// the norm's one parallel pass (it is finite exactly when the elements are: a double sum of float
+// squares cannot overflow); all_finite answers the same question with a serial pass.
 std::optional<double> finite_grad_norm(const ParamStore& grads);
 bool all_finite(const ParamStore& grads);
 

@@ -20,7 +20,6 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
-#include <iterator>
 #include <limits>
 
 #include "attention_kernels.h"  // flash_online_update
@@ -341,8 +340,9 @@ void flash_bf16_pack_panels(const float* src, int64_t ld, int64_t n, int64_t D, 
   // does for fp32), instead of stores 64 bytes apart per key: 4096 keys x D 64 from a fused qkv
   // buffer in 235-279 us against 850-1059 (medians; bench/tools/bf16_pack_time.cpp, RESULTS.md
   // section 3, Xeon model 207, 2026-12-03; the same bits)
-  alignas(64) uint16_t tile[kPanel * kMaxRow / 4];
-  const bool tiled = D % 2 == 0 && kPanel * D <= static_cast<int64_t>(std::size(tile));
+  constexpr int64_t kTileD = 128;  // the widest D through the tile (4 KB on the stack)
+  alignas(64) uint16_t tile[kPanel * kTileD];
+  const bool tiled = D % 2 == 0 && D <= kTileD;
   for (int64_t c0 = 0; c0 < n; c0 += kPanel) {
     uint16_t* p = dst + (c0 / kPanel) * pstride;
     const int64_t w = std::min(kPanel, n - c0);
