@@ -28,9 +28,9 @@ int main() {
     const auto t0 = std::chrono::steady_clock::now();
     for (int64_t c = 0; c < calls; ++c)
       flash_bf16_pack_panels(src.data() + (c % heads) * D, ld, n, D, dst.data());
-    us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0)
-                     .count() /
-                 calls);
+    us.push_back(
+        std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count() /
+        calls);
   }
   std::sort(us.begin(), us.end());
   uint64_t sum = 0;
