@@ -50,9 +50,9 @@ TEST(FlashGemm, PackPanelsAndRows) {
 }
 
 // C = alpha A B^T over M x ncols, K terms; lim: row m is checked for columns < lim[m].
-void check_nt(int64_t M, int64_t ncols, int64_t K, bool limits, std::mt19937& g) {
+// alpha = 1 takes the epilogue without the multiply (the forward's scores in log2 units).
+void check_nt(int64_t M, int64_t ncols, int64_t K, bool limits, float alpha, std::mt19937& g) {
   const int64_t lda = K + 5, ldb = K + 2, ldc = flash_round_up(ncols) + 16;
-  const float alpha = 0.37f;
   const auto A = pf_test::randv(static_cast<size_t>(M * lda), g);
   const auto B = pf_test::randv(static_cast<size_t>(ncols * ldb), g);
   std::vector<float> Bp(static_cast<size_t>(flash_round_up(ncols) * K));
@@ -64,7 +64,8 @@ void check_nt(int64_t M, int64_t ncols, int64_t K, bool limits, std::mt19937& g)
   flash_gemm_nt(M, ncols, K, alpha, A.data(), lda, Bp.data(), C.data(), ldc,
                 limits ? lim.data() : nullptr);
   const std::string what = "nt M=" + std::to_string(M) + " n=" + std::to_string(ncols) +
-                           " K=" + std::to_string(K) + " limits=" + std::to_string(limits);
+                           " K=" + std::to_string(K) + " limits=" + std::to_string(limits) +
+                           " alpha=" + std::to_string(alpha);
   for (int64_t m = 0; m < M; ++m) {
     const int64_t n = limits ? lim[m] : ncols;
     for (int64_t c = 0; c < n; ++c) {
@@ -86,7 +87,8 @@ TEST(FlashGemm, NtMatchesReference) {
     for (int64_t M : {1, 5, 8, 13, 37})
       for (int64_t n : {1, 7, 16, 17, 48, 100})
         for (int64_t K : {1, 20, 32, 64, 80, 96, 128})
-          for (bool limits : {false, true}) check_nt(M, n, K, limits, g);
+          for (bool limits : {false, true})
+            for (float alpha : {0.37f, 1.0f}) check_nt(M, n, K, limits, alpha, g);
   });
 }
 

@@ -173,67 +173,90 @@ TEST(KernelAccuracy, SoftmaxRelativeBoundOnEveryTarget) {
 }
 
 // The fused attention's online-softmax step (exp_flash on AVX-512: degree-5 minimax and
-// vscalefps; exp_vec elsewhere): each probability within 3e-7 relative of exp(d) in double,
-// d = float(x - max) as the kernel forms it, where it is >= 1e-30 (the exp itself: measured
-// AVX3 / AVX2 below), and within 6e-6 of the exact exp(x - max) (the rounding of x - max at
-// |x - max| <= 80 dominates, ~80 x 6e-8); exactly 0 where masked (-inf) or past the visible
-// keys, NaN where the score is NaN; l, the running sum, within 1e-6 relative.
+// vscalefps; exp_vec elsewhere), and its log2-unit form (base2: exp2_flash, the same structure
+// for 2^): each probability within 3e-7 relative of exp(d) (2^d) in double, d = float(x - max)
+// as the kernel forms it, where it is >= 1e-30 (the exponential itself: measured AVX3 / AVX2
+// below), and within 6e-6 of the exact exp(x - max) (the rounding of x - max at |x - max| <= 80
+// dominates, ~80 x 6e-8); exactly 0 where masked (-inf) or past the visible keys, NaN where the
+// score is NaN; l, the running sum, within 1e-6 relative; a second block rescales O by
+// exp(m_old - m) (2^ for base2) to 1e-6.
 TEST(KernelAccuracy, FlashSoftmaxStepRelativeBoundOnEveryTarget) {
-  std::mt19937 rng(8);
-  std::uniform_real_distribution<float> u(-40.0f, 40.0f);
-  const float ninf = -std::numeric_limits<float>::infinity();
-  for_each_target([&](const std::string& t) {
-    double worst = 0.0, worst_exact = 0.0, worst_l = 0.0;
-    for (int64_t cols : {1, 15, 16, 33, 512}) {
-      const int64_t rows = 7, ldS = cols + 16, D = 8;
-      std::vector<float> S(size_t(rows * ldS), 7.0f), m(rows, ninf), l(rows, 0.0f);
-      std::vector<float> O(size_t(rows * D), 1.0f);
-      std::vector<int64_t> vis(rows);
-      for (int64_t r = 0; r < rows; ++r) {
-        vis[size_t(r)] = std::max<int64_t>(0, cols - r);  // row r sees cols - r keys
-        for (int64_t c = 0; c < cols; ++c) S[size_t(r * ldS + c)] = u(rng);
-        if (cols > 3) S[size_t(r * ldS + 2)] = ninf;  // a masked key inside the visible range
-      }
-      const std::vector<float> x = S;
-      kernels::cpu::flash_online_softmax(S.data(), ldS, rows, cols, vis.data(), m.data(), l.data(),
-                                         O.data(), D, D);
-      for (int64_t r = 0; r < rows; ++r) {
-        const float* xr = &x[size_t(r * ldS)];
-        const float* p = &S[size_t(r * ldS)];
-        double mx = -1e300, s = 0.0;
-        for (int64_t c = 0; c < vis[size_t(r)]; ++c) mx = std::max(mx, double(xr[c]));
-        for (int64_t c = 0; c < cols; ++c) {
-          if (c >= vis[size_t(r)] || xr[c] == ninf) {
-            EXPECT_EQ(p[c], 0.0f) << t << " row " << r << " col " << c;
-            continue;
+  for (const bool base2 : {false, true}) {
+    std::mt19937 rng(8);
+    std::uniform_real_distribution<float> u(-40.0f, 40.0f);
+    const float ninf = -std::numeric_limits<float>::infinity();
+    const auto ex = [base2](double v) { return base2 ? std::exp2(v) : std::exp(v); };
+    for_each_target([&](const std::string& t) {
+      double worst = 0.0, worst_exact = 0.0, worst_l = 0.0;
+      for (int64_t cols : {1, 15, 16, 33, 512}) {
+        const int64_t rows = 7, ldS = cols + 16, D = 8;
+        std::vector<float> S(size_t(rows * ldS), 7.0f), m(rows, ninf), l(rows, 0.0f);
+        std::vector<float> O(size_t(rows * D), 1.0f);
+        std::vector<int64_t> vis(rows);
+        for (int64_t r = 0; r < rows; ++r) {
+          vis[size_t(r)] = std::max<int64_t>(0, cols - r);  // row r sees cols - r keys
+          for (int64_t c = 0; c < cols; ++c) S[size_t(r * ldS + c)] = u(rng);
+          if (cols > 3) S[size_t(r * ldS + 2)] = ninf;  // a masked key inside the visible range
+        }
+        const std::vector<float> x = S;
+        kernels::cpu::flash_online_softmax(S.data(), ldS, rows, cols, vis.data(), m.data(),
+                                           l.data(), O.data(), D, D, nullptr, 0, base2);
+        for (int64_t r = 0; r < rows; ++r) {
+          const float* xr = &x[size_t(r * ldS)];
+          const float* p = &S[size_t(r * ldS)];
+          double mx = -1e300, s = 0.0;
+          for (int64_t c = 0; c < vis[size_t(r)]; ++c) mx = std::max(mx, double(xr[c]));
+          for (int64_t c = 0; c < cols; ++c) {
+            if (c >= vis[size_t(r)] || xr[c] == ninf) {
+              EXPECT_EQ(p[c], 0.0f) << t << " row " << r << " col " << c;
+              continue;
+            }
+            const double w = ex(double(xr[c]) - mx);
+            const double wf = ex(double(xr[c] - float(mx)));
+            s += w;
+            if (w >= 1e-30) {
+              worst = std::max(worst, std::abs(double(p[c]) - wf) / wf);
+              worst_exact = std::max(worst_exact, std::abs(double(p[c]) - w) / w);
+            }
           }
-          const double w = std::exp(double(xr[c]) - mx);
-          const double wf = std::exp(double(xr[c] - float(mx)));
-          s += w;
-          if (w >= 1e-30) {
-            worst = std::max(worst, std::abs(double(p[c]) - wf) / wf);
-            worst_exact = std::max(worst_exact, std::abs(double(p[c]) - w) / w);
+          if (vis[size_t(r)] > 0) {
+            EXPECT_EQ(double(m[size_t(r)]), mx) << t;
+            worst_l = std::max(worst_l, std::abs(double(l[size_t(r)]) - s) / s);
           }
         }
-        if (vis[size_t(r)] > 0) {
-          EXPECT_EQ(double(m[size_t(r)]), mx) << t;
-          worst_l = std::max(worst_l, std::abs(double(l[size_t(r)]) - s) / s);
+        // a second block whose scores are 3 higher: the max grows, O and l are rescaled
+        const std::vector<float> m1 = m, l1 = l;
+        std::vector<float> S2(size_t(rows * ldS));
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t c = 0; c < cols; ++c) S2[size_t(r * ldS + c)] = x[size_t(r * ldS + c)] + 3;
+        std::fill(O.begin(), O.end(), 1.0f);
+        kernels::cpu::flash_online_softmax(S2.data(), ldS, rows, cols, vis.data(), m.data(),
+                                           l.data(), O.data(), D, D, nullptr, 0, base2);
+        for (int64_t r = 0; r < rows; ++r) {
+          if (vis[size_t(r)] == 0) continue;
+          const double alpha = ex(double(m1[size_t(r)]) - double(m[size_t(r)]));
+          EXPECT_NEAR(O[size_t(r * D)], alpha, 1e-6 * alpha) << t << " base2 " << base2;
+          double s2 = 0.0;
+          for (int64_t c = 0; c < vis[size_t(r)]; ++c)
+            if (S2[size_t(r * ldS + c)] != ninf) s2 += S2[size_t(r * ldS + c)];
+          const double want = double(l1[size_t(r)]) * alpha + s2;
+          EXPECT_NEAR(l[size_t(r)], want, 1e-6 * want) << t << " base2 " << base2;
         }
       }
-    }
-    EXPECT_LE(worst, 3e-7) << t;
-    EXPECT_LE(worst_exact, 6e-6) << t;
-    EXPECT_LE(worst_l, 1e-6) << t;
-    std::printf("[%s] flash softmax step: exp rel %.2e, vs exact %.2e, l rel %.2e\n", t.c_str(),
-                worst, worst_exact, worst_l);
-    // NaN scores stay visible (SIMD targets; the scalar fallback's Max drops a NaN operand)
-    if (t == "SCALAR" || t == "EMU128") return;
-    std::vector<float> S = {0.5f, std::nanf(""), -1.0f, 0.0f}, m = {ninf}, l = {0.0f}, O(4, 0.0f);
-    const int64_t vis1 = 4;
-    kernels::cpu::flash_online_softmax(S.data(), 4, 1, 4, &vis1, m.data(), l.data(), O.data(), 4,
-                                       4);
-    EXPECT_TRUE(std::isnan(S[1]) || std::isnan(l[0])) << t;
-  });
+      EXPECT_LE(worst, 3e-7) << t << " base2 " << base2;
+      EXPECT_LE(worst_exact, 6e-6) << t << " base2 " << base2;
+      EXPECT_LE(worst_l, 1e-6) << t << " base2 " << base2;
+      std::printf("[%s] flash softmax step%s: exp rel %.2e, vs exact %.2e, l rel %.2e\n", t.c_str(),
+                  base2 ? " (2^, log2 units)" : "", worst, worst_exact, worst_l);
+      // NaN scores stay visible (SIMD targets; the scalar fallback's Max drops a NaN operand)
+      if (t == "SCALAR" || t == "EMU128") return;
+      std::vector<float> S = {0.5f, std::nanf(""), -1.0f, 0.0f}, m = {ninf}, l = {0.0f}, O(4, 0.0f);
+      const int64_t vis1 = 4;
+      kernels::cpu::flash_online_softmax(S.data(), 4, 1, 4, &vis1, m.data(), l.data(), O.data(), 4,
+                                         4, nullptr, 0, base2);
+      EXPECT_TRUE(std::isnan(S[1]) || std::isnan(l[0])) << t;
+    });
+  }
 }
 
 // LayerNorm / RMSNorm (cols 1..3072, inputs with mean 3 and sd 2): |y - y_double| <= 2e-6 x

@@ -19,7 +19,7 @@ namespace hn = hwy::HWY_NAMESPACE;
 
 void flash_online_softmax_kernel(float* S, int64_t ldS, int64_t rows, int64_t cols,
                                  const int64_t* vis, float* m, float* l, float* O, int64_t ldO,
-                                 int64_t D, uint16_t* Pb, int64_t ldPb) {
+                                 int64_t D, uint16_t* Pb, int64_t ldPb, bool base2) {
   const hn::ScalableTag<float> d;
   const size_t N = hn::Lanes(d);
   const float ninf = -std::numeric_limits<float>::infinity();
@@ -39,15 +39,17 @@ void flash_online_softmax_kernel(float* S, int64_t ldS, int64_t rows, int64_t co
     }
     float sum;
     if (pb) {
-      sum = exp_sub_sum_bf16(d, x, n, mx, pb);
+      sum = base2 ? exp_sub_sum_bf16<ExpKind::kFlash2>(d, x, n, mx, pb)
+                  : exp_sub_sum_bf16(d, x, n, mx, pb);
       if (n < pcols) std::memset(pb + n, 0, (pcols - n) * sizeof(uint16_t));
     } else {
-      sum = exp_sub_sum<true>(d, x, n, mx);
+      sum = base2 ? exp_sub_sum<ExpKind::kFlash2>(d, x, n, mx)
+                  : exp_sub_sum<ExpKind::kFlash>(d, x, n, mx);
       if (n < static_cast<size_t>(cols))
         std::memset(x + n, 0, static_cast<size_t>(cols - vis[r]) * sizeof(float));
     }
     float alpha;
-    if (flash_online_update(m[r], l[r], mx, sum, &alpha)) {  // the max grew: rescale O's row
+    if (flash_online_update(m[r], l[r], mx, sum, &alpha, base2)) {  // the max grew: rescale O's row
       float* o = O + r * ldO;
       const auto va = hn::Set(d, alpha);
       size_t c = 0;
@@ -114,9 +116,9 @@ HWY_EXPORT(rowdot_kernel);
 
 void flash_online_softmax(float* S, int64_t ldS, int64_t rows, int64_t cols, const int64_t* vis,
                           float* m, float* l, float* O, int64_t ldO, int64_t D, uint16_t* Pb,
-                          int64_t ldPb) {
+                          int64_t ldPb, bool base2) {
   HWY_DYNAMIC_DISPATCH(flash_online_softmax_kernel)
-  (S, ldS, rows, cols, vis, m, l, O, ldO, D, Pb, ldPb);
+  (S, ldS, rows, cols, vis, m, l, O, ldO, D, Pb, ldPb, base2);
 }
 void flash_dscores(float* S, int64_t ldS, float* dP, int64_t lddP, int64_t rows, int64_t cols,
                    const int64_t* vis, const float* L, const float* Di) {

@@ -44,8 +44,17 @@ HWY_NOINLINE void nt_block(DF d, int64_t K, float alpha, const float* const* ap,
       for (int j = 0; j < NV; ++j) acc[i][j] = hn::MulAdd(a, b[j], acc[i][j]);
     }
   }
-  const VF va = hn::Set(d, alpha);
   const size_t N = hn::Lanes(d);
+  if (alpha == 1.0f) {  // the forward's scores in log2 units: the scale is in q
+#pragma GCC unroll 24
+    for (int i = 0; i < MR; ++i) {
+      if (i >= mvalid) break;
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) hn::StoreU(acc[i][j], d, C + i * ldc + j * N);
+    }
+    return;
+  }
+  const VF va = hn::Set(d, alpha);
 #pragma GCC unroll 24
   for (int i = 0; i < MR; ++i) {
     if (i >= mvalid) break;

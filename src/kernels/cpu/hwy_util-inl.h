@@ -78,6 +78,46 @@ HWY_INLINE V exp_flash(D d, V x) {
 #endif
 }
 
+// 2^x for x <= 127: n = round(x) by the 1.5 * 2^23 trick, f = x - n exact in [-1/2, 1/2], the
+// degree-5 minimax fit of 2^f of exp2_avx512 (Horner), 2^n added to the exponent bits. Results
+// below 2^-125 (and 2^-inf) are exactly 0, so no denormals; NaN gives NaN.
+template <class D, class V>
+HWY_INLINE V exp2_vec(D d, V x) {
+  const hn::RebindToSigned<D> di;
+  const V lo = hn::Set(d, -125.0f);
+  const V magic = hn::Set(d, 12582912.0f);
+  // second operands win for NaN on x86: keeps NaN
+  const V xc = hn::Min(hn::Set(d, 127.0f), hn::Max(lo, x));
+  const V z = hn::Add(xc, magic);
+  const V f = hn::Sub(xc, hn::Sub(z, magic));
+  V p = hn::MulAdd(f, hn::Set(d, 0.0013264729641377926f), hn::Set(d, 0.009671512991189957f));
+  p = hn::MulAdd(p, f, hn::Set(d, 0.05550733581185341f));
+  p = hn::MulAdd(p, f, hn::Set(d, 0.24022242426872253f));
+  p = hn::MulAdd(p, f, hn::Set(d, 0.6931470036506653f));
+  p = hn::MulAdd(p, f, hn::Set(d, 1.0f));
+  const auto scale = hn::ShiftLeft<23>(hn::BitCast(di, z));  // n << 23
+  const V y = hn::BitCast(d, hn::Add(hn::BitCast(di, p), scale));
+  return hn::IfThenZeroElse(hn::Lt(x, lo), y);
+}
+
+// 2^x for the fp32 fused attention's probabilities in log2 units (x = score - row max <= 0;
+// -inf gives 0): on AVX-512, exp2_avx512 (exp_avx512.h: 9 instructions); other targets exp2_vec.
+template <class D, class V>
+HWY_INLINE V exp2_flash(D d, V x) {
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
+  if constexpr (hn::MaxLanes(D()) == 16 && sizeof(hn::TFromD<D>) == 4) {
+    return V{exp2_avx512(x.raw)};
+  } else {
+    return exp2_vec(d, x);
+  }
+#else
+  return exp2_vec(d, x);
+#endif
+}
+
+// Which exponential exp_sub_sum_to applies: exp_vec, exp_flash or exp2_flash.
+enum class ExpKind { kVec, kFlash, kFlash2 };
+
 // 1 / (1 + exp(-z)) without overflow: e = exp(-|z|) in (0, 1].
 template <class D, class V>
 HWY_INLINE V sigmoid_vec(D d, V z) {
@@ -188,10 +228,17 @@ HWY_INLINE void store_bf16(D d, hn::Vec<D> v, uint16_t* p, size_t count) {
 
 // e[i] = exp(x[i] - mx) over [0, n), handed to store(e, i, count) a vector at a time (count
 // lanes valid, the tail padded); returns their sum (exp(-inf) is exactly 0).
-// Exp: exp_vec (default) or exp_flash.
-template <class D, class Store, bool kFlash = false>
+// kExp: exp_vec (default), exp_flash, or exp2_flash (then e[i] = 2^(x[i] - mx)).
+template <class D, class Store, ExpKind kExp = ExpKind::kVec>
 HWY_INLINE float exp_sub_sum_to(D d, const float* x, size_t n, float mx, const Store& store) {
-  const auto ex = [d](hn::Vec<D> v) { return kFlash ? exp_flash(d, v) : exp_vec(d, v); };
+  const auto ex = [d](hn::Vec<D> v) {
+    if constexpr (kExp == ExpKind::kFlash2)
+      return exp2_flash(d, v);
+    else if constexpr (kExp == ExpKind::kFlash)
+      return exp_flash(d, v);
+    else
+      return exp_vec(d, v);
+  };
   const size_t N = hn::Lanes(d);
   const auto vmax = hn::Set(d, mx);
   auto s0 = hn::Zero(d), s1 = hn::Zero(d);
@@ -219,8 +266,8 @@ HWY_INLINE float exp_sub_sum_to(D d, const float* x, size_t n, float mx, const S
 }
 
 // x[i] = exp(x[i] - mx) in place over [0, n); returns their sum (exp(-inf) is exactly 0).
-// kFlash: exp_flash (the fused attention) instead of exp_vec.
-template <bool kFlash = false, class D>
+// kExp: the exponential (exp_sub_sum_to); kFlash2 gives 2^(x[i] - mx).
+template <ExpKind kExp = ExpKind::kVec, class D>
 HWY_INLINE float exp_sub_sum(D d, float* x, size_t n, float mx) {
   const auto store = [&](hn::Vec<D> e, size_t i, size_t count) {
     if (count == hn::Lanes(d))
@@ -228,15 +275,16 @@ HWY_INLINE float exp_sub_sum(D d, float* x, size_t n, float mx) {
     else
       store_tail(d, e, x + i, count);
   };
-  return exp_sub_sum_to<D, decltype(store), kFlash>(d, x, n, mx, store);
+  return exp_sub_sum_to<D, decltype(store), kExp>(d, x, n, mx, store);
 }
 
 // y[i] = bf16(exp(x[i] - mx)) over [0, n); returns the sum of the float32 exponentials. y may
 // be x itself as uint16 (each vector's stores land on entries already read).
-template <class D>
+// kExp as in exp_sub_sum_to.
+template <ExpKind kExp = ExpKind::kVec, class D>
 HWY_INLINE float exp_sub_sum_bf16(D d, const float* x, size_t n, float mx, uint16_t* y) {
-  return exp_sub_sum_to(
-      d, x, n, mx, [&](hn::Vec<D> e, size_t i, size_t count) { store_bf16(d, e, y + i, count); });
+  const auto store = [&](hn::Vec<D> e, size_t i, size_t count) { store_bf16(d, e, y + i, count); };
+  return exp_sub_sum_to<D, decltype(store), kExp>(d, x, n, mx, store);
 }
 
 }  // namespace posformer::kernels::cpu::HWY_NAMESPACE
