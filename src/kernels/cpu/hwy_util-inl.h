@@ -62,22 +62,6 @@ HWY_INLINE V exp_vec(D d, V x) {
   return hn::IfThenZeroElse(hn::Lt(x, lo), y);
 }
 
-// exp(x) for the fused attention's probabilities (x = score - row max <= 0; -inf gives 0): on
-// AVX-512, exp_avx512 (exp_avx512.h: 12 instructions against exp_vec's 18, relative error
-// 1.9e-7); other targets exp_vec.
-template <class D, class V>
-HWY_INLINE V exp_flash(D d, V x) {
-#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
-  if constexpr (hn::MaxLanes(D()) == 16 && sizeof(hn::TFromD<D>) == 4) {
-    return V{exp_avx512(x.raw)};
-  } else {
-    return exp_vec(d, x);
-  }
-#else
-  return exp_vec(d, x);
-#endif
-}
-
 // 2^x for x <= 127: n = round(x) by the 1.5 * 2^23 trick, f = x - n exact in [-1/2, 1/2], the
 // degree-5 minimax fit of 2^f of exp2_avx512 (Horner), 2^n added to the exponent bits. Results
 // below 2^-125 (and 2^-inf) are exactly 0, so no denormals; NaN gives NaN.
@@ -100,23 +84,34 @@ HWY_INLINE V exp2_vec(D d, V x) {
   return hn::IfThenZeroElse(hn::Lt(x, lo), y);
 }
 
-// 2^x for the fp32 fused attention's probabilities in log2 units (x = score - row max <= 0;
-// -inf gives 0): on AVX-512, exp2_avx512 (exp_avx512.h: 9 instructions); other targets exp2_vec.
-template <class D, class V>
-HWY_INLINE V exp2_flash(D d, V x) {
+// Which exponential exp_sub_sum_to applies: kVec exp_vec; kFlash exp(x) for the fused
+// attention's probabilities (x = score - row max <= 0; -inf gives 0): on AVX-512 exp_avx512
+// (exp_avx512.h: 12 instructions against exp_vec's 18, relative error 1.9e-7), exp_vec elsewhere;
+// kFlash2 2^x for the fp32 forward's probabilities in log2 units: on AVX-512 exp2_avx512 (9
+// instructions), exp2_vec elsewhere.
+enum class ExpKind { kVec, kFlash, kFlash2 };
+
+template <ExpKind kExp, class D, class V>
+HWY_INLINE V exp_of(D d, V x) {
 #if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
-  if constexpr (hn::MaxLanes(D()) == 16 && sizeof(hn::TFromD<D>) == 4) {
-    return V{exp2_avx512(x.raw)};
-  } else {
-    return exp2_vec(d, x);
+  if constexpr (kExp != ExpKind::kVec && hn::MaxLanes(D()) == 16 && sizeof(hn::TFromD<D>) == 4) {
+    if constexpr (kExp == ExpKind::kFlash2)
+      return V{exp2_avx512(x.raw)};
+    else
+      return V{exp_avx512(x.raw)};
   }
-#else
-  return exp2_vec(d, x);
 #endif
+  if constexpr (kExp == ExpKind::kFlash2)
+    return exp2_vec(d, x);
+  else
+    return exp_vec(d, x);
 }
 
-// Which exponential exp_sub_sum_to applies: exp_vec, exp_flash or exp2_flash.
-enum class ExpKind { kVec, kFlash, kFlash2 };
+// exp_of<ExpKind::kFlash>: the fused attention's exp (forward with hooks, backward's P).
+template <class D, class V>
+HWY_INLINE V exp_flash(D d, V x) {
+  return exp_of<ExpKind::kFlash>(d, x);
+}
 
 // 1 / (1 + exp(-z)) without overflow: e = exp(-|z|) in (0, 1].
 template <class D, class V>
@@ -228,17 +223,10 @@ HWY_INLINE void store_bf16(D d, hn::Vec<D> v, uint16_t* p, size_t count) {
 
 // e[i] = exp(x[i] - mx) over [0, n), handed to store(e, i, count) a vector at a time (count
 // lanes valid, the tail padded); returns their sum (exp(-inf) is exactly 0).
-// kExp: exp_vec (default), exp_flash, or exp2_flash (then e[i] = 2^(x[i] - mx)).
+// kExp: which exponential (ExpKind above; kFlash2 gives e[i] = 2^(x[i] - mx)).
 template <class D, class Store, ExpKind kExp = ExpKind::kVec>
 HWY_INLINE float exp_sub_sum_to(D d, const float* x, size_t n, float mx, const Store& store) {
-  const auto ex = [d](hn::Vec<D> v) {
-    if constexpr (kExp == ExpKind::kFlash2)
-      return exp2_flash(d, v);
-    else if constexpr (kExp == ExpKind::kFlash)
-      return exp_flash(d, v);
-    else
-      return exp_vec(d, v);
-  };
+  const auto ex = [d](hn::Vec<D> v) { return exp_of<kExp>(d, v); };
   const size_t N = hn::Lanes(d);
   const auto vmax = hn::Set(d, mx);
   auto s0 = hn::Zero(d), s1 = hn::Zero(d);
