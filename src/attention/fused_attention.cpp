@@ -219,9 +219,9 @@ void fused_attention_forward(const AttnDesc& a, float* lse) {
           else if (log2u)
             kernels::cpu::flash_gemm_nt(rows, cols, D, 1.0f, Qs.data(), D, kp + s0 * D, S.data(),
                                         ldS, vis.data());
-          else if (fast)
+          else if (fast)  // with a hook (log2u otherwise), which may read or change every entry
             kernels::cpu::flash_gemm_nt(rows, cols, D, a.scale, q, a.ldq, kp + s0 * D, S.data(),
-                                        ldS, a.hook ? nullptr : vis.data());
+                                        ldS, nullptr);
           else
             ops::gemm(false, true, rows, cols, D, a.scale, q, a.ldq, k + s0 * a.ldk, a.ldk, 0.0f,
                       S.data(), ldS);

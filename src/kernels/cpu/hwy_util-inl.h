@@ -62,8 +62,8 @@ HWY_INLINE V exp_vec(D d, V x) {
   return hn::IfThenZeroElse(hn::Lt(x, lo), y);
 }
 
-// 2^x for x <= 127: n = round(x) by the 1.5 * 2^23 trick, f = x - n exact in [-1/2, 1/2], the
-// degree-5 minimax fit of 2^f of exp2_avx512 (Horner), 2^n added to the exponent bits. Results
+// 2^x for x <= 127: n = round(x) by the 1.5 * 2^23 trick, f = x - n exact in [-1/2, 1/2],
+// kExp2Poly (exp_avx512.h) by Horner, 2^n added to the exponent bits. Results
 // below 2^-125 (and 2^-inf) are exactly 0, so no denormals; NaN gives NaN.
 template <class D, class V>
 HWY_INLINE V exp2_vec(D d, V x) {
@@ -74,10 +74,8 @@ HWY_INLINE V exp2_vec(D d, V x) {
   const V xc = hn::Min(hn::Set(d, 127.0f), hn::Max(lo, x));
   const V z = hn::Add(xc, magic);
   const V f = hn::Sub(xc, hn::Sub(z, magic));
-  V p = hn::MulAdd(f, hn::Set(d, 0.0013264729641377926f), hn::Set(d, 0.009671512991189957f));
-  p = hn::MulAdd(p, f, hn::Set(d, 0.05550733581185341f));
-  p = hn::MulAdd(p, f, hn::Set(d, 0.24022242426872253f));
-  p = hn::MulAdd(p, f, hn::Set(d, 0.6931470036506653f));
+  V p = hn::Set(d, kExp2Poly[4]);
+  for (int i = 3; i >= 0; --i) p = hn::MulAdd(p, f, hn::Set(d, kExp2Poly[i]));
   p = hn::MulAdd(p, f, hn::Set(d, 1.0f));
   const auto scale = hn::ShiftLeft<23>(hn::BitCast(di, z));  // n << 23
   const V y = hn::BitCast(d, hn::Add(hn::BitCast(di, p), scale));
