@@ -28,6 +28,7 @@
 #include "../kernels/cpu/attention_kernels.h"
 #include "../kernels/cpu/flash_bf16.h"
 #include "../kernels/cpu/flash_gemm.h"
+#include "../kernels/cpu/scratch.h"
 #include "../ops/matmul_profile.h"
 #include "posformer/attention/attention.h"
 #include "posformer/core/error.h"
@@ -75,33 +76,8 @@ int flash_gemm_mode() {
 }
 constexpr int64_t kSmallBackwardKeys = 48;
 
-// Scratch floats, left uninitialised: every kernel writes an entry before reading it (a tile's
-// masked entries are zeroed by the softmax kernels; packing writes whole panels and padded
-// rows), and zeroing ~1 MB of tiles and panels per call cost 1-2% of a training step. Under
-// AddressSanitizer they are filled with NaN, so that a read of an unwritten entry fails tests.
-template <typename T>
-class ScratchOf {
- public:
-  explicit ScratchOf(int64_t n) : p_(n > 0 ? new T[static_cast<size_t>(n)] : nullptr) {
-#if defined(__SANITIZE_ADDRESS__)
-    // float NaN; bfloat16 bits 0x7FC0 (a quiet NaN)
-    T poison;
-    if constexpr (sizeof(T) == 2)
-      poison = T{0x7FC0};
-    else
-      poison = std::numeric_limits<T>::quiet_NaN();
-    std::fill_n(p_.get(), std::max<int64_t>(n, 0), poison);
-#endif
-  }
-  T* data() const {
-    return p_.get();
-  }
-
- private:
-  std::unique_ptr<T[]> p_;
-};
-using Scratch = ScratchOf<float>;
-using Scratch16 = ScratchOf<uint16_t>;
+using kernels::cpu::Scratch;
+using kernels::cpu::Scratch16;
 constexpr int64_t kMinPackRows = 16;
 }  // namespace
 
