@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "../../src/kernels/cpu/flash_gemm.h"
+#include "../../src/kernels/cpu/scratch.h"
 #include "hwy_targets.h"
 #include "test_util.h"
 
@@ -146,6 +147,25 @@ TEST(FlashGemm, AccMatchesReference) {
           for (bool trans : {false, true})
             for (bool limits : {false, true}) check_acc(M, D, K, trans, limits, g);
   });
+}
+
+// The attention kernels' scratch (kernels/cpu/scratch.h) starts on a 64-byte boundary at every
+// size, small (from the heap) and large (glibc serves >= 128 KB from mmap, 16 bytes past a page
+// start under new[]), so whole AVX-512 vectors of a tile row never straddle two cache lines;
+// a size of 0 or less holds nothing.
+TEST(FlashGemm, ScratchIsCacheLineAligned) {
+  for (int64_t n : {1, 3, 17, 1000, 32768, 65536 + 3, 1 << 20}) {
+    const posformer::kernels::cpu::Scratch f(n);
+    const posformer::kernels::cpu::Scratch16 h(n);
+    ASSERT_NE(f.data(), nullptr) << n;
+    ASSERT_NE(h.data(), nullptr) << n;
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(f.data()) % 64, 0u) << "float scratch of " << n;
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(h.data()) % 64, 0u) << "bf16 scratch of " << n;
+    f.data()[n - 1] = 1.0f;  // the whole extent is usable (AddressSanitizer checks)
+    h.data()[n - 1] = 1;
+  }
+  EXPECT_EQ(posformer::kernels::cpu::Scratch(0).data(), nullptr);
+  EXPECT_EQ(posformer::kernels::cpu::Scratch(-5).data(), nullptr);
 }
 
 }  // namespace
