@@ -22,7 +22,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
-#include <memory>
 #include <vector>
 
 #include "../kernels/cpu/attention_kernels.h"
