@@ -2,8 +2,8 @@
 # Attention benchmark (issue 8, Part 2.1), one session on one machine, 2 threads, fp32,
 # 12 heads x D 64, batch 1, interleaved rounds:
 #   posformer fused, posformer unfused (POSFORMER_ATTN_UNFUSED=1), posformer fused with oneDNN
-#   sgemm tile products (POSFORMER_FLASH_GEMM=0, the earlier kernel) and with micro-kernels in
-#   the backward too (POSFORMER_FLASH_GEMM=2), posformer fused with bf16 products (forward only,
+#   sgemm tile products (POSFORMER_FLASH_GEMM=0, the earlier kernel; the default has the
+#   micro-kernels in forward and backward), posformer fused with bf16 products (forward only,
 #   `--precision bf16`, where the CPU has AVX512-BF16), PyTorch (torch_bench.py
 #   --only attn), ONNX Runtime MultiHeadAttention (non-causal, causal), ...
 # then the T = 16384 training memory of the fused kernel, the AVX-512 / AVX2 FMA peak on 2
@@ -90,7 +90,6 @@ for r in $(seq 1 "$ROUNDS"); do
   log "round $r: posformer fused";   pf_case fused "$r" POSFORMER_ATTN_UNFUSED=0
   log "round $r: posformer unfused"; pf_case unfused "$r" POSFORMER_ATTN_UNFUSED=1
   log "round $r: posformer fused, sgemm tiles"; pf_case sgemm "$r" POSFORMER_FLASH_GEMM=0
-  log "round $r: posformer fused, backward micro-kernels"; pf_case mk2 "$r" POSFORMER_FLASH_GEMM=2
   if grep -q avx512_bf16 /proc/cpuinfo; then
     log "round $r: posformer fused, bf16 products (forward)"
     OMP_NUM_THREADS=2 "$PF" bench attention --variants softmax --heads 12 --head-dim 64 \
@@ -120,7 +119,7 @@ isa = {"AVX3": "AVX-512"}.get(probes[0]["isa"], probes[0]["isa"])
 peak = max(peaks)
 cpu = [l.split(":", 1)[1].strip() for l in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines() if l.startswith("Model name")][0]
 pf = {}
-for tag in ("fused", "unfused", "sgemm", "mk2", "bf16"):
+for tag in ("fused", "unfused", "sgemm", "bf16"):
     for f in glob.glob(f"{out}/pf_{tag}_*.jsonl"):
         for l in open(f):
             j = json.loads(l)
@@ -163,16 +162,16 @@ for c in (False, True):
         print(f"| {'causal' if c else 'full'} | {T} | {ff:.1f} ({g:.0f}, {100 * g / peak:.0f}%) | {uf:.1f} | {tb[0]:.1f} ({tb[1].strip('()')}) | {o:.1f} | "
               f"{o / ff:.2f}x | {tb[0] / ff:.2f}x | {fb:.1f} ({gb:.0f}, {100 * gb / peak:.0f}%) | {ub:.1f} | {bb[0]:.1f} ({bb[1].strip('()')}) | {mem} |")
 print()
-print("The fused kernel's tile products: Highway micro-kernels vs oneDNN sgemm (`POSFORMER_FLASH_GEMM=0`, the earlier kernel), same run; forward: the default (`=1`), backward: `=2` (the default backward is sgemm):")
+print("The fused kernel's tile products: Highway micro-kernels (the default, forward and backward) vs oneDNN sgemm (`POSFORMER_FLASH_GEMM=0`, the earlier kernel), same run:")
 print()
-print("| mask | T | fwd ms micro-kernels / sgemm | speed-up | bwd ms micro-kernels (=2) / sgemm | speed-up |")
+print("| mask | T | fwd ms micro-kernels / sgemm | speed-up | bwd ms micro-kernels / sgemm | speed-up |")
 print("|---|---|---|---|---|---|")
 for c in (False, True):
     for T in (512, 1024, 2048, 4096):
-        F = pf.get(("fused", T, c), []); G = pf.get(("sgemm", T, c), []); M2 = pf.get(("mk2", T, c), [])
-        if not F or not G or not M2: continue
+        F = pf.get(("fused", T, c), []); G = pf.get(("sgemm", T, c), [])
+        if not F or not G: continue
         ff, gf = med([j["forward_ms"] for j in F]), med([j["forward_ms"] for j in G])
-        fb, gb = med([j["backward_ms"] for j in M2]), med([j["backward_ms"] for j in G])
+        fb, gb = med([j["backward_ms"] for j in F]), med([j["backward_ms"] for j in G])
         print(f"| {'causal' if c else 'full'} | {T} | {ff:.1f} / {gf:.1f} | {gf / ff:.2f}x | {fb:.1f} / {gb:.1f} | {gb / fb:.2f}x |")
 bpeaks = [p.get("bf16_dot_gflops", 0) for p in probes]
 if any(pf.get(("bf16", T, c)) for T in (512, 1024, 2048, 4096) for c in (False, True)):

@@ -9,9 +9,11 @@
 // once per (b, kv head), or oneDNN sgemm (POSFORMER_FLASH_GEMM=0, and decoding-sized blocks);
 // with AttnDesc::bf16 the forward's are the bf16 pair products of kernels/cpu/flash_bf16.h on
 // K, V and each block's q packed as bf16, P rounded to bf16 in place by the online softmax.
-// The backward's run on sgemm except at small T (kSmallBackwardKeys); by default (no hook) a
-// query block's diagonal part, the keys only some of its rows see, runs on the micro-kernels,
-// which skip the masked entries (causal T = 512: 20% of sgemm's products were masked out).
+// The backward's run on the micro-kernels too by default when there is no score hook (with a
+// hook: at small T only, kSmallBackwardKeys, sgemm above). When the default puts a hook-free
+// backward on sgemm (fewer than kMinPackRows query rows per kv head) a query block's diagonal
+// part, the keys only some of its rows see, still runs on the micro-kernels, which skip the
+// masked entries (causal T = 512: 20% of sgemm's products were masked out).
 //   backward per (b, kv head) in parallel, its heads and blocks in a fixed order (results do not
 //            depend on the thread count): Di = dO . O, P = exp(S - L), dV += P^T dO,
 //            dS = P (dO V^T - Di), hook, dQ += scale dS K, dK += scale dS^T Q.
@@ -59,10 +61,12 @@ void mask_window(const AttnDesc& a, int64_t b, int64_t t0, int64_t rows, int64_t
 
 // Which tile products run on the Highway micro-kernels (the rest on oneDNN sgemm, the earlier
 // kernel): POSFORMER_FLASH_GEMM=0 none, 1 the forward's, 2 forward and backward; unset (auto,
-// -1): the forward's, and the backward's when a head sees at most kSmallBackwardKeys keys. At
-// larger T the backward's micro-kernel path measured 6-30% slower than sgemm (RESULTS.md
-// section 3); at ViT sizes (T = 17-33) sgemm's per-call cost dominates, five calls per (b, head)
-// on 17 x 17 x 32 tiles, and the micro-kernels' backward took 1.7-1.9 ms against 2.1-2.9 ms
+// -1): the forward's, and the backward's without a score hook (with one: when a head sees at
+// most kSmallBackwardKeys keys). Since the tiles are 64-byte aligned the backward's micro-kernel
+// path is level with sgemm on the Intel Xeon and 3-15% faster on AMD Zen 5 at T = 512-4096
+// (RESULTS.md section 7, 2026-12-03); before, it measured 6-30% slower at larger T. At ViT
+// sizes (T = 17-33) sgemm's per-call cost dominates, five calls per (b, head) on 17 x 17 x 32
+// tiles, and the micro-kernels' backward took 1.7-1.9 ms against 2.1-2.9 ms
 // (docs/attention.md). Read at each call (tests switch it). Blocks of fewer query rows
 // (decoding) than kMinPackRows per kv head use sgemm: packing K and V would cost about as much
 // as the products.
@@ -263,11 +267,12 @@ void fused_attention_backward(const AttnDesc& a, const float* lse, const AttnGra
   if (hook) hook->begin_backward();
   const int64_t br = std::min(kBr, a.Tq);
   const int mode = flash_gemm_mode();
-  const bool fast =
-      (mode == 2 || (mode == -1 && a.Tk <= kSmallBackwardKeys)) && a.Tq * group >= kMinPackRows;
-  // sgemm path, auto mode, no hook: a block's keys seen by only some of its rows (the causal
-  // diagonal) run on the micro-kernels, which skip the masked entries; sgemm would compute the
-  // whole square (at causal T = 512, 128-row blocks: 20% of the products masked out)
+  const bool fast = (mode == 2 || (mode == -1 && (!hook || a.Tk <= kSmallBackwardKeys))) &&
+                    a.Tq * group >= kMinPackRows;
+  // sgemm path, auto mode, no hook (blocks of fewer than kMinPackRows rows per kv head): a
+  // block's keys seen by only some of its rows (the causal diagonal) run on the micro-kernels,
+  // which skip the masked entries; sgemm would compute the whole square (at causal T = 512,
+  // 128-row blocks: 20% of the products masked out)
   const bool split_diag = !fast && mode == -1 && !hook;
   // fast: per thread, this (b, kv head)'s K and V in panels (S = Q K^T, dP = dO V^T), and K,
   // the block's Q and dO as rows padded to Dp (the acc products' B) unless D is already padded;

@@ -265,10 +265,10 @@ TEST(FusedAttention, BadFlashGemmModeIsNamed) {
   }
 }
 
-// The backward's micro-kernel path (POSFORMER_FLASH_GEMM=2; by default only at Tk <= 48), the
-// forward-only one (1: the backward on sgemm at every T, small ViT-sized T included) and the
-// all-sgemm path (0): every hook, masks, GQA, head dims off the vector width, several blocks
-// and tiles.
+// The backward's micro-kernel path (POSFORMER_FLASH_GEMM=2; by default without a hook, and with
+// one at Tk <= 48), the forward-only one (1: the backward on sgemm at every T, small ViT-sized T
+// included) and the all-sgemm path (0): every hook, masks, GQA, head dims off the vector width,
+// several blocks and tiles.
 TEST(FusedAttention, MicroKernelBackwardAndSgemmPaths) {
   for (const char* mode : {"2", "1", "0"}) {
     SCOPED_TRACE(std::string("POSFORMER_FLASH_GEMM=") + mode);
@@ -293,6 +293,21 @@ TEST(FusedAttention, MicroKernelBackwardAndSgemmPaths) {
       check_fused_vs_unfused(v, seed++);
     }
   }
+}
+
+// The default's sgemm backward with the causal diagonal on the micro-kernels (no hook, fewer than
+// 16 query rows per kv head, so the rest stays on sgemm): query blocks whose rows see different
+// numbers of keys inside one key tile, at panel boundaries and off them, with key padding.
+TEST(FusedAttention, DefaultSplitDiagonalBackward) {
+  unsetenv("POSFORMER_FLASH_GEMM");
+  uint32_t seed = 1100;
+  for (auto [Tq, Tk] : std::vector<std::array<int64_t, 2>>{{7, 300}, {15, 530}, {3, 16}, {12, 64}})
+    for (int64_t D : {32, 20}) {
+      FCase c;
+      c.B = 2, c.H = 2, c.Hkv = 2, c.D = D, c.Tq = Tq, c.Tk = Tk, c.q_pos0 = Tk - Tq;
+      c.causal = true, c.padding = D == 20, c.hook = "none";
+      check_fused_vs_unfused(c, seed++);
+    }
 }
 
 // Every hook x causal x padding x GQA at a size with several query blocks and key tiles.
