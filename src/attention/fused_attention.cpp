@@ -62,14 +62,14 @@ void mask_window(const AttnDesc& a, int64_t b, int64_t t0, int64_t rows, int64_t
 // Which tile products run on the Highway micro-kernels (the rest on oneDNN sgemm, the earlier
 // kernel): POSFORMER_FLASH_GEMM=0 none, 1 the forward's, 2 forward and backward; unset (auto,
 // -1): the forward's, and the backward's without a score hook (with one: when a head sees at
-// most kSmallBackwardKeys keys). Since the tiles are 64-byte aligned the backward's micro-kernel
-// path is level with sgemm on the Intel Xeon and 3-15% faster on AMD Zen 5 at T = 512-4096
-// (RESULTS.md section 7, 2026-12-03); before, it measured 6-30% slower at larger T. At ViT
-// sizes (T = 17-33) sgemm's per-call cost dominates, five calls per (b, head) on 17 x 17 x 32
-// tiles, and the micro-kernels' backward took 1.7-1.9 ms against 2.1-2.9 ms
-// (docs/attention.md). Read at each call (tests switch it). Blocks of fewer query rows
-// (decoding) than kMinPackRows per kv head use sgemm: packing K and V would cost about as much
-// as the products.
+// most kSmallBackwardKeys keys; ALiBi and T5 training measured level either way). Since the
+// tiles are 64-byte aligned the backward's micro-kernel path is level with sgemm on the Intel
+// Xeon and 3-15% faster on AMD Zen 5 at T = 512-4096 (RESULTS.md section 7, 2026-12-03);
+// before, it measured 6-30% slower at larger T. At ViT sizes (T = 17-33) sgemm's per-call cost
+// dominates, five calls per (b, head) on 17 x 17 x 32 tiles, and the micro-kernels' backward
+// took 1.7-1.9 ms against 2.1-2.9 ms (docs/attention.md). Read at each call (tests switch it).
+// Blocks of fewer query rows (decoding) than kMinPackRows per kv head use sgemm: packing K and
+// V would cost about as much as the products.
 int flash_gemm_mode() {
   const char* e = std::getenv("POSFORMER_FLASH_GEMM");
   if (!e || !*e) return -1;
